@@ -1,0 +1,1 @@
+"""The walle command-line interface."""

@@ -1,0 +1,1 @@
+"""Walle's Metal backend (PyObjC, macOS only). Kernels arrive with the accelerator issue."""

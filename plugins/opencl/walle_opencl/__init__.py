@@ -1,0 +1,1 @@
+"""Walle's OpenCL backend (pyopencl). Kernels arrive with the accelerator-backends issue."""

@@ -1,0 +1,1 @@
+"""The Walle registry and deployment service."""

@@ -1,0 +1,104 @@
+"""The backend contract: everything a compute backend implements, in one small module.
+
+A backend is a plugin (see ``docs/plugins.md``). The engine hands it a :class:`Program`, a run of
+atomic ops (``walle_core.atomic``) whose tensors have concrete shapes, and gets back an
+:class:`Executable`. Data crosses between backends only through host numpy arrays, so every
+fallback is an explicit copy that the planner can see and cost.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from walle_core.atomic import Op, Tensor
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str
+    kind: str  # "cpu", "gpu", "npu", ...
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work of one op under one algorithm; the search turns it into seconds with calibrated
+    per-device constants (throughput, bandwidth, launch overhead)."""
+
+    flops: float
+    bytes: float
+    launches: int = 1
+    efficiency: float = 1.0  # fraction of peak throughput this algorithm reaches
+
+
+def default_cost(op: Op) -> Cost:
+    return Cost(op.flops(), op.bytes_moved())
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One way a backend can run an op kind, e.g. ``im2col+gemm`` or ``winograd`` for Conv2D."""
+
+    name: str
+    cost: Callable[[Op], Cost] = default_cost
+
+
+@dataclass
+class Program:
+    """A run of ops for one backend. ``inputs`` arrive from the host in this order (graph feeds,
+    constants are already in ``Tensor.value``); ``outputs`` go back to the host.
+
+    ``offsets``/``arena_bytes`` are the planner's memory layout for the intermediate tensors
+    (tensors that are neither inputs, outputs nor constants); a backend may follow it to run in
+    one allocation.
+    """
+
+    ops: list[tuple[Op, Algorithm]]
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    offsets: dict[int, int] = field(default_factory=dict)
+    arena_bytes: int = 0
+
+
+class Executable(ABC):
+    """A prepared program. ``run`` must be safe to call from several threads at once."""
+
+    @abstractmethod
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Take host arrays for ``Program.inputs``, return host arrays for ``Program.outputs``."""
+
+
+class Backend(ABC):
+    """A compute backend. Subclasses set ``name`` and implement the abstract methods."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0"
+
+    @abstractmethod
+    def availability(self) -> Availability:
+        """Whether this backend can run here; when not, the reason a person can act on."""
+
+    @abstractmethod
+    def device_info(self) -> DeviceInfo: ...
+
+    @abstractmethod
+    def algorithms(self, op: Op) -> Sequence[Algorithm]:
+        """The algorithms offered for ``op``; empty when the backend cannot run it."""
+
+    def claims(self, composite: str) -> bool:
+        """Whether this backend has a fused kernel for the named composite pattern."""
+        return False
+
+    @abstractmethod
+    def compile(self, program: Program, *, threads: int | None = None) -> Executable: ...

@@ -1,0 +1,1 @@
+"""High-level IR (framework-level nodes over named values)."""

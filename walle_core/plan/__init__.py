@@ -1,0 +1,1 @@
+"""Lowering to atomic ops, backend assignment, memory planning."""

@@ -1,0 +1,106 @@
+"""From lowered ops to executables: composite expansion, backend assignment, partition into
+per-backend programs with explicit host copies between them, and arena planning."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from walle_core import atomic as A
+from walle_core.backend import Algorithm, Backend, Executable, Program
+from walle_core.errors import BackendUnavailableError
+from walle_core.plan.memory import plan_arena
+
+
+def expand_composites(ops: Sequence[A.Op], backend: Backend) -> list[A.Op]:
+    out: list[A.Op] = []
+    for op in ops:
+        if isinstance(op, A.Composite) and not backend.claims(op.name):
+            out.extend(expand_composites(op.expansion, backend))
+        else:
+            out.append(op)
+    return out
+
+
+def choose(op: A.Op, backends: Sequence[Backend]) -> tuple[Backend, Algorithm]:
+    """The first backend (in preference order) that offers an algorithm; its cheapest one."""
+    for backend in backends:
+        algos = backend.algorithms(op)
+        if algos:
+            best = min(algos, key=lambda a: (a.cost(op).flops / a.cost(op).efficiency, a.name))
+            return backend, best
+    names = ", ".join(b.name for b in backends)
+    raise BackendUnavailableError(f"no backend among [{names}] can run {op.kind.value} {op.outputs}")
+
+
+@dataclass
+class Step:
+    """One compiled program and where its inputs and outputs live in the run's tensor table."""
+
+    backend: str
+    executable: Executable
+    inputs: list[int]
+    outputs: list[int]
+    ops: int
+    arena_bytes: int
+
+
+@dataclass
+class Stage:
+    steps: list[Step]
+    peak_bytes: int
+    n_ops: int
+    guards: list[int] = field(default_factory=list)  # ids read at the end (sync point)
+
+
+def build_stage(
+    ops: Sequence[A.Op],
+    backends: Sequence[Backend],
+    keep: set[int],
+    threads: int | None,
+) -> Stage:
+    """``keep``: ids that must reach the host table (graph outputs, guards, later stages)."""
+    primary = backends[0]
+    flat = expand_composites(ops, primary)
+    assigned = [(op, *choose(op, backends)) for op in flat]
+    groups: list[tuple[Backend, list[tuple[A.Op, Algorithm]]]] = []
+    for op, backend, algo in assigned:
+        if groups and groups[-1][0] is backend:
+            groups[-1][1].append((op, algo))
+        else:
+            groups.append((backend, [(op, algo)]))
+    consumers: dict[int, set[int]] = {}
+    for gi, (_, items) in enumerate(groups):
+        for op, _algo in items:
+            for t in op.inputs:
+                consumers.setdefault(t.id, set()).add(gi)
+    steps: list[Step] = []
+    peak = 0
+    for gi, (backend, items) in enumerate(groups):
+        produced = {t.id: t for op, _ in items for t in op.outputs}
+        ins: dict[int, A.Tensor] = {}
+        for op, _ in items:
+            for t in op.inputs:
+                if t.value is None and t.id not in produced:
+                    ins.setdefault(t.id, t)
+        outs = [
+            t for tid, t in produced.items()
+            if tid in keep or any(c != gi for c in consumers.get(tid, ()))
+        ]
+        ops_only = [op for op, _ in items]
+        arena = plan_arena(ops_only, set(ins) | {t.id for t in outs})
+        program = Program(items, list(ins.values()), outs, arena.offsets, arena.arena_bytes)
+        exe = backend.compile(program, threads=threads)
+        steps.append(Step(backend.name, exe, list(ins), [t.id for t in outs], len(items),
+                          arena.arena_bytes))
+        peak = max(peak, arena.arena_bytes)
+    return Stage(steps, peak, len(flat))
+
+
+def run_stage(stage: Stage, table: dict[int, np.ndarray]) -> None:
+    for step in stage.steps:
+        results = step.executable.run([table[i] for i in step.inputs])
+        for tid, arr in zip(step.outputs, results, strict=True):
+            table[tid] = arr

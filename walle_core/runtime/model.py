@@ -1,0 +1,194 @@
+"""The user-facing runtime: ``load`` a model, ``Model.run`` it on numpy arrays.
+
+Plans are cached per input signature (names, shapes, dtypes). A plan is a tree of stages: a
+static model has one stage; a model with data-dependent shapes or control flow has sync points
+whose observed values pick (or build) the next stage.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from walle_core import atomic as A
+from walle_core.backend import Backend, Program
+from walle_core.errors import BackendUnavailableError, InputError
+from walle_core.ir.graph import Graph
+from walle_core.plan.lower import Lowering
+from walle_core.plan.planner import Stage, build_stage, run_stage
+from walle_core.plugins import registry
+
+Signature = tuple[tuple[str, tuple[int, ...], str], ...]
+
+
+@dataclass
+class PlanNode:
+    stage: Stage
+    lowered_ops: int  # ops of the lowering consumed up to the end of this stage
+    complete: bool
+    outputs: list[A.Tensor]
+    need: list[int]
+    known: dict[int, np.ndarray]
+    input_ids: dict[str, int]
+    children: dict[tuple[object, ...], PlanNode] = field(default_factory=dict)
+
+
+def make_folder(backend: Backend) -> object:
+    def fold(op: A.Op) -> None:
+        if isinstance(op, A.Composite):
+            for inner in op.expansion:
+                fold(inner)
+            return
+        algos = backend.algorithms(op)
+        if not algos:
+            raise BackendUnavailableError(f"{backend.name} cannot fold {op.kind.value}")
+        exe = backend.compile(Program([(op, algos[0])], [], list(op.outputs)))
+        for t, value in zip(op.outputs, exe.run([]), strict=True):
+            t.value = value
+
+    return fold
+
+
+def resolve_backends(backend: str) -> list[Backend]:
+    reg = registry()
+    if backend == "auto":
+        found = reg.available()
+        if not found:
+            raise BackendUnavailableError("no backend is available (is the reference plugin installed?)")
+        return found
+    chosen = [reg.get(backend)]
+    # Ops the chosen backend lacks fall back to the reference backend, with explicit copies.
+    if backend != "reference":
+        try:
+            chosen.append(reg.get("reference"))
+        except BackendUnavailableError:
+            pass
+    return chosen
+
+
+class Model:
+    def __init__(self, graph: Graph, *, backend: str = "auto", threads: int | None = None) -> None:
+        self.graph = graph
+        self.backends = resolve_backends(backend)
+        self.threads = threads
+        self._fold = make_folder(self._fold_backend())
+        self._roots: dict[Signature, PlanNode] = {}
+        self._lock = threading.Lock()
+        self.peak_bytes = 0
+        self._defaults = {
+            vi.name for vi in graph.inputs if vi.name in graph.initializers
+        }
+
+    def _fold_backend(self) -> Backend:
+        for b in self.backends:
+            if b.name == "reference":
+                return b
+        try:
+            return registry().get("reference")
+        except BackendUnavailableError:
+            return self.backends[0]
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def input_names(self) -> list[str]:
+        return [vi.name for vi in self.graph.inputs if vi.name not in self._defaults]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [vi.name for vi in self.graph.outputs]
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """Input name -> declared type, e.g. ``float32[batch,3,224,224]``."""
+        return {vi.name: vi.type.describe() for vi in self.graph.inputs if vi.name not in self._defaults}
+
+    @property
+    def backend_names(self) -> list[str]:
+        return [b.name for b in self.backends]
+
+    # ------------------------------------------------------------------ running
+
+    def _signature(self, feeds: Mapping[str, np.ndarray]) -> tuple[Signature, dict[str, np.ndarray]]:
+        declared = {vi.name: vi for vi in self.graph.inputs}
+        unknown = sorted(set(feeds) - set(declared))
+        if unknown:
+            raise InputError(f"unknown input(s) {unknown}; the model takes {self.input_names}")
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise InputError(f"missing input(s) {missing}")
+        arrays: dict[str, np.ndarray] = {}
+        for name, value in feeds.items():
+            vi = declared[name]
+            arr = np.ascontiguousarray(value)
+            if arr.dtype != vi.type.dtype:
+                raise InputError(f"input {name!r} has dtype {arr.dtype}, the model expects {vi.type.dtype}")
+            if not vi.type.matches(arr.shape):
+                raise InputError(
+                    f"input {name!r} has shape {list(arr.shape)}, the model expects {vi.type.describe()}"
+                )
+            arrays[name] = arr
+        sig = tuple(sorted((n, a.shape, a.dtype.str) for n, a in arrays.items()))
+        return sig, arrays
+
+    def _build(self, sig: Signature, known: dict[int, np.ndarray], start: int) -> PlanNode:
+        shapes = {n: (shape, np.dtype(dt)) for n, shape, dt in sig}
+        lowered = Lowering(self.graph, self._fold, known).run(shapes)  # type: ignore[arg-type]
+        ops = lowered.ops[start:]
+        if lowered.complete:
+            keep = {t.id for t in lowered.outputs}
+        else:  # later stages may read anything produced so far
+            keep = {t.id for op in ops for t in op.outputs}
+        stage = build_stage(ops, self.backends, keep, self.threads)
+        stage.guards = [t.id for t in lowered.need]
+        self.peak_bytes = max(self.peak_bytes, stage.peak_bytes)
+        return PlanNode(stage, len(lowered.ops), lowered.complete, lowered.outputs,
+                        stage.guards, dict(known),
+                        {name: t.id for name, t in lowered.inputs.items()})
+
+    def plan_for(self, feeds: Mapping[str, np.ndarray]) -> PlanNode:
+        sig, _ = self._signature(feeds)
+        with self._lock:
+            if sig not in self._roots:
+                self._roots[sig] = self._build(sig, {}, 0)
+            return self._roots[sig]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sig, arrays = self._signature(feeds)
+        with self._lock:
+            node = self._roots.get(sig)
+            if node is None:
+                node = self._roots[sig] = self._build(sig, {}, 0)
+        table = {tid: arrays[name] for name, tid in node.input_ids.items()}
+        while True:
+            run_stage(node.stage, table)
+            if node.complete:
+                break
+            values = {tid: table[tid] for tid in node.need}
+            key = tuple((tid, v.dtype.str, v.shape, v.tobytes()) for tid, v in values.items())
+            with self._lock:
+                child = node.children.get(key)
+                if child is None:
+                    child = self._build(sig, {**node.known, **values}, node.lowered_ops)
+                    node.children[key] = child
+            node = child
+        return {
+            name: (t.value.copy() if t.value is not None else table[t.id])
+            for name, t in zip(self.output_names, node.outputs, strict=True)
+        }
+
+    def run_many(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        return [self.run(f) for f in feeds]
+
+
+def load(
+    model: str | Path | bytes, *, backend: str = "auto", threads: int | None = None
+) -> Model:
+    """Load an ONNX model from a path or bytes and prepare it for ``backend``."""
+    from walle_core.frontend.onnx_import import import_model
+
+    return Model(import_model(model), backend=backend, threads=threads)

@@ -1,0 +1,1 @@
+"""Backend and algorithm selection (fixed preference until the semi-auto search lands)."""
