@@ -377,3 +377,19 @@ class Builder:
         self.emit(A.Sort([x], [out], outer=math.prod(x.shape[:axis]), n=x.shape[axis],
                          inner=math.prod(x.shape[axis + 1 :]), descending=descending))
         return out
+
+    # ------------------------------------------------------------------ composites
+
+    def composite(
+        self, name: str, inputs: Sequence[A.Tensor], build: Callable[[], list[A.Tensor]],
+        **attrs: object,
+    ) -> list[A.Tensor]:
+        """Run ``build`` (which emits the decomposition) and wrap what it emitted in a
+        ``Composite`` that a backend may claim as one fused kernel."""
+        start = len(self.ops)
+        outs = build()
+        body = self.ops[start:]
+        if body:
+            del self.ops[start:]
+            self.ops.append(A.Composite(list(inputs), outs, name=name, attrs=dict(attrs), expansion=body))
+        return outs

@@ -1,0 +1,195 @@
+"""Convolutions: 2-D -> Conv2D (1-D via a unit axis), other ranks -> im2col Raster + MatMul,
+ConvTranspose -> zero-insertion Raster + Conv with the flipped kernel."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from walle_core import atomic as A
+from walle_core.decompose import NodeContext, register
+from walle_core.decompose.builder import Builder, DecomposeError, contiguous, strided_regions
+from walle_core.decompose.elementwise import req
+
+Ins = list[A.Tensor | None]
+
+
+def resolve_pads(
+    ctx: NodeContext, spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+    dilations: Sequence[int],
+) -> list[int]:
+    """ONNX ``pads`` (all begins, then all ends) after applying ``auto_pad``."""
+    nd = len(spatial)
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        pads = list(ctx.attr("pads", [0] * 2 * nd))
+        if len(pads) != 2 * nd:
+            raise DecomposeError(f"pads must have {2 * nd} values")
+        return pads
+    if auto == "VALID":
+        return [0] * 2 * nd
+    begins, ends = [], []
+    for i in range(nd):
+        out = -(-spatial[i] // strides[i])
+        eff = (kernel[i] - 1) * dilations[i] + 1
+        total = max(0, (out - 1) * strides[i] + eff - spatial[i])
+        small, big = total // 2, total - total // 2
+        begins.append(small if auto == "SAME_UPPER" else big)
+        ends.append(big if auto == "SAME_UPPER" else small)
+    return begins + ends
+
+
+def conv_out(size: int, k: int, s: int, d: int, p0: int, p1: int, ceil: bool = False) -> int:
+    span = size + p0 + p1 - ((k - 1) * d + 1)
+    if span < 0:
+        raise DecomposeError("kernel is larger than the padded input")
+    return (-(-span // s) if ceil else span // s) + 1
+
+
+def conv_nd(
+    b: Builder, x: A.Tensor, w: A.Tensor, bias: A.Tensor | None, strides: Sequence[int],
+    pads: Sequence[int], dilations: Sequence[int], groups: int,
+    act: A.Activation = A.Activation(),
+) -> A.Tensor:
+    nd = len(x.shape) - 2
+    if len(w.shape) != nd + 2:
+        raise DecomposeError(f"weight rank {len(w.shape)} does not match input rank {len(x.shape)}")
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    if c != w.shape[1] * groups or m % groups:
+        raise DecomposeError(f"channels {c} do not match weight {list(w.shape)} with group={groups}")
+    if nd == 1:
+        y = conv_nd(b, b.reshape(x, (n, c, 1, x.shape[2])), b.reshape(w, (m, w.shape[1], 1, w.shape[2])),
+                    bias, (1, strides[0]), (0, pads[0], 0, pads[1]), (1, dilations[0]), groups, act)
+        return b.reshape(y, (n, m, y.shape[3]))
+    outs = [conv_out(x.shape[2 + i], w.shape[2 + i], strides[i], dilations[i], pads[i], pads[i + nd])
+            for i in range(nd)]
+    if nd == 2:
+        y = b.tensor((n, m, *outs), x.dtype)
+        ins = [x, w] + ([bias] if bias is not None else [])
+        b.emit(A.Conv2D(ins, [y], strides=(strides[0], strides[1]),
+                        pads=(pads[0], pads[1], pads[2], pads[3]),
+                        dilations=(dilations[0], dilations[1]), groups=groups, act=act))
+        return y
+    return conv_im2col(b, x, w, bias, strides, pads, dilations, groups, outs, act)
+
+
+def conv_im2col(
+    b: Builder, x: A.Tensor, w: A.Tensor, bias: A.Tensor | None, strides: Sequence[int],
+    pads: Sequence[int], dilations: Sequence[int], groups: int, outs: Sequence[int],
+    act: A.Activation,
+) -> A.Tensor:
+    nd = len(outs)
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    xp = b.pad(x, [0, 0, *pads[:nd]], [0, 0, *pads[nd:]], 0.0) if any(pads) else x
+    st = contiguous(xp.shape)
+    ks = list(w.shape[2:])
+    shape = [n, c, *ks, *outs]
+    strides_v = [st[0], st[1]] + [st[2 + i] * dilations[i] for i in range(nd)] + [
+        st[2 + i] * strides[i] for i in range(nd)]
+    cols = b.strided(xp, shape, strides_v)
+    kk = math.prod(ks)
+    p = math.prod(outs)
+    cg = c // groups
+    cols = b.reshape(cols, (n, groups, cg * kk, p))
+    cols = b.reshape(b.transpose(cols, (1, 0, 2, 3)), (groups, n, cg * kk, p))
+    cols = b.reshape(b.transpose(cols, (0, 2, 1, 3)), (groups, cg * kk, n * p))
+    wg = b.reshape(w, (groups, m // groups, cg * kk))
+    y = b.matmul(wg, cols)  # (groups, m/g, n*p)
+    y = b.transpose(b.reshape(y, (m, n, p)), (1, 0, 2))
+    y = b.reshape(y, (n, m, *outs))
+    if bias is not None:
+        y = b.binary("add", y, b.reshape(bias, (m,) + (1,) * nd))
+    if act.fn != "identity":
+        y = b.unary(act.fn, y, *act.params)
+    return y
+
+
+@register("Conv")
+def conv(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x, w = req(ins[0]), req(ins[1], "weight")
+    bias = ins[2] if len(ins) > 2 else None
+    nd = len(x.shape) - 2
+    if nd < 1:
+        raise DecomposeError("Conv input needs at least one spatial axis")
+    kernel = ctx.attr("kernel_shape") or list(w.shape[2:])
+    strides = ctx.attr("strides") or [1] * nd
+    dilations = ctx.attr("dilations") or [1] * nd
+    pads = resolve_pads(ctx, x.shape[2:], kernel, strides, dilations)
+    return [conv_nd(b, x, w, bias, strides, pads, dilations, int(ctx.attr("group", 1)))]
+
+
+def dilate_input(b: Builder, x: A.Tensor, strides: Sequence[int]) -> A.Tensor:
+    """Insert ``stride - 1`` zeros between input pixels (one Raster with a zero fill)."""
+    if all(s == 1 for s in strides):
+        return x
+    nd = len(strides)
+    shape = [*x.shape[:2]] + [(d - 1) * s + 1 for d, s in zip(x.shape[2:], strides, strict=True)]
+    out = b.tensor(shape, x.dtype)
+    dst = contiguous(shape)
+    dst = dst[:2] + [dst[2 + i] * strides[i] for i in range(nd)]
+    regions = strided_regions(0, 0, contiguous(x.shape), 0, dst, x.shape)
+    b.emit(A.Raster([x], [out], regions=regions, fill=0.0))
+    return out
+
+
+@register("ConvTranspose")
+def conv_transpose(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x, w = req(ins[0]), req(ins[1], "weight")
+    bias = ins[2] if len(ins) > 2 else None
+    nd = len(x.shape) - 2
+    groups = int(ctx.attr("group", 1))
+    cin, mg = w.shape[0], w.shape[1]
+    ks = ctx.attr("kernel_shape") or list(w.shape[2:])
+    strides = ctx.attr("strides") or [1] * nd
+    dil = ctx.attr("dilations") or [1] * nd
+    outpad = ctx.attr("output_padding") or [0] * nd
+    in_sp = x.shape[2:]
+    out_shape = ctx.attr("output_shape")
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if out_shape is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(out_shape)[-nd:] if out_shape is not None else [d * s for d, s in zip(in_sp, strides, strict=True)]
+        pads_b, pads_e = [], []
+        for i in range(nd):
+            total = strides[i] * (in_sp[i] - 1) + outpad[i] + ((ks[i] - 1) * dil[i] + 1) - target[i]
+            total = max(total, 0)
+            if auto == "SAME_UPPER" or (auto != "SAME_LOWER" and out_shape is not None):
+                pads_b.append(total // 2)
+                pads_e.append(total - total // 2)
+            else:
+                pads_b.append(total - total // 2)
+                pads_e.append(total // 2)
+        pads = pads_b + pads_e
+    elif auto == "VALID":
+        pads = [0] * 2 * nd
+    else:
+        pads = list(ctx.attr("pads") or [0] * 2 * nd)
+    if x.shape[1] != cin:
+        raise DecomposeError(f"input channels {x.shape[1]} do not match weight {list(w.shape)}")
+    # Equivalent direct conv: kernel flipped spatially, in/out channels swapped within groups.
+    wv = b.value(w) if w.value is not None else None
+    if wv is not None:
+        wf = wv.reshape(groups, cin // groups, mg, *ks)
+        wf = np.swapaxes(wf, 1, 2).reshape(groups * mg, cin // groups, *ks)
+        wf = np.ascontiguousarray(wf[(slice(None), slice(None)) + (slice(None, None, -1),) * nd])
+        wt = b.const(wf)
+    else:
+        wg = b.reshape(w, (groups, cin // groups, mg, *ks))
+        wg = b.transpose(wg, (0, 2, 1, *range(3, 3 + nd)))
+        st = contiguous(wg.shape)
+        off = sum((k - 1) * s for k, s in zip(ks, st[3:], strict=True))
+        wt = b.strided(wg, wg.shape, st[:3] + [-s for s in st[3:]], off)
+        wt = b.reshape(wt, (groups * mg, cin // groups, *ks))
+    xd = dilate_input(b, x, strides)
+    full = [(k - 1) * d for k, d in zip(ks, dil, strict=True)]
+    before = [full[i] - pads[i] for i in range(nd)]
+    after = [full[i] - pads[nd + i] + outpad[i] for i in range(nd)]
+    if any(v < 0 for v in before + after):
+        xd = b.pad(xd, [0, 0, *[min(v, 0) for v in before]], [0, 0, *[min(v, 0) for v in after]], 0.0)
+        before = [max(v, 0) for v in before]
+        after = [max(v, 0) for v in after]
+    y = conv_nd(b, xd, wt, bias, [1] * nd, before + after, dil, groups)
+    return [y]
