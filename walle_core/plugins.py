@@ -10,6 +10,7 @@ import threading
 import traceback
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
 import pluggy
 
@@ -70,7 +71,9 @@ class Registry:
             dist = ep.dist.name if ep.dist is not None else "?"
             source = f"entry point {dist}:{ep.value}"
             if ep.name in disabled:
-                self._entries[ep.name] = _unavailable(ep.name, source, "disabled by WALLE_DISABLE_PLUGINS")
+                self._entries[ep.name] = _unavailable(
+                    ep.name, source, "disabled by WALLE_DISABLE_PLUGINS"
+                )
                 continue
             try:
                 module = ep.load()
@@ -78,7 +81,9 @@ class Registry:
                 self._sources[ep.name] = source
             except Exception as exc:
                 last = traceback.format_exception_only(exc)[-1].strip()
-                self._entries[ep.name] = _unavailable(ep.name, source, f"plugin failed to load: {last}")
+                self._entries[ep.name] = _unavailable(
+                    ep.name, source, f"plugin failed to load: {last}"
+                )
                 continue
         self._collect_backends()
 
@@ -86,7 +91,10 @@ class Registry:
         for impl in self.pm.hook.walle_backends.get_hookimpls():
             source = self._sources.get(impl.plugin_name, impl.plugin_name)
             try:
-                classes = list(impl.function())
+                # pluggy types hook functions as returning ``object``; a plugin may return junk,
+                # which list() rejects inside this try.
+                returned: Any = impl.function()
+                classes = list(returned)
             except Exception as exc:
                 self._entries[impl.plugin_name] = _unavailable(
                     impl.plugin_name, source, f"walle_backends() raised {exc!r}"
@@ -120,7 +128,9 @@ class Registry:
             known = ", ".join(sorted(self._entries)) or "none"
             raise BackendUnavailableError(f"unknown backend {name!r} (known: {known})")
         if entry.backend is None:
-            raise BackendUnavailableError(f"backend {name!r} is unavailable: {entry.availability.reason}")
+            raise BackendUnavailableError(
+                f"backend {name!r} is unavailable: {entry.availability.reason}"
+            )
         return entry.backend
 
 

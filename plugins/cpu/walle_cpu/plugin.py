@@ -1,4 +1,4 @@
-"""CPU backend plugin: reports the host CPU and its SIMD features; kernels are not implemented yet."""
+"""CPU backend plugin: reports the host CPU and its SIMD features; kernels are not written yet."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Walle's Vulkan backend (the ``vulkan`` cffi binding). Kernels arrive with the accelerator issue."""
+"""Walle's Vulkan backend (the ``vulkan`` cffi binding). Kernels come with the accelerator issue."""

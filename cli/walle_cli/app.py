@@ -1,0 +1,49 @@
+"""The ``walle`` command-line application (Typer). Thin: every command calls public APIs."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import typer
+
+import walle_core
+from walle_cli.commands.backends import backends
+from walle_cli.commands.demo import demo
+from walle_cli.commands.inspect import inspect
+from walle_cli.commands.run import run
+from walle_cli.console import out
+
+app = typer.Typer(
+    name="walle",
+    help="Walle: a device-cloud ML engine with pluggable compute backends.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Bugs still show a traceback, but without dumping every local (weights can be huge).
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.command("version")
+def version() -> None:
+    """Print the Walle version and the versions it runs with."""
+    import onnx
+
+    out().print(
+        f"walle {walle_core.__version__} (python {platform.python_version()}, "
+        f"numpy {np.__version__}, onnx {onnx.__version__})"
+    )
+
+
+app.command("backends")(backends)
+app.command("run")(run)
+app.command("inspect")(inspect)
+app.command("demo")(demo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
