@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import ClassVar
 
 import numpy as np
+
 
 @dataclass(eq=False)
 class Tensor:
@@ -37,7 +38,7 @@ class Tensor:
         return f"T{self.id}{list(self.shape)}:{self.dtype}{const}"
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     RASTER = "Raster"
     UNARY = "Unary"
     BINARY = "Binary"

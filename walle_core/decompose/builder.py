@@ -18,7 +18,7 @@ from walle_core.errors import WalleError
 FoldFn = Callable[[A.Op], None]  # evaluates a constant op, filling its outputs' ``value``
 
 
-class NeedValue(Exception):  # noqa: N818 - control flow, not an error
+class NeedValue(Exception):  # control flow, not an error
     """A decomposition needs a tensor's run-time value to know shapes: the planner syncs."""
 
     def __init__(self, tensors: Sequence[A.Tensor]) -> None:
@@ -205,7 +205,7 @@ class Builder:
         shape[axis] = sum(t.shape[axis] for t in xs)
         out = self.tensor(shape, ref.dtype)
         if all(t.value is not None for t in xs):
-            out.value = np.concatenate([t.value for t in xs], axis=axis)  # type: ignore[misc]
+            out.value = np.concatenate([self.value(t) for t in xs], axis=axis)
             return out
         dst = contiguous(shape)
         regions: list[A.Region] = []

@@ -7,6 +7,7 @@ whose observed values pick (or build) the next stage.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.backend import Backend, Program
+from walle_core.decompose import lookup
 from walle_core.errors import BackendUnavailableError, InputError
-from walle_core.ir.graph import Graph
+from walle_core.ir.graph import Graph, subgraphs
 from walle_core.plan.lower import Lowering
 from walle_core.plan.planner import Stage, build_stage, run_stage
 from walle_core.plugins import registry
@@ -53,6 +55,14 @@ def make_folder(backend: Backend) -> object:
     return fold
 
 
+def check_supported(graph: Graph) -> None:
+    """Fail at load, not at first run, when a node (or a subgraph node) has no decomposition."""
+    for node in graph.nodes:
+        lookup(node, graph.opset)
+        for sub in subgraphs(node):
+            check_supported(sub)
+
+
 def resolve_backends(backend: str) -> list[Backend]:
     reg = registry()
     if backend == "auto":
@@ -63,16 +73,15 @@ def resolve_backends(backend: str) -> list[Backend]:
     chosen = [reg.get(backend)]
     # Ops the chosen backend lacks fall back to the reference backend, with explicit copies.
     if backend != "reference":
-        try:
+        with contextlib.suppress(BackendUnavailableError):
             chosen.append(reg.get("reference"))
-        except BackendUnavailableError:
-            pass
     return chosen
 
 
 class Model:
     def __init__(self, graph: Graph, *, backend: str = "auto", threads: int | None = None) -> None:
         self.graph = graph
+        check_supported(graph)
         self.backends = resolve_backends(backend)
         self.threads = threads
         self._fold = make_folder(self._fold_backend())
@@ -176,8 +185,11 @@ class Model:
                     child = self._build(sig, {**node.known, **values}, node.lowered_ops)
                     node.children[key] = child
             node = child
+        inputs = set(node.input_ids.values())
         return {
-            name: (t.value.copy() if t.value is not None else table[t.id])
+            # Never hand back a caller's own array or a plan constant: callers may mutate results.
+            name: (t.value.copy() if t.value is not None
+                   else table[t.id].copy() if t.id in inputs else table[t.id])
             for name, t in zip(self.output_names, node.outputs, strict=True)
         }
 

@@ -197,6 +197,14 @@ def cast(op: A.Op, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
         outs[0][...] = x.astype(outs[0].dtype)
 
 
+_REDUCERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sum": lambda x: np.sum(x, axis=1, dtype=x.dtype),
+    "prod": lambda x: np.prod(x, axis=1, dtype=x.dtype),
+    "max": lambda x: np.max(x, axis=1),
+    "min": lambda x: np.min(x, axis=1),
+}
+
+
 def reduce(op: A.Op, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     assert isinstance(op, A.Reduce)
     x = ins[0].reshape(op.outer, op.n, op.inner)
@@ -213,8 +221,7 @@ def reduce(op: A.Op, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
         elif fn == "cumprod":
             r = np.cumprod(x, axis=1, dtype=x.dtype)
         else:
-            npfn = {"sum": np.sum, "prod": np.prod, "max": np.max, "min": np.min}[fn]
-            r = npfn(x, axis=1, dtype=x.dtype) if fn in ("sum", "prod") else npfn(x, axis=1)
+            r = _REDUCERS[fn](x)
     outs[0][...] = np.asarray(r).reshape(outs[0].shape)
 
 
@@ -244,7 +251,7 @@ def apply_activation(y: np.ndarray, act: A.Activation) -> np.ndarray:
 def conv2d(op: A.Op, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     assert isinstance(op, A.Conv2D)
     x, w = ins[0], ins[1]
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     g = op.groups
     pt, pl, pb, pr = op.pads
@@ -335,8 +342,8 @@ def sort(op: A.Op, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
 def _rankable(x: np.ndarray) -> np.ndarray:
     if x.dtype.kind == "b":
         return x.astype(np.int8)
-    if x.dtype.kind == "u":
-        return x.astype(np.float64) if x.dtype.itemsize < 8 else x.astype(np.float64)
+    if x.dtype.kind == "u":  # negation (descending order) must not wrap around
+        return x.astype(np.float64)
     return x
 
 
