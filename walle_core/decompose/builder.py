@@ -113,7 +113,7 @@ class Builder:
 
     def const(self, value: np.ndarray | float | int | bool, dtype: np.dtype | type | None = None) -> A.Tensor:
         arr = np.asarray(value, dtype=dtype)
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr, order="C")  # not ascontiguousarray: that makes 0-d arrays 1-d
         arr.setflags(write=False)
         return A.Tensor(arr.shape, arr.dtype, value=arr, id=self._id())
 
@@ -155,11 +155,11 @@ class Builder:
             view = np.lib.stride_tricks.as_strided(
                 x.value.reshape(-1)[offset:], shape, [s * x.dtype.itemsize for s in strides]
             )
-            out.value = np.ascontiguousarray(view)
+            out.value = np.asarray(view, order="C")
             out.value.setflags(write=False)
             return out
         regions = strided_regions(0, offset, strides, 0, contiguous(shape), shape)
-        self.emit(A.Raster([x], [out], regions=regions))
+        self.emit(A.Raster([x], [out], regions=regions, view=(shape, tuple(strides), offset)))
         return out
 
     def reshape(self, x: A.Tensor, shape: Sequence[int]) -> A.Tensor:

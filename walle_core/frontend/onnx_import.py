@@ -14,7 +14,7 @@ from walle_core import dtypes
 from walle_core.errors import ModelLoadError, UnsupportedOpError, WalleError
 from walle_core.ir.graph import Dim, Graph, Node, TensorType, ValueInfo, remove_dead_nodes
 
-MIN_OPSET, MAX_OPSET = 7, 21
+MIN_OPSET, MAX_OPSET = 7, 28
 
 
 def _onnx() -> Any:
@@ -70,7 +70,7 @@ def tensor_to_array(tensor: Any) -> np.ndarray:
         raise ModelLoadError(f"cannot decode tensor {tensor.name!r}: {exc}") from None
     if arr.dtype not in dtypes.SUPPORTED and arr.dtype.kind not in "OUS":
         raise ModelLoadError(f"tensor {tensor.name!r} has unsupported dtype {arr.dtype}")
-    return np.ascontiguousarray(arr)
+    return np.asarray(arr, order="C")  # keeps 0-d tensors 0-d (ascontiguousarray would not)
 
 
 def _type_of(vi: Any) -> TensorType | None:

@@ -133,7 +133,7 @@ class Model:
         arrays: dict[str, np.ndarray] = {}
         for name, value in feeds.items():
             vi = declared[name]
-            arr = np.ascontiguousarray(value)
+            arr = np.asarray(value, order="C")  # ascontiguousarray makes 0-d arrays 1-d
             if arr.dtype != vi.type.dtype:
                 raise InputError(f"input {name!r} has dtype {arr.dtype}, the model expects {vi.type.dtype}")
             if not vi.type.matches(arr.shape):
