@@ -213,3 +213,34 @@ def test_inconsistent_shapes_raise_invalid_model_error():
                               [vi("x", [3]), vi("z", [4])], [vi("y", [3])]))
     with pytest.raises(walle_core.InvalidModelError, match=r"node 'add'.*do not broadcast"):
         m.run({"x": np.zeros(3, np.float32), "z": np.zeros(4, np.float32)})
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=2, max_size=5), st.randoms(use_true_random=False))
+def test_adjacent_rasters_merge_and_stay_correct(shape, rnd):
+    p1 = list(range(len(shape)))
+    rnd.shuffle(p1)
+    p2 = list(range(len(shape)))
+    rnd.shuffle(p2)
+    mid = [shape[p] for p in p1]
+    ends = [rnd.randint(1, d) for d in mid]
+    m = walle_core.load(model(
+        [helper.make_node("Transpose", ["x"], ["a"], perm=p1),
+         helper.make_node("Slice", ["a", "st", "en"], ["s"]),
+         helper.make_node("Transpose", ["s"], ["y"], perm=p2)],
+        [vi("x", shape)], [vi("y", None)],
+        [("st", np.zeros(len(shape), np.int64)), ("en", np.array(ends, np.int64))]))
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    ref = x.transpose(p1)[tuple(slice(0, e) for e in ends)].transpose(p2)
+    np.testing.assert_array_equal(m.run({"x": x})["y"], ref)
+
+
+def test_transpose_pair_becomes_one_raster():
+    m = walle_core.load(model(
+        [helper.make_node("Transpose", ["x"], ["a"], perm=[0, 2, 1, 3]),
+         helper.make_node("Transpose", ["a"], ["y"], perm=[3, 1, 0, 2])],
+        [vi("x", [2, 3, 4, 5])], [vi("y", None)]))
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(m.run({"x": x})["y"], x.transpose(0, 2, 1, 3).transpose(3, 1, 0, 2))
+    stage = m.plan_for({"x": x}).stage
+    assert stage.n_ops == 1 and sum(s.ops for s in stage.steps) == 1

@@ -97,6 +97,9 @@ class Raster(Op):
     kind: ClassVar[Kind] = Kind.RASTER
     regions: list[Region] = field(default_factory=list)
     fill: float | None = None
+    # (shape, strides, offset) when this raster densely copies one N-D strided view of input 0;
+    # lets the planner compose chains of views into one raster.
+    view: tuple[tuple[int, ...], tuple[int, ...], int] | None = None
 
     def flops(self) -> float:
         return 0.0

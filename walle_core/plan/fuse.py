@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from walle_core import atomic as A
+from walle_core.decompose.builder import contiguous, strided_regions
 
 
 def is_identity_copy(op: A.Op) -> bool:
@@ -36,3 +37,58 @@ def eliminate_copies(ops: Sequence[A.Op], keep: set[int]) -> list[A.Op]:
             continue
         out.append(op)
     return out
+
+
+def compose_views(
+    a: tuple[tuple[int, ...], tuple[int, ...], int], b: tuple[tuple[int, ...], tuple[int, ...], int]
+) -> tuple[tuple[int, ...], int] | None:
+    """``b`` is a strided view over the dense result of view ``a``; return ``b``'s strides and
+    offset over ``a``'s source, or None when an axis of ``b`` would carry across axes of ``a``."""
+    a_shape, a_strides, a_off = a
+    b_shape, b_strides, b_off = b
+    dense = contiguous(a_shape)
+    base = [(b_off // d) % n if n else 0 for d, n in zip(dense, a_shape, strict=True)]
+    lo, hi = list(base), list(base)
+    strides = []
+    for n, s in zip(b_shape, b_strides, strict=True):
+        if n == 1 or s == 0:
+            strides.append(0)
+            continue
+        for j, d in enumerate(dense):
+            if abs(s) % d == 0 and (j == 0 or abs(s) < dense[j - 1]) and a_shape[j] > 1:
+                c = s // d
+                lo[j] += min(0, c * (n - 1))
+                hi[j] += max(0, c * (n - 1))
+                strides.append(c * a_strides[j])
+                break
+        else:
+            return None
+    if any(x < 0 for x in lo) or any(h >= n for h, n in zip(hi, a_shape, strict=True)):
+        return None
+    return tuple(strides), a_off + sum(c * s for c, s in zip(base, a_strides, strict=True))
+
+
+def merge_rasters(ops: Sequence[A.Op], keep: set[int]) -> list[A.Op]:
+    """Fold a strided-view Raster into the strided-view Raster that alone consumes its output."""
+    uses: dict[int, int] = {}
+    for op in ops:
+        for t in op.inputs:
+            uses[t.id] = uses.get(t.id, 0) + 1
+    producer: dict[int, A.Raster] = {}
+    dead: set[int] = set()
+    for op in ops:
+        if not isinstance(op, A.Raster) or op.view is None:
+            continue
+        t = op.inputs[0]
+        a = producer.get(t.id)
+        if a is not None and a.view is not None and uses.get(t.id) == 1 and t.id not in keep:
+            merged = compose_views(a.view, op.view)
+            if merged is not None:
+                strides, off = merged
+                shape = op.view[0]
+                op.view = (shape, strides, off)
+                op.inputs = [a.inputs[0]]
+                op.regions = strided_regions(0, off, strides, 0, contiguous(shape), shape)
+                dead.add(id(a))
+        producer[op.out.id] = op
+    return [op for op in ops if id(op) not in dead]

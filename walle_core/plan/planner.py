@@ -11,7 +11,7 @@ import numpy as np
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend, Executable, Program
 from walle_core.errors import BackendUnavailableError
-from walle_core.plan.fuse import eliminate_copies
+from walle_core.plan.fuse import eliminate_copies, merge_rasters
 from walle_core.plan.memory import plan_arena
 
 
@@ -64,7 +64,7 @@ def build_stage(
 ) -> Stage:
     """``keep``: ids that must reach the host table (graph outputs, guards, later stages)."""
     primary = backends[0]
-    flat = eliminate_copies(expand_composites(ops, primary), keep)
+    flat = merge_rasters(eliminate_copies(expand_composites(ops, primary), keep), keep)
     assigned = [(op, *choose(op, backends)) for op in flat]
     groups: list[tuple[Backend, list[tuple[A.Op, Algorithm]]]] = []
     for op, backend, algo in assigned:
