@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Idempotent setup, as root on a fresh Debian bookworm (or a machine that already has it all):
+# system packages only when missing, a .venv, and the project installed editable with every extra.
+# A second run with nothing changed does no apt and no pip work.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Test oracle/exporter; pinned so pip never picks another release (a local wheel is used here).
+TORCH_VERSION="2.13.0"
+EXTRAS="dev,opencl,vulkan,cpu,server"
+APT_PACKAGES=(
+    python3 python3-venv python3-dev gcc   # interpreter, venv, headers and compiler for cffi
+    ocl-icd-libopencl1 pocl-opencl-icd     # OpenCL loader + a CPU OpenCL driver
+    libvulkan1 mesa-vulkan-drivers glslc   # Vulkan loader + lavapipe + GLSL->SPIR-V compiler
+)
+
+log() { printf '[setup] %s\n' "$*"; }
+
+installed() {
+    # `dpkg -s` alone also succeeds for removed packages whose config files remain.
+    dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'
+}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    installed "$pkg" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        log "missing system packages: ${missing[*]}; run this script as root" >&2
+        exit 1
+    fi
+    log "installing system packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    log "system packages present"
+fi
+
+# A venv whose interpreter no longer runs (moved, or its base Python was removed) is rebuilt.
+if [[ -d .venv ]] && ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
+    log "rebuilding broken .venv"
+    rm -rf .venv
+fi
+if [[ ! -x .venv/bin/python ]]; then
+    log "creating .venv with $(command -v python3) ($(python3 --version))"
+    python3 -m venv .venv
+fi
+
+# The stamp covers everything that decides what pip installs, and where the editable install
+# points (a copied .venv would point at the old checkout).
+stamp_file=.venv/.walle-install-stamp
+stamp=$( { sha256sum pyproject.toml; echo "torch==$TORCH_VERSION extras=$EXTRAS root=$PWD"; } \
+    | sha256sum | cut -d' ' -f1)
+if [[ -f $stamp_file && $(cat "$stamp_file") == "$stamp" ]]; then
+    log "python packages up to date (stamp matches pyproject.toml)"
+    exit 0
+fi
+
+log "installing walle[$EXTRAS] (editable) and torch==$TORCH_VERSION into .venv"
+rm -f "$stamp_file"
+# setuptools>=70.1 builds wheels without the separate `wheel` package; the plugin tests build
+# throwaway packages with --no-build-isolation, so the venv needs a current one.
+.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
+    -e ".[$EXTRAS]" "torch==$TORCH_VERSION" "setuptools>=70.1"
+installed_torch=$(.venv/bin/python -c 'import torch; print(torch.__version__)')
+if [[ ${installed_torch%%+*} != "$TORCH_VERSION" ]]; then
+    log "expected torch $TORCH_VERSION, got $installed_torch" >&2
+    exit 1
+fi
+echo "$stamp" >"$stamp_file"
+log "done: $(.venv/bin/walle version)"
