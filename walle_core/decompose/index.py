@@ -69,14 +69,19 @@ def along_axis_rows(b: Builder, shape: tuple[int, ...], idx: A.Tensor, axis: int
 @register("GatherElements")
 def gather_elements(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     data, idx = req(ins[0]), req(ins[1], "indices")
-    axis = normalize_axis(int(ctx.attr("axis", 0)), len(data.shape))
+    return [gather_elements_along(b, data, idx, int(ctx.attr("axis", 0)))]
+
+
+def gather_elements_along(b: Builder, data: A.Tensor, idx: A.Tensor, axis: int) -> A.Tensor:
+    """ONNX GatherElements (negative indices wrap)."""
+    axis = normalize_axis(axis, len(data.shape))
     if len(idx.shape) != len(data.shape):
         raise DecomposeError("GatherElements indices must have the rank of data")
     if idx.size == 0:
-        return [b.const(np.zeros(idx.shape, data.dtype))]
+        return b.const(np.zeros(idx.shape, data.dtype))
     flat = along_axis_rows(b, data.shape, idx, axis)
     rows = b.gather_rows(data, flat, data.size, 1)
-    return [b.reshape(rows, idx.shape)]
+    return b.reshape(rows, idx.shape)
 
 
 def scatter_elements_impl(
