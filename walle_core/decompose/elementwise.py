@@ -121,7 +121,7 @@ def binary(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
 @register("Mod")
 def mod(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     x, y = req(ins[0]), req(ins[1])
-    fmod = ctx.attr("fmod", 0) or dtypes.is_float(x.dtype)
+    fmod = bool(ctx.attr("fmod", 0))
     return [b.binary("fmod" if fmod else "mod", x, y)]
 
 
@@ -143,6 +143,22 @@ def variadic(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     if ctx.node.op_type == "Mean":
         y = b.binary("div", y, b.scalar(len(xs), y))
     return [y]
+
+
+@register("Swish")
+def swish(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x = req(ins[0])
+    alpha = float(ctx.attr("alpha", 1.0))
+    ax = x if alpha == 1.0 else b.binary("mul", x, b.scalar(alpha, x))
+    return [b.binary("mul", x, b.unary("sigmoid", ax))]
+
+
+@register("SwiGLU")
+def swiglu(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    gate, lin = req(ins[0]), req(ins[1])
+    alpha = float(ctx.attr("alpha", 1.0))
+    ax = gate if alpha == 1.0 else b.binary("mul", gate, b.scalar(alpha, gate))
+    return [b.binary("mul", b.binary("mul", gate, b.unary("sigmoid", ax)), lin)]
 
 
 @register("Where")
@@ -168,7 +184,10 @@ def cast_like(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
 @register("Dropout")
 def dropout(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     x = req(ins[0])
-    training = b.maybe_value(ins[2]) if len(ins) > 2 and ins[2] is not None else None
-    if training is not None and bool(training):
-        raise ctx.unsupported("training-mode Dropout is not supported (inference engine)")
+    training = b.value(ins[2]) if len(ins) > 2 and ins[2] is not None else None
+    ratio = b.value(ins[1]) if len(ins) > 1 and ins[1] is not None else np.array(0.5)
+    if training is not None and bool(np.asarray(training).reshape(-1)[0]) and float(
+        np.asarray(ratio).reshape(-1)[0]
+    ):
+        raise ctx.unsupported("training-mode Dropout draws random masks (not supported)")
     return [b.unary("identity", x), b.const(np.ones(x.shape, bool))]

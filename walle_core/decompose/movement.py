@@ -288,7 +288,10 @@ def space_to_depth(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     n, c, h, w = x.shape
     bs = ctx.attr("blocksize")
     y = b.reshape(x, (n, c, h // bs, bs, w // bs, bs))
-    y = b.transpose(y, (0, 3, 5, 1, 2, 4))
+    if ctx.attr("mode", "DCR") == "CRD":
+        y = b.transpose(y, (0, 1, 3, 5, 2, 4))
+    else:
+        y = b.transpose(y, (0, 3, 5, 1, 2, 4))
     return [b.reshape(y, (n, c * bs * bs, h // bs, w // bs))]
 
 

@@ -35,7 +35,9 @@ def reduce_with(b: Builder, x: A.Tensor, ins: Ins, ctx: NodeContext, fn: str) ->
         shape = [1 if i in axes else d for i, d in enumerate(x.shape)] if keep else [
             d for i, d in enumerate(x.shape) if i not in axes]
         fill = -np.inf if fn == "max" else np.inf
-        if x.dtype.kind in "iu":
+        if x.dtype == np.bool_:
+            fill = fn == "min"
+        elif x.dtype.kind in "iu":
             info = np.iinfo(x.dtype)
             fill = info.min if fn == "max" else info.max
         return b.const(np.full(shape, fill, x.dtype))
@@ -74,8 +76,7 @@ def composed(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     if axes is None:
         return [b.unary("identity", x)]
     if x.size == 0:
-        s = reduce_with(b, x, ins, ctx, "sum")
-        return [b.unary("log", b.unary("exp", s))]
+        return [b.unary("log", reduce_with(b, x, ins, ctx, "sum"))]
     m = b.reduce(x, axes, "max", True)
     m = b.select(b.unary("isinf", m), b.scalar(0, m), m)
     e = b.reduce(b.unary("exp", b.binary("sub", x, m)), axes, "sum", True)
@@ -96,7 +97,7 @@ def arg(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     return [y]
 
 
-@register("CumSum")
+@register("CumSum", "CumProd")
 def cumsum(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     x = req(ins[0])
     axis = normalize_axis(int(np.asarray(b.value(req(ins[1], "axis"))).reshape(-1)[0]), len(x.shape))
@@ -107,12 +108,13 @@ def cumsum(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     if reverse:
         full[axis], steps[axis] = n - 1, -1
         x = b.slice(x, full, list(x.shape), steps)
-    y = b.reduce_axis(x, axis, "cumsum")
+    prod = ctx.node.op_type == "CumProd"
+    y = b.reduce_axis(x, axis, "cumprod" if prod else "cumsum")
     if exclusive:
         before = [0] * len(x.shape)
         after = [0] * len(x.shape)
         before[axis], after[axis] = 1, -1
-        y = b.pad(y, before, after, 0.0)
+        y = b.pad(y, before, after, 1.0 if prod else 0.0)
     if reverse:
         y = b.slice(y, full, list(y.shape), steps)
     return [y]
