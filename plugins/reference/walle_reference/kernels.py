@@ -194,7 +194,7 @@ def cast(op: A.Op, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
         x = ins[0]
         if x.dtype.kind == "f" and outs[0].dtype.kind in "iu":
             x = np.trunc(x)
-        outs[0][...] = x.astype(outs[0].dtype)
+        outs[0][...] = x.astype(outs[0].dtype).reshape(outs[0].shape)  # input may be a reshape alias
 
 
 _REDUCERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
