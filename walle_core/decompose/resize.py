@@ -1,0 +1,349 @@
+"""Resize and Upsample, separable: one axis at a time.
+
+For each resized axis the source coordinate of every output position is computed at plan time
+in numpy, and turned into a tap table: ``idx[out, K]`` source indices (clamped: edge padding)
+and ``w[out, K]`` weights. The axis is then resized by one row gather of the K taps, a multiply
+by the weights and a sum over the taps (``GatherScatter`` + ``Binary`` + ``Reduce``). Tables
+that are plain strided patterns (nearest-neighbour integer up/down-sampling) become one Raster.
+``tf_crop_and_resize`` positions outside the input take ``extrapolation_value`` via ``Select``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from walle_core import atomic as A
+from walle_core.decompose import NodeContext, register
+from walle_core.decompose.builder import Builder, DecomposeError, normalize_axis
+from walle_core.decompose.elementwise import req
+
+Ins = list[A.Tensor | None]
+
+# Gathers along an inner axis use a flat (outer * out * K) index table up to this many entries;
+# beyond it the axis is moved to the front instead (two Rasters, a tiny table).
+_FLAT_INDEX_LIMIT = 1 << 16
+
+
+@dataclass
+class AxisSpec:
+    size_in: int
+    size_out: int
+    scale: float
+    roi: tuple[float, float]
+
+
+@dataclass
+class Options:
+    mode: str
+    coord: str
+    nearest: str
+    cubic_a: float
+    exclude_outside: bool
+    extrapolation: float
+    antialias: bool
+
+
+def source_coords(spec: AxisSpec, coord: str) -> np.ndarray:
+    """Output index -> source coordinate, per ``coordinate_transformation_mode``.
+
+    Computed in float32 in the same operation order as onnxruntime, so that nearest-neighbour
+    rounding ties (e.g. 1.5 / 0.6) fall the same way."""
+    f = np.float32
+    n_in, n_out, s = f(spec.size_in), f(spec.size_out), f(spec.scale)
+    y = np.arange(spec.size_out, dtype=f)
+    half = f(0.5)
+    if coord == "half_pixel":
+        x = (y + half) / s - half
+    elif coord == "pytorch_half_pixel":
+        x = (y + half) / s - half if spec.size_out > 1 else np.zeros_like(y)
+    elif coord == "align_corners":
+        x = y * (n_in - 1) / (n_out - 1) if spec.size_out > 1 else np.zeros_like(y)
+    elif coord == "asymmetric":
+        x = y / s
+    elif coord == "half_pixel_symmetric":
+        adjustment = n_out / (s * n_in)
+        offset = n_in / f(2) * (f(1) - adjustment)
+        x = offset + (y + half) / s - half
+    elif coord == "tf_crop_and_resize":
+        r0, r1 = f(spec.roi[0]), f(spec.roi[1])
+        if spec.size_out > 1:
+            x = r0 * (n_in - 1) + y * (r1 - r0) * (n_in - 1) / (n_out - 1)
+        else:
+            x = np.full_like(y, half * (r0 + r1) * (n_in - 1))
+    else:
+        raise DecomposeError(f"unknown coordinate_transformation_mode {coord!r}")
+    return np.asarray(x, np.float32).astype(np.float64)
+
+
+def _nearest_index(x: np.ndarray, mode: str, downsample: bool) -> np.ndarray:
+    fl = np.floor(x)
+    if mode == "round_prefer_floor":
+        r = np.where(x - fl == 0.5, fl, np.floor(x + 0.5))
+    elif mode == "round_prefer_ceil":
+        r = np.floor(x + 0.5)
+    elif mode == "floor":
+        r = fl
+    elif mode == "ceil":
+        r = np.ceil(x)
+    elif mode == "simple":  # Upsample and Resize-10: truncate, or ceil when downsampling
+        r = np.ceil(x) if downsample else np.trunc(x)
+    else:
+        raise DecomposeError(f"unknown nearest_mode {mode!r}")
+    return r.astype(np.int64)
+
+
+def _linear_kernel(t: np.ndarray) -> np.ndarray:
+    return np.clip(1.0 - np.abs(t), 0.0, 1.0)
+
+
+def _cubic_kernel(a: float) -> Callable[[np.ndarray], np.ndarray]:
+    def k(t: np.ndarray) -> np.ndarray:
+        t = np.abs(t)
+        t2, t3 = t * t, t * t * t
+        near = (a + 2) * t3 - (a + 3) * t2 + 1
+        far = a * t3 - 5 * a * t2 + 8 * a * t - 4 * a
+        return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+    return k
+
+
+def tap_table(spec: AxisSpec, opt: Options) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(idx[out, K] clamped source indices, w[out, K] weights, out-of-range mask or None)."""
+    x = source_coords(spec, opt.coord)
+    n_in = spec.size_in
+    outside = None
+    if opt.coord == "tf_crop_and_resize":
+        outside = (x < 0) | (x > n_in - 1)
+        if not outside.any():
+            outside = None
+    if opt.mode == "nearest":
+        idx = _nearest_index(x, opt.nearest, spec.scale < 1)[:, None]
+        return np.clip(idx, 0, n_in - 1), np.ones(idx.shape), outside
+    kernel: Callable[[np.ndarray], np.ndarray]
+    if opt.mode == "linear":
+        radius, kernel = 1, _linear_kernel
+    elif opt.mode == "cubic":
+        radius, kernel = 2, _cubic_kernel(opt.cubic_a)
+    else:
+        raise DecomposeError(f"unknown Resize mode {opt.mode!r}")
+    s = min(spec.scale, 1.0) if opt.antialias else 1.0
+    start = math.floor(-radius / s) + 1
+    taps = np.arange(start, 2 - start)  # offsets from base; 2 * (1 - start) taps
+    base = np.ceil(x) - 1  # so that the fraction lies in (0, 1]
+    ratio = x - base
+    idx = base.astype(np.int64)[:, None] + taps[None, :]
+    w = kernel((taps[None, :] - ratio[:, None]) * s)
+    if opt.antialias:
+        w = w / w.sum(axis=1, keepdims=True)
+    if opt.exclude_outside:
+        w = np.where((idx < 0) | (idx >= n_in), 0.0, w)
+        total = w.sum(axis=1, keepdims=True)
+        w = w / np.where(total == 0, 1.0, total)
+    idx = np.clip(idx, 0, n_in - 1)
+    keep = np.any(w != 0, axis=0)
+    if keep.any() and not keep.all():  # drop taps that never contribute
+        idx, w = idx[:, keep], w[:, keep]
+    return idx, w, outside
+
+
+def _strided_pattern(idx: np.ndarray, n_in: int) -> tuple[list[int], list[int], int] | None:
+    """A 1-tap index column as (sizes, index strides, offset) of a strided view, if it is one:
+    ``idx[j] = off + j*step`` or ``idx[j] = off + j // r`` (integer nearest resampling)."""
+    col = idx[:, 0]
+    n = col.size
+    if n == 1:
+        return [1], [0], int(col[0])
+    d = np.diff(col)
+    if np.all(d == d[0]) and d[0] >= 0:
+        return [n], [int(d[0])], int(col[0])
+    for r in range(2, n + 1):
+        if n % r:
+            continue
+        m = n // r
+        if np.array_equal(col, col[0] + np.arange(n) // r) and col[0] + m - 1 < n_in:
+            return [m, r], [1, 0], int(col[0])
+    return None
+
+
+def resize_axis(b: Builder, x: A.Tensor, axis: int, idx: np.ndarray, w: np.ndarray) -> A.Tensor:
+    shape = x.shape
+    n_in = shape[axis]
+    n_out, k = idx.shape
+    outer = math.prod(shape[:axis])
+    inner = math.prod(shape[axis + 1 :])
+    out_shape = (*shape[:axis], n_out, *shape[axis + 1 :])
+    if k == 1 and np.all(w == 1):
+        if n_out == n_in and np.array_equal(idx[:, 0], np.arange(n_in)):
+            return x
+        pattern = _strided_pattern(idx, n_in)
+        if pattern is not None:
+            sizes, steps, off = pattern
+            view = b.strided(x, [outer, *sizes, inner],
+                             [n_in * inner, *(s * inner for s in steps), 1], off * inner)
+            return b.reshape(view, out_shape)
+    flat_idx = idx.reshape(-1)
+    if outer == 1:
+        rows = b.gather_rows(x, b.const(flat_idx), n_in, inner)
+        g = b.reshape(rows, (n_out, k, inner))
+    elif outer * flat_idx.size <= _FLAT_INDEX_LIMIT:
+        table = (np.arange(outer, dtype=np.int64)[:, None] * n_in + flat_idx[None, :]).reshape(-1)
+        rows = b.gather_rows(x, b.const(table), outer * n_in, inner)
+        g = b.reshape(rows, (outer, n_out, k, inner))
+    else:
+        rank = len(shape)
+        perm = [axis] + [i for i in range(rank) if i != axis]
+        xt = b.transpose(x, perm)
+        rest = outer * inner
+        rows = b.gather_rows(xt, b.const(flat_idx), n_in, rest)
+        if k == 1 and np.all(w == 1):
+            y = b.reshape(rows, (n_out, *[shape[i] for i in perm[1:]]))
+        else:
+            g = b.reshape(rows, (n_out, k, rest))
+            wt = b.const(w.astype(x.dtype).reshape(n_out, k, 1))
+            y = b.reduce_axis(b.binary("mul", g, wt), 1, "sum")
+            y = b.reshape(y, (n_out, *[shape[i] for i in perm[1:]]))
+        inv = [perm.index(i) for i in range(rank)]
+        return b.transpose(y, inv)
+    if k == 1 and np.all(w == 1):
+        return b.reshape(g, out_shape)
+    wt = b.const(w.astype(x.dtype).reshape(n_out, k, 1))
+    y = b.reduce_axis(b.binary("mul", g, wt), len(g.shape) - 2, "sum")
+    return b.reshape(y, out_shape)
+
+
+def resize(b: Builder, x: A.Tensor, specs: dict[int, AxisSpec], opt: Options) -> A.Tensor:
+    rank = len(x.shape)
+    src = x
+    integer = x.dtype.kind in "iub"
+    if integer and opt.mode != "nearest":
+        src = b.cast(x, np.float32)
+    y = src
+    masks: list[tuple[int, np.ndarray]] = []
+    for axis in sorted(specs):
+        spec = specs[axis]
+        if spec.size_out == 0:
+            return b.const(np.zeros((*y.shape[:axis], 0, *y.shape[axis + 1:]), x.dtype))
+        idx, w, outside = tap_table(spec, opt)
+        y = resize_axis(b, y, axis, idx, w)
+        if outside is not None:
+            masks.append((axis, outside))
+    for axis, outside in masks:
+        m = b.const(outside.reshape((-1,) + (1,) * (rank - axis - 1)))
+        y = b.select(m, b.const(np.array(opt.extrapolation, y.dtype)), y)
+    if integer and opt.mode != "nearest":
+        y = b.unary("round", y)
+        if x.dtype.kind in "iu":
+            info = np.iinfo(x.dtype)
+            y = b.unary("clip", y, float(info.min), float(info.max))
+        y = b.cast(y, x.dtype)
+    return y
+
+
+def _floats(b: Builder, t: A.Tensor | None) -> list[float] | None:
+    if t is None or t.size == 0:
+        return None
+    return [float(v) for v in np.asarray(b.value(t)).reshape(-1)]
+
+
+@register("Resize")
+def resize_op(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x = req(ins[0])
+    rank = len(x.shape)
+    if ctx.opset < 11:
+        scales = _floats(b, req(ins[1] if len(ins) > 1 else None, "scales"))
+        mode = str(ctx.attr("mode", "nearest"))
+        opt = Options(mode, "asymmetric", "simple", -0.75, False, 0.0, False)
+        return [_by_scales(b, x, list(range(rank)), scales or [1.0] * rank, opt)]
+    roi = _floats(b, ins[1] if len(ins) > 1 else None)
+    scales = _floats(b, ins[2] if len(ins) > 2 else None)
+    sizes_f = _floats(b, ins[3] if len(ins) > 3 else None)
+    axes = [normalize_axis(a, rank) for a in (ctx.attr("axes") or range(rank))]
+    if len(set(axes)) != len(axes):
+        raise DecomposeError(f"repeated axes {axes}")
+    opt = Options(
+        mode=str(ctx.attr("mode", "nearest")),
+        coord=str(ctx.attr("coordinate_transformation_mode", "half_pixel")),
+        nearest=str(ctx.attr("nearest_mode", "round_prefer_floor")),
+        cubic_a=float(ctx.attr("cubic_coeff_a", -0.75)),
+        exclude_outside=bool(ctx.attr("exclude_outside", 0)),
+        extrapolation=float(ctx.attr("extrapolation_value", 0.0)),
+        antialias=bool(ctx.attr("antialias", 0)) and ctx.attr("mode", "nearest") != "nearest",
+    )
+    if opt.mode not in ("nearest", "linear", "cubic"):
+        raise ctx.unsupported(f"mode {opt.mode!r}")
+    rois = [(0.0, 1.0)] * len(axes)
+    if opt.coord == "tf_crop_and_resize":
+        if roi is None or len(roi) != 2 * len(axes):
+            raise DecomposeError(f"roi must hold {2 * len(axes)} values for tf_crop_and_resize")
+        rois = [(roi[i], roi[len(axes) + i]) for i in range(len(axes))]
+    if (scales is None) == (sizes_f is None):
+        raise DecomposeError("exactly one of scales and sizes must be given")
+    specs: dict[int, AxisSpec] = {}
+    if scales is not None:
+        if len(scales) != len(axes):
+            raise DecomposeError(f"{len(scales)} scales for {len(axes)} axes")
+        for a, s, r in zip(axes, scales, rois, strict=True):
+            if s <= 0:
+                raise DecomposeError(f"scale {s} must be positive")
+            specs[a] = AxisSpec(x.shape[a], math.floor(x.shape[a] * s), s, r)
+    else:
+        sizes = [int(v) for v in sizes_f or []]
+        if len(sizes) != len(axes):
+            raise DecomposeError(f"{len(sizes)} sizes for {len(axes)} axes")
+        policy = str(ctx.attr("keep_aspect_ratio_policy", "stretch"))
+        ratios = [sz / x.shape[a] for a, sz in zip(axes, sizes, strict=True)]
+        if policy != "stretch":
+            if policy == "not_larger":
+                common = min(ratios)
+            elif policy == "not_smaller":
+                common = max(ratios)
+            else:
+                raise DecomposeError(f"unknown keep_aspect_ratio_policy {policy!r}")
+            ratios = [common] * len(axes)
+            sizes = [int(common * x.shape[a] + 0.5) for a in axes]
+        for a, sz, s, r in zip(axes, sizes, ratios, rois, strict=True):
+            specs[a] = AxisSpec(x.shape[a], sz, s, r)
+    specs = {a: sp for a, sp in specs.items() if not _identity(sp, opt)}
+    return [resize(b, x, specs, opt)]
+
+
+def _identity(spec: AxisSpec, opt: Options) -> bool:
+    if spec.size_in != spec.size_out:
+        return False
+    idx, w, outside = tap_table(spec, opt)
+    return bool(outside is None and idx.shape[1] == 1 and np.all(w == 1)
+                and np.array_equal(idx[:, 0], np.arange(spec.size_in)))
+
+
+def _by_scales(b: Builder, x: A.Tensor, axes: Sequence[int], scales: Sequence[float],
+               opt: Options) -> A.Tensor:
+    if len(scales) != len(x.shape):
+        raise DecomposeError(f"{len(scales)} scales for rank {len(x.shape)}")
+    if opt.mode == "bilinear":
+        opt.mode = "linear"
+    if opt.mode not in ("nearest", "linear"):
+        raise DecomposeError(f"unknown Upsample mode {opt.mode!r}")
+    specs = {}
+    for a in axes:
+        s = float(scales[a])
+        sp = AxisSpec(x.shape[a], math.floor(x.shape[a] * s), s, (0.0, 1.0))
+        if not _identity(sp, opt):
+            specs[a] = sp
+    return resize(b, x, specs, opt)
+
+
+@register("Upsample")
+def upsample(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x = req(ins[0])
+    if len(ins) > 1 and ins[1] is not None:
+        scales = _floats(b, ins[1])
+    else:
+        scales = [float(v) for v in ctx.attr("scales") or []]
+    opt = Options(str(ctx.attr("mode", "nearest")), "asymmetric", "simple", -0.75, False, 0.0,
+                  False)
+    rank = len(x.shape)
+    return [_by_scales(b, x, list(range(rank)), scales or [1.0] * rank, opt)]
