@@ -157,7 +157,9 @@ def test_inspect(mlp: Path) -> None:
     # The decomposition section either shows counts per atomic kind or says why it could not.
     assert re.search(r"\d+ atomic ops", text) or "decomposition: not available" in text
     if "atomic ops by kind" in text:
-        assert re.search(r"MatMul\s+│\s+2", text.split("atomic ops by kind")[1])
+        kinds = text.split("atomic ops by kind")[1]
+        assert re.search(r"MatMul\s+│\s+2", kinds) and re.search(r"Reduce\s+│\s+\d", kinds)
+    assert re.search(r"0\s+│\s+reference", text)  # the plan's one step
 
 
 def test_inspect_corrupt(tmp_path: Path) -> None:

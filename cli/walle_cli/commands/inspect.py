@@ -51,11 +51,11 @@ def zero_feeds(inputs: list[ValueInfo]) -> dict[str, np.ndarray]:
 
 
 def atomic_kinds(model: Model, feeds: dict[str, np.ndarray]) -> Counter[str]:
-    """Atomic op kinds of the first plan stage.
+    """Atomic op kinds as decomposed, composites expanded for the primary backend.
 
-    A plan's stage keeps only compiled programs, so lower the graph again: lowering is
-    deterministic, so this yields the same ops, then expand composites as the planner does for
-    the primary backend.
+    A plan keeps only compiled programs, not their ops, so lower the graph again (lowering is
+    deterministic: same ops). These are the counts before the planner's copy elimination and
+    raster merging, which the plan's own op count reflects.
     """
     # make_folder is typed as returning ``object``; it returns the FoldFn lowering expects.
     fold = cast(FoldFn, make_folder(registry().get("reference")))
@@ -65,8 +65,15 @@ def atomic_kinds(model: Model, feeds: dict[str, np.ndarray]) -> Counter[str]:
     return Counter(op.kind.value for op in flat)
 
 
-def _io_table(title: str, values: list[ValueInfo], defaults: set[str]) -> Table:
-    table = Table(title=title, title_justify="left")
+def _section(heading: str, table: Table) -> None:
+    # Headings as plain lines, not table titles: rich wraps a title to the table's width.
+    console = out()
+    console.print(f"\n[bold]{escape(heading)}[/bold]")
+    console.print(table)
+
+
+def _io_table(values: list[ValueInfo], defaults: set[str]) -> Table:
+    table = Table()
     table.add_column("name", overflow="fold")
     table.add_column("type", overflow="fold")
     for vi in values:
@@ -82,26 +89,31 @@ def _decomposition(graph: Graph, backend: str) -> None:
         feeds = zero_feeds([vi for vi in graph.inputs if vi.name in set(model.input_names)])
         node = model.plan_for(feeds)
     except WalleError as exc:
-        console.print(f"decomposition: [yellow]not available[/yellow] ({escape(str(exc))})")
+        console.print(f"\ndecomposition: [yellow]not available[/yellow] ({escape(str(exc))})")
         return
-    where = "" if node.complete else " in the first stage (a sync point follows: data-dependent)"
+    stage = node.stage
+    where = "" if node.complete else " in its first stage (a sync point follows: data-dependent)"
     sizes = ", ".join(f"{n}={list(a.shape)}" for n, a in sorted(feeds.items())) or "no inputs"
-    on = ", ".join(model.backend_names)
-    console.print(
-        f"decomposition on {escape(on)} for {escape(sizes)}: {node.stage.n_ops} atomic ops{where}, "
-        f"planned arena {node.stage.peak_bytes:,} bytes"
-    )
+    steps = Table()
+    for col in ("#", "backend", "ops", "arena bytes"):
+        steps.add_column(col, justify="left" if col == "backend" else "right")
+    for i, step in enumerate(stage.steps):
+        steps.add_row(str(i), escape(step.backend), str(step.ops), f"{step.arena_bytes:,}")
+    _section(f"plan for {sizes}: {stage.n_ops} atomic ops{where}, "
+             f"peak arena {stage.peak_bytes:,} bytes", steps)
     try:
         kinds = atomic_kinds(model, feeds)
     except WalleError as exc:
         console.print(f"atomic kinds: not available ({escape(str(exc))})")
         return
-    table = Table(title="atomic ops by kind", title_justify="left")
+    table = Table()
     table.add_column("kind")
     table.add_column("count", justify="right")
     for kind, n in kinds.most_common():
         table.add_row(kind, str(n))
-    console.print(table)
+    # The plan's count is lower: it drops reshape copies and merges chained rasters.
+    _section(f"decomposed: {sum(kinds.values())} atomic ops by kind (before plan clean-ups)",
+             table)
 
 
 def inspect(
@@ -125,12 +137,12 @@ def inspect(
     n_tensors = len(graph.initializers)
     console.print(f"parameters: {params:,} values in {n_tensors} tensors ({param_bytes:,} bytes)")
     defaults = set(graph.initializers)
-    console.print(_io_table("inputs", graph.inputs, defaults))
-    console.print(_io_table("outputs", graph.outputs, set()))
-    ops = Table(title="op types", title_justify="left")
+    _section("inputs", _io_table(graph.inputs, defaults))
+    _section("outputs", _io_table(graph.outputs, set()))
+    ops = Table()
     ops.add_column("op type")
     ops.add_column("count", justify="right")
     for op, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         ops.add_row(escape(op), str(n))
-    console.print(ops)
+    _section(f"op types ({len(counts)})", ops)
     _decomposition(graph, backend)
