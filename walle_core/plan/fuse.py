@@ -26,12 +26,21 @@ def is_identity_copy(op: A.Op) -> bool:
     return covered == dst.size
 
 
+def _as_shape(src: A.Tensor, want: A.Tensor) -> A.Tensor:
+    """The source buffer under the consumer's declared shape (kernels such as Conv2D read
+    their input's shape): same id, so it binds to the same memory."""
+    if src.shape == want.shape:
+        return src
+    value = None if src.value is None else src.value.reshape(want.shape)
+    return A.Tensor(want.shape, src.dtype, value, src.name, src.id)
+
+
 def eliminate_copies(ops: Sequence[A.Op], keep: set[int]) -> list[A.Op]:
     """Drop identity copies whose result need not exist on its own (not in ``keep``)."""
     alias: dict[int, A.Tensor] = {}
     out: list[A.Op] = []
     for op in ops:
-        op.inputs = [alias.get(t.id, t) for t in op.inputs]
+        op.inputs = [_as_shape(alias[t.id], t) if t.id in alias else t for t in op.inputs]
         if is_identity_copy(op) and op.out.id not in keep:
             alias[op.out.id] = op.inputs[0]
             continue

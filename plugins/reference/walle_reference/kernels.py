@@ -250,7 +250,8 @@ def apply_activation(y: np.ndarray, act: A.Activation) -> np.ndarray:
 
 def conv2d(op: A.Op, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     assert isinstance(op, A.Conv2D)
-    x, w = ins[0], ins[1]
+    # Inputs may be reshape aliases: view them with the op's declared shapes.
+    x, w = ins[0].reshape(op.inputs[0].shape), ins[1].reshape(op.inputs[1].shape)
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     g = op.groups
@@ -273,7 +274,7 @@ def conv2d(op: A.Op, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
 
 def pool2d(op: A.Op, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     assert isinstance(op, A.Pool2D)
-    x = ins[0]
+    x = ins[0].reshape(op.inputs[0].shape)  # the input may be a reshape alias
     n, c, _h, _w = x.shape
     _, _, oh, ow = outs[0].shape
     pt, pl, pb, pr = op.pads
