@@ -27,8 +27,6 @@ def pool(b: Builder, ins: Ins, ctx: NodeContext, fn: str) -> list[A.Tensor]:
     nd = len(x.shape) - 2
     if nd < 1:
         raise DecomposeError("pooling needs at least one spatial axis")
-    if len(ctx.node.outputs) > 1 and ctx.node.outputs[1]:
-        raise ctx.unsupported("MaxPool Indices output")
     kernel = list(ctx.attr("kernel_shape"))
     strides = ctx.attr("strides") or [1] * nd
     dil = ctx.attr("dilations") or [1] * nd
@@ -40,15 +38,67 @@ def pool(b: Builder, ins: Ins, ctx: NodeContext, fn: str) -> list[A.Tensor]:
             for i in range(nd)]
     include = bool(ctx.attr("count_include_pad", 0))
     p = int(ctx.attr("p", 2))
+    extra: list[A.Tensor] = []
+    if fn == "max" and len(ctx.node.outputs) > 1 and ctx.node.outputs[1]:
+        order = int(ctx.attr("storage_order", 0))
+        extra.append(max_pool_indices(b, x, kernel, strides, pads, dil, outs, order))
     if nd == 1:
         x2 = b.reshape(x, (*x.shape[:2], 1, x.shape[2]))
         y = pool2d(b, x2, fn, (1, kernel[0]), (1, strides[0]), (0, pads[0], 0, pads[1]),
                    (1, dil[0]), include, p, (1, outs[0]))
-        return [b.reshape(y, (*x.shape[:2], outs[0]))]
+        return [b.reshape(y, (*x.shape[:2], outs[0])), *extra]
     if nd == 2:
         return [pool2d(b, x, fn, tuple(kernel), tuple(strides), tuple(pads), tuple(dil), include, p,
-                       tuple(outs))]
-    return [pool_generic(b, x, fn, kernel, strides, pads, dil, include, p, outs)]
+                       tuple(outs)), *extra]
+    return [pool_generic(b, x, fn, kernel, strides, pads, dil, include, p, outs), *extra]
+
+
+def _windows(b: Builder, x: A.Tensor, kernel: list[int], strides: list[int], pads: list[int],
+             dil: list[int], outs: list[int], fill: float) -> tuple[A.Tensor, list[int]]:
+    """(N, C, *outs, *kernel) windows of ``x`` padded with ``fill``; also the end pads used
+    (ceil mode may read past the declared end pads)."""
+    nd = len(kernel)
+    spatial = x.shape[2:]
+    ends = [max(pads[nd + i], (outs[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1
+                - spatial[i] - pads[i]) for i in range(nd)]
+    xp = b.pad(x, [0, 0, *pads[:nd]], [0, 0, *ends], fill)
+    st = contiguous(xp.shape)
+    shape = [*x.shape[:2], *outs, *kernel]
+    view_st = st[:2] + [st[2 + i] * strides[i] for i in range(nd)] + [
+        st[2 + i] * dil[i] for i in range(nd)]
+    return b.strided(xp, shape, view_st), ends
+
+
+def max_pool_indices(b: Builder, x: A.Tensor, kernel: list[int], strides: list[int],
+                     pads: list[int], dil: list[int], outs: list[int], storage_order: int
+                     ) -> A.Tensor:
+    """MaxPool's Indices output: flat indices into ``x`` (row-major, or column-major over the
+    spatial axes with ``storage_order=1``) of each window's first maximum."""
+    nd = len(kernel)
+    n, c = x.shape[:2]
+    spatial = list(x.shape[2:])
+    fill = float(np.iinfo(x.dtype).min) if x.dtype.kind in "iu" else -np.inf
+    win, ends = _windows(b, x, kernel, strides, pads, dil, outs, fill)
+    npos, nk = math.prod(outs), math.prod(kernel)
+    arg = b.reduce_axis(b.reshape(win, (n * c, npos, nk)), 2, "argmax")  # (NC, P, 1)
+    # Plan-time table: window position p, tap k -> flat spatial index in x (-1: padding).
+    coords = np.indices(spatial).reshape(nd, -1)
+    if storage_order:
+        flat = sum(coords[i] * math.prod(spatial[:i]) for i in range(nd))
+    else:
+        flat = sum(coords[i] * math.prod(spatial[i + 1:]) for i in range(nd))
+    grid = np.pad(np.asarray(flat, np.int64).reshape(spatial), [(pads[i], ends[i]) for i in range(nd)],
+                  constant_values=-1)
+    gs = [s // grid.itemsize for s in grid.strides]
+    table = np.lib.stride_tricks.as_strided(
+        grid, [*outs, *kernel], [gs[i] * strides[i] * grid.itemsize for i in range(nd)]
+        + [gs[i] * dil[i] * grid.itemsize for i in range(nd)]).reshape(-1)
+    pick = b.binary("add", b.reshape(arg, (n * c, npos)),
+                    b.const(np.arange(npos, dtype=np.int64) * nk))
+    idx = b.reshape(b.gather_rows(b.const(np.ascontiguousarray(table)), pick, npos * nk, 1),
+                    (n * c, npos))
+    base = b.const((np.arange(n * c, dtype=np.int64) * math.prod(spatial)).reshape(n * c, 1))
+    return b.reshape(b.binary("add", idx, base), (n, c, *outs))
 
 
 def pool2d(b: Builder, x: A.Tensor, fn: str, kernel: tuple[int, ...], strides: tuple[int, ...],
