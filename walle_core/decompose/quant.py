@@ -1,0 +1,135 @@
+"""Linear quantization -> Binary / Unary / Cast / Reduce / MatMul: QuantizeLinear,
+DequantizeLinear, DynamicQuantizeLinear and QLinearMatMul (integer types; float8/int4 are not
+Walle dtypes)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from walle_core import atomic as A
+from walle_core import dtypes
+from walle_core.decompose import NodeContext, register
+from walle_core.decompose.builder import Builder, DecomposeError, normalize_axis
+from walle_core.decompose.elementwise import req
+
+Ins = list[A.Tensor | None]
+
+_INT_RANGES = {np.dtype(t): (np.iinfo(t).min, np.iinfo(t).max)
+               for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32)}
+
+
+def _opt(ins: Ins, i: int) -> A.Tensor | None:
+    return ins[i] if len(ins) > i else None
+
+
+def per_axis(b: Builder, p: A.Tensor, x: A.Tensor, axis: int, block: int) -> A.Tensor:
+    """A scale / zero point laid out to broadcast over ``x`` (scalar, per-axis or blocked)."""
+    rank = len(x.shape)
+    if p.size == 1 and block <= 0:
+        return b.reshape(p, ())
+    axis = normalize_axis(axis, rank)
+    if block > 0:
+        if len(p.shape) != rank:
+            raise DecomposeError("blocked quantization parameters need the input's rank")
+        shape = list(p.shape)
+        e = b.reshape(p, (*shape[: axis + 1], 1, *shape[axis + 1 :]))
+        full = (*shape[: axis + 1], block, *shape[axis + 1 :])
+        e = b.expand(e, full)
+        shape[axis] *= block
+        e = b.reshape(e, shape)
+        if shape[axis] != x.shape[axis]:
+            starts = [0] * rank
+            sizes = list(shape)
+            sizes[axis] = x.shape[axis]
+            e = b.slice(e, starts, sizes, [1] * rank)
+        return e
+    if len(p.shape) != 1 or p.shape[0] != x.shape[axis]:
+        raise DecomposeError(f"per-axis parameter of shape {list(p.shape)} does not fit axis {axis}")
+    return b.reshape(p, [x.shape[axis] if i == axis else 1 for i in range(rank)])
+
+
+def saturate_round(b: Builder, y: A.Tensor, zp: A.Tensor | None, out: np.dtype) -> A.Tensor:
+    """round-half-even(y) + zp, clipped to ``out``'s range, cast to ``out``."""
+    if out not in _INT_RANGES:
+        raise DecomposeError(f"unsupported quantized type {out}")
+    r = b.unary("round", y)
+    if zp is not None:
+        r = b.binary("add", r, b.cast(zp, r.dtype))
+    lo, hi = _INT_RANGES[out]
+    r = b.unary("clip", r, float(lo), float(hi))
+    return b.cast(r, out)
+
+
+@register("QuantizeLinear")
+def quantize_linear(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x, scale = req(ins[0]), req(ins[1], "y_scale")
+    zp = _opt(ins, 2)
+    code = ctx.attr("output_dtype", 0)
+    out = zp.dtype if zp is not None else dtypes.from_onnx(int(code)) if code else np.dtype(np.uint8)
+    if out not in _INT_RANGES:
+        raise ctx.unsupported(f"quantizing to {out}")
+    axis, block = int(ctx.attr("axis", 1)), int(ctx.attr("block_size", 0))
+    precision = ctx.attr("precision")
+    work = dtypes.from_onnx(int(precision)) if precision else np.dtype(np.float32)
+    if not precision and x.dtype == np.float64:
+        work = x.dtype
+    s = per_axis(b, b.cast(scale, work), x, axis, block)
+    y = b.binary("div", b.cast(x, work), s)
+    z = per_axis(b, zp, x, axis, block) if zp is not None else None
+    return [saturate_round(b, y, z, out)]
+
+
+@register("DequantizeLinear")
+def dequantize_linear(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x, scale = req(ins[0]), req(ins[1], "x_scale")
+    zp = _opt(ins, 2)
+    if x.dtype.kind not in "iu":
+        raise ctx.unsupported(f"dequantizing {x.dtype}")
+    axis, block = int(ctx.attr("axis", 1)), int(ctx.attr("block_size", 0))
+    code = ctx.attr("output_dtype", 0)
+    out = dtypes.from_onnx(int(code)) if code else scale.dtype
+    xi = b.cast(x, np.int32)
+    if zp is not None:
+        xi = b.binary("sub", xi, b.cast(per_axis(b, zp, x, axis, block), np.int32))
+    s = per_axis(b, scale, x, axis, block)
+    y = b.binary("mul", b.cast(xi, np.float32), b.cast(s, np.float32))
+    return [b.cast(y, out)]
+
+
+@register("DynamicQuantizeLinear")
+def dynamic_quantize_linear(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x = b.cast(req(ins[0]), np.float32)
+    axes = list(range(len(x.shape)))
+    zero = b.const(np.array(0, np.float32))
+    lo = b.binary("min", b.reduce(x, axes, "min", False), zero)
+    hi = b.binary("max", b.reduce(x, axes, "max", False), zero)
+    scale = b.binary("div", b.binary("sub", hi, lo), b.const(np.array(255, np.float32)))
+    zp_f = b.unary("clip", b.unary("round", b.binary("sub", zero, b.binary("div", lo, scale))),
+                   0.0, 255.0)
+    zp = b.cast(zp_f, np.uint8)
+    y = saturate_round(b, b.binary("div", x, scale), zp_f, np.dtype(np.uint8))
+    return [y, scale, zp]
+
+
+@register("QLinearMatMul")
+def qlinear_matmul(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    a, a_s, a_zp = req(ins[0]), req(ins[1]), _opt(ins, 2)
+    w, w_s, w_zp = req(ins[3]), req(ins[4]), _opt(ins, 5)
+    y_s, y_zp = req(ins[6]), _opt(ins, 7)
+    ai = b.cast(a, np.int32)
+    if a_zp is not None:
+        zp = b.cast(a_zp, np.int32)
+        if zp.size > 1:  # per-row zero point of a (M,)
+            zp = b.reshape(zp, (zp.size, 1))
+        ai = b.binary("sub", ai, zp)
+    wi = b.cast(w, np.int32)
+    if w_zp is not None:
+        wi = b.binary("sub", wi, b.cast(w_zp, np.int32))
+    acc = b.matmul(ai, wi)
+    f = np.float64 if y_s.dtype == np.float64 else np.float32
+    mult = b.binary("div", b.binary("mul", b.cast(a_s, f), b.cast(w_s, f)), b.cast(y_s, f))
+    if mult.size > 1:
+        mult = b.reshape(mult, (mult.size,)) if len(w.shape) >= 2 else mult
+    d = b.binary("mul", b.cast(acc, f), mult)
+    out = y_zp.dtype if y_zp is not None else a.dtype
+    return [saturate_round(b, d, y_zp, out)]
