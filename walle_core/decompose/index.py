@@ -300,3 +300,90 @@ def reverse_sequence(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     src = b.select(b.binary("lt", tt, ll), rev, tt)
     src = b.expand(src, x.shape)
     return [take_along(b, x, src, t_axis)]
+
+
+@register("TensorScatter")
+def tensor_scatter(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    cache, upd = req(ins[0], "past_cache"), req(ins[1], "update")
+    wi = ins[2] if len(ins) > 2 else None
+    rank = len(cache.shape)
+    axis = normalize_axis(int(ctx.attr("axis", -2)), rank)
+    mode = str(ctx.attr("mode", "linear"))
+    if mode not in ("linear", "circular"):
+        raise ctx.unsupported(f"mode {mode!r}")
+    if axis == 0:
+        raise DecomposeError("TensorScatter axis cannot be the batch axis")
+    m, s = cache.shape[axis], upd.shape[axis]
+    prefix = math.prod(cache.shape[:axis])
+    per_batch = prefix // cache.shape[0]
+    block = math.prod(cache.shape[axis + 1 :])
+    if prefix * s == 0:
+        return [b.unary("identity", cache)]
+    if wi is None:
+        start: A.Tensor = b.const(np.zeros((prefix, 1), np.int64))
+    else:
+        w = b.reshape(i64(b, wi), (cache.shape[0], 1, 1))
+        start = b.reshape(b.expand(w, (cache.shape[0], per_batch, 1)), (prefix, 1))
+    pos = b.binary("add", start, b.const(np.arange(s, dtype=np.int64).reshape(1, s)))
+    if mode == "circular":
+        pos = b.binary("mod", pos, b.const(np.array(m, np.int64)))
+    base = b.const((np.arange(prefix, dtype=np.int64) * m).reshape(prefix, 1))
+    rows = b.binary("add", pos, base)
+    return [b.scatter_rows(cache, rows, b.reshape(upd, (prefix * s, block)), prefix * m, block,
+                           "none")]
+
+
+@register("Unique")
+def unique(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    """Sort rows lexicographically (stable argsorts from the last column), flag where a row
+    differs from its predecessor, sync on the number of groups, then scatter per group."""
+    x = req(ins[0])
+    axis_attr = ctx.attr("axis")
+    if axis_attr is None:
+        rest: tuple[int, ...] = ()
+        xr = b.reshape(x, (x.size, 1))
+        axis = 0
+    else:
+        axis = normalize_axis(int(axis_attr), len(x.shape))
+        moved = b.transpose(x, [axis] + [i for i in range(len(x.shape)) if i != axis])
+        rest = moved.shape[1:]
+        xr = b.reshape(moved, (moved.shape[0], math.prod(rest)))
+    n, k = xr.shape
+    if n == 0:
+        raise ctx.unsupported("Unique of an empty tensor")
+    perm: A.Tensor = b.const(np.arange(n, dtype=np.int64))
+    for c in reversed(range(k)):
+        col = b.reshape(b.slice(xr, [0, c], [n, 1], [1, 1]), (n,))
+        key = b.reshape(b.gather_rows(col, perm, n, 1), (n,))
+        perm = b.reshape(b.gather_rows(perm, b.argsort(key, 0, False), n, 1), (n,))
+    sx = b.gather_rows(xr, perm, n, k)  # (n, k) sorted rows
+    one = b.const(np.ones((1,), np.int64))
+    if n > 1:
+        a_ = b.slice(sx, [1, 0], [n - 1, k], [1, 1])
+        p_ = b.slice(sx, [0, 0], [n - 1, k], [1, 1])
+        ne = b.cast(b.unary("not", b.binary("eq", a_, p_)), np.int64)
+        flag = b.concat([one, b.reshape(b.reduce(ne, [1], "max", False), (n - 1,))], 0)
+    else:
+        flag = one
+    gid = b.binary("sub", b.reduce_axis(flag, 0, "cumsum"), b.const(np.array(1, np.int64)))
+    u = int(np.asarray(b.value(b.reduce(flag, [0], "sum", False))))
+    ys = b.scatter_rows(b.const(np.zeros((u, k), x.dtype)), gid, sx, u, k, "none")
+    first = b.scatter_rows(b.const(np.full((u,), n, np.int64)), gid, perm, u, 1, "min")
+    counts = b.scatter_rows(b.const(np.zeros((u,), np.int64)), gid,
+                            b.const(np.ones((n,), np.int64)), u, 1, "add")
+    inverse = b.scatter_rows(b.const(np.zeros((n,), np.int64)), perm, gid, n, 1, "none")
+    if not ctx.attr("sorted", 1):
+        order = b.argsort(first, 0, False)
+        ys = b.gather_rows(ys, order, u, k)
+        first = b.reshape(b.gather_rows(first, order, u, 1), (u,))
+        counts = b.reshape(b.gather_rows(counts, order, u, 1), (u,))
+        rank = b.scatter_rows(b.const(np.zeros((u,), np.int64)), order,
+                              b.const(np.arange(u, dtype=np.int64)), u, 1, "none")
+        inverse = b.reshape(b.gather_rows(rank, inverse, u, 1), (n,))
+    if axis_attr is None:
+        y = b.reshape(ys, (u,))
+    else:
+        y = b.reshape(ys, (u, *rest))
+        back = [*range(1, axis + 1), 0, *range(axis + 1, len(x.shape))]
+        y = b.transpose(y, [back.index(i) for i in range(len(back))]) if axis else y
+    return [y, first, inverse, counts]

@@ -44,3 +44,22 @@ def range_(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
         raise DecomposeError("Range delta is 0")
     n = max(int(np.ceil((limit - start) / delta)), 0)
     return [b.const((start + np.arange(n) * delta).astype(req(ins[0]).dtype))]
+
+
+@register("HannWindow", "HammingWindow", "BlackmanWindow")
+def window(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    from walle_core import dtypes
+
+    size = int(np.asarray(b.value(req(ins[0], "size"))).reshape(-1)[0])
+    dtype = dtypes.from_onnx(int(ctx.attr("output_datatype", 1)))
+    denom = size if ctx.attr("periodic", 1) else size - 1
+    n = np.arange(size, dtype=np.float64)
+    phase = 2 * np.pi * n / denom if denom else np.zeros_like(n)
+    op = ctx.node.op_type
+    if op == "HannWindow":
+        w = 0.5 - 0.5 * np.cos(phase)
+    elif op == "HammingWindow":
+        w = 25 / 46 - (21 / 46) * np.cos(phase)
+    else:
+        w = 0.42 - 0.5 * np.cos(phase) + 0.08 * np.cos(2 * phase)
+    return [b.const(w.astype(dtype))]

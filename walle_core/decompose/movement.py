@@ -306,3 +306,28 @@ def shape(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
 @register("Size")
 def size(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     return [b.const(np.array(req(ins[0]).size, np.int64))]
+
+
+@register("CenterCropPad")
+def center_crop_pad(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x = req(ins[0])
+    rank = len(x.shape)
+    target = ints(b, req(ins[1], "shape")) or []
+    axes = [normalize_axis(a, rank) for a in (ctx.attr("axes") or range(rank))]
+    if len(axes) != len(target):
+        raise DecomposeError(f"CenterCropPad shape {target} does not match axes {axes}")
+    starts, sizes = [0] * rank, list(x.shape)
+    before, after = [0] * rank, [0] * rank
+    for a, t in zip(axes, target, strict=True):
+        d = x.shape[a]
+        if t < d:
+            starts[a], sizes[a] = (d - t) // 2, t
+        elif t > d:
+            before[a] = (t - d) // 2
+            after[a] = t - d - before[a]
+    y = x
+    if sizes != list(x.shape):
+        y = b.slice(x, starts, sizes, [1] * rank)
+    if any(before) or any(after):
+        y = b.pad(y, before, after, 0.0)
+    return [y if y is not x else b.unary("identity", x)]
