@@ -150,13 +150,16 @@ def conv_transpose(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     in_sp = x.shape[2:]
     out_shape = ctx.attr("output_shape")
     auto = ctx.attr("auto_pad", "NOTSET")
+    grow = [0] * nd  # output_shape beyond the natural size: zeros (+ bias) at the end
     if out_shape is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
         target = list(out_shape)[-nd:] if out_shape is not None else [d * s for d, s in zip(in_sp, strides, strict=True)]
         pads_b, pads_e = [], []
         for i in range(nd):
-            total = strides[i] * (in_sp[i] - 1) + outpad[i] + ((ks[i] - 1) * dil[i] + 1) - target[i]
-            total = max(total, 0)
-            if auto == "SAME_UPPER" or (auto != "SAME_LOWER" and out_shape is not None):
+            natural = strides[i] * (in_sp[i] - 1) + outpad[i] + ((ks[i] - 1) * dil[i] + 1)
+            total = max(natural - target[i], 0)
+            grow[i] = target[i] - (natural - total)
+            # SAME_UPPER puts the odd pad at the end; SAME_LOWER and NOTSET at the start.
+            if auto == "SAME_UPPER":
                 pads_b.append(total // 2)
                 pads_e.append(total - total // 2)
             else:
@@ -186,7 +189,7 @@ def conv_transpose(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     xd = dilate_input(b, x, strides)
     full = [(k - 1) * d for k, d in zip(ks, dil, strict=True)]
     before = [full[i] - pads[i] for i in range(nd)]
-    after = [full[i] - pads[nd + i] + outpad[i] for i in range(nd)]
+    after = [full[i] - pads[nd + i] + outpad[i] + grow[i] for i in range(nd)]
     if any(v < 0 for v in before + after):
         xd = b.pad(xd, [0, 0, *[min(v, 0) for v in before]], [0, 0, *[min(v, 0) for v in after]], 0.0)
         before = [max(v, 0) for v in before]
