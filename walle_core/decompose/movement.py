@@ -84,7 +84,8 @@ def squeeze(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
 @register("Unsqueeze")
 def unsqueeze(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     x = req(ins[0])
-    out_rank = len(x.shape) + len(ints(b, ins[1]) if len(ins) > 1 and ins[1] is not None else ctx.attr("axes", []))
+    given = ints(b, ins[1]) if len(ins) > 1 and ins[1] is not None else None
+    out_rank = len(x.shape) + len(given if given is not None else ctx.attr("axes", []))
     axes = axes_arg(b, ins, ctx, 1, out_rank) or []
     if len(set(axes)) != len(axes):
         raise DecomposeError("Unsqueeze axes repeat")
@@ -157,8 +158,8 @@ def slice_(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
         steps = [1] * len(starts)
     else:
         starts, ends = ints(b, ins[1]), ints(b, ins[2])
-        axes = ints(b, ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts or [])))
-        steps = ints(b, ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(axes)
+        axes = ints(b, ins[3] if len(ins) > 3 else None) or list(range(len(starts or [])))
+        steps = ints(b, ins[4] if len(ins) > 4 else None) or [1] * len(axes)
     assert starts is not None and ends is not None
     st, sz, sp = [0] * rank, list(x.shape), [1] * rank
     for a, s, e, k in zip(axes, starts, ends, steps, strict=True):

@@ -22,7 +22,7 @@ from walle_core.runtime.model import Model, load
 DEFAULT_BACKEND = "reference"
 
 
-class WalleBackendRep(BackendRep):  # type: ignore[misc]
+class WalleBackendRep(BackendRep):
     """A prepared model; ``run`` takes inputs positionally (graph-input order) or by name."""
 
     def __init__(self, model: Model) -> None:
@@ -50,7 +50,7 @@ class WalleBackendRep(BackendRep):  # type: ignore[misc]
         return feeds
 
 
-class WalleBackend(Backend):  # type: ignore[misc]
+class WalleBackend(Backend):
     """Walle behind the ONNX backend API; ``backend=`` picks the Walle backend (default
     ``reference``)."""
 
