@@ -156,3 +156,27 @@ def einsum(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
         t = "".join(c for c in t if c in out)
     y = b.transpose(x, [t.index(c) for c in out])
     return [y if y is not xs[0] else b.unary("identity", y)]
+
+
+@register("Det")
+def det(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    """Leibniz expansion over a plan-time permutation table (small matrices only)."""
+    import itertools
+
+    from walle_core.decompose.index import take
+
+    x = req(ins[0])
+    if len(x.shape) < 2 or x.shape[-1] != x.shape[-2]:
+        raise DecomposeError("Det needs (..., n, n) input")
+    n = x.shape[-1]
+    if n > 5:
+        raise ctx.unsupported(f"Det of {n}x{n} matrices (only n <= 5)")
+    lead = x.shape[:-2]
+    batch = math.prod(lead)
+    perms = list(itertools.permutations(range(n)))
+    table = np.array([[i * n + p[i] for i in range(n)] for p in perms], np.int64)
+    signs = np.array([np.linalg.det(np.eye(n)[list(p)]) for p in perms]).round().astype(x.dtype)
+    flat = b.reshape(x, (batch, n * n))
+    terms = b.reduce(take(b, flat, b.const(table), 1), [2], "prod", False)  # (batch, n!)
+    total = b.reduce(b.binary("mul", terms, b.const(signs)), [1], "sum", False)
+    return [b.reshape(total, lead)]
