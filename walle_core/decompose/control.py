@@ -92,7 +92,7 @@ def loop(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
 @register("Scan")
 def scan(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     if ctx.opset < 9:
-        raise ctx.unsupported("Scan-8 (batched, with sequence_lens); use opset 9 or later")
+        return scan8(b, ins, ctx)
     body: Graph = ctx.attr("body")
     m = int(ctx.attr("num_scan_inputs"))
     tensors = [req(t) for t in ins]
@@ -139,4 +139,57 @@ def scan(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
         axis = normalize_axis(out_axes[k], rank)
         parts = [b.reshape(s, (*s.shape[:axis], 1, *s.shape[axis:])) for s in steps]
         results.append(b.concat(parts, axis))
+    return results
+
+
+def scan8(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    """Scan-8: axis 0 of every input and output is a batch; scan inputs are (batch, seq, ...)
+    with optional per-row ``sequence_lens`` (steps past a row's length are not run and its
+    scan outputs are zero there)."""
+    body: Graph = ctx.attr("body")
+    m = int(ctx.attr("num_scan_inputs"))
+    lens_t = ins[0] if ins else None
+    tensors = [req(t) for t in ins[1:]]
+    n_state = len(tensors) - m
+    states, xs = tensors[:n_state], tensors[n_state:]
+    n_out = len(body.outputs) - n_state
+    dirs = list(ctx.attr("directions") or [0] * m)
+    batch = (states + xs)[0].shape[0]
+    seq = xs[0].shape[1] if xs else 0
+    lens = [seq] * batch
+    if lens_t is not None:
+        lens = [int(v) for v in np.asarray(b.value(lens_t)).reshape(-1)]
+    finals: list[list[A.Tensor]] = []
+    outs_b: list[list[A.Tensor]] = []
+
+    def row(t: A.Tensor, i: int) -> A.Tensor:
+        starts = [i] + [0] * (len(t.shape) - 1)
+        return b.reshape(b.slice(t, starts, [1, *t.shape[1:]], [1] * len(t.shape)), t.shape[1:])
+
+    for i in range(batch):
+        st = [row(s, i) for s in states]
+        xr = [row(x, i) for x in xs]
+        steps: list[list[A.Tensor]] = [[] for _ in range(n_out)]
+        for t in range(lens[i]):
+            sl = [row(x, lens[i] - 1 - t if rev else t) for x, rev in zip(xr, dirs, strict=True)]
+            outs = ctx.run_subgraph(body, [*st, *sl])
+            st = outs[:n_state]
+            for k, y in enumerate(outs[n_state:]):
+                steps[k].append(y)
+        finals.append(st)
+        stacked = []
+        for k in range(n_out):
+            if not steps[k]:
+                raise ctx.unsupported("Scan-8 with a zero sequence length")
+            ys = [b.reshape(y, (1, *y.shape)) for y in steps[k]]
+            if lens[i] < seq:
+                shape = steps[k][0].shape
+                ys.append(b.const(np.zeros((seq - lens[i], *shape), steps[k][0].dtype)))
+            stacked.append(b.concat(ys, 0))
+        outs_b.append(stacked)
+    results = [b.concat([b.reshape(finals[i][k], (1, *finals[i][k].shape)) for i in range(batch)], 0)
+               for k in range(n_state)]
+    for k in range(n_out):
+        results.append(b.concat([b.reshape(outs_b[i][k], (1, *outs_b[i][k].shape))
+                                 for i in range(batch)], 0))
     return results

@@ -23,10 +23,11 @@ def channel_view(b: Builder, t: A.Tensor, rank: int) -> A.Tensor:
 @register("BatchNormalization")
 def batch_norm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     x, scale, bias, mean, var = (req(t) for t in ins[:5])
-    if ctx.attr("training_mode", 0):
-        raise ctx.unsupported("training_mode=1 (inference engine)")
     eps = float(ctx.attr("epsilon", 1e-5))
     rank = len(x.shape)
+    if ctx.attr("training_mode", 0):
+        return batch_norm_training(b, x, scale, bias, mean, var, eps,
+                                   float(ctx.attr("momentum", 0.9)))
     sv, bv, mv, vv = (b.maybe_value(t) for t in (scale, bias, mean, var))
     if sv is not None and bv is not None and mv is not None and vv is not None:
         # Fold into one multiply-add: the statistics are constants.
@@ -38,6 +39,41 @@ def batch_norm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     k_t = b.binary("div", scale, denom)
     y = b.binary("mul", b.binary("sub", x, channel_view(b, mean, rank)), channel_view(b, k_t, rank))
     return [b.binary("add", y, channel_view(b, bias, rank))]
+
+
+def batch_norm_training(b: Builder, x: A.Tensor, scale: A.Tensor, bias: A.Tensor,
+                        mean: A.Tensor, var: A.Tensor, eps: float, momentum: float
+                        ) -> list[A.Tensor]:
+    """Normalise with the batch statistics; also the updated running mean and variance
+    (``running * momentum + batch * (1 - momentum)``, population variance)."""
+    rank = len(x.shape)
+    axes = [0, *range(2, rank)]
+    y, bmean, _ = normalize(b, x, axes, eps)
+    y = b.binary("mul", y, channel_view(b, scale, rank))
+    y = b.binary("add", y, channel_view(b, bias, rank))
+    c = x.shape[1]
+    bm = b.reshape(bmean, (c,))
+    d = b.binary("sub", x, bmean)
+    count = b.scalar(math.prod(x.shape) // max(c, 1), x)
+    bv = b.reshape(b.binary("div", b.reduce(b.binary("mul", d, d), axes, "sum", True), count), (c,))
+    mom = b.scalar(momentum, mean)
+    rest = b.scalar(1.0 - momentum, mean)
+    run_mean = b.binary("add", b.binary("mul", mean, mom), b.binary("mul", b.cast(bm, mean.dtype), rest))
+    run_var = b.binary("add", b.binary("mul", var, mom), b.binary("mul", b.cast(bv, var.dtype), rest))
+    return [y, run_mean, run_var]
+
+
+@register("RMSNormalization")
+def rms_norm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x, scale = req(ins[0]), req(ins[1], "scale")
+    axis = normalize_axis(ctx.attr("axis", -1), len(x.shape))
+    eps = float(ctx.attr("epsilon", 1e-5))
+    axes = list(range(axis, len(x.shape)))
+    xs = b.cast(x, np.float32) if x.dtype != np.float64 else x
+    count = b.scalar(math.prod(x.shape[a] for a in axes), xs)
+    ms = b.binary("div", b.reduce(b.binary("mul", xs, xs), axes, "sum", True), count)
+    y = b.binary("mul", xs, b.unary("rsqrt", b.binary("add", ms, b.scalar(eps, ms))))
+    return [b.binary("mul", b.cast(y, x.dtype), scale)]
 
 
 def normalize(b: Builder, x: A.Tensor, axes: list[int], eps: float) -> tuple[A.Tensor, A.Tensor, A.Tensor]:
@@ -112,6 +148,8 @@ def lp_norm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
         norm = b.reduce_axis(b.unary("abs", x), axis, "sum")
     else:
         norm = b.unary("sqrt", b.reduce_axis(b.binary("mul", x, x), axis, "sum"))
+    # An all-zero slice has norm 0: divide by 1 instead (0, not NaN, like onnxruntime).
+    norm = b.select(b.binary("eq", norm, b.scalar(0, norm)), b.scalar(1, norm), norm)
     return [b.binary("div", x, norm)]
 
 

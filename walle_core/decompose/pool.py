@@ -174,3 +174,23 @@ def global_pool(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     p = int(ctx.attr("p", 2))
     s = b.reduce(b.binary("pow", b.unary("abs", x), b.scalar(p, x)), axes, "sum", True)
     return [b.binary("pow", s, b.scalar(1.0 / p, x))]
+
+
+@register("MaxUnpool")
+def max_unpool(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    """Scatter the pooled values to their flat indices in a zero tensor."""
+    x, idx = req(ins[0]), req(ins[1], "indices")
+    nd = len(x.shape) - 2
+    kernel = list(ctx.attr("kernel_shape"))
+    strides = ctx.attr("strides") or [1] * nd
+    pads = ctx.attr("pads") or [0] * 2 * nd
+    shape_t = ins[2] if len(ins) > 2 else None
+    if shape_t is not None:
+        shape = [int(v) for v in np.asarray(b.value(shape_t)).reshape(-1)]
+    else:
+        shape = [*x.shape[:2]] + [(x.shape[2 + i] - 1) * strides[i] + kernel[i] - pads[i] - pads[nd + i]
+                                  for i in range(nd)]
+    total = math.prod(shape)
+    zeros = b.const(np.zeros((total, 1), x.dtype))
+    out = b.scatter_rows(zeros, idx, b.reshape(x, (x.size, 1)), total, 1, "none")
+    return [b.reshape(out, shape)]
