@@ -17,8 +17,12 @@ APT_PACKAGES=(
 log() { printf '[setup] %s\n' "$*"; }
 
 installed() {
-    # `dpkg -s` alone also succeeds for removed packages whose config files remain.
-    dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'
+    # `dpkg -s` alone also succeeds for removed packages whose config files remain, so read the
+    # status. Captured, not piped to `grep -q`: under pipefail an early-exiting grep can make
+    # dpkg die of SIGPIPE and a present package look missing.
+    local info
+    info=$(dpkg -s "$1" 2>/dev/null) || return 1
+    [[ $info == *"Status: install ok installed"* ]]
 }
 
 missing=()
