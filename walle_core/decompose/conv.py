@@ -196,3 +196,60 @@ def conv_transpose(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
         after = [max(v, 0) for v in after]
     y = conv_nd(b, xd, wt, bias, [1] * nd, before + after, dil, groups)
     return [y]
+
+
+def _conv_attrs(ctx: NodeContext, x: A.Tensor, w: A.Tensor) -> tuple[list[int], list[int], list[int], int]:
+    nd = len(x.shape) - 2
+    kernel = ctx.attr("kernel_shape") or list(w.shape[2:])
+    strides = ctx.attr("strides") or [1] * nd
+    dilations = ctx.attr("dilations") or [1] * nd
+    pads = resolve_pads(ctx, x.shape[2:], kernel, strides, dilations)
+    return strides, pads, dilations, int(ctx.attr("group", 1))
+
+
+def _centered(b: Builder, t: A.Tensor, zp: A.Tensor | None, per_channel_axis: int | None) -> A.Tensor:
+    """``int32(t) - int32(zp)``; a per-output-channel zero point broadcasts over axis 0."""
+    ti = b.cast(t, np.int32)
+    if zp is None:
+        return ti
+    zi = b.cast(zp, np.int32)
+    if zi.size > 1 and per_channel_axis is not None:
+        zi = b.reshape(zi, (zi.size,) + (1,) * (len(t.shape) - 1))
+    elif zi.size == 1:
+        zi = b.reshape(zi, ())
+    return b.binary("sub", ti, zi)
+
+
+@register("ConvInteger")
+def conv_integer(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    """Integer convolution with zero points, accumulated exactly in int32."""
+    x, w = req(ins[0]), req(ins[1], "weight")
+    xz = ins[2] if len(ins) > 2 else None
+    wz = ins[3] if len(ins) > 3 else None
+    strides, pads, dil, groups = _conv_attrs(ctx, x, w)
+    xi = _centered(b, x, xz, None)
+    wi = _centered(b, w, wz, 0)
+    return [conv_nd(b, xi, wi, None, strides, pads, dil, groups)]
+
+
+@register("QLinearConv")
+def qlinear_conv(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    """int32 convolution of the zero-point-centred inputs (+ int32 bias), rescaled by
+    ``x_scale * w_scale / y_scale``, rounded half-to-even and saturated."""
+    from walle_core.decompose.quant import saturate_round
+
+    x, xs, xz, w, ws, wz, ys = (req(t) for t in ins[:7])
+    yz = ins[7] if len(ins) > 7 else None
+    bias = ins[8] if len(ins) > 8 else None
+    strides, pads, dil, groups = _conv_attrs(ctx, x, w)
+    acc = conv_nd(b, _centered(b, x, xz, None), _centered(b, w, wz, 0), None, strides, pads, dil, groups)
+    rank = len(acc.shape)
+    if bias is not None:
+        acc = b.binary("add", acc, b.reshape(b.cast(bias, np.int32), (bias.size,) + (1,) * (rank - 2)))
+    wsf = b.cast(ws, np.float32)
+    wsf = b.reshape(wsf, (wsf.size,) + (1,) * (rank - 2)) if wsf.size > 1 else b.reshape(wsf, ())
+    scale = b.binary("div", b.binary("mul", b.reshape(b.cast(xs, np.float32), ()), wsf),
+                     b.reshape(b.cast(ys, np.float32), ()))
+    y = b.binary("mul", b.cast(acc, np.float32), scale)
+    out_dtype = (yz if yz is not None else x).dtype
+    return [saturate_round(b, y, None if yz is None else b.reshape(yz, ()), out_dtype)]
