@@ -62,6 +62,10 @@ class Program:
     ``offsets``/``arena_bytes`` are the planner's memory layout for the intermediate tensors
     (tensors that are neither inputs, outputs nor constants); a backend may follow it to run in
     one allocation.
+
+    Tensors are identified by ``Tensor.id``. Reshapes are free: one id may appear in several
+    ops under different shapes of the same size (the same memory), so kernels must read shapes
+    from the ``Tensor`` objects of the op they run, not from the first binding of an id.
     """
 
     ops: list[tuple[Op, Algorithm]]
