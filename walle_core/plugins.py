@@ -54,6 +54,32 @@ def _probe(cls: type, source: str) -> BackendEntry:
     return BackendEntry(name, source, backend if avail.available else None, avail, device)
 
 
+def load_entry_points(
+    pm: pluggy.PluginManager, group: str
+) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """Register every entry point of ``group`` with ``pm``, each failure isolated.
+
+    Returns ``{name: source}`` of the plugins loaded and ``{name: (source, reason)}`` of those
+    disabled by WALLE_DISABLE_PLUGINS or failing to import. Shared by backends and pipeline stages.
+    """
+    disabled = flags.disabled_plugins()
+    loaded: dict[str, str] = {}
+    failed: dict[str, tuple[str, str]] = {}
+    for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        source = f"entry point {dist}:{ep.value}"
+        if ep.name in disabled:
+            failed[ep.name] = (source, "disabled by WALLE_DISABLE_PLUGINS")
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+            loaded[ep.name] = source
+        except Exception as exc:  # a broken plugin must not break discovery
+            last = traceback.format_exception_only(exc)[-1].strip()
+            failed[ep.name] = (source, f"plugin failed to load: {last}")
+    return loaded, failed
+
+
 class Registry:
     """The backends known to this process (built-in and third party alike)."""
 
@@ -66,25 +92,9 @@ class Registry:
         self._load_entry_points()
 
     def _load_entry_points(self) -> None:
-        disabled = flags.disabled_plugins()
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            dist = ep.dist.name if ep.dist is not None else "?"
-            source = f"entry point {dist}:{ep.value}"
-            if ep.name in disabled:
-                self._entries[ep.name] = _unavailable(
-                    ep.name, source, "disabled by WALLE_DISABLE_PLUGINS"
-                )
-                continue
-            try:
-                module = ep.load()
-                self.pm.register(module, name=ep.name)
-                self._sources[ep.name] = source
-            except Exception as exc:
-                last = traceback.format_exception_only(exc)[-1].strip()
-                self._entries[ep.name] = _unavailable(
-                    ep.name, source, f"plugin failed to load: {last}"
-                )
-                continue
+        self._sources, failed = load_entry_points(self.pm, ENTRY_POINT_GROUP)
+        for name, (source, reason) in failed.items():
+            self._entries[name] = _unavailable(name, source, reason)
         self._collect_backends()
 
     def _collect_backends(self) -> None:
