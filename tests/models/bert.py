@@ -24,7 +24,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
         d = HIDDEN // HEADS
-        q, k, v = self.qkv(x).view(b, s, 3, HEADS, d).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).view(b, s, 3, HEADS, d).permute(2, 0, 3, 1, 4).unbind(0)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d) + bias
         ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
         return self.out(ctx.transpose(1, 2).reshape(b, s, HIDDEN))
