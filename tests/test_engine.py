@@ -244,3 +244,20 @@ def test_transpose_pair_becomes_one_raster():
     np.testing.assert_array_equal(m.run({"x": x})["y"], x.transpose(0, 2, 1, 3).transpose(3, 1, 0, 2))
     stage = m.plan_for({"x": x}).stage
     assert stage.n_ops == 1 and sum(s.ops for s in stage.steps) == 1
+
+
+def test_external_data_initializers_load_from_the_model_folder(tmp_path):
+    import onnx
+
+    w = np.random.default_rng(4).standard_normal((64, 64)).astype(np.float32)
+    proto = onnx.load_from_string(model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                                        [vi("x", [1, 64])], [vi("y", [1, 64])], [("w", w)]))
+    path = tmp_path / "m.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, location="weights.bin",
+                    size_threshold=0)
+    assert (tmp_path / "weights.bin").stat().st_size >= w.nbytes
+    x = np.ones((1, 64), np.float32)
+    np.testing.assert_allclose(walle_core.load(path).run({"x": x})["y"], x @ w, rtol=1e-5)
+    (tmp_path / "weights.bin").write_bytes(b"short")
+    with pytest.raises(walle_core.ModelLoadError):
+        walle_core.load(path)

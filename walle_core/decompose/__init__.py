@@ -45,6 +45,8 @@ FAMILIES = (
 def register(*op_types: str, domain: str = "") -> Callable[[Decomposer], Decomposer]:
     def deco(fn: Decomposer) -> Decomposer:
         for op in op_types:
+            if (domain, op) in _REGISTRY and _REGISTRY[(domain, op)] is not fn:
+                raise RuntimeError(f"{op} is decomposed twice ({_REGISTRY[(domain, op)].__module__}, {fn.__module__})")
             _REGISTRY[(domain, op)] = fn
         return fn
 
