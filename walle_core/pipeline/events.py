@@ -27,6 +27,8 @@ class Event:
     timestamp_ms: int
     args: Mapping[str, Any] = field(default_factory=dict)
     key: str = ""
+    # Position in the on-device store (0: not stored); gives outputs their deterministic ids.
+    seq: int = field(default=0, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -29,7 +29,8 @@ STRICT, RELAXED, ANY = 0, 1, 2
 _CONTIG_CODE = {"next": STRICT, "followed_by": RELAXED, "followed_by_any": ANY}
 _INNER_CODE = {"consecutive": STRICT, "relaxed": RELAXED, "any": ANY}
 _STAGE_KEYS = {"name", "contiguity", "event", "where", "times", "one_or_more", "optional", "inner"}
-_SPEC_KEYS = {"id", "pattern", "within_ms", "emit_timeouts", "description"}
+# "features": what the pipeline computes over a match (checked by the pipeline, not the matcher).
+_SPEC_KEYS = {"id", "pattern", "within_ms", "emit_timeouts", "description", "features"}
 
 
 def _contains(a: Any, b: Any) -> bool:
