@@ -47,3 +47,44 @@ def opencl_device() -> str:
 def disabled_plugins() -> set[str]:
     """WALLE_DISABLE_PLUGINS=opencl,vulkan: entry points not to load at all."""
     return {p.strip() for p in _get("WALLE_DISABLE_PLUGINS").split(",") if p.strip()}
+
+
+def keys_dir() -> Path:
+    """WALLE_KEYS_DIR: the trusted-key store (``<key_id>.pub`` files) that bundles are verified against."""
+    raw = _get("WALLE_KEYS_DIR")
+    return Path(raw) if raw else Path(_get("XDG_CONFIG_HOME", str(Path.home() / ".config"))) / "walle" / "trusted_keys"
+
+
+def vm_mode() -> str:
+    """WALLE_VM_MODE=thread|subinterpreter|process: the task VM's default mode (thread)."""
+    return _get("WALLE_VM_MODE") or "thread"
+
+
+def vm_workers() -> int | None:
+    """WALLE_VM_WORKERS=N: task VM worker threads (None = one per core)."""
+    raw = _get("WALLE_VM_WORKERS")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
+
+def pipeline_dir() -> Path:
+    """WALLE_PIPELINE_DIR: where the on-device event store, feature store and outbox live."""
+    raw = _get("WALLE_PIPELINE_DIR")
+    return Path(raw) if raw else cache_dir() / "pipeline"
+
+
+def pipeline_sync() -> str:
+    """WALLE_PIPELINE_SYNC=normal|full: SQLite ``synchronous`` for the pipeline store. ``normal``
+    (default) survives a process crash; ``full`` also survives power loss, at an fsync per commit."""
+    raw = _get("WALLE_PIPELINE_SYNC", "normal").lower()
+    return raw if raw in ("normal", "full") else "normal"
+
+
+def pipeline_max_runs_per_key() -> int:
+    """WALLE_PIPELINE_MAX_RUNS=N: bound on live partial matches per key (oldest dropped first)."""
+    raw = _get("WALLE_PIPELINE_MAX_RUNS")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 10_000
+
+
+def upload_url() -> str:
+    """WALLE_UPLOAD_URL: the endpoint the pipeline's upload tunnel posts batches to."""
+    return _get("WALLE_UPLOAD_URL")

@@ -9,8 +9,10 @@ import typer
 
 import walle_core
 from walle_cli.commands.backends import backends
+from walle_cli.commands.bench import bench_app
 from walle_cli.commands.demo import demo
 from walle_cli.commands.inspect import inspect
+from walle_cli.commands.pipeline import pipeline_app
 from walle_cli.commands.run import run
 from walle_cli.console import out
 
@@ -39,6 +41,8 @@ app.command("backends")(backends)
 app.command("run")(run)
 app.command("inspect")(inspect)
 app.command("demo")(demo)
+app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:
