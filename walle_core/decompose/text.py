@@ -68,7 +68,7 @@ def tfidf_vectorizer(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     out_shape = (out_dim,) if len(x.shape) == 1 else (rows, out_dim)
     tokens = b.transpose(b.reshape(b.cast(x, np.int64), (rows, length)), (1, 0))  # (L, rows)
 
-    counts = []  # per pool n-gram, (rows,) counts, in pool order
+    counts: list[tuple[slice, A.Tensor | None]] = []  # (pool entries, (P_n, rows) counts)
     first = 0
     for n, grams in levels:
         entry = slice(first, first + grams.shape[0])
@@ -89,9 +89,10 @@ def tfidf_vectorizer(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     for i, (o, w) in enumerate(zip(indexes, weights, strict=True)):
         mat[i, o] = 1.0 if mode == "TF" else w
     parts = []
-    for entry, c in counts:
-        if c is None:
+    for entry, found in counts:
+        if found is None:
             continue
+        c = found
         if mode == "IDF":
             c = b.binary("min", c, b.const(np.array(1.0, np.float32)))
         parts.append(b.matmul(b.transpose(c, (1, 0)), b.const(mat[entry])))  # (rows, out)
