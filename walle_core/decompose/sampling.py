@@ -118,10 +118,14 @@ def axis_taps(
     return Taps(_clip(b, idx, 0.0, size - 1.0), weight)
 
 
-def gather_taps(b: Builder, x: A.Tensor, taps: Sequence[Taps], batch_rows: A.Tensor | None) -> A.Tensor:
-    """Interpolate ``x`` (N, C, *S) at points given per spatial axis as taps of shape (N, P, T_d),
-    returning (N, C, P). ``batch_rows`` (N, P, 1) int64 overrides which batch image each point
-    reads (RoiAlign); by default point (n, p) reads image n."""
+def gather_taps(
+    b: Builder, x: A.Tensor, taps: Sequence[Taps], batch_rows: A.Tensor | None = None,
+    combine: bool = True,
+) -> A.Tensor:
+    """Interpolate ``x`` (N, C, *S) at points given per spatial axis as taps of shape (N', P, T_d),
+    returning (N', C, P). ``batch_rows`` (N', 1, 1) int64 says which image each row of points
+    reads (RoiAlign); by default row n reads image n. Without ``combine`` the weighted taps are
+    returned unsummed, as (N', P, K, C)."""
     n, c = x.shape[:2]
     spatial = x.shape[2:]
     r = len(spatial)
@@ -149,8 +153,10 @@ def gather_taps(b: Builder, x: A.Tensor, taps: Sequence[Taps], batch_rows: A.Ten
     flat = b.binary("add", flat, base)
     rows_src = b.reshape(b.transpose(b.cast(x, ct), (0, *range(2, r + 2), 1)), (x.shape[0] * size, c))
     g = b.gather_rows(rows_src, flat, x.shape[0] * size, c)
-    g = b.reshape(g, (*lead, k, c))
-    y = b.reduce(b.binary("mul", g, weight), [2], "sum", False)  # (N', P, C)
+    g = b.binary("mul", b.reshape(g, (*lead, k, c)), weight)
+    if not combine:
+        return g
+    y = b.reduce(g, [2], "sum", False)  # (N', P, C)
     return b.transpose(y, (0, 2, 1))
 
 
@@ -218,3 +224,158 @@ def affine_grid(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     base = np.stack([*cols, np.ones(math.prod(spatial))], axis=1).astype(theta.dtype)
     grid = b.matmul(b.const(base), b.transpose(theta, (0, 2, 1)))  # (N, P, r)
     return [b.reshape(grid, (size[0], *spatial, r))]
+
+
+# --------------------------------------------------------------------------- RoiAlign
+
+
+def _roi_axis_taps(b: Builder, y: A.Tensor, size: int) -> Taps:
+    """Bilinear taps of RoiAlign: samples beyond one pixel outside the map read zero; others are
+    clamped at 0 below and fall onto the last pixel at the far end."""
+    outside = b.binary("or", b.binary("lt", y, _c(b, -1.0, y)), b.binary("gt", y, _c(b, float(size), y)))
+    y = b.binary("max", y, _c(b, 0.0, y))
+    low = b.unary("floor", y)
+    last = _c(b, size - 1.0, y)
+    at_end = b.binary("ge", low, last)
+    low = b.select(at_end, last, low)
+    high = b.select(at_end, last, b.binary("add", low, _c(b, 1.0, y)))
+    y = b.select(at_end, low, y)
+    frac = b.binary("sub", y, low)
+    zero = _c(b, 0.0, y)
+    frac = b.select(outside, zero, frac)
+    rest = b.select(outside, zero, b.binary("sub", _c(b, 1.0, y), frac))
+    shape = (*y.shape, 1)
+    idx = b.concat([b.reshape(low, shape), b.reshape(high, shape)], len(y.shape))
+    weight = b.concat([b.reshape(rest, shape), b.reshape(frac, shape)], len(y.shape))
+    return Taps(idx, weight)
+
+
+@register("RoiAlign")
+def roi_align(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x, rois, bidx = req(ins[0], "X"), req(ins[1], "rois"), req(ins[2], "batch_indices")
+    mode = str(ctx.attr("mode", "avg"))
+    if mode not in ("avg", "max"):
+        raise ctx.unsupported(f"mode {mode!r}")
+    half = str(ctx.attr("coordinate_transformation_mode", "half_pixel")) == "half_pixel"
+    oh, ow = int(ctx.attr("output_height", 1)), int(ctx.attr("output_width", 1))
+    ratio = int(ctx.attr("sampling_ratio", 0))
+    scale = float(ctx.attr("spatial_scale", 1.0))
+    if len(x.shape) != 4 or len(rois.shape) != 2 or rois.shape[1] != 4:
+        raise DecomposeError(f"RoiAlign wants X (N, C, H, W) and rois (R, 4), got {list(x.shape)}, {list(rois.shape)}")
+    _, c, h, w = x.shape
+    nr = rois.shape[0]
+    if nr * c * oh * ow == 0:
+        return [b.const(np.zeros((nr, c, oh, ow), x.dtype))]
+    ct = _compute_dtype(x.dtype)
+    rf = b.binary("sub", b.binary("mul", b.cast(rois, ct), b.const(np.array(scale, ct))),
+                  b.const(np.array(0.5 if half else 0.0, ct)))
+
+    def col(i: int) -> A.Tensor:
+        return b.reshape(b.slice(rf, [0, i], [nr, 1], [1, 1]), (nr, 1))
+
+    x0, y0, x1, y1 = col(0), col(1), col(2), col(3)
+    rw, rh = b.binary("sub", x1, x0), b.binary("sub", y1, y0)
+    if not half:  # the legacy mode makes every RoI at least one pixel wide and high
+        rw = b.binary("max", rw, b.const(np.array(1.0, ct)))
+        rh = b.binary("max", rh, b.const(np.array(1.0, ct)))
+    bin_w = b.binary("div", rw, b.const(np.array(float(ow), ct)))
+    bin_h = b.binary("div", rh, b.const(np.array(float(oh), ct)))
+    if ratio > 0:
+        gh = gw = ratio
+    else:  # adaptive: ceil(roi / output) samples per bin, which depends on the RoI values
+        gh_t = b.reduce(b.unary("ceil", bin_h), [0, 1], "max", False)
+        gw_t = b.reduce(b.unary("ceil", bin_w), [0, 1], "max", False)
+        gh = max(int(np.asarray(b.value(gh_t))), 1)
+        gw = max(int(np.asarray(b.value(gw_t))), 1)
+
+    def samples(bin_: A.Tensor, grid: int) -> A.Tensor:
+        """Samples per bin along one axis: (R, 1) when adaptive, else a scalar."""
+        if ratio > 0:
+            return b.const(np.array(float(grid), ct))
+        return b.binary("max", b.unary("ceil", bin_), b.const(np.array(1.0, ct)))
+
+    cnt_h, cnt_w = samples(bin_h, gh), samples(bin_w, gw)
+
+    def positions(
+        start: A.Tensor, bin_: A.Tensor, cnt: A.Tensor, bins: int, grid: int
+    ) -> tuple[A.Tensor, A.Tensor]:
+        """Sample coordinates (R, bins * grid) and which of them are in use (adaptive case)."""
+        p = np.repeat(np.arange(bins, dtype=ct), grid).reshape(1, -1)
+        i = np.tile(np.arange(grid, dtype=ct), bins).reshape(1, -1)
+        frac = b.binary("div", b.binary("add", b.const(i), b.const(np.array(0.5, ct))), cnt)
+        pos = b.binary("add", start, b.binary("mul", b.binary("add", b.const(p), frac), bin_))
+        used = b.binary("lt", b.const(i), cnt)
+        return pos, used
+
+    ys, yused = positions(y0, bin_h, cnt_h, oh, gh)  # (R, oh*gh)
+    xs, xused = positions(x0, bin_w, cnt_w, ow, gw)  # (R, ow*gw)
+    full = (nr, oh, gh, ow, gw)
+    yy = b.reshape(b.expand(b.reshape(ys, (nr, oh, gh, 1, 1)), full), (nr, oh * gh * ow * gw))
+    xx = b.reshape(b.expand(b.reshape(xs, (nr, 1, 1, ow, gw)), full), (nr, oh * gh * ow * gw))
+    taps = [_roi_axis_taps(b, yy, h), _roi_axis_taps(b, xx, w)]
+    rows = b.reshape(b.cast(bidx, np.int64), (nr, 1, 1))
+    vals = gather_taps(b, x, taps, rows, combine=False)  # (R, P, 4, C)
+    used = b.binary("and", b.reshape(yused, (yused.shape[0], oh, gh, 1, 1)),
+                    b.reshape(xused, (xused.shape[0], 1, 1, ow, gw)))  # (R or 1, ...)
+    used = b.reshape(used, (*used.shape, 1, 1))
+    vals = b.reshape(vals, (nr, oh, gh, ow, gw, 4, c))
+    if mode == "avg":
+        zero = b.const(np.array(0.0, ct))
+        total = b.reduce(b.select(used, vals, zero), [2, 4, 5], "sum", False)  # (R, oh, ow, C)
+        count = b.binary("mul", cnt_h, cnt_w)
+        y = b.binary("div", total, b.reshape(count, (nr, 1, 1, 1) if count.size > 1 else ()))
+    else:  # max over samples of the largest weighted corner (as onnxruntime and the reference do)
+        ninf = b.const(np.array(-np.inf, ct))
+        y = b.reduce(b.select(used, vals, ninf), [2, 4, 5], "max", False)
+    return [b.cast(b.transpose(y, (0, 3, 1, 2)), x.dtype)]
+
+
+# --------------------------------------------------------------------------- DeformConv
+
+
+@register("DeformConv")
+def deform_conv(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    x, wt, off = req(ins[0], "X"), req(ins[1], "W"), req(ins[2], "offset")
+    bias, mask = _opt(ins, 3), _opt(ins, 4)
+    r = len(x.shape) - 2
+    if r < 1 or len(wt.shape) != r + 2:
+        raise DecomposeError(f"DeformConv shapes {list(x.shape)}, {list(wt.shape)} disagree")
+    n, c = x.shape[:2]
+    spatial = x.shape[2:]
+    oc = wt.shape[0]
+    kshape = list(ctx.attr("kernel_shape", wt.shape[2:]))
+    strides = list(ctx.attr("strides", [1] * r))
+    dil = list(ctx.attr("dilations", [1] * r))
+    pads = list(ctx.attr("pads", [0] * (2 * r)))
+    group = int(ctx.attr("group", 1))
+    og = int(ctx.attr("offset_group", 1))
+    if c % group or oc % group or c % og or wt.shape[1] != c // group:
+        raise DecomposeError("DeformConv channel counts do not divide into the groups")
+    out_sp = [(spatial[d] + pads[d] + pads[d + r] - (dil[d] * (kshape[d] - 1) + 1)) // strides[d] + 1
+              for d in range(r)]
+    k = math.prod(kshape)
+    npos = math.prod(out_sp)
+    if off.shape != (n, og * k * r, *out_sp):
+        raise DecomposeError(f"DeformConv offset must be {[n, og * k * r, *out_sp]}, got {list(off.shape)}")
+    ct = _compute_dtype(x.dtype)
+    offs = b.reshape(b.cast(off, ct), (n * og, k, r, npos))
+    # Undeformed sampling positions per axis: out * stride - pad_begin + kernel * dilation.
+    kk = np.indices(kshape).reshape(r, k, 1)
+    oo = np.indices(out_sp).reshape(r, 1, npos)
+    taps = []
+    for d in range(r):
+        base = (oo[d] * strides[d] - pads[d] + kk[d] * dil[d]).astype(ct).reshape(1, k * npos)
+        od = b.reshape(b.slice(offs, [0, 0, d, 0], [n * og, k, 1, npos], [1, 1, 1, 1]), (n * og, k * npos))
+        coord = b.binary("add", od, b.const(base))
+        taps.append(axis_taps(b, coord, spatial[d], "linear", "zeros", True))
+    xg = b.reshape(b.cast(x, ct), (n * og, c // og, *spatial))
+    cols = b.reshape(gather_taps(b, xg, taps), (n, og, c // og, k, npos))
+    if mask is not None:
+        m = b.reshape(b.cast(mask, ct), (n, og, 1, k, npos))
+        cols = b.binary("mul", cols, m)
+    cols = b.reshape(cols, (n, group, (c // group) * k, npos))
+    wg = b.reshape(b.cast(wt, ct), (group, oc // group, (c // group) * k))
+    y = b.reshape(b.matmul(wg, cols), (n, oc, *out_sp))
+    if bias is not None:
+        y = b.binary("add", y, b.reshape(b.cast(bias, ct), (1, oc, *([1] * r))))
+    return [b.cast(y, x.dtype)]
