@@ -1,0 +1,166 @@
+"""Render a :class:`KernelSpec` to OpenCL C, GLSL 4.50 compute (for SPIR-V) or Metal Shading
+Language. The kernel body is emitted verbatim; only the prelude (types, macros), the signature
+and the placement of local arrays differ between dialects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from walle_core.kernels.library import HELPERS
+from walle_core.kernels.spec import KernelSpec
+
+DIALECTS = ("opencl", "glsl", "msl")
+
+_CL_TYPES = {"f16": "half", "f32": "float", "f64": "double", "i8": "char", "i16": "short",
+             "i32": "int", "i64": "long", "u8": "uchar", "u16": "ushort", "u32": "uint",
+             "u64": "ulong"}
+_GLSL_TYPES = {"f16": "float16_t", "f32": "float", "f64": "double", "i8": "int8_t",
+               "i16": "int16_t", "i32": "int", "i64": "int64_t", "u8": "uint8_t",
+               "u16": "uint16_t", "u32": "uint", "u64": "uint64_t"}
+_MSL_TYPES = {"f16": "half", "f32": "float", "f64": "double", "i8": "char", "i16": "short",
+              "i32": "int", "i64": "long", "u8": "uchar", "u16": "ushort", "u32": "uint",
+              "u64": "ulong"}
+
+
+def _type_macros(table: dict[str, str]) -> list[str]:
+    return [f"#define {k} {v}" for k, v in table.items()]
+
+
+def _common_macros() -> list[str]:
+    return [
+        "#define PL(k) (CAST(i64, CAST(u32, P[k])) | (CAST(i64, P[(k) + 1]) << 32))",
+        "#define PU64(k) (CAST(u64, CAST(u32, P[k])) | (CAST(u64, CAST(u32, P[(k) + 1])) << 32))",
+        "#define GSIZE_X (NGRP_X * LSIZE_X)",
+    ]
+
+
+def _spec_macros(spec: KernelSpec) -> list[str]:
+    lx, ly, lz = spec.local_size
+    lines = [f"#define LSIZE_X {lx}", f"#define LSIZE_Y {ly}", f"#define LSIZE_Z {lz}",
+             f"#define HT {spec.float_type}"]
+    lines += [f"#define {k} {v}" for k, v in spec.defines]
+    return lines
+
+
+def _helpers(spec: KernelSpec, dialect: str) -> list[str]:
+    out: list[str] = []
+    for name in spec.helpers:
+        out.append(HELPERS[name](dialect))
+    return out
+
+
+def render_opencl(spec: KernelSpec) -> str:
+    lines = []
+    if "f64" in spec.types:
+        lines.append("#pragma OPENCL EXTENSION cl_khr_fp64 : enable")
+    lines += _type_macros(_CL_TYPES)
+    lines += [
+        "#define CAST(T, x) ((T)(x))",
+        "#define GID_X ((int)get_global_id(0))", "#define GID_Y ((int)get_global_id(1))",
+        "#define GID_Z ((int)get_global_id(2))",
+        "#define LID_X ((int)get_local_id(0))", "#define LID_Y ((int)get_local_id(1))",
+        "#define LID_Z ((int)get_local_id(2))",
+        "#define GRP_X ((int)get_group_id(0))", "#define GRP_Y ((int)get_group_id(1))",
+        "#define GRP_Z ((int)get_group_id(2))",
+        "#define NGRP_X ((int)get_num_groups(0))", "#define NGRP_Y ((int)get_num_groups(1))",
+        "#define NGRP_Z ((int)get_num_groups(2))",
+        "#define BARRIER() barrier(CLK_LOCAL_MEM_FENCE)",
+        "#define PF(k) as_float(P[k])",
+        "#define PD(k) as_double(PL(k))",
+        "#define W_RINT(x) rint(x)", "#define W_ATAN2(a, b) atan2(a, b)",
+        "#define W_FMOD(a, b) fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
+        "#define W_ERF(x) erf(x)",
+    ]
+    lines += _common_macros() + _spec_macros(spec) + _helpers(spec, "opencl")
+    params = []
+    for b in spec.buffers:
+        const = "" if b.writable else "const "
+        params.append(f"__global {const}{b.type}* {b.name}")
+    lx, ly, lz = spec.local_size
+    lines.append(f"__kernel __attribute__((reqd_work_group_size({lx}, {ly}, {lz})))")
+    lines.append(f"void {spec.name}({', '.join(params)}) {{")
+    lines += [f"  __local {a.type} {a.name}[{a.count}];" for a in spec.locals]
+    lines.append(spec.body)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_glsl(spec: KernelSpec) -> str:
+    types = spec.types
+    lines = ["#version 450"]
+    if types & {"i8", "u8", "i16", "u16", "f16", "i64", "u64"}:
+        lines.append("#extension GL_EXT_shader_explicit_arithmetic_types : require")
+    if types & {"i8", "u8"}:
+        lines.append("#extension GL_EXT_shader_8bit_storage : require")
+    if types & {"i16", "u16", "f16"}:
+        lines.append("#extension GL_EXT_shader_16bit_storage : require")
+    lx, ly, lz = spec.local_size
+    lines.append(f"layout(local_size_x = {lx}, local_size_y = {ly}, local_size_z = {lz}) in;")
+    lines += _type_macros(_GLSL_TYPES)
+    for i, b in enumerate(spec.buffers):
+        qual = "" if b.writable else "readonly "
+        lines.append(f"layout(std430, binding = {i}) {qual}buffer B{i} {{ {b.type} {b.name}[]; }};")
+    lines += [f"shared {a.type} {a.name}[{a.count}];" for a in spec.locals]
+    lines += [
+        "#define CAST(T, x) T(x)",
+        "#define GID_X int(gl_GlobalInvocationID.x)", "#define GID_Y int(gl_GlobalInvocationID.y)",
+        "#define GID_Z int(gl_GlobalInvocationID.z)",
+        "#define LID_X int(gl_LocalInvocationID.x)", "#define LID_Y int(gl_LocalInvocationID.y)",
+        "#define LID_Z int(gl_LocalInvocationID.z)",
+        "#define GRP_X int(gl_WorkGroupID.x)", "#define GRP_Y int(gl_WorkGroupID.y)",
+        "#define GRP_Z int(gl_WorkGroupID.z)",
+        "#define NGRP_X int(gl_NumWorkGroups.x)", "#define NGRP_Y int(gl_NumWorkGroups.y)",
+        "#define NGRP_Z int(gl_NumWorkGroups.z)",
+        "#define BARRIER() memoryBarrierShared(); barrier()",
+        "#define PF(k) intBitsToFloat(P[k])",
+        "#define PD(k) packDouble2x32(uvec2(uint(P[k]), uint(P[(k) + 1])))",
+        "#define W_RINT(x) roundEven(x)", "#define W_ATAN2(a, b) atan(a, b)",
+        "#define W_FMOD(a, b) w_fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
+        "#define W_ERF(x) w_erf(x)",
+    ]
+    lines += _common_macros() + _spec_macros(spec) + _helpers(spec, "glsl")
+    lines.append("void main() {")
+    lines.append(spec.body)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_msl(spec: KernelSpec) -> str:
+    lines = ["#include <metal_stdlib>", "using namespace metal;"]
+    lines += _type_macros(_MSL_TYPES)
+    lines += [
+        "#define CAST(T, x) static_cast<T>(x)",
+        "#define GID_X int(_gid.x)", "#define GID_Y int(_gid.y)", "#define GID_Z int(_gid.z)",
+        "#define LID_X int(_lid.x)", "#define LID_Y int(_lid.y)", "#define LID_Z int(_lid.z)",
+        "#define GRP_X int(_grp.x)", "#define GRP_Y int(_grp.y)", "#define GRP_Z int(_grp.z)",
+        "#define NGRP_X int(_ngrp.x)", "#define NGRP_Y int(_ngrp.y)", "#define NGRP_Z int(_ngrp.z)",
+        "#define BARRIER() threadgroup_barrier(mem_flags::mem_threadgroup)",
+        "#define PF(k) as_type<float>(P[k])",
+        "#define PD(k) as_type<double>(PL(k))",
+        "#define W_RINT(x) rint(x)", "#define W_ATAN2(a, b) atan2(a, b)",
+        "#define W_FMOD(a, b) fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
+        "#define W_ERF(x) w_erf(x)",
+    ]
+    lines += _common_macros() + _spec_macros(spec) + _helpers(spec, "msl")
+    params = []
+    for i, b in enumerate(spec.buffers):
+        const = "" if b.writable else "const "
+        params.append(f"device {const}{b.type}* {b.name} [[buffer({i})]]")
+    params += ["uint3 _gid [[thread_position_in_grid]]",
+               "uint3 _lid [[thread_position_in_threadgroup]]",
+               "uint3 _grp [[threadgroup_position_in_grid]]",
+               "uint3 _ngrp [[threadgroups_per_grid]]"]
+    lines.append(f"kernel void {spec.name}({', '.join(params)}) {{")
+    lines += [f"  threadgroup {a.type} {a.name}[{a.count}];" for a in spec.locals]
+    lines.append(spec.body)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS: dict[str, Callable[[KernelSpec], str]] = {
+    "opencl": render_opencl, "glsl": render_glsl, "msl": render_msl,
+}
+
+
+def render(spec: KernelSpec, dialect: str) -> str:
+    return RENDERERS[dialect](spec)

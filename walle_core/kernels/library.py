@@ -1,0 +1,233 @@
+"""Portable helper functions (written once, typed by the ``HT`` macro) and the element-wise
+expression tables shared by every kernel and dialect.
+
+Expressions are written in the portable subset of :mod:`walle_core.kernels.spec`: operands are
+``x`` (unary) or ``a``/``b`` (binary) of type ``T``; ``Z``/``ONE`` are ``T`` zero and one;
+``P0``/``P1`` are the op's float parameters already converted to ``T``. Ternaries rather than
+``min``/``max`` keep numpy's NaN propagation in every dialect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+_ERF = """HT w_erf(HT x) {
+  HT ax = x < CAST(HT, 0) ? -x : x;
+  if (ax < CAST(HT, 0.5)) {
+    HT x2 = x * x;
+    return x * (CAST(HT, 1.1283791670955126) + x2 * (CAST(HT, -0.37612638903183754)
+      + x2 * (CAST(HT, 0.11283791670955126) + x2 * (CAST(HT, -0.02686617064513125)
+      + x2 * (CAST(HT, 0.005223977625442188) + x2 * CAST(HT, -0.0008548327023450852))))));
+  }
+  HT t = CAST(HT, 1) / (CAST(HT, 1) + CAST(HT, 0.5) * ax);
+  HT y = t * exp(-ax * ax - CAST(HT, 1.26551223) + t * (CAST(HT, 1.00002368) + t * (CAST(HT, 0.37409196)
+    + t * (CAST(HT, 0.09678418) + t * (CAST(HT, -0.18628806) + t * (CAST(HT, 0.27886807)
+    + t * (CAST(HT, -1.13520398) + t * (CAST(HT, 1.48851587) + t * (CAST(HT, -0.82215223)
+    + t * CAST(HT, 0.17087277))))))))));
+  HT r = CAST(HT, 1) - y;
+  return x < CAST(HT, 0) ? -r : r;
+}"""
+
+_FMOD = """HT w_fmod(HT a, HT b) { return a - b * trunc(a / b); }"""
+
+_TANH = """HT w_tanh(HT x) {
+  if (x > CAST(HT, 15)) return CAST(HT, 1);
+  if (x < CAST(HT, -15)) return CAST(HT, -1);
+  return tanh(x);
+}"""
+
+_LOG1P = """HT w_log1p(HT x) {
+  HT u = CAST(HT, 1) + x;
+  if (u == CAST(HT, 1)) return x;
+  return log(u) * (x / (u - CAST(HT, 1)));
+}"""
+
+_POW = """HT w_pow(HT a, HT b) {
+  if (b == CAST(HT, 0) || a == CAST(HT, 1)) return CAST(HT, 1);
+  if (a != a || b != b) return a + b;
+  if (a < CAST(HT, 0)) {
+    if (W_TRUNC(b) != b) return sqrt(CAST(HT, -1));
+    HT r = pow(-a, b);
+    HT h = b * CAST(HT, 0.5);
+    return W_TRUNC(h) != h ? -r : r;
+  }
+  if (a == CAST(HT, 0)) return b > CAST(HT, 0) ? CAST(HT, 0) : exp(CAST(HT, 1000));
+  return pow(a, b);
+}"""
+
+_MOD = """HT w_mod(HT a, HT b) {
+  HT r = W_FMOD(a, b);
+  if (r != CAST(HT, 0) && ((r < CAST(HT, 0)) != (b < CAST(HT, 0)))) r += b;
+  return r;
+}"""
+
+_IREM = """HT w_irem(HT a, HT b) {
+  if (b == CAST(HT, 0)) return CAST(HT, 0);
+  if (CAST(HT, -1) < CAST(HT, 0) && b == CAST(HT, -1)) return CAST(HT, 0);
+  return a - (a / b) * b;
+}"""
+
+_IMOD = """HT w_imod(HT a, HT b) {
+  HT r = w_irem(a, b);
+  if (r != CAST(HT, 0) && ((r < CAST(HT, 0)) != (b < CAST(HT, 0)))) r += b;
+  return r;
+}"""
+
+_IDIV = """HT w_idiv(HT a, HT b) {
+  if (b == CAST(HT, 0)) return CAST(HT, 0);
+  if (CAST(HT, -1) < CAST(HT, 0) && b == CAST(HT, -1)) return CAST(HT, 0) - a;
+  return a / b;
+}"""
+
+_IPOW = """HT w_ipow(HT a, HT b) {
+  if (b < CAST(HT, 0)) {
+    if (a == CAST(HT, 1)) return CAST(HT, 1);
+    if (a == CAST(HT, -1)) return (b & CAST(HT, 1)) != CAST(HT, 0) ? a : CAST(HT, 1);
+    return CAST(HT, 0);
+  }
+  HT r = CAST(HT, 1);
+  while (b > CAST(HT, 0)) {
+    if ((b & CAST(HT, 1)) != CAST(HT, 0)) r = r * a;
+    a = a * a;
+    b = b >> CAST(HT, 1);
+  }
+  return r;
+}"""
+
+
+def _text(code: str, dialects: tuple[str, ...] = ("opencl", "glsl", "msl")) -> Callable[[str], str]:
+    return lambda d: code if d in dialects else ""
+
+
+# name -> dialect -> definition text ("" where the dialect has a builtin behind the macro)
+HELPERS: dict[str, Callable[[str], str]] = {
+    "w_erf": _text(_ERF, ("glsl", "msl")),
+    "w_fmod": _text(_FMOD, ("glsl",)),
+    "w_tanh": _text(_TANH),
+    "w_log1p": _text(_LOG1P),
+    "w_pow": _text(_POW),
+    "w_mod": _text(_MOD),
+    "w_irem": _text(_IREM),
+    "w_imod": _text(_IMOD),
+    "w_idiv": _text(_IDIV),
+    "w_ipow": _text(_IPOW),
+}
+HELPER_DEPS = {"w_mod": ("w_fmod",), "w_imod": ("w_irem",)}
+HELPER_ORDER = ("w_fmod", "w_erf", "w_tanh", "w_log1p", "w_pow", "w_mod", "w_irem", "w_imod",
+                "w_idiv", "w_ipow")
+
+CLAMP01 = "({v} < Z ? Z : ({v} > ONE ? ONE : {v}))"
+
+# Unary on floats: (expression, helpers, needs transcendental math)
+FLOAT_UNARY: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    "identity": ("x", (), False),
+    "abs": ("(x < Z ? -x : x)", (), False),
+    "neg": ("(-x)", (), False),
+    "exp": ("exp(x)", (), True),
+    "log": ("log(x)", (), True),
+    "sqrt": ("sqrt(x)", (), False),
+    "rsqrt": ("(ONE / sqrt(x))", (), False),
+    "reciprocal": ("(ONE / x)", (), False),
+    "sin": ("sin(x)", (), True),
+    "cos": ("cos(x)", (), True),
+    "tan": ("tan(x)", (), True),
+    "asin": ("asin(x)", (), True),
+    "acos": ("acos(x)", (), True),
+    "atan": ("atan(x)", (), True),
+    "sinh": ("sinh(x)", (), True),
+    "cosh": ("cosh(x)", (), True),
+    "tanh": ("w_tanh(x)", ("w_tanh",), True),
+    "asinh": ("asinh(x)", (), True),
+    "acosh": ("acosh(x)", (), True),
+    "atanh": ("atanh(x)", (), True),
+    "sigmoid": ("(x >= Z ? ONE / (ONE + exp(-x)) : exp(x) / (ONE + exp(x)))", (), True),
+    "relu": ("(x < Z ? Z : x)", (), False),
+    "erf": ("W_ERF(x)", ("w_erf",), True),
+    "floor": ("floor(x)", (), False),
+    "ceil": ("ceil(x)", (), False),
+    "round": ("W_RINT(x)", (), False),
+    "sign": ("(x > Z ? ONE : (x < Z ? -ONE : x))", (), False),
+    "softplus": ("(x > CAST(T, 20) ? x : w_log1p(exp(x)))", ("w_log1p",), True),
+    "softsign": ("(x / (ONE + (x < Z ? -x : x)))", (), False),
+    "gelu": ("(CAST(T, 0.5) * x * (ONE + W_ERF(x * CAST(T, 0.7071067811865476))))", ("w_erf",), True),
+    "gelu_tanh": ("(CAST(T, 0.5) * x * (ONE + w_tanh(CAST(T, 0.7978845608028654) * "
+                  "(x + CAST(T, 0.044715) * x * x * x))))", ("w_tanh",), True),
+    "hardswish": ("(x * " + CLAMP01.format(v="(x / CAST(T, 6) + CAST(T, 0.5))") + ")", (), False),
+    "hardsigmoid": (CLAMP01.format(v="(P0 * x + P1)"), (), False),
+    "leaky_relu": ("(x >= Z ? x : P0 * x)", (), False),
+    "elu": ("(x > Z ? x : P0 * (exp(x) - ONE))", (), True),
+    "selu": ("(P1 * (x > Z ? x : P0 * (exp(x) - ONE)))", (), True),
+    "celu": ("((x > Z ? x : Z) + (x > Z ? Z : P0 * (exp(x / P0) - ONE)))", (), True),
+    "clip": ("(x < P0 ? P0 : (x > P1 ? P1 : x))", (), False),
+    "mish": ("(x * w_tanh(x > CAST(T, 20) ? x : w_log1p(exp(x))))", ("w_tanh", "w_log1p"), True),
+    "thresholded_relu": ("(x > P0 ? x : Z)", (), False),
+}
+FLOAT_PREDICATES: dict[str, str] = {
+    "isnan": "(isnan(x) ? 1 : 0)",
+    "isinf": "(isinf(x) ? 1 : 0)",
+    "isposinf": "((isinf(x) && x > Z) ? 1 : 0)",
+    "isneginf": "((isinf(x) && x < Z) ? 1 : 0)",
+}
+INT_UNARY: dict[str, str] = {
+    "identity": "x",
+    "abs": "(x < Z ? Z - x : x)",
+    "neg": "(Z - x)",
+    "relu": "(x < Z ? Z : x)",
+    "sign": "(x > Z ? ONE : (x < Z ? Z - ONE : Z))",
+    "clip": "(x < P0 ? P0 : (x > P1 ? P1 : x))",
+    "bitwise_not": "(~x)",
+}
+BOOL_UNARY: dict[str, str] = {
+    "identity": "x",
+    "not": "(x == Z ? 1 : 0)",
+    "bitwise_not": "(x == Z ? 1 : 0)",
+}
+
+# Binary: (float expression, float helpers, needs math) / int expression (+ helpers)
+FLOAT_BINARY: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    "add": ("(a + b)", (), False),
+    "sub": ("(a - b)", (), False),
+    "mul": ("(a * b)", (), False),
+    "div": ("(a / b)", (), False),
+    "pow": ("w_pow(a, b)", ("w_pow",), True),
+    "max": ("((a > b || a != a) ? a : b)", (), False),
+    "min": ("((a < b || a != a) ? a : b)", (), False),
+    "mod": ("w_mod(a, b)", ("w_fmod", "w_mod"), False),
+    "fmod": ("W_FMOD(a, b)", ("w_fmod",), False),
+    "atan2": ("W_ATAN2(a, b)", (), True),
+}
+INT_BINARY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "add": ("(a + b)", ()),
+    "sub": ("(a - b)", ()),
+    "mul": ("(a * b)", ()),
+    "div": ("w_idiv(a, b)", ("w_idiv",)),
+    "pow": ("w_ipow(a, b)", ("w_ipow",)),
+    "max": ("(a > b ? a : b)", ()),
+    "min": ("(a < b ? a : b)", ()),
+    "mod": ("w_imod(a, b)", ("w_irem", "w_imod")),
+    "fmod": ("w_irem(a, b)", ("w_irem",)),
+    "bitand": ("(a & b)", ()),
+    "bitor": ("(a | b)", ()),
+    "bitxor": ("(a ^ b)", ()),
+    "shl": ("(a << b)", ()),
+    "shr": ("(a >> b)", ()),
+}
+BOOL_BINARY: dict[str, str] = {
+    "and": "(((a != Z) && (b != Z)) ? 1 : 0)",
+    "or": "(((a != Z) || (b != Z)) ? 1 : 0)",
+    "xor": "(((a != Z) != (b != Z)) ? 1 : 0)",
+    "bitand": "(a & b)",
+    "bitor": "(a | b)",
+    "bitxor": "(a ^ b)",
+    "max": "(a > b ? a : b)",
+    "min": "(a < b ? a : b)",
+    "add": "(((a != Z) || (b != Z)) ? 1 : 0)",
+    "mul": "(((a != Z) && (b != Z)) ? 1 : 0)",
+}
+COMPARE: dict[str, str] = {
+    "eq": "((a == b) ? 1 : 0)",
+    "lt": "((a < b) ? 1 : 0)",
+    "le": "((a <= b) ? 1 : 0)",
+    "gt": "((a > b) ? 1 : 0)",
+    "ge": "((a >= b) ? 1 : 0)",
+}
