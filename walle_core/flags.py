@@ -44,6 +44,17 @@ def opencl_device() -> str:
     return _get("WALLE_OPENCL_DEVICE")
 
 
+def vulkan_device() -> str:
+    """WALLE_VULKAN_DEVICE: substring of the Vulkan device name to force."""
+    return _get("WALLE_VULKAN_DEVICE")
+
+
+def vulkan_staging() -> bool:
+    """WALLE_VULKAN_STAGING=1: move data through host-visible staging buffers even where device
+    memory is host-visible (the discrete-GPU path, exercised on integrated/CPU drivers)."""
+    return _get("WALLE_VULKAN_STAGING") not in ("", "0")
+
+
 def disabled_plugins() -> set[str]:
     """WALLE_DISABLE_PLUGINS=opencl,vulkan: entry points not to load at all."""
     return {p.strip() for p in _get("WALLE_DISABLE_PLUGINS").split(",") if p.strip()}
