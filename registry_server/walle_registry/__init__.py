@@ -1,1 +1,11 @@
-"""The Walle registry and deployment service."""
+"""The Walle registry and deployment service.
+
+It depends on ``walle_core.task`` (the bundle format) and its own server dependencies only, never
+on the engine. Entry point: :func:`walle_registry.api.create_app`.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

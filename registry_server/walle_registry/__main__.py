@@ -1,0 +1,3 @@
+from walle_registry.server import main
+
+main()

@@ -1,0 +1,160 @@
+"""Notification fan-out from whoever commits a notice to the stream connections that wait for it.
+
+A replica's device streams subscribe by device id on the replica's event loop. ``publish`` is
+called after the notices are committed. :class:`InProcessBroker` delivers within one process;
+:class:`PostgresBroker` sends ``pg_notify`` and every replica's listener thread (one ``LISTEN``
+connection each) delivers what it receives locally, so any replica can serve any device. The
+database stays the source of truth: a stream that connects (or reconnects) first reads the
+notices after its cursor, so a notification lost in transit only delays a notice, never drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger("walle_registry.broker")
+CHANNEL = "walle_notices"
+MAX_PAYLOAD = 7000  # PostgreSQL NOTIFY payloads must stay under 8000 bytes
+
+
+class InProcessBroker:
+    """Fan-out to asyncio queues of this process."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def subscribe(self, device_id: str) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        with self._lock:
+            self._subs[device_id].add(queue)
+        return queue
+
+    def unsubscribe(self, device_id: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        with self._lock:
+            subs = self._subs.get(device_id)
+            if subs is not None:
+                subs.discard(queue)
+                if not subs:
+                    del self._subs[device_id]
+
+    def connected(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._subs.values())
+
+    def is_connected(self, device_id: str) -> bool:
+        with self._lock:
+            return bool(self._subs.get(device_id))
+
+    def deliver(self, notices: Sequence[dict[str, Any]]) -> None:
+        """Hand notices to local subscribers (thread-safe)."""
+        with self._lock:
+            targets = [(q, n) for n in notices for q in self._subs.get(str(n["device"]), ())]
+        if not targets or self._loop is None:
+            return
+
+        def put_all() -> None:
+            for q, n in targets:
+                q.put_nowait(n)
+
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self._loop.call_soon_threadsafe(put_all)
+
+    def publish(self, notices: Sequence[dict[str, Any]]) -> None:
+        self.deliver(notices)
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresBroker(InProcessBroker):
+    """``NOTIFY walle_notices`` on publish, one ``LISTEN`` thread per replica for delivery."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        self.dsn = dsn.replace("postgresql+psycopg://", "postgresql://")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        self._send_conn: Any = None
+        self.ready = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._listen, name="walle-pg-listen", daemon=True)
+        self._thread.start()
+        self.ready.wait(10)
+
+    def _listen(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.ready.set()
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            try:
+                                self.deliver(json.loads(note.payload))
+                            except (ValueError, KeyError, TypeError):
+                                log.warning("ignoring malformed notification %r", note.payload[:200])
+            except Exception as exc:  # connection lost: reconnect (streams catch up from the DB)
+                if self._stop.is_set():
+                    return
+                log.warning("LISTEN connection failed (%s); retrying", exc)
+                self._stop.wait(1.0)
+
+    def publish(self, notices: Sequence[dict[str, Any]]) -> None:
+        import psycopg
+
+        chunks: list[str] = []
+        batch: list[dict[str, Any]] = []
+        size = 2
+        for n in notices:
+            item = json.dumps(n, separators=(",", ":"))
+            if batch and size + len(item) + 1 > MAX_PAYLOAD:
+                chunks.append(json.dumps(batch, separators=(",", ":")))
+                batch, size = [], 2
+            batch.append(n)
+            size += len(item) + 1
+        if batch:
+            chunks.append(json.dumps(batch, separators=(",", ":")))
+        with self._send_lock:
+            for attempt in range(2):
+                try:
+                    if self._send_conn is None or self._send_conn.closed:
+                        self._send_conn = psycopg.connect(self.dsn, autocommit=True)
+                    with self._send_conn.transaction():
+                        for chunk in chunks:
+                            self._send_conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, chunk))
+                    return
+                except psycopg.OperationalError as exc:
+                    self._send_conn = None
+                    if attempt:
+                        log.warning("NOTIFY failed (%s); devices will catch up on reconnect", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._send_conn is not None:
+            self._send_conn.close()
+
+
+Broker = InProcessBroker

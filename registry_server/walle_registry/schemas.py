@@ -1,0 +1,256 @@
+"""Request and response bodies (pydantic); they make the OpenAPI description precise."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from walle_registry.policy import check_version_range
+
+NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+VERSION = r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$"
+DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+REPORT_STATUSES = ("downloading", "installed", "running", "failed", "error", "removed")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenCreate(Strict):
+    name: str = Field(min_length=1, max_length=128)
+    scopes: list[Literal["publish", "deploy", "enroll", "read", "admin"]] = Field(min_length=1, max_length=5)
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    scopes: list[str]
+    created_at: float
+    revoked: bool
+    token: str | None = None  # only in the answer that creates it
+
+
+class KeyCreate(Strict):
+    name: str = Field(default="", max_length=128)
+    pem: str = Field(min_length=1, max_length=4096)
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    created_at: float
+
+
+class ReleaseOut(BaseModel):
+    task: str
+    version: str
+    manifest_digest: str
+    bundle_sha256: str
+    bundle_size: int
+    key_id: str
+    created_at: float
+    files: list[dict[str, Any]] = []
+    created: bool = False
+
+
+class PluginOut(BaseModel):
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    size: int
+    key_id: str
+    created_at: float
+    created: bool = False
+
+
+class BlobOut(BaseModel):
+    sha256: str
+    size: int
+
+
+class Attributes(BaseModel):
+    """Device attributes that policies can filter on (other keys are kept but not used)."""
+
+    model_config = ConfigDict(extra="allow")
+    os: str = Field(default="", max_length=64)
+    app_version: str = Field(default="", max_length=64)
+    model: str = Field(default="", max_length=128)
+    region: str = Field(default="", max_length=64)
+    groups: list[str] = Field(default_factory=list, max_length=64)
+    backends: list[str] = Field(default_factory=list, max_length=64)
+
+
+class DeviceRegister(Strict):
+    device_id: str | None = Field(default=None, pattern=DEVICE_ID)
+    attributes: Attributes = Field(default_factory=Attributes)
+
+
+class DeviceCredential(BaseModel):
+    device_id: str
+    token: str
+
+
+class DeviceOut(BaseModel):
+    id: str
+    attributes: dict[str, Any]
+    registered_at: float
+    last_seen: float
+    online: bool
+    cursor: int
+    targets: dict[str, str | None] = {}
+
+
+class Filters(Strict):
+    os: list[str] | None = Field(default=None, max_length=64)
+    app_version: str | None = Field(default=None, max_length=128)
+    model: list[str] | None = Field(default=None, max_length=256)
+    region: list[str] | None = Field(default=None, max_length=64)
+    groups: list[str] | None = Field(default=None, max_length=64)
+    backends: list[str] | None = Field(default=None, max_length=16)
+
+    @field_validator("app_version")
+    @classmethod
+    def _range(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_version_range(v)
+        return v
+
+
+class DeploymentCreate(Strict):
+    task: str = Field(pattern=NAME)
+    version: str = Field(pattern=VERSION, max_length=64)
+    device_ids: list[str] | None = Field(default=None, max_length=100_000)
+    filters: Filters = Field(default_factory=Filters)
+    percentage: float = Field(default=100.0, ge=0.0, le=100.0)
+    seed: str | None = Field(default=None, max_length=128)
+    stages: list[float] = Field(default_factory=lambda: [100.0], min_length=1, max_length=20)
+    success_threshold: float = Field(default=0.9, ge=0.0, le=1.0)
+    error_threshold: float = Field(default=0.2, ge=0.0, le=1.0)
+    min_sample: int = Field(default=1, ge=0, le=1_000_000)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+
+    @model_validator(mode="after")
+    def _stages(self) -> DeploymentCreate:
+        st = self.stages
+        if any(not (0 < s <= 100) for s in st) or any(b <= a for a, b in itertools.pairwise(st)):
+            raise ValueError("stages must be strictly increasing percentages in (0, 100]")
+        if st[-1] != 100:
+            raise ValueError("the last stage must be 100 (the whole targeted population)")
+        return self
+
+
+class Widen(Strict):
+    percentage: float = Field(ge=0.0, le=100.0)
+
+
+class StageOut(BaseModel):
+    index: int
+    percentage: float
+    targeted: int
+    assigned: int
+    counts: dict[str, int]
+    succeeded: int
+    failed: int
+    active: bool
+
+
+class DeploymentOut(BaseModel):
+    id: int
+    task: str
+    version: str
+    previous_version: str | None
+    state: str
+    reason: str
+    current_stage: int
+    stages: list[float]
+    percentage: float
+    seed: str
+    device_ids: list[str] | None
+    filters: dict[str, Any]
+    success_threshold: float
+    error_threshold: float
+    min_sample: int
+    priority: int
+    created_by: str
+    created_at: float
+    updated_at: float
+
+
+class DeploymentStatus(DeploymentOut):
+    progress: list[StageOut]
+    counts: dict[str, int]
+    events: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+
+
+class Notice(BaseModel):
+    seq: int
+    task: str
+    version: str | None
+    digest: str | None
+    deployment: int | None
+    action: str
+
+
+class NoticePage(BaseModel):
+    notices: list[Notice]
+    cursor: int
+
+
+class CheckIn(Strict):
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    cursor: int | None = Field(default=None, ge=0)
+
+
+class CheckInOut(BaseModel):
+    cursor: int
+    latest: int
+
+
+class ReportIn(Strict):
+    task: str = Field(pattern=NAME)
+    version: str = Field(pattern=VERSION, max_length=64)
+    status: Literal["downloading", "installed", "running", "failed", "error", "removed"]
+    deployment_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    error: str = Field(default="", max_length=4096)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    seq: int | None = Field(default=None, ge=0, le=2**62)
+
+
+class ReportOut(BaseModel):
+    accepted: bool
+    duplicate: bool
+    deployment_id: int | None
+
+
+class ResultsOut(BaseModel):
+    accepted: int
+    duplicates: int
+
+
+class ResultOut(BaseModel):
+    device: str
+    seq: int
+    task: str
+    version: str
+    name: str
+    key: str
+    ts: float
+    value: Any
+    received_at: float
+
+
+class Target(BaseModel):
+    task: str
+    version: str | None
+    digest: str | None
+    deployment: int | None
+
+
+class Problem(BaseModel):
+    error: str
+    detail: str

@@ -1,0 +1,41 @@
+"""Server settings: where the database and the blobs live, and the limits the API enforces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Settings:
+    """Everything :func:`walle_registry.api.create_app` needs.
+
+    ``db_url`` defaults to SQLite (WAL) at ``data_dir/registry.db``; pass a ``postgresql+psycopg://``
+    URL to run on PostgreSQL. Blobs live under ``data_dir/blobs`` unless a store is injected.
+    """
+
+    data_dir: Path
+    db_url: str | None = None
+    device_rate_per_s: float = 20.0  # token-bucket refill per device credential
+    device_burst: int = 60
+    max_bundle_bytes: int = 256 << 20
+    max_plugin_bytes: int = 128 << 20
+    max_results_bytes: int = 16 << 20  # one results batch, decompressed
+    stream_keepalive_s: float = 15.0
+    online_window_s: float = 120.0  # a device seen this recently counts as online
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir / 'registry.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
