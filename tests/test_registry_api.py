@@ -427,7 +427,7 @@ def test_reports_and_results_are_deduplicated(env: Env) -> None:
     items = [{"seq": i, "fid": f"f{i}", "key": "k", "name": "score", "ts": 1.5 * i, "value": {"p": i}}
              for i in range(5)]
     assert dev.upload_results(items, task="res", version="1.0.0") == {"accepted": 5, "duplicates": 0}
-    assert dev.upload_results(items[2:] + [{"seq": 9, "value": 1}], task="res", version="1.0.0") == {
+    assert dev.upload_results([*items[2:], {"seq": 9, "value": 1}], task="res", version="1.0.0") == {
         "accepted": 1, "duplicates": 3}
     # the pipeline tunnel's wire format: gzip JSON, token as a query parameter
     body = gzip.compress(json.dumps({"device": "res-1", "items": [{"seq": 20, "name": "n", "value": 2}]}).encode())

@@ -28,13 +28,13 @@ pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("alembic")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from walle_core.task import generate_key, pack, save_keypair, sign_bundle  # noqa: E402
-from walle_registry.api import create_app  # noqa: E402
-from walle_registry.client import DeviceClient, RegistryClient  # noqa: E402
-from walle_registry.service import Registry  # noqa: E402
-from walle_registry.settings import Settings  # noqa: E402
+from walle_core.task import generate_key, pack, save_keypair, sign_bundle
+from walle_registry.api import create_app
+from walle_registry.client import DeviceClient, RegistryClient
+from walle_registry.service import Registry
+from walle_registry.settings import Settings
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ADMIN = "wpt_test-admin-token-0123456789abcdef"

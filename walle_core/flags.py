@@ -99,3 +99,13 @@ def pipeline_max_runs_per_key() -> int:
 def upload_url() -> str:
     """WALLE_UPLOAD_URL: the endpoint the pipeline's upload tunnel posts batches to."""
     return _get("WALLE_UPLOAD_URL")
+
+
+def registry_url() -> str:
+    """WALLE_REGISTRY_URL: the registry the ``walle task publish/deploy/devices/results`` commands talk to."""
+    return _get("WALLE_REGISTRY_URL") or "http://127.0.0.1:8700"
+
+
+def registry_token() -> str:
+    """WALLE_REGISTRY_TOKEN: the publisher/operator API token those commands send."""
+    return _get("WALLE_REGISTRY_TOKEN")

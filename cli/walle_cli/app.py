@@ -11,8 +11,12 @@ import walle_core
 from walle_cli.commands.backends import backends
 from walle_cli.commands.bench import bench_app
 from walle_cli.commands.demo import demo
+from walle_cli.commands.deploy import deploy_app
+from walle_cli.commands.devices import devices_app
 from walle_cli.commands.inspect import inspect
 from walle_cli.commands.pipeline import pipeline_app
+from walle_cli.commands.registry import registry_app, task_app
+from walle_cli.commands.results import results
 from walle_cli.commands.run import run
 from walle_cli.console import out
 
@@ -43,6 +47,11 @@ app.command("inspect")(inspect)
 app.command("demo")(demo)
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(bench_app, name="bench")
+app.add_typer(registry_app, name="registry")
+app.add_typer(task_app, name="task")
+app.add_typer(deploy_app, name="deploy")
+app.add_typer(devices_app, name="devices")
+app.command("results")(results)
 
 
 def main() -> None:

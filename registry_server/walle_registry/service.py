@@ -210,8 +210,9 @@ class Registry:
     # ------------------------------------------------------------------ blobs
 
     def _record_blob(self, s: Session, info: BlobInfo) -> None:
-        if s.get(Blob, info.sha256) is None:
-            s.add(Blob(sha256=info.sha256, size=info.size, created_at=now()))
+        """Insert the blob row unless it exists (concurrent uploads of shared files race here)."""
+        s.execute(_insert_ignore(self.db.dialect, Blob, [{"sha256": info.sha256, "size": info.size,
+                                                          "created_at": now()}], ["sha256"]))
 
     def put_blob(self, chunks: Iterable[bytes], sha256: str) -> BlobInfo:
         info = self.blobs.put(chunks, sha256, self.settings.max_bundle_bytes)
@@ -775,7 +776,7 @@ class Registry:
                     Result.device_id == device_id, Result.seq.in_(seqs[i:i + IN_CHUNK]))))
             new = [rows[q] for q in seqs if q not in existing]
             if new:
-                s.execute(_insert_ignore(self.db.dialect, new))
+                s.execute(_insert_ignore(self.db.dialect, Result, new, ["device_id", "seq"]))
             dev = s.get(Device, device_id)
             if dev is not None:
                 dev.last_seen = t
@@ -804,14 +805,15 @@ class Registry:
                                                                                  by_status.items()}}
 
 
-def _insert_ignore(dialect: str, rows: list[dict[str, Any]]) -> Any:
+def _insert_ignore(dialect: str, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING, for SQLite and PostgreSQL."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return pg_insert(Result).values(rows).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+        return pg_insert(table).values(rows).on_conflict_do_nothing(index_elements=keys)
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    return sqlite_insert(Result).values(rows).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+    return sqlite_insert(table).values(rows).on_conflict_do_nothing(index_elements=keys)
 
 
 def deployment_dict(dep: Deployment) -> dict[str, Any]:

@@ -1,0 +1,35 @@
+"""``walle results TASK``: task outputs uploaded by devices (de-duplicated by device and sequence)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from walle_cli.commands.registry import JsonOpt, TokenOpt, UrlOpt, client
+from walle_cli.console import out
+
+
+def results(
+    task: Annotated[str, typer.Argument(help="task name")],
+    version: Annotated[str | None, typer.Option("--version")] = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 100,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show results of TASK (optionally one version or one device)."""
+    with client(url, token) as c:
+        rows = c.results(task, version, device, limit=limit)
+    if as_json:
+        out().print_json(json.dumps(rows))
+        return
+    table = Table("device", "seq", "version", "name", "key", "ts", "value")
+    for r in rows:
+        table.add_row(r["device"], str(r["seq"]), r["version"], r["name"], r["key"], f"{r['ts']:g}",
+                      json.dumps(r["value"])[:80])
+    out().print(table)
+    out().print(f"{len(rows)} result(s)")
