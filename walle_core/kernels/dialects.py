@@ -70,6 +70,7 @@ def render_opencl(spec: KernelSpec) -> str:
         "#define W_RINT(x) rint(x)", "#define W_ATAN2(a, b) atan2(a, b)",
         "#define W_FMOD(a, b) fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
         "#define W_ERF(x) erf(x)",
+        "#define W_ASIN(x) asin(x)", "#define W_ACOS(x) acos(x)", "#define W_ATAN(x) atan(x)",
     ]
     lines += _common_macros() + _spec_macros(spec) + _helpers(spec, "opencl")
     params = []
@@ -114,7 +115,8 @@ def render_glsl(spec: KernelSpec) -> str:
         "#define BARRIER() memoryBarrierShared(); barrier()",
         "#define PF(k) intBitsToFloat(P[k])",
         "#define PD(k) packDouble2x32(uvec2(uint(P[k]), uint(P[(k) + 1])))",
-        "#define W_RINT(x) roundEven(x)", "#define W_ATAN2(a, b) atan(a, b)",
+        "#define W_RINT(x) roundEven(x)", "#define W_ATAN2(a, b) w_atan2(a, b)",
+        "#define W_ASIN(x) w_asin(x)", "#define W_ACOS(x) w_acos(x)", "#define W_ATAN(x) w_atan(x)",
         "#define W_FMOD(a, b) w_fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
         "#define W_ERF(x) w_erf(x)",
     ]
@@ -140,6 +142,7 @@ def render_msl(spec: KernelSpec) -> str:
         "#define W_RINT(x) rint(x)", "#define W_ATAN2(a, b) atan2(a, b)",
         "#define W_FMOD(a, b) fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
         "#define W_ERF(x) w_erf(x)",
+        "#define W_ASIN(x) asin(x)", "#define W_ACOS(x) acos(x)", "#define W_ATAN(x) atan(x)",
     ]
     lines += _common_macros() + _spec_macros(spec) + _helpers(spec, "msl")
     params = []

@@ -28,12 +28,82 @@ _ERF = """HT w_erf(HT x) {
   return x < CAST(HT, 0) ? -r : r;
 }"""
 
-_FMOD = """HT w_fmod(HT a, HT b) { return a - b * trunc(a / b); }"""
+_FMOD = """HT w_fmod(HT a, HT b) {
+  if (isinf(b) && !isinf(a)) return a;
+  HT q = trunc(a / b);
+  HT r = fma(-b, q, a);
+  HT s = (a < CAST(HT, 0)) == (b < CAST(HT, 0)) ? b : -b;
+  if (r != CAST(HT, 0) && ((r < CAST(HT, 0)) != (a < CAST(HT, 0)))) r = r + s;
+  if ((r < CAST(HT, 0) ? -r : r) >= (b < CAST(HT, 0) ? -b : b)) r = r - s;
+  return r;
+}"""
+
+_EXPM1 = """HT w_expm1(HT x) {
+  HT u = exp(x);
+  if (u == CAST(HT, 1)) return x;
+  HT um = u - CAST(HT, 1);
+  if (um == CAST(HT, -1)) return CAST(HT, -1);
+  if (u > CAST(HT, 1e30)) return um;
+  return um * x / log(u);
+}"""
 
 _TANH = """HT w_tanh(HT x) {
   if (x > CAST(HT, 15)) return CAST(HT, 1);
   if (x < CAST(HT, -15)) return CAST(HT, -1);
-  return tanh(x);
+  HT e = w_expm1(CAST(HT, 2) * x);
+  return e / (e + CAST(HT, 2));
+}"""
+
+# Vulkan allows asin/acos/atan thousands of ulp off (lavapipe is ~1e-4): own versions for GLSL.
+_ATAN = """HT w_atan(HT x) {
+  HT ax = x < CAST(HT, 0) ? -x : x;
+  bool inv = ax > CAST(HT, 1);
+  HT t = inv ? CAST(HT, 1) / ax : ax;
+  bool shift = t > CAST(HT, 0.41421356237309503);
+  HT u = shift ? (t - CAST(HT, 1)) / (t + CAST(HT, 1)) : t;
+  HT u2 = u * u;
+  HT p = CAST(HT, -0.043478260869565216);
+  p = p * u2 + CAST(HT, 0.047619047619047616);
+  p = p * u2 + CAST(HT, -0.05263157894736842);
+  p = p * u2 + CAST(HT, 0.058823529411764705);
+  p = p * u2 + CAST(HT, -0.06666666666666667);
+  p = p * u2 + CAST(HT, 0.07692307692307693);
+  p = p * u2 + CAST(HT, -0.09090909090909091);
+  p = p * u2 + CAST(HT, 0.1111111111111111);
+  p = p * u2 + CAST(HT, -0.14285714285714285);
+  p = p * u2 + CAST(HT, 0.2);
+  p = p * u2 + CAST(HT, -0.3333333333333333);
+  HT r = u + u * u2 * p;
+  if (shift) r = r + CAST(HT, 0.7853981633974483);
+  if (inv) r = CAST(HT, 1.5707963267948966) - r;
+  return x < CAST(HT, 0) ? -r : r;
+}"""
+
+_ASIN = """HT w_asin(HT x) {
+  HT ax = x < CAST(HT, 0) ? -x : x;
+  if (ax == CAST(HT, 1)) return x * CAST(HT, 1.5707963267948966);
+  return w_atan(x / sqrt((CAST(HT, 1) - x) * (CAST(HT, 1) + x)));
+}"""
+
+_ACOS = """HT w_acos(HT x) {
+  if (x == CAST(HT, -1)) return CAST(HT, 3.141592653589793);
+  return CAST(HT, 2) * w_atan(sqrt((CAST(HT, 1) - x) / (CAST(HT, 1) + x)));
+}"""
+
+_ATAN2 = """HT w_atan2(HT y, HT x) {
+  if (x != x || y != y) return x + y;
+  HT pi = CAST(HT, 3.141592653589793);
+  if (isinf(x) && isinf(y)) {
+    HT r = x > CAST(HT, 0) ? pi * CAST(HT, 0.25) : pi * CAST(HT, 0.75);
+    return y < CAST(HT, 0) ? -r : r;
+  }
+  bool yneg = y < CAST(HT, 0) || (y == CAST(HT, 0) && CAST(HT, 1) / y < CAST(HT, 0));
+  bool xneg = x < CAST(HT, 0) || (x == CAST(HT, 0) && CAST(HT, 1) / x < CAST(HT, 0));
+  if (y == CAST(HT, 0)) return xneg ? (yneg ? -pi : pi) : y;
+  if (x == CAST(HT, 0)) return yneg ? -pi * CAST(HT, 0.5) : pi * CAST(HT, 0.5);
+  HT r = w_atan(y / x);
+  if (xneg) r = yneg ? r - pi : r + pi;
+  return r;
 }"""
 
 _LOG1P = """HT w_log1p(HT x) {
@@ -103,7 +173,12 @@ def _text(code: str, dialects: tuple[str, ...] = ("opencl", "glsl", "msl")) -> C
 HELPERS: dict[str, Callable[[str], str]] = {
     "w_erf": _text(_ERF, ("glsl", "msl")),
     "w_fmod": _text(_FMOD, ("glsl",)),
+    "w_expm1": _text(_EXPM1),
     "w_tanh": _text(_TANH),
+    "w_atan": _text(_ATAN, ("glsl",)),
+    "w_asin": _text(_ASIN, ("glsl",)),
+    "w_acos": _text(_ACOS, ("glsl",)),
+    "w_atan2": _text(_ATAN2, ("glsl",)),
     "w_log1p": _text(_LOG1P),
     "w_pow": _text(_POW),
     "w_mod": _text(_MOD),
@@ -112,8 +187,9 @@ HELPERS: dict[str, Callable[[str], str]] = {
     "w_idiv": _text(_IDIV),
     "w_ipow": _text(_IPOW),
 }
-HELPER_DEPS = {"w_mod": ("w_fmod",), "w_imod": ("w_irem",)}
-HELPER_ORDER = ("w_fmod", "w_erf", "w_tanh", "w_log1p", "w_pow", "w_mod", "w_irem", "w_imod",
+HELPER_DEPS = {"w_mod": ("w_fmod",), "w_imod": ("w_irem",), "w_tanh": ("w_expm1",),
+               "w_asin": ("w_atan",), "w_acos": ("w_atan",), "w_atan2": ("w_atan",)}
+HELPER_ORDER = ("w_fmod", "w_erf", "w_expm1", "w_tanh", "w_atan", "w_asin", "w_acos", "w_atan2", "w_log1p", "w_pow", "w_mod", "w_irem", "w_imod",
                 "w_idiv", "w_ipow")
 
 CLAMP01 = "({v} < Z ? Z : ({v} > ONE ? ONE : {v}))"
@@ -121,7 +197,7 @@ CLAMP01 = "({v} < Z ? Z : ({v} > ONE ? ONE : {v}))"
 # Unary on floats: (expression, helpers, needs transcendental math)
 FLOAT_UNARY: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "identity": ("x", (), False),
-    "abs": ("(x < Z ? -x : x)", (), False),
+    "abs": ("(x < Z ? -x : (x == Z ? Z : x))", (), False),  # +0 for -0, like numpy
     "neg": ("(-x)", (), False),
     "exp": ("exp(x)", (), True),
     "log": ("log(x)", (), True),
@@ -131,9 +207,9 @@ FLOAT_UNARY: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "sin": ("sin(x)", (), True),
     "cos": ("cos(x)", (), True),
     "tan": ("tan(x)", (), True),
-    "asin": ("asin(x)", (), True),
-    "acos": ("acos(x)", (), True),
-    "atan": ("atan(x)", (), True),
+    "asin": ("W_ASIN(x)", ("w_asin",), True),
+    "acos": ("W_ACOS(x)", ("w_acos",), True),
+    "atan": ("W_ATAN(x)", ("w_atan",), True),
     "sinh": ("sinh(x)", (), True),
     "cosh": ("cosh(x)", (), True),
     "tanh": ("w_tanh(x)", ("w_tanh",), True),
@@ -141,7 +217,7 @@ FLOAT_UNARY: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "acosh": ("acosh(x)", (), True),
     "atanh": ("atanh(x)", (), True),
     "sigmoid": ("(x >= Z ? ONE / (ONE + exp(-x)) : exp(x) / (ONE + exp(x)))", (), True),
-    "relu": ("(x < Z ? Z : x)", (), False),
+    "relu": ("(x <= Z ? Z : x)", (), False),
     "erf": ("W_ERF(x)", ("w_erf",), True),
     "floor": ("floor(x)", (), False),
     "ceil": ("ceil(x)", (), False),
@@ -155,9 +231,9 @@ FLOAT_UNARY: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "hardswish": ("(x * " + CLAMP01.format(v="(x / CAST(T, 6) + CAST(T, 0.5))") + ")", (), False),
     "hardsigmoid": (CLAMP01.format(v="(P0 * x + P1)"), (), False),
     "leaky_relu": ("(x >= Z ? x : P0 * x)", (), False),
-    "elu": ("(x > Z ? x : P0 * (exp(x) - ONE))", (), True),
-    "selu": ("(P1 * (x > Z ? x : P0 * (exp(x) - ONE)))", (), True),
-    "celu": ("((x > Z ? x : Z) + (x > Z ? Z : P0 * (exp(x / P0) - ONE)))", (), True),
+    "elu": ("(x > Z ? x : P0 * w_expm1(x))", ("w_expm1",), True),
+    "selu": ("(P1 * (x > Z ? x : P0 * w_expm1(x)))", ("w_expm1",), True),
+    "celu": ("((x > Z ? x : Z) + (x > Z ? Z : P0 * w_expm1(x / P0)))", ("w_expm1",), True),
     "clip": ("(x < P0 ? P0 : (x > P1 ? P1 : x))", (), False),
     "mish": ("(x * w_tanh(x > CAST(T, 20) ? x : w_log1p(exp(x))))", ("w_tanh", "w_log1p"), True),
     "thresholded_relu": ("(x > P0 ? x : Z)", (), False),
@@ -194,7 +270,7 @@ FLOAT_BINARY: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "min": ("((a < b || a != a) ? a : b)", (), False),
     "mod": ("w_mod(a, b)", ("w_fmod", "w_mod"), False),
     "fmod": ("W_FMOD(a, b)", ("w_fmod",), False),
-    "atan2": ("W_ATAN2(a, b)", (), True),
+    "atan2": ("W_ATAN2(a, b)", ("w_atan2",), True),
 }
 INT_BINARY: dict[str, tuple[str, tuple[str, ...]]] = {
     "add": ("(a + b)", ()),

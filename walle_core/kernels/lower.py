@@ -245,10 +245,15 @@ def lower_unary(op: A.Unary, caps: Caps) -> list[Launch]:
         raise Unsupported(f"unary {op.fn} on bool")
     expr, helpers, _ = unary_expr(op.fn, t, caps)
     _check(caps, t, to)
+    extra: tuple[tuple[str, str], ...] = ()
     if x.dtype.kind in "iub" and op.fn == "clip":
         lo, hi = (int(np.asarray(p).astype(x.dtype)) for p in op.params[:2])
         words = _i64_words(lo) + _i64_words(hi)
         decls = "  T P0 = CAST(T, PL(1));\n  T P1 = CAST(T, PL(3));"
+        extra = (("PTYPE", "i64"),)  # PL needs 64-bit integers
+        _check(caps, "i64")
+    elif x.dtype.kind in "iub":
+        words, decls = [], "  T P0 = Z;\n  T P1 = Z;"
     else:
         words, decls = _float_param_defines(t, op.params)
     body = f"""{decls}
@@ -258,7 +263,7 @@ def lower_unary(op: A.Unary, caps: Caps) -> list[Launch]:
     y0[i] = CAST(TO, {expr});
   }}"""
     spec = KernelSpec(f"unary_{op.fn}_{t}", (_P(), BufferDecl("x0", t), BufferDecl("y0", to, True)),
-                      body, defines=(*_common_defines(t), ("TO", to)), helpers=_helpers(helpers),
+                      body, defines=(*_common_defines(t), ("TO", to), *extra), helpers=_helpers(helpers),
                       float_type=t)
     n = out.size
     return [Launch(spec, [x, out], [n, *words], _groups(n), op.fn)] if n else []
