@@ -1,4 +1,9 @@
-"""CPU backend plugin: reports the host CPU and its SIMD features; kernels are not written yet."""
+"""CPU backend plugin: C SIMD kernels (AVX-512 / AVX2+FMA / NEON / portable) through cffi.
+
+A prepared program runs as one C call that walks pre-bound op descriptors; kernels run on a
+persistent pthread pool with the GIL released. Kinds or dtypes the C side does not implement get
+no algorithm, so the planner runs them on the reference backend with explicit copies.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-from walle_core.atomic import Op
-from walle_core.backend import Algorithm, Availability, Backend, DeviceInfo, Executable, Program
+from walle_core import atomic as A
+from walle_core.backend import Algorithm, Availability, Backend, Cost, DeviceInfo, Executable, Program
 from walle_core.errors import BackendUnavailableError
 from walle_core.hookspecs import hookimpl
+from walle_cpu import _native
+from walle_cpu.compiler import CpuExecutable, conv_algorithms, supports
 
 _INTERESTING = ("avx512f", "avx512_vnni", "avx512_bf16", "avx2", "fma", "neon", "asimd", "sse4_2")
 
@@ -38,26 +45,103 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def isa() -> str:
+    """The kernel variant in use ("avx512", "avx2", "neon" or "scalar"); "" when not built."""
+    if _native.LIB is None:
+        return ""
+    return str(_native.FFI.string(_native.LIB.wl_isa_name()).decode())
+
+
+def set_isa(name: str) -> None:
+    """Force a kernel variant (tests, benchmarks); "auto" picks the best this CPU supports.
+    Programs compiled before the switch keep weights packed for the old variant: recompile."""
+    if _native.LIB is None:
+        raise BackendUnavailableError(_native.LOAD_ERROR)
+    if _native.LIB.wl_set_isa(name.encode()) != 0:
+        raise BackendUnavailableError(f"kernel variant {name!r} is not supported by this CPU")
+
+
+# --------------------------------------------------------------------------- costs
+
+
+def _cost(efficiency: float, extra_bytes: float = 0.0, flop_scale: float = 1.0):  # type: ignore[no-untyped-def]
+    def cost(op: A.Op) -> Cost:
+        return Cost(op.flops() * flop_scale, op.bytes_moved() + extra_bytes, 1, efficiency)
+
+    return cost
+
+
+def _im2col_cost(op: A.Op) -> Cost:
+    assert isinstance(op, A.Conv2D)
+    _o, cg, kh, kw = op.inputs[1].shape
+    cols = cg * kh * kw * op.out.shape[2] * op.out.shape[3] * op.out.shape[0] * op.groups * 4
+    return Cost(op.flops(), op.bytes_moved() + 2 * cols, 1, 0.6)
+
+
+def _winograd_cost(op: A.Op) -> Cost:
+    assert isinstance(op, A.Conv2D)
+    c, o = op.inputs[0].shape[1], op.out.shape[1]
+    # 2.25x fewer multiplies; transforms cost ~ (c + o) per tile, which dominates for few channels.
+    eff = 0.55 if min(c, o) >= 32 else 0.15
+    return Cost(op.flops() / 2.25, op.bytes_moved() * 3, 1, eff)
+
+
+def _depthwise_cost(op: A.Op) -> Cost:
+    return Cost(op.flops(), op.bytes_moved(), 1, 0.5)
+
+
+def _one_by_one_cost(op: A.Op) -> Cost:
+    return Cost(op.flops(), op.bytes_moved() * 2, 1, 0.7)
+
+
+_CONV_COSTS = {
+    "im2col+gemm": _im2col_cost,
+    "1x1-gemm": _one_by_one_cost,
+    "depthwise-direct": _depthwise_cost,
+    "winograd-f23": _winograd_cost,
+}
+_GEMM = Algorithm("packed-gemm", _cost(0.7))
+_DIRECT = Algorithm("direct", _cost(0.5))
+
+
 class CpuBackend(Backend):
     name = "cpu"
-    version = "0.1"
+    version = "0.2"
 
     def availability(self) -> Availability:
-        return Availability(False, "not implemented yet: the C SIMD kernels are not written")
+        if _native.LIB is None:
+            return Availability(False, _native.LOAD_ERROR)
+        return Availability(True)
 
     def device_info(self) -> DeviceInfo:
         return DeviceInfo(
             name=cpu_name(),
             kind="cpu",
             details={"cores": str(os.cpu_count()), "arch": platform.machine(),
-                     "simd": ",".join(cpu_features())},
+                     "simd": ",".join(cpu_features()), "kernels": isa() or "not built",
+                     "threads": str(default_threads())},
         )
 
-    def algorithms(self, op: Op) -> Sequence[Algorithm]:
-        return ()
+    def algorithms(self, op: A.Op) -> Sequence[Algorithm]:
+        if _native.LIB is None or not supports(op):
+            return ()
+        if isinstance(op, A.MatMul):
+            return (_GEMM,)
+        if isinstance(op, A.Conv2D):
+            return tuple(Algorithm(n, _CONV_COSTS[n]) for n in conv_algorithms(op))
+        return (_DIRECT,)
 
     def compile(self, program: Program, *, threads: int | None = None) -> Executable:
-        raise BackendUnavailableError("CPU kernels are not implemented yet")
+        if _native.LIB is None:
+            raise BackendUnavailableError(f"cpu backend is unavailable: {_native.LOAD_ERROR}")
+        return CpuExecutable(program, threads or default_threads())
 
 
 @hookimpl
