@@ -18,9 +18,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from walle_core.task import Quotas
-from walle_core.vm import Scheduler, TaskSpec, run_once, run_task
+from walle_core.vm import Scheduler, TaskSpec, run_once, run_task, subinterp
 from walle_core.vm import data as cv
-from walle_core.vm import subinterp
 
 RNG = np.random.default_rng(0)
 W1 = RNG.standard_normal((16, 32)).astype(np.float32)

@@ -286,7 +286,7 @@ def _walk_members(
             raise VerificationError(f"corrupt archive: {exc}") from exc
         return info
 
-    count = 0
+    count = 1  # every member counts against max_members, the manifest included
     first = next_member()
     if first is None or first.name != MANIFEST_NAME:
         raise VerificationError(f"bundle must start with {MANIFEST_NAME}")
@@ -299,6 +299,7 @@ def _walk_members(
         kid, signature = _parse_signature(_read_small(tar, info, MAX_SIGNATURE_BYTES))
         if keys is not None:
             keys.verify(kid, signature, manifest_bytes)  # before the manifest is even parsed
+        count += 1
         info = next_member()
     elif keys is not None:
         raise SignatureError("bundle is not signed")
