@@ -8,12 +8,15 @@ import numpy as np
 import typer
 
 import walle_core
+from walle_cli.commands import task as task_commands
+from walle_cli.commands import vm as vm_commands
 from walle_cli.commands.backends import backends
 from walle_cli.commands.bench import bench_app
 from walle_cli.commands.demo import demo
 from walle_cli.commands.deploy import deploy_app
 from walle_cli.commands.devices import devices_app
 from walle_cli.commands.inspect import inspect
+from walle_cli.commands.keys import keys_app
 from walle_cli.commands.pipeline import pipeline_app
 from walle_cli.commands.registry import registry_app, task_app
 from walle_cli.commands.results import results
@@ -49,6 +52,9 @@ app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(bench_app, name="bench")
 app.add_typer(registry_app, name="registry")
 app.add_typer(task_app, name="task")
+task_commands.register(task_app)
+vm_commands.register(bench_app)
+app.add_typer(keys_app, name="keys")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(devices_app, name="devices")
 app.command("results")(results)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import builtins
 import os
+import sys
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -147,8 +148,14 @@ class Guard:
             if name != "walle" and name.partition(".")[2] not in vars(self.facade):
                 raise self.deny(f"import of {name!r} is not allowed")
             return self.facade
-        for part in [*name.split(".")[1:], *(fromlist or ())]:
-            if part in DENIED_NAMES or part.startswith("_"):
+        # C code (ndarray.sum -> numpy._core._methods) imports through the *calling frame's*
+        # builtins, i.e. this guard, with fromlist ["__doc__"]: private submodules that are
+        # already loaded are therefore let through; loading new private ones is not.
+        for part in name.split(".")[1:]:
+            if part in DENIED_NAMES or (part.startswith("_") and name not in sys.modules):
+                raise self.deny(f"import of {name!r} (name {part!r}) is not allowed")
+        for part in fromlist or ():
+            if part in DENIED_NAMES or (part.startswith("_") and not part.endswith("__")):
                 raise self.deny(f"import of {name!r} (name {part!r}) is not allowed")
         if top in self.allowed:
             return builtins.__import__(name, globals, locals, fromlist, level)

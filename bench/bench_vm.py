@@ -1,0 +1,19 @@
+"""Task VM benchmarks (issue 7): start latency, 1 vs 2 workers on inference, subinterpreters vs threads.
+
+    python bench/bench_vm.py          # prints the JSON report (same as ``walle bench vm --json``)
+
+All ratios come from one run on one machine; see walle_core/vm/bench.py for what each measures.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: VM parallelism, not BLAS's
+
+import json
+
+from walle_core.vm.bench import run_all
+
+if __name__ == "__main__":
+    print(json.dumps(run_all(), indent=2))
