@@ -3,7 +3,7 @@ per-backend programs with explicit host copies between them, and arena planning.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,16 +56,29 @@ class Stage:
     guards: list[int] = field(default_factory=list)  # ids read at the end (sync point)
 
 
+Chooser = Callable[[Sequence[A.Op], set[int]], list[tuple[Backend, Algorithm]]]
+
+
+def fixed_preference(backends: Sequence[Backend]) -> Chooser:
+    def chooser(ops: Sequence[A.Op], keep: set[int]) -> list[tuple[Backend, Algorithm]]:
+        return [choose(op, backends) for op in ops]
+
+    return chooser
+
+
 def build_stage(
     ops: Sequence[A.Op],
     backends: Sequence[Backend],
     keep: set[int],
     threads: int | None,
+    chooser: Chooser | None = None,
 ) -> Stage:
-    """``keep``: ids that must reach the host table (graph outputs, guards, later stages)."""
+    """``keep``: ids that must reach the host table (graph outputs, guards, later stages).
+    ``chooser`` picks (backend, algorithm) per op: the search, or the fixed preference."""
     primary = backends[0]
     flat = merge_rasters(eliminate_copies(expand_composites(ops, primary), keep), keep)
-    assigned = [(op, *choose(op, backends)) for op in flat]
+    picks = (chooser or fixed_preference(backends))(flat, keep)
+    assigned = [(op, backend, algo) for op, (backend, algo) in zip(flat, picks, strict=True)]
     groups: list[tuple[Backend, list[tuple[A.Op, Algorithm]]]] = []
     for op, backend, algo in assigned:
         if groups and groups[-1][0] is backend:

@@ -23,6 +23,7 @@ from walle_core.ir.graph import Graph, subgraphs
 from walle_core.plan.lower import Lowering
 from walle_core.plan.planner import Stage, build_stage, run_stage
 from walle_core.plugins import registry
+from walle_core.search import Searcher
 
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
 
@@ -79,11 +80,15 @@ def resolve_backends(backend: str) -> list[Backend]:
 
 
 class Model:
-    def __init__(self, graph: Graph, *, backend: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, graph: Graph, *, backend: str = "auto", threads: int | None = None,
+                 tune_budget_s: float = 0.0) -> None:
         self.graph = graph
         check_supported(graph)
         self.backends = resolve_backends(backend)
         self.threads = threads
+        # "auto" searches across every available backend; a named backend keeps its order
+        # (reference only as the fallback for what it lacks).
+        self.searcher = Searcher(self.backends, tune_budget_s=tune_budget_s) if backend == "auto" else None
         self._fold = make_folder(self._fold_backend())
         self._roots: dict[Signature, PlanNode] = {}
         self._lock = threading.Lock()
@@ -152,7 +157,8 @@ class Model:
             keep = {t.id for t in lowered.outputs}
         else:  # later stages may read anything produced so far
             keep = {t.id for op in ops for t in op.outputs}
-        stage = build_stage(ops, self.backends, keep, self.threads)
+        chooser = self.searcher.choose if self.searcher is not None else None
+        stage = build_stage(ops, self.backends, keep, self.threads, chooser)
         stage.guards = [t.id for t in lowered.need]
         self.peak_bytes = max(self.peak_bytes, stage.peak_bytes)
         return PlanNode(stage, len(lowered.ops), lowered.complete, lowered.outputs,
@@ -198,9 +204,13 @@ class Model:
 
 
 def load(
-    model: str | Path | bytes, *, backend: str = "auto", threads: int | None = None
+    model: str | Path | bytes, *, backend: str = "auto", threads: int | None = None,
+    tune_budget_s: float = 0.0,
 ) -> Model:
-    """Load an ONNX model from a path or bytes and prepare it for ``backend``."""
+    """Load an ONNX model from a path or bytes and prepare it for ``backend``.
+
+    ``backend="auto"`` lets the search pick a backend and algorithm per op; ``tune_budget_s``
+    > 0 also times the leading candidates on this machine (measure mode, cached)."""
     from walle_core.frontend.onnx_import import import_model
 
-    return Model(import_model(model), backend=backend, threads=threads)
+    return Model(import_model(model), backend=backend, threads=threads, tune_budget_s=tune_budget_s)

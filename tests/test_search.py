@@ -1,0 +1,149 @@
+"""The semi-auto search: calibration cache, routing around slow backends, mixed assignments."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import walle_core
+from walle_core import atomic as A
+from walle_core.backend import Algorithm, Cost, Executable, Program
+from walle_core.plugins import Registry
+from walle_core.search import Searcher, calibration_for
+from walle_core.search.calibrate import cache_path, load_cached
+from walle_reference.plugin import ReferenceBackend, ReferenceExecutable
+
+F = TensorProto.FLOAT
+
+
+class _Sleepy(ReferenceExecutable):
+    """Reference kernels plus a real delay per op of the listed kinds: a genuinely slow device."""
+
+    def __init__(self, program: Program, slow: frozenset[A.Kind], delay_s: float) -> None:
+        super().__init__(program)
+        self.n_slow = sum(op.kind in slow for op, _ in program.ops)
+        self.delay_s = delay_s
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        time.sleep(self.delay_s * self.n_slow)
+        return super().run(inputs)
+
+
+def sleepy_backend(name: str, slow: set[A.Kind], delay_s: float = 0.002) -> type[ReferenceBackend]:
+    """A backend class that claims peak efficiency for everything (so a fixed preference or an
+    uncalibrated model would pick it) but is slow on ``slow`` kinds."""
+    kinds = frozenset(slow)
+
+    class Sleepy(ReferenceBackend):
+        version = "test"
+
+        def algorithms(self, op: A.Op) -> Sequence[Algorithm]:
+            if not super().algorithms(op):
+                return ()
+            return (Algorithm("claims-fast", lambda o: Cost(o.flops(), o.bytes_moved(), 1, 1.0)),)
+
+        def compile(self, program: Program, *, threads: int | None = None) -> Executable:
+            return _Sleepy(program, kinds, delay_s)
+
+    Sleepy.name = name
+    return Sleepy
+
+
+def mlp() -> bytes:
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), f"w{i}")
+             for i in range(3)]
+    nodes = []
+    src = "x"
+    for i in range(3):
+        nodes += [helper.make_node("MatMul", [src, f"w{i}"], [f"h{i}"]),
+                  helper.make_node("Relu", [f"h{i}"], [f"r{i}"])]
+        src = f"r{i}"
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", F, [8, 64])],
+                          [helper.make_tensor_value_info(src, F, [8, 64])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WALLE_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def registry_with(monkeypatch):
+    """A fresh registry (real entry points) plus backends registered through the plugin API."""
+    reg = Registry()
+    monkeypatch.setattr("walle_core.runtime.model.registry", lambda: reg)
+
+    def add(*classes: type[ReferenceBackend], only: str) -> Registry:
+        for cls in classes:
+            reg.register(cls)
+        monkeypatch.setenv("WALLE_BACKENDS", only)
+        return reg
+
+    return add
+
+
+def test_search_routes_around_a_slow_backend(cache, registry_with):
+    registry_with(sleepy_backend("sluggish", set(A.Kind)), only="sluggish,reference")
+    m = walle_core.load(mlp())
+    assert m.backend_names == ["sluggish", "reference"]
+    x = np.ones((8, 64), np.float32)
+    m.run({"x": x})
+    steps = m.plan_for({"x": x}).stage.steps
+    assert {s.backend for s in steps} == {"reference"}
+    decisions = m.searcher.last if m.searcher else []
+    assert decisions and all(d.runner_up and d.runner_up.backend.name == "sluggish" for d in decisions)
+
+
+def test_search_finds_a_mix_of_backends(cache, registry_with):
+    # "mm" is slow at everything but MatMul, "ew" only at MatMul: the best plan uses both.
+    registry_with(sleepy_backend("mm", set(A.Kind) - {A.Kind.MATMUL}),
+                  sleepy_backend("ew", {A.Kind.MATMUL}), only="mm,ew")
+    m = walle_core.load(mlp())
+    x = np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32)
+    y = m.run({"x": x})
+    ref = walle_core.load(mlp(), backend="reference").run({"x": x})
+    np.testing.assert_allclose(next(iter(y.values())), next(iter(ref.values())), rtol=1e-5)
+    assert m.searcher is not None
+    by_kind = {(d.op.kind, d.chosen.backend.name) for d in m.searcher.last}
+    assert by_kind == {(A.Kind.MATMUL, "mm"), (A.Kind.UNARY, "ew")}
+
+
+def test_calibration_is_cached_and_rebuilt_when_corrupt_or_stale(cache):
+    backend = ReferenceBackend()
+    first = calibration_for(backend)
+    path = cache_path(backend)
+    assert path.is_file() and load_cached(backend) == first
+    assert first.op_overhead_s > 0 and first.bandwidth_Bps > 0 and first.rates
+    path.write_text("{ not json")
+    assert load_cached(backend) is None
+    rebuilt = calibration_for(backend)
+    assert load_cached(backend) == rebuilt
+    stale = json.loads(path.read_text())
+    stale["version"] = "an older backend"
+    path.write_text(json.dumps(stale))
+    assert load_cached(backend) is None
+
+
+def test_unavailable_or_uncalibratable_backends_are_skipped_with_reason(cache):
+    class Broken(ReferenceBackend):
+        name = "broken"
+
+        def compile(self, program: Program, *, threads: int | None = None) -> Executable:
+            raise RuntimeError("kernel compiler crashed")
+
+    s = Searcher([Broken(), ReferenceBackend()])
+    b = walle_core.decompose.builder.Builder(lambda op: None)
+    x = b.tensor((4,), np.float32)
+    b.unary("relu", x)
+    b.matmul(b.tensor((2, 2), np.float32), b.tensor((2, 2), np.float32))
+    decisions = s.decide(b.ops, set())
+    assert all(d.chosen.backend.name == "reference" for d in decisions)
+    assert "kernel compiler crashed" in decisions[0].skipped["broken"]

@@ -1,0 +1,58 @@
+"""Timing single ops and small programs on a backend, with inputs that are valid for the op."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from walle_core import atomic as A
+from walle_core.backend import Algorithm, Backend, Executable, Program
+
+
+def sample_input(t: A.Tensor, op: A.Op, rng: np.random.Generator) -> np.ndarray:
+    """Random data of ``t``'s shape and dtype that ``op`` accepts (indices stay in range)."""
+    if isinstance(op, A.GatherScatter) and len(op.inputs) > 1 and t is op.inputs[1]:
+        return rng.integers(0, max(op.rows, 1), t.shape, dtype=np.int64)
+    if t.dtype.kind == "b":
+        return rng.random(t.shape) < 0.5
+    if t.dtype.kind in "iu":
+        return rng.integers(0, 8, t.shape).astype(t.dtype)
+    return rng.standard_normal(t.shape).astype(t.dtype)
+
+
+def program_for(ops: Sequence[tuple[A.Op, Algorithm]]) -> Program:
+    produced = {t.id for op, _ in ops for t in op.outputs}
+    inputs: dict[int, A.Tensor] = {}
+    for op, _ in ops:
+        for t in op.inputs:
+            if t.value is None and t.id not in produced:
+                inputs.setdefault(t.id, t)
+    last = ops[-1][0]
+    return Program(list(ops), list(inputs.values()), list(last.outputs))
+
+
+def time_executable(exe: Executable, feeds: list[np.ndarray], *, repeat: int = 5,
+                    budget_s: float = 0.5) -> float:
+    """Median seconds per run after one warm-up, stopping early when over ``budget_s``."""
+    exe.run(feeds)
+    times: list[float] = []
+    start = time.perf_counter()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        exe.run(feeds)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times)
+
+
+def time_ops(backend: Backend, ops: Sequence[tuple[A.Op, Algorithm]], *, repeat: int = 5,
+             budget_s: float = 0.5, seed: int = 0) -> float:
+    program = program_for(ops)
+    rng = np.random.default_rng(seed)
+    owner = {t.id: op for op, _ in ops for t in op.inputs}
+    feeds = [sample_input(t, owner[t.id], rng) for t in program.inputs]
+    return time_executable(backend.compile(program), feeds, repeat=repeat, budget_s=budget_s)
