@@ -172,6 +172,9 @@ class Reduce(Op):
     inner: int = 1
     last_index: bool = False
 
+    def flops(self) -> float:
+        return float(self.outer * self.n * self.inner)
+
 
 # --------------------------------------------------------------------------- linear algebra
 
