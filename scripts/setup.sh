@@ -12,6 +12,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-dev gcc   # interpreter, venv, headers and compiler for cffi
     ocl-icd-libopencl1 pocl-opencl-icd     # OpenCL loader + a CPU OpenCL driver
     libvulkan1 mesa-vulkan-drivers glslc   # Vulkan loader + lavapipe + GLSL->SPIR-V compiler
+    postgresql chromium                    # registry tests: PostgreSQL 15 server, console screenshot
     gcc-aarch64-linux-gnu qemu-user        # cpu backend: NEON kernels cross-built, tested under qemu
 )
 

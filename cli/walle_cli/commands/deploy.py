@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from walle_cli.commands.registry import JsonOpt, TokenOpt, UrlOpt, client
@@ -20,7 +21,7 @@ def _csv(value: str | None) -> list[str] | None:
 
 def _print_status(st: dict[str, Any]) -> None:
     reason = f" ({st['reason']})" if st.get("reason") else ""
-    out().print(f"deployment {st['id']}: {st['task']} {st['version']} [{st['state']}]{reason}")
+    out().print(escape(f"deployment {st['id']}: {st['task']} {st['version']} [{st['state']}]{reason}"))
     if "progress" not in st:
         return
     table = Table("stage", "percent", "targeted", "reached", "succeeded", "failed")
@@ -30,7 +31,7 @@ def _print_status(st: dict[str, Any]) -> None:
                       str(p["succeeded"]), str(p["failed"]))
     out().print(table)
     for e in st.get("errors", [])[:5]:
-        out().print(f"  error on {e['device']}: {e['error']}")
+        out().print(escape(f"  error on {e['device']}: {e['error']}"))
 
 
 @deploy_app.command("create")

@@ -1,0 +1,63 @@
+"""Hostile HTTP input: schemathesis generates requests from /openapi.json (valid and invalid
+bodies, parameters and headers) against the app; none may get a 5xx. Skipped when schemathesis
+is not installed. ``WALLE_FUZZ_EXAMPLES=N`` raises the examples per operation (default 5, to
+keep the suite fast; 25 was run clean during development)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_registry_fixtures import *  # noqa: F403
+from test_registry_fixtures import ADMIN, Env, make_env
+
+schemathesis = pytest.importorskip("schemathesis")
+
+_state: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def fuzz_env() -> Iterator[Env]:
+    with make_env(Path(tempfile.mkdtemp(prefix="walle-fuzz-")), None, device_rate_per_s=0) as env:
+        env.publish("fuzz", "1.0.0")
+        dev = env.device("fuzz-dev", os="linux")
+        env.deploy(task="fuzz", version="1.0.0", stages=[50, 100])
+        _state["device"] = dev.token
+        yield env
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_env: Env) -> Any:
+    return schemathesis.openapi.from_asgi("/openapi.json", fuzz_env.app).exclude(path="/v1/device/stream")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=int(os.environ.get("WALLE_FUZZ_EXAMPLES", "5")), deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_server_errors(case: Any) -> None:
+    token = _state["device"] if case.path.startswith("/v1/device/") or case.path == "/v1/results" else ADMIN
+    response = case.call(headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:500])
+
+
+@given(body=st.binary(max_size=512), path=st.sampled_from(
+    ["/v1/tasks", "/v1/deployments", "/v1/device/reports", "/v1/results", "/v1/keys", "/v1/device/checkin",
+     "/v1/devices/register", "/v1/tokens", "/v1/blobs/" + "a" * 64, "/v1/deployments/1/widen"]),
+    encoding=st.sampled_from([None, "gzip", "br"]))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_random_bytes_get_4xx(fuzz_env: Env, body: bytes, path: str, encoding: str | None) -> None:
+    token = _state["device"] if path.startswith(("/v1/device/", "/v1/results")) else ADMIN
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    method = "PUT" if path.startswith("/v1/blobs/") else "POST"
+    r = fuzz_env.http.request(method, path, content=body, headers=headers)
+    assert r.status_code < 500, (path, body, r.status_code, r.text[:300])
