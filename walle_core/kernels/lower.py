@@ -220,7 +220,7 @@ def _float_param_defines(t: str, params: tuple[float, ...]) -> tuple[list[int], 
     return words, "\n".join(decls)
 
 
-def unary_expr(fn: str, t: str, caps: Caps) -> tuple[str, tuple[str, ...], str]:
+def unary_expr(fn: str, t: str, caps: Caps, is_bool: bool = False) -> tuple[str, tuple[str, ...], str]:
     """(expression in x, helpers, output type) for a unary kind on type ``t``."""
     if t in FLOAT_TAGS:
         if fn in FLOAT_PREDICATES:
@@ -231,7 +231,7 @@ def unary_expr(fn: str, t: str, caps: Caps) -> tuple[str, tuple[str, ...], str]:
         if math_ and t == "f64" and not caps.f64_math:
             raise Unsupported(f"{fn} needs float64 math")
         return expr, helpers, t
-    if fn in ("not",) or (t == "u8" and fn in BOOL_UNARY and fn != "identity"):
+    if fn == "not" or (is_bool and fn in BOOL_UNARY):
         return BOOL_UNARY[fn], (), "u8"
     if fn in INT_UNARY:
         return INT_UNARY[fn], (), t
@@ -243,7 +243,7 @@ def lower_unary(op: A.Unary, caps: Caps) -> list[Launch]:
     t, to = tag(x.dtype), tag(out.dtype)
     if x.dtype == np.bool_ and op.fn not in BOOL_UNARY:
         raise Unsupported(f"unary {op.fn} on bool")
-    expr, helpers, _ = unary_expr(op.fn, t, caps)
+    expr, helpers, _ = unary_expr(op.fn, t, caps, x.dtype == np.bool_)
     _check(caps, t, to)
     extra: tuple[tuple[str, str], ...] = ()
     if x.dtype.kind in "iub" and op.fn == "clip":
@@ -288,6 +288,11 @@ def binary_expr(fn: str, t: str, caps: Caps, is_bool: bool) -> tuple[str, tuple[
     if fn not in INT_BINARY:
         raise Unsupported(f"binary {fn} on {t}")
     expr, helpers = INT_BINARY[fn]
+    bits = int(t[1:])
+    if fn == "shl":  # numpy: shifting by the width or more (or a negative count) gives 0
+        expr = f"((b < Z || b >= CAST(T, {bits})) ? Z : (a << b))"
+    elif fn == "shr":
+        expr = f"((b < Z || b >= CAST(T, {bits})) ? (a < Z ? Z - ONE : Z) : (a >> b))"
     return expr, helpers, t
 
 

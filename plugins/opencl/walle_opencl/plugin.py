@@ -3,8 +3,8 @@
 * device selection: every platform is probed (a broken ICD is skipped, not fatal); a GPU is
   preferred, then an accelerator, then a CPU device; ``WALLE_OPENCL_DEVICE`` (substring of the
   device or platform name) forces one;
-* program cache: built programs are kept per source digest in memory, and pyopencl's binary
-  cache lives under ``walle_core.flags.cache_dir()/opencl``;
+* program cache: built programs are kept per kernel digest in memory, and their device binaries
+  on disk under ``walle_core.flags.cache_dir()/opencl`` (keyed by device, driver and source);
 * buffer pool: device buffers are recycled by size class across executables;
 * events: the queue profiles; ``OpenCLExecutable.last_timings()`` gives each launch's seconds
   (the search's calibration and measure mode time whole runs through ``Executable.run``);
@@ -16,9 +16,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,6 +126,7 @@ class _Device:
         self.programs: dict[str, Any] = {}
         self.lock = threading.Lock()
         self.builds = 0
+        self.binary_hits = 0
         types = {"f32", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64"}
         if "cl_khr_fp64" in self.device.extensions:
             types.add("f64")
@@ -133,16 +136,39 @@ class _Device:
         self.cache = flags.cache_dir() / "opencl"
         self.cache.mkdir(parents=True, exist_ok=True)
 
+    def _binary_path(self, src: str) -> Path:
+        d = self.device
+        ident = f"{self.platform.name}|{d.name}|{d.version}|{d.driver_version}|{src}"
+        return self.cache / f"{hashlib.sha256(ident.encode()).hexdigest()[:32]}.bin"
+
+    def _build(self, src: str) -> Any:
+        cl = self.cl
+        path = self._binary_path(src)
+        if path.exists():
+            try:
+                prog = cl.Program(self.ctx, [self.device], [path.read_bytes()]).build()
+                self.binary_hits += 1
+                return prog
+            except Exception:  # stale or foreign binary: rebuild from source
+                path.unlink(missing_ok=True)
+        prog = cl.Program(self.ctx, src).build(options=["-cl-std=CL1.2"])
+        self.builds += 1
+        try:
+            (binary,) = prog.get_info(cl.program_info.BINARIES)
+            tmp = path.with_suffix(f".tmp{threading.get_ident()}")
+            tmp.write_bytes(bytes(binary))
+            tmp.replace(path)
+        except Exception:  # a driver without program binaries: memory cache only
+            pass
+        return prog
+
     def kernel(self, spec: KernelSpec) -> Any:
-        src = render(spec, "opencl")
         key = spec.key
         with self.lock:
             prog = self.programs.get(key)
             if prog is None:
-                prog = self.cl.Program(self.ctx, src).build(
-                    options=["-cl-std=CL1.2"], cache_dir=str(self.cache))
+                prog = self._build(render(spec, "opencl"))
                 self.programs[key] = prog
-                self.builds += 1
         return self.cl.Kernel(prog, spec.name)  # a fresh kernel object: its args are its own
 
 
