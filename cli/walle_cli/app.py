@@ -21,6 +21,7 @@ from walle_cli.commands.pipeline import pipeline_app
 from walle_cli.commands.registry import registry_app, task_app
 from walle_cli.commands.results import results
 from walle_cli.commands.run import run
+from walle_cli.commands.search import calibrate, search
 from walle_cli.console import out
 
 app = typer.Typer(
@@ -48,6 +49,8 @@ app.command("backends")(backends)
 app.command("run")(run)
 app.command("inspect")(inspect)
 app.command("demo")(demo)
+app.command("search")(search)
+app.command("calibrate")(calibrate)
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(bench_app, name="bench")
 app.add_typer(registry_app, name="registry")

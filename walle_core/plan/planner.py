@@ -66,6 +66,12 @@ def fixed_preference(backends: Sequence[Backend]) -> Chooser:
     return chooser
 
 
+def prepare(ops: Sequence[A.Op], primary: Backend, keep: set[int]) -> list[A.Op]:
+    """Planner clean-ups before backend choice: composite expansion, copy elimination,
+    raster composition."""
+    return merge_rasters(eliminate_copies(expand_composites(ops, primary), keep), keep)
+
+
 def build_stage(
     ops: Sequence[A.Op],
     backends: Sequence[Backend],
@@ -75,8 +81,7 @@ def build_stage(
 ) -> Stage:
     """``keep``: ids that must reach the host table (graph outputs, guards, later stages).
     ``chooser`` picks (backend, algorithm) per op: the search, or the fixed preference."""
-    primary = backends[0]
-    flat = merge_rasters(eliminate_copies(expand_composites(ops, primary), keep), keep)
+    flat = prepare(ops, backends[0], keep)
     picks = (chooser or fixed_preference(backends))(flat, keep)
     assigned = [(op, backend, algo) for op, (backend, algo) in zip(flat, picks, strict=True)]
     groups: list[tuple[Backend, list[tuple[A.Op, Algorithm]]]] = []

@@ -21,9 +21,9 @@ from walle_core.decompose import lookup
 from walle_core.errors import BackendUnavailableError, InputError
 from walle_core.ir.graph import Graph, subgraphs
 from walle_core.plan.lower import Lowering
-from walle_core.plan.planner import Stage, build_stage, run_stage
+from walle_core.plan.planner import Stage, build_stage, prepare, run_stage
 from walle_core.plugins import registry
-from walle_core.search import Searcher
+from walle_core.search import Decision, Searcher
 
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
 
@@ -164,6 +164,17 @@ class Model:
         return PlanNode(stage, len(lowered.ops), lowered.complete, lowered.outputs,
                         stage.guards, dict(known),
                         {name: t.id for name, t in lowered.inputs.items()})
+
+    def explain(self, feeds: Mapping[str, np.ndarray]) -> list[Decision]:
+        """The search's decision for every op of the first stage (see ``walle search``)."""
+        sig, _ = self._signature(feeds)
+        shapes = {n: (shape, np.dtype(dt)) for n, shape, dt in sig}
+        lowered = Lowering(self.graph, self._fold, {}).run(shapes)  # type: ignore[arg-type]
+        keep = ({t.id for t in lowered.outputs} if lowered.complete
+                else {t.id for op in lowered.ops for t in op.outputs})
+        searcher = self.searcher or Searcher(self.backends)
+        with self._lock:
+            return searcher.decide(prepare(lowered.ops, self.backends[0], keep), keep)
 
     def plan_for(self, feeds: Mapping[str, np.ndarray]) -> PlanNode:
         sig, _ = self._signature(feeds)

@@ -1,0 +1,232 @@
+"""How good is the semi-auto search? Prints, in one run on this machine:
+
+* rank correlation (Spearman) of predicted vs measured per-op time, over every candidate
+  (backend, algorithm) of every op of the engine-issue models and of random synthetic graphs;
+* regret per model: searched plan time vs the best plan found by measurement (each op on its
+  measured-fastest candidate, and every single-backend plan);
+* regret on small graphs where every backend assignment is enumerated and timed;
+* search cost of a 1,000-node graph with a warm calibration cache.
+
+Usage: python bench/search_quality.py [--models mobilenet_v2,resnet18,...] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import walle_core  # noqa: E402
+from walle_core import atomic as A  # noqa: E402
+from walle_core.backend import Algorithm, Backend  # noqa: E402
+from walle_core.decompose.builder import Builder  # noqa: E402
+from walle_core.search import CostModel, Searcher, assign  # noqa: E402
+from walle_core.search.timing import time_ops  # noqa: E402
+
+Pick = tuple[Backend, Algorithm]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    rx = np.argsort(np.argsort(x)).astype(float)
+    ry = np.argsort(np.argsort(y)).astype(float)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def median_run(model: walle_core.Model, feeds: dict[str, np.ndarray], runs: int = 7) -> float:
+    model.run(feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model.run(feeds)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def forced(model: walle_core.Model, picks: list[Pick]) -> None:
+    """Make ``model`` plan with exactly these (backend, algorithm) picks, in prepared-op order."""
+    assert model.searcher is not None
+
+    def choose(ops: Sequence[A.Op], keep: set[int]) -> list[Pick]:
+        assert len(ops) == len(picks), "prepared op list changed between explain and plan"
+        return list(picks)
+
+    model.searcher.choose = choose  # type: ignore[method-assign]
+    model._roots.clear()
+
+
+def all_candidates(decision: Any) -> list[Pick]:
+    return [(c.backend, a) for c in decision.candidates for a in c.backend.algorithms(decision.op)]
+
+
+def model_report(name: str, path: Path, feeds: dict[str, np.ndarray],
+                 pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    m = walle_core.load(path, backend="auto")
+    decisions = m.explain(feeds)
+    searched = median_run(m, feeds)
+    assert m.searcher is not None
+    cal = CostModel(m.searcher.calibrations)
+    best_picks: list[Pick] = []
+    for d in decisions:
+        timed = []
+        for backend, algo in all_candidates(d):
+            t = time_ops(backend, [(d.op, algo)], repeat=5, budget_s=0.2)
+            pairs.append((cal.predict(d.op, backend.name, algo), t))
+            timed.append((t, backend, algo))
+        t, backend, algo = min(timed, key=lambda x: x[0])
+        best_picks.append((backend, algo))
+    plans: dict[str, float] = {"searched": searched}
+    forced(m, best_picks)
+    plans["per-op measured best"] = median_run(m, feeds)
+    for backend in m.backends:
+        picks: list[Pick] = []
+        for d in decisions:
+            algos = backend.algorithms(d.op)
+            if not algos:
+                break
+            best = min(algos, key=lambda a: cal.predict(d.op, backend.name, a))
+            picks.append((backend, best))
+        else:
+            forced(m, picks)
+            plans[f"all {backend.name}"] = median_run(m, feeds)
+    best = min(plans.values())
+    return {"model": name, "ops": len(decisions), "plans_ms": {k: v * 1e3 for k, v in plans.items()},
+            "regret": searched / best - 1.0,
+            "backends": sorted({d.chosen.backend.name for d in decisions})}
+
+
+def synthetic_graph(rng: np.random.Generator) -> tuple[list[A.Op], list[A.Tensor]]:
+    b = Builder(lambda op: None)
+    c = int(rng.choice([4, 8, 16, 32]))
+    hw = int(rng.choice([8, 16, 28]))
+    x = b.tensor((1, c, hw, hw), np.float32)
+    inputs = [x]
+    for _ in range(int(rng.integers(2, 5))):
+        kind = rng.choice(["conv3", "conv1", "dw", "relu", "add", "pool"])
+        if kind.startswith("conv") or kind == "dw":
+            k = 3 if kind != "conv1" else 1
+            groups = c if kind == "dw" else 1
+            w = b.const(rng.standard_normal((c, c // groups, k, k)).astype(np.float32))
+            out = b.tensor((1, c, hw, hw), np.float32)
+            b.emit(A.Conv2D([x, w], [out], pads=(k // 2,) * 4, groups=groups))
+            x = out
+        elif kind == "relu":
+            x = b.unary("relu", x)
+        elif kind == "add":
+            x = b.binary("add", x, b.const(rng.standard_normal((1, c, 1, 1)).astype(np.float32)))
+        else:
+            out = b.tensor((1, c, hw, hw), np.float32)
+            b.emit(A.Pool2D([x], [out], fn="max", kernel=(3, 3), pads=(1, 1, 1, 1)))
+            x = out
+    return b.ops, inputs
+
+
+def run_plan(picks: Sequence[Pick], ops: list[A.Op], inputs: list[A.Tensor]) -> Callable[[], None]:
+    from walle_core.plan.planner import build_stage, run_stage
+
+    keep = {ops[-1].out.id}
+    backends = list(dict.fromkeys(b for b, _ in picks))
+    stage = build_stage(ops, backends, keep, None, lambda o, k: list(picks))
+    rng = np.random.default_rng(0)
+    feeds = {t.id: rng.standard_normal(t.shape).astype(t.dtype) for t in inputs}
+    return lambda: run_stage(stage, dict(feeds))
+
+
+def time_fn(fn: Callable[[], None], runs: int = 7) -> float:
+    fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def synthetic_report(searcher: Searcher, n_graphs: int, pairs: list[tuple[float, float]]) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(7)
+    rows = []
+    for g in range(n_graphs):
+        ops, inputs = synthetic_graph(rng)
+        keep = {ops[-1].out.id}
+        decisions = searcher.decide(ops, keep)
+        cal = CostModel(searcher.calibrations)
+        for d in decisions:
+            for backend, algo in all_candidates(d):
+                pairs.append((cal.predict(d.op, backend.name, algo),
+                              time_ops(backend, [(d.op, algo)], repeat=5, budget_s=0.2)))
+        searched = time_fn(run_plan([(d.chosen.backend, d.chosen.algorithm) for d in decisions], ops, inputs))
+        options = [all_candidates(d) for d in decisions]
+        space = list(itertools.product(*options))
+        if len(space) > 200:
+            continue
+        best = min(time_fn(run_plan(list(p), ops, inputs), runs=5) for p in space)
+        rows.append({"graph": g, "ops": len(ops), "plans": len(space), "regret": searched / best - 1.0})
+    return rows
+
+
+def search_cost(searcher: Searcher) -> float:
+    b = Builder(lambda op: None)
+    x = b.tensor((1, 64), np.float32)
+    w = b.const(np.ones((64, 64), np.float32))
+    while len(b.ops) < 1000:
+        x = b.unary("relu", b.matmul(x, w))
+    ops = b.ops[:1000]
+    searcher.decide(ops, {ops[-1].out.id})  # warm caches
+    t0 = time.perf_counter()
+    model = CostModel(searcher.calibrations)
+    assign(ops, [bk for bk in searcher.backends if bk.name in searcher.calibrations], model, {ops[-1].out.id})
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="mobilenet_v2,resnet18,bert,lstm,unet")
+    ap.add_argument("--synthetic", type=int, default=12)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    from importlib import import_module
+
+    from tests.models.common import export
+
+    pairs: list[tuple[float, float]] = []
+    models = []
+    for name in [n for n in args.models.split(",") if n]:
+        path, feeds = export(import_module(f"tests.models.{name}"))
+        models.append(model_report(name, path, feeds, pairs))
+    model_pairs = len(pairs)
+    searcher = Searcher(walle_core.plugins.registry().available())
+    synthetic = synthetic_report(searcher, args.synthetic, pairs)
+    result = {
+        "backends": [b.name for b in searcher.backends],
+        "spearman_all": spearman([p for p, _ in pairs], [m for _, m in pairs]),
+        "spearman_models": spearman([p for p, _ in pairs[:model_pairs]], [m for _, m in pairs[:model_pairs]])
+        if model_pairs > 2 else None,
+        "pairs": len(pairs), "models": models, "synthetic": synthetic,
+        "search_1000_ops_ms": search_cost(searcher) * 1e3,
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    print(f"backends: {', '.join(result['backends'])}")
+    print(f"Spearman predicted vs measured per-op time: {result['spearman_all']:.3f} over {len(pairs)} "
+          f"(op, candidate) pairs; models only: {result['spearman_models']:.3f}")
+    for r in models:
+        plans = ", ".join(f"{k} {v:.2f} ms" for k, v in r["plans_ms"].items())
+        print(f"{r['model']:>13}: regret {r['regret'] * 100:+.1f}%  uses {'+'.join(r['backends'])}  [{plans}]")
+    for r in synthetic:
+        print(f"  synthetic #{r['graph']}: {r['ops']} ops, {r['plans']} plans enumerated, "
+              f"regret {r['regret'] * 100:+.1f}%")
+    print(f"search of a 1,000-op graph (warm calibration): {result['search_1000_ops_ms']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

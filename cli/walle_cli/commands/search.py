@@ -1,0 +1,131 @@
+"""``walle search`` explains the semi-auto search per op; ``walle calibrate`` (re)builds the
+per-device calibration cache."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+import walle_core
+from walle_cli.console import fail, out, walle_errors
+from walle_core.plugins import registry
+from walle_core.search import Decision, calibration_for
+from walle_core.search.timing import time_ops
+
+
+def parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims = spec.partition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.split(",") if d.strip())
+        except ValueError:
+            fail(f"--shape expects NAME=D1,D2,..., got {spec!r}")
+        if not sep or not name:
+            fail(f"--shape expects NAME=D1,D2,..., got {spec!r}")
+    return shapes
+
+
+def zero_feeds(model: walle_core.Model, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Feeds of the declared shapes (symbolic dims 1 unless overridden by --shape)."""
+    feeds = {}
+    for vi in model.graph.inputs:
+        if vi.name not in model.input_names:
+            continue
+        if vi.name in shapes:
+            shape = shapes[vi.name]
+        elif vi.type.shape is None:
+            fail(f"input {vi.name!r} has no declared shape: pass --shape {vi.name}=...")
+        else:
+            shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in vi.type.shape)
+        feeds[vi.name] = np.zeros(shape, vi.type.dtype)
+    return feeds
+
+
+def describe(d: Decision) -> str:
+    op = d.op
+    fn = getattr(op, "fn", "") or getattr(op, "name", "")
+    return f"{op.kind.value}{'(' + fn + ')' if fn else ''} {list(op.out.shape)}"
+
+
+def search(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    shape: Annotated[list[str] | None, typer.Option("--shape", help="NAME=D1,D2,... for dynamic inputs.")] = None,
+    measure: Annotated[bool, typer.Option(help="Also time each chosen op and the whole plan.")] = False,
+    budget: Annotated[float, typer.Option(help="Measure-mode budget in seconds for timing top candidates (0: off).")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Explain the search: per op the chosen backend and algorithm, predicted cost, runner-up."""
+    with walle_errors():
+        m = walle_core.load(model, backend="auto", tune_budget_s=budget)
+        feeds = zero_feeds(m, parse_shapes(shape or []))
+        decisions = m.explain(feeds)
+        measured: list[float | None] = [None] * len(decisions)
+        whole: float | None = None
+        if measure:
+            measured = [time_ops(d.chosen.backend, [(d.op, d.chosen.algorithm)], repeat=5, budget_s=0.2)
+                        for d in decisions]
+            m.run(feeds)
+            runs = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                m.run(feeds)
+                runs.append(time.perf_counter() - t0)
+            whole = statistics.median(runs)
+    rows: list[dict[str, Any]] = []
+    for i, (d, t) in enumerate(zip(decisions, measured, strict=True)):
+        ru = d.runner_up
+        rows.append({
+            "index": i, "op": describe(d), "backend": d.chosen.backend.name,
+            "algorithm": d.chosen.algorithm.name, "predicted_us": d.chosen.predicted_s * 1e6,
+            "measured_us": None if t is None else t * 1e6,
+            "runner_up": None if ru is None else ru.label,
+            "runner_up_us": None if ru is None else ru.seconds * 1e6,
+            "why": d.reason, "skipped": d.skipped,
+        })
+    predicted_total = sum(d.chosen.seconds for d in decisions)
+    summary = {"ops": len(rows), "predicted_total_us": predicted_total * 1e6,
+               "measured_ops_total_us": None if not measure else sum(t or 0 for t in measured) * 1e6,
+               "measured_plan_us": None if whole is None else whole * 1e6}
+    if as_json:
+        out().print_json(json.dumps({"decisions": rows, "summary": summary}))
+        return
+    table = Table(title=f"search: {model.name}")
+    for col in ("#", "op", "chosen", "pred µs", "meas µs", "runner-up", "ru µs", "why"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["index"]), r["op"], f"{r['backend']}/{r['algorithm']}",
+                      f"{r['predicted_us']:.1f}", "" if r["measured_us"] is None else f"{r['measured_us']:.1f}",
+                      r["runner_up"] or "-", "" if r["runner_up_us"] is None else f"{r['runner_up_us']:.1f}",
+                      r["why"])
+    out().print(table)
+    line = f"{summary['ops']} ops, predicted {summary['predicted_total_us']:.0f} µs"
+    if measure:
+        line += (f", measured per-op sum {summary['measured_ops_total_us']:.0f} µs,"
+                 f" whole plan {summary['measured_plan_us']:.0f} µs")
+    out().print(line)
+
+
+def calibrate(
+    refresh: Annotated[bool, typer.Option(help="Ignore the cache and measure again.")] = True,
+) -> None:
+    """Run the per-device micro-benchmarks for every available backend and cache the results."""
+    for backend in registry().available():
+        with Progress(transient=True) as progress:
+            task = progress.add_task(f"calibrating {backend.name}", total=None)
+
+            def step(msg: str, task_id: Any = task) -> None:
+                progress.update(task_id, description=f"{backend.name}: {msg}")
+
+            cal = calibration_for(backend, refresh=refresh, progress=step)
+        out().print(f"{backend.name}: op overhead {cal.op_overhead_s * 1e6:.2f} µs, "
+                    f"program overhead {cal.program_overhead_s * 1e6:.2f} µs, "
+                    f"bandwidth {cal.bandwidth_Bps / 1e9:.1f} GB/s, {len(cal.rates)} op buckets")
