@@ -26,12 +26,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import walle_core  # noqa: E402
-from walle_core import atomic as A  # noqa: E402
-from walle_core.backend import Algorithm, Backend  # noqa: E402
-from walle_core.decompose.builder import Builder  # noqa: E402
-from walle_core.search import CostModel, Searcher, assign  # noqa: E402
-from walle_core.search.timing import time_ops  # noqa: E402
+import walle_core
+from walle_core import atomic as A
+from walle_core.backend import Algorithm, Backend
+from walle_core.decompose.builder import Builder
+from walle_core.search import CostModel, Searcher, assign
+from walle_core.search.timing import time_ops
 
 Pick = tuple[Backend, Algorithm]
 

@@ -122,8 +122,8 @@ def calibrate(
         with Progress(transient=True) as progress:
             task = progress.add_task(f"calibrating {backend.name}", total=None)
 
-            def step(msg: str, task_id: Any = task) -> None:
-                progress.update(task_id, description=f"{backend.name}: {msg}")
+            def step(msg: str, task_id: Any = task, name: str = backend.name) -> None:
+                progress.update(task_id, description=f"{name}: {msg}")
 
             cal = calibration_for(backend, refresh=refresh, progress=step)
         out().print(f"{backend.name}: op overhead {cal.op_overhead_s * 1e6:.2f} µs, "
