@@ -82,7 +82,11 @@ def _im2col_cost(op: A.Op) -> Cost:
     assert isinstance(op, A.Conv2D)
     _o, cg, kh, kw = op.inputs[1].shape
     cols = cg * kh * kw * op.out.shape[2] * op.out.shape[3] * op.out.shape[0] * op.groups * 4
-    return Cost(op.flops(), op.bytes_moved() + 2 * cols, 1, 0.6)
+    # One GEMM per group: a short reduction (cg*kh*kw) or few rows per group (o/groups) leave
+    # the register tiles mostly empty, so efficiency falls with both.
+    og = op.out.shape[1] // op.groups
+    eff = 0.6 * min(1.0, cg * kh * kw / 64) * min(1.0, og / 8)
+    return Cost(op.flops(), op.bytes_moved() + 2 * cols, 1, max(eff, 0.01))
 
 
 def _winograd_cost(op: A.Op) -> Cost:
