@@ -1,0 +1,138 @@
+"""cpu backend specifics: availability, kernel variants, threads, errors, concurrency, fusion."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from walle_core import atomic as A
+from walle_core.backend import Program
+from walle_core.decompose.builder import Builder
+from walle_core.errors import WalleError
+from walle_core.plugins import registry
+
+cpu_entry = {e.name: e for e in registry().entries()}["cpu"]
+pytestmark = pytest.mark.skipif(not cpu_entry.availability.available,
+                                reason=f"cpu backend unavailable: {cpu_entry.availability.reason}")
+
+
+def _mlp(b: Builder, x: A.Tensor, w: np.ndarray) -> A.Tensor:
+    h = b.matmul(x, b.const(w))
+    return b.unary("tanh", b.binary("add", h, b.const(np.float32(0.5))))
+
+
+def _compile(ops: list[A.Op], ins: list[A.Tensor], outs: list[A.Tensor], threads: int = 2):  # type: ignore[no-untyped-def]
+    cpu = registry().get("cpu")
+    return cpu.compile(Program([(op, cpu.algorithms(op)[0]) for op in ops], ins, outs), threads=threads)
+
+
+def test_device_reports_kernel_variant() -> None:
+    dev = registry().get("cpu").device_info()
+    assert dev.details["kernels"] in ("avx512", "avx2", "neon", "scalar")
+
+
+def test_missing_extension_gives_reason_not_crash(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Simulate an install without a compiler: the extension cannot be imported.
+    code = (
+        "import sys, builtins\n"
+        "real = builtins.__import__\n"
+        "def fake(name, *a, **k):\n"
+        "    if name == 'walle_cpu._kernels': raise ImportError('no compiled module')\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = fake\n"
+        "from walle_cpu.plugin import CpuBackend\n"
+        "a = CpuBackend().availability()\n"
+        "assert not a.available and 'C kernels' in a.reason, a\n"
+        "print('OK', a.reason)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_give_same_result(threads: int) -> None:
+    rng = np.random.default_rng(0)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((64, 96), np.float32)
+    w = rng.standard_normal((96, 80)).astype(np.float32)
+    y = _mlp(b, x, w)
+    exe = _compile(b.ops, [x], [y], threads)
+    xv = rng.standard_normal((64, 96)).astype(np.float32)
+    got = exe.run([xv])[0]
+    np.testing.assert_allclose(got.reshape(64, 80), np.tanh(xv @ w + 0.5), rtol=1e-5, atol=1e-5)
+
+
+def test_concurrent_runs_share_one_executable() -> None:
+    rng = np.random.default_rng(1)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((33, 40), np.float32)
+    w = rng.standard_normal((40, 300)).astype(np.float32)
+    y = _mlp(b, x, w)
+    exe = _compile(b.ops, [x], [y])
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        r = np.random.default_rng(seed)
+        try:
+            for _ in range(30):
+                xv = r.standard_normal((33, 40)).astype(np.float32)
+                got = exe.run([xv])[0].reshape(33, 300)
+                np.testing.assert_allclose(got, np.tanh(xv @ w + 0.5), rtol=1e-5, atol=1e-5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    ts = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_gather_out_of_range_raises() -> None:
+    b = Builder(fold=lambda op: None)
+    data = b.tensor((4, 3), np.float32)
+    idx = b.tensor((2,), np.int64)
+    y = b.gather_rows(data, idx, 4, 3)
+    exe = _compile(b.ops, [data, idx], [y])
+    with pytest.raises(WalleError, match="out of range"):
+        exe.run([np.zeros((4, 3), np.float32), np.array([1, 4], np.int64)])
+    np.testing.assert_array_equal(
+        exe.run([np.arange(12, dtype=np.float32).reshape(4, 3), np.array([-1, 0], np.int64)])[0],
+        [[9, 10, 11], [0, 1, 2]])
+
+
+def test_integer_division_by_zero_raises() -> None:
+    b = Builder(fold=lambda op: None)
+    p = b.tensor((3,), np.int32)
+    q = b.tensor((3,), np.int32)
+    y = b.binary("div", p, q)
+    exe = _compile(b.ops, [p, q], [y])
+    with pytest.raises(WalleError, match="division by zero"):
+        exe.run([np.array([1, 2, 3], np.int32), np.array([1, 0, 1], np.int32)])
+
+
+def test_elementwise_chain_is_fused() -> None:
+    from walle_cpu.compiler import CpuExecutable
+
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((5, 7), np.float32)
+    bias = b.tensor((7,), np.float32)
+    y = b.unary("sigmoid", b.binary("mul", b.unary("relu", b.binary("add", x, bias)), x))
+    exe = _compile(b.ops, [x, bias], [y])
+    assert isinstance(exe, CpuExecutable) and exe._n_ops == 1  # four ops, one C descriptor
+    xv = np.linspace(-3, 3, 35, dtype=np.float32).reshape(5, 7)
+    bv = np.linspace(-1, 1, 7, dtype=np.float32)
+    want = 1 / (1 + np.exp(-(np.maximum(xv + bv, 0) * xv)))
+    np.testing.assert_allclose(exe.run([xv, bv])[0], want, rtol=1e-5, atol=1e-7)
+
+
+def test_unsupported_dtype_falls_back_with_no_algorithm() -> None:
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((4,), np.float16)
+    b.unary("exp", x)
+    assert registry().get("cpu").algorithms(b.ops[0]) == ()
