@@ -99,7 +99,7 @@ const char *wl_isa_name(void) { return wl_active->name; }
         case U_ELU: UL(v > 0 ? v : p0 * EXPM1(v))                                                 \
         case U_SELU: UL(p1 * (v > 0 ? v : p0 * EXPM1(v)))                                         \
         case U_CELU:                                                                              \
-            UL((v > 0 ? v : (T)0) + (p0 * EXPM1((v < 0 ? v : (T)0) / p0) < 0                      \
+            UL(v != v ? v : (v > 0 ? v : (T)0) + (p0 * EXPM1((v < 0 ? v : (T)0) / p0) < 0         \
                                           ? p0 * EXPM1((v < 0 ? v : (T)0) / p0) : (T)0))          \
         case U_CLIP: UL(v < p0 ? p0 : (v > p1 ? p1 : v))                                          \
         case U_MISH: UL(v * TANH(v > 20 ? v : LOG1P(EXP(v))))                                     \
