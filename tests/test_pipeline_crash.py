@@ -118,3 +118,22 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None
     assert got_outbox == want_outbox == len(want_feats)
     names = {f[2] for f in want_feats}
     assert {"ab", "quiet", "tumble", "every5"} <= names
+
+
+def test_resent_events_behind_the_clock_are_duplicates_not_late(tmp_path: Path) -> None:
+    """After a crash the producer re-sends from its last acknowledgement, which can be far
+    behind what the dead process committed: those events are duplicates, not errors."""
+    events = make_events(50)
+    p = Pipeline(tmp_path / "p", triggers=TRIGGERS, windows=WINDOWS, device="dev")
+    for e in events:
+        p.ingest(e)
+    again = Pipeline(tmp_path / "p", triggers=TRIGGERS, windows=WINDOWS, device="dev")
+    assert all(again.ingest(e).duplicate for e in events[10:])
+    report = again.ingest_many(events[:20])
+    assert report.duplicates == 20 and not report.errors
+    import pytest
+
+    from walle_core.pipeline.errors import EventError
+
+    with pytest.raises(EventError, match="late event"):
+        again.ingest({**events[5], "args": {"v": 99}})

@@ -22,7 +22,7 @@ from walle_core.pipeline.errors import EventError, PipelineError, TriggerSpecErr
 from walle_core.pipeline.events import parse_event
 from walle_core.pipeline.spec import compile_spec
 from walle_core.pipeline.stages import StageRegistry, stage_registry
-from walle_core.pipeline.store import Feature, Store
+from walle_core.pipeline.store import Feature, Store, event_uid
 from walle_core.pipeline.tunnel import Uploader
 from walle_core.pipeline.windows import FeatureFn, WindowResult, WindowSet, compute
 
@@ -121,6 +121,11 @@ class Pipeline:
         """
         ev = parse_event(obj)
         if ev.timestamp_ms < self.matcher.clock_ms:
+            # A producer re-sending after a crash may repeat events the store already holds:
+            # that is a duplicate (idempotent), not a late event.
+            seq = self.store.event_seq(uid or event_uid(ev))
+            if seq is not None:
+                return IngestResult(seq, True)
             raise EventError(
                 f"late event {ev.event_id!r} at {ev.timestamp_ms} ms: the clock is at {self.matcher.clock_ms} ms"
             )
@@ -139,6 +144,9 @@ class Pipeline:
             for i, obj in enumerate(objs):
                 try:
                     ev = parse_event(obj)
+                    if ev.timestamp_ms < self.matcher.clock_ms and self.store.event_seq(event_uid(ev)) is not None:
+                        report.duplicates += 1
+                        continue
                     if ev.timestamp_ms < self.matcher.clock_ms:
                         raise EventError(f"late event at {ev.timestamp_ms} ms (clock {self.matcher.clock_ms} ms)")
                 except EventError as exc:

@@ -101,9 +101,15 @@ class Store:
             (uid, ev.key, ev.event_id, ev.page, ev.timestamp_ms, json.dumps(ev.args)),
         )
         if cur.rowcount == 0:
-            row = self.db.execute("SELECT seq FROM events WHERE uid = ?", (uid,)).fetchone()
-            return _with_seq(ev, int(row[0])), False
+            seq = self.event_seq(uid)
+            assert seq is not None
+            return _with_seq(ev, seq), False
         return _with_seq(ev, int(cur.lastrowid or 0)), True
+
+    def event_seq(self, uid: str) -> int | None:
+        """The sequence number of an already stored event, or None."""
+        row = self.db.execute("SELECT seq FROM events WHERE uid = ?", (uid,)).fetchone()
+        return None if row is None else int(row[0])
 
     def events(self, after_seq: int = 0, key: str | None = None) -> Iterator[Event]:
         q = "SELECT seq, key, event_id, page, ts, args FROM events WHERE seq > ?"
