@@ -147,3 +147,23 @@ def test_unavailable_or_uncalibratable_backends_are_skipped_with_reason(cache):
     decisions = s.decide(b.ops, set())
     assert all(d.chosen.backend.name == "reference" for d in decisions)
     assert "kernel compiler crashed" in decisions[0].skipped["broken"]
+
+
+def test_a_backend_that_fails_to_prepare_kernels_is_dropped_with_reason(cache, registry_with):
+    fast = sleepy_backend("flaky", set(), 0.0)
+
+    class Flaky(fast):  # type: ignore[misc, valid-type]
+        def compile(self, program: Program, *, threads: int | None = None) -> Executable:
+            if any(t.shape == (8, 64) for op, _ in program.ops for t in op.outputs):
+                raise RuntimeError("kernel for 8x64 failed to build")
+            return super().compile(program, threads=threads)
+
+    Flaky.name = "flaky"
+    registry_with(Flaky, sleepy_backend("sluggish", set(A.Kind)), only="flaky,sluggish")
+    m = walle_core.load(mlp())
+    x = np.ones((8, 64), np.float32)
+    y = m.run({"x": x})
+    ref = walle_core.load(mlp(), backend="reference").run({"x": x})
+    np.testing.assert_allclose(next(iter(y.values())), next(iter(ref.values())), rtol=1e-5)
+    assert m.backend_names == ["sluggish"]
+    assert "kernel for 8x64 failed to build" in m.dropped["flaky"]

@@ -10,7 +10,7 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend, Executable, Program
-from walle_core.errors import BackendUnavailableError
+from walle_core.errors import BackendUnavailableError, WalleError
 from walle_core.plan.fuse import eliminate_copies, merge_rasters
 from walle_core.plan.memory import plan_arena
 
@@ -34,6 +34,14 @@ def choose(op: A.Op, backends: Sequence[Backend]) -> tuple[Backend, Algorithm]:
             return backend, best
     names = ", ".join(b.name for b in backends)
     raise BackendUnavailableError(f"no backend among [{names}] can run {op.kind.value} {op.outputs}")
+
+
+class CompileFailed(BackendUnavailableError):
+    """A backend could not prepare a program; the runtime re-plans without that backend."""
+
+    def __init__(self, backend: str, exc: BaseException) -> None:
+        self.backend = backend
+        super().__init__(f"backend {backend!r} failed to prepare its kernels: {exc!r}")
 
 
 @dataclass
@@ -111,7 +119,12 @@ def build_stage(
         ops_only = [op for op, _ in items]
         arena = plan_arena(ops_only, set(ins) | {t.id for t in outs})
         program = Program(items, list(ins.values()), outs, arena.offsets, arena.arena_bytes)
-        exe = backend.compile(program, threads=threads)
+        try:
+            exe = backend.compile(program, threads=threads)
+        except WalleError:
+            raise
+        except Exception as exc:  # a backend bug must cost a fallback, not the whole model
+            raise CompileFailed(backend.name, exc) from exc
         steps.append(Step(backend.name, exe, list(ins), [t.id for t in outs], len(items),
                           arena.arena_bytes))
         peak = max(peak, arena.arena_bytes)

@@ -21,7 +21,7 @@ from walle_core.decompose import lookup
 from walle_core.errors import BackendUnavailableError, InputError
 from walle_core.ir.graph import Graph, subgraphs
 from walle_core.plan.lower import Lowering
-from walle_core.plan.planner import Stage, build_stage, prepare, run_stage
+from walle_core.plan.planner import CompileFailed, Stage, build_stage, prepare, run_stage
 from walle_core.plugins import registry
 from walle_core.search import Decision, Searcher
 
@@ -89,6 +89,7 @@ class Model:
         # "auto" searches across every available backend; a named backend keeps its order
         # (reference only as the fallback for what it lacks).
         self.searcher = Searcher(self.backends, tune_budget_s=tune_budget_s) if backend == "auto" else None
+        self.dropped: dict[str, str] = {}  # backends that failed to prepare kernels, and why
         self._fold = make_folder(self._fold_backend())
         self._roots: dict[Signature, PlanNode] = {}
         self._lock = threading.Lock()
@@ -157,13 +158,28 @@ class Model:
             keep = {t.id for t in lowered.outputs}
         else:  # later stages may read anything produced so far
             keep = {t.id for op in ops for t in op.outputs}
-        chooser = self.searcher.choose if self.searcher is not None else None
-        stage = build_stage(ops, self.backends, keep, self.threads, chooser)
+        while True:
+            chooser = self.searcher.choose if self.searcher is not None else None
+            try:
+                stage = build_stage(ops, self.backends, keep, self.threads, chooser)
+                break
+            except CompileFailed as exc:
+                if len(self.backends) == 1:
+                    raise
+                self._drop_backend(exc.backend, str(exc))
         stage.guards = [t.id for t in lowered.need]
         self.peak_bytes = max(self.peak_bytes, stage.peak_bytes)
         return PlanNode(stage, len(lowered.ops), lowered.complete, lowered.outputs,
                         stage.guards, dict(known),
                         {name: t.id for name, t in lowered.inputs.items()})
+
+    def _drop_backend(self, name: str, reason: str) -> None:
+        """Plan without a backend from now on, keeping the reason for ``walle search``."""
+        self.backends = [b for b in self.backends if b.name != name]
+        self.dropped[name] = reason
+        if self.searcher is not None:
+            self.searcher = Searcher(self.backends, tune_budget_s=self.searcher.tune_budget_s)
+            self.searcher.skipped.update(self.dropped)
 
     def explain(self, feeds: Mapping[str, np.ndarray]) -> list[Decision]:
         """The search's decision for every op of the first stage (see ``walle search``)."""
