@@ -17,8 +17,9 @@ import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from walle_core.pipeline.errors import UploadError
 from walle_core.pipeline.store import Store
@@ -53,11 +54,15 @@ class Uploader:
         backoff_max_s: float = 30.0,
         timeout_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
+        item_fields: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
     ) -> None:
         self.store, self.url, self.device = store, url, device
         self.batch_size, self.max_attempts = batch_size, max_attempts
         self.backoff_s, self.backoff_max_s, self.timeout_s = backoff_s, backoff_max_s, timeout_s
         self.sleep = sleep
+        # Extra top-level fields per item, e.g. the task and version a result belongs to (the
+        # device agent files several tasks' results through one outbox).
+        self.item_fields = item_fields
         self.stats = UploadStats()
 
     def _post(self, body: bytes) -> int:
@@ -86,6 +91,8 @@ class Uploader:
             if not rows:
                 return sent
             items = [{"seq": seq, **json.loads(body)} for seq, body in rows]
+            if self.item_fields is not None:
+                items = [{**item, **self.item_fields(item)} for item in items]
             payload = gzip.compress(json.dumps({"device": self.device, "items": items}).encode())
             if not self._send(payload, rows):
                 return sent
