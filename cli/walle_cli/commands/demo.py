@@ -1,7 +1,9 @@
-"""``walle demo``: a tiny real model, end to end, checked against numpy."""
+"""``walle demo``: the end-to-end loop (registry, signed task, staged rollout, simulated devices,
+results, HTML report); ``--quick`` runs only a tiny ONNX MLP on every backend against numpy."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,17 +11,45 @@ from rich.markup import escape
 from rich.table import Table
 
 from walle_cli.console import fail, out, walle_errors
-from walle_cli.demo import HIDDEN, IN, OUT, run_demo
+from walle_cli.demo import HIDDEN, IN, OUT, run_demo, run_e2e
 
 
 def demo(
+    devices: Annotated[int, typer.Option("--devices", "-n", min=1, max=2000,
+                                         help="Simulated devices in the fleet.")] = 60,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the registry, devices and the report "
+                                                       "(replaced).")] = Path("walle-demo"),
+    seed: Annotated[int, typer.Option(help="Seed for the shoppers, the devices and the model.")] = 7,
+    timeout: Annotated[float, typer.Option(help="Seconds the rollout may take.")] = 240.0,
+    quick: Annotated[bool, typer.Option("--quick", help="Only run a tiny ONNX MLP on every backend "
+                                                        "and compare with numpy.")] = False,
     backend: Annotated[
         list[str] | None,
-        typer.Option("--backend", "-b", help="Backend to run on (repeat); default: all available."),
+        typer.Option("--backend", "-b", help="--quick: backend to run on (repeat); default: all available."),
     ] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Batch size of the random input.")] = 3,
+    batch: Annotated[int, typer.Option(min=1, help="--quick: batch size of the random input.")] = 3,
 ) -> None:
-    """Build a tiny ONNX MLP, run it with Walle and compare with numpy."""
+    """Run the whole Walle loop on this machine and write an HTML report (or --quick)."""
+    if quick or backend:
+        _quick(batch, backend)
+        return
+    console = out()
+    try:
+        outcome = run_e2e(devices, out_dir, seed, timeout, console=console)
+    except RuntimeError as exc:
+        fail(str(exc), code=1)
+    table = Table(title="Walle demo summary", show_header=False)
+    for k, v in outcome.summary.items():
+        table.add_row(escape(k), escape(str(v)))
+    console.print(table)
+    if outcome.problems:
+        for p in outcome.problems[:10]:
+            console.print(f"[red]problem:[/red] {escape(p)}")
+        fail(f"{len(outcome.problems)} problem(s); report: {outcome.report}", code=1)
+    console.print(f"[bold green]report:[/bold green] {outcome.report}")
+
+
+def _quick(batch: int, backend: list[str] | None) -> None:
     console = out()
     console.print(
         f"model: softmax(relu(x @ w1 + b1) @ w2 + b2), x: float32[{batch},{IN}], "
