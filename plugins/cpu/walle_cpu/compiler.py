@@ -158,6 +158,7 @@ class CpuExecutable(Executable):
             self._output_slots.append(self._new_slot(t))
         ops = self._fuse(program.ops)
         self._n_ops = len(ops)
+        self._labels = [_label(op, algo) for op, algo in ops]
         self._ops = FFI.new("wl_op[]", max(1, len(ops)))
         for i, (op, algo) in enumerate(ops):
             self._encode(self._ops[i], op, algo)
@@ -515,14 +516,42 @@ class CpuExecutable(Executable):
             outs.append(o)
             slots[s] = ffi.from_buffer(o.reshape(-1) if o.size else np.zeros(1, t.dtype))
         err = ffi.new("char[]", 256)
-        rc = LIB.wl_run(self._ops, self._n_ops, slots, self.threads, err, 256)
+        prof = getattr(self._local, "profile", None)
+        if prof is not None:
+            LIB.wl_set_profile(prof)
+        try:
+            rc = LIB.wl_run(self._ops, self._n_ops, slots, self.threads, err, 256)
+        finally:
+            if prof is not None:
+                LIB.wl_set_profile(FFI.NULL)
         if rc:
             op = self._describe(rc - 1)
             raise KernelError(f"{ffi.string(err).decode()} (in {op})")
         return outs
 
     def _describe(self, i: int) -> str:
-        return f"op {i} of {self._n_ops}"
+        return f"op {i} of {self._n_ops}: {self._labels[i]}"
+
+    def profile(self, inputs: Sequence[np.ndarray], runs: int = 10) -> list[tuple[str, float]]:
+        """Per-op wall time (seconds, mean over ``runs``) of this program's C ops, in plan order
+        (a debugging aid: ``python -m walle_cpu.profile``)."""
+        buf = FFI.new("double[]", max(1, self._n_ops))
+        self._local.profile = buf
+        try:
+            for _ in range(runs):
+                self.run(inputs)
+        finally:
+            self._local.profile = None
+        return [(self._labels[i], buf[i] / runs) for i in range(self._n_ops)]
+
+
+def _label(op: A.Op, algo: Algorithm) -> str:
+    if isinstance(op, _Chain):
+        names = "+".join(getattr(o, "fn", o.kind.value) for o in op.ops)
+        return f"chain[{names}] {list(op.out.shape)}"
+    fn = getattr(op, "fn", "")
+    ins = " ".join(str(list(t.shape)) for t in op.inputs[:2])
+    return f"{op.kind.value}{'/' + fn if isinstance(fn, str) and fn else ''} {algo.name} {ins} -> {list(op.out.shape)}"
 
 
 class _Chain(A.Op):

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "wl.h"
 
@@ -500,6 +501,38 @@ static void pool_task(void *vp, int64_t t) {
     double lp = (double)p[18];
     const float *x = c->x + t * H * W;
     float *y = c->y + t * OH * OW;
+    if (fn == P_MAX) {
+        /* row-wise: for each kernel tap, the output columns whose input is in bounds form one
+         * interval, so the inner loop is branch-free (and vectorises when SW == 1) */
+        for (int64_t oy = 0; oy < OH; oy++) {
+            float *yr = y + oy * OW;
+            for (int64_t ox = 0; ox < OW; ox++) yr[ox] = -INFINITY;
+            for (int64_t ky = 0; ky < KH; ky++) {
+                int64_t iy = oy * SH - PT + ky * DH;
+                if (iy < 0 || iy >= H) continue;
+                const float *xr = x + iy * W;
+                for (int64_t kx = 0; kx < KW; kx++) {
+                    int64_t off = kx * DW - PL; /* ix = ox * SW + off */
+                    int64_t lo = off >= 0 ? 0 : (-off + SW - 1) / SW;
+                    int64_t hi = (W - 1 - off) < 0 ? 0 : (W - 1 - off) / SW + 1;
+                    if (hi > OW) hi = OW;
+                    if (SW == 1) {
+                        const float *xs = xr + off;
+                        for (int64_t ox = lo; ox < hi; ox++) {
+                            float v = xs[ox], m = yr[ox];
+                            yr[ox] = (v > m || v != v) ? v : m;
+                        }
+                    } else {
+                        for (int64_t ox = lo; ox < hi; ox++) {
+                            float v = xr[ox * SW + off], m = yr[ox];
+                            yr[ox] = (v > m || v != v) ? v : m;
+                        }
+                    }
+                }
+            }
+        }
+        return;
+    }
     for (int64_t oy = 0; oy < OH; oy++) {
         for (int64_t ox = 0; ox < OW; ox++) {
             float m = -INFINITY;
@@ -743,10 +776,33 @@ static void chain_task(void *vp, int64_t t) {
 
 #define PTR(ref) (slots[(ref).slot] + (ref).off)
 
+static int run_op(const wl_op *op, int oi, char **slots, int nthreads, char *err, int errlen);
+
+/* Debug profiling (WALLE_CPU_PROFILE tooling): when set, wl_run adds each op's wall time in
+ * seconds to prof[op index]. Not thread-safe by design: profile one run at a time. */
+static double *prof = NULL;
+void wl_set_profile(double *buf) { prof = buf; }
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 int wl_run(const wl_op *ops, int n_ops, char **slots, int nthreads, char *err, int errlen) {
     if (nthreads < 1) nthreads = 1;
+    double *pb = prof;
     for (int oi = 0; oi < n_ops; oi++) {
-        const wl_op *op = &ops[oi];
+        double t0 = pb ? now_s() : 0.0;
+        int rc = run_op(&ops[oi], oi, slots, nthreads, err, errlen);
+        if (rc) return rc;
+        if (pb) pb[oi] += now_s() - t0;
+    }
+    return 0;
+}
+
+static int run_op(const wl_op *op, int oi, char **slots, int nthreads, char *err, int errlen) {
+    {
         char *y = PTR(op->out);
         switch (op->kind) {
         case WL_RASTER: {

@@ -138,7 +138,7 @@ void wl_gemm(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const
         g.mb = isa->mr * 2;
         g.nbp = 1;
     }
-    if (nthreads <= 1 || m * n * k < 32768) nthreads = 1;
+    if (nthreads <= 1 || m * n * k < 65536) nthreads = 1; /* dispatch would cost more */
     g.mtiles = (m + g.mb - 1) / g.mb;
     tasks = g.mtiles * ((g.np + g.nbp - 1) / g.nbp);
     wl_parallel_for(tasks, gemm_task, &g, nthreads);
@@ -226,29 +226,48 @@ static void im2col_task(void *vp, int64_t t) {
     int64_t cg = C / G, K = cg * KH * KW, N = OH * OW;
     const float *xg = cc->x + (cc->n_img * C + cc->g * cg) * H * W;
     int64_t p0 = t * cc->chunk, p1 = p0 + cc->chunk < cc->np ? p0 + cc->chunk : cc->np;
-    int64_t by[64], bx[64];
+    /* A panel's nr pixels split into runs along output rows; for each (c, ky, kx) a run reads
+     * one input row at a constant stride, in bounds over one interval: copy it, zero the rest. */
+    int64_t run_j[65], run_oy[65], run_ox[65], run_len[65];
     for (int64_t p = p0; p < p1; p++) {
-        for (int64_t j = 0; j < nr; j++) {
+        int nruns = 0;
+        for (int64_t j = 0; j < nr;) {
             int64_t pix = p * nr + j;
-            if (pix < N) {
-                by[j] = (pix / OW) * sh - pt;
-                bx[j] = (pix % OW) * sw - pl;
-            } else {
-                by[j] = -(int64_t)1 << 40; /* never in range */
-                bx[j] = 0;
-            }
+            if (pix >= N) break;
+            int64_t oy = pix / OW, ox = pix % OW;
+            int64_t len = OW - ox < nr - j ? OW - ox : nr - j;
+            if (pix + len > N) len = N - pix;
+            run_j[nruns] = j; run_oy[nruns] = oy; run_ox[nruns] = ox; run_len[nruns] = len;
+            nruns++;
+            j += len;
         }
+        int64_t filled = nruns ? run_j[nruns - 1] + run_len[nruns - 1] : 0;
         float *dst = cc->bp + p * K * nr;
         for (int64_t c = 0; c < cg; c++) {
             const float *xc = xg + c * H * W;
             for (int64_t ky = 0; ky < KH; ky++) {
                 for (int64_t kx = 0; kx < KW; kx++) {
                     float *d = dst + ((c * KH + ky) * KW + kx) * nr;
-                    int64_t oy = ky * dh, ox = kx * dw;
-                    for (int64_t j = 0; j < nr; j++) {
-                        int64_t iy = by[j] + oy, ix = bx[j] + ox;
-                        d[j] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? xc[iy * W + ix] : 0.0f;
+                    for (int r = 0; r < nruns; r++) {
+                        float *dr = d + run_j[r];
+                        int64_t len = run_len[r];
+                        int64_t iy = run_oy[r] * sh - pt + ky * dh;
+                        if (iy < 0 || iy >= H) {
+                            memset(dr, 0, sizeof(float) * (size_t)len);
+                            continue;
+                        }
+                        int64_t ix0 = run_ox[r] * sw - pl + kx * dw; /* ix = ix0 + t * sw */
+                        int64_t lo = ix0 >= 0 ? 0 : (-ix0 + sw - 1) / sw;
+                        int64_t hi = ix0 > W - 1 ? 0 : (W - 1 - ix0) / sw + 1;
+                        if (hi > len) hi = len;
+                        if (lo > hi) lo = hi;
+                        const float *xr = xc + iy * W + ix0;
+                        for (int64_t t2 = 0; t2 < lo; t2++) dr[t2] = 0.0f;
+                        if (sw == 1) memcpy(dr + lo, xr + lo, sizeof(float) * (size_t)(hi - lo));
+                        else for (int64_t t2 = lo; t2 < hi; t2++) dr[t2] = xr[t2 * sw];
+                        for (int64_t t2 = hi; t2 < len; t2++) dr[t2] = 0.0f;
                     }
+                    for (int64_t j = filled; j < nr; j++) d[j] = 0.0f;
                 }
             }
         }

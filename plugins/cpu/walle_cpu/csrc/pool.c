@@ -2,31 +2,52 @@
  * busy (another Python thread's run) or that is already inside a region runs its loop inline,
  * so concurrent runs never deadlock and nested loops stay serial. */
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "wl.h"
 
 #define MAX_WORKERS 256
 
 static pthread_mutex_t busy = PTHREAD_MUTEX_INITIALIZER;  /* held by the region's caller */
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;    /* protects the job fields */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;    /* protects sleeping and creation */
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
-static pthread_cond_t done = PTHREAD_COND_INITIALIZER;
 static pthread_t workers[MAX_WORKERS];
 static int n_workers = 0;
-static int shutting_down = 0;
+static int shutting_down = 0; /* atomic */
+static int sleepers = 0;      /* workers blocked on `wake` (under mu) */
 
-static uint64_t generation = 0;
+/* A posted job: fields written by the caller before it bumps `generation` (release); workers
+ * read them after seeing the new generation (acquire). Workers spin on `generation` for a short
+ * while after each job (a plan posts many small regions back to back; a condition-variable wake
+ * costs tens of microseconds), then sleep on `wake`. */
+static uint64_t generation = 0; /* atomic: job counter << 16 | helpers taking part */
 static wl_task job_fn;
 static void *job_ctx;
 static int64_t job_n;
-static int64_t job_next; /* atomic */
-static int job_helpers;  /* workers taking part */
-static int job_finished; /* workers that finished */
+static int64_t job_next;  /* atomic */
+static int job_finished;  /* atomic: helpers done with the job */
+
+#define SPIN_NS 200000 /* how long an idle worker keeps spinning before it sleeps */
 
 static __thread int in_region = 0;
 static uint64_t start_gen[MAX_WORKERS]; /* generation a worker was born in */
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static int64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 static void drain(wl_task fn, void *ctx, int64_t n) {
     for (;;) {
@@ -38,24 +59,40 @@ static void drain(wl_task fn, void *ctx, int64_t n) {
 
 static void *worker_main(void *arg) {
     int id = (int)(intptr_t)arg;
-    uint64_t seen = 0;
     in_region = 1;
     pthread_mutex_lock(&mu);
-    seen = start_gen[id]; /* a job posted right after our creation is still ours */
-    for (;;) {
-        while (generation == seen && !shutting_down) pthread_cond_wait(&wake, &mu);
-        if (shutting_down) break;
-        seen = generation;
-        if (id >= job_helpers) continue;
-        wl_task fn = job_fn;
-        void *ctx = job_ctx;
-        int64_t n = job_n;
-        pthread_mutex_unlock(&mu);
-        drain(fn, ctx, n);
-        pthread_mutex_lock(&mu);
-        if (++job_finished == job_helpers) pthread_cond_signal(&done);
-    }
+    uint64_t seen = start_gen[id]; /* a job posted right after our creation is still ours */
     pthread_mutex_unlock(&mu);
+    for (;;) {
+        uint64_t g;
+        int64_t t0 = mono_ns();
+        unsigned spins = 0;
+        while ((g = __atomic_load_n(&generation, __ATOMIC_ACQUIRE)) == seen &&
+               !__atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE)) {
+            /* pause-spin first, then yield the core (a shared or oversubscribed machine must
+             * not lose a time slice of the thread we wait for to our spinning) */
+            if (++spins < 2048) cpu_relax();
+            else sched_yield();
+            if ((spins & 63) == 0 && mono_ns() - t0 > SPIN_NS) {
+                pthread_mutex_lock(&mu);
+                sleepers++;
+                while (__atomic_load_n(&generation, __ATOMIC_ACQUIRE) == seen &&
+                       !__atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE))
+                    pthread_cond_wait(&wake, &mu);
+                sleepers--;
+                pthread_mutex_unlock(&mu);
+                t0 = mono_ns();
+                spins = 0;
+            }
+        }
+        if (__atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE)) break;
+        seen = g;
+        /* the helper count travels in the generation word: a worker not taking part reads no
+         * other job field, so the caller may post the next job without waiting for it */
+        if (id >= (int)(g & 0xffff)) continue;
+        drain(job_fn, job_ctx, job_n);
+        __atomic_fetch_add(&job_finished, 1, __ATOMIC_ACQ_REL);
+    }
     return NULL;
 }
 
@@ -79,33 +116,33 @@ void wl_parallel_for(int64_t n, wl_task fn, void *ctx, int nthreads) {
     job_ctx = ctx;
     job_n = n;
     __atomic_store_n(&job_next, 0, __ATOMIC_RELAXED);
-    job_helpers = helpers;
-    job_finished = 0;
-    generation++;
-    pthread_cond_broadcast(&wake);
+    __atomic_store_n(&job_finished, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&generation, ((generation >> 16) + 1) << 16 | (uint64_t)helpers, __ATOMIC_RELEASE);
+    if (sleepers) pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&mu);
 
     in_region = 1;
     drain(fn, ctx, n);
     in_region = 0;
 
-    pthread_mutex_lock(&mu);
-    while (job_finished < job_helpers) pthread_cond_wait(&done, &mu);
-    pthread_mutex_unlock(&mu);
+    for (unsigned spins = 0; __atomic_load_n(&job_finished, __ATOMIC_ACQUIRE) < helpers; spins++) {
+        if (spins < 2048) cpu_relax();
+        else sched_yield();
+    }
     pthread_mutex_unlock(&busy);
 }
 
 void wl_pool_shutdown(void) {
     pthread_mutex_lock(&busy);
     pthread_mutex_lock(&mu);
-    shutting_down = 1;
+    __atomic_store_n(&shutting_down, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&wake);
     int n = n_workers;
     pthread_mutex_unlock(&mu);
     for (int i = 0; i < n; i++) pthread_join(workers[i], NULL);
     pthread_mutex_lock(&mu);
     n_workers = 0;
-    shutting_down = 0;
+    __atomic_store_n(&shutting_down, 0, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&mu);
     pthread_mutex_unlock(&busy);
 }

@@ -31,6 +31,7 @@ void wl_pack_b(const float *b, int64_t k, int64_t n, int trans_b, float *out);
 int64_t wl_packed_b_floats(int64_t k, int64_t n);
 void wl_winograd_weights(const float *w, int64_t o, int64_t c, float *out);
 void wl_pool_shutdown(void);
+void wl_set_profile(double *buf);
 
 /* ---- kinds, dtypes, function codes ---- */
 enum { WL_RASTER = 1, WL_UNARY, WL_BINARY, WL_SELECT, WL_CAST, WL_REDUCE, WL_MATMUL, WL_CONV,
