@@ -32,3 +32,4 @@ def bench_pipeline(
         f"(latency per event p50 {lat['p50']:.2f} us, p99 {lat['p99']:.2f} us; "
         f"hand-written single trigger {result['hand_written_single_trigger_events_per_s']:,} events/s)"
     )
+import walle_cli.commands.bench_model  # noqa: E402, F401  (registers "walle bench model")

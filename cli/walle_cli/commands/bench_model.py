@@ -1,0 +1,278 @@
+"""``walle bench model MODEL --vs onnxruntime``: whole-model latency of Walle against peers.
+
+Walle and each peer engine (onnxruntime; MNN from PyPI ``mnn`` when it can convert the model)
+run in one process with the same thread count, batch 1, fp32. After a warm-up the timed runs
+are *interleaved* in blocks (5 Walle runs, 5 peer runs, ..., each block after a 20 ms
+pause and an untimed run, so that one engine's spinning idle threads do not tax the next), so that load from other
+processes on a shared machine hits every engine alike; each engine's median is reported with the ratio
+Walle/peer and the largest absolute output difference (a fast wrong answer cannot hide).
+
+This module is also the engine behind ``bench/peers.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from walle_cli.commands.bench import bench_app
+
+PEERS = ("onnxruntime", "mnn")
+Runner = Callable[[], Sequence[np.ndarray]]
+
+
+def blas_info() -> str:
+    """Which BLAS numpy loaded and its kernel (threadpoolctl), for the benchmark header."""
+    try:
+        from threadpoolctl import threadpool_info  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        return "threadpoolctl not installed"
+    parts = [f"{i.get('internal_api')} {i.get('version')} kernel={i.get('architecture')} "
+             f"threads={i.get('num_threads')}" for i in threadpool_info()]
+    return "; ".join(parts) or "no BLAS loaded"
+
+
+# --------------------------------------------------------------------------- models and feeds
+
+
+def random_feeds(path: Path) -> dict[str, np.ndarray]:
+    """Inputs for an ONNX file: declared shapes (unknown dims = 1), small random values
+    (integers in [0, 10) so that ids and masks stay valid)."""
+    import walle_core
+
+    model = walle_core.load(path, backend="reference")
+    rng = np.random.default_rng(0)
+    feeds: dict[str, np.ndarray] = {}
+    for vi in model.graph.inputs:
+        if vi.name not in model.input_names:
+            continue
+        shape = tuple(d if isinstance(d, int) else 1 for d in (vi.type.shape or ()))
+        dt = np.dtype(vi.type.dtype)
+        if dt.kind == "f":
+            feeds[vi.name] = rng.standard_normal(shape).astype(dt)
+        elif dt.kind == "b":
+            feeds[vi.name] = np.ones(shape, dt)
+        else:
+            feeds[vi.name] = rng.integers(0, 10, shape).astype(dt)
+    return feeds
+
+
+def resolve_model(spec: str) -> tuple[str, Path, dict[str, np.ndarray]]:
+    """An ONNX path (random inputs) or the name of a test model (``tests/models/NAME.py``,
+    exported through torch and cached, with its own inputs)."""
+    p = Path(spec)
+    if p.suffix == ".onnx" or p.exists():
+        if not p.exists():
+            raise typer.BadParameter(f"no such file: {spec}")
+        return p.stem, p, random_feeds(p)
+    root = Path.cwd()
+    if not (root / "tests" / "models" / f"{spec}.py").exists():
+        raise typer.BadParameter(
+            f"{spec!r} is neither an .onnx file nor a test model (tests/models/{spec}.py; run "
+            "from the repository root)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from tests.models.common import export
+
+    path, feeds = export(importlib.import_module(f"tests.models.{spec}"))
+    return spec, Path(path), feeds
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def walle_runner(path: Path, feeds: dict[str, np.ndarray], threads: int, backend: str) -> Runner:
+    import walle_core
+
+    model = walle_core.load(path, backend=backend, threads=threads)
+    names = model.output_names
+    return lambda: [model.run(feeds)[n] for n in names]
+
+
+def ort_runner(path: Path, feeds: dict[str, np.ndarray], threads: int) -> Runner:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, feeds)
+
+
+@contextlib.contextmanager
+def _quiet_fds():  # type: ignore[no-untyped-def]
+    """Silence C-level stdout/stderr (MNN prints banners from C++)."""
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as devnull:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def mnn_runner(path: Path, feeds: dict[str, np.ndarray], threads: int, outputs: list[str]) -> Runner:
+    """MNN through PyPI ``mnn``: the model is converted with ``_tools.mnnconvert`` of the
+    compiled module (never ``MNN.tools.mnnconvert``, whose import runs pip and phones home)."""
+    with _quiet_fds(), contextlib.redirect_stdout(io.StringIO()):
+        import _tools  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        import MNN  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: F401
+        import MNN.expr as F  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        import MNN.nn as nn  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+        dst = Path(tempfile.mkdtemp(prefix="walle-mnn-")) / (path.stem + ".mnn")
+        ok = _tools.mnnconvert(["mnnconvert", "-f", "ONNX", "--modelFile", str(path),
+                                "--MNNModel", str(dst), "--bizCode", "walle"])
+        if not ok or not dst.exists():
+            raise RuntimeError("mnnconvert could not convert the model")
+        rt = nn.create_runtime_manager(({"backend": "CPU", "numThread": threads, "precision": "high"},))
+        module = nn.load_module_from_file(str(dst), list(feeds), outputs, runtime_manager=rt)
+
+    def run() -> list[np.ndarray]:
+        vs = []
+        for arr in feeds.values():
+            if arr.dtype.kind == "f":
+                vs.append(F.const(arr.astype(np.float32), list(arr.shape), F.NCHW))
+            else:
+                vs.append(F.const(arr.astype(np.int32), list(arr.shape), F.NCHW, F.int))
+        return [np.array(o.read(), copy=True) for o in module.forward(vs)]
+
+    return run
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+@dataclass
+class Result:
+    model: str
+    walle_ms: float
+    peers: dict[str, float] = field(default_factory=dict)       # peer -> median ms
+    diffs: dict[str, float] = field(default_factory=dict)       # peer -> max |walle - peer|
+    skipped: dict[str, str] = field(default_factory=dict)       # peer -> reason
+
+    def ratio(self, peer: str) -> float:
+        return self.walle_ms / self.peers[peer]
+
+
+def max_diff(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
+    worst = 0.0
+    for g, w in zip(got, want, strict=False):
+        g64, w64 = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        if g64.size and g64.size == w64.size:
+            worst = max(worst, float(np.max(np.abs(g64.reshape(-1) - w64.reshape(-1)))))
+    return worst
+
+
+def compare(name: str, path: Path, feeds: dict[str, np.ndarray], *, threads: int = 2,
+            runs: int = 30, warmup: int = 3, peers: Sequence[str] = ("onnxruntime",),
+            backend: str = "cpu", block: int = 5) -> Result:
+    """Median latency of Walle and each peer; timed runs go in blocks of ``block`` per engine,
+    engines taking turns, each block after one untimed run."""
+    import walle_core
+
+    outputs = walle_core.load(path, backend="reference").output_names
+    engines: dict[str, Runner] = {"walle": walle_runner(path, feeds, threads, backend)}
+    skipped: dict[str, str] = {}
+    for peer in peers:
+        try:
+            if peer == "onnxruntime":
+                engines[peer] = ort_runner(path, feeds, threads)
+            elif peer == "mnn":
+                engines[peer] = mnn_runner(path, feeds, threads, outputs)
+            else:
+                skipped[peer] = f"unknown peer (known: {', '.join(PEERS)})"
+        except Exception as exc:  # a peer that cannot load the model is reported, not fatal
+            skipped[peer] = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+    first: dict[str, Sequence[np.ndarray]] = {}
+    for key, fn in list(engines.items()):
+        try:
+            for _ in range(warmup):
+                first[key] = fn()
+        except Exception as exc:
+            if key == "walle":
+                raise
+            skipped[key] = f"run failed: {type(exc).__name__}: {exc}".splitlines()[0][:120]
+            del engines[key]
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    while len(times["walle"]) < runs:
+        for key, fn in engines.items():
+            time.sleep(0.02)  # let the previous engine's spinning idle threads park
+            fn()  # untimed: wakes this engine's threads
+            for _ in range(min(block, runs - len(times[key]))):
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    res = Result(name, med.pop("walle"), skipped=skipped)
+    for peer, ms in med.items():
+        res.peers[peer] = ms
+        res.diffs[peer] = max_diff(first["walle"], first[peer])
+    return res
+
+
+def header(threads: int, runs: int) -> list[str]:
+    lines = [f"threads={threads} runs={runs} (median, interleaved in blocks of 5) cpu_count={os.cpu_count()}",
+             f"numpy BLAS: {blas_info()}"]
+    with contextlib.suppress(ImportError):
+        from walle_cpu.plugin import isa
+
+        lines.append(f"walle cpu kernels: {isa()}")
+    return lines
+
+
+def table_rows(results: Sequence[Result], peers: Sequence[str]) -> list[str]:
+    cols = "".join(f"{p[:8] + ' ms':>12}{'walle/' + p[:4]:>12}{'max|diff|':>11}" for p in peers)
+    rows = [f"{'model':<14}{'walle ms':>10}{cols}"]
+    for r in results:
+        line = f"{r.model:<14}{r.walle_ms:>10.2f}"
+        for p in peers:
+            if p in r.peers:
+                line += f"{r.peers[p]:>12.2f}{r.ratio(p):>12.2f}{r.diffs[p]:>11.1e}"
+            else:
+                line += f"{'-':>12}{'-':>12}{'-':>11}"
+        rows.append(line)
+    for p in peers:
+        ratios = [r.ratio(p) for r in results if p in r.peers]
+        if ratios:
+            geo = float(np.exp(np.mean(np.log(ratios))))
+            rows.append(f"{p}: geometric mean walle/{p} {geo:.2f}, worst {max(ratios):.2f} "
+                        f"over {len(ratios)} model(s)")
+        for r in results:
+            if p in r.skipped:
+                rows.append(f"{p} skipped {r.model}: {r.skipped[p]}")
+    return rows
+
+
+@bench_app.command("model")
+def bench_model(
+    model: Annotated[str, typer.Argument(help="An .onnx file, or a test model name (tests/models/NAME.py).")],
+    vs: Annotated[list[str], typer.Option("--vs", help="Peer engine(s): onnxruntime, mnn.")] = ["onnxruntime"],  # noqa: B006
+    threads: Annotated[int, typer.Option(min=1, help="Threads for every engine.")] = 2,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per engine (median).")] = 30,
+    backend: Annotated[str, typer.Option(help="Walle backend.")] = "cpu",
+) -> None:
+    """Latency of MODEL on Walle against peer engines (same process, same threads, batch 1)."""
+    name, path, feeds = resolve_model(model)
+    res = compare(name, path, feeds, threads=threads, runs=runs, peers=vs, backend=backend)
+    for line in [*header(threads, runs), *table_rows([res], vs)]:
+        typer.echo(line)
