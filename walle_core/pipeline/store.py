@@ -94,16 +94,18 @@ class Store:
     # ------------------------------------------------------------------ events
 
     def add_event(self, ev: Event, uid: str | None = None) -> tuple[Event, bool]:
-        """Insert inside the caller's transaction; return the stored event and whether it is new."""
+        """Insert inside the caller's transaction; return the stored event and whether it is new.
+
+        Looks the uid up first: an ``INSERT OR IGNORE`` that hits the unique index can still
+        consume an AUTOINCREMENT value, and sequence gaps would make replayed ids differ."""
         uid = uid or event_uid(ev)
+        seq = self.event_seq(uid)
+        if seq is not None:
+            return _with_seq(ev, seq), False
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO events(uid, key, event_id, page, ts, args) VALUES (?,?,?,?,?,?)",
+            "INSERT INTO events(uid, key, event_id, page, ts, args) VALUES (?,?,?,?,?,?)",
             (uid, ev.key, ev.event_id, ev.page, ev.timestamp_ms, json.dumps(ev.args)),
         )
-        if cur.rowcount == 0:
-            seq = self.event_seq(uid)
-            assert seq is not None
-            return _with_seq(ev, seq), False
         return _with_seq(ev, int(cur.lastrowid or 0)), True
 
     def event_seq(self, uid: str) -> int | None:
