@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from walle_core.kernels.library import HELPERS
+from walle_core.kernels.library import GLSL_EXP, HELPERS
 from walle_core.kernels.spec import KernelSpec
 
 DIALECTS = ("opencl", "glsl", "msl")
@@ -64,7 +64,7 @@ def render_opencl(spec: KernelSpec) -> str:
         "#define GRP_Z ((int)get_group_id(2))",
         "#define NGRP_X ((int)get_num_groups(0))", "#define NGRP_Y ((int)get_num_groups(1))",
         "#define NGRP_Z ((int)get_num_groups(2))",
-        "#define BARRIER() barrier(CLK_LOCAL_MEM_FENCE)",
+        "#define BARRIER() barrier(CLK_LOCAL_MEM_FENCE)", "#define PRECISE",
         "#define PF(k) as_float(P[k])",
         "#define PD(k) as_double(PL(k))",
         "#define W_RINT(x) rint(x)", "#define W_ATAN2(a, b) atan2(a, b)",
@@ -112,7 +112,7 @@ def render_glsl(spec: KernelSpec) -> str:
         "#define GRP_Z int(gl_WorkGroupID.z)",
         "#define NGRP_X int(gl_NumWorkGroups.x)", "#define NGRP_Y int(gl_NumWorkGroups.y)",
         "#define NGRP_Z int(gl_NumWorkGroups.z)",
-        "#define BARRIER() memoryBarrierShared(); barrier()",
+        "#define BARRIER() memoryBarrierShared(); barrier()", "#define PRECISE precise",
         "#define PF(k) intBitsToFloat(P[k])",
         "#define PD(k) packDouble2x32(uvec2(uint(P[k]), uint(P[(k) + 1])))",
         "#define W_RINT(x) roundEven(x)", "#define W_ATAN2(a, b) w_atan2(a, b)",
@@ -120,7 +120,11 @@ def render_glsl(spec: KernelSpec) -> str:
         "#define W_FMOD(a, b) w_fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
         "#define W_ERF(x) w_erf(x)",
     ]
-    lines += _common_macros() + _spec_macros(spec) + _helpers(spec, "glsl")
+    lines += _common_macros() + _spec_macros(spec)
+    helpers = _helpers(spec, "glsl")
+    if spec.float_type == "f32" and "exp(" in spec.body + "".join(helpers):
+        lines.append(GLSL_EXP)
+    lines += helpers
     lines.append("void main() {")
     lines.append(spec.body)
     lines.append("}")
@@ -136,7 +140,7 @@ def render_msl(spec: KernelSpec) -> str:
         "#define LID_X int(_lid.x)", "#define LID_Y int(_lid.y)", "#define LID_Z int(_lid.z)",
         "#define GRP_X int(_grp.x)", "#define GRP_Y int(_grp.y)", "#define GRP_Z int(_grp.z)",
         "#define NGRP_X int(_ngrp.x)", "#define NGRP_Y int(_ngrp.y)", "#define NGRP_Z int(_ngrp.z)",
-        "#define BARRIER() threadgroup_barrier(mem_flags::mem_threadgroup)",
+        "#define BARRIER() threadgroup_barrier(mem_flags::mem_threadgroup)", "#define PRECISE",
         "#define PF(k) as_type<float>(P[k])",
         "#define PD(k) as_type<double>(PL(k))",
         "#define W_RINT(x) rint(x)", "#define W_ATAN2(a, b) atan2(a, b)",

@@ -63,7 +63,9 @@ class _Device:
             hit = self.pipelines.get(spec.key)
             if hit is not None:
                 return hit
-            lib, err = self.device.newLibraryWithSource_options_error_(render_msl(spec), None, None)
+            opts = self.mt.MTLCompileOptions.new()
+            opts.setFastMathEnabled_(False)  # NaN/inf semantics and exact-rounding tricks must hold
+            lib, err = self.device.newLibraryWithSource_options_error_(render_msl(spec), opts, None)
             if lib is None:
                 raise WalleError(f"MSL compile failed for {spec.name}: {err}")
             fn = lib.newFunctionWithName_(spec.name)
