@@ -5,6 +5,7 @@ stale or corrupt cache file is detected and rebuilt."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -73,13 +74,25 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def _build_stamp(backend: Backend) -> str:
+    """Size and mtime of the backend's package files (Python and compiled): a rebuilt kernel
+    library invalidates calibrations even when the backend forgot to bump its version."""
+    try:
+        pkg = Path(inspect.getfile(type(backend))).parent
+        files = sorted(p for p in pkg.iterdir() if p.suffix in (".py", ".so", ".spv", ".cl"))
+        return ",".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
+    except (OSError, TypeError):
+        return "?"
+
+
 def fingerprint(backend: Backend) -> str:
     try:
         info = backend.device_info()
         device = f"{info.name}|{info.kind}|{sorted(info.details.items())}"
     except Exception:  # a backend without a describable device still gets a stable key
         device = "?"
-    raw = f"{backend.name}|{backend.version}|{device}|{platform.machine()}|{_cpu_model()}|{os.cpu_count()}"
+    raw = (f"{backend.name}|{backend.version}|{_build_stamp(backend)}|{device}|{platform.machine()}"
+           f"|{_cpu_model()}|{os.cpu_count()}")
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -170,14 +183,14 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     if not backend.algorithms(one[0]):
         raise ValueError(f"backend {backend.name} cannot run a Unary op; nothing to calibrate")
     algo = backend.algorithms(one[0])[0]
-    t1 = time_ops(backend, [(one[0], algo)], repeat=30, budget_s=0.3)
-    t33 = time_ops(backend, [(o, algo) for o in many], repeat=30, budget_s=0.3)
+    t1 = time_ops(backend, [(one[0], algo)], repeat=30, budget_s=0.3, best=True)
+    t33 = time_ops(backend, [(o, algo) for o in many], repeat=30, budget_s=0.3, best=True)
     op_over = max((t33 - t1) / 32, 1e-8)
     prog_over = max(t1 - op_over, 1e-8)
 
     step("memory bandwidth")
     big = next(o for o in _probe_ops(True) if isinstance(o, A.Unary) and o.fn == "relu")
-    t_bw = time_ops(backend, [(big, algo)], repeat=5)
+    t_bw = time_ops(backend, [(big, algo)], repeat=5, best=True)
     bw = big.bytes_moved() / max(t_bw - t1, 1e-7)
     copy = _builder()
     src = copy.tensor((1 << 20,), np.float32)
@@ -185,7 +198,7 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     raster = copy.ops[0]
     io = 1e12
     if backend.algorithms(raster):
-        t_io = time_ops(backend, [(raster, backend.algorithms(raster)[0])], repeat=5)
+        t_io = time_ops(backend, [(raster, backend.algorithms(raster)[0])], repeat=5, best=True)
         spent = t_io - t1 - raster.bytes_moved() / bw
         if spent > 0:
             io = min(io, raster.bytes_moved() / spent)
@@ -199,7 +212,7 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
             step(key)
             points = []
             for op in (small, large):
-                t = time_ops(backend, [(op, alg)], repeat=3) - prog_over - op.bytes_moved() / bw
+                t = time_ops(backend, [(op, alg)], repeat=5, best=True) - prog_over - op.bytes_moved() / bw
                 points.append((max(op.flops(), 1.0), t))
             (w0, t0), (w1, t1_) = points
             per_flop = max((t1_ - t0) / (w1 - w0), 1e-15) if w1 > w0 else max(t1_, 1e-9) / w1

@@ -67,7 +67,7 @@ def measure(decisions: Sequence[Decision], cache: TuningCache, *, budget_s: floa
                 return taken
             if c.label in cache.entries.get(sig, {}):
                 continue
-            secs = time_ops(c.backend, [(d.op, c.algorithm)], repeat=5, budget_s=0.2)
+            secs = time_ops(c.backend, [(d.op, c.algorithm)], repeat=5, budget_s=0.2, best=True)
             cache.record(sig, c.label, secs)
             taken += 1
     cache.save()
