@@ -181,16 +181,22 @@ class Model:
             self.searcher = Searcher(self.backends, tune_budget_s=self.searcher.tune_budget_s)
             self.searcher.skipped.update(self.dropped)
 
-    def explain(self, feeds: Mapping[str, np.ndarray]) -> list[Decision]:
-        """The search's decision for every op of the first stage (see ``walle search``)."""
+    def atomic_ops(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[A.Op], set[int]]:
+        """The first stage's atomic ops after the planner's clean-ups, and the ids that must
+        reach the host: what the search and ``walle inspect`` look at."""
         sig, _ = self._signature(feeds)
         shapes = {n: (shape, np.dtype(dt)) for n, shape, dt in sig}
         lowered = Lowering(self.graph, self._fold, {}).run(shapes)  # type: ignore[arg-type]
         keep = ({t.id for t in lowered.outputs} if lowered.complete
                 else {t.id for op in lowered.ops for t in op.outputs})
+        return prepare(lowered.ops, self.backends[0], keep), keep
+
+    def explain(self, feeds: Mapping[str, np.ndarray]) -> list[Decision]:
+        """The search's decision for every op of the first stage (see ``walle search``)."""
+        ops, keep = self.atomic_ops(feeds)
         searcher = self.searcher or Searcher(self.backends)
         with self._lock:
-            return searcher.decide(prepare(lowered.ops, self.backends[0], keep), keep)
+            return searcher.decide(ops, keep)
 
     def plan_for(self, feeds: Mapping[str, np.ndarray]) -> PlanNode:
         sig, _ = self._signature(feeds)

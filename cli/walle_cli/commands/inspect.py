@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -12,14 +12,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from walle_cli.console import out, walle_errors
-from walle_core.decompose.builder import FoldFn
 from walle_core.errors import WalleError
 from walle_core.frontend.onnx_import import import_model
 from walle_core.ir.graph import Graph, ValueInfo, subgraphs
-from walle_core.plan.lower import Lowering
-from walle_core.plan.planner import expand_composites
-from walle_core.plugins import registry
-from walle_core.runtime.model import Model, make_folder
+from walle_core.runtime.model import Model
 
 
 def count_ops(graph: Graph) -> tuple[Counter[str], int]:
@@ -50,19 +46,10 @@ def zero_feeds(inputs: list[ValueInfo]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def atomic_kinds(model: Model, feeds: dict[str, np.ndarray]) -> Counter[str]:
-    """Atomic op kinds as decomposed, composites expanded for the primary backend.
-
-    A plan keeps only compiled programs, not their ops, so lower the graph again (lowering is
-    deterministic: same ops). These are the counts before the planner's copy elimination and
-    raster merging, which the plan's own op count reflects.
-    """
-    # make_folder is typed as returning ``object``; it returns the FoldFn lowering expects.
-    fold = cast(FoldFn, make_folder(registry().get("reference")))
-    shapes = {name: (arr.shape, arr.dtype) for name, arr in feeds.items()}
-    lowered = Lowering(model.graph, fold, {}).run(shapes)
-    flat = expand_composites(lowered.ops, model.backends[0])
-    return Counter(op.kind.value for op in flat)
+def atomic_kinds(model: Model, feeds: dict[str, np.ndarray]) -> tuple[Counter[str], float]:
+    """Atomic op kinds of the first stage after the planner's clean-ups, and their FLOPs."""
+    ops, _ = model.atomic_ops(feeds)
+    return Counter(op.kind.value for op in ops), sum(op.flops() for op in ops)
 
 
 def _section(heading: str, table: Table) -> None:
@@ -102,7 +89,7 @@ def _decomposition(graph: Graph, backend: str) -> None:
     _section(f"plan for {sizes}: {stage.n_ops} atomic ops{where}, "
              f"peak arena {stage.peak_bytes:,} bytes", steps)
     try:
-        kinds = atomic_kinds(model, feeds)
+        kinds, flops = atomic_kinds(model, feeds)
     except WalleError as exc:
         console.print(f"atomic kinds: not available ({escape(str(exc))})")
         return
@@ -111,9 +98,7 @@ def _decomposition(graph: Graph, backend: str) -> None:
     table.add_column("count", justify="right")
     for kind, n in kinds.most_common():
         table.add_row(kind, str(n))
-    # The plan's count is lower: it drops reshape copies and merges chained rasters.
-    _section(f"decomposed: {sum(kinds.values())} atomic ops by kind (before plan clean-ups)",
-             table)
+    _section(f"decomposed: {sum(kinds.values())} atomic ops by kind, {flops / 1e9:.3f} GFLOPs", table)
 
 
 def inspect(
