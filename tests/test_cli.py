@@ -169,7 +169,7 @@ def test_inspect_corrupt(tmp_path: Path) -> None:
 
 
 def test_demo() -> None:
-    result = runner.invoke(app, ["demo", "--backend", "reference"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["demo", "--quick", "--backend", "reference"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     text = plain(result.output)
     assert "reference" in text and "yes" in text and "[3, 4]" in text

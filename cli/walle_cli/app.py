@@ -14,6 +14,7 @@ from walle_cli.commands.backends import backends
 from walle_cli.commands.bench import bench_app
 from walle_cli.commands.demo import demo
 from walle_cli.commands.deploy import deploy_app
+from walle_cli.commands.device import device_app
 from walle_cli.commands.devices import devices_app
 from walle_cli.commands.inspect import inspect
 from walle_cli.commands.keys import keys_app
@@ -60,6 +61,7 @@ vm_commands.register(bench_app)
 app.add_typer(keys_app, name="keys")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(devices_app, name="devices")
+app.add_typer(device_app, name="device")
 app.command("results")(results)
 
 

@@ -106,22 +106,21 @@ _BACKEND_LOCK = threading.Lock()
 def plan_backends(model_path: Path, backend: str, cache_key: str = "") -> str:
     """The backend(s) the engine's plan uses for a model (one sample input, batch 1), e.g. ``cpu``."""
     key = f"{cache_key}:{backend}" if cache_key else ""
-    with _BACKEND_LOCK:
-        if key and key in _BACKEND_CACHE:
-            return _BACKEND_CACHE[key]
     import numpy as np
 
-    model = walle_core.load(model_path, backend=backend)
-    feeds = {}
-    for name, type_str in model.inputs.items():
-        dtype, _, dims = type_str.partition("[")
-        shape = [int(d) if d.isdigit() else 1 for d in dims.rstrip("]").split(",") if d]
-        feeds[name] = np.zeros(shape, dtype=np.dtype(dtype))
-    node = model.plan_for(feeds)
-    names = sorted({step.backend for step in node.stage.steps}) or model.backend_names[:1]
-    picked = "+".join(names)
-    if key:
-        with _BACKEND_LOCK:
+    with _BACKEND_LOCK:  # one probe at a time: many devices install the same model at once
+        if key and key in _BACKEND_CACHE:
+            return _BACKEND_CACHE[key]
+        model = walle_core.load(model_path, backend=backend)
+        feeds = {}
+        for name, type_str in model.inputs.items():
+            dtype, _, dims = type_str.partition("[")
+            shape = [int(d) if d.isdigit() else 1 for d in dims.rstrip("]").split(",") if d]
+            feeds[name] = np.zeros(shape, dtype=np.dtype(dtype))
+        node = model.plan_for(feeds)
+        names = sorted({step.backend for step in node.stage.steps}) or model.backend_names[:1]
+        picked = "+".join(names)
+        if key:
             _BACKEND_CACHE[key] = picked
     return picked
 
@@ -302,6 +301,8 @@ class DeviceAgent:
 
     def _queue_report(self, task: str, version: str, status: str, deployment: int | None, error: str = "",
                       metrics: dict[str, Any] | None = None) -> None:
+        if error:
+            self.stats.last_error = error[:300]
         with self._slock:
             queued = self.state.next_report(task, version, status, deployment, error, metrics) is not None
             if queued:

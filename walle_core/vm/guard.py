@@ -16,6 +16,7 @@ import ast
 import builtins
 import os
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -37,6 +38,10 @@ DENIED_NAMES = frozenset({
 DENIED_BUILTINS = ("exec", "eval", "compile", "breakpoint", "input", "globals", "locals", "vars",
                    "help", "exit", "quit")
 WRITE_MODES = frozenset("wax+")
+# CPython 3.11/3.12 keep the AST converter's recursion depth per interpreter, not per thread:
+# two threads parsing or compiling an AST at once fail with "AST constructor recursion depth
+# mismatch" (a SystemError). VMs on several threads therefore take turns for these two calls.
+_AST_LOCK = threading.Lock()
 SCRATCH = "scratch"
 
 
@@ -72,7 +77,8 @@ class Guard:
 
     def check_source(self, source: str, filename: str) -> types.CodeType:
         """Compile task source after refusing private attributes and denied names statically."""
-        tree = ast.parse(source, filename)
+        with _AST_LOCK:
+            tree = ast.parse(source, filename)
         for node in ast.walk(tree):
             line = getattr(node, "lineno", 0)
             if isinstance(node, ast.Attribute) and (node.attr.startswith("_") or node.attr in DENIED_NAMES):
@@ -81,7 +87,8 @@ class Guard:
                 raise self.deny(f"name {node.id!r} is not allowed ({filename}:{line})")
             if isinstance(node, ast.ImportFrom) and node.level:
                 raise self.deny(f"relative imports are not allowed ({filename}:{line})")
-        return compile(tree, filename, "exec")
+        with _AST_LOCK:
+            return compile(tree, filename, "exec")
 
     # ------------------------------------------------------------------ builtins
 
