@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up, show the backends this machine has, and run a tiny real model checked against numpy.
+# Set up, show the backends, then the end-to-end demo: registry, signed task, staged rollout to
+# simulated devices, results checked against the model, HTML report (its path is printed last).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
