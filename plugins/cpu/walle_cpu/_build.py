@@ -46,6 +46,8 @@ def make_ffi() -> FFI:
         sources=[str((CSRC / s).relative_to(Path.cwd())) if (CSRC / s).is_relative_to(Path.cwd())
                  else str(CSRC / s) for s in SOURCES],
         include_dirs=[str(CSRC)],
+        # headers and the per-ISA include: a change there must rebuild every object
+        depends=[str(CSRC / h) for h in ("wl.h", "simd.inc")],
         extra_compile_args=["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math",
                             "-fno-semantic-interposition", "-Wall", "-Wno-unused-function"],
         libraries=["m", "pthread"],

@@ -257,6 +257,7 @@ class CpuExecutable(Executable):
                 out.extend((o, Algorithm("direct")) for o in chain)
             chain.clear()
 
+        items = self._fuse_activations(items, uses, external)
         for op, algo in items:
             if fusable(op) and chain and continues(chain[-1], op):
                 chain.append(op)
@@ -267,6 +268,64 @@ class CpuExecutable(Executable):
             else:
                 out.append((op, algo))
         flush()
+        return out
+
+    def _overlaps(self, a: A.Tensor, b: A.Tensor) -> bool:
+        """Whether two tensors share arena bytes (the planner reuses dead tensors' memory)."""
+        oa, ob = self.program.offsets.get(a.id), self.program.offsets.get(b.id)
+        if oa is None or ob is None:
+            return False
+        return oa < ob + max(b.nbytes, 1) and ob < oa + max(a.nbytes, 1)
+
+    def _fuse_activations(self, items: Sequence[tuple[A.Op, Algorithm]], uses: dict[int, int],
+                          external: set[int]) -> list[tuple[A.Op, Algorithm]]:
+        """Fold the activation that directly follows a Conv2D into the kernel's epilogue: a
+        float Unary, or Binary max/min against a scalar constant (ReLU, ReLU6 and clips lower
+        to those), taken as ``clip``. Only when the conv output has no other reader and the
+        fused output does not share memory with the conv's input (the kernel would overwrite
+        data it still reads)."""
+        out: list[tuple[A.Op, Algorithm]] = []
+        i = 0
+        while i < len(items):
+            op, algo = items[i]
+            i += 1
+            if not isinstance(op, A.Conv2D) or op.act.fn != "identity":
+                out.append((op, algo))
+                continue
+            start = i
+            fn: str = "identity"
+            params: tuple[float, ...] = (-math.inf, math.inf)
+            last = op.out
+            while i < len(items) and last.id not in external and uses.get(last.id, 0) == 1:
+                nxt = items[i][0]
+                step = _activation_step(nxt, last)
+                if step is None:
+                    break
+                if step[0] == "clip" and fn in ("identity", "clip"):
+                    # max/min steps compose into one clip while the bounds stay ordered
+                    lo, hi = max(params[0], step[1][0]), min(params[1], step[1][1])
+                    if lo > hi:
+                        break
+                    fn, params = "clip", (lo, hi)
+                elif fn == "identity" and step[0] != "clip":
+                    fn, params = step
+                else:
+                    break
+                last = nxt.out
+                i += 1
+                if fn != "clip":
+                    break
+            # im2col/1x1 with one image and one group pack the whole input before writing
+            packs_first = (algo.name in ("im2col+gemm", "1x1-gemm") and op.groups == 1
+                           and op.inputs[0].shape[0] == 1)
+            if fn == "identity" or (self._overlaps(op.inputs[0], last) and not packs_first):
+                out.append((op, algo))
+                out.extend(items[start:i])  # refused: the consumed ops run as they were
+                continue
+            fused = A.Conv2D(list(op.inputs), [last], strides=op.strides, pads=op.pads,
+                             dilations=op.dilations, groups=op.groups,
+                             act=A.Activation(fn, params))
+            out.append((fused, algo))
         return out
 
     # ------------------------------------------------------------------ descriptors
@@ -543,6 +602,32 @@ class CpuExecutable(Executable):
         finally:
             self._local.profile = None
         return [(self._labels[i], buf[i] / runs) for i in range(self._n_ops)]
+
+
+def _activation_step(op: A.Op, t: A.Tensor) -> tuple[str, tuple[float, ...]] | None:
+    """``op`` as an activation of ``t``: (unary fn, params), or ("clip", (lo, hi))."""
+    if op.out.shape != t.shape or op.out.dtype != K.F32:
+        return None
+    if isinstance(op, A.Unary):
+        if op.inputs[0] is t and op.fn in K.FLOAT_UNARY and op.fn not in K.PREDICATES \
+                and op.fn != "identity":
+            if op.fn == "clip":
+                lo, hi = (*op.params, -math.inf, math.inf)[:2]
+                return "clip", (float(lo), float(hi))
+            return op.fn, tuple(float(p) for p in op.params)
+        return None
+    if isinstance(op, A.Binary) and op.fn in ("max", "min") and len(op.inputs) == 2:
+        hits = [k for k, x in enumerate(op.inputs) if x is t]
+        if len(hits) != 1 or tuple(op.strides[hits[0]]) != tuple(_contig(t.shape)):
+            return None
+        c = op.inputs[1 - hits[0]]
+        if c.value is None or c.size != 1 or c.dtype != K.F32:
+            return None
+        v = float(np.asarray(c.value).reshape(-1)[0])
+        if math.isnan(v):
+            return None
+        return ("clip", (v, math.inf)) if op.fn == "max" else ("clip", (-math.inf, v))
+    return None
 
 
 def _label(op: A.Op, algo: Algorithm) -> str:

@@ -28,7 +28,11 @@ static wl_task job_fn;
 static void *job_ctx;
 static int64_t job_n;
 static int64_t job_next;  /* atomic */
-static int job_finished;  /* atomic: helpers done with the job */
+static int job_finished;  /* atomic: joined helpers done with the job */
+/* atomic: helpers that joined the job, | GATE_CLOSED once the caller ran out of work; a worker
+ * arriving after that stays out, so the caller never waits for a thread still asleep */
+static int job_gate;
+#define GATE_CLOSED 0x40000000
 
 #define SPIN_NS 200000 /* how long an idle worker keeps spinning before it sleeps */
 
@@ -90,6 +94,7 @@ static void *worker_main(void *arg) {
         /* the helper count travels in the generation word: a worker not taking part reads no
          * other job field, so the caller may post the next job without waiting for it */
         if (id >= (int)(g & 0xffff)) continue;
+        if (__atomic_fetch_add(&job_gate, 1, __ATOMIC_ACQ_REL) & GATE_CLOSED) continue;
         drain(job_fn, job_ctx, job_n);
         __atomic_fetch_add(&job_finished, 1, __ATOMIC_ACQ_REL);
     }
@@ -117,6 +122,7 @@ void wl_parallel_for(int64_t n, wl_task fn, void *ctx, int nthreads) {
     job_n = n;
     __atomic_store_n(&job_next, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&job_finished, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&job_gate, 0, __ATOMIC_RELEASE);
     __atomic_store_n(&generation, ((generation >> 16) + 1) << 16 | (uint64_t)helpers, __ATOMIC_RELEASE);
     if (sleepers) pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&mu);
@@ -125,7 +131,8 @@ void wl_parallel_for(int64_t n, wl_task fn, void *ctx, int nthreads) {
     drain(fn, ctx, n);
     in_region = 0;
 
-    for (unsigned spins = 0; __atomic_load_n(&job_finished, __ATOMIC_ACQUIRE) < helpers; spins++) {
+    int joined = __atomic_fetch_or(&job_gate, GATE_CLOSED, __ATOMIC_ACQ_REL) & ~GATE_CLOSED;
+    for (unsigned spins = 0; __atomic_load_n(&job_finished, __ATOMIC_ACQUIRE) < joined; spins++) {
         if (spins < 2048) cpu_relax();
         else sched_yield();
     }
