@@ -1,6 +1,6 @@
 """Backend-specific checks of the GPU-style backends (OpenCL, Vulkan, Metal) and of the shared
 kernel description they render. Numeric conformance of every atomic kind lives in
-``test_conformance.py`` / ``test_backend_conformance.py`` (parametrised over every available
+``test_conformance.py`` (parametrised over every available
 backend); this file covers what only these backends have: device selection, program and SPIR-V
 caches, the buffer pool, staging, one submit per run, timing, fallbacks with copies, and the three
 dialects (every kernel rendered to OpenCL C, GLSL and MSL and compiled by a real compiler: the
