@@ -1,5 +1,6 @@
 """Convolutions: 2-D -> Conv2D (1-D via a unit axis), other ranks -> im2col Raster + MatMul,
-ConvTranspose -> zero-insertion Raster + Conv with the flipped kernel."""
+ConvTranspose -> zero-insertion Raster + Conv with the flipped kernel, or (strided 2-D with
+constant weights) one Conv per output phase interleaved by a Raster."""
 
 from __future__ import annotations
 
@@ -186,16 +187,60 @@ def conv_transpose(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
         off = sum((k - 1) * s for k, s in zip(ks, st[3:], strict=True))
         wt = b.strided(wg, wg.shape, st[:3] + [-s for s in st[3:]], off)
         wt = b.reshape(wt, (groups * mg, cin // groups, *ks))
-    xd = dilate_input(b, x, strides)
     full = [(k - 1) * d for k, d in zip(ks, dil, strict=True)]
     before = [full[i] - pads[i] for i in range(nd)]
     after = [full[i] - pads[nd + i] + outpad[i] + grow[i] for i in range(nd)]
+    if wv is not None and nd == 2 and any(s > 1 for s in strides) and all(d == 1 for d in dil) \
+            and all(k >= s for k, s in zip(ks, strides, strict=True)):
+        return [conv_transpose_phases(b, x, b.value(wt), bias, strides, before, after, groups)]
+    xd = dilate_input(b, x, strides)
     if any(v < 0 for v in before + after):
         xd = b.pad(xd, [0, 0, *[min(v, 0) for v in before]], [0, 0, *[min(v, 0) for v in after]], 0.0)
         before = [max(v, 0) for v in before]
         after = [max(v, 0) for v in after]
     y = conv_nd(b, xd, wt, bias, [1] * nd, before + after, dil, groups)
     return [y]
+
+
+def conv_transpose_phases(
+    b: Builder, x: A.Tensor, wf: np.ndarray, bias: A.Tensor | None, strides: Sequence[int],
+    before: Sequence[int], after: Sequence[int], groups: int,
+) -> A.Tensor:
+    """A strided 2-D transposed convolution as ``sh*sw`` ordinary convolutions, one per output
+    phase (oy % sh, ox % sw), each with the kernel taps that meet real input pixels, written
+    interleaved by one Raster. Same result as convolving the zero-inserted input with the
+    flipped kernel ``wf``, without the (s^2 - 1)/s^2 of multiplies by inserted zeros.
+
+    ``before``/``after``: the pads of that equivalent stride-1 conv (may be negative)."""
+    n, _c = x.shape[:2]
+    m = wf.shape[0]
+    ins = x.shape[2:]
+    ks = wf.shape[2:]
+    outs = [(ins[i] - 1) * strides[i] + 1 + before[i] + after[i] - ks[i] + 1 for i in range(2)]
+    y = b.tensor((n, m, *outs), x.dtype)
+    dst = contiguous(y.shape)
+    regions: list[A.Region] = []
+    parts: list[A.Tensor] = []
+    for rh in range(min(strides[0], outs[0])):
+        for rw in range(min(strides[1], outs[1])):
+            r = (rh, rw)
+            k0 = [(before[i] - r[i]) % strides[i] for i in range(2)]
+            length = [(ks[i] - 1 - k0[i]) // strides[i] + 1 for i in range(2)]
+            cnt = [(outs[i] - r[i] + strides[i] - 1) // strides[i] for i in range(2)]
+            pb = [-((r[i] + k0[i] - before[i]) // strides[i]) for i in range(2)]
+            pa = [cnt[i] + length[i] - 1 - ins[i] - pb[i] for i in range(2)]
+            sub = np.ascontiguousarray(wf[:, :, k0[0]::strides[0], k0[1]::strides[1]])
+            xs = x
+            if any(v < 0 for v in pb + pa):
+                xs = b.pad(x, [0, 0, *[min(v, 0) for v in pb]], [0, 0, *[min(v, 0) for v in pa]], 0.0)
+            yp = conv_nd(b, xs, b.const(sub), bias, [1, 1], [max(v, 0) for v in pb] + [max(v, 0) for v in pa],
+                         [1, 1], groups)
+            regions += strided_regions(
+                len(parts), 0, contiguous(yp.shape), rh * dst[2] + rw,
+                [dst[0], dst[1], dst[2] * strides[0], strides[1]], yp.shape)
+            parts.append(yp)
+    b.emit(A.Raster(parts, [y], regions=regions))
+    return y
 
 
 def _conv_attrs(ctx: NodeContext, x: A.Tensor, w: A.Tensor) -> tuple[list[int], list[int], list[int], int]:
