@@ -1,5 +1,6 @@
 """ONNX backend node conformance: every node test case shipped in the ``onnx`` wheel, run
-through Walle's ONNX backend adapter on the reference backend.
+through Walle's ONNX backend adapter on the reference backend, then on every other available
+backend (cpu, opencl, vulkan).
 
 * cases using types Walle does not support (float8, bfloat16, int4, string, sequences, ...)
   and cases Walle rejects with an explicit ``UnsupportedOpError`` are skipped with the reason;
@@ -48,6 +49,24 @@ def _params() -> list[object]:
 @pytest.mark.parametrize("case", _params())
 def test_onnx_node(case: nc.NodeCase) -> None:
     outcome = nc.evaluate(case)
+    if outcome.status == "skip":
+        pytest.skip(outcome.reason)
+    if outcome.status == "fail":
+        pytest.fail(f"{outcome.reason}\n{outcome.detail}", pytrace=False)
+
+
+def _accelerators() -> list[str]:
+    from walle_core.plugins import registry
+
+    available = {b.name for b in registry().available()}
+    return [n for n in ("cpu", "opencl", "vulkan") if n in available]
+
+
+@pytest.mark.parametrize("case", _params())
+@pytest.mark.parametrize("backend", _accelerators())
+def test_onnx_node_on_backend(backend: str, case: nc.NodeCase) -> None:
+    """What passes on reference must pass on every real backend (ops it lacks fall back)."""
+    outcome = nc.evaluate(case, lambda c: nc.run_walle(c, backend))
     if outcome.status == "skip":
         pytest.skip(outcome.reason)
     if outcome.status == "fail":

@@ -13,6 +13,7 @@ import numpy as np
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Executable, Program
 from walle_core.errors import InputError, WalleError
+from walle_core.plan.memory import plan_arena
 from walle_cpu import codes as K
 from walle_cpu._native import FFI, LIB
 
@@ -157,6 +158,12 @@ class CpuExecutable(Executable):
                 continue
             self._output_slots.append(self._new_slot(t))
         ops = self._fuse(program.ops)
+        # Fusion changes lifetimes (a fused op reads its first inputs while writing its last
+        # output), so the planner's layout is redone on the fused list.
+        layout = plan_arena([op for op, _ in ops],
+                            {t.id for t in program.inputs} | {t.id for t in program.outputs})
+        self._offsets = layout.offsets
+        self._arena_bytes = layout.arena_bytes
         self._n_ops = len(ops)
         self._labels = [_label(op, algo) for op, algo in ops]
         self._ops = FFI.new("wl_op[]", max(1, len(ops)))
@@ -189,7 +196,7 @@ class CpuExecutable(Executable):
             self._const_ptrs.append((s, FFI.cast("char*", FFI.from_buffer(arr))))
             self._slot_of[t.id] = (s, 0)
             return (s, 0)
-        off = self.program.offsets.get(t.id)
+        off = self._offsets.get(t.id)
         if off is None:  # an intermediate the planner did not place (hand-built programs)
             off = (self._arena_bytes + 63) // 64 * 64
             self._arena_bytes = off + max(t.nbytes, 1)
