@@ -14,11 +14,6 @@ def _get(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
-def debug() -> bool:
-    """WALLE_DEBUG=1: keep per-op diagnostics (shapes, timings) in plans."""
-    return _get("WALLE_DEBUG") not in ("", "0")
-
-
 def backend_preference() -> list[str]:
     """WALLE_BACKENDS=cpu,reference: restrict and order the backends that ``auto`` may pick."""
     raw = _get("WALLE_BACKENDS")
