@@ -678,10 +678,51 @@ static void raster_rows(const int64_t *r, const char *src, char *dst, int64_t es
     int64_t n1 = r[10], n2 = r[11];
     src += r[1] * es;
     dst += r[5] * es;
+    if (q0 >= q1) return;
+    /* rows q = z * n1 + y, walked without a division per row */
+    int64_t z = q0 / n1, yy = q0 % n1;
+    int swap = n2 < 8 && n1 >= 4 * n2 && ds1 != 0 && ds2 != 0;       /* short rows */
+    int tr = es == 4 && ss1 == 1 && ss2 != 1 && ds2 == 1 && n1 >= 8 && n2 >= 8; /* transpose */
+    if (swap || tr) {
+        /* a pure copy with distinct destinations may go in any order: short rows run with y
+         * innermost; a transpose (y contiguous in the source, x in the destination) runs in
+         * blocks of 16 y so that both sides stay within a few cache lines */
+        for (int64_t zz = z; zz * n1 < q1; zz++) {
+            int64_t ylo = zz == z ? yy : 0, yhi = (zz + 1) * n1 <= q1 ? n1 : q1 - zz * n1;
+            const char *sz = src + zz * ss0 * es;
+            char *dz = dst + zz * ds0 * es;
+            if (tr) {
+                for (int64_t y0 = ylo; y0 < yhi; y0 += 16) {
+                    int64_t y1 = y0 + 16 < yhi ? y0 + 16 : yhi;
+                    for (int64_t x = 0; x < n2; x++) {
+                        const uint32_t *sx = (const uint32_t *)sz + x * ss2;
+                        uint32_t *dx = (uint32_t *)dz + x;
+                        for (int64_t y = y0; y < y1; y++) dx[y * ds1] = sx[y];
+                    }
+                }
+                continue;
+            }
+            for (int64_t x = 0; x < n2; x++) {
+                const char *s = sz + x * ss2 * es;
+                char *d = dz + x * ds2 * es;
+                switch (es) {
+#define RY(T) for (int64_t y = ylo; y < yhi; y++) ((T *)d)[y * ds1] = ((const T *)s)[y * ss1]; break;
+                case 1: RY(uint8_t)
+                case 2: RY(uint16_t)
+                case 4: RY(uint32_t)
+                case 8: RY(uint64_t)
+                default:
+                    for (int64_t y = ylo; y < yhi; y++) memcpy(d + y * ds1 * es, s + y * ss1 * es, (size_t)es);
+#undef RY
+                }
+            }
+        }
+        return;
+    }
     for (int64_t q = q0; q < q1; q++) {
-        int64_t z = q / n1, yy = q % n1;
         const char *s = src + (z * ss0 + yy * ss1) * es;
         char *d = dst + (z * ds0 + yy * ds1) * es;
+        if (++yy == n1) { yy = 0; z++; }
         if (ss2 == 1 && ds2 == 1) {
             memcpy(d, s, (size_t)(n2 * es));
             continue;
