@@ -8,6 +8,7 @@ optional inputs) and a :class:`NodeContext`, and returns the node's output tenso
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,14 +55,24 @@ def register(*op_types: str, domain: str = "") -> Callable[[Decomposer], Decompo
     return deco
 
 
+_LOADED = threading.Event()
+_LOAD_LOCK = threading.RLock()
+
+
 def _load_families() -> None:
-    for fam in FAMILIES:
-        importlib.import_module(f"walle_core.decompose.{fam}")
+    # Once, under a lock: a second thread loading a model must not look ops up in a registry
+    # that the first thread is still filling (the task VM loads models on several workers).
+    if _LOADED.is_set():
+        return
+    with _LOAD_LOCK:
+        if not _LOADED.is_set():
+            for fam in FAMILIES:
+                importlib.import_module(f"walle_core.decompose.{fam}")
+            _LOADED.set()
 
 
 def lookup(node: Node, opset: int) -> Decomposer:
-    if not _REGISTRY:
-        _load_families()
+    _load_families()
     domain = "" if node.domain in ("", "ai.onnx") else node.domain
     fn = _REGISTRY.get((domain, node.op_type))
     if fn is None:
@@ -70,8 +81,7 @@ def lookup(node: Node, opset: int) -> Decomposer:
 
 
 def supported_ops() -> list[str]:
-    if not _REGISTRY:
-        _load_families()
+    _load_families()
     return sorted(op if not d else f"{d}.{op}" for d, op in _REGISTRY)
 
 
