@@ -20,6 +20,7 @@ import numpy as np
 
 from walle_core.task.manifest import Quotas
 from walle_core.vm.errors import OutputQuotaError, TaskMemoryError
+from walle_core.vm.models import MODELS, Key, ModelCache, TaskModel, task_backend
 
 log = logging.getLogger("walle.vm")
 
@@ -91,6 +92,7 @@ class TaskContext:
         quotas: Quotas,
         backend: str = "auto",
         threads: int | None = 1,
+        models: ModelCache | None = None,
     ) -> None:
         self.name, self.version, self.root = name, version, root
         self.model_path, self.backend, self.threads = model_path, backend, threads
@@ -101,7 +103,9 @@ class TaskContext:
         self.output_exceeded = False
         self.logs: list[str] = []
         self.memory = MemoryAccount(quotas.memory_bytes, name)
+        self.models = models if models is not None else MODELS
         self._model: Any = None
+        self._model_key: Key | None = None
         self._plan_bytes = 0
 
     # ------------------------------------------------------------------ API calls
@@ -110,24 +114,32 @@ class TaskContext:
         """The events of the window that fired this task's trigger (a private copy)."""
         return copy.deepcopy(self._events)
 
-    def model(self) -> Any:
+    def model(self) -> TaskModel:
+        """The bundle's model (a run-and-describe view; the loaded instance is cached per worker)."""
+        return TaskModel(self._engine(), self.infer)
+
+    def _engine(self) -> Any:
         if self._model is None:
             if self.model_path is None:
                 raise FileNotFoundError(f"task {self.name!r} has no model in its bundle")
-            import walle_core  # the engine's public API, loaded lazily: many tasks have no model
-
-            self._model = walle_core.load(self.root / self.model_path, backend=self.backend,
-                                          threads=self.threads)
+            self._model_key, self._model = self.models.checkout(
+                self.root / self.model_path, task_backend(self.backend), self.threads)
         return self._model
+
+    def release(self, healthy: bool) -> None:
+        """End of the run: give the model instance back to the cache (dropped unless healthy)."""
+        model, self._model = self._model, None
+        if model is not None and self._model_key is not None:
+            self.models.checkin(self._model_key, model, healthy)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the bundle's model; its arena and its outputs count against the memory quota."""
-        model = self.model()
+        model = self._engine()
         if self.memory.exceeded:
             raise TaskMemoryError(f"task {self.name!r}: memory quota already exceeded")
         results: dict[str, np.ndarray] = model.run(feeds)
         grown = int(model.peak_bytes) - self._plan_bytes
-        if grown > 0:  # a new plan (new input shapes) may need a larger arena
+        if grown > 0:  # this run's share of the arena (a cached model charges it on first use)
             self.memory.charge(grown, "the engine's buffers")
             self._plan_bytes += grown
         return self.memory.track(results, "model outputs")

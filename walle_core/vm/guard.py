@@ -43,6 +43,11 @@ WRITE_MODES = frozenset("wax+")
 # mismatch" (a SystemError). VMs on several threads therefore take turns for these two calls.
 _AST_LOCK = threading.Lock()
 SCRATCH = "scratch"
+# Code objects of sources that passed the check, keyed by (filename, source text): a task that
+# fires again skips parsing, checking and compiling (immutable code objects; nothing of a run's
+# state is kept). Refused sources are never cached, so every attempt is refused and logged.
+_CODE_CACHE: dict[tuple[str, str], types.CodeType] = {}
+_CODE_CACHE_MAX = 256
 
 
 class Guard:
@@ -77,6 +82,9 @@ class Guard:
 
     def check_source(self, source: str, filename: str) -> types.CodeType:
         """Compile task source after refusing private attributes and denied names statically."""
+        cached = _CODE_CACHE.get((filename, source))
+        if cached is not None:
+            return cached
         with _AST_LOCK:
             tree = ast.parse(source, filename)
         for node in ast.walk(tree):
@@ -88,7 +96,11 @@ class Guard:
             if isinstance(node, ast.ImportFrom) and node.level:
                 raise self.deny(f"relative imports are not allowed ({filename}:{line})")
         with _AST_LOCK:
-            return compile(tree, filename, "exec")
+            code = compile(tree, filename, "exec")
+        if len(_CODE_CACHE) >= _CODE_CACHE_MAX:
+            _CODE_CACHE.clear()
+        _CODE_CACHE[(filename, source)] = code
+        return code
 
     # ------------------------------------------------------------------ builtins
 

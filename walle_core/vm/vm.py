@@ -27,6 +27,7 @@ from walle_core.task.manifest import Manifest, Quotas
 from walle_core.vm.api import TaskContext
 from walle_core.vm.errors import OutputQuotaError, TaskMemoryError, TaskSecurityError
 from walle_core.vm.guard import Guard
+from walle_core.vm.models import ModelCache
 
 log = logging.getLogger("walle.vm")
 
@@ -152,8 +153,10 @@ WATCHDOG = Watchdog()
 class ThreadVM:
     """Runs one task in the calling thread. Create one per run; :meth:`run` never raises."""
 
-    def __init__(self, spec: TaskSpec, events: Events = (), *, mode: str = "thread") -> None:
+    def __init__(self, spec: TaskSpec, events: Events = (), *, mode: str = "thread",
+                 models: ModelCache | None = None) -> None:
         self.spec = spec
+        self.models = models
         self.events = events
         self.mode = mode
         self._lock = threading.Lock()
@@ -200,7 +203,7 @@ class ThreadVM:
         t0 = time.perf_counter()
         spec = self.spec
         ctx = TaskContext(spec.name, spec.version, spec.root, spec.model, self.events, spec.quotas,
-                          spec.backend, spec.threads)
+                          spec.backend, spec.threads, self.models)
         result = TaskResult(spec.name, OK, mode=self.mode)
         guard = Guard(spec.name, str(spec.root), error=TaskSecurityError, on_violation=self._violation,
                       facade=ctx.facade())
@@ -237,6 +240,7 @@ class ThreadVM:
                 result.status, result.error = MEMORY, f"TaskMemoryError: task {spec.name!r} exceeded its memory quota"
             elif ctx.output_exceeded:
                 result.status, result.error = OUTPUT_QUOTA, f"OutputQuotaError: task {spec.name!r} exceeded its output quota"
+        ctx.release(healthy=result.status == OK)  # a stopped run may have left its model half-planned
         if result.status != OK:
             log.warning("task %s ended with %s: %s", spec.name, result.status, (result.error or "").splitlines()[0])
         result.outputs, result.logs, result.violations = ctx.outputs, ctx.logs, list(self.violations)
