@@ -18,8 +18,13 @@ from walle_core.vm.vm import FAILED, Events, TaskResult, TaskSpec, ThreadVM
 MODES = ("thread", "subinterpreter", "process")
 
 
-def run_once(spec: TaskSpec, events: Events = (), mode: str = "thread") -> TaskResult:
-    """Run one task in the calling thread in ``mode``; never raises for the task's own failures."""
+def run_once(spec: TaskSpec, events: Events = (), mode: str = "thread",
+             interpreters: subinterp.InterpreterPool | None = None) -> TaskResult:
+    """Run one task in the calling thread in ``mode``; never raises for the task's own failures.
+
+    Subinterpreter mode uses the calling thread's interpreter from ``interpreters`` when given
+    (pooled), else a fresh interpreter for this run only.
+    """
     if mode == "thread":
         return ThreadVM(spec, events).run()
     if mode == "process":
@@ -29,8 +34,9 @@ def run_once(spec: TaskSpec, events: Events = (), mode: str = "thread") -> TaskR
     if mode == "subinterpreter":
         if not subinterp.available():
             raise VMModeUnavailableError("subinterpreter mode needs Python 3.12+ (_interpreters)")
-        raw = subinterp.run(spec.name, str(spec.root), spec.entry, [dict(e) for e in events],
-                            wall_time_s=spec.quotas.wall_time_s, output_bytes=spec.quotas.output_bytes)
+        runner = interpreters.run if interpreters is not None else subinterp.run
+        raw = runner(spec.name, str(spec.root), spec.entry, [dict(e) for e in events],
+                     wall_time_s=spec.quotas.wall_time_s, output_bytes=spec.quotas.output_bytes)
         return TaskResult(spec.name, raw["status"], raw["outputs"], raw["logs"], raw["error"],
                           raw["violations"], raw["wall_s"], mode="subinterpreter")
     raise VMModeUnavailableError(f"unknown VM mode {mode!r}; expected one of {MODES}")
@@ -49,7 +55,9 @@ class Scheduler:
     """A priority queue of task runs served by ``workers`` threads.
 
     ``mode`` is the default VM mode; :meth:`submit` may override it per task (e.g. process mode for
-    a task from a less trusted publisher).
+    a task from a less trusted publisher). In subinterpreter mode each worker creates one
+    interpreter on its first such task and reuses it for the next ones (see
+    :mod:`walle_core.vm.subinterp` for what a pooled interpreter keeps between runs).
     """
 
     def __init__(self, workers: int | None = None, mode: str | None = None) -> None:
@@ -59,6 +67,7 @@ class Scheduler:
             raise VMModeUnavailableError(f"unknown VM mode {self.mode!r}; expected one of {MODES}")
         if self.mode == "subinterpreter" and not subinterp.available():
             raise VMModeUnavailableError("subinterpreter mode needs Python 3.12+ (_interpreters)")
+        self.interpreters = subinterp.InterpreterPool()
         self._heap: list[_Job] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
@@ -79,6 +88,12 @@ class Scheduler:
         return future
 
     def _work(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self.interpreters.close_current()
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while not self._heap and not self._closed:
@@ -89,7 +104,7 @@ class Scheduler:
             if not job.future.set_running_or_notify_cancel():
                 continue
             try:
-                job.future.set_result(run_once(job.spec, job.events, job.mode))
+                job.future.set_result(run_once(job.spec, job.events, job.mode, self.interpreters))
             except Exception as exc:  # a VM bug or bad mode: report it as the task's failure
                 job.future.set_result(TaskResult(job.spec.name, FAILED, error=f"{type(exc).__name__}: {exc}",
                                                  mode=job.mode))
