@@ -18,8 +18,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from walle_core.task import Quotas
-from walle_core.vm import Scheduler, TaskSpec, run_once, run_task, subinterp
+from walle_core.vm import Scheduler, TaskSpec, ThreadVM, machine, run_once, run_task, subinterp
 from walle_core.vm import data as cv
+from walle_core.vm.models import ModelCache, task_backend
 
 RNG = np.random.default_rng(0)
 W1 = RNG.standard_normal((16, 32)).astype(np.float32)
@@ -221,6 +222,121 @@ def test_scheduler_runs_higher_priority_first(tmp_path: Path) -> None:
         assert high.result(10).outputs["t"] < low.result(10).outputs["t"]
 
 
+# ---------------------------------------------------------------------------------- reuse between runs
+
+
+def test_refused_source_is_refused_on_every_run(tmp_path: Path) -> None:
+    spec = make_task(tmp_path / "bad", "import os\n", "again")
+    assert [run_task(spec).status for _ in range(3)] == ["security"] * 3
+
+
+def test_runs_on_one_worker_do_not_see_each_others_globals(tmp_path: Path) -> None:
+    files = {"helper.py": "state = []\n"}
+    writer = make_task(tmp_path / "w", """
+        import walle, helper
+        secret = 42
+        helper.state.append("w")
+        walle.output("state", list(helper.state))
+    """, "writer", files=files)
+    reader = make_task(tmp_path / "r", """
+        import walle, helper
+        try:
+            secret
+            walle.output("leak", True)
+        except NameError:
+            walle.output("leak", False)
+        walle.output("state", list(helper.state))
+    """, "reader", files=files)
+    with Scheduler(workers=1) as sched:
+        results = [f.result(30) for f in [sched.submit(s) for s in (writer, reader, writer, reader)]]
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [r.outputs for r in results] == [{"state": ["w"]}, {"leak": False, "state": []}] * 2
+
+
+MODEL_VIEW = """
+import numpy as np
+import walle
+m = walle.model()
+walle.output("names", [m.input_names, m.output_names, m.backend_names[:1]])
+walle.output("y", m.run({"x": np.ones((1, 16), np.float32)})["y"])
+"""
+
+
+def test_model_is_loaded_once_and_reused_across_runs(tmp_path: Path) -> None:
+    cache = ModelCache()
+    spec = make_task(tmp_path / "m", MODEL_VIEW, "viewer", model=True)
+    first, second = (ThreadVM(spec, models=cache).run() for _ in range(2))
+    assert first.ok and second.ok, (first.error, second.error)
+    assert cache.stats.loads == 1 and cache.stats.hits == 1 and cache.idle() == 1
+    np.testing.assert_allclose(second.outputs["y"], reference(np.ones((1, 16), np.float32)), rtol=1e-5)
+    expected = "cpu" if task_backend("auto") == "cpu" else second.outputs["names"][2][0]
+    assert second.outputs["names"] == [["x"], ["y"], [expected]]
+    # Each run is charged for the engine's buffers, cached model or not.
+    assert second.memory_peak >= first.memory_peak > 0
+
+
+def test_tasks_get_a_view_of_the_model_not_the_engine_object(tmp_path: Path) -> None:
+    cache = ModelCache()
+    poke = make_task(tmp_path / "p", "import walle\nwalle.model().backends = []\n", "poke", model=True)
+    private = make_task(tmp_path / "q", "import walle\nwalle.model()._infer\n", "private", model=True)
+    assert ThreadVM(poke, models=cache).run().status == "failed"
+    assert ThreadVM(private, models=cache).run().status == "security"
+
+
+def test_a_failed_run_drops_its_model_instance(tmp_path: Path) -> None:
+    cache = ModelCache()
+    bad = make_task(tmp_path / "b", GOOD + "raise RuntimeError('after infer')\n", "bad", model=True)
+    slow = make_task(tmp_path / "s", GOOD + "while True:\n    pass\n", "slow", model=True, wall_time_s=0.3)
+    assert ThreadVM(bad, events(1), models=cache).run().status == "failed"
+    assert ThreadVM(slow, events(1), models=cache).run().status == "timeout"
+    assert cache.stats.loads == 2 and cache.stats.dropped == 2 and cache.idle() == 0
+
+
+def test_concurrent_runs_hold_separate_instances(tmp_path: Path) -> None:
+    cache = ModelCache()
+    spec = make_task(tmp_path / "c", GOOD, "conc", model=True)
+    key, one = cache.checkout(spec.root / "model.onnx", "reference", 1)
+    _, two = cache.checkout(spec.root / "model.onnx", "reference", 1)
+    assert one is not two
+    cache.checkin(key, one)
+    cache.checkin(key, two)
+    _, again = cache.checkout(spec.root / "model.onnx", "reference", 1)
+    assert again is two and cache.stats.loads == 2 and cache.stats.hits == 1
+    (spec.root / "model.onnx").write_bytes(b"reinstalled")  # another file on disk: another key
+    assert cache.key(spec.root / "model.onnx", "reference", 1) != key
+
+
+def test_models_load_concurrently_in_a_fresh_process(tmp_path: Path) -> None:
+    # The first loads of a process fill the op registry; threads loading at once must all see it whole.
+    (tmp_path / "m.onnx").write_bytes(mlp_bytes())
+    script = textwrap.dedent("""
+        import threading, walle_core
+        from walle_core.vm import bench
+        models, errors = [bench.convnet(i, 32) for i in range(4)], []
+        def load(b):
+            try:
+                walle_core.load(b, backend="reference")
+            except Exception as exc:
+                errors.append(repr(exc))
+        threads = [threading.Thread(target=load, args=(m,)) for m in models]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert not errors, errors
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_load_meter_reports_cores() -> None:
+    assert machine.cpus()
+    with machine.LoadMeter() as meter:
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.05:
+            pass
+    assert meter.wall_s >= 0.05 and 0 <= meter.own_cores <= len(machine.cpus()) + 0.5
+    assert machine.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "all": [3.0, 1.0, 2.0]}
+
+
 # ---------------------------------------------------------------------------------- process mode
 
 
@@ -275,6 +391,61 @@ def test_subinterpreter_mode_guard_timeout_and_outputs(tmp_path: Path) -> None:
     assert out["good"]["status"] == "ok" and out["good"]["outputs"] == {"r": [4]}
     assert out["runaway"]["status"] == "timeout" and out["runaway"]["wall_s"] < 2.0
     assert out["sneaky"]["status"] == "security" and "import of 'os'" in out["sneaky"]["error"]
+
+
+POOL_DRIVER = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("si", sys.argv[1])
+si = importlib.util.module_from_spec(spec); spec.loader.exec_module(si)
+root = sys.argv[2]
+pool = si.InterpreterPool()
+def run(name, wall=5.0):
+    return pool.run(name, root + "/" + name, "main.py", [{"id": "e", "v": 3}], wall_time_s=wall,
+                    output_bytes=1000)
+out = {"a1": run("a"), "b1": run("b"), "a2": run("a"), "created_before_timeout": pool.created,
+       "swallow": run("swallow", 0.3), "b2": run("b"), "created": pool.created}
+pool.close_current()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12) and not newer_pythons(), reason="no Python 3.12+ here")
+@pytest.mark.parametrize("python", [sys.executable] if sys.version_info >= (3, 12) else
+                         sorted(glob.glob("/root/.pyenv/versions/3.1[2-9]*/bin/python3")))
+def test_pooled_subinterpreter_runs_are_isolated(tmp_path: Path, python: str) -> None:
+    helper = {"helper.py": "state = []\n"}
+    make_task(tmp_path / "a", """
+        import walle, helper
+        secret = 42
+        helper.state.append(1)
+        walle.output("state", list(helper.state))
+        walle.log("a ran")
+    """, files=helper)
+    make_task(tmp_path / "b", """
+        import walle, helper
+        try:
+            secret
+            walle.output("leak", True)
+        except NameError:
+            walle.output("leak", False)
+        walle.output("state", list(helper.state))
+        walle.output("events", walle.events())
+    """, files=helper)
+    make_task(tmp_path / "swallow", "while True:\n    try:\n        while True:\n            pass\n"
+              "    except BaseException:\n        pass\n")
+    proc = subprocess.run([python, "-c", POOL_DRIVER, subinterp.__file__, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    # One interpreter served a, b, a: each run saw only its own globals, modules, outputs and logs.
+    assert out["created_before_timeout"] == 1
+    assert out["a1"]["outputs"] == out["a2"]["outputs"] == {"state": [1]}
+    assert out["a1"]["logs"] == ["a ran"] and out["b1"]["logs"] == []
+    assert out["b1"]["outputs"] == {"leak": False, "state": [], "events": [{"id": "e", "v": 3}]}
+    # A run that swallows its stop is still stopped; its interpreter is retired, the next is new.
+    assert out["swallow"]["status"] == "timeout" and out["swallow"]["wall_s"] < 2.0
+    assert out["b2"]["status"] == "ok" and out["b2"]["outputs"] == out["b1"]["outputs"]
+    assert out["created"] == 2
 
 
 # ---------------------------------------------------------------------------------- data library
