@@ -262,6 +262,16 @@ static void im2col_task(void *vp, int64_t t) {
                         if (hi > len) hi = len;
                         if (lo > hi) lo = hi;
                         const float *xr = xc + iy * W + ix0;
+                        if (sw == 1 && lo == 0 && hi == len && len == nr) {
+                            /* the common case, a whole panel from one input row: a copy of a
+                             * size known at compile time (inlined, no call) */
+                            switch (nr) {
+                            case 32: memcpy(dr, xr, 32 * sizeof(float)); continue;
+                            case 16: memcpy(dr, xr, 16 * sizeof(float)); continue;
+                            case 8: memcpy(dr, xr, 8 * sizeof(float)); continue;
+                            default: break;
+                            }
+                        }
                         for (int64_t t2 = 0; t2 < lo; t2++) dr[t2] = 0.0f;
                         if (sw == 1) memcpy(dr + lo, xr + lo, sizeof(float) * (size_t)(hi - lo));
                         else for (int64_t t2 = lo; t2 < hi; t2++) dr[t2] = xr[t2 * sw];
@@ -272,6 +282,121 @@ static void im2col_task(void *vp, int64_t t) {
             }
         }
     }
+}
+
+/* Implicit GEMM for stride-1 convolutions: the input is copied once into a zero-bordered
+ * plane per channel (row length wp), so output pixel i = oy*wp + ox of the flattened padded
+ * grid reads input element i + off[k] for reduction index k = (c, ky, kx). A tile of nr
+ * consecutive i is then a GEMM tile whose B rows are plain vector loads from the input: no
+ * im2col matrix is written or read back. Columns ox >= OW of the grid are computed and
+ * dropped (a (wp - OW)/wp overhead). */
+typedef struct {
+    const wl_op *op;
+    const float *xp, *w, *bias;
+    float *y;
+    const int64_t *off;
+    int64_t wp, tiles, chunk, K;
+    int failed;
+} igemm_ctx;
+
+static void igemm_task(void *vp, int64_t t) {
+    igemm_ctx *ic = vp;
+    const wl_op *op = ic->op;
+    const wl_isa *isa = wl_active;
+    const int64_t nr = isa->nr, mr = isa->mr;
+    int64_t O = CP(4), OH = CP(5), OW = CP(6), NP = OH * OW, wp = ic->wp, total = OH * wp;
+    int act = (int)CP(17);
+    float *tmp = wl_scratch(1, sizeof(float) * (size_t)(mr * nr));
+    if (!tmp) {
+        ic->failed = 1;
+        return;
+    }
+    int64_t t0 = t * ic->chunk, t1 = t0 + ic->chunk < ic->tiles ? t0 + ic->chunk : ic->tiles;
+    for (int64_t tile = t0; tile < t1; tile++) {
+        int64_t i0 = tile * nr;
+        int64_t nv = total - i0 < nr ? total - i0 : nr;
+        for (int64_t r = 0; r < O; r += mr) {
+            int rows = (int)(O - r < mr ? O - r : mr);
+            isa->conv_tile(rows, ic->K, ic->w + r * ic->K, ic->K, ic->xp + i0, ic->off, tmp);
+            for (int rr = 0; rr < rows; rr++) {
+                float bv = ic->bias ? ic->bias[r + rr] : 0.0f;
+                float *yo = ic->y + (r + rr) * NP;
+                const float *src = tmp + rr * nr;
+                for (int64_t j = 0; j < nv;) {
+                    int64_t i = i0 + j, oy = i / wp, ox = i % wp;
+                    int64_t len = wp - ox < nv - j ? wp - ox : nv - j;
+                    int64_t valid = ox < OW ? (OW - ox < len ? OW - ox : len) : 0;
+                    if (valid > 0) {
+                        float *d = yo + oy * OW + ox;
+                        for (int64_t q = 0; q < valid; q++) d[q] = src[j + q] + bv;
+                        if (act != U_IDENTITY) isa->unary_f32(act, d, d, valid, op->f);
+                    }
+                    j += len;
+                }
+            }
+        }
+    }
+}
+
+typedef struct {
+    const float *x;
+    float *xp;
+    int64_t H, W, hp, wp, pt, pl;
+} pad_ctx;
+
+static void pad_task(void *vp, int64_t c) {
+    const pad_ctx *pc = vp;
+    float *dst = pc->xp + c * pc->hp * pc->wp;
+    const float *src = pc->x + c * pc->H * pc->W;
+    memset(dst, 0, sizeof(float) * (size_t)(pc->pt * pc->wp));
+    for (int64_t iy = 0; iy < pc->H; iy++) {
+        float *row = dst + (pc->pt + iy) * pc->wp;
+        memset(row, 0, sizeof(float) * (size_t)pc->pl);
+        memcpy(row + pc->pl, src + iy * pc->W, sizeof(float) * (size_t)pc->W);
+        memset(row + pc->pl + pc->W, 0, sizeof(float) * (size_t)(pc->wp - pc->pl - pc->W));
+    }
+    int64_t below = pc->hp - pc->pt - pc->H;
+    if (below > 0) memset(dst + (pc->pt + pc->H) * pc->wp, 0, sizeof(float) * (size_t)(below * pc->wp));
+}
+
+static int conv_implicit(const wl_op *op, const float *x, const float *w, const float *bias,
+                         float *y, int nthreads, char *err, int errlen) {
+    const int64_t nr = wl_active->nr;
+    int64_t N = CP(0), C = CP(1), H = CP(2), W = CP(3), O = CP(4), OH = CP(5), OW = CP(6);
+    int64_t KH = CP(7), KW = CP(8), pt = CP(11), pl = CP(12), dh = CP(13), dw = CP(14);
+    int64_t hp = OH + (KH - 1) * dh, wp = OW + (KW - 1) * dw;
+    if (hp < pt + H) hp = pt + H;
+    if (wp < pl + W) wp = pl + W;
+    int64_t K = C * KH * KW, plane = hp * wp;
+    size_t xfloats = (size_t)(C * plane + nr + wp + 64);
+    float *xp = wl_scratch(2, sizeof(float) * xfloats);
+    int64_t *off = wl_scratch(3, sizeof(int64_t) * (size_t)K);
+    if (!xp || !off) {
+        snprintf(err, errlen, "out of memory in Conv2D");
+        return 1;
+    }
+    for (int64_t c = 0, k = 0; c < C; c++)
+        for (int64_t ky = 0; ky < KH; ky++)
+            for (int64_t kx = 0; kx < KW; kx++) off[k++] = c * plane + ky * dh * wp + kx * dw;
+    int64_t tiles = (OH * wp + nr - 1) / nr;
+    for (int64_t n = 0; n < N; n++) {
+        pad_ctx pc = {x + n * C * H * W, xp, H, W, hp, wp, pt, pl};
+        /* rows of the padded grid past the input are never all needed: clip copies to hp */
+        if (pc.H > hp - pt) pc.H = hp - pt;
+        wl_parallel_for(C, pad_task, &pc, C * plane >= 65536 ? nthreads : 1);
+        memset(xp + C * plane, 0, sizeof(float) * (xfloats - (size_t)(C * plane)));
+        igemm_ctx ic = {op, xp, w, bias, y + n * O * OH * OW, off, wp, tiles, 1, K, 0};
+        int64_t ntask = nthreads > 1 ? nthreads * 8 : 1;
+        if (ntask > tiles) ntask = tiles;
+        ic.chunk = (tiles + ntask - 1) / ntask;
+        int nt = O * OH * OW * K < 65536 ? 1 : nthreads;
+        wl_parallel_for((tiles + ic.chunk - 1) / ic.chunk, igemm_task, &ic, nt);
+        if (ic.failed) {
+            snprintf(err, errlen, "out of memory in Conv2D");
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static void dw_task(void *vp, int64_t t) {
@@ -445,6 +570,8 @@ int wl_conv(const wl_op *op, const float *x, const float *w, const float *bias, 
         }
         return 0;
     }
+    if (op->algo == C_IM2COL && G == 1 && CP(9) == 1 && CP(10) == 1 && C > 0)
+        return conv_implicit(op, x, w, bias, y, nthreads, err, errlen);
     int64_t cg = C / G, og = O / G, K = cg * KH * KW, NP = OH * OW;
     int64_t np = (NP + nr - 1) / nr;
     float *bp = wl_scratch(0, sizeof(float) * (size_t)(np * (K > 0 ? K : 1) * nr));

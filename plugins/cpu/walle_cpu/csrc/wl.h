@@ -68,6 +68,10 @@ typedef struct wl_isa {
     /* y = a (op) b over n elements; sa/sb are 0 (broadcast) or 1. Returns 0 if fn unhandled. */
     int (*binary_f32)(int fn, const float *a, int64_t sa, const float *b, int64_t sb, float *y,
                       int64_t n);
+    /* C[mr x nr] = A[mr x k] (row stride lda) * B, where row kk of B is the nr floats at
+     * x + off[kk] (a shifted view of a padded input: convolution without im2col). */
+    void (*conv_tile)(int mr, int64_t k, const float *a, int64_t lda, const float *x,
+                      const int64_t *off, float *c);
     void (*dw_plane)(const float *x, int64_t h, int64_t w, const float *k, int64_t kh, int64_t kw,
                      int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw,
                      float bias, float *y, int64_t oh, int64_t ow);
