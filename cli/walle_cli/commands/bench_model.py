@@ -41,7 +41,8 @@ def blas_info() -> str:
     except ImportError:
         return "threadpoolctl not installed"
     parts = [f"{i.get('internal_api')} {i.get('version')} kernel={i.get('architecture')} "
-             f"threads={i.get('num_threads')}" for i in threadpool_info()]
+             f"threads={i.get('num_threads')} ({Path(str(i.get('filepath', ''))).name})"
+             for i in threadpool_info() if i.get("user_api") == "blas"]
     return "; ".join(parts) or "no BLAS loaded"
 
 
