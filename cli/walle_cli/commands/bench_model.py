@@ -243,9 +243,10 @@ def header(threads: int, runs: int) -> list[str]:
 
 def table_rows(results: Sequence[Result], peers: Sequence[str]) -> list[str]:
     cols = "".join(f"{p[:8] + ' ms':>12}{'walle/' + p[:4]:>12}{'max|diff|':>11}" for p in peers)
-    rows = [f"{'model':<14}{'walle ms':>10}{cols}"]
+    width = max([14, *(len(r.model) + 2 for r in results)])
+    rows = [f"{'model':<{width}}{'walle ms':>10}{cols}"]
     for r in results:
-        line = f"{r.model:<14}{r.walle_ms:>10.2f}"
+        line = f"{r.model:<{width}}{r.walle_ms:>10.2f}"
         for p in peers:
             if p in r.peers:
                 line += f"{r.peers[p]:>12.2f}{r.ratio(p):>12.2f}{r.diffs[p]:>11.1e}"
