@@ -16,7 +16,7 @@ import logging
 import os
 import tempfile
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +29,7 @@ import walle_registry
 from walle_registry import schemas as S
 from walle_registry.auth import Principal
 from walle_registry.blobs import check_sha
+from walle_registry.broker import KEEPALIVE
 from walle_registry.errors import (
     Forbidden,
     Invalid,
@@ -67,11 +68,21 @@ def _reg(request: Request) -> Registry:
     return reg
 
 
-def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+async def _authenticate(reg: Registry, secret: str) -> Principal:
+    """Cached credentials are checked on the event loop; a miss reads the database in a thread."""
+    p = reg.cached_principal(secret)
+    if p is None:
+        p = await run_in_threadpool(reg.authenticate, secret)
+    return p
+
+
+# The dependencies are coroutines: FastAPI runs plain ``def`` dependencies in the thread pool,
+# which would cost every request a thread hand-off before the endpoint even starts.
+async def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
     secret = _bearer(authorization)
     if secret is None:
         raise Unauthorized("missing credential (Authorization: Bearer <token>)")
-    return _reg(request).authenticate(secret)
+    return await _authenticate(_reg(request), secret)
 
 
 def _limit(reg: Registry, p: Principal) -> None:
@@ -80,22 +91,22 @@ def _limit(reg: Registry, p: Principal) -> None:
         raise RateLimited(f"device {p.name} is over its request rate; retry in {wait:.1f}s", wait)
 
 
-def _scope(name: str) -> Callable[..., Principal]:
-    def dep(p: Annotated[Principal, Depends(_principal)]) -> Principal:
+def _scope(name: str) -> Callable[..., Awaitable[Principal]]:
+    async def dep(p: Annotated[Principal, Depends(_principal)]) -> Principal:
         if not p.has(name):
             raise Forbidden(f"this credential lacks the {name!r} scope")
         return p
     return dep
 
 
-def _device(request: Request, p: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def _device(request: Request, p: Annotated[Principal, Depends(_principal)]) -> Principal:
     if p.kind != "device":
         raise Forbidden("this endpoint is for device credentials")
     _limit(_reg(request), p)
     return p
 
 
-def _any(request: Request, p: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def _any(request: Request, p: Annotated[Principal, Depends(_principal)]) -> Principal:
     if p.kind == "device":
         _limit(_reg(request), p)
     return p
@@ -127,9 +138,11 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         reg.broker.bind_loop(asyncio.get_running_loop())
         reg.start()
+        ticker = asyncio.create_task(_keepalive_ticker(reg, settings.stream_keepalive_s))
         try:
             yield
         finally:
+            ticker.cancel()
             reg.close()
 
     app = FastAPI(title="Walle registry", version=walle_registry.__version__, lifespan=lifespan,
@@ -263,19 +276,26 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
                             key_id=r.key_id, created_at=r.created_at) for r in reg.plugins()]
 
     @app.get("/v1/plugins/{name}/{version}/wheel", tags=["download"])
-    def plugin_wheel(name: str, version: str, request: Request, _p: AnyP) -> Response:
-        row = reg.plugin(name, version)
-        return _serve_blob(reg, row.sha256, request, "application/octet-stream", row.filename)
+    async def plugin_wheel(name: str, version: str, request: Request, _p: AnyP) -> Response:
+        row = await run_in_threadpool(reg.plugin, name, version)
+        return await _serve_blob(reg, row.sha256, request, "application/octet-stream", row.filename)
+
+    async def _release_for(p: Principal, task: str, version: str) -> Any:
+        if p.kind == "device" and not reg.can_read_release_cached(p.name, task, version) and \
+                not await run_in_threadpool(reg.can_read_release, p.name, task, version):
+            raise NotFound(f"task {task} {version} is not deployed to this device")
+        rel = reg.release_cached(task, version)
+        if rel is None:
+            rel = await run_in_threadpool(reg.release, task, version)
+        return rel
 
     # ------------------------------------------------------------------ downloads
 
     @app.get("/v1/releases/{task}/{version}/manifest", tags=["download"],
              responses={304: {"description": "not modified"}})
-    def manifest(task: str, version: str, p: AnyP,
-                 if_none_match: Annotated[str | None, Header()] = None) -> Response:
-        if p.kind == "device" and not reg.can_read_release(p.name, task, version):
-            raise NotFound(f"task {task} {version} is not deployed to this device")
-        rel = reg.release(task, version)
+    async def manifest(task: str, version: str, p: AnyP,
+                       if_none_match: Annotated[str | None, Header()] = None) -> Response:
+        rel = await _release_for(p, task, version)
         etag = f'"{rel.manifest_digest}"'
         headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable",
                    "X-Walle-Signature": base64.b64encode(rel.signature.encode()).decode(),
@@ -285,20 +305,19 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
         return Response(rel.manifest.encode("utf-8"), media_type="application/json", headers=headers)
 
     @app.get("/v1/releases/{task}/{version}/bundle", tags=["download"])
-    def bundle(task: str, version: str, request: Request, p: AnyP) -> Response:
-        if p.kind == "device" and not reg.can_read_release(p.name, task, version):
-            raise NotFound(f"task {task} {version} is not deployed to this device")
-        rel = reg.release(task, version)
-        return _serve_blob(reg, rel.bundle_sha256, request, "application/gzip", f"{task}-{version}.walle")
+    async def bundle(task: str, version: str, request: Request, p: AnyP) -> Response:
+        rel = await _release_for(p, task, version)
+        return await _serve_blob(reg, rel.bundle_sha256, request, "application/gzip", f"{task}-{version}.walle")
 
     @app.head("/v1/blobs/{sha256}", tags=["download"], include_in_schema=False)
     @app.get("/v1/blobs/{sha256}", tags=["download"],
              responses={206: {"description": "partial content"}, 304: {"description": "not modified"}})
-    def get_blob(sha256: str, request: Request, p: AnyP) -> Response:
+    async def get_blob(sha256: str, request: Request, p: AnyP) -> Response:
         check_sha(sha256)
-        if p.kind == "device" and not reg.device_may_read_blob(p.name, sha256):
+        if p.kind == "device" and not reg.device_may_read_blob_cached(p.name, sha256) and \
+                not await run_in_threadpool(reg.device_may_read_blob, p.name, sha256):
             raise NotFound(f"blob {sha256} not found")
-        return _serve_blob(reg, sha256, request, "application/octet-stream", None)
+        return await _serve_blob(reg, sha256, request, "application/octet-stream", None)
 
     # ------------------------------------------------------------------ devices
 
@@ -325,9 +344,11 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
         return {"notices": len(notices)}
 
     @app.post("/v1/device/checkin", tags=["device"])
-    def checkin(body: S.CheckIn, p: DeviceP) -> S.CheckInOut:
-        cursor, latest = reg.checkin(p.name, body.metrics, body.cursor)
-        return S.CheckInOut(cursor=cursor, latest=latest)
+    async def checkin(body: S.CheckIn, p: DeviceP) -> S.CheckInOut:
+        out = reg.checkin_cached(p.name, body.metrics, body.cursor)  # memory only (written behind)
+        if out is None:
+            out = await run_in_threadpool(reg.checkin, p.name, body.metrics, body.cursor)
+        return S.CheckInOut(cursor=out[0], latest=out[1])
 
     @app.get("/v1/device/notices", tags=["device"])
     def notices(p: DeviceP, after: Annotated[int, Query(ge=0, le=2**62)] = 0,
@@ -351,12 +372,14 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
         start = cursor
         if start is None and last_event_id and last_event_id.isdigit():
             start = int(last_event_id)
+        known = reg.cursors.get(p.name)
+        if known is None or reg.latest.get(p.name) is None:  # warm the check-in fast path too
+            known = await run_in_threadpool(reg.device_cursor, p.name, True)
         if start is None:
-            dev = await run_in_threadpool(reg.get_device, p.name)
-            start = int(dev.cursor)
+            start = known
         queue = reg.broker.subscribe(p.name)
-        await run_in_threadpool(reg.touch, p.name)
-        return StreamingResponse(_events(reg, p.name, start, queue, settings.stream_keepalive_s),
+        reg.touch(p.name)
+        return StreamingResponse(_events(reg, p.name, start, queue),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -378,7 +401,7 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
         secret = _bearer(authorization) or token
         if secret is None:
             raise Unauthorized("missing credential (Authorization: Bearer <device token>)")
-        p = await run_in_threadpool(reg.authenticate, secret)
+        p = await _authenticate(reg, secret)
         if p.kind != "device":
             raise Forbidden("results are uploaded with a device credential")
         _limit(reg, p)
@@ -483,9 +506,17 @@ def _etag_match(header: str, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def _serve_blob(reg: Registry, sha256: str, request: Request, media_type: str, filename: str | None) -> Response:
-    """ETag/If-None-Match and single-range ``Range`` (resumable downloads) over a stored blob."""
-    size = reg.blob_size(sha256)
+async def _serve_blob(reg: Registry, sha256: str, request: Request, media_type: str,
+                      filename: str | None) -> Response:
+    """ETag/If-None-Match and single-range ``Range`` (resumable downloads) over a stored blob.
+    Small blobs are answered from memory (content addressed, so never stale)."""
+    data = reg.blob_cache.get(sha256)
+    if data is None:
+        size = await run_in_threadpool(reg.blob_size, sha256)
+        if size <= reg.blob_cache.max_item:
+            data = await run_in_threadpool(_read_blob, reg, sha256)
+    else:
+        size = len(data)
     etag = f'"{sha256}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=31536000, immutable"}
     if filename:
@@ -507,8 +538,17 @@ def _serve_blob(reg: Registry, sha256: str, request: Request, media_type: str, f
     headers["Content-Length"] = str(end - start + 1 if size else 0)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media_type)
+    if data is not None:
+        return Response(data[start:end + 1] if status == 206 else data, status_code=status, headers=headers,
+                        media_type=media_type)
     body = reg.blobs.open_range(sha256, start, end) if size else iter([b""])
     return StreamingResponse(body, status_code=status, headers=headers, media_type=media_type)
+
+
+def _read_blob(reg: Registry, sha256: str) -> bytes:
+    data = b"".join(reg.blobs.open_range(sha256, 0, None))
+    reg.blob_cache.put(sha256, data)
+    return data
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
@@ -536,8 +576,17 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     return a, min(b, size - 1)
 
 
-async def _events(reg: Registry, device_id: str, cursor: int, queue: asyncio.Queue[dict[str, Any]],
-                  keepalive: float) -> AsyncIterator[str]:
+async def _keepalive_ticker(reg: Registry, every: float, parts: int = 8) -> None:
+    """Each stream gets a keep-alive comment every ``every`` seconds, spread over ``parts`` ticks."""
+    part = 0
+    while True:
+        await asyncio.sleep(every / parts)
+        reg.broker.keepalive(part, parts)
+        part = (part + 1) % parts
+
+
+async def _events(reg: Registry, device_id: str, cursor: int, queue: asyncio.Queue[dict[str, Any]]
+                  ) -> AsyncIterator[str]:
     seen: set[int] = set()
     last = cursor
     try:
@@ -551,9 +600,8 @@ async def _events(reg: Registry, device_id: str, cursor: int, queue: asyncio.Que
             if len(page) < 1000:
                 break
         while True:
-            try:
-                n = await asyncio.wait_for(queue.get(), keepalive)
-            except TimeoutError:
+            n = await queue.get()
+            if n is KEEPALIVE:
                 yield ": keep-alive\n\n"
                 continue
             seq = int(n["seq"])

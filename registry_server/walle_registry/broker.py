@@ -16,12 +16,13 @@ import json
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger("walle_registry.broker")
 CHANNEL = "walle_notices"
 MAX_PAYLOAD = 7000  # PostgreSQL NOTIFY payloads must stay under 8000 bytes
+KEEPALIVE: dict[str, Any] = {"keepalive": True}  # queue marker: send an SSE comment
 
 
 class InProcessBroker:
@@ -31,6 +32,10 @@ class InProcessBroker:
         self._subs: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Hooks set by the registry: ``on_notices`` sees every delivered notice (this replica's and,
+        # through PostgreSQL, the others'); ``on_control`` gets control messages of other replicas.
+        self.on_notices: Callable[[Sequence[dict[str, Any]]], None] | None = None
+        self.on_control: Callable[[dict[str, Any]], None] | None = None
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -51,6 +56,14 @@ class InProcessBroker:
                 if not subs:
                     del self._subs[device_id]
 
+    def keepalive(self, part: int, parts: int) -> None:
+        """Put a keep-alive marker into one ``parts``-th of the stream queues (call on the loop).
+        One ticker for all streams replaces a timer per connection."""
+        with self._lock:
+            queues = [q for subs in self._subs.values() for q in subs if id(q) // 16 % parts == part]
+        for q in queues:
+            q.put_nowait(KEEPALIVE)
+
     def connected(self) -> int:
         with self._lock:
             return sum(len(s) for s in self._subs.values())
@@ -61,6 +74,8 @@ class InProcessBroker:
 
     def deliver(self, notices: Sequence[dict[str, Any]]) -> None:
         """Hand notices to local subscribers (thread-safe)."""
+        if self.on_notices is not None:
+            self.on_notices(notices)
         with self._lock:
             targets = [(q, n) for n in notices for q in self._subs.get(str(n["device"]), ())]
         if not targets or self._loop is None:
@@ -75,6 +90,9 @@ class InProcessBroker:
 
     def publish(self, notices: Sequence[dict[str, Any]]) -> None:
         self.deliver(notices)
+
+    def publish_control(self, message: dict[str, Any]) -> None:
+        """Tell the other replicas (none in process)."""
 
     def start(self) -> None:
         pass
@@ -111,7 +129,12 @@ class PostgresBroker(InProcessBroker):
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
                             try:
-                                self.deliver(json.loads(note.payload))
+                                payload = json.loads(note.payload)
+                                if isinstance(payload, dict):
+                                    if self.on_control is not None:
+                                        self.on_control(payload)
+                                else:
+                                    self.deliver(payload)
                             except (ValueError, KeyError, TypeError):
                                 log.warning("ignoring malformed notification %r", note.payload[:200])
             except Exception as exc:  # connection lost: reconnect (streams catch up from the DB)
@@ -121,8 +144,6 @@ class PostgresBroker(InProcessBroker):
                 self._stop.wait(1.0)
 
     def publish(self, notices: Sequence[dict[str, Any]]) -> None:
-        import psycopg
-
         chunks: list[str] = []
         batch: list[dict[str, Any]] = []
         size = 2
@@ -135,6 +156,14 @@ class PostgresBroker(InProcessBroker):
             size += len(item) + 1
         if batch:
             chunks.append(json.dumps(batch, separators=(",", ":")))
+        self._notify(chunks)
+
+    def publish_control(self, message: dict[str, Any]) -> None:
+        self._notify([json.dumps(message, separators=(",", ":"))])
+
+    def _notify(self, chunks: list[str]) -> None:
+        import psycopg
+
         with self._send_lock:
             for attempt in range(2):
                 try:

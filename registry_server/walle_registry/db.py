@@ -25,8 +25,11 @@ NOTICE_LOCK = 0x57A11E
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def _sqlite_engine(url: str, immediate: bool) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+def _sqlite_engine(url: str, immediate: bool, pool_size: int) -> Engine:
+    # A pool as large as the worker threads that use it: connections are reused, never churned
+    # (every new connection re-runs the PRAGMAs below).
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                           pool_size=pool_size, max_overflow=pool_size)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -36,6 +39,8 @@ def _sqlite_engine(url: str, immediate: bool) -> Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA temp_store=MEMORY")
+        cur.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache per connection
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -56,8 +61,8 @@ class Database:
         if self.dialect == "sqlite":
             if parsed.database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self.read_engine = _sqlite_engine(url, immediate=False)
-            self.write_engine = _sqlite_engine(url, immediate=True)
+            self.read_engine = _sqlite_engine(url, immediate=False, pool_size=24)
+            self.write_engine = _sqlite_engine(url, immediate=True, pool_size=2)  # writers are serial
             self._write_lock = threading.Lock()
         else:
             if parsed.drivername == "postgresql":

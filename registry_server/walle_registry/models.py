@@ -137,6 +137,18 @@ class Assignment(Base):
 Index("ix_assignments_device", Assignment.device_id)
 
 
+class DeploymentCount(Base):
+    """How many of a deployment's assignments in ``stage`` have ``status``, kept up to date in the
+    same transactions that insert or change assignments (so evaluating a rollout reads a handful
+    of rows instead of counting every assignment)."""
+
+    __tablename__ = "deployment_counts"
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), primary_key=True)
+    stage: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class DeviceTarget(Base):
     """What a device should run for a task now (the winner of the overlapping deployments)."""
 

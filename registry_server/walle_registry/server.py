@@ -14,9 +14,38 @@ def serve(host: str, port: int, data: Path, db_url: str | None = None, admin_tok
 
     from walle_registry.api import create_app
 
+    raise_fd_limit()
     app = create_app(Settings(data_dir=Path(data), db_url=db_url), admin_token=admin_token)
     uvicorn.run(app, host=host, port=port, log_level=log_level, backlog=backlog, timeout_keep_alive=75,
-                limit_concurrency=limit_concurrency, access_log=False)
+                limit_concurrency=limit_concurrency, access_log=False, loop=_best("uvloop", "asyncio"),
+                http=_best("httptools", "h11"))
+
+
+def _best(module: str, fallback: str) -> str:
+    """uvloop's event loop and httptools' parser when installed (the ``server`` extra has them)."""
+    try:
+        __import__(module)
+    except ImportError:
+        return fallback
+    return module
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: every device stream is a socket."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,10 +20,14 @@ Deployment rules (see docs/registry.md):
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import logging
+import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
@@ -33,7 +37,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -52,6 +56,7 @@ from walle_core.task import (
 from walle_registry import auth, policy
 from walle_registry.blobs import BlobInfo, BlobStore, LocalBlobStore
 from walle_registry.broker import InProcessBroker, PostgresBroker
+from walle_registry.cache import AuthCache, BlobCache, DeviceActivity, MonotoneMap
 from walle_registry.db import Database
 from walle_registry.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized
 from walle_registry.models import (
@@ -59,6 +64,7 @@ from walle_registry.models import (
     Assignment,
     Blob,
     Deployment,
+    DeploymentCount,
     DeploymentEvent,
     Device,
     DeviceTarget,
@@ -77,6 +83,8 @@ ERROR_STATUSES = ("failed", "error")
 TARGETING_STATES = ("running", "paused", "completed")
 JOINABLE_STATES = ("running", "completed")
 IN_CHUNK = 500
+SHA_IN_TEXT = re.compile(r"[0-9a-f]{64}")
+log = logging.getLogger("walle_registry.service")
 
 
 def now() -> float:
@@ -107,18 +115,95 @@ class Registry:
         if broker is None:
             broker = PostgresBroker(self.db.url) if self.db.is_postgres else InProcessBroker()
         self.broker = broker
+        self.broker.on_control = self._on_control
+        self.broker.on_notices = self._observe_notices
         self.limiter = auth.RateLimiter(settings.device_rate_per_s, settings.device_burst)
+        # In-memory state (see cache.py). With PostgreSQL other replicas may write too, so the
+        # per-device integers are re-read after a few seconds; SQLite has a single writer process.
+        shared = self.db.is_postgres
+        self.auth_cache: AuthCache[auth.Principal] = AuthCache(ttl=settings.auth_cache_ttl_s)
+        self.latest = MonotoneMap(ttl=5.0 if shared else None)  # device -> newest notice seq
+        self.cursors = MonotoneMap(ttl=5.0 if shared else None)  # device -> acknowledged cursor
+        self.activity = DeviceActivity()
+        self.blob_cache = BlobCache(settings.blob_cache_item_bytes, settings.blob_cache_bytes)
+        self._releases: dict[tuple[str, str], Release] = {}  # immutable rows
+        self._release_blobs: dict[tuple[str, str], frozenset[str]] = {}
+        self._grants: dict[str, frozenset[tuple[str, str]]] = {}  # device -> readable (task, version)
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     def start(self) -> None:
         self.broker.start()
+        if self._flusher is None and self.settings.activity_flush_s > 0:
+            self._stop.clear()
+            self._flusher = threading.Thread(target=self._flush_loop, name="walle-activity", daemon=True)
+            self._flusher.start()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(10)
+            self._flusher = None
+        self.flush_activity()
         self.broker.close()
         self.db.dispose()
 
     def publish_notices(self, notices: Sequence[dict[str, Any]]) -> None:
         if notices:
+            self._observe_notices(notices)  # this replica's check-ins see them at once
             self.broker.publish(notices)
+
+    def _observe_notices(self, notices: Sequence[dict[str, Any]]) -> None:
+        for n in notices:
+            self.latest.raise_to(str(n["device"]), int(n["seq"]))
+
+    def _on_control(self, message: dict[str, Any]) -> None:
+        """A message from another replica (PostgreSQL broker): drop revoked credentials."""
+        drop = message.get("drop_tokens")
+        if isinstance(drop, list):
+            self.auth_cache.drop(*(str(d) for d in drop))
+
+    def _drop_credentials(self, *digests: str) -> None:
+        self.auth_cache.drop(*digests)
+        self.broker.publish_control({"drop_tokens": list(digests)})
+
+    # ------------------------------------------------------------------ heartbeat write-behind
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.settings.activity_flush_s):
+            try:
+                self.flush_activity()
+            except Exception as exc:  # database briefly unavailable: the batch was re-queued
+                log.warning("flushing device activity failed: %s", exc)
+
+    def flush_activity(self) -> None:
+        """Write buffered last_seen / check-in metrics / cursors (one transaction)."""
+        with self._flush_lock:
+            seen, metrics, cursor = self.activity.take()
+            if not seen:
+                return
+            try:
+                with self.db.write() as s:
+                    ids = sorted(seen)
+                    conn = s.connection()  # Core executemany (the ORM would bulk-update by primary key)
+                    conn.execute(update(Device).where(Device.id == bindparam("did")).values(last_seen=bindparam("t")),
+                                 [{"did": d, "t": seen[d]} for d in ids])
+                    if cursor:
+                        conn.execute(update(Device).where(Device.id == bindparam("did"), Device.cursor < bindparam("cur"))
+                                     .values(cursor=bindparam("cur")),
+                                     [{"did": d, "cur": v} for d, v in sorted(cursor.items())])
+                    if metrics:
+                        merged: list[dict[str, Any]] = []
+                        for chunk in _chunks(sorted(metrics)):
+                            for did, old in s.execute(select(Device.id, Device.metrics).where(Device.id.in_(chunk))):
+                                merged.append({"did": did, "m": {**(old or {}), **metrics[did]}})
+                        if merged:
+                            conn.execute(update(Device).where(Device.id == bindparam("did"))
+                                         .values(metrics=bindparam("m", type_=Device.__table__.c.metrics.type)), merged)
+            except BaseException:
+                self.activity.give_back(seen, metrics, cursor)
+                raise
 
     # ------------------------------------------------------------------ credentials
 
@@ -153,19 +238,33 @@ class Registry:
             if tok is None:
                 raise NotFound(f"token {token_id} not found")
             tok.revoked = True
+            digest = tok.token_hash
+        self._drop_credentials(digest)
+
+    def cached_principal(self, secret: str) -> auth.Principal | None:
+        """The principal for ``secret`` if it is cached (no database access)."""
+        return self.auth_cache.get(auth.hash_secret(secret))
 
     def authenticate(self, secret: str) -> auth.Principal:
         digest = auth.hash_secret(secret)
+        hit = self.auth_cache.get(digest)
+        if hit is not None:
+            return hit
+        generation = self.auth_cache.generation
+        principal: auth.Principal | None = None
         with self.db.read() as s:
             if secret.startswith(auth.DEVICE_PREFIX):
                 dev = s.scalar(select(Device.id).where(Device.token_hash == digest))
                 if dev is not None:
-                    return auth.Principal("device", dev)
+                    principal = auth.Principal("device", dev)
             else:
                 tok = s.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
                 if tok is not None and not tok.revoked:
-                    return auth.Principal("token", tok.name, frozenset(tok.scopes.split()))
-        raise Unauthorized("invalid or revoked credential")
+                    principal = auth.Principal("token", tok.name, frozenset(tok.scopes.split()))
+        if principal is None:
+            raise Unauthorized("invalid or revoked credential")
+        self.auth_cache.put(digest, principal, generation)
+        return principal
 
     # ------------------------------------------------------------------ publisher keys
 
@@ -295,8 +394,17 @@ class Registry:
         return existing
 
     def _release_or_none(self, task: str, version: str) -> Release | None:
+        cached = self._releases.get((task, version))
+        if cached is not None:
+            return cached
         with self.db.read() as s:
-            return s.scalar(select(Release).where(Release.task == task, Release.version == version))
+            rel = s.scalar(select(Release).where(Release.task == task, Release.version == version))
+        if rel is not None:
+            self._releases[(task, version)] = rel
+        return rel
+
+    def release_cached(self, task: str, version: str) -> Release | None:
+        return self._releases.get((task, version))
 
     def release(self, task: str, version: str) -> Release:
         rel = self._release_or_none(task, version)
@@ -361,15 +469,22 @@ class Registry:
         did = device_id or f"dev-{uuid.uuid4().hex[:16]}"
         secret = auth.new_secret(auth.DEVICE_PREFIX)
         data = attrs.model_dump()
+        old_hash: str | None = None
         with self.db.write(serial=True) as s:
             dev = s.get(Device, did)
             if dev is None:
                 s.add(Device(id=did, token_hash=auth.hash_secret(secret), attributes=data, registered_at=now(),
                              last_seen=now(), cursor=0, metrics={}))
             else:
+                old_hash = dev.token_hash
                 dev.token_hash, dev.attributes, dev.last_seen = auth.hash_secret(secret), data, now()
             s.flush()
             notices = self._join_deployments(s, did, data)
+        if old_hash is not None:  # re-keyed: the previous credential stops working now
+            self._drop_credentials(old_hash)
+        else:  # a new device: cursor 0, and its only notices are the ones just written
+            self.cursors.raise_to(did, 0, loaded=True)
+            self.latest.raise_to(did, max((int(n["seq"]) for n in notices), default=0), loaded=True)
         return did, secret, notices
 
     def update_attributes(self, device_id: str, attrs: Attributes) -> list[dict[str, Any]]:
@@ -396,16 +511,15 @@ class Registry:
                 continue
             stage = policy.stage_of(dep.seed, did, dep.stages)
             if stage <= dep.current_stage:
-                s.add(Assignment(deployment_id=dep.id, device_id=did, stage=stage, status="notified",
-                                 error="", updated_at=now()))
+                self._insert_assignments(s, dep.id, [(did, stage)])
                 tasks.add(dep.task)
-        s.flush()
         notices: list[dict[str, Any]] = []
         for task in sorted(tasks):
             notices += self._retarget(s, task, [did])
         return notices
 
     def devices(self, limit: int = 1000, offset: int = 0) -> list[tuple[Device, dict[str, str | None]]]:
+        self.flush_activity()
         with self.db.read() as s:
             devs = list(s.scalars(select(Device).order_by(Device.id).limit(limit).offset(offset)))
             targets: dict[str, dict[str, str | None]] = defaultdict(dict)
@@ -419,23 +533,49 @@ class Registry:
             return int(s.scalar(select(func.count()).select_from(Device)) or 0)
 
     def get_device(self, device_id: str) -> Device:
+        self.flush_activity()
         with self.db.read() as s:
             return self._device(s, device_id)
 
+    def checkin_cached(self, device_id: str, metrics: dict[str, Any], cursor: int | None) -> tuple[int, int] | None:
+        """A check-in answered from memory (no database access); None when the device's cursor or
+        newest notice is not cached yet (then call :meth:`checkin`). The heartbeat itself is
+        written behind (``activity_flush_s``)."""
+        known, latest = self.cursors.get(device_id), self.latest.get(device_id)
+        if known is None or latest is None:
+            return None
+        self.activity.note(device_id, now(), metrics, cursor)
+        if cursor is not None and cursor > known:
+            known = self.cursors.raise_to(device_id, cursor)
+        return known, latest
+
     def checkin(self, device_id: str, metrics: dict[str, Any], cursor: int | None) -> tuple[int, int]:
-        with self.db.write() as s:
-            dev = self._device(s, device_id)
-            dev.last_seen = now()
-            if metrics:
-                dev.metrics = {**(dev.metrics or {}), **metrics}
-            if cursor is not None and cursor > dev.cursor:
-                dev.cursor = cursor
+        self._load_device_ints(device_id)
+        out = self.checkin_cached(device_id, metrics, cursor)
+        assert out is not None
+        return out
+
+    def _load_device_ints(self, device_id: str) -> None:
+        with self.db.read() as s:
+            dev_cursor = s.scalar(select(Device.cursor).where(Device.id == device_id))
+            if dev_cursor is None:
+                raise NotFound(f"device {device_id} not found")
             latest = s.scalar(select(func.max(Notice.seq)).where(Notice.device_id == device_id)) or 0
-            return int(dev.cursor), int(latest)
+        self.cursors.raise_to(device_id, int(dev_cursor), loaded=True)
+        self.latest.raise_to(device_id, int(latest), loaded=True)
+
+    def device_cursor(self, device_id: str, warm: bool = False) -> int:
+        """The cursor the device acknowledged (including check-ins not flushed yet); ``warm``
+        also loads the newest notice seq, so the device's check-ins need no database access."""
+        known = self.cursors.get(device_id)
+        if known is None or (warm and self.latest.get(device_id) is None):
+            self._load_device_ints(device_id)
+            known = self.cursors.get(device_id) or 0
+        return known
 
     def touch(self, device_id: str) -> None:
-        with self.db.write() as s:
-            s.execute(update(Device).where(Device.id == device_id).values(last_seen=now()))
+        """Record that the device was seen (written behind)."""
+        self.activity.note(device_id, now())
 
     def notices_after(self, device_id: str, cursor: int, limit: int = 500) -> list[dict[str, Any]]:
         with self.db.read() as s:
@@ -449,23 +589,57 @@ class Registry:
             return list(s.scalars(select(DeviceTarget).where(DeviceTarget.device_id == device_id)
                                   .order_by(DeviceTarget.task)))
 
+    # Read permission is monotone: assignments are never deleted and a deployment's task,
+    # version and previous version never change, so a grant, once seen, stays valid and is
+    # cached; a miss re-reads the grants (one joined query) before refusing.
+
+    def _load_grants(self, device_id: str) -> frozenset[tuple[str, str]]:
+        with self.db.read() as s:
+            rows = s.execute(select(Deployment.task, Deployment.version, Deployment.previous_version)
+                             .join(Assignment, Assignment.deployment_id == Deployment.id)
+                             .where(Assignment.device_id == device_id).distinct())
+            grants = {(t, v) for t, v0, v1 in rows for v in (v0, v1) if v is not None}
+        merged = frozenset(grants | self._grants.get(device_id, frozenset()))
+        if len(self._grants) > 1_000_000:
+            self._grants.clear()
+        self._grants[device_id] = merged
+        return merged
+
+    def can_read_release_cached(self, device_id: str, task: str, version: str) -> bool:
+        return (task, version) in self._grants.get(device_id, ())
+
     def can_read_release(self, device_id: str, task: str, version: str) -> bool:
         """Devices may pull a release they are (or were) targeted with."""
-        with self.db.read() as s:
-            q = (select(func.count()).select_from(Assignment).join(Deployment, Deployment.id == Assignment.deployment_id)
-                 .where(Assignment.device_id == device_id, Deployment.task == task,
-                        (Deployment.version == version) | (Deployment.previous_version == version)))
-            return bool(s.scalar(q))
+        if self.can_read_release_cached(device_id, task, version):
+            return True
+        return (task, version) in self._load_grants(device_id)
+
+    def release_blobs(self, task: str, version: str) -> frozenset[str]:
+        """Every digest a release's manifest names, plus its bundle (cached: releases are immutable)."""
+        key = (task, version)
+        blobs = self._release_blobs.get(key)
+        if blobs is None:
+            rel = self.release(task, version)
+            blobs = frozenset(SHA_IN_TEXT.findall(rel.manifest)) | {rel.bundle_sha256}
+            self._release_blobs[key] = blobs
+        return blobs
+
+    def device_may_read_blob_cached(self, device_id: str, sha256: str) -> bool:
+        for key in self._grants.get(device_id, ()):
+            blobs = self._release_blobs.get(key)
+            if blobs is not None and sha256 in blobs:
+                return True
+        return False
 
     def device_may_read_blob(self, device_id: str, sha256: str) -> bool:
-        with self.db.read() as s:
-            q = (select(Release).join(Deployment, Deployment.task == Release.task)
-                 .join(Assignment, Assignment.deployment_id == Deployment.id)
-                 .where(Assignment.device_id == device_id,
-                        (Deployment.version == Release.version) | (Deployment.previous_version == Release.version)))
-            for rel in s.scalars(q):
-                if rel.bundle_sha256 == sha256 or sha256 in rel.manifest:
+        if self.device_may_read_blob_cached(device_id, sha256):
+            return True
+        for task, version in self._load_grants(device_id):
+            try:
+                if sha256 in self.release_blobs(task, version):
                     return True
+            except NotFound:
+                continue
         return False
 
     # ------------------------------------------------------------------ deployments
@@ -513,28 +687,58 @@ class Registry:
     def _assign_stage(self, s: Session, dep: Deployment) -> list[dict[str, Any]]:
         """Assign every targeted device whose stage has been reached and is not assigned yet."""
         have = set(s.scalars(select(Assignment.device_id).where(Assignment.deployment_id == dep.id)))
-        t = now()
         new = [(did, st) for did, st in self._population(s, dep) if st <= dep.current_stage and did not in have]
-        s.add_all([Assignment(deployment_id=dep.id, device_id=did, stage=st, status="notified", error="",
-                              updated_at=t) for did, st in new])
-        s.flush()
+        self._insert_assignments(s, dep.id, new)
         return self._retarget(s, dep.task, [did for did, _ in new])
+
+    def _insert_assignments(self, s: Session, dep_id: int, rows: Sequence[tuple[str, int]]) -> None:
+        """Assign devices (``(device id, stage)``) as ``notified`` and count them."""
+        if not rows:
+            return
+        t = now()
+        s.execute(insert(Assignment), [{"deployment_id": dep_id, "device_id": did, "stage": st, "status": "notified",
+                                        "error": "", "updated_at": t} for did, st in rows])
+        self._bump(s, dep_id, Counter((st, "notified") for _, st in rows))
+
+    def _bump(self, s: Session, dep_id: int, deltas: Counter[tuple[int, str]]) -> None:
+        """Add ``deltas[(stage, status)]`` to the deployment's counters (upsert)."""
+        rows = [{"deployment_id": dep_id, "stage": st, "status": status, "n": n}
+                for (st, status), n in sorted(deltas.items()) if n]
+        if not rows:
+            return
+        s.connection().execute(self._count_upsert, rows)
+
+    @functools.cached_property
+    def _count_upsert(self) -> Any:
+        """INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n, built once (executemany)."""
+        keys = ["deployment_id", "stage", "status"]
+        if self.db.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            pg = pg_insert(DeploymentCount)
+            return pg.on_conflict_do_update(index_elements=keys, set_={"n": DeploymentCount.n + pg.excluded.n})
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        lite = sqlite_insert(DeploymentCount)
+        return lite.on_conflict_do_update(index_elements=keys, set_={"n": DeploymentCount.n + lite.excluded.n})
 
     def _retarget(self, s: Session, task: str, device_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Recompute what each device should run for ``task``; write notices for the changes."""
         if not device_ids:
             return []
+        s.flush()
         deps = {d.id: d for d in s.scalars(select(Deployment).where(Deployment.task == task))}
         winners: dict[str, Deployment] = {}
         ranked: dict[str, list[Deployment]] = defaultdict(list)
-        current: dict[str, DeviceTarget] = {}
-        for chunk in _chunks(list(device_ids)):
-            for a in s.scalars(select(Assignment).where(Assignment.device_id.in_(chunk),
-                                                        Assignment.deployment_id.in_(list(deps)))):
-                ranked[a.device_id].append(deps[a.deployment_id])
-            for tgt in s.scalars(select(DeviceTarget).where(DeviceTarget.device_id.in_(chunk),
-                                                            DeviceTarget.task == task)):
-                current[tgt.device_id] = tgt
+        current: dict[str, tuple[str | None, int | None]] = {}
+        for chunk in _chunks(list(dict.fromkeys(device_ids))):
+            for did, assigned_to in s.execute(select(Assignment.device_id, Assignment.deployment_id).where(
+                    Assignment.device_id.in_(chunk), Assignment.deployment_id.in_(list(deps)))):
+                ranked[did].append(deps[assigned_to])
+            for did, ver, target_dep in s.execute(select(DeviceTarget.device_id, DeviceTarget.version,
+                                                         DeviceTarget.deployment_id).where(
+                    DeviceTarget.device_id.in_(chunk), DeviceTarget.task == task)):
+                current[did] = (ver, target_dep)
         for did, cands in ranked.items():
             for dep in sorted(cands, key=lambda d: (d.priority, d.id), reverse=True):
                 if dep.state in TARGETING_STATES or (dep.state == "rolled_back" and dep.previous_version):
@@ -542,7 +746,9 @@ class Registry:
                     break
         digests = {r.version: r.manifest_digest for r in s.scalars(select(Release).where(Release.task == task))}
         t = now()
-        fresh: list[Notice] = []
+        added: list[dict[str, Any]] = []
+        changed: list[dict[str, Any]] = []
+        fresh: list[dict[str, Any]] = []
         for did in dict.fromkeys(device_ids):
             dep_or_none = winners.get(did)
             if dep_or_none is None:
@@ -551,32 +757,41 @@ class Registry:
                 version = dep_or_none.version if dep_or_none.state != "rolled_back" else dep_or_none.previous_version
                 dep_id = dep_or_none.id
             cur = current.get(did)
-            if cur is not None and cur.version == version and cur.deployment_id == dep_id:
+            if cur is not None and cur == (version, dep_id):
                 continue
             if cur is None and version is None:
                 continue
             digest = digests.get(version) if version else None
+            row = {"device_id": did, "task": task, "version": version, "manifest_digest": digest,
+                   "deployment_id": dep_id, "updated_at": t}
             if cur is None:
-                s.add(DeviceTarget(device_id=did, task=task, version=version, manifest_digest=digest,
-                                   deployment_id=dep_id, updated_at=t))
+                added.append(row)
             else:
-                changed_version = cur.version != version
-                cur.version, cur.manifest_digest, cur.deployment_id, cur.updated_at = version, digest, dep_id, t
-                if not changed_version:
+                changed.append(row)
+                if cur[0] == version:
                     continue  # same version under another deployment: nothing for the device to do
-            fresh.append(Notice(device_id=did, task=task, version=version, manifest_digest=digest,
-                                deployment_id=dep_id, action="install" if version else "remove", created_at=t))
-        s.add_all(fresh)
-        s.flush()
-        return [notice_dict(n) for n in fresh]
+            fresh.append({"device_id": did, "task": task, "version": version, "manifest_digest": digest,
+                          "deployment_id": dep_id, "action": "install" if version else "remove", "created_at": t})
+        if added:
+            s.execute(insert(DeviceTarget), added)
+        if changed:
+            s.execute(update(DeviceTarget), changed)  # bulk UPDATE by primary key (device_id, task)
+        if not fresh:
+            return []
+        seqs = s.execute(insert(Notice).returning(Notice.seq, sort_by_parameter_order=True), fresh).scalars().all()
+        return [{"seq": int(q), "device": n["device_id"], "task": task, "version": n["version"],
+                 "digest": n["manifest_digest"], "deployment": n["deployment_id"], "action": n["action"]}
+                for q, n in zip(seqs, fresh, strict=True)]
 
     def _event(self, s: Session, dep_id: int, kind: str, detail: str = "") -> None:
         s.add(DeploymentEvent(deployment_id=dep_id, kind=kind, detail=detail, at=now()))
 
     def _counts(self, s: Session, dep: Deployment) -> Counter[str]:
-        rows = s.execute(select(Assignment.status, func.count()).where(
-            Assignment.deployment_id == dep.id, Assignment.stage <= dep.current_stage).group_by(Assignment.status))
-        return Counter({status: int(n) for status, n in rows})
+        """Status counts of the deployment's active stages, from the incremental counters."""
+        rows = s.execute(select(DeploymentCount.status, func.sum(DeploymentCount.n)).where(
+            DeploymentCount.deployment_id == dep.id, DeploymentCount.stage <= dep.current_stage)
+            .group_by(DeploymentCount.status))
+        return Counter({status: int(n) for status, n in rows if n})
 
     def _evaluate(self, s: Session, dep: Deployment, check_errors: bool = True) -> list[dict[str, Any]]:
         """Advance, complete or auto-pause a running deployment from its reports so far."""
@@ -684,10 +899,10 @@ class Registry:
                 raise NotFound(f"deployment {dep_id} not found")
             targeted = Counter(st for _, st in self._population(s, dep))
             per_stage: dict[int, Counter[str]] = defaultdict(Counter)
-            for stage, status, n in s.execute(select(Assignment.stage, Assignment.status, func.count())
-                                              .where(Assignment.deployment_id == dep.id)
-                                              .group_by(Assignment.stage, Assignment.status)):
-                per_stage[int(stage)][status] += int(n)
+            for stage, status, n in s.execute(select(DeploymentCount.stage, DeploymentCount.status, DeploymentCount.n)
+                                              .where(DeploymentCount.deployment_id == dep.id)):
+                if n:
+                    per_stage[int(stage)][status] += int(n)
             progress = []
             for i, pct in enumerate(dep.stages):
                 c = per_stage.get(i, Counter())
@@ -714,11 +929,11 @@ class Registry:
     def report(self, device_id: str, task: str, version: str, status: str, deployment_id: int | None,
                error: str, metrics: dict[str, Any], seq: int | None) -> tuple[bool, int | None, list[dict[str, Any]]]:
         """Record a device status report; returns (duplicate, deployment id, notices)."""
+        t = now()
         with self.db.write(serial=True) as s:
-            dev = self._device(s, device_id)
-            dev.last_seen = now()
             if seq is not None and s.scalar(select(Report.id).where(Report.device_id == device_id,
                                                                     Report.seq == seq)) is not None:
+                self.activity.note(device_id, t)
                 return True, deployment_id, []
             if deployment_id is None:
                 deployment_id = s.scalar(select(DeviceTarget.deployment_id).where(
@@ -726,19 +941,24 @@ class Registry:
             dep = self._locked_deployment(s, deployment_id) if deployment_id is not None else None
             if dep is not None and dep.task != task:
                 raise Invalid(f"deployment {dep.id} is for task {dep.task}, not {task}")
-            s.add(Report(device_id=device_id, seq=seq, deployment_id=deployment_id, task=task, version=version,
-                         status=status, error=error, metrics=metrics, created_at=now()))
-            if metrics:
-                dev.metrics = {**(dev.metrics or {}), **metrics}
+            s.connection().execute(insert(Report), [{"device_id": device_id, "seq": seq, "deployment_id": deployment_id,
+                                        "task": task, "version": version, "status": status, "error": error,
+                                        "metrics": metrics, "created_at": t}])
             notices: list[dict[str, Any]] = []
             if dep is not None and version == dep.version:
-                a = s.get(Assignment, (dep.id, device_id))
-                if a is not None:
-                    a.status, a.error, a.updated_at = status, error, now()
-                    s.flush()
+                key = (Assignment.deployment_id == dep.id) & (Assignment.device_id == device_id)
+                row = s.execute(select(Assignment.stage, Assignment.status).where(key)).first()
+                if row is not None:
+                    s.execute(update(Assignment).where(key).values(status=status, error=error, updated_at=t)
+                              .execution_options(synchronize_session=False))
+                    if row.status != status:
+                        self._bump(s, dep.id, Counter({(int(row.stage), row.status): -1, (int(row.stage), status): 1}))
                     if status in OK_STATUSES + ERROR_STATUSES:
                         notices = self._evaluate(s, dep)
-            return False, deployment_id, notices
+        # last_seen and the device's metrics summary are written behind; the report row (with
+        # its metrics) committed above.
+        self.activity.note(device_id, t, metrics)
+        return False, deployment_id, notices
 
     def ingest_results(self, device_id: str, body: dict[str, Any], task: str, version: str) -> tuple[int, int]:
         items = body.get("items")
@@ -777,9 +997,7 @@ class Registry:
             new = [rows[q] for q in seqs if q not in existing]
             if new:
                 s.execute(_insert_ignore(self.db.dialect, Result, new, ["device_id", "seq"]))
-            dev = s.get(Device, device_id)
-            if dev is not None:
-                dev.last_seen = t
+        self.activity.note(device_id, t)
         return len(new), len(rows) - len(new) + (len(items) - len(rows))
 
     def results(self, task: str, version: str | None = None, device: str | None = None, after: int = 0,
@@ -796,6 +1014,7 @@ class Registry:
 
     def device_status_counts(self) -> dict[str, int]:
         cutoff = now() - self.settings.online_window_s
+        self.flush_activity()
         with self.db.read() as s:
             total = int(s.scalar(select(func.count()).select_from(Device)) or 0)
             online = int(s.scalar(select(func.count()).select_from(Device).where(Device.last_seen >= cutoff)) or 0)

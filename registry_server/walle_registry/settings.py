@@ -23,6 +23,10 @@ class Settings:
     max_results_bytes: int = 16 << 20  # one results batch, decompressed
     stream_keepalive_s: float = 15.0
     online_window_s: float = 120.0  # a device seen this recently counts as online
+    auth_cache_ttl_s: float = 30.0  # cached credentials (revocation on this replica is immediate)
+    activity_flush_s: float = 0.25  # heartbeat write-behind interval (last_seen, check-in metrics, cursor)
+    blob_cache_item_bytes: int = 1 << 20  # blobs up to this size are served from memory
+    blob_cache_bytes: int = 64 << 20
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
