@@ -69,15 +69,22 @@ class RegistryClient(_Base):
         return dict(resp.json())
 
     def publish_plugin(self, wheel: Path, private_key: Path) -> dict[str, Any]:
-        from walle_core.task import key_id
-
-        key = load_private_key(Path(private_key))
+        """Publish a wheel; the answer also carries the ``key_id`` and ``signature`` sent, which a
+        plugin deployment (:meth:`deploy_plugin`) hands on to the devices."""
         data = Path(wheel).read_bytes()
-        sig = key.sign(hashlib.sha256(data).hexdigest().encode("ascii"))
-        params = {"filename": Path(wheel).name, "key_id": key_id(key.public_key()),
-                  "signature": base64.b64encode(sig).decode()}
-        return dict(self._req("POST", "/v1/plugins", params=params, content=data,
-                              headers={"Content-Type": "application/octet-stream"}).json())
+        signed = sign_plugin(data, private_key)
+        params = {"filename": Path(wheel).name, **signed}
+        out = dict(self._req("POST", "/v1/plugins", params=params, content=data,
+                             headers={"Content-Type": "application/octet-stream"}).json())
+        return {**out, **signed}
+
+    def deploy_plugin(self, name: str, version: str, key_id: str, signature: str, **spec: Any) -> dict[str, Any]:
+        """Target a published plugin at devices (``device_ids``, ``filters``, ``percentage``)."""
+        body = {"name": name, "version": version, "key_id": key_id, "signature": signature, **spec}
+        return dict(self._req("POST", "/v1/plugin-deployments", json=body).json())
+
+    def plugin_deployments(self, name: str | None = None) -> list[dict[str, Any]]:
+        return list(self._req("GET", "/v1/plugin-deployments", params={"name": name} if name else None).json())
 
     def tasks(self) -> list[dict[str, Any]]:
         return list(self._req("GET", "/v1/tasks").json())
@@ -106,12 +113,36 @@ class RegistryClient(_Base):
             params["device"] = device
         return list(self._req("GET", "/v1/results", params=params).json())
 
+    def all_results(self, task: str, version: str | None = None, device: str | None = None,
+                    page: int = 5000, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Every result of ``task`` after result id ``after``, page by page (each page continues
+        after the last id of the one before)."""
+        while True:
+            rows = self.results(task, version, device, after, page)
+            yield from rows
+            if len(rows) < page:
+                return
+            last = int(rows[-1].get("id") or 0)
+            if last <= after:
+                raise ApiError(200, "no_ids", "this registry does not return result ids; cannot page")
+            after = last
+
     def register(self, device_id: str | None = None, **attributes: Any) -> DeviceClient:
         body: dict[str, Any] = {"attributes": attributes}
         if device_id:
             body["device_id"] = device_id
         cred = self._req("POST", "/v1/devices/register", json=body).json()
         return DeviceClient(token=cred["token"], device_id=cred["device_id"], http=self.http)
+
+
+def sign_plugin(wheel: bytes, private_key: Path) -> dict[str, str]:
+    """``key_id`` and base64 Ed25519 ``signature`` over the wheel's sha256 hex (what the registry
+    and the devices verify)."""
+    from walle_core.task import key_id
+
+    key = load_private_key(Path(private_key))
+    sig = key.sign(hashlib.sha256(wheel).hexdigest().encode("ascii"))
+    return {"key_id": key_id(key.public_key()), "signature": base64.b64encode(sig).decode()}
 
 
 class DeviceClient(_Base):

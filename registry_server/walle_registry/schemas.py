@@ -233,6 +233,7 @@ class ResultsOut(BaseModel):
 
 
 class ResultOut(BaseModel):
+    id: int = 0  # the paging cursor: pass the last id of a page as ``after`` for the next one
     device: str
     seq: int
     task: str
