@@ -154,3 +154,11 @@ def registry() -> Registry:
         if _registry is None:
             _registry = Registry()
         return _registry
+
+
+def reset_registry() -> None:
+    """Forget the shared registry, so the next :func:`registry` call rediscovers the entry points
+    (after a plugin was installed into or removed from ``sys.path`` at run time)."""
+    global _registry
+    with _lock:
+        _registry = None

@@ -2,6 +2,8 @@
 
 * :class:`DeviceAgent` (``agent.py``): registration, push connection, verified atomic installs with
   rollback, triggers in the pipeline, task runs in the VM, upload tunnel, status reports.
+* :class:`PluginInstaller` (``plugins.py``): signed backend plugin wheels, verified, unpacked
+  atomically into the device's folder and made visible to the engine's backend registry.
 * :class:`RegistryLink` (``link.py``): the registry's device API over HTTP (httpx, asyncio).
 * :class:`Fleet` (``simulator.py``): many agents in one process fed by simulated shoppers
   (``behaviour.py``: device profiles, sessions of page views, clicks, exposures and scrolls).
@@ -22,9 +24,10 @@ from walle_core.device.behaviour import (
     seed_of,
 )
 from walle_core.device.installer import Installer
-from walle_core.device.link import LinkDown, LinkError, RegistryLink, Rejected, Target
+from walle_core.device.link import LinkDown, LinkError, PluginTarget, RegistryLink, Rejected, Target
+from walle_core.device.plugins import PluginInstaller
 from walle_core.device.simulator import Fleet, FleetConfig, SimDevice
-from walle_core.device.state import AgentState, Installed
+from walle_core.device.state import AgentState, Installed, InstalledPlugin
 
 __all__ = [
     "AgentConfig",
@@ -36,10 +39,13 @@ __all__ = [
     "Fleet",
     "FleetConfig",
     "Installed",
+    "InstalledPlugin",
     "Installer",
     "ItemView",
     "LinkDown",
     "LinkError",
+    "PluginInstaller",
+    "PluginTarget",
     "RegistryLink",
     "Rejected",
     "RunRecord",

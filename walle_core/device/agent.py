@@ -36,8 +36,9 @@ import httpx
 
 import walle_core
 from walle_core.device.installer import Installer
-from walle_core.device.link import LinkDown, RegistryLink, Rejected, Target
-from walle_core.device.state import AgentState, Installed
+from walle_core.device.link import Corrupt, LinkDown, PluginTarget, RegistryLink, Rejected, Target
+from walle_core.device.plugins import PluginInstaller
+from walle_core.device.state import AgentState, Installed, InstalledPlugin
 from walle_core.errors import WalleError
 from walle_core.pipeline import Match, UploadError
 from walle_core.pipeline.runtime import BatchReport, Pipeline
@@ -61,6 +62,7 @@ class AgentConfig:
     heartbeat_s: float = 15.0
     backoff_base_s: float = 0.2
     backoff_max_s: float = 5.0
+    plugins: bool = True  # pull the backend plugins the registry targets at this device
 
 
 @dataclass
@@ -81,6 +83,7 @@ class AgentStats:
     runs_ok: int = 0
     runs_failed: int = 0
     installs: int = 0
+    plugin_installs: int = 0
     rollbacks: int = 0
     downloads_resumed: int = 0
     connects: int = 0
@@ -146,6 +149,7 @@ class DeviceAgent:
         self.state_path = self.root / "agent.json"
         self.state = AgentState.load(self.state_path)
         self.installer = Installer(self.root, config.keys)
+        self.plugins = PluginInstaller(self.root, config.keys)
         self.link = RegistryLink(config.registry_url, http, token=self.state.token)
         self.stats = AgentStats()
         self.on_run = on_run
@@ -157,9 +161,11 @@ class DeviceAgent:
         self._dirty = asyncio.Event()
         self._report_wake = asyncio.Event()
         self._reconcile_lock = asyncio.Lock()
+        self._register_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seq_hint = 0
         self._backend_of: dict[str, str] = {}  # task -> backend label of its active version
+        self._rejected_wheels: set[str] = set()  # sha256 + signature of wheels that failed verification
         self._stopping = False
 
     @property
@@ -172,6 +178,9 @@ class DeviceAgent:
         """Open the pipeline with the installed tasks' triggers (replaying its store) and start
         the background loops. Works with the registry down."""
         self._loop = asyncio.get_running_loop()
+        for name, plugin in self.state.plugins.items():  # installed plugins are importable before any task runs
+            if plugin.version is not None and self.plugins.has(name, plugin.version):
+                self.plugins.activate(name, plugin.version)
         await asyncio.to_thread(self._open_pipeline)
         loops = (self._push_loop, self._reconcile_loop, self._report_loop, self._upload_loop,
                  self._heartbeat_loop)
@@ -316,6 +325,8 @@ class DeviceAgent:
         """Converge on the registry's desired state for every task (raises LinkDown to retry)."""
         async with self._reconcile_lock:
             await self._ensure_registered()
+            if self.cfg.plugins:  # first: a task may need a backend a plugin brings
+                await self._sync_plugins()
             desired = {t.task: t for t in await self.link.targets()}
             for target in desired.values():
                 inst = self.state.tasks.get(target.task)
@@ -367,6 +378,84 @@ class DeviceAgent:
         log.info("device %s: %s %s active in %.0f ms", self.device_id, task, version,
                  (time.perf_counter() - t0) * 1000)
 
+    # ------------------------------------------------------------------ plugins
+
+    async def _sync_plugins(self) -> None:
+        desired = {p.name: p for p in await self.link.plugins()}
+        for plugin in desired.values():
+            inst = self.state.plugins.get(plugin.name)
+            if inst is not None and inst.version == plugin.version:
+                if inst.deployment != plugin.deployment:
+                    with self._slock:
+                        inst.deployment = plugin.deployment
+                    self._save()
+                    await self._plugin_status(plugin.name, plugin.version, "installed", plugin.deployment)
+                continue
+            if plugin.sha256 + plugin.signature.hex() not in self._rejected_wheels:  # reported once is enough
+                await self._install_plugin(plugin)
+        for name, inst in list(self.state.plugins.items()):
+            if name not in desired and inst.version is not None:
+                self.plugins.activate(name, None)
+                with self._slock:
+                    self.state.plugins[name] = InstalledPlugin(None, "", None, inst.version)
+                    self.state.save(self.state_path)
+                await self._plugin_status(name, inst.version, "removed", inst.deployment)
+
+    async def _install_plugin(self, plugin: PluginTarget) -> None:
+        """Download (resumed), verify and unpack a plugin wheel, then make it the active version;
+        the version it replaces stays installed for a rollback. A wheel that fails verification is
+        reported as ``error`` and never installed."""
+        name, version = plugin.name, plugin.version
+        if not self.plugins.has(name, version):
+            await self._plugin_status(name, version, "downloading", plugin.deployment)
+            path = self.plugins.download_path(plugin.filename)
+            if path.with_name(path.name + ".part").exists():
+                self.stats.downloads_resumed += 1
+            try:
+                await self.link.download_plugin(plugin, path)
+                await asyncio.to_thread(self.plugins.install, path, name, version, plugin.sha256, plugin.key_id,
+                                        plugin.signature)
+            except (BundleError, OSError, ValueError) as exc:  # bad signature, digest, RECORD, zip
+                path.unlink(missing_ok=True)
+                self._rejected_wheels.add(plugin.sha256 + plugin.signature.hex())
+                log.warning("device %s: plugin %s %s rejected: %s", self.device_id, name, version, exc)
+                await self._plugin_status(name, version, "error", plugin.deployment, f"{type(exc).__name__}: {exc}")
+                return
+            except (Corrupt, Rejected) as exc:
+                await self._plugin_status(name, version, "error", plugin.deployment, str(exc))
+                if isinstance(exc, Corrupt):
+                    raise  # the download is retried with back-off
+                return
+        old = self.state.plugins.get(name)
+        previous = old.previous if old is not None else None
+        if old is not None and old.version not in (None, version):
+            previous = old.version
+        if old is not None and old.previous == version:
+            self.stats.rollbacks += 1
+        self.plugins.activate(name, version)
+        with self._slock:
+            self.state.plugins[name] = InstalledPlugin(version, plugin.sha256, plugin.deployment, previous)
+            self.state.save(self.state_path)
+        self.plugins.prune(name, {version, *([previous] if previous else [])})
+        self.stats.plugin_installs += 1
+        await self._plugin_status(name, version, "installed", plugin.deployment)
+        log.info("device %s: plugin %s %s active", self.device_id, name, version)
+
+    async def _plugin_status(self, name: str, version: str, status: str, deployment: int | None,
+                             error: str = "") -> None:
+        if error:
+            self.stats.last_error = error[:300]
+        body: dict[str, Any] = {"name": name, "version": version, "status": status, "error": error[:4000]}
+        if deployment is not None:
+            body["deployment"] = deployment
+        await self.link.plugin_status(body)
+
+    def active_plugins(self) -> dict[str, str]:
+        """plugin -> active version."""
+        return {n: p.version for n, p in self.state.plugins.items() if p.version is not None}
+
+    # ------------------------------------------------------------------ pipeline
+
     def _last_seq(self) -> int:
         assert self.pipeline is not None
         for ev in self.pipeline.store.events(after_seq=self._seq_hint):
@@ -413,6 +502,11 @@ class DeviceAgent:
     async def _ensure_registered(self) -> None:
         if self.state.token:
             return
+        async with self._register_lock:  # the push and reconcile loops both enrol: only one may (re-keying)
+            if not self.state.token:
+                await self._register()
+
+    async def _register(self) -> None:
         device_id, token = await self.link.register(self.cfg.enroll_token, self.cfg.device_id, self.cfg.attributes)
         with self._slock:
             self.state.device_id, self.state.token = device_id, token
@@ -540,6 +634,8 @@ class DeviceAgent:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.heartbeat_s * random.uniform(0.8, 1.2))
+            if self.cfg.plugins:
+                self._dirty.set()  # plugin deployments are not pushed: look for them at every heart-beat
             if self.state.token:
                 with contextlib.suppress(LinkDown, Rejected):
                     await self.link.checkin(self.state.cursor, self.stats.metrics())

@@ -30,6 +30,10 @@ class LinkDown(LinkError):
     """Registry unreachable, timed out, or temporarily unable to answer (retry later)."""
 
 
+class Corrupt(LinkDown):
+    """A download did not hash to the digest it was announced with (thrown away; retried later)."""
+
+
 class Rejected(LinkError):
     """The registry refused the request (a 4xx other than 408/425/429)."""
 
@@ -66,6 +70,20 @@ class SignedManifest:
     key_id: str
     signature: bytes
     bundle_sha256: str
+
+
+@dataclass(frozen=True)
+class PluginTarget:
+    """A backend plugin wheel the registry wants on this device, with its publisher signature."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    size: int
+    key_id: str
+    signature: bytes  # Ed25519 over the wheel's sha256 hex
+    deployment: int
 
 
 class RegistryLink:
@@ -158,16 +176,37 @@ class RegistryLink:
 
     async def download_bundle(self, task: str, version: str, sha256: str, dest: Path,
                               on_chunk: Callable[[int], None] | None = None) -> Path:
-        """Download a release's bundle to ``dest``; a ``dest.part`` left by an interrupted try is
-        resumed with ``Range`` (``If-Range`` guards against a changed file). The sha256 is checked."""
+        """Download a release's bundle to ``dest`` (resumable, sha256 checked: see :meth:`_download`)."""
+        return await self._download(f"/v1/releases/{task}/{version}/bundle", sha256, dest,
+                                    f"bundle of {task} {version}", on_chunk)
+
+    async def plugins(self) -> list[PluginTarget]:
+        """The backend plugin versions the registry targets at this device."""
+        rows = (await self._request("GET", "/v1/device/plugins")).json()
+        return [PluginTarget(str(r["name"]), str(r["version"]), str(r["filename"]), str(r["sha256"]),
+                             int(r["size"]), str(r["key_id"]), base64.b64decode(r["signature"]),
+                             int(r["deployment"])) for r in rows]
+
+    async def download_plugin(self, plugin: PluginTarget, dest: Path) -> Path:
+        """Download a plugin wheel to ``dest`` (resumable, sha256 checked)."""
+        return await self._download(f"/v1/plugins/{plugin.name}/{plugin.version}/wheel", plugin.sha256, dest,
+                                    f"plugin {plugin.name} {plugin.version}")
+
+    async def plugin_status(self, body: dict[str, Any]) -> None:
+        await self._request("POST", "/v1/device/plugins/status", json=body)
+
+    async def _download(self, path: str, sha256: str, dest: Path, what: str,
+                        on_chunk: Callable[[int], None] | None = None) -> Path:
+        """GET ``path`` into ``dest``; a ``dest.part`` left by an interrupted try is resumed with
+        ``Range`` (``If-Range`` guards against a changed file). The sha256 is checked; a mismatch
+        throws the part file away (:class:`LinkDown`: the next try starts over)."""
         part = dest.with_name(dest.name + ".part")
         have = part.stat().st_size if part.exists() else 0
         headers = self._headers()
         if have:
             headers.update({"Range": f"bytes={have}-", "If-Range": f'"{sha256}"'})
         try:
-            async with self.http.stream("GET", self.url + f"/v1/releases/{task}/{version}/bundle",
-                                        headers=headers, timeout=self.timeout_s) as resp:
+            async with self.http.stream("GET", self.url + path, headers=headers, timeout=self.timeout_s) as resp:
                 if resp.status_code == 416:  # the part file is already complete (or longer: restart)
                     await resp.aread()
                 elif resp.status_code >= 400:
@@ -187,7 +226,7 @@ class RegistryLink:
                 h.update(block)
         if h.hexdigest() != sha256:
             part.unlink()
-            raise LinkDown(f"bundle of {task} {version} does not match sha256 {sha256}; starting over")
+            raise Corrupt(f"{what} does not match sha256 {sha256}; starting over")
         part.replace(dest)
         return dest
 

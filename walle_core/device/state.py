@@ -1,4 +1,4 @@
-"""The agent's durable state: credentials, notice cursor, installed tasks and unsent reports.
+"""The agent's durable state: credentials, notice cursor, installed tasks and plugins, unsent reports.
 
 One JSON file, replaced atomically (write a temporary file, fsync, rename), so a device killed at
 any instant restarts from the last complete state. Everything else the agent must not lose lives
@@ -27,12 +27,23 @@ class Installed:
 
 
 @dataclass
+class InstalledPlugin:
+    """One backend plugin on this device: the active version and the one kept for rollback."""
+
+    version: str | None  # None: no longer targeted (the files stay for a later rollback)
+    sha256: str = ""
+    deployment: int | None = None
+    previous: str | None = None
+
+
+@dataclass
 class AgentState:
     device_id: str = ""
     token: str = ""
     cursor: int = 0
     report_seq: int = 0
     tasks: dict[str, Installed] = field(default_factory=dict)
+    plugins: dict[str, InstalledPlugin] = field(default_factory=dict)
     # status last reported per "task@version", so a restart does not re-report or forget one
     reported: dict[str, str] = field(default_factory=dict)
     pending_reports: list[dict[str, Any]] = field(default_factory=list)
@@ -43,7 +54,8 @@ class AgentState:
             return cls()
         raw = json.loads(path.read_text("utf-8"))
         tasks = {k: Installed(**v) for k, v in raw.pop("tasks", {}).items()}
-        return cls(tasks=tasks, **raw)
+        plugins = {k: InstalledPlugin(**v) for k, v in raw.pop("plugins", {}).items()}
+        return cls(tasks=tasks, plugins=plugins, **raw)
 
     def save(self, path: Path) -> None:
         data = asdict(self)
