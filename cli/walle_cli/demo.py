@@ -207,15 +207,24 @@ class Stack:
         self.admin.close()
         self.server.stop()
 
-    def results(self, task: str, version: str | None = None) -> list[dict[str, Any]]:
-        """Every uploaded result of ``task`` (per device when one page is not enough)."""
-        rows = self.admin.results(task, version, limit=10_000)
-        if len(rows) < 10_000:
-            return list(rows)
-        out: list[dict[str, Any]] = []
-        for dev in self.admin.devices(10_000):
-            out += self.admin.results(task, version, device=dev["id"], limit=10_000)
-        return out
+    def results(self, task: str, version: str | None = None, page: int = 5000) -> list[dict[str, Any]]:
+        """Every uploaded result of ``task``, page by page (each page continues after the last id)."""
+        return list(self.admin.all_results(task, version, page=page))
+
+
+class ResultTally:
+    """How many results the registry holds for a task, counted incrementally: each poll reads
+    only the pages after the last result id it saw."""
+
+    def __init__(self, admin: Any, task: str, page: int = 5000) -> None:
+        self.admin, self.task, self.page = admin, task, page
+        self.after = self.count = 0
+
+    def poll(self) -> int:
+        for row in self.admin.all_results(self.task, page=self.page, after=self.after):
+            self.count += 1
+            self.after = int(row["id"])
+        return self.count
 
 
 def verify_results(results: list[dict[str, Any]], model_path: Path, backend: str = "reference") -> list[str]:
@@ -334,6 +343,7 @@ async def _e2e(n: int, out: Path, seed: int, timeout_s: float, after_s: float, c
         timeline: list[tuple[float, int, int, int]] = []
         st: dict[str, Any] = {}
         n_results = 0
+        tally = ResultTally(stack.admin, scenario.TASK)
         with Live(console=con, refresh_per_second=4, transient=False) as live:
             while time.monotonic() - t_dep < timeout_s:
                 st = await asyncio.to_thread(stack.admin.status, dep["id"])
@@ -341,7 +351,7 @@ async def _e2e(n: int, out: Path, seed: int, timeout_s: float, after_s: float, c
                 ok = sum(p["succeeded"] for p in st["progress"])
                 bad = sum(p["failed"] for p in st["progress"])
                 timeline.append((time.monotonic() - t_dep, assigned, ok, bad))
-                n_results = len(await asyncio.to_thread(stack.admin.results, scenario.TASK, None, None, 0, 10_000))
+                n_results = await asyncio.to_thread(tally.poll)
                 live.update(_status_table(time.monotonic() - t_dep, st, fleet, n_results))
                 if st["state"] != "running":
                     break
@@ -350,8 +360,7 @@ async def _e2e(n: int, out: Path, seed: int, timeout_s: float, after_s: float, c
                 end = time.monotonic() + after_s
                 while time.monotonic() < end:
                     await asyncio.sleep(0.5)
-                    n_results = len(await asyncio.to_thread(stack.admin.results, scenario.TASK, None, None, 0,
-                                                            10_000))
+                    n_results = await asyncio.to_thread(tally.poll)
                     live.update(_status_table(time.monotonic() - t_dep, st, fleet, n_results))
         if st.get("state") != "completed":
             raise RuntimeError(f"the rollout did not complete within {timeout_s:g} s: {st.get('state')} "
