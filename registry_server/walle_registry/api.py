@@ -420,7 +420,7 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
                       device: Annotated[str | None, Query(max_length=128)] = None,
                       after: Annotated[int, Query(ge=0, le=2**62)] = 0,
                       limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[S.ResultOut]:
-        return [S.ResultOut(device=r.device_id, seq=r.seq, task=r.task, version=r.version, name=r.name, key=r.key,
+        return [S.ResultOut(id=r.id, device=r.device_id, seq=r.seq, task=r.task, version=r.version, name=r.name, key=r.key,
                             ts=r.ts, value=r.value, received_at=r.received_at)
                 for r in reg.results(task, version, device, after, limit)]
 
@@ -465,6 +465,8 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
     from walle_registry.console import mount_console
 
     mount_console(app, reg)
+    from walle_registry.plugins_api import mount_plugin_rollouts  # backend plugin rollouts (device agent)
+    mount_plugin_rollouts(app, reg)
     return app
 
 
