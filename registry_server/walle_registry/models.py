@@ -225,3 +225,34 @@ class DeploymentEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[float] = mapped_column(Float)
+
+
+class PluginDeployment(Base):
+    """A backend plugin version targeted at a population of devices (see plugins_api.py)."""
+
+    __tablename__ = "plugin_deployments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(Text)  # base64 Ed25519 over the wheel's sha256 hex
+    device_ids: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    filters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    percentage: Mapped[float] = mapped_column(Float)
+    seed: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))  # active|rolled_back
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class PluginInstall(Base):
+    """The latest install status a device reported for one plugin."""
+
+    __tablename__ = "plugin_installs"
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str] = mapped_column(Text, default="")
+    deployment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -14,8 +14,7 @@ verify the wheel against its own trusted keys before installing it.
 * ``POST /v1/device/plugins/status`` (device): install status (``downloading``, ``installed``,
   ``error``, ``removed``), kept per device and plugin.
 
-The two tables live in their own metadata, created (if missing) when the routes are mounted, so
-the task-deployment schema and its migrations are untouched.
+Tables: ``plugin_deployments`` and ``plugin_installs`` (models.py, migration 0003).
 """
 
 from __future__ import annotations
@@ -26,48 +25,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import JSON, Float, Integer, String, Text, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import select
 
 from walle_core.task import SignatureError, UnknownKeyError
 from walle_registry import policy
 from walle_registry.api import Deployer, DeviceP, Reader
 from walle_registry.errors import Conflict, Invalid, NotFound
+from walle_registry.models import PluginDeployment, PluginInstall
 from walle_registry.schemas import Filters, Strict
 from walle_registry.service import Registry
-
-
-class PluginBase(DeclarativeBase):
-    pass
-
-
-class PluginDeployment(PluginBase):
-    __tablename__ = "plugin_deployments"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(128), index=True)
-    version: Mapped[str] = mapped_column(String(64))
-    key_id: Mapped[str] = mapped_column(String(64))
-    signature: Mapped[str] = mapped_column(Text)  # base64 Ed25519 over the wheel's sha256 hex
-    device_ids: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
-    filters: Mapped[dict[str, Any]] = mapped_column(JSON)
-    percentage: Mapped[float] = mapped_column(Float)
-    seed: Mapped[str] = mapped_column(String(128))
-    state: Mapped[str] = mapped_column(String(16))  # active|rolled_back
-    created_by: Mapped[str] = mapped_column(String(128), default="")
-    created_at: Mapped[float] = mapped_column(Float)
-
-
-class PluginInstall(PluginBase):
-    """The latest install status a device reported for one plugin."""
-
-    __tablename__ = "plugin_installs"
-    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    version: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))
-    error: Mapped[str] = mapped_column(Text, default="")
-    deployment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class PluginDeploymentCreate(Strict):
@@ -123,7 +89,6 @@ class PluginRollouts:
 
     def __init__(self, reg: Registry) -> None:
         self.reg = reg
-        PluginBase.metadata.create_all(reg.db.write_engine, checkfirst=True)
 
     def create(self, spec: PluginDeploymentCreate, by: str) -> PluginDeployment:
         row = self.reg.plugin(spec.name, spec.version)  # 404 unless published
@@ -208,7 +173,7 @@ def _out(dep: PluginDeployment, installs: dict[str, int]) -> PluginDeploymentOut
 
 
 def mount_plugin_rollouts(app: FastAPI, reg: Registry) -> PluginRollouts:
-    """Add the plugin-rollout routes to ``app``; creates the two tables when missing."""
+    """Add the plugin-rollout routes to ``app``."""
     svc = PluginRollouts(reg)
     app.state.plugin_rollouts = svc
 
