@@ -198,7 +198,7 @@ def load(name, path):
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); return mod
 si, guard, machine = load("si", sys.argv[1]), load("guard", sys.argv[2]), load("machine", sys.argv[3])
-root, n, rounds = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+root, n, rounds, tiny = sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
 
 class SecurityError(Exception):
     pass
@@ -257,7 +257,18 @@ def phase(make, workers, pool=None):
             t.join()
     return n / meter.wall_s, meter.others_cores, meter.own_cores
 
+def start_ms(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        r = fn("tiny", tiny, "main.py", [], wall_time_s=10, output_bytes=1000)
+        times.append(time.perf_counter() - t0)
+        assert r["status"] == "ok", r
+    return machine.spread([t * 1e3 for t in times])["median"]
+
 pool = si.InterpreterPool()
+start = {"pooled_ms": start_ms(pool.run, 30), "fresh_ms": start_ms(si.run, 10)}
+pool.close_current()
 kinds = {"threads": thread_vm, "subinterpreters": pooled(pool), "subinterpreters_fresh": fresh}
 rates = {(k, w): [] for k in kinds for w in (1, 2)}
 own = {(k, w): [] for k in kinds for w in (1, 2)}
@@ -271,7 +282,7 @@ for r in range(rounds):
         others.append(busy if busy is not None else float("nan"))
 med = {key: machine.spread(v)["median"] for key, v in rates.items()}
 out = {"python": sys.version.split()[0], "tasks_per_phase": n, "rounds": rounds,
-       "interpreters_created": pool.created}
+       "interpreters_created": pool.created, "tiny_task_run": start}
 for (k, w), v in med.items():
     out[f"{k}_tasks_per_s_{w}_workers"] = v
 out["threads_speedup"] = round(med[("threads", 2)] / med[("threads", 1)], 3)
@@ -301,10 +312,13 @@ def pure_python(tmp: Path, n_tasks: int = 16, rounds: int = 3, python: str | Non
     root = tmp / "feature"
     root.mkdir(parents=True, exist_ok=True)
     (root / "main.py").write_text(textwrap.dedent(FEATURE_CODE))
+    tiny = tmp / "tiny_si"
+    tiny.mkdir(parents=True, exist_ok=True)
+    (tiny / "main.py").write_text("import walle\nwalle.output('ok', 1)\n")
     from walle_core.vm import guard, subinterp
 
     proc = subprocess.run([python, "-c", _SI_DRIVER, subinterp.__file__, guard.__file__, machine.__file__,
-                           str(root), str(n_tasks), str(rounds)],
+                           str(root), str(n_tasks), str(rounds), str(tiny)],
                           capture_output=True, text=True, timeout=600)
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-3:]}
