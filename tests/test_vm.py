@@ -273,6 +273,7 @@ def test_model_is_loaded_once_and_reused_across_runs(tmp_path: Path) -> None:
     assert second.outputs["names"] == [["x"], ["y"], [expected]]
     # Each run is charged for the engine's buffers, cached model or not.
     assert second.memory_peak >= first.memory_peak > 0
+    assert 0 < second.engine_s < second.wall_s
 
 
 def test_tasks_get_a_view_of_the_model_not_the_engine_object(tmp_path: Path) -> None:

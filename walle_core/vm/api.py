@@ -10,6 +10,7 @@ import copy
 import json
 import logging
 import threading
+import time
 import types
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -106,6 +107,7 @@ class TaskContext:
         self.models = models if models is not None else MODELS
         self._model: Any = None
         self._model_key: Key | None = None
+        self.engine_s = 0.0  # wall time inside the engine's run (kernels, mostly without the GIL)
         self._plan_bytes = 0
 
     # ------------------------------------------------------------------ API calls
@@ -137,7 +139,9 @@ class TaskContext:
         model = self._engine()
         if self.memory.exceeded:
             raise TaskMemoryError(f"task {self.name!r}: memory quota already exceeded")
+        t0 = time.perf_counter()
         results: dict[str, np.ndarray] = model.run(feeds)
+        self.engine_s += time.perf_counter() - t0
         grown = int(model.peak_bytes) - self._plan_bytes
         if grown > 0:  # this run's share of the arena (a cached model charges it on first use)
             self.memory.charge(grown, "the engine's buffers")

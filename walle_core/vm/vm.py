@@ -78,6 +78,7 @@ class TaskResult:
     start_s: float = 0.0  # from run() to the task's first bytecode
     memory_peak: int = 0
     mode: str = "thread"
+    engine_s: float = 0.0  # of wall_s, the time spent inside the model's run
 
     @property
     def ok(self) -> bool:
@@ -244,7 +245,7 @@ class ThreadVM:
         if result.status != OK:
             log.warning("task %s ended with %s: %s", spec.name, result.status, (result.error or "").splitlines()[0])
         result.outputs, result.logs, result.violations = ctx.outputs, ctx.logs, list(self.violations)
-        result.memory_peak = ctx.memory.peak
+        result.memory_peak, result.engine_s = ctx.memory.peak, ctx.engine_s
         result.wall_s = time.perf_counter() - t0
         return result
 
