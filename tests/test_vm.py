@@ -394,6 +394,39 @@ def test_subinterpreter_mode_guard_timeout_and_outputs(tmp_path: Path) -> None:
     assert out["sneaky"]["status"] == "security" and "import of 'os'" in out["sneaky"]["error"]
 
 
+def test_scheduler_gives_each_worker_a_pooled_interpreter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The pooling contract of the Scheduler, checked on any Python with a stand-in pool.
+    import threading
+
+    class FakePool:
+        def __init__(self) -> None:
+            self.runs: list[tuple[str, int]] = []
+            self.closed: list[int] = []
+
+        def run(self, name: str, root: str, entry: str, events: list[dict[str, object]], *,
+                wall_time_s: float, output_bytes: int) -> dict[str, object]:
+            self.runs.append((name, threading.get_ident()))
+            return {"status": "ok", "outputs": {"e": events}, "logs": [], "error": None,
+                    "violations": [], "wall_s": 0.001}
+
+        def close_current(self) -> None:
+            self.closed.append(threading.get_ident())
+
+    monkeypatch.setattr(subinterp, "available", lambda: True)
+    monkeypatch.setattr(subinterp, "InterpreterPool", FakePool)
+    spec = make_task(tmp_path / "si", "import walle\n", "si")
+    with Scheduler(workers=2, mode="subinterpreter") as sched:
+        results = [f.result(10) for f in [sched.submit(spec, [{"i": i}]) for i in range(6)]]
+        pool = sched.interpreters
+    assert [r.outputs for r in results] == [{"e": [{"i": i}]} for i in range(6)]
+    assert all(r.ok and r.mode == "subinterpreter" for r in results)
+    assert isinstance(pool, FakePool) and len(pool.runs) == 6
+    workers = {t for _, t in pool.runs}
+    assert workers <= set(pool.closed) and len(pool.closed) == 2  # every worker closed its own
+
+
 POOL_DRIVER = """
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("si", sys.argv[1])
