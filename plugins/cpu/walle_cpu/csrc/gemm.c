@@ -133,12 +133,12 @@ void wl_gemm(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const
     g.np = (n + isa->nr - 1) / isa->nr;
     g.mb = isa->mr * 8;
     g.nbp = 4;
+    if (nthreads <= 1 || m * n * k < 65536) nthreads = 1; /* dispatch would cost more */
     int64_t tasks = ((m + g.mb - 1) / g.mb) * ((g.np + g.nbp - 1) / g.nbp);
-    if (nthreads > 1 && tasks < 4 * nthreads) {
+    if (nthreads > 1 && tasks < 4 * nthreads) { /* finer tasks only when they are shared */
         g.mb = isa->mr * 2;
         g.nbp = 1;
     }
-    if (nthreads <= 1 || m * n * k < 65536) nthreads = 1; /* dispatch would cost more */
     g.mtiles = (m + g.mb - 1) / g.mb;
     tasks = g.mtiles * ((g.np + g.nbp - 1) / g.nbp);
     wl_parallel_for(tasks, gemm_task, &g, nthreads);
