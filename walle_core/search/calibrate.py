@@ -21,7 +21,7 @@ from walle_core.backend import Backend
 from walle_core.decompose.builder import Builder
 from walle_core.search.timing import time_ops
 
-SCHEMA = 4
+SCHEMA = 5
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 
@@ -33,6 +33,8 @@ def op_key(op: A.Op, algo: str) -> str:
         kind += ":cheap" if op.fn in CHEAP_UNARY else ":math"
     elif isinstance(op, A.Composite):
         kind += f":{op.name}"
+    elif isinstance(op, A.Reduce):
+        kind += ":rows" if op.inner == 1 else ":cols"  # contiguous runs vs strided lanes
     elif isinstance(op, A.Conv2D):
         w = op.inputs[1].shape
         kind += ":dw" if op.groups > 1 and w[1] == 1 else ":1x1" if w[2] == w[3] == 1 else ":kxk"
@@ -146,6 +148,7 @@ def _probe_ops(large: bool) -> list[A.Op]:
     b.select(b.tensor((n,), bool), x, b.tensor((n,), f32))
     b.cast(x, np.int32)
     b.reduce_axis(m, 1, "sum")
+    b.reduce_axis(m, 0, "sum")
     b.transpose(b.tensor((tr, tr), f32), (1, 0))
     b.matmul(b.tensor((mm, mm), f32), b.const(np.ones((mm, mm), f32)))
     img = b.tensor((1, ch, hw, hw), f32)
