@@ -19,6 +19,7 @@ from walle_core import atomic as A
 from walle_core import flags
 from walle_core.backend import Backend
 from walle_core.decompose.builder import Builder
+from walle_core.hostinfo import cpu_model
 from walle_core.search.timing import time_ops
 
 SCHEMA = 5
@@ -66,16 +67,6 @@ class Calibration:
         return float(np.median(pool))
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _build_stamp(backend: Backend) -> str:
     """Size and mtime of the backend's package files (Python and compiled): a rebuilt kernel
     library invalidates calibrations even when the backend forgot to bump its version."""
@@ -94,7 +85,7 @@ def fingerprint(backend: Backend) -> str:
     except Exception:  # a backend without a describable device still gets a stable key
         device = "?"
     raw = (f"{backend.name}|{backend.version}|{_build_stamp(backend)}|{device}|{platform.machine()}"
-           f"|{_cpu_model()}|{os.cpu_count()}")
+           f"|{cpu_model()}|{os.cpu_count()}")
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 

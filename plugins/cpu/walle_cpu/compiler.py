@@ -12,6 +12,7 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Executable, Program
+from walle_core.decompose.builder import contiguous
 from walle_core.errors import InputError, WalleError
 from walle_core.plan.memory import plan_arena
 from walle_cpu import codes as K
@@ -24,14 +25,6 @@ CHAIN_BINARY = frozenset({"add", "sub", "mul", "div", "pow", "max", "min", "mod"
 
 class KernelError(WalleError):
     """A C kernel met data it cannot process (out-of-range index, integer division by zero)."""
-
-
-def _contig(shape: Sequence[int]) -> list[int]:
-    out, acc = [], 1
-    for d in reversed(shape):
-        out.append(acc)
-        acc *= d
-    return list(reversed(out))
 
 
 def collapse(shape: Sequence[int], strides: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:
@@ -249,7 +242,7 @@ class CpuExecutable(Executable):
             hits = [i for i, x in enumerate(op.inputs) if x is t]
             if len(hits) != 1:
                 return False
-            return tuple(op.strides[hits[0]]) == tuple(_contig(t.shape)) and n_operands([*chain, op]) <= 5
+            return tuple(op.strides[hits[0]]) == tuple(contiguous(t.shape)) and n_operands([*chain, op]) <= 5
 
         def n_operands(ops: list[A.Op]) -> int:
             ids = {x.id for x in ops[0].inputs}
@@ -453,7 +446,7 @@ class CpuExecutable(Executable):
     def _encode_chain(self, d: Any, ch: _Chain) -> None:
         first = ch.ops[0]
         shape = ch.out.shape
-        contig = _contig(shape)
+        contig = contiguous(shape)
         operands: list[A.Tensor] = []
         strides: list[list[int]] = []
 
@@ -625,7 +618,7 @@ def _activation_step(op: A.Op, t: A.Tensor) -> tuple[str, tuple[float, ...]] | N
         return None
     if isinstance(op, A.Binary) and op.fn in ("max", "min") and len(op.inputs) == 2:
         hits = [k for k, x in enumerate(op.inputs) if x is t]
-        if len(hits) != 1 or tuple(op.strides[hits[0]]) != tuple(_contig(t.shape)):
+        if len(hits) != 1 or tuple(op.strides[hits[0]]) != tuple(contiguous(t.shape)):
             return None
         c = op.inputs[1 - hits[0]]
         if c.value is None or c.size != 1 or c.dtype != K.F32:

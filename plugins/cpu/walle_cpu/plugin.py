@@ -16,6 +16,7 @@ from walle_core import atomic as A
 from walle_core.backend import Algorithm, Availability, Backend, Cost, DeviceInfo, Executable, Program
 from walle_core.errors import BackendUnavailableError
 from walle_core.hookspecs import hookimpl
+from walle_core.hostinfo import cpu_model
 from walle_cpu import _native
 from walle_cpu.compiler import CpuExecutable, conv_algorithms, supports
 
@@ -33,16 +34,6 @@ def cpu_features() -> list[str]:
             flags = set(line.split(":", 1)[1].split())
             return [f for f in _INTERESTING if f in flags]
     return []
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def default_threads() -> int:
@@ -129,7 +120,7 @@ class CpuBackend(Backend):
 
     def device_info(self) -> DeviceInfo:
         return DeviceInfo(
-            name=cpu_name(),
+            name=cpu_model(),
             kind="cpu",
             details={"cores": str(os.cpu_count()), "arch": platform.machine(),
                      "simd": ",".join(cpu_features()), "kernels": isa() or "not built",
