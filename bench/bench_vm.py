@@ -3,6 +3,9 @@
     python bench/bench_vm.py          # prints the JSON report (same as ``walle bench vm --json``)
 
 All ratios come from one run on one machine; see walle_core/vm/bench.py for what each measures.
+Each timed phase reports the cores this process got and the cores other processes kept busy
+(`own_busy_cores_*`, `others_busy_cores_*`): on a shared machine read those before a ratio.
+Figures and the conditions they were measured under: docs/tasks.md, "Benchmarks".
 """
 
 from __future__ import annotations
