@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from walle_core.plugins import registry
 from walle_core.task import Quotas
 from walle_core.vm import Scheduler, TaskSpec, ThreadVM, machine, run_once, run_task, subinterp
 from walle_core.vm import data as cv
-from walle_core.vm.models import ModelCache, task_backend
+from walle_core.vm.models import ModelCache
 
 RNG = np.random.default_rng(0)
 W1 = RNG.standard_normal((16, 32)).astype(np.float32)
@@ -269,8 +270,8 @@ def test_model_is_loaded_once_and_reused_across_runs(tmp_path: Path) -> None:
     assert first.ok and second.ok, (first.error, second.error)
     assert cache.stats.loads == 1 and cache.stats.hits == 1 and cache.idle() == 1
     np.testing.assert_allclose(second.outputs["y"], reference(np.ones((1, 16), np.float32)), rtol=1e-5)
-    expected = "cpu" if task_backend("auto") == "cpu" else second.outputs["names"][2][0]
-    assert second.outputs["names"] == [["x"], ["y"], [expected]]
+    names = second.outputs["names"]
+    assert names[:2] == [["x"], ["y"]] and names[2][0] in {e.name for e in registry().entries()}
     # Each run is charged for the engine's buffers, cached model or not.
     assert second.memory_peak >= first.memory_peak > 0
     assert 0 < second.engine_s < second.wall_s

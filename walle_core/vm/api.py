@@ -21,7 +21,7 @@ import numpy as np
 
 from walle_core.task.manifest import Quotas
 from walle_core.vm.errors import OutputQuotaError, TaskMemoryError
-from walle_core.vm.models import MODELS, Key, ModelCache, TaskModel, task_backend
+from walle_core.vm.models import MODELS, Key, ModelCache, TaskModel
 
 log = logging.getLogger("walle.vm")
 
@@ -125,7 +125,7 @@ class TaskContext:
             if self.model_path is None:
                 raise FileNotFoundError(f"task {self.name!r} has no model in its bundle")
             self._model_key, self._model = self.models.checkout(
-                self.root / self.model_path, task_backend(self.backend), self.threads)
+                self.root / self.model_path, self.backend, self.threads)
         return self._model
 
     def release(self, healthy: bool) -> None:

@@ -134,7 +134,7 @@ def inference_throughput(tmp: Path, n_tasks: int = 4, runs_per_task: int = 10,
                          rounds: int = 5) -> dict[str, Any]:
     """Runs of 4 distinct conv-net tasks (batch 1) on a 1-worker vs a 2-worker scheduler."""
     from walle_core.vm import Scheduler
-    from walle_core.vm.models import MODELS, task_backend
+    from walle_core.vm.models import MODELS
 
     models = [convnet(seed=i) for i in range(n_tasks)]
     specs = [_task(tmp / f"infer{i}", INFER_CODE, models[i]) for i in range(n_tasks)]
@@ -169,7 +169,7 @@ def inference_throughput(tmp: Path, n_tasks: int = 4, runs_per_task: int = 10,
             others[workers].append(meter.others_cores if meter.others_cores is not None else float("nan"))
             own[workers].append(meter.own_cores)
     speedups = [b / a for a, b in zip(rates[1], rates[2], strict=True)]
-    backend = task_backend("auto")
+    backend = "auto"
     engine = _engine_ms(models[0], backend)
     run_median = statistics.median(run_ms)
     return {

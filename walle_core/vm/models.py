@@ -18,15 +18,14 @@ What is shared, and with whom:
 * Tasks never see the ``Model`` object itself, only :class:`TaskModel` (run and describe), so a
   task cannot re-point the cached instance's backends or plans for the next run.
 
-Backend choice: ``auto`` in a task means the ``cpu`` backend when it is available (and
-``WALLE_BACKENDS`` does not say otherwise). Tasks run side by side with one kernel thread each
-(``TaskSpec.threads``), so the VM's parallelism is across tasks; the cpu backend runs a whole
-plan in one C call that releases the GIL, which is what lets two workers use two cores.
+Backend choice is the engine's: ``auto`` lets the semi-auto search pick per op (planned once,
+cached here). Tasks run side by side with one kernel thread each (``TaskSpec.threads``), so the
+VM's parallelism is across tasks; the cpu backend runs a whole plan in one C call that releases
+the GIL, which is what lets two workers use two cores.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -36,28 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from walle_core import flags
-
 Key = tuple[str, int, int, int, str, int | None]
-
-
-@functools.cache
-def _cpu_available() -> bool:
-    from walle_core.errors import BackendUnavailableError
-    from walle_core.plugins import registry
-
-    try:
-        registry().get("cpu")
-    except BackendUnavailableError:
-        return False
-    return True
-
-
-def task_backend(requested: str) -> str:
-    """The backend a task's model loads with: ``auto`` lands on ``cpu`` where it is available."""
-    if requested != "auto" or flags.backend_preference():
-        return requested
-    return "cpu" if _cpu_available() else "auto"
 
 
 @dataclass
