@@ -35,7 +35,7 @@ from walle_core.plugins import registry
 REFERENCE = registry().get("reference")
 BACKENDS = [b for b in registry().available() if b.name != "reference"]
 KINDS = ["Raster", "Unary", "Binary", "Select", "Cast", "Reduce", "MatMul", "Conv2D", "Pool2D",
-         "GatherScatter", "Sort", "Chain"]
+         "GatherScatter", "Sort", "Chain", "Residual"]
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -368,7 +368,7 @@ ACTS = [A.Activation(), A.Activation("relu"), A.Activation("clip", (0.0, 6.0)),
         A.Activation("gelu"), A.Activation("tanh")]
 
 
-def case_conv(draw: st.DrawFn) -> Case:
+def case_conv(draw: st.DrawFn, fused_act: bool = True) -> Case:
     c = Case()
     style = draw(st.sampled_from(["general", "depthwise", "winograd", "1x1"]))
     n = draw(st.integers(1, 2))
@@ -404,7 +404,7 @@ def case_conv(draw: st.DrawFn) -> Case:
     if draw(st.booleans()):
         biasv = values(draw, (cout,), F32, -1, 1)
         ins.append(c.const(biasv))
-    act = draw(st.sampled_from(ACTS))
+    act = draw(st.sampled_from(ACTS)) if fused_act else A.Activation()
     out = c.b.tensor((n, cout, oh, ow), F32)
     op = A.Conv2D(ins, [out], strides=strides, pads=pads, dilations=dil, groups=groups, act=act)  # type: ignore[arg-type]
     c.b.emit(op)
@@ -528,10 +528,53 @@ def exact_chain(c: Case) -> np.ndarray:
     return np.broadcast_to(vals[c.outputs[0].id], c.outputs[0].shape)
 
 
+RESIDUAL_ACTS = ["none", "relu", "max0", "clip6", "tanh", "hardswish"]
+
+
+def case_residual(draw: st.DrawFn) -> Case:
+    """Conv2D (every algorithm, via case_conv) or MatMul, then ``add`` of a tensor of the
+    output's shape in either operand order, then optionally an activation: what the cpu
+    backend folds into the conv/GEMM epilogue (ResNet's conv -> add(identity) -> relu). The
+    residual is a program input, a constant, the conv's own input (identity shortcut), or the
+    result of an op emitted after the conv (so the fused op must run at the add's place)."""
+    producer = draw(st.sampled_from(["conv", "conv", "matmul"]))
+    c = case_conv(draw, fused_act=False) if producer == "conv" else case_matmul(draw)
+    y = c.outputs[0]
+    base = c.bound
+    assert base is not None
+    rv = values(draw, y.shape, F32, -1, 1)
+    how = draw(st.sampled_from(["input", "const", "after", "shortcut"]))
+    x = c.b.ops[0].inputs[0]
+    if how == "shortcut" and x.shape == y.shape:
+        r = x
+        rv = next(v for t, v in c.feeds if t is x)
+    elif how == "const":
+        r = c.const(rv)
+    elif how == "after":
+        r = c.b.unary("neg", c.input(-rv))
+    else:
+        r = c.input(rv)
+    z = c.b.binary("add", y, r) if draw(st.booleans()) else c.b.binary("add", r, y)
+    act = draw(st.sampled_from(RESIDUAL_ACTS))
+    if act in ("relu", "tanh", "hardswish"):
+        z = c.b.unary(act, z)
+    elif act in ("max0", "clip6"):
+        z = c.b.binary("max", z, c.const(np.zeros((), F32)))
+        if act == "clip6":
+            z = c.b.binary("min", c.const(np.full((), 6, F32)), z)
+    c.outputs = [z]
+    # the add's terms on top of the producer's bound; activations here are at most
+    # 1.5-Lipschitz (hardswish), covered by the factor 2
+    rmag = np.abs(rv).astype(np.float64)
+    c.bound = lambda want, f=base, ra=rmag: [2 * (f(want)[0] + ra)]
+    return c
+
+
 CASES: dict[str, Callable[[st.DrawFn], Case]] = {
     "Raster": case_raster, "Unary": case_unary, "Binary": case_binary, "Select": case_select,
     "Cast": case_cast, "Reduce": case_reduce, "MatMul": case_matmul, "Conv2D": case_conv,
     "Pool2D": case_pool, "GatherScatter": case_gather_scatter, "Sort": case_sort, "Chain": case_chain,
+    "Residual": case_residual,
 }
 
 
@@ -563,3 +606,44 @@ def test_conformance(backend: Backend, kind: str, data: st.DataObject) -> None:
             return
         bounds = case.bound(want) if case.bound else [None] * len(want)
         compare(got, want, bounds)
+
+
+@pytest.mark.skipif("cpu" not in {b.name for b in BACKENDS}, reason="cpu backend not built")
+@pytest.mark.parametrize("order", ["conv_first", "residual_first"])
+@pytest.mark.parametrize("act", ["none", "relu"])
+@pytest.mark.parametrize("producer", ["conv", "matmul"])
+def test_cpu_fuses_residual_add(producer: str, act: str, order: str) -> None:
+    """The residual case above really runs fused on cpu (one op, labelled +residual), for
+    every conv algorithm, and matches the reference."""
+    cpu = next(b for b in BACKENDS if b.name == "cpu")
+    rng = np.random.default_rng(7)
+    c = Case()
+    if producer == "conv":
+        xv = rng.uniform(-1, 1, (1, 8, 9, 9)).astype(F32)
+        x = c.input(xv)
+        y = c.b.tensor((1, 8, 9, 9), F32)
+        w = c.const(rng.uniform(-1, 1, (8, 8, 3, 3)).astype(F32))
+        c.b.emit(A.Conv2D([x, w, c.const(rng.uniform(-1, 1, 8).astype(F32))], [y], pads=(1, 1, 1, 1)))
+        r = x
+    else:
+        av = rng.uniform(-1, 1, (1, 5, 7)).astype(F32)
+        a = c.input(av)
+        y = c.b.tensor((1, 5, 6), F32)
+        c.b.emit(A.MatMul([a, c.const(rng.uniform(-1, 1, (1, 7, 6)).astype(F32))], [y], m=5, n=6, k=7,
+                          a_batch_stride=35, b_batch_stride=42))
+        r = c.input(rng.uniform(-1, 1, (1, 5, 6)).astype(F32))
+    z = c.b.binary("add", y, r) if order == "conv_first" else c.b.binary("add", r, y)
+    if act == "relu":
+        z = c.b.unary("relu", z)
+    c.outputs = [z]
+    want = reference(c)
+    algos = [a.name for a in cpu.algorithms(c.b.ops[0])]
+    for name in algos:
+        items = [(op, next((a for a in cpu.algorithms(op) if a.name == name), cpu.algorithms(op)[0]))
+                 for op in c.b.ops]
+        ex = cpu.compile(Program(items, [t for t, _ in c.feeds], [z]), threads=2)
+        labels = ex._labels  # type: ignore[attr-defined]
+        assert len(labels) == 1 and "+residual" in labels[0], labels
+        assert act == "none" or "+relu" in labels[0], labels
+        no_bound: list[np.ndarray | None] = [None]
+        compare(ex.run([v for _, v in c.feeds]), want, no_bound, rtol=1e-5, atol=1e-4)

@@ -52,7 +52,7 @@ static void test_gemm(int64_t m, int64_t n, int64_t k, int trans_b) {
     float *bp = malloc(sizeof(float) * wl_packed_b_floats(k, n));
     wl_pack_b(b, k, n, trans_b, bp);
     static const double noargs[4] = {0, 0, 0, 0};
-    wl_gemm(m, n, k, a, k, bp, c, n, bias, BIAS_COL, U_RELU, noargs, 2);
+    wl_gemm(m, n, k, a, k, bp, c, n, bias, BIAS_COL, NULL, U_RELU, noargs, 2);
     char name[96];
     snprintf(name, sizeof name, "gemm %lldx%lldx%lld trans_b=%d +bias+relu", (long long)m, (long long)n,
              (long long)k, trans_b);
@@ -92,11 +92,13 @@ static void test_binary(void) {
 }
 
 static void test_conv(int algo, int64_t c, int64_t o, int64_t h, int64_t w, int64_t k, int64_t s,
-                      int64_t pad, int64_t groups) {
+                      int64_t pad, int64_t groups, int with_res) {
     int64_t oh = (h + 2 * pad - k) / s + 1, ow = (w + 2 * pad - k) / s + 1, cg = c / groups;
     int64_t og = o / groups;
     float *x = malloc(sizeof(float) * c * h * w), *wt = malloc(sizeof(float) * o * cg * k * k);
     float *bias = malloc(sizeof(float) * o), *y = malloc(sizeof(float) * o * oh * ow);
+    float *res = with_res ? malloc(sizeof(float) * o * oh * ow) : NULL;
+    if (res) for (int64_t i = 0; i < o * oh * ow; i++) res[i] = frand();
     double *want = malloc(sizeof(double) * o * oh * ow), *mag = malloc(sizeof(double) * o * oh * ow);
     for (int64_t i = 0; i < c * h * w; i++) x[i] = frand();
     for (int64_t i = 0; i < o * cg * k * k; i++) wt[i] = frand();
@@ -117,6 +119,10 @@ static void test_conv(int algo, int64_t c, int64_t o, int64_t h, int64_t w, int6
                             t += fabs(v);
                         }
                 int64_t idx = (oc * oh + oy) * ow + ox;
+                if (res) {
+                    sum += res[idx];
+                    t += fabs(res[idx]);
+                }
                 want[idx] = sum < 0 ? 0 : (sum > 6 ? 6 : sum);
                 mag[idx] = 2 * t;
             }
@@ -126,6 +132,7 @@ static void test_conv(int algo, int64_t c, int64_t o, int64_t h, int64_t w, int6
     op.algo = algo;
     int64_t vals[] = {1, c, h, w, o, oh, ow, k, k, s, s, pad, pad, 1, 1, groups, 1, U_CLIP};
     for (int i = 0; i < 18; i++) op.p[i] = vals[i];
+    op.p[19] = with_res ? 3 : 0; /* ins[3] in a real plan; only its presence matters here */
     op.f[0] = 0;
     op.f[1] = 6;
     float *u = NULL;
@@ -136,19 +143,19 @@ static void test_conv(int algo, int64_t c, int64_t o, int64_t h, int64_t w, int6
         op.p[18] = wl_active->nr;
     }
     char err[128] = "";
-    int rc = wl_conv(&op, x, wt, bias, y, 2, err, sizeof err);
+    int rc = wl_conv(&op, x, wt, bias, res, y, 2, err, sizeof err);
     static const char *names[] = {"im2col", "1x1", "depthwise", "winograd"};
     char name[128];
-    snprintf(name, sizeof name, "conv %s c=%lld o=%lld %lldx%lld k=%lld s=%lld pad=%lld g=%lld +bias+relu6",
+    snprintf(name, sizeof name, "conv %s c=%lld o=%lld %lldx%lld k=%lld s=%lld pad=%lld g=%lld +bias%s+relu6",
              names[algo], (long long)c, (long long)o, (long long)h, (long long)w, (long long)k,
-             (long long)s, (long long)pad, (long long)groups);
+             (long long)s, (long long)pad, (long long)groups, res ? "+residual" : "");
     if (rc) {
         printf("FAIL %s: %s\n", name, err);
         failures++;
     } else {
         check(name, y, want, mag, o * oh * ow, 1e-5);
     }
-    free(x); free(wt); free(bias); free(y); free(want); free(mag); free(u);
+    free(x); free(wt); free(bias); free(y); free(want); free(mag); free(u); free(res);
 }
 
 int main(int argc, char **argv) {
@@ -168,13 +175,18 @@ int main(int argc, char **argv) {
     test_unary(U_HARDSWISH, "hardswish", d_hswish, -8, 8);
     test_unary(U_CLIP, "clip(0,6)", d_clip, -8, 8);
     test_binary();
-    test_conv(C_IM2COL, 3, 5, 9, 7, 3, 2, 1, 1);
-    test_conv(C_IM2COL, 4, 6, 6, 6, 3, 1, 1, 2);
-    test_conv(C_1X1, 9, 11, 5, 7, 1, 1, 0, 1);
-    test_conv(C_DEPTHWISE, 5, 5, 8, 9, 3, 1, 1, 5);
-    test_conv(C_DEPTHWISE, 4, 4, 9, 9, 3, 2, 1, 4);
-    test_conv(C_WINOGRAD, 7, 9, 9, 10, 3, 1, 1, 1);
-    test_conv(C_WINOGRAD, 33, 17, 6, 5, 3, 1, 0, 1);
+    test_conv(C_IM2COL, 3, 5, 9, 7, 3, 2, 1, 1, 0);
+    test_conv(C_IM2COL, 4, 6, 6, 6, 3, 1, 1, 2, 0);
+    test_conv(C_1X1, 9, 11, 5, 7, 1, 1, 0, 1, 0);
+    test_conv(C_DEPTHWISE, 5, 5, 8, 9, 3, 1, 1, 5, 0);
+    test_conv(C_DEPTHWISE, 4, 4, 9, 9, 3, 2, 1, 4, 0);
+    test_conv(C_WINOGRAD, 7, 9, 9, 10, 3, 1, 1, 1, 0);
+    test_conv(C_WINOGRAD, 33, 17, 6, 5, 3, 1, 0, 1, 0);
+    test_conv(C_IM2COL, 3, 5, 9, 7, 3, 2, 1, 1, 1);  /* im2col + GEMM epilogue */
+    test_conv(C_IM2COL, 4, 6, 6, 6, 3, 1, 1, 1, 1);  /* implicit GEMM (stride 1) */
+    test_conv(C_1X1, 9, 11, 5, 7, 1, 1, 0, 1, 1);
+    test_conv(C_DEPTHWISE, 5, 5, 8, 9, 3, 1, 1, 5, 1);
+    test_conv(C_WINOGRAD, 7, 9, 9, 10, 3, 1, 1, 1, 1);
     wl_pool_shutdown();
     if (failures) {
         printf("%d FAILED\n", failures);

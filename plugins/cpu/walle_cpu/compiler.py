@@ -3,6 +3,7 @@ one ``wl_run`` call per ``Executable.run`` (the GIL is released for the whole pl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Sequence
@@ -257,6 +258,7 @@ class CpuExecutable(Executable):
                 out.extend((o, Algorithm("direct")) for o in chain)
             chain.clear()
 
+        items = self._fuse_residuals(items, uses, external)
         items = self._fuse_activations(items, uses, external)
         for op, algo in items:
             if fusable(op) and chain and continues(chain[-1], op):
@@ -277,6 +279,50 @@ class CpuExecutable(Executable):
             return False
         return oa < ob + max(b.nbytes, 1) and ob < oa + max(a.nbytes, 1)
 
+    @staticmethod
+    def _fuse_residuals(items: Sequence[tuple[A.Op, Algorithm]], uses: dict[int, int],
+                        external: set[int]) -> list[tuple[A.Op, Algorithm]]:
+        """Fold ``add(conv(x), r)`` (either operand order) into the Conv2D's epilogue, and
+        likewise for MatMul: ``r`` must have exactly the output's shape, contiguous, float32,
+        and the conv/matmul output no other reader. The fused op runs at the add's place in
+        the plan (so ``r`` exists by then; the producer's inputs are immutable values, and the
+        arena is re-planned on the fused list, which keeps them alive until it runs). ``r`` is
+        listed as the fused op's last input, so the planner never lets the output share
+        memory with it (an op's inputs and output are live at the same step): the kernels rely
+        on that, reading ``r`` after parts of the output were written."""
+        out: list[tuple[A.Op, Algorithm] | None] = []
+        pos: dict[int, int] = {}  # id of a fusable producer's output -> its index in out
+        for op, algo in items:
+            if isinstance(op, A.Binary) and op.fn == "add" and len(op.inputs) == 2 \
+                    and op.out.dtype == K.F32 and op.out.size > 0:
+                best: tuple[int, int] | None = None
+                contig = tuple(contiguous(op.out.shape))
+                for k in (0, 1):
+                    t, r = op.inputs[k], op.inputs[1 - k]
+                    p = pos.get(t.id)
+                    if p is None or r is t or t.id in external or uses.get(t.id, 0) != 1:
+                        continue
+                    if t.shape != op.out.shape or r.shape != op.out.shape or r.dtype != K.F32:
+                        continue
+                    if tuple(op.strides[k]) != contig or tuple(op.strides[1 - k]) != contig:
+                        continue
+                    if best is None or p > best[0]:  # the later producer: shorter lifetimes
+                        best = (p, k)
+                if best is not None:
+                    p, k = best
+                    prod = out[p]
+                    assert prod is not None
+                    out[p] = None
+                    pos.pop(prod[0].out.id, None)
+                    out.append((_with_residual(prod[0], op.inputs[1 - k], op.out), prod[1]))
+                    continue
+            if isinstance(op, A.Conv2D | A.MatMul) and not isinstance(op, _ConvRes | _MatMulRes) \
+                    and op.out.dtype == K.F32 and op.out.size > 0 \
+                    and (not isinstance(op, A.Conv2D) or op.act.fn == "identity"):
+                pos[op.out.id] = len(out)
+            out.append((op, algo))
+        return [x for x in out if x is not None]
+
     def _fuse_activations(self, items: Sequence[tuple[A.Op, Algorithm]], uses: dict[int, int],
                           external: set[int]) -> list[tuple[A.Op, Algorithm]]:
         """Fold the activation that directly follows a Conv2D into the kernel's epilogue: a
@@ -289,7 +335,7 @@ class CpuExecutable(Executable):
         while i < len(items):
             op, algo = items[i]
             i += 1
-            if not isinstance(op, A.Conv2D) or op.act.fn != "identity":
+            if not isinstance(op, A.Conv2D | _MatMulRes) or op.act.fn != "identity":
                 out.append((op, algo))
                 continue
             start = i
@@ -316,16 +362,15 @@ class CpuExecutable(Executable):
                 if fn != "clip":
                     break
             # im2col/1x1 with one image and one group pack the whole input before writing
-            packs_first = (algo.name in ("im2col+gemm", "1x1-gemm") and op.groups == 1
-                           and op.inputs[0].shape[0] == 1)
-            if fn == "identity" or (self._overlaps(op.inputs[0], last) and not packs_first):
+            packs_first = isinstance(op, A.Conv2D) and (
+                algo.name in ("im2col+gemm", "1x1-gemm") and op.groups == 1
+                and op.inputs[0].shape[0] == 1)
+            if fn == "identity" or (isinstance(op, A.Conv2D) and self._overlaps(op.inputs[0], last)
+                                    and not packs_first):
                 out.append((op, algo))
                 out.extend(items[start:i])  # refused: the consumed ops run as they were
                 continue
-            fused = A.Conv2D(list(op.inputs), [last], strides=op.strides, pads=op.pads,
-                             dilations=op.dilations, groups=op.groups,
-                             act=A.Activation(fn, params))
-            out.append((fused, algo))
+            out.append((dataclasses.replace(op, outputs=[last], act=A.Activation(fn, params)), algo))
         return out
 
     # ------------------------------------------------------------------ descriptors
@@ -493,13 +538,28 @@ class CpuExecutable(Executable):
             prm[i, : len(p)] = p
         d.aux2 = self._aux(prm)
 
+    def _check_residual(self, op: A.Op) -> None:
+        """The kernels read the residual after writing parts of the output: never aliased."""
+        r, y = op.inputs[-1], op.out
+        ro, yo = self._offsets.get(r.id), self._offsets.get(y.id)
+        if r.id == y.id or (ro is not None and yo is not None
+                            and ro < yo + max(y.nbytes, 1) and yo < ro + max(r.nbytes, 1)):
+            raise WalleError("fused residual shares memory with the output")  # planner prevents it
+
     def _encode_matmul(self, d: Any, op: A.MatMul) -> None:
         d.kind = K.MATMUL
         self._bind(d, op)
+        res = isinstance(op, _MatMulRes)
         vals = [op.batch, op.m, op.n, op.k, int(op.trans_a), int(op.trans_b), op.a_batch_stride,
-                op.b_batch_stride, int(len(op.inputs) > 2), int(op.bias_full)]
+                op.b_batch_stride, int(len(op.inputs) - res > 2), int(op.bias_full)]
         for i, v in enumerate(vals):
             d.p[i] = v
+        if isinstance(op, _MatMulRes):
+            self._check_residual(op)
+            d.p[12] = len(op.inputs) - 1
+            d.p[13] = K.UNARY_FNS[op.act.fn]
+            for i, prm in enumerate(op.act.params[:8]):
+                d.f[i] = prm
         b = op.inputs[1]
         if b.value is not None:  # constant weights: pack once, here
             nb = op.batch if op.b_batch_stride else 1
@@ -525,10 +585,14 @@ class CpuExecutable(Executable):
         n, c, h, w = op.inputs[0].shape
         o, _cg, kh, kw = op.inputs[1].shape
         _, _, oh, ow = op.out.shape
+        res = isinstance(op, _ConvRes)
         vals = [n, c, h, w, o, oh, ow, kh, kw, *op.strides, op.pads[0], op.pads[1], *op.dilations,
-                op.groups, int(len(op.inputs) > 2), K.UNARY_FNS[op.act.fn]]
+                op.groups, int(len(op.inputs) - res > 2), K.UNARY_FNS[op.act.fn]]
         for i, v in enumerate(vals):
             d.p[i] = int(v)
+        if res:
+            self._check_residual(op)
+            d.p[19] = len(op.inputs) - 1
         for i, prm in enumerate(op.act.params[:8]):
             d.f[i] = prm
         if name == "winograd-f23":
@@ -636,7 +700,34 @@ def _label(op: A.Op, algo: Algorithm) -> str:
         return f"chain[{names}] {list(op.out.shape)}"
     fn = getattr(op, "fn", "")
     ins = " ".join(str(list(t.shape)) for t in op.inputs[:2])
-    return f"{op.kind.value}{'/' + fn if isinstance(fn, str) and fn else ''} {algo.name} {ins} -> {list(op.out.shape)}"
+    extra = "+residual" if isinstance(op, _ConvRes | _MatMulRes) else ""
+    act = getattr(op, "act", None)
+    if isinstance(act, A.Activation) and act.fn != "identity":
+        extra += f"+{act.fn}"
+    return (f"{op.kind.value}{'/' + fn if isinstance(fn, str) and fn else ''}{extra} {algo.name} {ins}"
+            f" -> {list(op.out.shape)}")
+
+
+@dataclasses.dataclass(eq=False)
+class _ConvRes(A.Conv2D):
+    """Conv2D whose last input is a residual added after the bias, before ``act``."""
+
+
+@dataclasses.dataclass(eq=False)
+class _MatMulRes(A.MatMul):
+    """MatMul whose last input is a residual of the output's shape, then ``act``."""
+
+    act: A.Activation = dataclasses.field(default_factory=A.Activation)
+
+
+def _with_residual(op: A.Op, r: A.Tensor, out: A.Tensor) -> A.Op:
+    fields = {f.name: getattr(op, f.name) for f in dataclasses.fields(op) if f.init}
+    fields["inputs"] = [*op.inputs, r]
+    fields["outputs"] = [out]
+    if isinstance(op, A.Conv2D):
+        return _ConvRes(**fields)
+    assert isinstance(op, A.MatMul)
+    return _MatMulRes(**fields)
 
 
 class _Chain(A.Op):

@@ -927,14 +927,16 @@ static int run_op(const wl_op *op, int oi, char **slots, int nthreads, char *err
         }
         case WL_MATMUL:
             if (wl_matmul(op, (const float *)PTR(op->ins[0]), (const float *)PTR(op->ins[1]),
-                          op->n_in > 2 ? (const float *)PTR(op->ins[2]) : NULL, (float *)y, nthreads,
-                          err, errlen))
+                          op->p[8] ? (const float *)PTR(op->ins[2]) : NULL,
+                          op->p[12] ? (const float *)PTR(op->ins[op->p[12]]) : NULL, (float *)y,
+                          nthreads, err, errlen))
                 return oi + 1;
             break;
         case WL_CONV:
             if (wl_conv(op, (const float *)PTR(op->ins[0]), (const float *)PTR(op->ins[1]),
-                        op->n_in > 2 ? (const float *)PTR(op->ins[2]) : NULL, (float *)y, nthreads,
-                        err, errlen))
+                        op->p[16] ? (const float *)PTR(op->ins[2]) : NULL,
+                        op->p[19] ? (const float *)PTR(op->ins[op->p[19]]) : NULL, (float *)y,
+                        nthreads, err, errlen))
                 return oi + 1;
             break;
         case WL_POOL: {

@@ -77,6 +77,7 @@ static void pack_b_parallel(const float *b, int64_t k, int64_t n, int64_t ldb, i
 typedef struct {
     int64_t m, n, k, lda, ldc, mb, nbp, mtiles, np;
     const float *a, *bp, *bias;
+    const float *res; /* residual added before the activation (layout of c), or NULL */
     float *c;
     int bias_mode, act;
     const double *act_p;
@@ -106,7 +107,7 @@ static void gemm_task(void *vp, int64_t t) {
             }
         }
     }
-    if (g->bias_mode == BIAS_NONE && g->act == U_IDENTITY) return;
+    if (g->bias_mode == BIAS_NONE && g->act == U_IDENTITY && !g->res) return;
     int64_t j0 = p0 * nr, j1 = p1 * nr < g->n ? p1 * nr : g->n;
     for (int64_t r = r0; r < r1; r++) {
         float *row = g->c + r * g->ldc;
@@ -118,18 +119,24 @@ static void gemm_task(void *vp, int64_t t) {
         } else if (g->bias_mode == BIAS_FULL) {
             for (int64_t j = j0; j < j1; j++) row[j] += g->bias[r * g->n + j];
         }
+        /* the residual never shares memory with c (the arena planner keeps an op's inputs and
+         * output apart), so reading it after the tiles wrote c is safe */
+        if (g->res) {
+            const float *rr = g->res + r * g->ldc;
+            isa->binary_f32(B_ADD, row + j0, 1, rr + j0, 1, row + j0, j1 - j0);
+        }
         if (g->act != U_IDENTITY) isa->unary_f32(g->act, row + j0, row + j0, j1 - j0, g->act_p);
     }
 }
 
 void wl_gemm(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *bp,
-             float *c, int64_t ldc, const float *bias, int bias_mode, int act, const double *act_p,
-             int nthreads) {
+             float *c, int64_t ldc, const float *bias, int bias_mode, const float *res, int act,
+             const double *act_p, int nthreads) {
     if (m <= 0 || n <= 0) return;
     const wl_isa *isa = wl_active;
     gemm_ctx g;
     g.m = m; g.n = n; g.k = k; g.lda = lda; g.ldc = ldc; g.a = a; g.bp = bp; g.c = c;
-    g.bias = bias; g.bias_mode = bias_mode; g.act = act; g.act_p = act_p;
+    g.bias = bias; g.bias_mode = bias_mode; g.res = res; g.act = act; g.act_p = act_p;
     g.np = (n + isa->nr - 1) / isa->nr;
     g.mb = isa->mr * 8;
     g.nbp = 4;
@@ -148,7 +155,7 @@ void wl_gemm(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const
 
 typedef struct {
     const wl_op *op;
-    const float *a, *b, *bias;
+    const float *a, *b, *bias, *res;
     float *y;
     int threads_inner;
     int failed;
@@ -179,19 +186,18 @@ static void mm_batch(void *vp, int64_t bi) {
         a = at;
     }
     int bmode = !c->bias ? BIAS_NONE : (op->p[9] ? BIAS_FULL : BIAS_COL);
-    static const double noargs[4] = {0, 0, 0, 0};
-    wl_gemm(m, n, k, a, lda, bp, c->y + bi * m * n, n, c->bias, bmode, U_IDENTITY, noargs,
-            c->threads_inner);
+    wl_gemm(m, n, k, a, lda, bp, c->y + bi * m * n, n, c->bias, bmode,
+            c->res ? c->res + bi * m * n : NULL, (int)op->p[13], op->f, c->threads_inner);
 }
 
-int wl_matmul(const wl_op *op, const float *a, const float *b, const float *bias, float *y,
-              int nthreads, char *err, int errlen) {
+int wl_matmul(const wl_op *op, const float *a, const float *b, const float *bias,
+              const float *res, float *y, int nthreads, char *err, int errlen) {
     int64_t batch = op->p[0], m = op->p[1], n = op->p[2], k = op->p[3];
     if (op->aux && op->p[11] != wl_active->nr) {
         snprintf(err, errlen, "weights were packed for another ISA (nr=%lld)", (long long)op->p[11]);
         return 1;
     }
-    mm_ctx c = {op, a, b, op->p[8] ? bias : NULL, y, nthreads, 0};
+    mm_ctx c = {op, a, b, op->p[8] ? bias : NULL, res, y, nthreads, 0};
     if (batch > 1 && (batch >= 2 * nthreads || m * n * k < 262144)) {
         c.threads_inner = 1;
         wl_parallel_for(batch, mm_batch, &c, nthreads);
@@ -209,7 +215,7 @@ int wl_matmul(const wl_op *op, const float *a, const float *b, const float *bias
 
 typedef struct {
     const wl_op *op;
-    const float *x, *w, *bias;
+    const float *x, *w, *bias, *res;
     float *y;
     float *bp;
     int64_t n_img, g, chunk, np;
@@ -292,7 +298,7 @@ static void im2col_task(void *vp, int64_t t) {
  * dropped (a (wp - OW)/wp overhead). */
 typedef struct {
     const wl_op *op;
-    const float *xp, *w, *bias;
+    const float *xp, *w, *bias, *res;
     float *y;
     const int64_t *off;
     int64_t wp, tiles, chunk, K;
@@ -321,6 +327,7 @@ static void igemm_task(void *vp, int64_t t) {
             for (int rr = 0; rr < rows; rr++) {
                 float bv = ic->bias ? ic->bias[r + rr] : 0.0f;
                 float *yo = ic->y + (r + rr) * NP;
+                const float *ro = ic->res ? ic->res + (r + rr) * NP : NULL;
                 const float *src = tmp + rr * nr;
                 for (int64_t j = 0; j < nv;) {
                     int64_t i = i0 + j, oy = i / wp, ox = i % wp;
@@ -328,7 +335,12 @@ static void igemm_task(void *vp, int64_t t) {
                     int64_t valid = ox < OW ? (OW - ox < len ? OW - ox : len) : 0;
                     if (valid > 0) {
                         float *d = yo + oy * OW + ox;
-                        for (int64_t q = 0; q < valid; q++) d[q] = src[j + q] + bv;
+                        if (ro) {
+                            const float *rv = ro + oy * OW + ox;
+                            for (int64_t q = 0; q < valid; q++) d[q] = src[j + q] + bv + rv[q];
+                        } else {
+                            for (int64_t q = 0; q < valid; q++) d[q] = src[j + q] + bv;
+                        }
                         if (act != U_IDENTITY) isa->unary_f32(act, d, d, valid, op->f);
                     }
                     j += len;
@@ -360,7 +372,7 @@ static void pad_task(void *vp, int64_t c) {
 }
 
 static int conv_implicit(const wl_op *op, const float *x, const float *w, const float *bias,
-                         float *y, int nthreads, char *err, int errlen) {
+                         const float *res, float *y, int nthreads, char *err, int errlen) {
     const int64_t nr = wl_active->nr;
     int64_t N = CP(0), C = CP(1), H = CP(2), W = CP(3), O = CP(4), OH = CP(5), OW = CP(6);
     int64_t KH = CP(7), KW = CP(8), pt = CP(11), pl = CP(12), dh = CP(13), dw = CP(14);
@@ -385,7 +397,8 @@ static int conv_implicit(const wl_op *op, const float *x, const float *w, const 
         if (pc.H > hp - pt) pc.H = hp - pt;
         wl_parallel_for(C, pad_task, &pc, C * plane >= 65536 ? nthreads : 1);
         memset(xp + C * plane, 0, sizeof(float) * (xfloats - (size_t)(C * plane)));
-        igemm_ctx ic = {op, xp, w, bias, y + n * O * OH * OW, off, wp, tiles, 1, K, 0};
+        igemm_ctx ic = {op, xp, w, bias, res ? res + n * O * OH * OW : NULL, y + n * O * OH * OW,
+                        off, wp, tiles, 1, K, 0};
         int64_t ntask = nthreads > 1 ? nthreads * 8 : 1;
         if (ntask > tiles) ntask = tiles;
         ic.chunk = (tiles + ntask - 1) / ntask;
@@ -408,6 +421,7 @@ static void dw_task(void *vp, int64_t t) {
     float *y = cc->y + t * OH * OW;
     wl_active->dw_plane(cc->x + t * H * W, H, W, cc->w + c * KH * KW, KH, KW, CP(9), CP(10),
                         CP(11), CP(12), CP(13), CP(14), bias, y, OH, OW);
+    if (cc->res) wl_active->binary_f32(B_ADD, y, 1, cc->res + t * OH * OW, 1, y, OH * OW);
     if (op->p[17] != U_IDENTITY) wl_active->unary_f32((int)op->p[17], y, y, OH * OW, op->f);
 }
 
@@ -438,7 +452,7 @@ void wl_winograd_weights(const float *w, int64_t o, int64_t c, float *out) {
 
 typedef struct {
     const wl_op *op;
-    const float *x, *u, *bias;
+    const float *x, *u, *bias, *res;
     float *y, *v, *m;
     int64_t n_img, tiles_w, tiles, np, chunk;
 } wino_ctx;
@@ -497,6 +511,7 @@ static void wino_out_task(void *vp, int64_t t) {
     int64_t tiles_h = (OH + 1) / 2;
     int64_t o = t / tiles_h, ty = t % tiles_h;
     float *y = wc->y + (wc->n_img * O + o) * OH * OW;
+    const float *res = wc->res ? wc->res + (wc->n_img * O + o) * OH * OW : NULL;
     float bias = wc->bias ? wc->bias[o] : 0.0f;
     int64_t plane = O * wc->tiles;
     for (int64_t tx = 0; tx < wc->tiles_w; tx++) {
@@ -514,6 +529,10 @@ static void wino_out_task(void *vp, int64_t t) {
             float r0 = s[i][0] + s[i][1] + s[i][2] + bias;
             float r1 = s[i][1] - s[i][2] - s[i][3] + bias;
             int64_t ox = tx * 2;
+            if (res) {
+                r0 += res[oy * OW + ox];
+                if (ox + 1 < OW) r1 += res[oy * OW + ox + 1];
+            }
             y[oy * OW + ox] = r0;
             if (ox + 1 < OW) y[oy * OW + ox + 1] = r1;
         }
@@ -529,15 +548,15 @@ typedef struct {
     int64_t k;
 } wino_gemm_ctx;
 
-int wl_conv(const wl_op *op, const float *x, const float *w, const float *bias, float *y,
-            int nthreads, char *err, int errlen) {
+int wl_conv(const wl_op *op, const float *x, const float *w, const float *bias, const float *res,
+            float *y, int nthreads, char *err, int errlen) {
     const int64_t nr = wl_active->nr;
     int64_t N = CP(0), C = CP(1), H = CP(2), W = CP(3), O = CP(4), OH = CP(5), OW = CP(6);
     int64_t KH = CP(7), KW = CP(8), G = CP(15);
     int act = (int)CP(17);
     bias = CP(16) ? bias : NULL;
     if (op->algo == C_DEPTHWISE) {
-        conv_ctx cc = {op, x, w, bias, y, NULL, 0, 0, 0, 0};
+        conv_ctx cc = {op, x, w, bias, res, y, NULL, 0, 0, 0, 0};
         wl_parallel_for(N * C, dw_task, &cc, nthreads);
         return 0;
     }
@@ -555,7 +574,7 @@ int wl_conv(const wl_op *op, const float *x, const float *w, const float *bias, 
             return 1;
         }
         for (int64_t n = 0; n < N; n++) {
-            wino_ctx wc = {op, x, (const float *)op->aux, bias, y, v, m, n, tiles_w, tiles, np, 1};
+            wino_ctx wc = {op, x, (const float *)op->aux, bias, res, y, v, m, n, tiles_w, tiles, np, 1};
             int64_t ntask = nthreads > 1 ? nthreads * 4 : 1;
             if (ntask > np) ntask = np;
             wc.chunk = (np + ntask - 1) / ntask;
@@ -563,15 +582,15 @@ int wl_conv(const wl_op *op, const float *x, const float *w, const float *bias, 
             for (int i = 0; i < 16; i++) {
                 static const double noargs[4] = {0, 0, 0, 0};
                 wl_gemm(O, tiles, C, wc.u + (int64_t)i * O * C, C, v + (int64_t)i * np * C * nr,
-                        m + (int64_t)i * O * tiles, tiles, NULL, BIAS_NONE, U_IDENTITY, noargs,
-                        nthreads);
+                        m + (int64_t)i * O * tiles, tiles, NULL, BIAS_NONE, NULL, U_IDENTITY,
+                        noargs, nthreads);
             }
             wl_parallel_for(O * tiles_h, wino_out_task, &wc, nthreads);
         }
         return 0;
     }
     if (op->algo == C_IM2COL && G == 1 && CP(9) == 1 && CP(10) == 1 && C > 0)
-        return conv_implicit(op, x, w, bias, y, nthreads, err, errlen);
+        return conv_implicit(op, x, w, bias, res, y, nthreads, err, errlen);
     int64_t cg = C / G, og = O / G, K = cg * KH * KW, NP = OH * OW;
     int64_t np = (NP + nr - 1) / nr;
     float *bp = wl_scratch(0, sizeof(float) * (size_t)(np * (K > 0 ? K : 1) * nr));
@@ -584,14 +603,15 @@ int wl_conv(const wl_op *op, const float *x, const float *w, const float *bias, 
             if (op->algo == C_1X1) {
                 pack_b_parallel(x + (n * C + g * cg) * H * W, cg, NP, H * W, 0, bp, nthreads);
             } else {
-                conv_ctx cc = {op, x, w, bias, y, bp, n, g, 1, np};
+                conv_ctx cc = {op, x, w, bias, res, y, bp, n, g, 1, np};
                 int64_t ntask = nthreads > 1 ? nthreads * 4 : 1;
                 if (ntask > np) ntask = np;
                 cc.chunk = (np + ntask - 1) / ntask;
                 wl_parallel_for((np + cc.chunk - 1) / cc.chunk, im2col_task, &cc, nthreads);
             }
             wl_gemm(og, NP, K, w + g * og * K, K, bp, y + (n * O + g * og) * NP, NP,
-                    bias ? bias + g * og : NULL, bias ? BIAS_ROW : BIAS_NONE, act, op->f, nthreads);
+                    bias ? bias + g * og : NULL, bias ? BIAS_ROW : BIAS_NONE,
+                    res ? res + (n * O + g * og) * NP : NULL, act, op->f, nthreads);
         }
     }
     return 0;

@@ -94,14 +94,17 @@ void *wl_scratch(int which, size_t bytes); /* per-thread, grows, kept between ru
 
 /* ---- helpers shared between files ---- */
 void wl_gemm(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *bp,
-             float *c, int64_t ldc, const float *bias, int bias_mode, int act, const double *act_p,
-             int nthreads);
+             float *c, int64_t ldc, const float *bias, int bias_mode, const float *res, int act,
+             const double *act_p, int nthreads);
 void wl_pack_b_range(const float *b, int64_t k, int64_t n, int64_t ldb, int trans_b, float *out,
                      int64_t p0, int64_t p1);
 void wl_unary_scalar_f32(int fn, const float *x, float *y, int64_t n, const double *prm);
-int wl_conv(const wl_op *op, const float *x, const float *w, const float *bias, float *y,
-            int nthreads, char *err, int errlen);
-int wl_matmul(const wl_op *op, const float *a, const float *b, const float *bias, float *y,
-              int nthreads, char *err, int errlen);
+/* Conv2D / MatMul descriptors may carry a residual operand (ins[p[19]] for Conv2D, ins[p[12]]
+ * for MatMul; index 0 = none) of exactly the output's shape, added after the bias and before
+ * the activation. It must not share memory with the output (the compiler guarantees this). */
+int wl_conv(const wl_op *op, const float *x, const float *w, const float *bias, const float *res,
+            float *y, int nthreads, char *err, int errlen);
+int wl_matmul(const wl_op *op, const float *a, const float *b, const float *bias,
+              const float *res, float *y, int nthreads, char *err, int errlen);
 
 #endif
