@@ -324,25 +324,35 @@ static void igemm_task(void *vp, int64_t t) {
         for (int64_t r = 0; r < O; r += mr) {
             int rows = (int)(O - r < mr ? O - r : mr);
             isa->conv_tile(rows, ic->K, ic->w + r * ic->K, ic->K, ic->xp + i0, ic->off, tmp);
-            for (int rr = 0; rr < rows; rr++) {
+            /* epilogue in the tile buffer: bias (+ residual) per valid segment, then one
+             * activation call over the whole tile (short per-segment calls cost more than the
+             * few wasted lanes), then the valid pixels are copied out */
+            for (int rr = 0; rr < rows && (ic->bias || ic->res); rr++) {
                 float bv = ic->bias ? ic->bias[r + rr] : 0.0f;
-                float *yo = ic->y + (r + rr) * NP;
+                float *src = tmp + rr * nr;
                 const float *ro = ic->res ? ic->res + (r + rr) * NP : NULL;
+                for (int64_t j = 0; j < nv;) {
+                    int64_t i = i0 + j, oy = i / wp, ox = i % wp;
+                    int64_t len = wp - ox < nv - j ? wp - ox : nv - j;
+                    int64_t valid = ox < OW ? (OW - ox < len ? OW - ox : len) : 0;
+                    if (ro && valid > 0) {
+                        const float *rv = ro + oy * OW + ox;
+                        for (int64_t q = 0; q < valid; q++) src[j + q] += bv + rv[q];
+                    } else {
+                        for (int64_t q = 0; q < valid; q++) src[j + q] += bv;
+                    }
+                    j += len;
+                }
+            }
+            if (act != U_IDENTITY) isa->unary_f32(act, tmp, tmp, rows * nr, op->f);
+            for (int rr = 0; rr < rows; rr++) {
+                float *yo = ic->y + (r + rr) * NP;
                 const float *src = tmp + rr * nr;
                 for (int64_t j = 0; j < nv;) {
                     int64_t i = i0 + j, oy = i / wp, ox = i % wp;
                     int64_t len = wp - ox < nv - j ? wp - ox : nv - j;
                     int64_t valid = ox < OW ? (OW - ox < len ? OW - ox : len) : 0;
-                    if (valid > 0) {
-                        float *d = yo + oy * OW + ox;
-                        if (ro) {
-                            const float *rv = ro + oy * OW + ox;
-                            for (int64_t q = 0; q < valid; q++) d[q] = src[j + q] + bv + rv[q];
-                        } else {
-                            for (int64_t q = 0; q < valid; q++) d[q] = src[j + q] + bv;
-                        }
-                        if (act != U_IDENTITY) isa->unary_f32(act, d, d, valid, op->f);
-                    }
+                    if (valid > 0) memcpy(yo + oy * OW + ox, src + j, sizeof(float) * (size_t)valid);
                     j += len;
                 }
             }
