@@ -56,14 +56,21 @@ def forced_model(path: Path, picks: list[Pick], feeds: dict[str, np.ndarray]) ->
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 7, per_round: int = 3) -> dict[str, float]:
-    """Best time per function, taking turns so that machine load hits every plan alike."""
+    """Best time per function, taking turns so that machine load hits every plan alike. Each
+    sample repeats the call until it lasts about 2 ms, so microsecond plans are not all noise."""
+    reps: dict[str, int] = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        reps[name] = max(1, min(1000, int(2e-3 / max(time.perf_counter() - t0, 1e-7))))
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for name, fn in fns.items():
             for _ in range(per_round):
                 t0 = time.perf_counter()
-                fn()
-                best[name] = min(best[name], time.perf_counter() - t0)
+                for _ in range(reps[name]):
+                    fn()
+                best[name] = min(best[name], (time.perf_counter() - t0) / reps[name])
     return best
 
 
