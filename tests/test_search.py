@@ -167,3 +167,22 @@ def test_a_backend_that_fails_to_prepare_kernels_is_dropped_with_reason(cache, r
     np.testing.assert_allclose(next(iter(y.values())), next(iter(ref.values())), rtol=1e-5)
     assert m.backend_names == ["sluggish"]
     assert "kernel for 8x64 failed to build" in m.dropped["flaky"]
+
+
+def test_calibration_prefers_device_timings_when_the_backend_reports_them(cache):
+    """A backend whose executables report kernel times (profiling events, timestamp queries)
+    is calibrated from those, not from host wall-clock time."""
+
+    class Timed(ReferenceExecutable):
+        def last_timings(self) -> list[tuple[str, float]]:
+            # 1 ns per flop of every op: a device that the host clock would not see.
+            return [(op.kind.value, max(op.flops(), 1.0) * 1e-9) for op, _ in self.program.ops]
+
+    class TimedBackend(ReferenceBackend):
+        name = "timed"
+
+        def compile(self, program: Program, *, threads: int | None = None) -> Executable:
+            return Timed(program)
+
+    cal = calibration_for(TimedBackend())
+    assert cal.rates and all(abs(r - 1e9) / 1e9 < 1e-6 for r in cal.rates.values()), cal.rates

@@ -82,6 +82,12 @@ class Executable(ABC):
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Take host arrays for ``Program.inputs``, return host arrays for ``Program.outputs``."""
 
+    def last_timings(self) -> list[tuple[str, float]]:
+        """Device-side seconds of each kernel launch of the last ``run`` (profiling events,
+        timestamp queries); empty when the backend cannot time its kernels. The search's
+        calibration prefers these over wall-clock time for kernel throughput."""
+        return []
+
 
 class Backend(ABC):
     """A compute backend. Subclasses set ``name`` and implement the abstract methods."""

@@ -20,9 +20,9 @@ from walle_core import flags
 from walle_core.backend import Backend
 from walle_core.decompose.builder import Builder
 from walle_core.hostinfo import cpu_model
-from walle_core.search.timing import time_ops
+from walle_core.search.timing import time_ops, time_ops_on_device
 
-SCHEMA = 5
+SCHEMA = 6
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 
@@ -206,7 +206,10 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
             step(key)
             points = []
             for op in (small, large):
-                t = time_ops(backend, [(op, alg)], repeat=5, best=True) - prog_over - op.bytes_moved() / bw
+                wall, device = time_ops_on_device(backend, [(op, alg)], repeat=5)
+                # Kernel time measured on the device (events, timestamps) when the backend
+                # reports it; otherwise wall time less dispatch overhead and memory traffic.
+                t = device if device is not None else wall - prog_over - op.bytes_moved() / bw
                 points.append((max(op.flops(), 1.0), t))
             (w0, t0), (w1, t1_) = points
             per_flop = max((t1_ - t0) / (w1 - w0), 1e-15) if w1 > w0 else max(t1_, 1e-9) / w1

@@ -51,10 +51,32 @@ def time_executable(exe: Executable, feeds: list[np.ndarray], *, repeat: int = 5
     return min(times) if best else statistics.median(times)
 
 
-def time_ops(backend: Backend, ops: Sequence[tuple[A.Op, Algorithm]], *, repeat: int = 5,
-             budget_s: float = 0.5, seed: int = 0, best: bool = False) -> float:
+def _prepared(backend: Backend, ops: Sequence[tuple[A.Op, Algorithm]],
+              seed: int) -> tuple[Executable, list[np.ndarray]]:
     program = program_for(ops)
     rng = np.random.default_rng(seed)
     owner = {t.id: op for op, _ in ops for t in op.inputs}
-    feeds = [sample_input(t, owner[t.id], rng) for t in program.inputs]
-    return time_executable(backend.compile(program), feeds, repeat=repeat, budget_s=budget_s, best=best)
+    return backend.compile(program), [sample_input(t, owner[t.id], rng) for t in program.inputs]
+
+
+def time_ops(backend: Backend, ops: Sequence[tuple[A.Op, Algorithm]], *, repeat: int = 5,
+             budget_s: float = 0.5, seed: int = 0, best: bool = False) -> float:
+    exe, feeds = _prepared(backend, ops, seed)
+    return time_executable(exe, feeds, repeat=repeat, budget_s=budget_s, best=best)
+
+
+def time_ops_on_device(backend: Backend, ops: Sequence[tuple[A.Op, Algorithm]], *,
+                       repeat: int = 5, seed: int = 0) -> tuple[float, float | None]:
+    """Best wall-clock seconds, and best device-side kernel seconds when the backend's
+    executable reports them (``Executable.last_timings``), else None."""
+    exe, feeds = _prepared(backend, ops, seed)
+    wall = time_executable(exe, feeds, repeat=repeat, best=True)
+    device: float | None = None
+    for _ in range(repeat):
+        exe.run(feeds)
+        launches = exe.last_timings()
+        if not launches:
+            return wall, None
+        spent = sum(s for _, s in launches)
+        device = spent if device is None else min(device, spent)
+    return wall, device
