@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 from walle_core import atomic as A
 from walle_core.backend import Backend, Program
 from walle_core.decompose import lookup
+from walle_core.decompose.builder import FoldFn
 from walle_core.errors import BackendUnavailableError, InputError
 from walle_core.ir.graph import Graph, subgraphs
 from walle_core.plan.lower import Lowering
@@ -40,7 +41,7 @@ class PlanNode:
     children: dict[tuple[object, ...], PlanNode] = field(default_factory=dict)
 
 
-def make_folder(backend: Backend) -> object:
+def make_folder(backend: Backend) -> FoldFn:
     def fold(op: A.Op) -> None:
         if isinstance(op, A.Composite):
             for inner in op.expansion:
@@ -152,7 +153,7 @@ class Model:
 
     def _build(self, sig: Signature, known: dict[int, np.ndarray], start: int) -> PlanNode:
         shapes = {n: (shape, np.dtype(dt)) for n, shape, dt in sig}
-        lowered = Lowering(self.graph, self._fold, known).run(shapes)  # type: ignore[arg-type]
+        lowered = Lowering(self.graph, self._fold, known).run(shapes)
         ops = lowered.ops[start:]
         if lowered.complete:
             keep = {t.id for t in lowered.outputs}
@@ -186,7 +187,7 @@ class Model:
         reach the host: what the search and ``walle inspect`` look at."""
         sig, _ = self._signature(feeds)
         shapes = {n: (shape, np.dtype(dt)) for n, shape, dt in sig}
-        lowered = Lowering(self.graph, self._fold, {}).run(shapes)  # type: ignore[arg-type]
+        lowered = Lowering(self.graph, self._fold, {}).run(shapes)
         keep = ({t.id for t in lowered.outputs} if lowered.complete
                 else {t.id for op in lowered.ops for t in op.outputs})
         return prepare(lowered.ops, self.backends[0], keep), keep
@@ -232,8 +233,6 @@ class Model:
             for name, t in zip(self.output_names, node.outputs, strict=True)
         }
 
-    def run_many(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        return [self.run(f) for f in feeds]
 
 
 def load(
