@@ -302,6 +302,7 @@ typedef struct {
     float *y;
     const int64_t *off;
     int64_t wp, tiles, chunk, K;
+    int64_t ttasks, ob; /* task t: tile chunk t % ttasks, output rows [ob * (t / ttasks), +ob) */
     int failed;
 } igemm_ctx;
 
@@ -317,12 +318,14 @@ static void igemm_task(void *vp, int64_t t) {
         ic->failed = 1;
         return;
     }
-    int64_t t0 = t * ic->chunk, t1 = t0 + ic->chunk < ic->tiles ? t0 + ic->chunk : ic->tiles;
+    int64_t tc = t % ic->ttasks, o0 = (t / ic->ttasks) * ic->ob;
+    int64_t o1 = o0 + ic->ob < O ? o0 + ic->ob : O;
+    int64_t t0 = tc * ic->chunk, t1 = t0 + ic->chunk < ic->tiles ? t0 + ic->chunk : ic->tiles;
     for (int64_t tile = t0; tile < t1; tile++) {
         int64_t i0 = tile * nr;
         int64_t nv = total - i0 < nr ? total - i0 : nr;
-        for (int64_t r = 0; r < O; r += mr) {
-            int rows = (int)(O - r < mr ? O - r : mr);
+        for (int64_t r = o0; r < o1; r += mr) {
+            int rows = (int)(o1 - r < mr ? o1 - r : mr);
             isa->conv_tile(rows, ic->K, ic->w + r * ic->K, ic->K, ic->xp + i0, ic->off, tmp);
             /* epilogue in the tile buffer: bias (+ residual) per valid segment, then one
              * activation call over the whole tile (short per-segment calls cost more than the
@@ -408,12 +411,21 @@ static int conv_implicit(const wl_op *op, const float *x, const float *w, const 
         wl_parallel_for(C, pad_task, &pc, C * plane >= 65536 ? nthreads : 1);
         memset(xp + C * plane, 0, sizeof(float) * (xfloats - (size_t)(C * plane)));
         igemm_ctx ic = {op, xp, w, bias, res ? res + n * O * OH * OW : NULL, y + n * O * OH * OW,
-                        off, wp, tiles, 1, K, 0};
-        int64_t ntask = nthreads > 1 ? nthreads * 8 : 1;
-        if (ntask > tiles) ntask = tiles;
-        ic.chunk = (tiles + ntask - 1) / ntask;
+                        off, wp, tiles, 1, K, 1, O, 0};
         int nt = O * OH * OW * K < 65536 ? 1 : nthreads;
-        wl_parallel_for((tiles + ic.chunk - 1) / ic.chunk, igemm_task, &ic, nt);
+        int64_t want = nt > 1 ? nt * 8 : 1;
+        int64_t ntask = want > tiles ? tiles : want;
+        ic.chunk = (tiles + ntask - 1) / ntask;
+        ic.ttasks = (tiles + ic.chunk - 1) / ic.chunk;
+        /* few pixel tiles (7x7, 14x14 maps): split the output channels too, in whole micro-tile
+         * rows, so every thread gets an even share of the work */
+        if (ic.ttasks < want) {
+            int64_t mr = wl_active->mr, rblocks = (O + mr - 1) / mr;
+            int64_t og = (want + ic.ttasks - 1) / ic.ttasks;
+            if (og > rblocks) og = rblocks;
+            ic.ob = ((rblocks + og - 1) / og) * mr;
+        }
+        wl_parallel_for(ic.ttasks * ((O + ic.ob - 1) / ic.ob), igemm_task, &ic, nt);
         if (ic.failed) {
             snprintf(err, errlen, "out of memory in Conv2D");
             return 1;
