@@ -384,16 +384,64 @@ static void pad_task(void *vp, int64_t c) {
     if (below > 0) memset(dst + (pc->pt + pc->H) * pc->wp, 0, sizeof(float) * (size_t)(below * pc->wp));
 }
 
+/* Strided convolutions (dilation 1) run as stride-1 ones over stride phases: phase (py, px)
+ * of channel c is the plane P[a][b] = x_padded[c][a * sh + py][b * sw + px], so tap (ky, kx)
+ * of output (oy, ox) is P(ky % sh, kx % sw)[oy + ky / sh][ox + kx / sw]. */
+typedef struct {
+    const float *x;
+    float *xp;
+    int64_t C, H, W, hp, wp, pt, pl, sh, sw, psh, psw; /* psh x psw phases are used */
+} phase_ctx;
+
+static void phase_task(void *vp, int64_t c) {
+    const phase_ctx *pc = vp;
+    const float *src = pc->x + c * pc->H * pc->W;
+    int64_t plane = pc->hp * pc->wp;
+    for (int64_t py = 0; py < pc->psh; py++) {
+        for (int64_t px = 0; px < pc->psw; px++) {
+            float *dst = pc->xp + ((py * pc->psw + px) * pc->C + c) * plane;
+            /* columns b with 0 <= b * sw + px - pl < W */
+            int64_t ix0 = px - pc->pl;
+            int64_t lo = ix0 >= 0 ? 0 : (-ix0 + pc->sw - 1) / pc->sw;
+            int64_t hi = ix0 > pc->W - 1 ? 0 : (pc->W - 1 - ix0) / pc->sw + 1;
+            if (hi > pc->wp) hi = pc->wp;
+            if (lo > hi) lo = hi;
+            for (int64_t a = 0; a < pc->hp; a++) {
+                float *row = dst + a * pc->wp;
+                int64_t iy = a * pc->sh + py - pc->pt;
+                if (iy < 0 || iy >= pc->H) {
+                    memset(row, 0, sizeof(float) * (size_t)pc->wp);
+                    continue;
+                }
+                const float *xr = src + iy * pc->W + ix0;
+                for (int64_t b = 0; b < lo; b++) row[b] = 0.0f;
+                for (int64_t b = lo; b < hi; b++) row[b] = xr[b * pc->sw];
+                for (int64_t b = hi; b < pc->wp; b++) row[b] = 0.0f;
+            }
+        }
+    }
+}
+
 static int conv_implicit(const wl_op *op, const float *x, const float *w, const float *bias,
                          const float *res, float *y, int nthreads, char *err, int errlen) {
     const int64_t nr = wl_active->nr;
     int64_t N = CP(0), C = CP(1), H = CP(2), W = CP(3), O = CP(4), OH = CP(5), OW = CP(6);
     int64_t KH = CP(7), KW = CP(8), pt = CP(11), pl = CP(12), dh = CP(13), dw = CP(14);
-    int64_t hp = OH + (KH - 1) * dh, wp = OW + (KW - 1) * dw;
-    if (hp < pt + H) hp = pt + H;
-    if (wp < pl + W) wp = pl + W;
-    int64_t K = C * KH * KW, plane = hp * wp;
-    size_t xfloats = (size_t)(C * plane + nr + wp + 64);
+    int64_t sh = CP(9), sw = CP(10), strided = sh > 1 || sw > 1;
+    int64_t hp, wp;
+    if (strided) { /* dilation 1 (checked by the caller) */
+        hp = OH + (KH - 1) / sh;
+        wp = OW + (KW - 1) / sw;
+    } else {
+        hp = OH + (KH - 1) * dh;
+        wp = OW + (KW - 1) * dw;
+        if (hp < pt + H) hp = pt + H;
+        if (wp < pl + W) wp = pl + W;
+    }
+    /* a kernel narrower than the stride leaves phases unread (1x1 stride 2: only (0, 0)) */
+    int64_t psh = KH < sh ? KH : sh, psw = KW < sw ? KW : sw;
+    int64_t K = C * KH * KW, plane = hp * wp, planes = C * psh * psw;
+    size_t xfloats = (size_t)(planes * plane + nr + wp + 64);
     float *xp = wl_scratch(2, sizeof(float) * xfloats);
     int64_t *off = wl_scratch(3, sizeof(int64_t) * (size_t)K);
     if (!xp || !off) {
@@ -402,14 +450,21 @@ static int conv_implicit(const wl_op *op, const float *x, const float *w, const 
     }
     for (int64_t c = 0, k = 0; c < C; c++)
         for (int64_t ky = 0; ky < KH; ky++)
-            for (int64_t kx = 0; kx < KW; kx++) off[k++] = c * plane + ky * dh * wp + kx * dw;
+            for (int64_t kx = 0; kx < KW; kx++)
+                off[k++] = strided ? (((ky % sh) * psw + kx % sw) * C + c) * plane + (ky / sh) * wp + kx / sw
+                                   : c * plane + ky * dh * wp + kx * dw;
     int64_t tiles = (OH * wp + nr - 1) / nr;
     for (int64_t n = 0; n < N; n++) {
-        pad_ctx pc = {x + n * C * H * W, xp, H, W, hp, wp, pt, pl};
-        /* rows of the padded grid past the input are never all needed: clip copies to hp */
-        if (pc.H > hp - pt) pc.H = hp - pt;
-        wl_parallel_for(C, pad_task, &pc, C * plane >= 65536 ? nthreads : 1);
-        memset(xp + C * plane, 0, sizeof(float) * (xfloats - (size_t)(C * plane)));
+        if (strided) {
+            phase_ctx ph = {x + n * C * H * W, xp, C, H, W, hp, wp, pt, pl, sh, sw, psh, psw};
+            wl_parallel_for(C, phase_task, &ph, planes * plane >= 65536 ? nthreads : 1);
+        } else {
+            pad_ctx pc = {x + n * C * H * W, xp, H, W, hp, wp, pt, pl};
+            /* rows of the padded grid past the input are never all needed: clip copies to hp */
+            if (pc.H > hp - pt) pc.H = hp - pt;
+            wl_parallel_for(C, pad_task, &pc, C * plane >= 65536 ? nthreads : 1);
+        }
+        memset(xp + planes * plane, 0, sizeof(float) * (xfloats - (size_t)(planes * plane)));
         igemm_ctx ic = {op, xp, w, bias, res ? res + n * O * OH * OW : NULL, y + n * O * OH * OW,
                         off, wp, tiles, 1, K, 1, O, 0};
         int nt = O * OH * OW * K < 65536 ? 1 : nthreads;
@@ -611,7 +666,9 @@ int wl_conv(const wl_op *op, const float *x, const float *w, const float *bias, 
         }
         return 0;
     }
-    if (op->algo == C_IM2COL && G == 1 && CP(9) == 1 && CP(10) == 1 && C > 0)
+    if (op->algo == C_IM2COL && G == 1 && C > 0 &&
+        ((CP(9) == 1 && CP(10) == 1) || (CP(13) == 1 && CP(14) == 1 && KH * KW > 1)))
+        /* strided 1x1 stays on im2col: its gather is already a single small copy */
         return conv_implicit(op, x, w, bias, res, y, nthreads, err, errlen);
     int64_t cg = C / G, og = O / G, K = cg * KH * KW, NP = OH * OW;
     int64_t np = (NP + nr - 1) / nr;
