@@ -403,6 +403,7 @@ typedef struct {
     const wl_op *op;
     const char *x;
     char *y;
+    int64_t chunk; /* outer indices per task of reduce_chunk_task */
 } red_ctx;
 
 #define NANMAX(acc, v) if ((v) > (acc) || (v) != (v)) acc = (v)
@@ -482,6 +483,12 @@ static void reduce_task(void *vp, int64_t o) {
     case D_U64: REDUCE_T(uint64_t, uint64_t)
     default: return;
     }
+}
+
+static void reduce_chunk_task(void *vp, int64_t t) {
+    red_ctx *c = vp;
+    int64_t o0 = t * c->chunk, o1 = o0 + c->chunk < c->op->p[0] ? o0 + c->chunk : c->op->p[0];
+    for (int64_t o = o0; o < o1; o++) reduce_task(vp, o);
 }
 
 /* ------------------------------------------------------------------ Pool2D */
@@ -920,9 +927,16 @@ static int run_op(const wl_op *op, int oi, char **slots, int nthreads, char *err
             }
             break;
         case WL_REDUCE: {
-            red_ctx c = {op, PTR(op->ins[0]), y};
-            int nt = op->p[0] * op->p[1] * op->p[2] >= 65536 ? nthreads : 1;
-            wl_parallel_for(op->p[0], reduce_task, &c, nt);
+            int64_t per = op->p[1] * op->p[2]; /* elements read per outer index */
+            red_ctx c = {op, PTR(op->ins[0]), y, 1};
+            int nt = op->p[0] * per >= 65536 ? nthreads : 1;
+            /* group outer indices into tasks of >= ~8K elements: a task per small slice costs
+             * more in scheduling than its reduction */
+            if (per < 8192) c.chunk = (8192 + per - 1) / (per > 0 ? per : 1);
+            if (nt > 1 && c.chunk * nt * 4 > op->p[0]) c.chunk = (op->p[0] + nt * 4 - 1) / (nt * 4);
+            if (c.chunk < 1) c.chunk = 1;
+            if (c.chunk == 1) wl_parallel_for(op->p[0], reduce_task, &c, nt);
+            else wl_parallel_for((op->p[0] + c.chunk - 1) / c.chunk, reduce_chunk_task, &c, nt);
             break;
         }
         case WL_MATMUL:
