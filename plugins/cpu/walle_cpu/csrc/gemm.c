@@ -434,7 +434,11 @@ static int conv_implicit(const wl_op *op, const float *x, const float *w, const 
         wp = OW + (KW - 1) / sw;
     } else {
         hp = OH + (KH - 1) * dh;
-        wp = OW + (KW - 1) * dw;
+        /* a row's right padding is the next row's left padding (reads past the row end land in
+         * the next row's first pl zeros), so the grid is pl columns narrower than the padded
+         * input: fewer wasted columns per row (3x3 pad 1: W + 1 instead of W + 2) */
+        wp = OW + (KW - 1) * dw - pl;
+        if (wp < OW) wp = OW;
         if (hp < pt + H) hp = pt + H;
         if (wp < pl + W) wp = pl + W;
     }
