@@ -508,6 +508,42 @@ static void pool_task(void *vp, int64_t t) {
     double lp = (double)p[18];
     const float *x = c->x + t * H * W;
     float *y = c->y + t * OH * OW;
+    if (fn == P_MAX && SW > 1 && W <= 8192) {
+        /* strided windows: the max over the KH input rows first (contiguous, vectorises), then
+         * KW strided taps of that row instead of KH * KW strided taps per output */
+        float vm[W];
+        for (int64_t oy = 0; oy < OH; oy++) {
+            float *yr = y + oy * OW;
+            for (int64_t ox = 0; ox < OW; ox++) yr[ox] = -INFINITY;
+            int any = 0;
+            for (int64_t ky = 0; ky < KH; ky++) {
+                int64_t iy = oy * SH - PT + ky * DH;
+                if (iy < 0 || iy >= H) continue;
+                const float *xr = x + iy * W;
+                if (!any) {
+                    memcpy(vm, xr, sizeof(float) * (size_t)W);
+                    any = 1;
+                    continue;
+                }
+                for (int64_t ix = 0; ix < W; ix++) {
+                    float v = xr[ix], m = vm[ix];
+                    vm[ix] = (v > m || v != v) ? v : m;
+                }
+            }
+            if (!any) continue;
+            for (int64_t kx = 0; kx < KW; kx++) {
+                int64_t off = kx * DW - PL; /* ix = ox * SW + off */
+                int64_t lo = off >= 0 ? 0 : (-off + SW - 1) / SW;
+                int64_t hi = (W - 1 - off) < 0 ? 0 : (W - 1 - off) / SW + 1;
+                if (hi > OW) hi = OW;
+                for (int64_t ox = lo; ox < hi; ox++) {
+                    float v = vm[ox * SW + off], m = yr[ox];
+                    yr[ox] = (v > m || v != v) ? v : m;
+                }
+            }
+        }
+        return;
+    }
     if (fn == P_MAX) {
         /* row-wise: for each kernel tap, the output columns whose input is in bounds form one
          * interval, so the inner loop is branch-free (and vectorises when SW == 1) */
