@@ -11,9 +11,7 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,6 +28,7 @@ pytest.importorskip("alembic")
 
 from fastapi.testclient import TestClient
 
+from walle_cli.demo import RegistryProcess, free_port
 from walle_core.task import generate_key, pack, save_keypair, sign_bundle
 from walle_registry.api import create_app
 from walle_registry.client import DeviceClient, RegistryClient
@@ -39,12 +38,6 @@ from walle_registry.settings import Settings
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ADMIN = "wpt_test-admin-token-0123456789abcdef"
 _db_counter = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------- PostgreSQL
@@ -231,45 +224,10 @@ class ThreadServer:
         self.thread.join(10)
 
 
-class ProcessServer:
-    """``python -m walle_registry`` in a child process (for kill -9 / restart tests)."""
-
-    def __init__(self, data: Path, db_url: str | None = None, port: int | None = None) -> None:
-        self.data, self.db_url = data, db_url
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ProcessServer:
-        cmd = [sys.executable, "-m", "walle_registry", "--port", str(self.port), "--data", str(self.data),
-               "--admin-token", ADMIN]
-        if self.db_url:
-            cmd += ["--db", self.db_url]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        import httpx
-
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"registry exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError("registry did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+def ProcessServer(data: Path, db_url: str | None = None, port: int | None = None) -> RegistryProcess:
+    """``python -m walle_registry`` in a child process (for kill -9 / restart tests): the demo's
+    launcher, so tests and the demo start the service the same way."""
+    return RegistryProcess(data, ADMIN, port=port, db_url=db_url)
 
 
 def test_fixtures_build_a_verifiable_bundle(tmp_path: Path) -> None:

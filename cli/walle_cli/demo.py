@@ -122,8 +122,9 @@ def free_port() -> int:
 class RegistryProcess:
     """``python -m walle_registry`` on 127.0.0.1 in a child process (SQLite under ``data``)."""
 
-    def __init__(self, data: Path, admin_token: str, port: int | None = None) -> None:
-        self.data, self.admin_token = Path(data), admin_token
+    def __init__(self, data: Path, admin_token: str, port: int | None = None,
+                 db_url: str | None = None) -> None:
+        self.data, self.admin_token, self.db_url = Path(data), admin_token, db_url
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -135,6 +136,8 @@ class RegistryProcess:
         log = (self.data / "server.log").open("ab")
         cmd = [sys.executable, "-m", "walle_registry", "--host", "127.0.0.1", "--port", str(self.port),
                "--data", str(self.data), "--admin-token", self.admin_token]
+        if self.db_url:
+            cmd += ["--db", self.db_url]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + timeout_s
