@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from walle_core import atomic as A
+from walle_core.backend import Algorithm, Cost
 from walle_core.kernels.library import (
     BOOL_BINARY,
     BOOL_UNARY,
@@ -961,6 +962,24 @@ def lower_op(op: A.Op, caps: Caps, algorithm: str = "default") -> list[Launch]:
     except KeyError as exc:  # a dtype with no kernel type (complex, strings, ...)
         raise Unsupported(str(exc)) from None
     raise Unsupported(f"no kernels for {op.kind.value}")
+
+
+# Fraction of peak each kernel variant reaches (the search's calibration refines it per device).
+_EFFICIENCY = {"tiled": 0.5, "implicit_gemm": 0.5, "workgroup": 0.4, "depthwise": 0.4}
+
+
+def offered(op: A.Op, caps: Caps) -> tuple[Algorithm, ...]:
+    """The algorithms a backend with ``caps`` offers for ``op``: the shared answer of the
+    OpenCL, Vulkan and Metal plugins to ``Backend.algorithms``."""
+    return tuple(Algorithm(name, _cost(_EFFICIENCY.get(name, 0.2)))
+                 for name in algorithms_for(op) if supported(op, caps, name))
+
+
+def _cost(efficiency: float) -> Callable[[A.Op], Cost]:
+    def cost(op: A.Op) -> Cost:
+        return Cost(op.flops(), op.bytes_moved(), 1, efficiency=efficiency)
+
+    return cost
 
 
 def supported(op: A.Op, caps: Caps, algorithm: str = "default") -> bool:

@@ -20,14 +20,13 @@ from walle_core.backend import (
     Algorithm,
     Availability,
     Backend,
-    Cost,
     DeviceInfo,
     Executable,
     Program,
 )
 from walle_core.errors import BackendUnavailableError, WalleError
 from walle_core.hookspecs import hookimpl
-from walle_core.kernels import Caps, KernelSpec, Unsupported, algorithms_for, plan_program, render, supported
+from walle_core.kernels import Caps, KernelSpec, Unsupported, offered, plan_program, render
 
 METAL_CAPS = Caps(frozenset({"f32", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64"}), f64_math=False,
                   max_local=1024, local_mem=32768)
@@ -35,11 +34,6 @@ METAL_CAPS = Caps(frozenset({"f32", "i8", "i16", "i32", "i64", "u8", "u16", "u32
 
 class MetalKernelError(WalleError):
     """A kernel reported bad data (e.g. an out-of-range gather index)."""
-
-
-def _algorithm(name: str) -> Algorithm:
-    eff = {"tiled": 0.5, "implicit_gemm": 0.5, "workgroup": 0.4, "depthwise": 0.4}.get(name, 0.2)
-    return Algorithm(name, lambda op: Cost(op.flops(), op.bytes_moved(), 1, efficiency=eff))
 
 
 def render_msl(spec: KernelSpec) -> str:
@@ -165,7 +159,7 @@ class MetalBackend(Backend):
     def algorithms(self, op: A.Op) -> Sequence[Algorithm]:
         if self._dev is None:
             return ()
-        return tuple(_algorithm(n) for n in algorithms_for(op) if supported(op, METAL_CAPS, n))
+        return offered(op, METAL_CAPS)
 
     def compile(self, program: Program, *, threads: int | None = None) -> Executable:
         if self._dev is None:

@@ -32,29 +32,19 @@ from walle_core.backend import (
     Algorithm,
     Availability,
     Backend,
-    Cost,
     DeviceInfo,
     Executable,
     Program,
 )
 from walle_core.errors import BackendUnavailableError, WalleError
 from walle_core.hookspecs import hookimpl
-from walle_core.kernels import Caps, KernelSpec, Unsupported, algorithms_for, plan_program, render, supported
+from walle_core.kernels import Caps, KernelSpec, Unsupported, offered, plan_program, render
 
 _TYPE_PREFERENCE = ("GPU", "ACCELERATOR", "CPU")
 
 
 class OpenCLKernelError(WalleError):
     """A kernel reported bad data (e.g. an out-of-range gather index)."""
-
-
-def _efficiency(name: str) -> float:
-    return {"tiled": 0.5, "implicit_gemm": 0.5, "workgroup": 0.4, "depthwise": 0.4}.get(name, 0.2)
-
-
-def _algorithm(name: str) -> Algorithm:
-    eff = _efficiency(name)
-    return Algorithm(name, lambda op: Cost(op.flops(), op.bytes_moved(), 1, efficiency=eff))
 
 
 def select_device(cl: Any, forced: str = "") -> tuple[Any, Any, list[str]]:
@@ -295,7 +285,7 @@ class OpenCLBackend(Backend):
     def algorithms(self, op: A.Op) -> Sequence[Algorithm]:
         if self._dev is None:
             return ()
-        return tuple(_algorithm(n) for n in algorithms_for(op) if supported(op, self._dev.caps, n))
+        return offered(op, self._dev.caps)
 
     def compile(self, program: Program, *, threads: int | None = None) -> Executable:
         if self._dev is None:

@@ -33,14 +33,13 @@ from walle_core.backend import (
     Algorithm,
     Availability,
     Backend,
-    Cost,
     DeviceInfo,
     Executable,
     Program,
 )
 from walle_core.errors import BackendUnavailableError, WalleError
 from walle_core.hookspecs import hookimpl
-from walle_core.kernels import Caps, KernelSpec, Unsupported, algorithms_for, plan_program, render, supported
+from walle_core.kernels import Caps, KernelSpec, Unsupported, offered, plan_program, render
 
 _DEVICE_TYPES = {0: "other", 1: "gpu", 2: "gpu", 3: "gpu", 4: "cpu"}
 _PREFERENCE = {2: 0, 1: 1, 3: 2, 4: 3, 0: 4}  # discrete, integrated, virtual, cpu, other
@@ -52,11 +51,6 @@ class VulkanKernelError(WalleError):
 
 class ShaderCompileError(WalleError):
     """glslc rejected a rendered shader (a bug in a kernel description)."""
-
-
-def _algorithm(name: str) -> Algorithm:
-    eff = {"tiled": 0.5, "implicit_gemm": 0.5, "workgroup": 0.4, "depthwise": 0.4}.get(name, 0.2)
-    return Algorithm(name, lambda op: Cost(op.flops(), op.bytes_moved(), 1, efficiency=eff))
 
 
 def compile_glsl(source: str, target: str = "vulkan1.1") -> bytes:
@@ -510,7 +504,7 @@ class VulkanBackend(Backend):
     def algorithms(self, op: A.Op) -> Sequence[Algorithm]:
         if self._dev is None:
             return ()
-        return tuple(_algorithm(n) for n in algorithms_for(op) if supported(op, self._dev.caps, n))
+        return offered(op, self._dev.caps)
 
     def compile(self, program: Program, *, threads: int | None = None) -> Executable:
         if self._dev is None:
