@@ -14,32 +14,19 @@ HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 SOURCES = ["exec.c", "gemm.c", "pool.c", "simd.c"]
 
-CDEF = """
-typedef struct { int32_t slot; int32_t pad; int64_t off; } wl_ref;
-typedef struct wl_op {
-    int32_t kind, fn, dtype, dtype2, n_in, algo;
-    wl_ref *ins;
-    wl_ref out;
-    int64_t p[64];
-    double f[8];
-    void *aux;
-    void *aux2;
-} wl_op;
-int wl_run(const wl_op *ops, int n_ops, char **slots, int nthreads, char *err, int errlen);
-const char *wl_isa_name(void);
-int wl_set_isa(const char *name);
-int wl_gemm_nr(void);
-void wl_pack_b(const float *b, int64_t k, int64_t n, int trans_b, float *out);
-int64_t wl_packed_b_floats(int64_t k, int64_t n);
-void wl_winograd_weights(const float *w, int64_t o, int64_t c, float *out);
-void wl_pool_shutdown(void);
-void wl_set_profile(double *buf);
-"""
+ABI_START = "/* ---- public ABI"
+ABI_END = "/* ---- kinds, dtypes"
+
+
+def public_abi() -> str:
+    """The declarations cffi needs, read from wl.h so the ABI is written once."""
+    header = (CSRC / "wl.h").read_text()
+    return header[header.index(ABI_START):header.index(ABI_END)].split("\n", 1)[1]
 
 
 def make_ffi() -> FFI:
     ffi = FFI()
-    ffi.cdef(CDEF)
+    ffi.cdef(public_abi())
     ffi.set_source(
         "walle_cpu._kernels",
         '#include "wl.h"',

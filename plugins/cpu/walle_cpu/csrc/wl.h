@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ---- public ABI (mirrored in _build.py's cdef) ---- */
+/* ---- public ABI (read by _build.py as the cffi cdef; plain declarations only) ---- */
 typedef struct { int32_t slot; int32_t pad; int64_t off; } wl_ref;
 
 typedef struct wl_op {
