@@ -642,7 +642,8 @@ def test_cpu_fuses_residual_add(producer: str, act: str, order: str) -> None:
         items = [(op, next((a for a in cpu.algorithms(op) if a.name == name), cpu.algorithms(op)[0]))
                  for op in c.b.ops]
         ex = cpu.compile(Program(items, [t for t, _ in c.feeds], [z]), threads=2)
-        labels = ex._labels  # type: ignore[attr-defined]
+        # (the blocked-layout algorithm adds its layout changes around the one fused op)
+        labels = [x for x in ex._labels if not x.startswith("Raster layout")]  # type: ignore[attr-defined]
         assert len(labels) == 1 and "+residual" in labels[0], labels
         assert act == "none" or "+relu" in labels[0], labels
         no_bound: list[np.ndarray | None] = [None]

@@ -85,6 +85,8 @@ _EXPM1 = """HT w_expm1(HT x) {
 _TANH = """HT w_tanh(HT x) {
   if (x > CAST(HT, 15)) return CAST(HT, 1);
   if (x < CAST(HT, -15)) return CAST(HT, -1);
+  /* near 0 (and at -0, whose sign a later division sees): the series keeps x's sign */
+  if (x > CAST(HT, -0.0004) && x < CAST(HT, 0.0004)) return x * (CAST(HT, 1) - x * x / CAST(HT, 3));
   HT e = w_expm1(CAST(HT, 2) * x);
   return e / (e + CAST(HT, 2));
 }"""

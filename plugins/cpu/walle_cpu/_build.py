@@ -12,7 +12,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-SOURCES = ["exec.c", "gemm.c", "pool.c", "simd.c"]
+SOURCES = ["exec.c", "gemm.c", "nchwc.c", "pool.c", "simd.c"]
 
 ABI_START = "/* ---- public ABI"
 ABI_END = "/* ---- kinds, dtypes"
@@ -34,7 +34,7 @@ def make_ffi() -> FFI:
                  else str(CSRC / s) for s in SOURCES],
         include_dirs=[str(CSRC)],
         # headers and the per-ISA include: a change there must rebuild every object
-        depends=[str(CSRC / h) for h in ("wl.h", "simd.inc")],
+        depends=[str(CSRC / h) for h in ("wl.h", "simd.inc", "nchwc.inc")],
         extra_compile_args=["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math",
                             "-fno-semantic-interposition", "-Wall", "-Wno-unused-function"],
         libraries=["m", "pthread"],

@@ -58,4 +58,4 @@ BOOL_BINARY = frozenset({"and", "or", "xor", "bitand", "bitor", "bitxor", "eq", 
 REDUCE_FNS = {n: i for i, n in enumerate("sum prod max min argmax argmin cumsum cumprod".split())}
 POOL_FNS = {"max": 0, "avg": 1, "lp": 2}
 SCATTER_REDUCTIONS = {"none": 0, "add": 1, "mul": 2, "max": 3, "min": 4}
-CONV_ALGOS = {"im2col+gemm": 0, "1x1-gemm": 1, "depthwise-direct": 2, "winograd-f23": 3}
+CONV_ALGOS = {"im2col+gemm": 0, "1x1-gemm": 1, "depthwise-direct": 2, "winograd-f23": 3, "nchwc": 4}

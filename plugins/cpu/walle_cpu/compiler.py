@@ -4,6 +4,7 @@ one ``wl_run`` call per ``Executable.run`` (the GIL is released for the whole pl
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -17,7 +18,9 @@ from walle_core.decompose.builder import contiguous
 from walle_core.errors import InputError, WalleError
 from walle_core.plan.memory import plan_arena
 from walle_cpu import codes as K
+from walle_cpu import layout
 from walle_cpu._native import FFI, LIB
+from walle_cpu.fused_ops import ConvRes, MatMulRes, with_residual
 
 MAX_DIMS = 8
 # Unary/Binary functions a fused element-wise chain may contain (fp32 in, fp32 out).
@@ -125,6 +128,8 @@ def conv_algorithms(op: A.Conv2D) -> list[str]:
     if (kh, kw) == (3, 3) and op.strides == (1, 1) and op.dilations == (1, 1) and op.groups == 1 \
             and w.value is not None:
         algos.append("winograd-f23")
+    if layout.offers_blocked(op):
+        algos.append(layout.NCHWC)
     return algos
 
 
@@ -152,12 +157,15 @@ class CpuExecutable(Executable):
                 continue
             self._output_slots.append(self._new_slot(t))
         ops = self._fuse(program.ops)
+        last_id = max((t.id for op, _ in program.ops for t in (*op.inputs, *op.outputs)), default=0)
+        fresh = itertools.count(last_id + 1)
+        ops = layout.apply(ops, {t.id for t in program.outputs}, lambda: next(fresh))
         # Fusion changes lifetimes (a fused op reads its first inputs while writing its last
         # output), so the planner's layout is redone on the fused list.
-        layout = plan_arena([op for op, _ in ops],
-                            {t.id for t in program.inputs} | {t.id for t in program.outputs})
-        self._offsets = layout.offsets
-        self._arena_bytes = layout.arena_bytes
+        arena = plan_arena([op for op, _ in ops],
+                           {t.id for t in program.inputs} | {t.id for t in program.outputs})
+        self._offsets = arena.offsets
+        self._arena_bytes = arena.arena_bytes
         self._n_ops = len(ops)
         self._labels = [_label(op, algo) for op, algo in ops]
         self._ops = FFI.new("wl_op[]", max(1, len(ops)))
@@ -314,9 +322,9 @@ class CpuExecutable(Executable):
                     assert prod is not None
                     out[p] = None
                     pos.pop(prod[0].out.id, None)
-                    out.append((_with_residual(prod[0], op.inputs[1 - k], op.out), prod[1]))
+                    out.append((with_residual(prod[0], op.inputs[1 - k], op.out), prod[1]))
                     continue
-            if isinstance(op, A.Conv2D | A.MatMul) and not isinstance(op, _ConvRes | _MatMulRes) \
+            if isinstance(op, A.Conv2D | A.MatMul) and not isinstance(op, ConvRes | MatMulRes) \
                     and op.out.dtype == K.F32 and op.out.size > 0 \
                     and (not isinstance(op, A.Conv2D) or op.act.fn == "identity"):
                 pos[op.out.id] = len(out)
@@ -335,7 +343,7 @@ class CpuExecutable(Executable):
         while i < len(items):
             op, algo = items[i]
             i += 1
-            if not isinstance(op, A.Conv2D | _MatMulRes) or op.act.fn != "identity":
+            if not isinstance(op, A.Conv2D | MatMulRes) or op.act.fn != "identity":
                 out.append((op, algo))
                 continue
             start = i
@@ -362,9 +370,10 @@ class CpuExecutable(Executable):
                 if fn != "clip":
                     break
             # im2col/1x1 with one image and one group pack the whole input before writing
+            # (a blocked conv writes a new blocked tensor, never the input's memory)
             packs_first = isinstance(op, A.Conv2D) and (
-                algo.name in ("im2col+gemm", "1x1-gemm") and op.groups == 1
-                and op.inputs[0].shape[0] == 1)
+                (algo.name in ("im2col+gemm", "1x1-gemm") and op.groups == 1
+                 and op.inputs[0].shape[0] == 1) or algo.name == layout.NCHWC)
             if fn == "identity" or (isinstance(op, A.Conv2D) and self._overlaps(op.inputs[0], last)
                                     and not packs_first):
                 out.append((op, algo))
@@ -549,12 +558,12 @@ class CpuExecutable(Executable):
     def _encode_matmul(self, d: Any, op: A.MatMul) -> None:
         d.kind = K.MATMUL
         self._bind(d, op)
-        res = isinstance(op, _MatMulRes)
+        res = isinstance(op, MatMulRes)
         vals = [op.batch, op.m, op.n, op.k, int(op.trans_a), int(op.trans_b), op.a_batch_stride,
                 op.b_batch_stride, int(len(op.inputs) - res > 2), int(op.bias_full)]
         for i, v in enumerate(vals):
             d.p[i] = v
-        if isinstance(op, _MatMulRes):
+        if isinstance(op, MatMulRes):
             self._check_residual(op)
             d.p[12] = len(op.inputs) - 1
             d.p[13] = K.UNARY_FNS[op.act.fn]
@@ -577,7 +586,36 @@ class CpuExecutable(Executable):
             d.p[10] = 1
             d.p[11] = int(LIB.wl_gemm_nr())
 
+    def _encode_blocked_conv(self, d: Any, op: layout.BlockedConv) -> None:
+        d.kind = K.CONV
+        d.algo = K.CONV_ALGOS[layout.NCHWC]
+        self._bind(d, op)
+        n, c, h, w = op.plain_in
+        o, _cg, kh, kw = op.inputs[1].shape
+        _, _, oh, ow = op.plain_out
+        vals = [n, c, h, w, o, oh, ow, kh, kw, *op.strides, op.pads[0], op.pads[1], *op.dilations,
+                op.groups, 1, K.UNARY_FNS[op.act.fn]]
+        for i, v in enumerate(vals):
+            d.p[i] = int(v)
+        if op.residual:
+            d.p[19] = len(op.inputs) - 1
+        d.p[20] = int(op.blocked_input)
+        wv = np.asarray(op.inputs[1].value, dtype=np.float32)
+        if op.groups > 1:  # blocked convs are depthwise or have one group
+            packed = layout.pack_depthwise(wv)
+        else:
+            d.p[21] = fb = int(LIB.wl_nchwc_fb())
+            packed = layout.pack_weights(wv, fb, plain_input=not op.blocked_input)
+        d.aux = self._aux(packed)
+        has_bias = len(op.inputs) - op.residual > 2
+        d.aux2 = self._aux(layout.pad_bias(op.inputs[2].value if has_bias else None, o))
+        for i, prm in enumerate(op.act.params[:8]):
+            d.f[i] = prm
+
     def _encode_conv(self, d: Any, op: A.Conv2D, algo: Algorithm) -> None:
+        if isinstance(op, layout.BlockedConv):
+            self._encode_blocked_conv(d, op)
+            return
         d.kind = K.CONV
         name = algo.name if algo.name in conv_algorithms(op) else "im2col+gemm"
         d.algo = K.CONV_ALGOS[name]
@@ -585,7 +623,7 @@ class CpuExecutable(Executable):
         n, c, h, w = op.inputs[0].shape
         o, _cg, kh, kw = op.inputs[1].shape
         _, _, oh, ow = op.out.shape
-        res = isinstance(op, _ConvRes)
+        res = isinstance(op, ConvRes)
         vals = [n, c, h, w, o, oh, ow, kh, kw, *op.strides, op.pads[0], op.pads[1], *op.dilations,
                 op.groups, int(len(op.inputs) - res > 2), K.UNARY_FNS[op.act.fn]]
         for i, v in enumerate(vals):
@@ -700,34 +738,13 @@ def _label(op: A.Op, algo: Algorithm) -> str:
         return f"chain[{names}] {list(op.out.shape)}"
     fn = getattr(op, "fn", "")
     ins = " ".join(str(list(t.shape)) for t in op.inputs[:2])
-    extra = "+residual" if isinstance(op, _ConvRes | _MatMulRes) else ""
+    res = isinstance(op, ConvRes | MatMulRes) or (isinstance(op, layout.BlockedConv) and op.residual)
+    extra = "+residual" if res else ""
     act = getattr(op, "act", None)
     if isinstance(act, A.Activation) and act.fn != "identity":
         extra += f"+{act.fn}"
     return (f"{op.kind.value}{'/' + fn if isinstance(fn, str) and fn else ''}{extra} {algo.name} {ins}"
             f" -> {list(op.out.shape)}")
-
-
-@dataclasses.dataclass(eq=False)
-class _ConvRes(A.Conv2D):
-    """Conv2D whose last input is a residual added after the bias, before ``act``."""
-
-
-@dataclasses.dataclass(eq=False)
-class _MatMulRes(A.MatMul):
-    """MatMul whose last input is a residual of the output's shape, then ``act``."""
-
-    act: A.Activation = dataclasses.field(default_factory=A.Activation)
-
-
-def _with_residual(op: A.Op, r: A.Tensor, out: A.Tensor) -> A.Op:
-    fields = {f.name: getattr(op, f.name) for f in dataclasses.fields(op) if f.init}
-    fields["inputs"] = [*op.inputs, r]
-    fields["outputs"] = [out]
-    if isinstance(op, A.Conv2D):
-        return _ConvRes(**fields)
-    assert isinstance(op, A.MatMul)
-    return _MatMulRes(**fields)
 
 
 class _Chain(A.Op):

@@ -17,7 +17,7 @@ from walle_core.backend import Algorithm, Availability, Backend, Cost, DeviceInf
 from walle_core.errors import BackendUnavailableError
 from walle_core.hookspecs import hookimpl
 from walle_core.hostinfo import cpu_model
-from walle_cpu import _native
+from walle_cpu import _native, layout
 from walle_cpu.compiler import CpuExecutable, conv_algorithms, supports
 
 _INTERESTING = ("avx512f", "avx512_vnni", "avx512_bf16", "avx2", "fma", "neon", "asimd", "sse4_2")
@@ -99,11 +99,19 @@ def _one_by_one_cost(op: A.Op) -> Cost:
     return Cost(op.flops(), op.bytes_moved() * 2, 1, 0.7)
 
 
+def _blocked_cost(op: A.Op) -> Cost:
+    assert isinstance(op, A.Conv2D)
+    # direct conv over 16-channel vectors: no packing pass; depthwise is bandwidth-bound
+    eff = 0.6 if layout.is_depthwise(op) else 0.8
+    return Cost(op.flops(), layout.blocked_cost_bytes(op), 1, eff)
+
+
 _CONV_COSTS = {
     "im2col+gemm": _im2col_cost,
     "1x1-gemm": _one_by_one_cost,
     "depthwise-direct": _depthwise_cost,
     "winograd-f23": _winograd_cost,
+    layout.NCHWC: _blocked_cost,
 }
 _GEMM = Algorithm("packed-gemm", _cost(0.7))
 _DIRECT = Algorithm("direct", _cost(0.5))

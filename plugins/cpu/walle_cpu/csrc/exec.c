@@ -983,6 +983,13 @@ static int run_op(const wl_op *op, int oi, char **slots, int nthreads, char *err
                 return oi + 1;
             break;
         case WL_CONV:
+            if (op->algo == C_NCHWC) {
+                if (wl_conv_nchwc(op, (const float *)PTR(op->ins[0]),
+                                  op->p[19] ? (const float *)PTR(op->ins[op->p[19]]) : NULL,
+                                  (float *)y, nthreads, err, errlen))
+                    return oi + 1;
+                break;
+            }
             if (wl_conv(op, (const float *)PTR(op->ins[0]), (const float *)PTR(op->ins[1]),
                         op->p[16] ? (const float *)PTR(op->ins[2]) : NULL,
                         op->p[19] ? (const float *)PTR(op->ins[op->p[19]]) : NULL, (float *)y,

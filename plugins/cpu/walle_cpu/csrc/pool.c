@@ -155,8 +155,8 @@ void wl_pool_shutdown(void) {
 }
 
 /* Per-thread scratch buffers, grown on demand and kept for the next run. */
-static __thread void *scratch_buf[4];
-static __thread size_t scratch_cap[4];
+static __thread void *scratch_buf[6];
+static __thread size_t scratch_cap[6];
 
 void *wl_scratch(int which, size_t bytes) {
     if (bytes > scratch_cap[which]) {

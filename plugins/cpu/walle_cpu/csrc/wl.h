@@ -27,6 +27,7 @@ int wl_run(const wl_op *ops, int n_ops, char **slots, int nthreads, char *err, i
 const char *wl_isa_name(void);
 int wl_set_isa(const char *name);
 int wl_gemm_nr(void);
+int wl_nchwc_fb(void);
 void wl_pack_b(const float *b, int64_t k, int64_t n, int trans_b, float *out);
 int64_t wl_packed_b_floats(int64_t k, int64_t n);
 void wl_winograd_weights(const float *w, int64_t o, int64_t c, float *out);
@@ -53,8 +54,20 @@ enum {
 
 enum { R_SUM = 0, R_PROD, R_MAX, R_MIN, R_ARGMAX, R_ARGMIN, R_CUMSUM, R_CUMPROD };
 enum { P_MAX = 0, P_AVG, P_LP };
-enum { C_IM2COL = 0, C_1X1, C_DEPTHWISE, C_WINOGRAD };
+enum { C_IM2COL = 0, C_1X1, C_DEPTHWISE, C_WINOGRAD, C_NCHWC };
 enum { BIAS_NONE = 0, BIAS_ROW, BIAS_COL, BIAS_FULL };
+
+/* ---- blocked layout (NCHW16c): a tensor (N, C, H, W) is stored as (N, ceil(C/16), H, W, 16) */
+#define WL_BLK 16
+/* What a blocked micro-kernel does when it stores a tile: add a residual laid out like the
+ * output (res != NULL), then clamp to [lo, hi] when clip (ReLU, ReLU6 and clips). Other
+ * activations run as a pass over the finished row. */
+typedef struct {
+    const float *res;
+    int clip;
+    float lo, hi;
+    int load, final; /* reduction slices: start from y (not the bias); last slice (epilogue) */
+} nc_epi;
 
 /* ---- per-ISA kernel table ---- */
 typedef struct wl_isa {
@@ -75,6 +88,19 @@ typedef struct wl_isa {
     void (*dw_plane)(const float *x, int64_t h, int64_t w, const float *k, int64_t kh, int64_t kw,
                      int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw,
                      float bias, float *y, int64_t oh, int64_t ow);
+    /* blocked conv: filter blocks per packed weight group, and pixels per tile for f blocks */
+    int nc_fb;
+    int nc_p[5];
+    /* fb filter blocks x np output pixels (input pixel p at x + po[p]): sum over the nk (input
+     * offset, weight offset) pairs of x[xo[k] + po[p]] * w[wo[k] + f * 16 .. + 16], plus bias */
+    void (*nc_conv_tile)(int fb, int np, int64_t nk, const int64_t *xo, const int64_t *wo,
+                         const float *x, const float *w, const float *bias, float *y, int64_t ys,
+                         const int64_t *po, const nc_epi *e);
+    /* depthwise: np <= 8 pixels of one 16-channel block, nk taps; x[xo[k] + p * step] are
+     * vectors of 16 channels, as are the weights w[wo[k]] */
+    void (*nc_dw_tile)(int np, int64_t nk, const int64_t *xo, const int64_t *wo, const float *x,
+                       const float *w, const float *bias, float *y, int64_t step,
+                       const nc_epi *e);
 } wl_isa;
 
 extern const wl_isa *wl_active;
@@ -104,6 +130,10 @@ void wl_unary_scalar_f32(int fn, const float *x, float *y, int64_t n, const doub
  * the activation. It must not share memory with the output (the compiler guarantees this). */
 int wl_conv(const wl_op *op, const float *x, const float *w, const float *bias, const float *res,
             float *y, int nthreads, char *err, int errlen);
+/* Conv2D on blocked tensors (algo C_NCHWC): weights packed by the compiler in op->aux, the
+ * bias padded to whole blocks in op->aux2; see nchwc.c for the descriptor fields. */
+int wl_conv_nchwc(const wl_op *op, const float *x, const float *res, float *y, int nthreads,
+                  char *err, int errlen);
 int wl_matmul(const wl_op *op, const float *a, const float *b, const float *bias,
               const float *res, float *y, int nthreads, char *err, int errlen);
 

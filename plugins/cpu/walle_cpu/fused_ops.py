@@ -1,0 +1,29 @@
+"""Backend-internal variants of atomic ops that the cpu compiler's fusion passes produce."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from walle_core import atomic as A
+
+
+@dataclasses.dataclass(eq=False)
+class ConvRes(A.Conv2D):
+    """Conv2D whose last input is a residual added after the bias, before ``act``."""
+
+
+@dataclasses.dataclass(eq=False)
+class MatMulRes(A.MatMul):
+    """MatMul whose last input is a residual of the output's shape, then ``act``."""
+
+    act: A.Activation = dataclasses.field(default_factory=A.Activation)
+
+
+def with_residual(op: A.Op, r: A.Tensor, out: A.Tensor) -> A.Op:
+    fields = {f.name: getattr(op, f.name) for f in dataclasses.fields(op) if f.init}
+    fields["inputs"] = [*op.inputs, r]
+    fields["outputs"] = [out]
+    if isinstance(op, A.Conv2D):
+        return ConvRes(**fields)
+    assert isinstance(op, A.MatMul)
+    return MatMulRes(**fields)

@@ -1,0 +1,226 @@
+"""The blocked channel layout (NCHW16c) of the cpu backend.
+
+A plain tensor (N, C, H, W) is stored blocked as (N, ceil(C/16), H, W, 16): the 16 channels of
+a block are adjacent, so one SIMD vector holds one pixel of 16 channels and a conv's inner step
+is one broadcast times one vector. Convs that the search gave the ``nchwc`` algorithm run on
+blocked tensors; runs of them stay blocked, and the layout changes at the edges of a run are
+plain ``Raster`` ops (a transpose with a zero fill for the padding channels), placed just before
+the first reader that needs the other layout. Global pooling (a spatial ``Reduce``) reads the
+blocked tensor directly, so a run ends with a tiny (N, C) conversion.
+
+Padding channels (``C % 16``) of a blocked tensor hold zeros after a conversion and are never
+read into real channels (kernels stop at the real channel count), so their values never matter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from walle_core import atomic as A
+from walle_core.backend import Algorithm
+from walle_cpu.fused_ops import ConvRes
+
+BLK = 16
+PLAIN_INPUT_MAX = 4  # a conv reads a plain input this narrow directly (the RGB stem)
+NCHWC = "nchwc"
+_DIRECT = Algorithm("direct")
+LAYOUT = Algorithm("layout")  # the Raster ops that change layout (a label for profiles)
+_REDUCE_FNS = frozenset({"sum", "prod", "max", "min"})
+
+
+@dataclasses.dataclass(eq=False)
+class BlockedConv(A.Conv2D):
+    """Conv2D with a blocked output, a blocked (or, for few channels, plain) input and, when
+    ``residual``, a blocked residual as the last input. ``plain_in``/``plain_out`` are the
+    logical NCHW shapes."""
+
+    plain_in: tuple[int, int, int, int] = (0, 0, 0, 0)
+    plain_out: tuple[int, int, int, int] = (0, 0, 0, 0)
+    blocked_input: bool = True
+    residual: bool = False
+
+
+def blocks(c: int) -> int:
+    return -(-c // BLK)
+
+
+def blocked_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    n, c, h, w = shape
+    return (n, blocks(c), h, w, BLK)
+
+
+def is_depthwise(op: A.Conv2D) -> bool:
+    c, o = op.inputs[0].shape[1], op.out.shape[1]
+    return op.groups == c == o and op.inputs[1].shape[1] == 1
+
+
+def offers_blocked(op: A.Conv2D) -> bool:
+    """Convs the blocked kernels run: constant weights (packed once) and bias, one group or
+    depthwise, a 4-D NCHW input."""
+    bias_ok = len(op.inputs) < 3 or op.inputs[2].value is not None
+    return (len(op.inputs[0].shape) == 4 and op.inputs[1].value is not None and bias_ok
+            and (op.groups == 1 or is_depthwise(op)))
+
+
+def _regions(n: int, c: int, hw: int, to_blocked: bool) -> list[A.Region]:
+    """Per image: one region for the whole blocks and one for the partial last block. Written
+    with channels as the middle axis and pixels innermost on the plain side, so the raster
+    kernel runs them as cache-blocked transposes."""
+    cb, rem = divmod(c, BLK)
+    out: list[A.Region] = []
+    for i in range(n):
+        plain0, blk0 = i * c * hw, i * blocks(c) * hw * BLK
+        for z0, zs, width in ((0, cb, BLK), (cb, 1, rem)):
+            if zs == 0 or width == 0:
+                continue
+            plain = (plain0 + z0 * BLK * hw, (BLK * hw, 1, hw))
+            blk = (blk0 + z0 * hw * BLK, (hw * BLK, 16, 1))
+            if to_blocked:  # (block, pixel, channel): pixels contiguous in the source
+                out.append(A.Region(0, plain[0], plain[1], blk[0], blk[1], (zs, hw, width)))
+            else:  # (block, channel, pixel): channels contiguous in the source
+                out.append(A.Region(0, blk[0], (hw * BLK, 1, BLK), plain[0], (BLK * hw, hw, 1),
+                                    (zs, width, hw)))
+    return out
+
+
+def to_blocked(src: A.Tensor, plain: Sequence[int], dst: A.Tensor) -> A.Raster:
+    n, c, h, w = plain
+    fill = 0.0 if c % BLK else None
+    return A.Raster([src], [dst], regions=_regions(n, c, h * w, True), fill=fill)
+
+
+def from_blocked(src: A.Tensor, plain: Sequence[int], dst: A.Tensor) -> A.Raster:
+    n, c, h, w = plain
+    return A.Raster([src], [dst], regions=_regions(n, c, h * w, False))
+
+
+class _Rewriter:
+    def __init__(self, external: set[int], new_id: Callable[[], int]) -> None:
+        self.external = external
+        self.new_id = new_id
+        self.out: list[tuple[A.Op, Algorithm]] = []
+        # plain id -> (blocked tensor, logical NCHW shape); `pending`: no plain copy made yet
+        self.blocked: dict[int, tuple[A.Tensor, tuple[int, int, int, int]]] = {}
+        self.pending: set[int] = set()
+
+    def tensor(self, plain: Sequence[int], like: A.Tensor) -> A.Tensor:
+        return A.Tensor(blocked_shape(plain), like.dtype, name=f"{like.name}:nchw16c",
+                        id=self.new_id())
+
+    def as_blocked(self, t: A.Tensor) -> A.Tensor:
+        got = self.blocked.get(t.id)
+        if got is not None and got[1] == t.shape:
+            return got[0]
+        self.as_plain(t)  # a reshaped view of a blocked value: via its plain copy
+        plain = (t.shape[0], t.shape[1], t.shape[2], t.shape[3])
+        b = self.tensor(plain, t)
+        self.out.append((to_blocked(t, plain, b), LAYOUT))
+        self.blocked[t.id] = (b, plain)
+        return b
+
+    def as_plain(self, t: A.Tensor) -> None:
+        if t.id in self.pending:
+            b, plain = self.blocked[t.id]
+            self.out.append((from_blocked(b, plain, A.Tensor(plain, t.dtype, name=t.name, id=t.id)),
+                             LAYOUT))
+            self.pending.discard(t.id)
+
+    def produced(self, t: A.Tensor, b: A.Tensor, plain: tuple[int, int, int, int]) -> None:
+        self.blocked[t.id] = (b, plain)
+        self.pending.add(t.id)
+        if t.id in self.external:
+            self.as_plain(t)
+
+    def conv(self, op: A.Conv2D, algo: Algorithm) -> None:
+        x = op.inputs[0]
+        residual = isinstance(op, ConvRes)
+        w_and_bias = op.inputs[1:len(op.inputs) - residual]
+        plain_in = (not is_depthwise(op) and x.shape[1] <= PLAIN_INPUT_MAX
+                    and not (x.id in self.blocked and self.blocked[x.id][1] == x.shape))
+        xb = x if plain_in else self.as_blocked(x)
+        ins = [xb, *w_and_bias]
+        if residual:
+            ins.append(self.as_blocked(op.inputs[-1]))
+        shp = op.out.shape
+        plain_out = (shp[0], shp[1], shp[2], shp[3])
+        yb = self.tensor(plain_out, op.out)
+        fields = {f.name: getattr(op, f.name) for f in dataclasses.fields(A.Conv2D) if f.init}
+        fields.update(inputs=ins, outputs=[yb], plain_in=tuple(x.shape), plain_out=plain_out,
+                      blocked_input=not plain_in, residual=residual)
+        self.out.append((BlockedConv(**fields), algo))
+        self.produced(op.out, yb, plain_out)
+
+    def spatial_reduce(self, op: A.Reduce) -> bool:
+        """A Reduce over H (then W) or H*W of a blocked value reduces the blocked tensor."""
+        x = op.inputs[0]
+        got = self.blocked.get(x.id)
+        if got is None or x.id not in self.pending or op.fn not in _REDUCE_FNS:
+            return False
+        b, (n, c, h, w) = got
+        if op.outer != n * c or (op.n, op.inner) not in ((h, w), (h * w, 1)):
+            return False
+        plain = (n, c, 1, op.inner)
+        yb = self.tensor(plain, op.out)
+        self.out.append((dataclasses.replace(op, inputs=[b], outputs=[yb], outer=n * blocks(c),
+                                             inner=op.inner * BLK), _DIRECT))
+        self.produced(op.out, yb, plain)
+        return True
+
+    def run(self, items: Sequence[tuple[A.Op, Algorithm]]) -> list[tuple[A.Op, Algorithm]]:
+        for op, algo in items:
+            if isinstance(op, A.Conv2D) and algo.name == NCHWC:
+                self.conv(op, algo)
+                continue
+            if isinstance(op, A.Reduce) and self.spatial_reduce(op):
+                continue
+            for t in op.inputs:
+                self.as_plain(t)
+            self.out.append((op, algo))
+        return self.out
+
+
+def apply(items: Sequence[tuple[A.Op, Algorithm]], external: set[int],
+          new_id: Callable[[], int]) -> list[tuple[A.Op, Algorithm]]:
+    """Rewrite the ``nchwc`` convs of a fused op list onto blocked tensors, with Raster layout
+    changes where a value crosses between blocked and plain readers."""
+    return _Rewriter(external, new_id).run(items)
+
+
+def pack_weights(w: np.ndarray, fb: int, plain_input: bool) -> np.ndarray:
+    """(O, C, KH, KW) -> groups of ``fb`` filter blocks, each laid out (cb, ky, kx, ci, f, 16)
+    with zero padding channels; a plain input is one block of all C channels."""
+    o, c, kh, kw = w.shape
+    bi = c if plain_input else BLK
+    cb, ob = -(-c // bi), blocks(o)
+    full = np.zeros((ob * BLK, cb * bi, kh, kw), np.float32)
+    full[:o, :c] = w
+    full = full.reshape(ob, BLK, cb, bi, kh, kw)
+    groups = [full[g:g + fb].transpose(2, 4, 5, 3, 0, 1).reshape(-1) for g in range(0, ob, fb)]
+    return np.ascontiguousarray(np.concatenate(groups))
+
+
+def pack_depthwise(w: np.ndarray) -> np.ndarray:
+    """(C, 1, KH, KW) -> (cb, ky, kx, 16)."""
+    c, _, kh, kw = w.shape
+    full = np.zeros((blocks(c) * BLK, kh, kw), np.float32)
+    full[:c] = w[:, 0]
+    return np.ascontiguousarray(full.reshape(blocks(c), BLK, kh, kw).transpose(0, 2, 3, 1))
+
+
+def pad_bias(b: np.ndarray | None, o: int) -> np.ndarray:
+    out = np.zeros(blocks(o) * BLK, np.float32)
+    if b is not None:
+        out[:o] = np.asarray(b, np.float32).reshape(-1)
+    return out
+
+
+def blocked_cost_bytes(op: A.Conv2D) -> float:
+    """Bytes the blocked conv moves: its operands with channels padded to whole blocks."""
+    n, c, h, w = op.inputs[0].shape
+    _, o, oh, ow = op.out.shape
+    return 4.0 * (n * blocks(c) * BLK * h * w + n * blocks(o) * BLK * oh * ow
+                  + math.prod(op.inputs[1].shape))
