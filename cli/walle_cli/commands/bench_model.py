@@ -217,7 +217,9 @@ def compare(name: str, path: Path, feeds: dict[str, np.ndarray], *, threads: int
     times: dict[str, list[float]] = {k: [] for k in engines}
     while len(times["walle"]) < runs:
         for key, fn in engines.items():
-            time.sleep(0.02)  # let the previous engine's spinning idle threads park
+            # let the previous engine's idle threads park: onnxruntime's spin for tens of ms
+            # after a run (measured: 20 ms is not enough), which would steal this engine's cores
+            time.sleep(0.25)
             fn()  # untimed: wakes this engine's threads
             for _ in range(min(block, runs - len(times[key]))):
                 t0 = time.perf_counter()

@@ -133,6 +133,13 @@ def conv_algorithms(op: A.Conv2D) -> list[str]:
     return algos
 
 
+def _plain_algorithm(op: A.Conv2D) -> Algorithm:
+    """The NCHW algorithm a conv runs with when its blocked one does not pay."""
+    offered = conv_algorithms(op)
+    name = next(n for n in ("1x1-gemm", "depthwise-direct", "im2col+gemm") if n in offered)
+    return Algorithm(name)
+
+
 # --------------------------------------------------------------------------- the executable
 
 
@@ -159,7 +166,7 @@ class CpuExecutable(Executable):
         ops = self._fuse(program.ops)
         last_id = max((t.id for op, _ in program.ops for t in (*op.inputs, *op.outputs)), default=0)
         fresh = itertools.count(last_id + 1)
-        ops = layout.apply(ops, {t.id for t in program.outputs}, lambda: next(fresh))
+        ops = layout.apply(ops, {t.id for t in program.outputs}, lambda: next(fresh), _plain_algorithm)
         # Fusion changes lifetimes (a fused op reads its first inputs while writing its last
         # output), so the planner's layout is redone on the fused list.
         arena = plan_arena([op for op, _ in ops],
@@ -427,8 +434,10 @@ class CpuExecutable(Executable):
         elif isinstance(op, A.Pool2D):
             d.kind = K.POOL
             self._bind(d, op)
-            n, c, h, w = op.inputs[0].shape
-            _, _, oh, ow = op.out.shape
+            blocked = isinstance(op, layout.BlockedPool)
+            n, c, h, w = op.plain_in if blocked else op.inputs[0].shape
+            _, _, oh, ow = op.plain_out if blocked else op.out.shape
+            d.p[19] = int(blocked)
             vals = [n, c, h, w, oh, ow, *op.kernel, *op.strides, op.pads[0], op.pads[1], op.pads[2],
                     op.pads[3], *op.dilations, K.POOL_FNS[op.fn], int(op.count_include_pad), op.p]
             for i, v in enumerate(vals):

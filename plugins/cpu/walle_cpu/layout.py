@@ -44,6 +44,14 @@ class BlockedConv(A.Conv2D):
     residual: bool = False
 
 
+@dataclasses.dataclass(eq=False)
+class BlockedPool(A.Pool2D):
+    """Pool2D (max or avg) from a blocked input to a blocked output."""
+
+    plain_in: tuple[int, int, int, int] = (0, 0, 0, 0)
+    plain_out: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+
 def blocks(c: int) -> int:
     return -(-c // BLK)
 
@@ -98,10 +106,18 @@ def from_blocked(src: A.Tensor, plain: Sequence[int], dst: A.Tensor) -> A.Raster
     return A.Raster([src], [dst], regions=_regions(n, c, h * w, False))
 
 
+def _pools_blocked(op: A.Op) -> bool:
+    return isinstance(op, A.Pool2D) and op.fn in ("max", "avg") and op.out.dtype == np.float32 \
+        and len(op.inputs[0].shape) == 4
+
+
 class _Rewriter:
-    def __init__(self, external: set[int], new_id: Callable[[], int]) -> None:
+    def __init__(self, external: set[int], new_id: Callable[[], int],
+                 fallback: Callable[[A.Conv2D], Algorithm]) -> None:
         self.external = external
         self.new_id = new_id
+        self.fallback = fallback
+        self.readers: dict[int, list[tuple[A.Op, Algorithm]]] = {}
         self.out: list[tuple[A.Op, Algorithm]] = []
         # plain id -> (blocked tensor, logical NCHW shape); `pending`: no plain copy made yet
         self.blocked: dict[int, tuple[A.Tensor, tuple[int, int, int, int]]] = {}
@@ -154,6 +170,38 @@ class _Rewriter:
         self.out.append((BlockedConv(**fields), algo))
         self.produced(op.out, yb, plain_out)
 
+    def reads_blocked(self, t: A.Tensor) -> bool:
+        """Whether some reader of ``t`` would take it blocked."""
+        for op, algo in self.readers.get(t.id, ()):
+            if isinstance(op, A.Conv2D) and algo.name == NCHWC and op.inputs[1] is not t:
+                return True
+            if _pools_blocked(op) or isinstance(op, A.Reduce):
+                return True
+        return False
+
+    def pays(self, op: A.Conv2D) -> bool:
+        """A blocked conv whose input needs a layout change and whose output no reader takes
+        blocked would add two conversions around one kernel: run it plain instead. (A narrow
+        plain input needs no conversion: the stem conv reads it directly.)"""
+        x = op.inputs[0]
+        if (x.id in self.blocked and self.blocked[x.id][1] == x.shape) or self.reads_blocked(op.out):
+            return True
+        return not is_depthwise(op) and x.shape[1] <= PLAIN_INPUT_MAX
+
+    def pool(self, op: A.Pool2D) -> bool:
+        x = op.inputs[0]
+        got = self.blocked.get(x.id)
+        if got is None or got[1] != x.shape or x.id not in self.pending or not _pools_blocked(op):
+            return False
+        shp = op.out.shape
+        plain_out = (shp[0], shp[1], shp[2], shp[3])
+        yb = self.tensor(plain_out, op.out)
+        fields = {f.name: getattr(op, f.name) for f in dataclasses.fields(A.Pool2D) if f.init}
+        fields.update(inputs=[got[0]], outputs=[yb], plain_in=got[1], plain_out=plain_out)
+        self.out.append((BlockedPool(**fields), _DIRECT))
+        self.produced(op.out, yb, plain_out)
+        return True
+
     def spatial_reduce(self, op: A.Reduce) -> bool:
         """A Reduce over H (then W) or H*W of a blocked value reduces the blocked tensor."""
         x = op.inputs[0]
@@ -172,10 +220,17 @@ class _Rewriter:
 
     def run(self, items: Sequence[tuple[A.Op, Algorithm]]) -> list[tuple[A.Op, Algorithm]]:
         for op, algo in items:
+            for t in op.inputs:
+                self.readers.setdefault(t.id, []).append((op, algo))
+        for op, algo in items:
             if isinstance(op, A.Conv2D) and algo.name == NCHWC:
-                self.conv(op, algo)
+                if self.pays(op):
+                    self.conv(op, algo)
+                    continue
+                algo = self.fallback(op)
+            elif isinstance(op, A.Reduce) and self.spatial_reduce(op):
                 continue
-            if isinstance(op, A.Reduce) and self.spatial_reduce(op):
+            elif isinstance(op, A.Pool2D) and self.pool(op):
                 continue
             for t in op.inputs:
                 self.as_plain(t)
@@ -183,11 +238,12 @@ class _Rewriter:
         return self.out
 
 
-def apply(items: Sequence[tuple[A.Op, Algorithm]], external: set[int],
-          new_id: Callable[[], int]) -> list[tuple[A.Op, Algorithm]]:
+def apply(items: Sequence[tuple[A.Op, Algorithm]], external: set[int], new_id: Callable[[], int],
+          fallback: Callable[[A.Conv2D], Algorithm]) -> list[tuple[A.Op, Algorithm]]:
     """Rewrite the ``nchwc`` convs of a fused op list onto blocked tensors, with Raster layout
-    changes where a value crosses between blocked and plain readers."""
-    return _Rewriter(external, new_id).run(items)
+    changes where a value crosses between blocked and plain readers. A blocked conv that would
+    need a conversion on both sides runs with ``fallback(op)`` instead."""
+    return _Rewriter(external, new_id, fallback).run(items)
 
 
 def pack_weights(w: np.ndarray, fb: int, plain_input: bool) -> np.ndarray:

@@ -735,12 +735,23 @@ static void raster_rows(const int64_t *r, const char *src, char *dst, int64_t es
             const char *sz = src + zz * ss0 * es;
             char *dz = dst + zz * ds0 * es;
             if (tr) {
+                /* tiles of 16 y x 64 x; inside a tile the inner loop runs along the side whose
+                 * other stride is larger, so those lines are written (or read) whole in one go
+                 * (the plane strides of a layout change are often multiples of 4 KiB, which
+                 * the L1 cache cannot hold 16 partial lines of) */
+                const uint32_t *s32 = (const uint32_t *)sz;
+                uint32_t *d32 = (uint32_t *)dz;
                 for (int64_t y0 = ylo; y0 < yhi; y0 += 16) {
                     int64_t y1 = y0 + 16 < yhi ? y0 + 16 : yhi;
-                    for (int64_t x = 0; x < n2; x++) {
-                        const uint32_t *sx = (const uint32_t *)sz + x * ss2;
-                        uint32_t *dx = (uint32_t *)dz + x;
-                        for (int64_t y = y0; y < y1; y++) dx[y * ds1] = sx[y];
+                    for (int64_t x0 = 0; x0 < n2; x0 += 64) {
+                        int64_t x1 = x0 + 64 < n2 ? x0 + 64 : n2;
+                        if (ds1 > ss2) {
+                            for (int64_t y = y0; y < y1; y++)
+                                for (int64_t x = x0; x < x1; x++) d32[y * ds1 + x] = s32[y + x * ss2];
+                        } else {
+                            for (int64_t x = x0; x < x1; x++)
+                                for (int64_t y = y0; y < y1; y++) d32[y * ds1 + x] = s32[y + x * ss2];
+                        }
                     }
                 }
                 continue;
@@ -997,6 +1008,10 @@ static int run_op(const wl_op *op, int oi, char **slots, int nthreads, char *err
                 return oi + 1;
             break;
         case WL_POOL: {
+            if (op->p[19]) {
+                wl_pool_nchwc(op, (const float *)PTR(op->ins[0]), (float *)y, nthreads);
+                break;
+            }
             pool_ctx c = {op, (const float *)PTR(op->ins[0]), (float *)y};
             wl_parallel_for(op->p[0] * op->p[1], pool_task, &c, nthreads);
             break;

@@ -101,6 +101,9 @@ typedef struct wl_isa {
     void (*nc_dw_tile)(int np, int64_t nk, const int64_t *xo, const int64_t *wo, const float *x,
                        const float *w, const float *bias, float *y, int64_t step,
                        const nc_epi *e);
+    /* pooling of one blocked pixel over nk taps: max (NaN wins), or the sum times scale */
+    void (*nc_pool_px)(int avg, int64_t nk, const int64_t *xo, const float *x, float *y,
+                       float scale);
 } wl_isa;
 
 extern const wl_isa *wl_active;
@@ -134,6 +137,8 @@ int wl_conv(const wl_op *op, const float *x, const float *w, const float *bias, 
  * bias padded to whole blocks in op->aux2; see nchwc.c for the descriptor fields. */
 int wl_conv_nchwc(const wl_op *op, const float *x, const float *res, float *y, int nthreads,
                   char *err, int errlen);
+/* Pool2D (max, avg) on blocked tensors: Pool2D's descriptor with p[19] = 1. */
+void wl_pool_nchwc(const wl_op *op, const float *x, float *y, int nthreads);
 int wl_matmul(const wl_op *op, const float *a, const float *b, const float *bias,
               const float *res, float *y, int nthreads, char *err, int errlen);
 
