@@ -435,8 +435,8 @@ class CpuExecutable(Executable):
             d.kind = K.POOL
             self._bind(d, op)
             blocked = isinstance(op, layout.BlockedPool)
-            n, c, h, w = op.plain_in if blocked else op.inputs[0].shape
-            _, _, oh, ow = op.plain_out if blocked else op.out.shape
+            n, c, h, w = op.plain_in if isinstance(op, layout.BlockedPool) else op.inputs[0].shape
+            _, _, oh, ow = op.plain_out if isinstance(op, layout.BlockedPool) else op.out.shape
             d.p[19] = int(blocked)
             vals = [n, c, h, w, oh, ow, *op.kernel, *op.strides, op.pads[0], op.pads[1], op.pads[2],
                     op.pads[3], *op.dilations, K.POOL_FNS[op.fn], int(op.count_include_pad), op.p]

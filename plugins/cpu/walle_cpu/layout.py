@@ -228,9 +228,7 @@ class _Rewriter:
                     self.conv(op, algo)
                     continue
                 algo = self.fallback(op)
-            elif isinstance(op, A.Reduce) and self.spatial_reduce(op):
-                continue
-            elif isinstance(op, A.Pool2D) and self.pool(op):
+            elif (isinstance(op, A.Reduce) and self.spatial_reduce(op)) or (isinstance(op, A.Pool2D) and self.pool(op)):
                 continue
             for t in op.inputs:
                 self.as_plain(t)
