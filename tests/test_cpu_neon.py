@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from walle_cpu import _build
+
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "plugins" / "cpu" / "walle_cpu" / "csrc"
 HARNESS = ROOT / "plugins" / "cpu" / "tests" / "neon_kernels.c"
-SOURCES = [str(CSRC / n) for n in ("exec.c", "gemm.c", "pool.c", "simd.c")]
+SOURCES = [str(CSRC / n) for n in _build.SOURCES]
 FLAGS = ["-O2", "-std=gnu11", "-fno-math-errno", f"-I{CSRC}"]
 
 

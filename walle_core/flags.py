@@ -14,6 +14,12 @@ def _get(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+def cpu_isa() -> str:
+    """WALLE_CPU_ISA=avx512|avx2|neon|scalar: force the cpu backend's SIMD variant ("" or auto:
+    the best this CPU supports)."""
+    return _get("WALLE_CPU_ISA").strip().lower()
+
+
 def backend_preference() -> list[str]:
     """WALLE_BACKENDS=cpu,reference: restrict and order the backends that ``auto`` may pick."""
     raw = _get("WALLE_BACKENDS")

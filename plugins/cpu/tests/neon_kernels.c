@@ -158,6 +158,112 @@ static void test_conv(int algo, int64_t c, int64_t o, int64_t h, int64_t w, int6
     free(x); free(wt); free(bias); free(y); free(want); free(mag); free(u); free(res);
 }
 
+/* Blocked layout (NCHW16c): plain -> blocked copy with zero padding channels. */
+static float *to_blocked(const float *x, int64_t c, int64_t hw) {
+    int64_t cb = (c + 15) / 16;
+    float *b = calloc((size_t)(cb * hw * 16), sizeof(float));
+    for (int64_t ci = 0; ci < c; ci++)
+        for (int64_t p = 0; p < hw; p++) b[((ci / 16) * hw + p) * 16 + ci % 16] = x[ci * hw + p];
+    return b;
+}
+
+/* The blocked conv (regular, depthwise or from a plain input) with weights packed here the way
+ * the compiler packs them, against the naive loops of test_conv's reference. */
+static void test_nchwc(int64_t c, int64_t o, int64_t h, int64_t w, int64_t k, int64_t s,
+                       int64_t pad, int depthwise, int plain_input, int with_res) {
+    int64_t oh = (h + 2 * pad - k) / s + 1, ow = (w + 2 * pad - k) / s + 1;
+    int64_t cg = depthwise ? 1 : c, ob = (o + 15) / 16, fb = wl_active->nc_fb;
+    int64_t bi = plain_input ? c : 16, ncb = (c + bi - 1) / bi;
+    float *x = malloc(sizeof(float) * c * h * w), *wt = malloc(sizeof(float) * o * cg * k * k);
+    float *bias = calloc((size_t)(ob * 16), sizeof(float)), *res = NULL, *resb = NULL;
+    double *want = malloc(sizeof(double) * o * oh * ow), *mag = malloc(sizeof(double) * o * oh * ow);
+    for (int64_t i = 0; i < c * h * w; i++) x[i] = frand();
+    for (int64_t i = 0; i < o * cg * k * k; i++) wt[i] = frand();
+    for (int64_t i = 0; i < o; i++) bias[i] = frand();
+    if (with_res) {
+        res = malloc(sizeof(float) * o * oh * ow);
+        for (int64_t i = 0; i < o * oh * ow; i++) res[i] = frand();
+        resb = to_blocked(res, o, oh * ow);
+    }
+    for (int64_t oc = 0; oc < o; oc++)
+        for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++) {
+                double sum = bias[oc], t = fabs(bias[oc]);
+                for (int64_t ci = 0; ci < cg; ci++)
+                    for (int64_t ky = 0; ky < k; ky++)
+                        for (int64_t kx = 0; kx < k; kx++) {
+                            int64_t iy = oy * s - pad + ky, ix = ox * s - pad + kx;
+                            if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+                            int64_t xc = depthwise ? oc : ci;
+                            double v = (double)x[(xc * h + iy) * w + ix] *
+                                       wt[((oc * cg + ci) * k + ky) * k + kx];
+                            sum += v;
+                            t += fabs(v);
+                        }
+                int64_t idx = (oc * oh + oy) * ow + ox;
+                if (res) {
+                    sum += res[idx];
+                    t += fabs(res[idx]);
+                }
+                want[idx] = sum < 0 ? 0 : (sum > 6 ? 6 : sum);
+                mag[idx] = 2 * t;
+            }
+    /* weights: depthwise (cb, ky, kx, 16); else groups of fb filter blocks (cb, ky, kx, ci, f, 16) */
+    int64_t nw = depthwise ? ob * k * k * 16 : ob * 16 * ncb * bi * k * k;
+    float *wp = calloc((size_t)nw, sizeof(float));
+    if (depthwise) {
+        for (int64_t oc = 0; oc < o; oc++)
+            for (int64_t t = 0; t < k * k; t++) wp[((oc / 16) * k * k + t) * 16 + oc % 16] = wt[oc * k * k + t];
+    } else {
+        for (int64_t g0 = 0; g0 < ob; g0 += fb) {
+            int64_t f = ob - g0 < fb ? ob - g0 : fb;
+            float *dst = wp + g0 * 16 * ncb * bi * k * k;
+            for (int64_t cb = 0; cb < ncb; cb++)
+                for (int64_t ky = 0; ky < k; ky++)
+                    for (int64_t kx = 0; kx < k; kx++)
+                        for (int64_t ci = 0; ci < bi; ci++)
+                            for (int64_t fi = 0; fi < f; fi++)
+                                for (int64_t l = 0; l < 16; l++, dst++) {
+                                    int64_t oc = (g0 + fi) * 16 + l, cc = cb * bi + ci;
+                                    if (oc < o && cc < c) *dst = wt[((oc * c + cc) * k + ky) * k + kx];
+                                }
+        }
+    }
+    float *xin = plain_input ? x : to_blocked(x, c, h * w);
+    float *yb = malloc(sizeof(float) * ob * 16 * oh * ow);
+    wl_op op;
+    memset(&op, 0, sizeof op);
+    op.kind = WL_CONV;
+    op.algo = C_NCHWC;
+    int64_t vals[] = {1, c, h, w, o, oh, ow, k, k, s, s, pad, pad, 1, 1, depthwise ? c : 1, 1, U_CLIP};
+    for (int i = 0; i < 18; i++) op.p[i] = vals[i];
+    op.p[19] = with_res ? 3 : 0;
+    op.p[20] = !plain_input;
+    op.p[21] = fb;
+    op.f[0] = 0;
+    op.f[1] = 6;
+    op.aux = wp;
+    op.aux2 = bias;
+    char err[128] = "", name[160];
+    int rc = wl_conv_nchwc(&op, xin, resb, yb, 2, err, sizeof err);
+    snprintf(name, sizeof name, "conv nchwc%s%s c=%lld o=%lld %lldx%lld k=%lld s=%lld pad=%lld%s+relu6",
+             depthwise ? " depthwise" : "", plain_input ? " plain-input" : "", (long long)c,
+             (long long)o, (long long)h, (long long)w, (long long)k, (long long)s, (long long)pad,
+             res ? "+residual" : "");
+    if (rc) {
+        printf("FAIL %s: %s\n", name, err);
+        failures++;
+    } else {
+        float *y = malloc(sizeof(float) * o * oh * ow);
+        for (int64_t oc = 0; oc < o; oc++)
+            for (int64_t p = 0; p < oh * ow; p++) y[oc * oh * ow + p] = yb[((oc / 16) * oh * ow + p) * 16 + oc % 16];
+        check(name, y, want, mag, o * oh * ow, 1e-5);
+        free(y);
+    }
+    if (!plain_input) free(xin);
+    free(x); free(wt); free(bias); free(res); free(resb); free(want); free(mag); free(wp); free(yb);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && wl_set_isa(argv[1]) != 0) {
         printf("FAIL cannot select ISA %s\n", argv[1]);
@@ -187,6 +293,12 @@ int main(int argc, char **argv) {
     test_conv(C_1X1, 9, 11, 5, 7, 1, 1, 0, 1, 1);
     test_conv(C_DEPTHWISE, 5, 5, 8, 9, 3, 1, 1, 5, 1);
     test_conv(C_WINOGRAD, 7, 9, 9, 10, 3, 1, 1, 1, 1);
+    test_nchwc(20, 70, 9, 11, 3, 1, 1, 0, 0, 0);  /* partial blocks, 5 filter blocks */
+    test_nchwc(33, 16, 7, 7, 3, 2, 1, 0, 0, 1);
+    test_nchwc(48, 64, 5, 6, 1, 1, 0, 0, 0, 1);
+    test_nchwc(3, 32, 13, 12, 3, 2, 1, 0, 1, 0);  /* the stem: plain RGB input */
+    test_nchwc(24, 24, 9, 10, 3, 1, 1, 1, 0, 1);
+    test_nchwc(40, 40, 11, 9, 3, 2, 1, 1, 0, 0);
     wl_pool_shutdown();
     if (failures) {
         printf("%d FAILED\n", failures);

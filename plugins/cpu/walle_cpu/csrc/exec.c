@@ -41,11 +41,8 @@ int wl_set_isa(const char *name) {
     return 1;
 }
 
-__attribute__((constructor)) static void wl_init(void) {
-    wl_active = detect();
-    const char *env = getenv("WALLE_CPU_ISA");
-    if (env && *env) wl_set_isa(env);
-}
+/* the best variant by default; WALLE_CPU_ISA is read in Python (walle_core.flags) */
+__attribute__((constructor)) static void wl_init(void) { wl_active = detect(); }
 
 const char *wl_isa_name(void) { return wl_active->name; }
 

@@ -1,0 +1,177 @@
+"""The cpu backend's blocked channel layout (NCHW16c): runs of ``nchwc`` convs stay blocked, the
+layout changes are Raster ops at the edges of a run, pooling and global reductions read blocked
+tensors, and every result matches the reference backend (channel counts that are not multiples
+of 16, batches, strides, padding, residuals, fused activations)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from walle_core import atomic as A
+from walle_core.backend import Algorithm, Program
+from walle_core.decompose.builder import Builder
+from walle_core.plugins import registry
+
+cpu_entry = {e.name: e for e in registry().entries()}["cpu"]
+pytestmark = pytest.mark.skipif(not cpu_entry.availability.available,
+                                reason=f"cpu backend unavailable: {cpu_entry.availability.reason}")
+F32 = np.dtype(np.float32)
+
+
+def _conv(b: Builder, rng: np.random.Generator, x: A.Tensor, o: int, k: int = 3, s: int = 1,
+          p: int = 1, depthwise: bool = False, act: A.Activation | None = None) -> A.Tensor:
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    wv = rng.uniform(-0.5, 0.5, (o, 1 if depthwise else c, k, k)).astype(F32)
+    y = b.tensor((n, o, oh, ow), F32)
+    b.emit(A.Conv2D([x, b.const(wv), b.const(rng.uniform(-0.5, 0.5, o).astype(F32))], [y],
+                    strides=(s, s), pads=(p, p, p, p), groups=c if depthwise else 1,
+                    act=act or A.Activation()))
+    return y
+
+
+def _pool(b: Builder, x: A.Tensor, fn: str, k: int = 3, s: int = 2, p: int = 1) -> A.Tensor:
+    n, c, h, w = x.shape
+    y = b.tensor((n, c, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1), F32)
+    b.emit(A.Pool2D([x], [y], fn=fn, kernel=(k, k), strides=(s, s), pads=(p, p, p, p)))
+    return y
+
+
+def _run(ops: list[A.Op], ins: list[A.Tensor], outs: list[A.Tensor], feeds: list[np.ndarray],
+         backend: str, threads: int = 2) -> tuple[list[np.ndarray], list[str]]:
+    be = registry().get(backend)
+    items = []
+    for op in ops:
+        algos = be.algorithms(op)
+        pick = next((a for a in algos if a.name == "nchwc"), algos[0] if algos else Algorithm("?"))
+        items.append((op, pick))
+    exe = be.compile(Program(items, ins, outs), threads=threads)
+    return exe.run(feeds), list(getattr(exe, "_labels", []))
+
+
+def _check(ops: list[A.Op], ins: list[A.Tensor], outs: list[A.Tensor], feeds: list[np.ndarray],
+           threads: int = 2) -> list[str]:
+    got, labels = _run(ops, ins, outs, feeds, "cpu", threads)
+    want, _ = _run(ops, ins, outs, feeds, "reference")
+    for g, w in zip(got, want, strict=True):
+        # sums of terms up to the output's scale, added in another order: error ~ eps * scale
+        scale = max(1.0, float(np.abs(w).max(initial=0.0)))
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-5 * scale)
+    return labels
+
+
+def test_a_conv_run_stays_blocked_with_layout_changes_only_at_its_edges() -> None:
+    rng = np.random.default_rng(0)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((2, 3, 23, 21), F32)
+    h = _conv(b, rng, x, 20, act=A.Activation("relu"))  # the stem reads the plain input
+    h = _pool(b, h, "max")
+    r = h
+    h = _conv(b, rng, h, 20, act=A.Activation("clip", (0.0, 6.0)))
+    h = _conv(b, rng, h, 20, depthwise=True)
+    h = b.binary("add", _conv(b, rng, h, 20, k=1, p=0), r)  # fused as the conv's residual
+    h = _conv(b, rng, h, 37, s=2, act=A.Activation("hardswish"))
+    h = _pool(b, h, "avg", k=2, s=1, p=0)
+    pooled = b.tensor((2, 37, 1, 1), F32)  # global average pool, as ReduceMean lowers it
+    b.emit(A.Reduce([h], [pooled], fn="sum", outer=2 * 37, n=h.shape[2] * h.shape[3], inner=1))
+    feeds = [rng.uniform(-1, 1, x.shape).astype(F32)]
+    labels = _check(b.ops, [x], [pooled], feeds)
+    layout = [lb for lb in labels if lb.startswith("Raster layout")]
+    assert sum("nchwc" in lb for lb in labels) == 5, labels
+    assert len(layout) == 1 and "[2, 3, 1, 1, 16] -> [2, 37, 1, 1]" in layout[0], labels
+    assert any(lb.startswith("Conv2D+residual nchwc") for lb in labels), labels
+
+
+def test_a_lone_conv_between_plain_ops_runs_plain() -> None:
+    """Two layout changes around one kernel do not pay: the conv gets its NCHW algorithm."""
+    rng = np.random.default_rng(1)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((1, 24, 9, 9), F32)
+    y = b.unary("neg", _conv(b, rng, b.unary("abs", x), 32))
+    labels = _check(b.ops, [x], [y], [rng.uniform(-1, 1, x.shape).astype(F32)])
+    assert not any("nchwc" in lb or "layout" in lb for lb in labels), labels
+
+
+def test_blocked_output_that_is_also_a_program_output_is_converted_once() -> None:
+    rng = np.random.default_rng(2)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((1, 3, 10, 10), F32)
+    mid = _conv(b, rng, x, 18)
+    y = _conv(b, rng, mid, 17)
+    labels = _check(b.ops, [x], [mid, y], [rng.uniform(-1, 1, x.shape).astype(F32)])
+    assert sum(lb.startswith("Raster layout") for lb in labels) == 2, labels
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threads_give_the_same_blocked_result(threads: int) -> None:
+    rng = np.random.default_rng(3)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((1, 40, 15, 13), F32)
+    y = _conv(b, rng, _conv(b, rng, x, 70, s=2), 33, k=1, p=0)
+    _check(b.ops, [x], [y], [rng.uniform(-1, 1, x.shape).astype(F32)], threads)
+
+
+@st.composite
+def _chains(draw: st.DrawFn) -> tuple[list[A.Op], A.Tensor, A.Tensor, np.ndarray]:
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    b = Builder(fold=lambda op: None)
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 40))
+    x = b.tensor((n, c, draw(st.integers(3, 14)), draw(st.integers(3, 14))), F32)
+    h = x
+    for _ in range(draw(st.integers(2, 4))):
+        kind = draw(st.sampled_from(["conv", "conv", "depthwise", "pool", "residual"]))
+        k = draw(st.sampled_from([1, 3]))
+        s = draw(st.integers(1, 2))
+        p = draw(st.integers(0, k // 2 + 1)) if k > 1 else 0
+        if h.shape[2] + 2 * p < k or h.shape[3] + 2 * p < k:
+            continue
+        if kind == "pool" and h.shape[2] >= 2 and h.shape[3] >= 2:
+            h = _pool(b, h, draw(st.sampled_from(["max", "avg"])), k=2, s=2, p=0)
+        elif kind == "depthwise":
+            h = _conv(b, rng, h, h.shape[1], k, s, p, depthwise=True)
+        elif kind == "residual":
+            h = b.binary("add", _conv(b, rng, h, h.shape[1], 3, 1, 1), h)
+        else:
+            act = draw(st.sampled_from([None, A.Activation("relu"), A.Activation("sigmoid")]))
+            h = _conv(b, rng, h, draw(st.integers(1, 40)), k, s, p, act=act)
+    return b.ops, x, h, rng.uniform(-1, 1, x.shape).astype(F32)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_chains())
+def test_random_blocked_chains_match_the_reference(case: tuple[list[A.Op], A.Tensor, A.Tensor, np.ndarray]) -> None:
+    ops, x, y, xv = case
+    if not ops:
+        return
+    _check(ops, [x], [y], [xv])
+
+
+@pytest.mark.parametrize("isa", ["avx2", "scalar"])
+def test_forced_kernel_variant_is_used(isa: str) -> None:
+    """WALLE_CPU_ISA (read in walle_core.flags) picks the kernel variant (the C harness of
+    test_cpu_neon runs the blocked kernels of every variant)."""
+    code = ("import numpy as np, walle_cpu.plugin as p\n"
+            f"assert p.isa() == {isa!r}, p.isa()\n"
+            "print('OK')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "WALLE_CPU_ISA": isa})
+    if "names a kernel variant" in res.stderr + res.stdout:
+        pytest.skip(f"this CPU lacks {isa}")
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+
+
+def test_unsupported_forced_variant_makes_the_backend_unavailable_with_the_reason() -> None:
+    code = ("from walle_cpu.plugin import CpuBackend\n"
+            "a = CpuBackend().availability()\n"
+            "assert not a.available and 'WALLE_CPU_ISA=sse9' in a.reason, a\n"
+            "print('OK')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "WALLE_CPU_ISA": "sse9"})
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
