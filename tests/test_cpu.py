@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import threading
@@ -129,6 +130,23 @@ def test_elementwise_chain_is_fused() -> None:
     bv = np.linspace(-1, 1, 7, dtype=np.float32)
     want = 1 / (1 + np.exp(-(np.maximum(xv + bv, 0) * xv)))
     np.testing.assert_allclose(exe.run([xv, bv])[0], want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 40001), (2, 70001)])
+def test_long_rows_of_a_fused_chain_are_split_across_threads(shape: tuple[int, ...]) -> None:
+    """Collapsed dims leave few, long rows: the chain splits them by columns (odd lengths,
+    a bias broadcast over rows) and still matches numpy."""
+    b = Builder(fold=lambda op: None)
+    x = b.tensor(shape, np.float32)
+    bias = b.tensor(shape[-1:], np.float32)
+    y = b.binary("mul", b.unary("erf", b.binary("add", x, bias)), x)
+    exe = _compile(b.ops, [x, bias], [y], threads=3)
+    rng = np.random.default_rng(5)
+    xv = rng.standard_normal(shape).astype(np.float32)
+    bv = rng.standard_normal(shape[-1:]).astype(np.float32)
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    want = erf((xv + bv).astype(np.float64)) * xv
+    np.testing.assert_allclose(exe.run([xv, bv])[0], want, rtol=1e-5, atol=1e-6)
 
 
 def test_unsupported_dtype_falls_back_with_no_algorithm() -> None:

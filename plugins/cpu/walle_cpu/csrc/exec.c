@@ -806,7 +806,8 @@ static void raster_task(void *vp, int64_t t) {
 typedef struct {
     const wl_op *op;
     char **slots;
-    int64_t rows, chunk;
+    int64_t rows, chunk;  /* rows, rows per task */
+    int64_t cols, cchunk; /* columns, columns per task (a row is split when rows are few) */
 } chain_ctx;
 
 static void chain_task(void *vp, int64_t t) {
@@ -820,7 +821,10 @@ static void chain_task(void *vp, int64_t t) {
     int nsteps = (int)op->p[53];
     int nin = op->n_in;
     float reg[CHAIN_BLOCK];
+    int64_t cblocks = (last + c->cchunk - 1) / c->cchunk, cb = t % cblocks;
+    t /= cblocks;
     int64_t r0 = t * c->chunk, r1 = r0 + c->chunk < c->rows ? r0 + c->chunk : c->rows;
+    int64_t c0 = cb * c->cchunk, c1 = c0 + c->cchunk < last ? c0 + c->cchunk : last;
     float *yb = (float *)(c->slots[op->out.slot] + op->out.off);
     for (int64_t r = r0; r < r1; r++) {
         int64_t rem = r, off[5] = {0, 0, 0, 0, 0};
@@ -836,8 +840,8 @@ static void chain_task(void *vp, int64_t t) {
             s[i] = op->p[9 + 8 * i + nd - 1];
         }
         float *y = yb + r * last;
-        for (int64_t x0 = 0; x0 < last; x0 += CHAIN_BLOCK) {
-            int64_t nb = last - x0 < CHAIN_BLOCK ? last - x0 : CHAIN_BLOCK;
+        for (int64_t x0 = c0; x0 < c1; x0 += CHAIN_BLOCK) {
+            int64_t nb = c1 - x0 < CHAIN_BLOCK ? c1 - x0 : CHAIN_BLOCK;
             if (s[0] == 1) memcpy(reg, base[0] + x0, (size_t)nb * 4);
             else for (int64_t i = 0; i < nb; i++) reg[i] = base[0][(x0 + i) * s[0]];
             for (int st = 0; st < nsteps; st++) {
@@ -957,10 +961,19 @@ static int run_op(const wl_op *op, int oi, char **slots, int nthreads, char *err
             break;
         }
         case WL_CHAIN: {
-            chain_ctx c = {op, slots, op->p[50], 0};
-            int64_t total = c.rows * op->p[(int)op->p[0]];
-            int64_t tasks = total >= 32768 ? chunks_for(c.rows, 1, nthreads, &c.chunk)
-                                           : (c.chunk = c.rows, 1);
+            int64_t last = op->p[(int)op->p[0]];
+            chain_ctx c = {op, slots, op->p[50], 0, last, last};
+            int64_t total = c.rows * last, tasks = 1;
+            if (total < 32768) {
+                c.chunk = c.rows;
+            } else if (c.rows >= 2 * nthreads) {
+                tasks = chunks_for(c.rows, 1, nthreads, &c.chunk);
+            } else { /* few long rows (collapsed dims): split the columns too */
+                c.chunk = 1;
+                int64_t per = (4 * nthreads + c.rows - 1) / c.rows; /* column blocks per row */
+                c.cchunk = ((last + per - 1) / per + CHAIN_BLOCK - 1) / CHAIN_BLOCK * CHAIN_BLOCK;
+                tasks = c.rows * ((last + c.cchunk - 1) / c.cchunk);
+            }
             wl_parallel_for(tasks, chain_task, &c, nthreads);
             break;
         }
