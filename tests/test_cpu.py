@@ -149,6 +149,21 @@ def test_long_rows_of_a_fused_chain_are_split_across_threads(shape: tuple[int, .
     np.testing.assert_allclose(exe.run([xv, bv])[0], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("fn", ["sum", "max", "min"])
+def test_long_contiguous_reductions_match_numpy_with_nan_and_inf(fn: str) -> None:
+    """The vectorised fp32 path (sum in double lanes, NaN-propagating max/min)."""
+    rng = np.random.default_rng(6)
+    xv = rng.standard_normal((7, 1003)).astype(np.float32)
+    xv[2, 500], xv[3, 17], xv[4, 1002], xv[5, 40] = np.nan, np.inf, -np.inf, np.nan
+    b = Builder(fold=lambda op: None)
+    x = b.tensor(xv.shape, np.float32)
+    y = b.tensor((7,), np.float32)
+    b.emit(A.Reduce([x], [y], fn=fn, outer=7, n=1003, inner=1))
+    got = _compile(b.ops, [x], [y]).run([xv])[0]
+    want = getattr(np, fn)(xv.astype(np.float64), axis=1).astype(np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_unsupported_dtype_falls_back_with_no_algorithm() -> None:
     b = Builder(fold=lambda op: None)
     x = b.tensor((4,), np.float16)

@@ -467,6 +467,10 @@ static void reduce_task(void *vp, int64_t o) {
     const wl_op *op = c->op;
     int64_t nn = op->p[1], inner = op->p[2];
     int fn = op->fn, last = (int)op->p[3];
+    if (op->dtype == D_F32 && inner == 1 && (fn == R_SUM || fn == R_MAX || fn == R_MIN)) {
+        ((float *)c->y)[o] = (float)wl_active->reduce_f32(fn, (const float *)c->x + o * nn, nn);
+        return;
+    }
     switch (op->dtype) {
     case D_F32: REDUCE_T(float, double)
     case D_F64: REDUCE_T(double, double)

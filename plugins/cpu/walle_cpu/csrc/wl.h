@@ -104,6 +104,8 @@ typedef struct wl_isa {
     /* pooling of one blocked pixel over nk taps: max (NaN wins), or the sum times scale */
     void (*nc_pool_px)(int avg, int64_t nk, const int64_t *xo, const float *x, float *y,
                        float scale);
+    /* fn in R_SUM (double lanes), R_MAX, R_MIN (NaN wins) over n contiguous floats */
+    double (*reduce_f32)(int fn, const float *x, int64_t n);
 } wl_isa;
 
 extern const wl_isa *wl_active;
