@@ -109,6 +109,19 @@ def test_blocked_output_that_is_also_a_program_output_is_converted_once() -> Non
     assert sum(lb.startswith("Raster layout") for lb in labels) == 2, labels
 
 
+@pytest.mark.parametrize(("k", "s", "p"), [(3, 1, 1), (3, 2, 1), (5, 1, 2), (7, 2, 3), (2, 1, 1)])
+def test_wide_maps_give_border_pixels_their_own_taps(k: int, s: int, p: int) -> None:
+    """Maps 32 wide and more are not copied into a padded buffer: border pixels run with
+    their valid taps only (with a residual and a stem conv from the plain input)."""
+    rng = np.random.default_rng(k * 10 + s + p)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((1, 3, 41, 70), F32)
+    h = _conv(b, rng, x, 19, k, s, p)
+    y = b.binary("add", _conv(b, rng, h, 19, k, 1, k // 2) if k % 2 else
+                 _conv(b, rng, h, 19, 3, 1, 1), h)
+    _check(b.ops, [x], [y], [rng.uniform(-1, 1, x.shape).astype(F32)])
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_threads_give_the_same_blocked_result(threads: int) -> None:
     rng = np.random.default_rng(3)

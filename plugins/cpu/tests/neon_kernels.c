@@ -299,6 +299,8 @@ int main(int argc, char **argv) {
     test_nchwc(3, 32, 13, 12, 3, 2, 1, 0, 1, 0);  /* the stem: plain RGB input */
     test_nchwc(24, 24, 9, 10, 3, 1, 1, 1, 0, 1);
     test_nchwc(40, 40, 11, 9, 3, 2, 1, 1, 0, 0);
+    test_nchwc(17, 40, 9, 37, 3, 1, 1, 0, 0, 1);  /* wide: border pixels, no padded copy */
+    test_nchwc(3, 20, 11, 70, 7, 2, 3, 0, 1, 0);
     wl_pool_shutdown();
     if (failures) {
         printf("%d FAILED\n", failures);

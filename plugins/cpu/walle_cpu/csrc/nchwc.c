@@ -21,7 +21,7 @@
 #include "wl.h"
 
 #define CP(i) (op->p[i])
-#define NC_TABLES 3
+#define NC_TABLES 4 /* tap windows cached per task: interior, the two borders, one spare */
 #define SLICE_BYTES (160 * 1024) /* weights of one reduction slice, kept in L2 */
 
 typedef struct {
@@ -34,11 +34,13 @@ typedef struct {
     int64_t tmax;                              /* entries of the largest offset table */
     nc_epi epi;                                /* residual pointer unset: set per tile */
     int pass_act;                              /* an activation the tiles cannot apply */
+    int borders;                               /* some output pixels read only part of their taps */
 } nc_ctx;
 
 typedef struct {
     int64_t key[5];
     int64_t n, per_block; /* entries; entries per full input block */
+    int64_t used;         /* last use, for replacement */
     int64_t *xo, *wo;
 } nc_table;
 
@@ -56,14 +58,17 @@ static void valid_taps(int64_t base, int64_t d, int64_t k, int64_t n, int64_t *k
  * ordered (input block, ky, kx, channel), from a small per-task cache. */
 static const nc_table *table(const nc_ctx *c, nc_table *cache, int depthwise, int64_t fbw,
                              int64_t ky0, int64_t ky1, int64_t kx0, int64_t kx1) {
-    int64_t key[5] = {fbw, ky0, ky1, kx0, kx1};
-    nc_table *t = NULL;
-    for (int i = 0; i < NC_TABLES && !t; i++)
-        if (cache[i].n >= 0 && !memcmp(cache[i].key, key, sizeof key)) t = &cache[i];
-    if (t) return t;
-    t = &cache[0];
-    for (int i = 1; i < NC_TABLES; i++) /* an empty slot, else the first */
-        if (cache[i].n < 0) { t = &cache[i]; break; }
+    int64_t key[5] = {fbw, ky0, ky1, kx0, kx1}, clock = 0;
+    nc_table *t = &cache[0];
+    for (int i = 0; i < NC_TABLES; i++) clock = cache[i].used > clock ? cache[i].used : clock;
+    for (int i = 0; i < NC_TABLES; i++)
+        if (cache[i].n >= 0 && !memcmp(cache[i].key, key, sizeof key)) {
+            cache[i].used = clock + 1;
+            return &cache[i];
+        }
+    for (int i = 1; i < NC_TABLES; i++) /* the least recently used slot (empty ones first) */
+        if (cache[i].used < t->used) t = &cache[i];
+    t->used = clock + 1;
     memcpy(t->key, key, sizeof key);
     int64_t n = 0;
     if (depthwise) {
@@ -96,6 +101,7 @@ static nc_table *task_tables(const nc_ctx *c, nc_table *cache) {
     if (!buf) return NULL;
     for (int i = 0; i < NC_TABLES; i++) {
         cache[i].n = -1;
+        cache[i].used = 0;
         cache[i].xo = buf + 2 * i * c->tmax;
         cache[i].wo = cache[i].xo + c->tmax;
     }
@@ -103,6 +109,15 @@ static nc_table *task_tables(const nc_ctx *c, nc_table *cache) {
 }
 
 /* ---------------------------------------------------------------- regular convs: flat tiles */
+
+/* Output columns [lo, hi) whose taps all lie inside the input row. */
+static void interior(const nc_ctx *c, int64_t *lo, int64_t *hi) {
+    *lo = ceil_div(c->pl, c->sw);
+    int64_t last = c->W - 1 + c->pl - (c->KW - 1) * c->dw; /* ox * sw <= last */
+    *hi = last < 0 ? 0 : last / c->sw + 1;
+    if (*hi > c->OW) *hi = c->OW;
+    if (*lo > *hi) *lo = *hi;
+}
 
 static void conv_task(void *vp, int64_t t) {
     const nc_ctx *c = vp;
@@ -114,28 +129,42 @@ static void conv_task(void *vp, int64_t t) {
     int64_t q0 = qi * c->chunk, q1 = q0 + c->chunk < npx ? q0 + c->chunk : npx;
     const float *w = c->w + ob0 * c->ncb * c->KH * c->KW * c->bi * WL_BLK;
     const float *x = c->x + n * c->xn, *bias = c->bias + ob0 * WL_BLK;
-    int64_t ys = npx * WL_BLK, yimg = (n * c->ob + ob0) * ys;
-    const nc_table *tb = table(c, cache, 0, fb, 0, c->KH, 0, c->KW);
+    int64_t ys = npx * WL_BLK, yimg = (n * c->ob + ob0) * ys, lo, hi;
+    interior(c, &lo, &hi);
     /* input blocks per slice: the slice's weights for this group fit SLICE_BYTES */
-    int64_t blk_bytes = tb->per_block * fb * WL_BLK * (int64_t)sizeof(float);
-    int64_t kcb = SLICE_BYTES / (blk_bytes > 0 ? blk_bytes : 1);
+    int64_t blk_bytes = c->KH * c->KW * c->bi * fb * WL_BLK * (int64_t)sizeof(float);
+    int64_t kcb = SLICE_BYTES / blk_bytes;
     if (kcb < 1) kcb = 1;
     int pmax = wl_active->nc_p[fb];
     nc_epi e = c->epi;
     for (int64_t k0 = 0; k0 < c->ncb; k0 += kcb) {
         int64_t k1 = k0 + kcb < c->ncb ? k0 + kcb : c->ncb;
-        int64_t s0 = k0 * tb->per_block, s1 = k1 == c->ncb ? tb->n : k1 * tb->per_block;
         e.load = k0 > 0;
         e.final = k1 == c->ncb;
         for (int64_t q = q0; q < q1;) {
-            int64_t np = q1 - q < pmax ? q1 - q : pmax, po[12];
-            for (int64_t p = 0; p < np; p++) {
-                int64_t oy = (q + p) / c->OW, ox = (q + p) % c->OW;
-                po[p] = oy * c->sh * c->xrow + ox * c->sw * c->xpix;
+            /* a tile: pixels with one tap window; without borders it may span rows */
+            int64_t oy = q / c->OW, ox = q % c->OW, iy = oy * c->sh - c->pt, ky0, ky1;
+            int64_t ix = ox * c->sw - c->pl, kx0 = 0, kx1 = c->KW, np, po[12];
+            valid_taps(iy, c->dh, c->KH, c->H, &ky0, &ky1);
+            if (!c->borders) {
+                np = q1 - q < pmax ? q1 - q : pmax;
+            } else if (ox >= lo && ox < hi) {
+                int64_t end = q1 - q < hi - ox ? q1 - q : hi - ox;
+                np = end < pmax ? end : pmax;
+            } else {
+                np = 1;
+                valid_taps(ix, c->dw, c->KW, c->W, &kx0, &kx1);
             }
+            for (int64_t p = 0; p < np; p++) {
+                int64_t py = (q + p) / c->OW - oy, px = (q + p) % c->OW - ox;
+                po[p] = py * c->sh * c->xrow + px * c->sw * c->xpix;
+            }
+            const nc_table *tb = table(c, cache, 0, fb, ky0, ky1, kx0, kx1);
+            int64_t s0 = k0 * tb->per_block, s1 = k1 == c->ncb ? tb->n : k1 * tb->per_block;
             e.res = c->res ? c->res + yimg + q * WL_BLK : NULL;
-            wl_active->nc_conv_tile((int)fb, (int)np, s1 - s0, tb->xo + s0, tb->wo + s0, x, w,
-                                    bias, c->y + yimg + q * WL_BLK, ys, po, &e);
+            wl_active->nc_conv_tile((int)fb, (int)np, s1 - s0, tb->xo + s0, tb->wo + s0,
+                                    x + iy * c->xrow + ix * c->xpix, w, bias,
+                                    c->y + yimg + q * WL_BLK, ys, po, &e);
             q += np;
         }
     }
@@ -177,10 +206,8 @@ static void dw_task(void *vp, int64_t t) {
     int64_t ci = t % chunks, cb = t / chunks; /* cb runs over n * blocks */
     const float *w = c->w + (cb % c->ob) * c->KH * c->KW * WL_BLK;
     const float *bias = c->bias + (cb % c->ob) * WL_BLK;
-    int64_t lo = ceil_div(c->pl, c->sw), last = c->W - 1 + c->pl - (c->KW - 1) * c->dw;
-    int64_t hi = last < 0 ? 0 : last / c->sw + 1; /* columns [lo, hi) read only valid taps */
-    if (hi > c->OW) hi = c->OW;
-    if (lo > hi) lo = hi;
+    int64_t lo, hi;
+    interior(c, &lo, &hi);
     nc_epi e = c->epi;
     e.final = 1;
     for (int64_t oy = ci * c->chunk; oy < c->OH && oy < (ci + 1) * c->chunk; oy++) {
@@ -283,9 +310,12 @@ int wl_conv_nchwc(const wl_op *op, const float *x, const float *res, float *y, i
     c.ob = ceil_div(O, WL_BLK);
     int64_t cbn = ceil_div(C, WL_BLK), e = blocked ? WL_BLK : 1, planes = blocked ? cbn : C;
     int64_t want = 8 * (int64_t)nthreads; /* tasks: enough to balance the threads */
-    if (!depthwise && (c.pt || c.pl || (OH - 1) * c.sh + (c.KH - 1) * c.dh >= H ||
-                       (OW - 1) * c.sw + (c.KW - 1) * c.dw >= W)) {
-        /* zero-bordered copy: afterwards every output pixel reads all its taps */
+    c.borders = c.pt || c.pl || (OH - 1) * c.sh + (c.KH - 1) * c.dh >= H ||
+                (OW - 1) * c.sw + (c.KW - 1) * c.dw >= W;
+    if (!depthwise && c.borders && OW < 32) {
+        /* small maps: a zero-bordered copy, so that every output pixel reads all its taps and
+         * tiles span rows (large maps keep the input and give border pixels their own taps) */
+        c.borders = 0;
         int64_t Hp = (OH - 1) * c.sh + (c.KH - 1) * c.dh + 1;
         int64_t Wp = (OW - 1) * c.sw + (c.KW - 1) * c.dw + 1;
         float *xp = wl_scratch(5, sizeof(float) * (size_t)(N * planes * Hp * Wp * e));
