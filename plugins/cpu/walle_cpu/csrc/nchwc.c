@@ -155,9 +155,12 @@ static void conv_task(void *vp, int64_t t) {
                 np = 1;
                 valid_taps(ix, c->dw, c->KW, c->W, &kx0, &kx1);
             }
-            for (int64_t p = 0; p < np; p++) {
-                int64_t py = (q + p) / c->OW - oy, px = (q + p) % c->OW - ox;
+            for (int64_t p = 0, py = 0, px = 0; p < np; p++) { /* (row, column) from the tile's first */
                 po[p] = py * c->sh * c->xrow + px * c->sw * c->xpix;
+                if (++px + ox == c->OW) {
+                    px = -ox;
+                    py++;
+                }
             }
             const nc_table *tb = table(c, cache, 0, fb, ky0, ky1, kx0, kx1);
             int64_t s0 = k0 * tb->per_block, s1 = k1 == c->ncb ? tb->n : k1 * tb->per_block;
