@@ -164,6 +164,41 @@ def test_long_contiguous_reductions_match_numpy_with_nan_and_inf(fn: str) -> Non
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_lstm_cells_run_as_one_fused_kernel(tmp_path, direction: str) -> None:  # type: ignore[no-untyped-def]
+    """The plain LSTM cell is a ``lstm_cell`` composite the cpu backend claims (one kernel
+    per step instead of ~10 ops); with uneven sequence lengths it still matches the reference."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import walle_core
+
+    rng = np.random.default_rng(8)
+    dirs, hid, inp, seq, batch = (2 if direction == "bidirectional" else 1), 5, 3, 6, 3
+    init = [numpy_helper.from_array(rng.uniform(-1, 1, shape).astype(np.float32), name)
+            for name, shape in (("W", (dirs, 4 * hid, inp)), ("R", (dirs, 4 * hid, hid)),
+                                ("B", (dirs, 8 * hid)))]
+    init.append(numpy_helper.from_array(np.array([6, 2, 4], np.int32), "L"))
+    node = helper.make_node("LSTM", ["X", "W", "R", "B", "L"], ["Y", "Yh", "Yc"], hidden_size=hid,
+                            direction=direction)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                                          (seq, batch, inp))],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                               for n in ("Y", "Yh", "Yc")], init)
+    path = tmp_path / "lstm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    feeds = {"X": rng.uniform(-1, 1, (seq, batch, inp)).astype(np.float32)}
+    model = walle_core.load(path, backend="cpu")
+    ops, _ = model.atomic_ops(feeds)
+    assert sum(isinstance(op, A.Composite) and op.name == "lstm_cell" for op in ops) == seq * dirs
+    assert registry().get("cpu").claims("lstm_cell")
+    got = model.run(feeds)
+    assert not model.dropped, model.dropped
+    want = walle_core.load(path, backend="reference").run(feeds)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
 def test_unsupported_dtype_falls_back_with_no_algorithm() -> None:
     b = Builder(fold=lambda op: None)
     x = b.tensor((4,), np.float16)

@@ -241,6 +241,11 @@ def lstm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     acts = activations(b, ctx, ("Sigmoid", "Tanh", "Tanh"), r.dirs)
     couple = bool(ctx.attr("input_forget", 0))
     hs = r.hidden
+    # the plain cell (default activations, no peepholes, clip or coupling) is a composite
+    # a backend may run as one kernel
+    names = [a.lower() for a in (ctx.attr("activations") or [])]
+    plain_cell = (peep is None and r.clip is None and not couple and r.x.dtype == np.float32
+                  and names in ([], ["sigmoid", "tanh", "tanh"], ["sigmoid", "tanh", "tanh"] * 2))
     ys: list[list[A.Tensor]] = []
     finals: list[list[A.Tensor]] = []
     for d in range(r.dirs):
@@ -257,21 +262,26 @@ def lstm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
                  p: list[A.Tensor] | None = p, f: Act = f, g: Act = g, h: Act = h) -> list[A.Tensor]:
             hp, cp = st
             gates = b.binary("add", step_slice(b, xw, t), b.matmul(hp, rt))
-            gi, go, gf, gc = (gate(b, gates, k, hs) for k in range(4))
-            if p is not None:
-                gi = b.binary("add", gi, b.binary("mul", p[0], cp))
-                gf = b.binary("add", gf, b.binary("mul", p[2], cp))
-            i = f(clipped(b, gi, r.clip))
-            if couple:
-                fg = b.binary("sub", b.scalar(1.0, i), i)
-            else:
-                fg = f(clipped(b, gf, r.clip))
-            c_in = g(clipped(b, gc, r.clip))
-            c = b.binary("add", b.binary("mul", fg, cp), b.binary("mul", i, c_in))
-            if p is not None:
-                go = b.binary("add", go, b.binary("mul", p[1], c))
-            o = f(clipped(b, go, r.clip))
-            return [b.binary("mul", o, h(c)), c]
+
+            def tail() -> list[A.Tensor]:
+                gi, go, gf, gc = (gate(b, gates, k, hs) for k in range(4))
+                if p is not None:
+                    gi = b.binary("add", gi, b.binary("mul", p[0], cp))
+                    gf = b.binary("add", gf, b.binary("mul", p[2], cp))
+                i = f(clipped(b, gi, r.clip))
+                if couple:
+                    fg = b.binary("sub", b.scalar(1.0, i), i)
+                else:
+                    fg = f(clipped(b, gf, r.clip))
+                c_in = g(clipped(b, gc, r.clip))
+                c = b.binary("add", b.binary("mul", fg, cp), b.binary("mul", i, c_in))
+                go_ = go if p is None else b.binary("add", go, b.binary("mul", p[1], c))
+                o = f(clipped(b, go_, r.clip))
+                return [b.binary("mul", o, h(c)), c]
+
+            if plain_cell:  # (gates iofc, c) -> (h, c)
+                return b.composite("lstm_cell", [gates, cp], tail, hidden=hs)
+            return tail()
 
         y, fin = run_direction(b, r, d, [h0[d], c0[d]], cell)
         ys.append(y)

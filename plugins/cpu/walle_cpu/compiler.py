@@ -61,6 +61,8 @@ def _same(ts: Sequence[A.Tensor], dtype: np.dtype) -> bool:
 
 def supports(op: A.Op) -> bool:
     """Whether the C kernels implement this op exactly (else the planner falls back)."""
+    if isinstance(op, A.Composite):
+        return op.name in K.COMPOSITES and _same([*op.inputs, *op.outputs], K.F32)
     if isinstance(op, A.Raster):
         return op.out.dtype.itemsize in (1, 2, 4, 8) and all(t.dtype == op.out.dtype for t in op.inputs)
     if isinstance(op, A.Unary):
@@ -401,6 +403,11 @@ class CpuExecutable(Executable):
             return
         if isinstance(op, _Chain):
             self._encode_chain(d, op)
+        elif isinstance(op, A.Composite):  # lstm_cell: (gates iofc, c) -> (h, c)
+            d.kind = K.LSTM_CELL
+            # the second output travels as a third operand (a descriptor has one output)
+            self._bind(d, op, [*op.inputs, op.outputs[1]])
+            d.p[0], d.p[1] = op.out.shape[0], int(op.attrs["hidden"])  # type: ignore[call-overload]
         elif isinstance(op, A.Raster):
             self._encode_raster(d, op)
         elif isinstance(op, A.Unary):

@@ -18,6 +18,7 @@ from walle_core.errors import BackendUnavailableError
 from walle_core.hookspecs import hookimpl
 from walle_core.hostinfo import cpu_model
 from walle_cpu import _native, layout
+from walle_cpu.codes import COMPOSITES
 from walle_cpu.compiler import CpuExecutable, conv_algorithms, supports
 
 _INTERESTING = ("avx512f", "avx512_vnni", "avx512_bf16", "avx2", "fma", "neon", "asimd", "sse4_2")
@@ -114,6 +115,7 @@ _CONV_COSTS = {
     layout.NCHWC: _blocked_cost,
 }
 _GEMM = Algorithm("packed-gemm", _cost(0.7))
+_FUSED_CELL = Algorithm("fused-cell", _cost(0.3, flop_scale=12.0))  # ~12 flops per element (exp)
 _DIRECT = Algorithm("direct", _cost(0.5))
 
 
@@ -135,9 +137,14 @@ class CpuBackend(Backend):
                      "threads": str(default_threads())},
         )
 
+    def claims(self, composite: str) -> bool:
+        return _native.LIB is not None and composite in COMPOSITES
+
     def algorithms(self, op: A.Op) -> Sequence[Algorithm]:
         if _native.LIB is None or not supports(op):
             return ()
+        if isinstance(op, A.Composite):
+            return (_FUSED_CELL,)
         if isinstance(op, A.MatMul):
             return (_GEMM,)
         if isinstance(op, A.Conv2D):

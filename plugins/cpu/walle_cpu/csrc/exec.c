@@ -981,6 +981,29 @@ static int run_op(const wl_op *op, int oi, char **slots, int nthreads, char *err
             wl_parallel_for(tasks, chain_task, &c, nthreads);
             break;
         }
+        case WL_LSTM_CELL: {
+            /* (gates iofc, c_prev; c_out as ins[2]) -> h: c = f*c_prev + i*tanh(g), h = o*tanh(c),
+             * with the same kernels (and order of operations) as the expanded cell */
+            int64_t B = op->p[0], H = op->p[1];
+            const float *g = (const float *)PTR(op->ins[0]), *cp = (const float *)PTR(op->ins[1]);
+            float *co = (float *)PTR(op->ins[2]), *h = (float *)y;
+            float *t = wl_scratch(1, sizeof(float) * (size_t)(5 * H + 1));
+            if (!t) {
+                snprintf(err, errlen, "out of memory in an LSTM cell");
+                return oi + 1;
+            }
+            static const double noprm[4] = {0, 0, 0, 0};
+            for (int64_t b = 0; b < B; b++) {
+                const float *gb = g + b * 4 * H;
+                wl_active->unary_f32(U_SIGMOID, gb, t, 3 * H, noprm);     /* i, o, f */
+                wl_active->unary_f32(U_TANH, gb + 3 * H, t + 3 * H, H, noprm);
+                for (int64_t j = 0; j < H; j++)
+                    co[b * H + j] = t[2 * H + j] * cp[b * H + j] + t[j] * t[3 * H + j];
+                wl_active->unary_f32(U_TANH, co + b * H, t + 4 * H, H, noprm);
+                for (int64_t j = 0; j < H; j++) h[b * H + j] = t[H + j] * t[4 * H + j];
+            }
+            break;
+        }
         case WL_CAST:
             if (cast_range(op->dtype, op->dtype2, PTR(op->ins[0]), y, op->p[0])) {
                 snprintf(err, errlen, "unsupported cast %d -> %d", op->dtype, op->dtype2);
