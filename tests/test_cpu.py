@@ -204,3 +204,34 @@ def test_unsupported_dtype_falls_back_with_no_algorithm() -> None:
     x = b.tensor((4,), np.float16)
     b.unary("exp", x)
     assert registry().get("cpu").algorithms(b.ops[0]) == ()
+
+
+def _gelu_graph(shared_intermediate: bool) -> tuple[Builder, A.Tensor, list[A.Tensor]]:
+    """MatMul + bias row, then GELU spelled as exporters do: x * (1 + erf(x / sqrt2)) * 0.5."""
+    rng = np.random.default_rng(9)
+    b = Builder(fold=lambda op: None)
+    a = b.tensor((6, 8), np.float32)
+    x = b.binary("add", b.const(rng.standard_normal(5).astype(np.float32)),
+                 b.matmul(a, b.const(rng.standard_normal((8, 5)).astype(np.float32))))
+    e = b.unary("erf", b.binary("div", x, b.const(np.float32(np.sqrt(2.0)))))
+    y = b.binary("mul", b.binary("mul", x, b.binary("add", e, b.const(np.float32(1.0)))),
+                 b.const(np.float32(0.5)))
+    return b, a, [y, e] if shared_intermediate else [y]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_exported_gelu_and_bias_fold_into_the_matmul(shared: bool) -> None:
+    from walle_core.plan.planner import prepare
+
+    b, a, outs = _gelu_graph(shared)
+    exe = _compile(prepare(b.ops, registry().get("cpu"), {t.id for t in outs}), [a], outs)
+    labels = exe._labels  # type: ignore[attr-defined]
+    if shared:  # erf(...) is also an output: the pattern must stay as it is
+        assert not any("+gelu" in lb for lb in labels), labels
+    else:
+        assert len(labels) == 1 and labels[0].startswith("MatMul+gelu"), labels
+    av = np.random.default_rng(10).standard_normal((6, 8)).astype(np.float32)
+    ref = registry().get("reference")
+    want = ref.compile(Program([(op, ref.algorithms(op)[0]) for op in b.ops], [a], outs)).run([av])
+    for g, w in zip(exe.run([av]), want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

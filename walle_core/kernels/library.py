@@ -149,6 +149,15 @@ _LOG1P = """HT w_log1p(HT x) {
   return log(u) * (x / (u - CAST(HT, 1)));
 }"""
 
+# acosh(1 + t) = log1p(t + sqrt(t (t + 2))): no cancellation near 1 (lavapipe's acosh loses
+# ~5e-5 relative there); log(x) + ln 2 where x * x would overflow
+_ACOSH = """HT w_acosh(HT x) {
+  if (x < CAST(HT, 1)) return sqrt(CAST(HT, -1));
+  if (x > CAST(HT, 1e15)) return log(x) + CAST(HT, 0.6931471805599453);
+  HT t = x - CAST(HT, 1);
+  return w_log1p(t + sqrt(t * (t + CAST(HT, 2))));
+}"""
+
 _POW = """HT w_pow(HT a, HT b) {
   if (b == CAST(HT, 0) || a == CAST(HT, 1)) return CAST(HT, 1);
   if (a != a || b != b) return a + b;
@@ -217,6 +226,7 @@ HELPERS: dict[str, Callable[[str], str]] = {
     "w_acos": _text(_ACOS, ("glsl",)),
     "w_atan2": _text(_ATAN2, ("glsl",)),
     "w_log1p": _text(_LOG1P),
+    "w_acosh": _text(_ACOSH),
     "w_pow": _text(_POW),
     "w_mod": _text(_MOD),
     "w_irem": _text(_IREM),
@@ -225,8 +235,9 @@ HELPERS: dict[str, Callable[[str], str]] = {
     "w_ipow": _text(_IPOW),
 }
 HELPER_DEPS = {"w_mod": ("w_fmod",), "w_imod": ("w_irem",), "w_tanh": ("w_expm1",),
-               "w_asin": ("w_atan",), "w_acos": ("w_atan",), "w_atan2": ("w_atan",)}
-HELPER_ORDER = ("w_fmod", "w_erf", "w_expm1", "w_tanh", "w_atan", "w_asin", "w_acos", "w_atan2", "w_log1p", "w_pow", "w_mod", "w_irem", "w_imod",
+               "w_asin": ("w_atan",), "w_acos": ("w_atan",), "w_atan2": ("w_atan",),
+               "w_acosh": ("w_log1p",)}
+HELPER_ORDER = ("w_fmod", "w_erf", "w_expm1", "w_tanh", "w_atan", "w_asin", "w_acos", "w_atan2", "w_log1p", "w_acosh", "w_pow", "w_mod", "w_irem", "w_imod",
                 "w_idiv", "w_ipow")
 
 CLAMP01 = "({v} < Z ? Z : ({v} > ONE ? ONE : {v}))"
@@ -255,7 +266,7 @@ FLOAT_UNARY: dict[str, tuple[str, tuple[str, ...], bool]] = {
              "CAST(T, 0.5) * (exp(x) + exp(-x)))", (), True),
     "tanh": ("w_tanh(x)", ("w_tanh",), True),
     "asinh": ("asinh(x)", (), True),
-    "acosh": ("acosh(x)", (), True),
+    "acosh": ("w_acosh(x)", ("w_acosh",), True),
     "atanh": ("atanh(x)", (), True),
     "sigmoid": ("(x >= Z ? ONE / (ONE + exp(-x)) : exp(x) / (ONE + exp(x)))", (), True),
     "relu": ("(x <= Z ? Z : x)", (), False),

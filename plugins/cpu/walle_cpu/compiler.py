@@ -3,7 +3,6 @@ one ``wl_run`` call per ``Executable.run`` (the GIL is released for the whole pl
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import threading
@@ -18,9 +17,9 @@ from walle_core.decompose.builder import contiguous
 from walle_core.errors import InputError, WalleError
 from walle_core.plan.memory import plan_arena
 from walle_cpu import codes as K
-from walle_cpu import layout
+from walle_cpu import layout, patterns
 from walle_cpu._native import FFI, LIB
-from walle_cpu.fused_ops import ConvRes, MatMulRes, with_residual
+from walle_cpu.fused_ops import ConvRes, MatMulRes, with_activation, with_residual
 
 MAX_DIMS = 8
 # Unary/Binary functions a fused element-wise chain may contain (fp32 in, fp32 out).
@@ -233,11 +232,12 @@ class CpuExecutable(Executable):
 
     def _fuse(self, items: Sequence[tuple[A.Op, Algorithm]]) -> list[tuple[A.Op, Algorithm]]:
         """Merge chains of fp32 Unary/Binary ops whose intermediates nobody else reads."""
+        external = {t.id for t in self.program.outputs}
+        items = patterns.fold_matmul_bias(patterns.fold_gelu(items, external), external)
         uses: dict[int, int] = {}
         for op, _ in items:
             for t in op.inputs:
                 uses[t.id] = uses.get(t.id, 0) + 1
-        external = {t.id for t in self.program.outputs}
         out: list[tuple[A.Op, Algorithm]] = []
         chain: list[A.Op] = []
 
@@ -352,7 +352,8 @@ class CpuExecutable(Executable):
         while i < len(items):
             op, algo = items[i]
             i += 1
-            if not isinstance(op, A.Conv2D | MatMulRes) or op.act.fn != "identity":
+            plain_mm = type(op) is A.MatMul and op.out.dtype == K.F32
+            if not ((isinstance(op, A.Conv2D | MatMulRes) and op.act.fn == "identity") or plain_mm):
                 out.append((op, algo))
                 continue
             start = i
@@ -388,7 +389,7 @@ class CpuExecutable(Executable):
                 out.append((op, algo))
                 out.extend(items[start:i])  # refused: the consumed ops run as they were
                 continue
-            out.append((dataclasses.replace(op, outputs=[last], act=A.Activation(fn, params)), algo))
+            out.append((with_activation(op, A.Activation(fn, params), last), algo))
         return out
 
     # ------------------------------------------------------------------ descriptors
@@ -582,8 +583,10 @@ class CpuExecutable(Executable):
         if isinstance(op, MatMulRes):
             self._check_residual(op)
             d.p[12] = len(op.inputs) - 1
-            d.p[13] = K.UNARY_FNS[op.act.fn]
-            for i, prm in enumerate(op.act.params[:8]):
+        act = getattr(op, "act", None)
+        if isinstance(act, A.Activation):
+            d.p[13] = K.UNARY_FNS[act.fn]
+            for i, prm in enumerate(act.params[:8]):
                 d.f[i] = prm
         b = op.inputs[1]
         if b.value is not None:  # constant weights: pack once, here

@@ -19,6 +19,22 @@ class MatMulRes(A.MatMul):
     act: A.Activation = dataclasses.field(default_factory=A.Activation)
 
 
+@dataclasses.dataclass(eq=False)
+class MatMulAct(A.MatMul):
+    """MatMul (with or without bias) whose output goes through ``act``."""
+
+    act: A.Activation = dataclasses.field(default_factory=A.Activation)
+
+
+def with_activation(op: A.Op, act: A.Activation, out: A.Tensor) -> A.Op:
+    """``op`` (Conv2D or MatMul) writing ``out`` through ``act``."""
+    if hasattr(op, "act"):
+        return dataclasses.replace(op, outputs=[out], act=act)  # type: ignore[call-arg]
+    assert isinstance(op, A.MatMul)
+    fields = {f.name: getattr(op, f.name) for f in dataclasses.fields(op) if f.init}
+    return MatMulAct(**{**fields, "outputs": [out]}, act=act)
+
+
 def with_residual(op: A.Op, r: A.Tensor, out: A.Tensor) -> A.Op:
     fields = {f.name: getattr(op, f.name) for f in dataclasses.fields(op) if f.init}
     fields["inputs"] = [*op.inputs, r]

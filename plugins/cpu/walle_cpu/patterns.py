@@ -1,0 +1,140 @@
+"""Rewrites of atomic-op patterns into what the cpu kernels do in one pass, run by the compiler
+before its fusion passes:
+
+* ``x * 0.5 * (1 + erf(x / sqrt(2)))`` (GELU as exporters spell it before opset 20) becomes one
+  ``Unary gelu``, which the activation fusion then folds into the producing MatMul or Conv2D;
+* ``matmul(a, b) + c`` with a constant row vector ``c`` becomes a MatMul with bias ``c``.
+
+Every intermediate of a pattern must have no other reader and not be a program output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from walle_core import atomic as A
+from walle_core.backend import Algorithm
+from walle_core.decompose.builder import contiguous
+
+Items = list[tuple[A.Op, Algorithm]]
+_F32 = np.dtype(np.float32)
+
+
+def _scalar(t: A.Tensor) -> float | None:
+    if t.value is None or t.size != 1:
+        return None
+    return float(np.asarray(t.value).reshape(-1)[0])
+
+
+def _other(op: A.Binary, t: A.Tensor) -> A.Tensor | None:
+    """The operand of a two-input ``op`` that is not ``t`` (``t`` read once, densely)."""
+    hits = [k for k, x in enumerate(op.inputs) if x is t]
+    if len(hits) != 1 or tuple(op.strides[hits[0]]) != tuple(contiguous(op.out.shape)):
+        return None
+    return op.inputs[1 - hits[0]]
+
+
+class _Graph:
+    def __init__(self, items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> None:
+        self.items = list(items)
+        self.external = external
+        self.producer: dict[int, int] = {}
+        self.readers: dict[int, int] = {}
+        for i, (op, _) in enumerate(self.items):
+            for t in op.outputs:
+                self.producer[t.id] = i
+            for t in op.inputs:
+                self.readers[t.id] = self.readers.get(t.id, 0) + 1
+
+    def single(self, t: A.Tensor) -> A.Op | None:
+        """The producer of ``t`` when ``t`` is an intermediate with exactly one reader."""
+        if t.id in self.external or self.readers.get(t.id) != 1 or t.id not in self.producer:
+            return None
+        return self.items[self.producer[t.id]][0]
+
+
+def _gelu_input(g: _Graph, y_op: A.Op) -> tuple[A.Tensor, list[A.Op]] | None:
+    """For ``y = (x * (1 + erf(x / sqrt2))) * 0.5``: (x, the four inner ops)."""
+    def binary(op: A.Op | None, fn: str) -> A.Binary | None:
+        ok = isinstance(op, A.Binary) and op.fn == fn and op.out.dtype == _F32
+        return op if ok else None  # type: ignore[return-value]
+
+    y = binary(y_op, "mul")
+    if y is None:
+        return None
+    for half_side in (0, 1):
+        if _scalar(y.inputs[half_side]) != 0.5:
+            continue
+        m = binary(g.single(y.inputs[1 - half_side]), "mul")
+        if m is None:
+            continue
+        for x_side in (0, 1):
+            x, a_t = m.inputs[x_side], m.inputs[1 - x_side]
+            a = binary(g.single(a_t), "add")
+            if a is None or x.shape != m.out.shape or a_t.shape != x.shape:
+                continue
+            e_t = next((t for t in a.inputs if _scalar(t) is None), None)
+            if e_t is None or _scalar(_other(a, e_t) or e_t) != 1.0:
+                continue
+            e = g.single(e_t)
+            if not (isinstance(e, A.Unary) and e.fn == "erf"):
+                continue
+            d = binary(g.single(e.inputs[0]), "div")
+            if d is None or d.inputs[0] is not x or e.inputs[0].shape != x.shape:
+                continue
+            root2 = _scalar(d.inputs[1])
+            if root2 is None or not math.isclose(root2, math.sqrt(2.0), rel_tol=1e-6):
+                continue
+            return x, [d, e, a, m]
+    return None
+
+
+def fold_gelu(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> Items:
+    g = _Graph(items, external)
+    drop: set[int] = set()
+    out: Items = []
+    for op, algo in g.items:
+        found = _gelu_input(g, op) if id(op) not in drop else None
+        if found is not None:
+            x, inner = found
+            drop.update(id(o) for o in inner)
+            out = [(o, a) for o, a in out if id(o) not in drop]
+            out.append((A.Unary([x], [op.out], fn="gelu"), Algorithm("direct")))
+            continue
+        if id(op) not in drop:
+            out.append((op, algo))
+    return out
+
+
+def fold_matmul_bias(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> Items:
+    """``add(matmul(a, b), c)`` (either order) with ``c`` a constant of the MatMul's ``n``
+    values broadcast over rows becomes the MatMul's bias."""
+    g = _Graph(items, external)
+    replaced: dict[int, A.Op] = {}  # id(matmul) -> the MatMul with bias, writing the add's output
+    dropped: set[int] = set()
+    for op, _ in g.items:
+        if not (isinstance(op, A.Binary) and op.fn == "add" and op.out.dtype == _F32):
+            continue
+        for k in (0, 1):
+            t, c = op.inputs[k], op.inputs[1 - k]
+            mm = g.single(t)
+            if not (type(mm) is A.MatMul and len(mm.inputs) == 2 and id(mm) not in replaced):
+                continue
+            if c.value is None or c.size != mm.n or t.shape != op.out.shape:
+                continue
+            # c runs along the last axis and repeats over the others (size-1 axes: any stride)
+            row = all(st == (1 if ax == len(op.out.shape) - 1 else 0) or n == 1
+                      for ax, (st, n) in enumerate(zip(op.strides[1 - k], op.out.shape, strict=True)))
+            if tuple(op.strides[k]) != tuple(contiguous(t.shape)) or not row or op.out.shape[-1] != mm.n:
+                continue
+            bias = A.Tensor((mm.n,), _F32, value=np.asarray(c.value, np.float32).reshape(-1),
+                            name=c.name, id=c.id)
+            replaced[id(mm)] = dataclasses.replace(mm, inputs=[*mm.inputs, bias], outputs=[op.out],
+                                                   bias_full=False)
+            dropped.add(id(op))
+            break
+    return [(replaced.get(id(op), op), algo) for op, algo in g.items if id(op) not in dropped]
