@@ -22,6 +22,7 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm
+from walle_cpu.blocked_raster import blocked_regions
 from walle_cpu.fused_ops import ConvRes
 
 BLK = 16
@@ -175,9 +176,27 @@ class _Rewriter:
         for op, algo in self.readers.get(t.id, ()):
             if isinstance(op, A.Conv2D) and algo.name == NCHWC and op.inputs[1] is not t:
                 return True
-            if _pools_blocked(op) or isinstance(op, A.Reduce):
+            if _pools_blocked(op) or isinstance(op, A.Reduce) or \
+                    (isinstance(op, A.Raster) and len(op.out.shape) == 4):
                 return True
         return False
+
+    def raster(self, op: A.Raster) -> bool:
+        """A raster moving whole channel blocks of a blocked value runs blocked."""
+        if not any(t.id in self.pending for t in op.inputs) or len(op.out.shape) != 4 or \
+                op.out.dtype != np.float32 or any(len(t.shape) != 4 for t in op.inputs):
+            return False
+        plains = [(t.shape[0], t.shape[1], t.shape[2], t.shape[3]) for t in op.inputs]
+        regions = blocked_regions(op, plains)
+        if regions is None:
+            return False
+        ins = [self.as_blocked(t) for t in op.inputs]
+        shp = op.out.shape
+        plain_out = (shp[0], shp[1], shp[2], shp[3])
+        yb = self.tensor(plain_out, op.out)
+        self.out.append((A.Raster(ins, [yb], regions=regions), _DIRECT))
+        self.produced(op.out, yb, plain_out)
+        return True
 
     def pays(self, op: A.Conv2D) -> bool:
         """A blocked conv whose input needs a layout change and whose output no reader takes
@@ -228,7 +247,9 @@ class _Rewriter:
                     self.conv(op, algo)
                     continue
                 algo = self.fallback(op)
-            elif (isinstance(op, A.Reduce) and self.spatial_reduce(op)) or (isinstance(op, A.Pool2D) and self.pool(op)):
+            elif (isinstance(op, A.Reduce) and self.spatial_reduce(op)) or \
+                    (isinstance(op, A.Pool2D) and self.pool(op)) or \
+                    (isinstance(op, A.Raster) and self.raster(op)):
                 continue
             for t in op.inputs:
                 self.as_plain(t)

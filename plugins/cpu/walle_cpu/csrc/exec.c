@@ -79,7 +79,7 @@ const char *wl_isa_name(void) { return wl_active->name; }
         case U_ACOSH: UL(ACOSH(v))                                                                \
         case U_ATANH: UL(ATANH(v))                                                                \
         case U_SIGMOID: UL(v >= 0 ? (T)1 / ((T)1 + EXP(-v)) : EXP(v) / ((T)1 + EXP(v)))            \
-        case U_RELU: UL(v < 0 ? (T)0 : v)                                                         \
+        case U_RELU: UL(v <= 0 ? (T)0 : v)                                                         \
         case U_ERF: UL(ERF(v))                                                                    \
         case U_FLOOR: UL(FLOOR(v))                                                                \
         case U_CEIL: UL(CEIL(v))                                                                  \
@@ -99,7 +99,7 @@ const char *wl_isa_name(void) { return wl_active->name; }
         case U_CELU:                                                                              \
             UL(v != v ? v : (v > 0 ? v : (T)0) + (p0 * EXPM1((v < 0 ? v : (T)0) / p0) < 0         \
                                           ? p0 * EXPM1((v < 0 ? v : (T)0) / p0) : (T)0))          \
-        case U_CLIP: UL(v < p0 ? p0 : (v > p1 ? p1 : v))                                          \
+        case U_CLIP: UL(v <= p0 ? p0 : (v > p1 ? p1 : v))                                         \
         case U_MISH: UL(v * TANH(v > 20 ? v : LOG1P(EXP(v))))                                     \
         case U_THRESHOLDED_RELU: UL(v > p0 ? v : (T)0)                                            \
         default: return;                                                                          \

@@ -1,0 +1,101 @@
+"""Raster ops that move whole 16-channel blocks, rewritten to run on blocked tensors.
+
+A channel concat, a stride-2 interleave (ConvTranspose's phases) or a spatial slice of NCHW
+tensors moves every channel the same way, shifted by a whole number of blocks. Such a raster
+runs on the NCHW16c tensors directly as copies of 16-float pixel vectors, so a run of blocked
+convs does not leave the blocked layout around it. The test is exact: the raster is evaluated
+on index codes and the element map is checked, not guessed from the regions' shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from walle_core import atomic as A
+
+BLK = 16
+_SHIFT = 40  # index code: input number << _SHIFT | flat element index
+
+
+def _element_map(op: A.Raster) -> np.ndarray | None:
+    """For every output element its source code; None when some element is filled."""
+    out = np.full(op.out.size, -1, np.int64)
+    for r in op.regions:
+        src = op.inputs[r.src]
+        codes = (np.int64(r.src) << _SHIFT) | np.arange(src.size, dtype=np.int64)
+        view = as_strided(codes[r.src_offset:], r.size, [s * 8 for s in r.src_strides])
+        dst = as_strided(out[r.dst_offset:], r.size, [s * 8 for s in r.dst_strides])
+        dst[...] = view
+    return None if (out < 0).any() else out
+
+
+def _lattice(vals: np.ndarray) -> tuple[int, int, int] | None:
+    """(start, step, count) when the sorted distinct values form an arithmetic progression."""
+    u = np.unique(vals)
+    if u.size == 1:
+        return int(u[0]), 1, 1
+    step = int(u[1] - u[0])
+    if not (np.diff(u) == step).all():
+        return None
+    return int(u[0]), step, int(u.size)
+
+
+def blocked_regions(op: A.Raster, plains: Sequence[tuple[int, int, int, int]]
+                    ) -> list[A.Region] | None:
+    """Regions over blocked tensors (inputs and output NCHW16c, ``plains`` the inputs' NCHW
+    shapes) doing what ``op`` does, or None when ``op`` does not move whole blocks."""
+    if len(op.out.shape) != 4 or op.fill is not None or len(plains) != len(op.inputs):
+        return None
+    codes = _element_map(op)
+    if codes is None:
+        return None
+    n, c, h, w = op.out.shape
+    k = (codes >> _SHIFT).reshape(n, c, h, w)
+    flat = (codes & ((1 << _SHIFT) - 1)).reshape(n, c, h, w)
+    cb_out = -(-c // BLK)
+    # source coordinates, per input shape
+    sn, sc, sy, sx = (np.empty_like(flat) for _ in range(4))
+    for i, (_, pc, ph, pw) in enumerate(plains):
+        m = k == i
+        f = flat[m]
+        sn[m], sc[m], sy[m], sx[m] = f // (pc * ph * pw), f // (ph * pw) % pc, f // pw % ph, f % pw
+    chan = np.arange(c).reshape(1, c, 1, 1)
+    delta = sc - chan
+    # every lane of an output block: the same source, pixel and block shift as its lane 0
+    lane0 = (chan // BLK) * BLK
+    for arr in (k, sn, sy, sx, delta):
+        if not (arr == np.take_along_axis(arr, np.broadcast_to(lane0, arr.shape), axis=1)).all():
+            return None
+    if (delta % BLK != 0).any():
+        return None
+    regions: list[A.Region] = []
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    for img in range(n):
+        for cb in range(cb_out):
+            ch = cb * BLK
+            kk, dd = k[img, ch], delta[img, ch]
+            for src in np.unique(kk):
+                m = kk == src
+                ly, lx = _lattice(ys[m]), _lattice(xs[m])
+                if ly is None or lx is None or ly[2] * lx[2] != int(m.sum()):
+                    return None
+                _, pc, ph, pw = plains[int(src)]
+                # source pixel must be linear in the lattice indices (i, j)
+                i_idx = (ys[m] - ly[0]) // ly[1]
+                j_idx = (xs[m] - lx[0]) // lx[1]
+                spix = (sn[img, ch][m] * (-(-pc // BLK)) + (ch + dd[m]) // BLK) * ph * pw \
+                    + sy[img, ch][m] * pw + sx[img, ch][m]
+                base = int(spix[(i_idx == 0) & (j_idx == 0)][0])
+                si = int(spix[(i_idx == 1) & (j_idx == 0)][0]) - base if ly[2] > 1 else 0
+                sj = int(spix[(i_idx == 0) & (j_idx == 1)][0]) - base if lx[2] > 1 else 0
+                if not (spix == base + i_idx * si + j_idx * sj).all():
+                    return None
+                dpix = ((img * cb_out + cb) * h + ly[0]) * w + lx[0]
+                regions.append(A.Region(int(src), base * BLK, (si * BLK, sj * BLK, 1),
+                                        dpix * BLK, (ly[1] * w * BLK, lx[1] * BLK, 1),
+                                        (ly[2], lx[2], BLK)))
+    return regions if math.prod(op.out.shape) else None
