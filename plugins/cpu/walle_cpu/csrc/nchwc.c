@@ -119,6 +119,13 @@ static void interior(const nc_ctx *c, int64_t *lo, int64_t *hi) {
     if (*lo > *hi) *lo = *hi;
 }
 
+/* The next tile of a run of `left` pixels: runs split into equal tiles of at most pmax (62
+ * pixels as 11,11,10,10,10,10 rather than 12 x 5 and a latency-bound tile of 2). */
+static int64_t even_tile(int64_t left, int64_t pmax) {
+    int64_t tiles = ceil_div(left, pmax);
+    return ceil_div(left, tiles);
+}
+
 static void conv_task(void *vp, int64_t t) {
     const nc_ctx *c = vp;
     nc_table cache[NC_TABLES];
@@ -147,10 +154,9 @@ static void conv_task(void *vp, int64_t t) {
             int64_t ix = ox * c->sw - c->pl, kx0 = 0, kx1 = c->KW, np, po[12];
             valid_taps(iy, c->dh, c->KH, c->H, &ky0, &ky1);
             if (!c->borders) {
-                np = q1 - q < pmax ? q1 - q : pmax;
+                np = even_tile(q1 - q, pmax);
             } else if (ox >= lo && ox < hi) {
-                int64_t end = q1 - q < hi - ox ? q1 - q : hi - ox;
-                np = end < pmax ? end : pmax;
+                np = even_tile(q1 - q < hi - ox ? q1 - q : hi - ox, pmax);
             } else {
                 np = 1;
                 valid_taps(ix, c->dw, c->KW, c->W, &kx0, &kx1);
