@@ -257,8 +257,6 @@ static void pool_task(void *vp, int64_t t) {
     int64_t H = p[2], W = p[3], OH = p[4], OW = p[5], KH = p[6], KW = p[7], SH = p[8], SW = p[9];
     int64_t PT = p[10], PL = p[11], PB = p[12], PR = p[13], DH = p[14], DW = p[15];
     int avg = p[16] == P_AVG, cip = (int)p[17];
-    int64_t *xo = wl_scratch(4, sizeof(int64_t) * (size_t)(KH * KW + 1));
-    if (!xo) return;
     int64_t chunks = ceil_div(OH, c->chunk), b = t / chunks; /* b runs over n * blocks */
     const float *x = c->x + b * H * W * WL_BLK;
     for (int64_t oy = (t % chunks) * c->chunk; oy < OH && oy < (t % chunks + 1) * c->chunk; oy++) {
@@ -267,15 +265,13 @@ static void pool_task(void *vp, int64_t t) {
         valid_taps(iy + PT, DH, KH, H + PT + PB, &py0, &py1); /* taps inside the padding */
         float *yr = c->y + (b * OH + oy) * OW * WL_BLK;
         for (int64_t ox = 0; ox < OW; ox++) {
-            int64_t ix = ox * SW - PL, kx0, kx1, px0, px1, n = 0;
+            int64_t ix = ox * SW - PL, kx0, kx1, px0, px1;
             valid_taps(ix, DW, KW, W, &kx0, &kx1);
             valid_taps(ix + PL, DW, KW, W + PL + PR, &px0, &px1);
-            for (int64_t ky = ky0; ky < ky1; ky++)
-                for (int64_t kx = kx0; kx < kx1; kx++)
-                    xo[n++] = ((iy + ky * DH) * W + ix + kx * DW) * WL_BLK;
-            int64_t cnt = cip ? (py1 - py0) * (px1 - px0) : n;
-            wl_active->nc_pool_px(avg, n, xo, x, yr + ox * WL_BLK,
-                                  1.0f / (float)(cnt > 1 ? cnt : 1));
+            int64_t cnt = cip ? (py1 - py0) * (px1 - px0) : (ky1 - ky0) * (kx1 - kx0);
+            wl_active->nc_pool_px(avg, x + ((iy + ky0 * DH) * W + ix + kx0 * DW) * WL_BLK,
+                                  DH * W * WL_BLK, DW * WL_BLK, ky1 - ky0, kx1 - kx0,
+                                  yr + ox * WL_BLK, 1.0f / (float)(cnt > 1 ? cnt : 1));
         }
     }
 }

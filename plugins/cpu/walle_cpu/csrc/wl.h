@@ -101,9 +101,10 @@ typedef struct wl_isa {
     void (*nc_dw_tile)(int np, int64_t nk, const int64_t *xo, const int64_t *wo, const float *x,
                        const float *w, const float *bias, float *y, int64_t step,
                        const nc_epi *e);
-    /* pooling of one blocked pixel over nk taps: max (NaN wins), or the sum times scale */
-    void (*nc_pool_px)(int avg, int64_t nk, const int64_t *xo, const float *x, float *y,
-                       float scale);
+    /* pooling of one blocked pixel over ny x nx taps (rows rs, columns cs floats apart): max
+     * (NaN wins), or the sum times scale */
+    void (*nc_pool_px)(int avg, const float *x, int64_t rs, int64_t cs, int64_t ny, int64_t nx,
+                       float *y, float scale);
     /* fn in R_SUM (double lanes), R_MAX, R_MIN (NaN wins) over n contiguous floats */
     double (*reduce_f32)(int fn, const float *x, int64_t n);
 } wl_isa;
