@@ -13,6 +13,7 @@ This module is also the engine behind ``bench/peers.py``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import io
 import os
@@ -188,7 +189,7 @@ def compare(name: str, path: Path, feeds: dict[str, np.ndarray], *, threads: int
             runs: int = 30, warmup: int = 3, peers: Sequence[str] = ("onnxruntime",),
             backend: str = "cpu", block: int = 5) -> Result:
     """Median latency of Walle and each peer; timed runs go in blocks of ``block`` per engine,
-    engines taking turns, each block after one untimed run."""
+    engines taking turns, each block after 20 ms of untimed runs."""
     import walle_core
 
     outputs = walle_core.load(path, backend="reference").output_names
@@ -215,12 +216,22 @@ def compare(name: str, path: Path, feeds: dict[str, np.ndarray], *, threads: int
             skipped[key] = f"run failed: {type(exc).__name__}: {exc}".splitlines()[0][:120]
             del engines[key]
     times: dict[str, list[float]] = {k: [] for k in engines}
+    # the objects alive now (torch, onnx, the models) are never garbage: keep the collector
+    # from walking them during the timed runs of either engine
+    gc.collect()
+    gc.freeze()
     while len(times["walle"]) < runs:
         for key, fn in engines.items():
             # let the previous engine's idle threads park: onnxruntime's spin for tens of ms
             # after a run (measured: 20 ms is not enough), which would steal this engine's cores
             time.sleep(0.25)
-            fn()  # untimed: wakes this engine's threads
+            # untimed, for at least 20 ms: wakes this engine's threads and brings the cores and
+            # caches back from the idle pause (one run of a 1 ms model is not enough)
+            t_end = time.perf_counter() + 0.02
+            while True:
+                fn()
+                if time.perf_counter() >= t_end:
+                    break
             for _ in range(min(block, runs - len(times[key]))):
                 t0 = time.perf_counter()
                 fn()
