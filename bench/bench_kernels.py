@@ -99,7 +99,8 @@ def _summary() -> Any:
     yield
     if _RESULTS:
         print(f"\ncpu kernels ({isa()}, {THREADS} threads); modelled peak {peak_gflops():.0f} GFLOP/s "
-              f"= {THREADS} cores x {clock_ghz():.2f} GHz x 2 FMA pipes x {LANES.get(isa(), 4)} lanes x 2")
+              f"= {THREADS} cores x {clock_ghz():.2f} GHz x 2 FMA pipes x {LANES.get(isa(), 4)} lanes x 2 "
+              "(at the clock /proc/cpuinfo reports; boost clocks exceed it: set WALLE_BENCH_GHZ)")
         for name, line in _RESULTS:
             print(f"  {name:<34}{line}")
 
@@ -146,6 +147,30 @@ def _conv(c: int, hw: int, o: int, k: int, stride: int, groups: int, algo: str) 
 def test_conv(benchmark: Any, c: int, hw: int, o: int, k: int, stride: int, algo: str) -> None:
     exe, xv, flops = _conv(c, hw, o, k, stride, 1, algo)
     _measure(benchmark, f"conv {algo} {c}x{hw}^2->{o} k{k}s{stride}", lambda: exe.run([xv]), flops=flops)
+
+
+@pytest.mark.parametrize("c,hw,k,groups", [(64, 56, 3, 1), (256, 14, 3, 1), (512, 7, 3, 1),
+                                            (144, 56, 1, 1), (144, 56, 3, 144)])
+def test_conv_blocked(benchmark: Any, c: int, hw: int, k: int, groups: int) -> None:
+    """The NCHW16c kernels: a chain of four convs stays blocked (two layout changes, at its
+    ends, are part of the time); GFLOP/s over the four convs."""
+    ids = _Ids()
+    rng = np.random.default_rng(0)
+    x = ids.tensor((1, c, hw, hw))
+    h, ops, flops = x, [], 0.0
+    for _ in range(4):
+        w = ids.tensor((c, c // groups, k, k),
+                       (rng.standard_normal((c, c // groups, k, k)) * 0.05).astype(F32))
+        y = ids.tensor((1, c, hw, hw))
+        op = A.Conv2D([h, w], [y], pads=(k // 2,) * 4, groups=groups, act=A.Activation("relu"))
+        ops.append(op)
+        flops += op.flops()
+        h = y
+    items = [(op, next(a for a in CPU.algorithms(op) if a.name == "nchwc")) for op in ops]
+    exe = CPU.compile(Program(items, [x], [h]), threads=THREADS)
+    xv = rng.standard_normal((1, c, hw, hw)).astype(F32)
+    label = "depthwise" if groups > 1 else f"conv k{k}"
+    _measure(benchmark, f"nchwc {label} {c}x{hw}^2 x4", lambda: exe.run([xv]), flops=flops)
 
 
 @pytest.mark.parametrize("c,hw,stride", [(32, 112, 1), (96, 112, 2), (144, 56, 1), (576, 14, 1)])
