@@ -18,7 +18,6 @@ the backend uses. Override the clock with WALLE_BENCH_GHZ.
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import pytest
 
 from walle_core import atomic as A
+from walle_core import flags
 from walle_core.backend import Program
 from walle_core.errors import BackendUnavailableError
 from walle_core.plugins import registry
@@ -46,9 +46,9 @@ _RESULTS: list[tuple[str, str]] = []
 
 
 def clock_ghz() -> float:
-    env = os.environ.get("WALLE_BENCH_GHZ")
-    if env:
-        return float(env)
+    forced = flags.bench_ghz()
+    if forced:
+        return forced
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("cpu MHz"):

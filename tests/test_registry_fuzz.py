@@ -5,7 +5,6 @@ keep the suite fast; 25 was run clean during development)."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_registry_fixtures import *  # noqa: F403
 from test_registry_fixtures import ADMIN, Env, make_env
+
+from walle_core import flags
 
 schemathesis = pytest.importorskip("schemathesis")
 
@@ -41,7 +42,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=int(os.environ.get("WALLE_FUZZ_EXAMPLES", "5")), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=flags.fuzz_examples(), deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case: Any) -> None:
     if case.path == "/v1/device/stream":  # an endless event stream: covered by the SSE tests
         return

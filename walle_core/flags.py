@@ -20,6 +20,22 @@ def cpu_isa() -> str:
     return _get("WALLE_CPU_ISA").strip().lower()
 
 
+def bench_ghz() -> float | None:
+    """WALLE_BENCH_GHZ=3.7: the clock the kernel benchmark's modelled peak assumes (default: what
+    /proc/cpuinfo reports)."""
+    raw = _get("WALLE_BENCH_GHZ")
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def fuzz_examples() -> int:
+    """WALLE_FUZZ_EXAMPLES=N: examples per operation in the registry's schemathesis test (5)."""
+    raw = _get("WALLE_FUZZ_EXAMPLES")
+    return int(raw) if raw.isdigit() else 5
+
+
 def backend_preference() -> list[str]:
     """WALLE_BACKENDS=cpu,reference: restrict and order the backends that ``auto`` may pick."""
     raw = _get("WALLE_BACKENDS")

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from walle_core import flags
+
 CACHE_VERSION = "1"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("WALLE_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "walle"
-    path = base / "models"
+    path = flags.cache_dir() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
