@@ -20,9 +20,9 @@ from walle_core import flags
 from walle_core.backend import Backend
 from walle_core.decompose.builder import Builder
 from walle_core.hostinfo import cpu_model
-from walle_core.search.timing import time_ops, time_ops_on_device
+from walle_core.search.timing import time_in_chain, time_ops, time_ops_on_device
 
-SCHEMA = 6
+SCHEMA = 7
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 
@@ -208,8 +208,16 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
             for op in (small, large):
                 wall, device = time_ops_on_device(backend, [(op, alg)], repeat=5)
                 # Kernel time measured on the device (events, timestamps) when the backend
-                # reports it; otherwise wall time less dispatch overhead and memory traffic.
-                t = device if device is not None else wall - prog_over - op.bytes_moved() / bw
+                # reports it; else, for an op that can follow itself, its time in a chain (what
+                # a backend does at a program's edges, such as layout changes, cancels out);
+                # else wall time less dispatch overhead. Less memory traffic either way.
+                steady = None if device is not None else time_in_chain(backend, op, alg)
+                if device is not None:
+                    t = device
+                elif steady is not None:
+                    t = steady - op.bytes_moved() / bw
+                else:
+                    t = wall - prog_over - op.bytes_moved() / bw
                 points.append((max(op.flops(), 1.0), t))
             (w0, t0), (w1, t1_) = points
             per_flop = max((t1_ - t0) / (w1 - w0), 1e-15) if w1 > w0 else max(t1_, 1e-9) / w1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Sequence
@@ -63,6 +64,36 @@ def time_ops(backend: Backend, ops: Sequence[tuple[A.Op, Algorithm]], *, repeat:
              budget_s: float = 0.5, seed: int = 0, best: bool = False) -> float:
     exe, feeds = _prepared(backend, ops, seed)
     return time_executable(exe, feeds, repeat=repeat, budget_s=budget_s, best=best)
+
+
+def chained(op: A.Op, n: int) -> list[A.Op] | None:
+    """``n`` copies of ``op``, each reading the previous one's output, or None when the output
+    cannot feed the first input (shape or dtype differ, or the op is a composite)."""
+    x, y = op.inputs[0], op.out
+    if n < 1 or x.shape != y.shape or x.dtype != y.dtype or len(op.outputs) != 1 \
+            or isinstance(op, A.Composite):
+        return None
+    next_id = max(t.id for t in (*op.inputs, *op.outputs)) + 1
+    ops, prev = [op], y
+    for i in range(n - 1):
+        t = A.Tensor(y.shape, y.dtype, name=f"{y.name}:chain{i}", id=next_id + i)
+        ops.append(dataclasses.replace(op, inputs=[prev, *op.inputs[1:]], outputs=[t]))
+        prev = t
+    return ops
+
+
+def time_in_chain(backend: Backend, op: A.Op, alg: Algorithm, *, repeat: int = 5,
+                  seed: int = 0) -> float | None:
+    """Seconds of one ``op`` between ops like it: (chain of 4 - chain of 2) / 2. What a backend
+    does at a program's edges (copies, layout changes, or running a lone op another way)
+    cancels out, as it does for an op in the middle of a model. None when the op cannot be
+    chained."""
+    two, four = chained(op, 2), chained(op, 4)
+    if two is None or four is None:
+        return None
+    t2 = time_ops(backend, [(o, alg) for o in two], repeat=repeat, seed=seed, best=True)
+    t4 = time_ops(backend, [(o, alg) for o in four], repeat=repeat, seed=seed, best=True)
+    return (t4 - t2) / 2 if t4 > t2 else None
 
 
 def time_ops_on_device(backend: Backend, ops: Sequence[tuple[A.Op, Algorithm]], *,

@@ -13,7 +13,7 @@ from walle_core import flags
 from walle_core.backend import Backend
 from walle_core.search.assign import Candidate, Decision, op_signature
 from walle_core.search.calibrate import fingerprint
-from walle_core.search.timing import time_ops
+from walle_core.search.timing import time_in_chain, time_ops
 
 
 class TuningCache:
@@ -67,7 +67,8 @@ def measure(decisions: Sequence[Decision], cache: TuningCache, *, budget_s: floa
                 return taken
             if c.label in cache.entries.get(sig, {}):
                 continue
-            secs = time_ops(c.backend, [(d.op, c.algorithm)], repeat=5, budget_s=0.2, best=True)
+            secs = time_in_chain(c.backend, d.op, c.algorithm) or \
+                time_ops(c.backend, [(d.op, c.algorithm)], repeat=5, budget_s=0.2, best=True)
             cache.record(sig, c.label, secs)
             taken += 1
     cache.save()
