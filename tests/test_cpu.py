@@ -235,3 +235,20 @@ def test_exported_gelu_and_bias_fold_into_the_matmul(shared: bool) -> None:
     want = ref.compile(Program([(op, ref.algorithms(op)[0]) for op in b.ops], [a], outs)).run([av])
     for g, w in zip(exe.run([av]), want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows_first", [True, False])
+def test_few_row_transposes_split_by_columns_across_threads(rows_first: bool) -> None:
+    """A region of few rows and many columns (a layout change of 8 channels) is split by
+    columns across the threads; the result is the transpose numpy gives."""
+    n, c = 40001, 8
+    b = Builder(fold=lambda op: None)
+    if rows_first:  # (n, c) -> (c, n)
+        x, y = b.tensor((n, c), np.float32), b.tensor((c, n), np.float32)
+        region = A.Region(0, 0, (0, 1, c), 0, (0, n, 1), (1, c, n))
+    else:  # (c, n) -> (n, c)
+        x, y = b.tensor((c, n), np.float32), b.tensor((n, c), np.float32)
+        region = A.Region(0, 0, (0, n, 1), 0, (0, 1, c), (1, c, n))
+    b.emit(A.Raster([x], [y], regions=[region]))
+    xv = np.random.default_rng(11).standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(_compile(b.ops, [x], [y], threads=3).run([xv])[0], xv.T)

@@ -801,6 +801,20 @@ static void raster_task(void *vp, int64_t t) {
     raster_rows(c->r, c->src, c->dst, c->esize, q0, q1);
 }
 
+/* The same region split by columns (x): every task runs all rows over its columns. A transpose
+ * with few rows (a layout change of 8 channels) would otherwise give each task one row, and
+ * each would read every source line for one element of it. */
+static void raster_col_task(void *vp, int64_t t) {
+    raster_ctx *c = vp;
+    int64_t r[12];
+    memcpy(r, c->r, sizeof r);
+    int64_t x0 = t * c->chunk, x1 = x0 + c->chunk < r[11] ? x0 + c->chunk : r[11];
+    r[1] += x0 * r[4];
+    r[5] += x0 * r[8];
+    r[11] = x1 - x0;
+    raster_rows(r, c->src, c->dst, c->esize, 0, c->nrows);
+}
+
 /* ------------------------------------------------------------------ fused element-wise chain */
 /* aux: int64 steps[n_steps * 4] = (kind, fn, operand, unused); f-params in aux2 as double[4*n].
  * kind 0: unary fn on the register; kind 1: reg = reg (fn) operand; kind 2: reg = operand (fn) reg.
@@ -924,7 +938,11 @@ static int run_op(const wl_op *op, int oi, char **slots, int nthreads, char *err
                 const int64_t *r = regs + ri * 12;
                 const char *src = PTR(op->ins[r[0]]);
                 int64_t nrows = r[9] * r[10], elems = nrows * r[11];
-                if (nthreads > 1 && elems * es >= 262144 && nrows > 1) {
+                if (nthreads > 1 && elems * es >= 262144 && nrows < 8 * nthreads && r[11] >= 64 * nthreads) {
+                    raster_ctx rc = {r, src, y, es, 0, nrows};
+                    int64_t tasks = chunks_for(r[11], 64, nthreads, &rc.chunk);
+                    wl_parallel_for(tasks, raster_col_task, &rc, nthreads);
+                } else if (nthreads > 1 && elems * es >= 262144 && nrows > 1) {
                     raster_ctx rc = {r, src, y, es, 0, nrows};
                     int64_t tasks = chunks_for(nrows, 1, nthreads, &rc.chunk);
                     wl_parallel_for(tasks, raster_task, &rc, nthreads);
