@@ -35,6 +35,7 @@ typedef struct {
     nc_epi epi;                                /* residual pointer unset: set per tile */
     int pass_act;                              /* an activation the tiles cannot apply */
     int borders;                               /* some output pixels read only part of their taps */
+    int failed;                                /* a task found no memory for its tables */
 } nc_ctx;
 
 typedef struct {
@@ -96,9 +97,12 @@ static const nc_table *table(const nc_ctx *c, nc_table *cache, int depthwise, in
     return t;
 }
 
-static nc_table *task_tables(const nc_ctx *c, nc_table *cache) {
+static nc_table *task_tables(nc_ctx *c, nc_table *cache) {
     int64_t *buf = wl_scratch(4, sizeof(int64_t) * (size_t)(2 * NC_TABLES * c->tmax + 2));
-    if (!buf) return NULL;
+    if (!buf) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
     for (int i = 0; i < NC_TABLES; i++) {
         cache[i].n = -1;
         cache[i].used = 0;
@@ -127,7 +131,7 @@ static int64_t even_tile(int64_t left, int64_t pmax) {
 }
 
 static void conv_task(void *vp, int64_t t) {
-    const nc_ctx *c = vp;
+    nc_ctx *c = vp;
     nc_table cache[NC_TABLES];
     if (!task_tables(c, cache)) return;
     int64_t npx = c->OH * c->OW, chunks = ceil_div(npx, c->chunk);
@@ -208,7 +212,7 @@ static void pad_task(void *vp, int64_t t) {
 /* ---------------------------------------------------------------- depthwise: rows */
 
 static void dw_task(void *vp, int64_t t) {
-    const nc_ctx *c = vp;
+    nc_ctx *c = vp;
     nc_table cache[NC_TABLES];
     if (!task_tables(c, cache)) return;
     int64_t chunks = ceil_div(c->OH, c->chunk);
@@ -345,17 +349,21 @@ int wl_conv_nchwc(const wl_op *op, const float *x, const float *res, float *y, i
         c.chunk = ceil_div(OH, chunks);
         c.tmax = c.KH * c.KW;
         wl_parallel_for(N * c.ob * ceil_div(OH, c.chunk), dw_task, &c, nthreads);
-        return 0;
+    } else {
+        c.fb = CP(21);
+        c.ngroups = ceil_div(c.ob, c.fb);
+        c.tmax = c.ncb * c.KH * c.KW * c.bi;
+        /* pixels per task: a whole number of full tiles */
+        int64_t pmax = wl_active->nc_p[c.fb], npx = OH * OW;
+        /* each pixel chunk streams the group's weights again: split pixels only when the
+         * filter groups alone cannot keep the threads busy */
+        int64_t chunks = ceil_div(4 * (int64_t)nthreads, N * c.ngroups);
+        c.chunk = ceil_div(ceil_div(npx, chunks), pmax) * pmax;
+        wl_parallel_for(N * c.ngroups * ceil_div(npx, c.chunk), conv_task, &c, nthreads);
     }
-    c.fb = CP(21);
-    c.ngroups = ceil_div(c.ob, c.fb);
-    c.tmax = c.ncb * c.KH * c.KW * c.bi;
-    /* pixels per task: a whole number of full tiles */
-    int64_t pmax = wl_active->nc_p[c.fb], npx = OH * OW;
-    /* each pixel chunk streams the group's weights again: split pixels only when the
-     * filter groups alone cannot keep the threads busy */
-    int64_t chunks = ceil_div(4 * (int64_t)nthreads, N * c.ngroups);
-    c.chunk = ceil_div(ceil_div(npx, chunks), pmax) * pmax;
-    wl_parallel_for(N * c.ngroups * ceil_div(npx, c.chunk), conv_task, &c, nthreads);
+    if (c.failed) {
+        snprintf(err, errlen, "out of memory in blocked Conv2D");
+        return 1;
+    }
     return 0;
 }
