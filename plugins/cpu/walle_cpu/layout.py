@@ -171,13 +171,14 @@ class _Rewriter:
         self.out.append((BlockedConv(**fields), algo))
         self.produced(op.out, yb, plain_out)
 
-    def reads_blocked(self, t: A.Tensor) -> bool:
-        """Whether some reader of ``t`` would take it blocked."""
+    def feeds_blocked_conv(self, t: A.Tensor, depth: int = 4) -> bool:
+        """Whether ``t`` reaches a blocked conv through readers that keep it blocked (pools,
+        block-moving rasters): only then does changing its layout once pay."""
         for op, algo in self.readers.get(t.id, ()):
             if isinstance(op, A.Conv2D) and algo.name == NCHWC and op.inputs[1] is not t:
                 return True
-            if _pools_blocked(op) or isinstance(op, A.Reduce) or \
-                    (isinstance(op, A.Raster) and len(op.out.shape) == 4):
+            through = _pools_blocked(op) or (isinstance(op, A.Raster) and len(op.out.shape) == 4)
+            if through and depth > 0 and self.feeds_blocked_conv(op.out, depth - 1):
                 return True
         return False
 
@@ -199,13 +200,16 @@ class _Rewriter:
         return True
 
     def pays(self, op: A.Conv2D) -> bool:
-        """A blocked conv whose input needs a layout change and whose output no reader takes
-        blocked would add two conversions around one kernel: run it plain instead. (A narrow
-        plain input needs no conversion: the stem conv reads it directly.)"""
+        """A blocked conv whose input needs a layout change pays only when its output goes on
+        to another blocked conv; else the changes around it (and around the pools between)
+        cost more than the kernel saves: run it plain. (A narrow plain input needs no change:
+        the stem conv reads it directly.)"""
         x = op.inputs[0]
-        if (x.id in self.blocked and self.blocked[x.id][1] == x.shape) or self.reads_blocked(op.out):
+        if x.id in self.blocked and self.blocked[x.id][1] == x.shape:
             return True
-        return not is_depthwise(op) and x.shape[1] <= PLAIN_INPUT_MAX
+        if not is_depthwise(op) and x.shape[1] <= PLAIN_INPUT_MAX:
+            return True
+        return self.feeds_blocked_conv(op.out)
 
     def pool(self, op: A.Pool2D) -> bool:
         x = op.inputs[0]
