@@ -252,3 +252,29 @@ def test_few_row_transposes_split_by_columns_across_threads(rows_first: bool) ->
     b.emit(A.Raster([x], [y], regions=[region]))
     xv = np.random.default_rng(11).standard_normal(x.shape).astype(np.float32)
     np.testing.assert_array_equal(_compile(b.ops, [x], [y], threads=3).run([xv])[0], xv.T)
+
+
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("axis", [2, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_composite_runs_fused_and_other_dtypes_expand(log: bool, axis: int, dtype: type) -> None:
+    """The cpu backend claims softmax/log_softmax: one kernel for float32 (rows along the
+    last axis, or gathered when the axis is not last, -inf and NaN rows included); a dtype it
+    has no kernel for runs the composite's expansion instead of failing to plan."""
+    from walle_core.decompose.norm import softmax_axis
+    from walle_core.plan.planner import prepare
+
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((3, 70, 33), dtype)
+    y = softmax_axis(b, x, axis, log)
+    cpu, ref = registry().get("cpu"), registry().get("reference")
+    ops = prepare(b.ops, cpu, {y.id})
+    fused = [op for op in ops if isinstance(op, A.Composite)]
+    assert len(fused) == (1 if dtype == np.float32 else 0), ops
+    exe = cpu.compile(Program([(op, cpu.algorithms(op)[0]) for op in ops], [x], [y]), threads=3)
+    xv = np.random.default_rng(12).standard_normal(x.shape).astype(dtype) * 5
+    xv[0, :, 0] = -np.inf
+    xv[1, 3, :] = np.nan
+    rops = prepare(b.ops, ref, {y.id})
+    want = ref.compile(Program([(op, ref.algorithms(op)[0]) for op in rops], [x], [y])).run([xv])[0]
+    np.testing.assert_allclose(exe.run([xv])[0], want, rtol=1e-5, atol=1e-6)

@@ -18,7 +18,8 @@ from walle_core.plan.memory import plan_arena
 def expand_composites(ops: Sequence[A.Op], backend: Backend) -> list[A.Op]:
     out: list[A.Op] = []
     for op in ops:
-        if isinstance(op, A.Composite) and not backend.claims(op.name):
+        # a claimed pattern the backend cannot run here (say, another dtype) is expanded too
+        if isinstance(op, A.Composite) and not (backend.claims(op.name) and backend.algorithms(op)):
             out.extend(expand_composites(op.expansion, backend))
         else:
             out.append(op)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-RASTER, UNARY, BINARY, SELECT, CAST, REDUCE, MATMUL, CONV, POOL, GATHER, SORT, CHAIN, LSTM_CELL = range(1, 14)
+(RASTER, UNARY, BINARY, SELECT, CAST, REDUCE, MATMUL, CONV, POOL, GATHER, SORT, CHAIN, LSTM_CELL,
+ SOFTMAX) = range(1, 15)
 
 DTYPES: dict[np.dtype, int] = {
     np.dtype(np.float32): 0,
@@ -60,4 +61,4 @@ POOL_FNS = {"max": 0, "avg": 1, "lp": 2}
 SCATTER_REDUCTIONS = {"none": 0, "add": 1, "mul": 2, "max": 3, "min": 4}
 CONV_ALGOS = {"im2col+gemm": 0, "1x1-gemm": 1, "depthwise-direct": 2, "winograd-f23": 3, "nchwc": 4}
 # composites the cpu backend runs as one kernel (walle_core.decompose builds them)
-COMPOSITES = frozenset({"lstm_cell"})
+COMPOSITES = frozenset({"lstm_cell", "softmax", "log_softmax"})

@@ -404,11 +404,17 @@ class CpuExecutable(Executable):
             return
         if isinstance(op, _Chain):
             self._encode_chain(d, op)
-        elif isinstance(op, A.Composite):  # lstm_cell: (gates iofc, c) -> (h, c)
+        elif isinstance(op, A.Composite) and op.name == "lstm_cell":  # (gates iofc, c) -> (h, c)
             d.kind = K.LSTM_CELL
             # the second output travels as a third operand (a descriptor has one output)
             self._bind(d, op, [*op.inputs, op.outputs[1]])
             d.p[0], d.p[1] = op.out.shape[0], int(op.attrs["hidden"])  # type: ignore[call-overload]
+        elif isinstance(op, A.Composite):  # softmax / log_softmax over one axis
+            d.kind = K.SOFTMAX
+            self._bind(d, op)
+            shape, axis = op.inputs[0].shape, int(op.attrs["axis"])  # type: ignore[call-overload]
+            d.p[0], d.p[1] = math.prod(shape[:axis]), shape[axis]
+            d.p[2], d.p[3] = math.prod(shape[axis + 1:]), int(op.name == "log_softmax")
         elif isinstance(op, A.Raster):
             self._encode_raster(d, op)
         elif isinstance(op, A.Unary):

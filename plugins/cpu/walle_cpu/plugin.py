@@ -120,7 +120,7 @@ _CONV_COSTS = {
     layout.NCHWC: _blocked_cost,
 }
 _GEMM = Algorithm("packed-gemm", _cost(0.7))
-_FUSED_CELL = Algorithm("fused-cell", _cost(0.3, flop_scale=12.0))  # ~12 flops per element (exp)
+_FUSED = Algorithm("fused", _cost(0.3, flop_scale=12.0))  # composites: ~12 flops per element (exp)
 _DIRECT = Algorithm("direct", _cost(0.5))
 
 
@@ -149,7 +149,7 @@ class CpuBackend(Backend):
         if _native.LIB is None or not supports(op):
             return ()
         if isinstance(op, A.Composite):
-            return (_FUSED_CELL,)
+            return (_FUSED,)
         if isinstance(op, A.MatMul):
             return (_GEMM,)
         if isinstance(op, A.Conv2D):

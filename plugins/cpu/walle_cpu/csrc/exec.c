@@ -815,6 +815,59 @@ static void raster_col_task(void *vp, int64_t t) {
     raster_rows(r, c->src, c->dst, c->esize, 0, c->nrows);
 }
 
+/* ------------------------------------------------------------------ softmax / log_softmax */
+/* x viewed as (outer, n, inner), over n: y = exp(x - max) / sum, or (x - max) - log(sum), with
+ * the kernels (and order of operations) of the expansion: max and sum as Reduce computes
+ * them, exp as Unary does. A line with inner > 1 is gathered into a scratch row first. */
+typedef struct {
+    const wl_op *op;
+    const float *x;
+    float *y;
+    int64_t chunk;
+    int failed;
+} softmax_ctx;
+
+static void softmax_line(int log_out, const float *x, float *y, int64_t n) {
+    static const double noprm[4] = {0, 0, 0, 0};
+    float m = (float)wl_active->reduce_f32(R_MAX, x, n);
+    wl_active->binary_f32(B_SUB, x, 1, &m, 0, y, n);
+    if (log_out) {
+        float *e = wl_scratch(2, sizeof(float) * (size_t)n);
+        if (!e) return;
+        wl_active->unary_f32(U_EXP, y, e, n, noprm);
+        float l = logf((float)wl_active->reduce_f32(R_SUM, e, n));
+        wl_active->binary_f32(B_SUB, y, 1, &l, 0, y, n);
+        return;
+    }
+    wl_active->unary_f32(U_EXP, y, y, n, noprm);
+    float s = (float)wl_active->reduce_f32(R_SUM, y, n);
+    wl_active->binary_f32(B_DIV, y, 1, &s, 0, y, n);
+}
+
+static void softmax_task(void *vp, int64_t t) {
+    softmax_ctx *c = vp;
+    const int64_t *p = c->op->p;
+    int64_t n = p[1], inner = p[2], lines = p[0] * inner;
+    int log_out = (int)p[3];
+    float *row = inner > 1 ? wl_scratch(1, sizeof(float) * (size_t)(2 * n)) : NULL;
+    if ((inner > 1 && !row) || (log_out && !wl_scratch(2, sizeof(float) * (size_t)n))) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t l = t * c->chunk; l < lines && l < (t + 1) * c->chunk; l++) {
+        int64_t o = l / inner, i = l % inner;
+        const float *x = c->x + o * n * inner + i;
+        float *y = c->y + o * n * inner + i;
+        if (inner == 1) {
+            softmax_line(log_out, x, y, n);
+            continue;
+        }
+        for (int64_t j = 0; j < n; j++) row[j] = x[j * inner];
+        softmax_line(log_out, row, row + n, n);
+        for (int64_t j = 0; j < n; j++) y[j * inner] = row[n + j];
+    }
+}
+
 /* ------------------------------------------------------------------ fused element-wise chain */
 /* aux: int64 steps[n_steps * 4] = (kind, fn, operand, unused); f-params in aux2 as double[4*n].
  * kind 0: unary fn on the register; kind 1: reg = reg (fn) operand; kind 2: reg = operand (fn) reg.
@@ -997,6 +1050,19 @@ static int run_op(const wl_op *op, int oi, char **slots, int nthreads, char *err
                 tasks = c.rows * ((last + c.cchunk - 1) / c.cchunk);
             }
             wl_parallel_for(tasks, chain_task, &c, nthreads);
+            break;
+        }
+        case WL_SOFTMAX: {
+            softmax_ctx c = {op, (const float *)PTR(op->ins[0]), (float *)y, 0};
+            int64_t lines = op->p[0] * op->p[2];
+            int64_t tasks = op->p[0] * op->p[1] * op->p[2] >= 32768
+                                ? chunks_for(lines, 1, nthreads, &c.chunk)
+                                : (c.chunk = lines, 1);
+            wl_parallel_for(tasks, softmax_task, &c, nthreads);
+            if (c.failed) {
+                snprintf(err, errlen, "out of memory in softmax");
+                return oi + 1;
+            }
             break;
         }
         case WL_LSTM_CELL: {

@@ -36,7 +36,7 @@ void wl_set_profile(double *buf);
 
 /* ---- kinds, dtypes, function codes ---- */
 enum { WL_RASTER = 1, WL_UNARY, WL_BINARY, WL_SELECT, WL_CAST, WL_REDUCE, WL_MATMUL, WL_CONV,
-       WL_POOL, WL_GATHER, WL_SORT, WL_CHAIN, WL_LSTM_CELL };
+       WL_POOL, WL_GATHER, WL_SORT, WL_CHAIN, WL_LSTM_CELL, WL_SOFTMAX };
 enum { D_F32 = 0, D_F64, D_F16, D_I8, D_I16, D_I32, D_I64, D_U8, D_U16, D_U32, D_U64, D_BOOL };
 
 enum {
