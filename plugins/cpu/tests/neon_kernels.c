@@ -91,18 +91,13 @@ static void test_binary(void) {
     check("binary max", y, want, NULL, N, 0);
 }
 
-static void test_conv(int algo, int64_t c, int64_t o, int64_t h, int64_t w, int64_t k, int64_t s,
-                      int64_t pad, int64_t groups, int with_res) {
-    int64_t oh = (h + 2 * pad - k) / s + 1, ow = (w + 2 * pad - k) / s + 1, cg = c / groups;
-    int64_t og = o / groups;
-    float *x = malloc(sizeof(float) * c * h * w), *wt = malloc(sizeof(float) * o * cg * k * k);
-    float *bias = malloc(sizeof(float) * o), *y = malloc(sizeof(float) * o * oh * ow);
-    float *res = with_res ? malloc(sizeof(float) * o * oh * ow) : NULL;
-    if (res) for (int64_t i = 0; i < o * oh * ow; i++) res[i] = frand();
-    double *want = malloc(sizeof(double) * o * oh * ow), *mag = malloc(sizeof(double) * o * oh * ow);
-    for (int64_t i = 0; i < c * h * w; i++) x[i] = frand();
-    for (int64_t i = 0; i < o * cg * k * k; i++) wt[i] = frand();
-    for (int64_t i = 0; i < o; i++) bias[i] = frand();
+/* Naive grouped conv + bias (+ residual) + relu6 in double: want, and the scale of the summed
+ * terms (mag) that bounds the rounding error of any summation order. */
+static void conv_reference(const float *x, const float *wt, const float *bias, const float *res,
+                           int64_t c, int64_t o, int64_t h, int64_t w, int64_t k, int64_t s,
+                           int64_t pad, int64_t groups, double *want, double *mag) {
+    int64_t oh = (h + 2 * pad - k) / s + 1, ow = (w + 2 * pad - k) / s + 1;
+    int64_t cg = c / groups, og = o / groups;
     for (int64_t oc = 0; oc < o; oc++)
         for (int64_t oy = 0; oy < oh; oy++)
             for (int64_t ox = 0; ox < ow; ox++) {
@@ -126,6 +121,20 @@ static void test_conv(int algo, int64_t c, int64_t o, int64_t h, int64_t w, int6
                 want[idx] = sum < 0 ? 0 : (sum > 6 ? 6 : sum);
                 mag[idx] = 2 * t;
             }
+}
+
+static void test_conv(int algo, int64_t c, int64_t o, int64_t h, int64_t w, int64_t k, int64_t s,
+                      int64_t pad, int64_t groups, int with_res) {
+    int64_t oh = (h + 2 * pad - k) / s + 1, ow = (w + 2 * pad - k) / s + 1, cg = c / groups;
+    float *x = malloc(sizeof(float) * c * h * w), *wt = malloc(sizeof(float) * o * cg * k * k);
+    float *bias = malloc(sizeof(float) * o), *y = malloc(sizeof(float) * o * oh * ow);
+    float *res = with_res ? malloc(sizeof(float) * o * oh * ow) : NULL;
+    if (res) for (int64_t i = 0; i < o * oh * ow; i++) res[i] = frand();
+    double *want = malloc(sizeof(double) * o * oh * ow), *mag = malloc(sizeof(double) * o * oh * ow);
+    for (int64_t i = 0; i < c * h * w; i++) x[i] = frand();
+    for (int64_t i = 0; i < o * cg * k * k; i++) wt[i] = frand();
+    for (int64_t i = 0; i < o; i++) bias[i] = frand();
+    conv_reference(x, wt, bias, res, c, o, h, w, k, s, pad, groups, want, mag);
     wl_op op;
     memset(&op, 0, sizeof op);
     op.kind = WL_CONV;
@@ -185,29 +194,7 @@ static void test_nchwc(int64_t c, int64_t o, int64_t h, int64_t w, int64_t k, in
         for (int64_t i = 0; i < o * oh * ow; i++) res[i] = frand();
         resb = to_blocked(res, o, oh * ow);
     }
-    for (int64_t oc = 0; oc < o; oc++)
-        for (int64_t oy = 0; oy < oh; oy++)
-            for (int64_t ox = 0; ox < ow; ox++) {
-                double sum = bias[oc], t = fabs(bias[oc]);
-                for (int64_t ci = 0; ci < cg; ci++)
-                    for (int64_t ky = 0; ky < k; ky++)
-                        for (int64_t kx = 0; kx < k; kx++) {
-                            int64_t iy = oy * s - pad + ky, ix = ox * s - pad + kx;
-                            if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
-                            int64_t xc = depthwise ? oc : ci;
-                            double v = (double)x[(xc * h + iy) * w + ix] *
-                                       wt[((oc * cg + ci) * k + ky) * k + kx];
-                            sum += v;
-                            t += fabs(v);
-                        }
-                int64_t idx = (oc * oh + oy) * ow + ox;
-                if (res) {
-                    sum += res[idx];
-                    t += fabs(res[idx]);
-                }
-                want[idx] = sum < 0 ? 0 : (sum > 6 ? 6 : sum);
-                mag[idx] = 2 * t;
-            }
+    conv_reference(x, wt, bias, res, c, o, h, w, k, s, pad, depthwise ? c : 1, want, mag);
     /* weights: depthwise (cb, ky, kx, 16); else groups of fb filter blocks (cb, ky, kx, ci, f, 16) */
     int64_t nw = depthwise ? ob * k * k * 16 : ob * 16 * ncb * bi * k * k;
     float *wp = calloc((size_t)nw, sizeof(float));
