@@ -267,13 +267,11 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
         finally:
             path.unlink(missing_ok=True)
         response.status_code = 201 if created else 200
-        return S.PluginOut(name=row.name, version=row.version, filename=row.filename, sha256=row.sha256,
-                           size=row.size, key_id=row.key_id, created_at=row.created_at, created=created)
+        return S.PluginOut.model_validate(row, from_attributes=True).model_copy(update={"created": created})
 
     @app.get("/v1/plugins", tags=["publish"])
     def list_plugins(_p: AnyP) -> list[S.PluginOut]:
-        return [S.PluginOut(name=r.name, version=r.version, filename=r.filename, sha256=r.sha256, size=r.size,
-                            key_id=r.key_id, created_at=r.created_at) for r in reg.plugins()]
+        return [S.PluginOut.model_validate(r, from_attributes=True) for r in reg.plugins()]
 
     @app.get("/v1/plugins/{name}/{version}/wheel", tags=["download"])
     async def plugin_wheel(name: str, version: str, request: Request, _p: AnyP) -> Response:

@@ -32,7 +32,7 @@ from walle_registry import policy
 from walle_registry.api import Deployer, DeviceP, Reader
 from walle_registry.errors import Conflict, Invalid, NotFound
 from walle_registry.models import PluginDeployment, PluginInstall
-from walle_registry.schemas import Filters, Strict
+from walle_registry.schemas import Filters, PluginWheel, Strict
 from walle_registry.service import Registry
 
 
@@ -63,15 +63,9 @@ class PluginDeploymentOut(BaseModel):
     installs: dict[str, int] = {}  # status -> devices that reported it for this deployment
 
 
-class DevicePlugin(BaseModel):
+class DevicePlugin(PluginWheel):
     """One plugin version the device should have, with what it needs to verify the wheel."""
 
-    name: str
-    version: str
-    filename: str
-    sha256: str
-    size: int
-    key_id: str
     signature: str
     deployment: int
 

@@ -56,13 +56,18 @@ class ReleaseOut(BaseModel):
     created: bool = False
 
 
-class PluginOut(BaseModel):
+class PluginWheel(BaseModel):
+    """What identifies a published plugin wheel (and lets a device verify it)."""
+
     name: str
     version: str
     filename: str
     sha256: str
     size: int
     key_id: str
+
+
+class PluginOut(PluginWheel):
     created_at: float
     created: bool = False
 
