@@ -108,12 +108,15 @@ class Fleet:
 
     async def kill_device(self, device_id: str) -> None:
         """Stop a device abruptly: no flush, no goodbye (its files are what a crash leaves)."""
+        await self._remove(device_id, flush=False)
+
+    async def _remove(self, device_id: str, *, flush: bool) -> None:
         dev = self.devices.pop(device_id)
         if dev.task is not None:
             dev.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await dev.task
-        await dev.agent.stop(flush=False)
+        await dev.agent.stop(flush=flush)
 
     async def _user(self, dev: SimDevice) -> None:
         """The app on the device: sessions of events, handed to the agent as they happen."""
@@ -147,12 +150,7 @@ class Fleet:
 
     async def stop(self) -> None:
         for did in list(self.devices):
-            dev = self.devices.pop(did)
-            if dev.task is not None:
-                dev.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await dev.task
-            await dev.agent.stop(flush=True)
+            await self._remove(did, flush=True)
         if self.http is not None:
             await self.http.aclose()
             self.http = None
