@@ -235,11 +235,9 @@ class DeviceClient(_Base):
                     out.write(chunk)
                     if on_chunk is not None:
                         on_chunk(len(chunk))
-        h = hashlib.sha256()
         with part.open("rb") as fh:
-            while chunk := fh.read(1 << 16):
-                h.update(chunk)
-        if h.hexdigest() != sha256:
+            got = hashlib.file_digest(fh, "sha256").hexdigest()
+        if got != sha256:
             part.unlink()
             raise ValueError(f"downloaded blob does not match sha256 {sha256}")
         part.replace(dest)

@@ -220,11 +220,9 @@ class RegistryLink:
                                 on_chunk(len(chunk))
         except httpx.HTTPError as exc:
             raise LinkDown(f"download: {type(exc).__name__}: {exc}") from exc
-        h = hashlib.sha256()
         with part.open("rb") as fh:
-            while block := fh.read(1 << 16):
-                h.update(block)
-        if h.hexdigest() != sha256:
+            got = hashlib.file_digest(fh, "sha256").hexdigest()
+        if got != sha256:
             part.unlink()
             raise Corrupt(f"{what} does not match sha256 {sha256}; starting over")
         part.replace(dest)

@@ -105,11 +105,8 @@ class PluginInstaller:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as fh:
-        while block := fh.read(1 << 16):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _target(member: str, data_dir: str) -> PurePosixPath | None:
