@@ -342,7 +342,7 @@ class CpuExecutable(Executable):
 
     def _fuse_activations(self, items: Sequence[tuple[A.Op, Algorithm]], uses: dict[int, int],
                           external: set[int]) -> list[tuple[A.Op, Algorithm]]:
-        """Fold the activation that directly follows a Conv2D into the kernel's epilogue: a
+        """Fold the activation that directly follows a Conv2D or MatMul into the kernel's epilogue: a
         float Unary, or Binary max/min against a scalar constant (ReLU, ReLU6 and clips lower
         to those), taken as ``clip``. Only when the conv output has no other reader and the
         fused output does not share memory with the conv's input (the kernel would overwrite

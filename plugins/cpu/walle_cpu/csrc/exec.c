@@ -827,13 +827,12 @@ typedef struct {
     int failed;
 } softmax_ctx;
 
-static void softmax_line(int log_out, const float *x, float *y, int64_t n) {
+/* e: n floats of scratch for log_softmax's exponentials (NULL for softmax) */
+static void softmax_line(float *e, const float *x, float *y, int64_t n) {
     static const double noprm[4] = {0, 0, 0, 0};
     float m = (float)wl_active->reduce_f32(R_MAX, x, n);
     wl_active->binary_f32(B_SUB, x, 1, &m, 0, y, n);
-    if (log_out) {
-        float *e = wl_scratch(2, sizeof(float) * (size_t)n);
-        if (!e) return;
+    if (e) {
         wl_active->unary_f32(U_EXP, y, e, n, noprm);
         float l = logf((float)wl_active->reduce_f32(R_SUM, e, n));
         wl_active->binary_f32(B_SUB, y, 1, &l, 0, y, n);
@@ -848,9 +847,9 @@ static void softmax_task(void *vp, int64_t t) {
     softmax_ctx *c = vp;
     const int64_t *p = c->op->p;
     int64_t n = p[1], inner = p[2], lines = p[0] * inner;
-    int log_out = (int)p[3];
     float *row = inner > 1 ? wl_scratch(1, sizeof(float) * (size_t)(2 * n)) : NULL;
-    if ((inner > 1 && !row) || (log_out && !wl_scratch(2, sizeof(float) * (size_t)n))) {
+    float *e = p[3] ? wl_scratch(2, sizeof(float) * (size_t)(n > 0 ? n : 1)) : NULL;
+    if ((inner > 1 && !row) || (p[3] && !e)) {
         __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
         return;
     }
@@ -859,11 +858,11 @@ static void softmax_task(void *vp, int64_t t) {
         const float *x = c->x + o * n * inner + i;
         float *y = c->y + o * n * inner + i;
         if (inner == 1) {
-            softmax_line(log_out, x, y, n);
+            softmax_line(e, x, y, n);
             continue;
         }
         for (int64_t j = 0; j < n; j++) row[j] = x[j * inner];
-        softmax_line(log_out, row, row + n, n);
+        softmax_line(e, row, row + n, n);
         for (int64_t j = 0; j < n; j++) y[j * inner] = row[n + j];
     }
 }
