@@ -514,7 +514,7 @@ def exact_chain(c: Case) -> np.ndarray:
     """The chain evaluated in float64 with the reference's formulas: a chain compounds
     rounding (exp(exp(x)) multiplies an earlier relative error by x), so the backend is held
     to the float32 oracle's own distance from the exact value (plus the usual margins)."""
-    from walle_reference.kernels import BINARY, UNARY
+    from walle_core.interpreter.kernels import BINARY, UNARY
 
     vals: dict[int, np.ndarray] = {t.id: v.astype(np.float64) for t, v in c.feeds}
     for op in c.b.ops:

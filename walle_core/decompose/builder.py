@@ -1,8 +1,9 @@
 """The toolkit every decomposition uses to emit atomic ops with concrete shapes.
 
 A :class:`Builder` collects ops in order. Ops whose inputs are all plan-time constants are
-evaluated at once (constant folding) through the ``fold`` callback, so shape arithmetic
-(``Shape -> Gather -> Concat -> Reshape``) never reaches a backend.
+evaluated at once (constant folding) through the ``fold`` callback, by default the engine's own
+numpy interpreter (no plugin needed), so shape arithmetic (``Shape -> Gather -> Concat ->
+Reshape``) never reaches a backend.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.errors import WalleError
+from walle_core.interpreter import fold as fold_with_numpy
 
 FoldFn = Callable[[A.Op], None]  # evaluates a constant op, filling its outputs' ``value``
 
@@ -94,7 +96,7 @@ def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
 
 
 class Builder:
-    def __init__(self, fold: FoldFn, known: dict[int, np.ndarray] | None = None) -> None:
+    def __init__(self, fold: FoldFn = fold_with_numpy, known: dict[int, np.ndarray] | None = None) -> None:
         self.ops: list[A.Op] = []
         self._fold = fold
         # Run-time values observed at sync points, by tensor id. Ids are handed out in creation

@@ -1,4 +1,5 @@
-"""numpy kernels for every atomic op kind: the correctness oracle of all other backends.
+"""numpy kernels for every atomic op kind: what constant folding evaluates, and (through the
+``reference`` plugin) the correctness oracle of all other backends.
 
 Kernels read and write dense arrays; broadcasting inputs arrive as stride views built from the
 op's element strides.
