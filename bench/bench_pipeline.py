@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from walle_core.pipeline.bench import run_bench
+from walle_bench.pipeline import run_bench
 
 
 def main() -> None:

@@ -10,18 +10,28 @@ with the ratio Walle/peer and the largest output difference, so a fast wrong ans
 MNN (PyPI ``mnn``) converts the ONNX file with ``_tools.mnnconvert`` from its compiled module;
 a model it cannot convert or run is listed as skipped with the reason. The OpenBLAS kernel numpy
 loaded is printed through threadpoolctl (Walle's cpu backend does not use BLAS; the reference
-fallback does). The engine is ``walle bench model`` (cli/walle_cli/commands/bench_model.py).
+fallback does). The engine is :mod:`walle_bench.compare`, also behind ``walle bench model FILE.onnx``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["mobilenet_v2", "resnet18", "bert", "lstm", "unet"]
+
+
+def test_model(name: str) -> tuple[Path, dict[str, np.ndarray]]:
+    """``tests/models/NAME.py`` exported through torch (cached), with its own inputs."""
+    from tests.models.common import export
+
+    return export(importlib.import_module(f"tests.models.{name}"))
 
 
 def main() -> None:
@@ -32,8 +42,8 @@ def main() -> None:
     ap.add_argument("--peers", default="onnxruntime,mnn")
     args = ap.parse_args()
     os.chdir(ROOT)
-    sys.path.insert(0, str(ROOT))
-    from walle_cli.commands.bench_model import compare, header, resolve_model, table_rows
+    sys.path.insert(0, str(ROOT))  # a repository script: the test models are importable from here
+    from walle_bench.compare import compare, header, table_rows
 
     peers = [p for p in args.peers.split(",") if p]
     for line in header(args.threads, args.runs):
@@ -41,7 +51,7 @@ def main() -> None:
     results = []
     for name in args.models.split(","):
         try:
-            _, path, feeds = resolve_model(name)
+            path, feeds = test_model(name)
         except Exception as exc:  # torch missing, export failure
             print(f"{name:<14} skipped: {exc}")
             continue

@@ -1,6 +1,6 @@
 """Pattern semantics: each operator by example, then the engine against the brute-force oracle.
 
-The oracle (walle_core.pipeline.reference) checks the declarative definitions of
+The oracle (tests/pipeline_reference.py) checks the declarative definitions of
 docs/pipeline.md on every labelled subsequence; hypothesis draws random patterns and streams.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pipeline_reference import RefMatch, reference_matches  # tests/: the oracle, not shipped
 
 from walle_core.pipeline import Event, Matcher, Pattern, compile_spec
 from walle_core.pipeline.engine import Match
-from walle_core.pipeline.reference import RefMatch, reference_matches
 
 # --------------------------------------------------------------------------- helpers
 

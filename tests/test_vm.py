@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from walle_bench import machine
 from walle_core.plugins import registry
 from walle_core.task import Quotas
-from walle_core.vm import Scheduler, TaskSpec, ThreadVM, machine, run_once, run_task, subinterp
+from walle_core.vm import Scheduler, TaskSpec, ThreadVM, run_once, run_task, subinterp
 from walle_core.vm import data as cv
 from walle_core.vm.models import ModelCache
 
@@ -313,7 +314,7 @@ def test_models_load_concurrently_in_a_fresh_process(tmp_path: Path) -> None:
     (tmp_path / "m.onnx").write_bytes(mlp_bytes())
     script = textwrap.dedent("""
         import threading, walle_core
-        from walle_core.vm import bench
+        from walle_bench import vm as bench
         models, errors = [bench.convnet(i, 32) for i in range(4)], []
         def load(b):
             try:

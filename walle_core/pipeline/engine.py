@@ -11,7 +11,7 @@ An event therefore touches only the runs it can change; a run that merely waits 
 contiguity) costs nothing. Time-outs come from a heap of deadlines advanced by the clock
 (:meth:`Matcher.advance_time`), so ``within`` and a trailing ``not_followed_by`` resolve without
 waiting for another event. Semantics are defined in docs/pipeline.md and checked against
-:mod:`walle_core.pipeline.reference`.
+``tests/pipeline_reference.py``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from walle_cli.console import out
+from walle_cli.console import out, walle_errors
 
 bench_app = typer.Typer(help="Benchmarks of Walle's subsystems.", no_args_is_help=True)
 
@@ -20,7 +20,7 @@ def bench_pipeline(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Trigger-matching throughput (events_per_s) and per-event latency percentiles."""
-    from walle_core.pipeline.bench import run_bench
+    from walle_bench.pipeline import run_bench
 
     result = run_bench(triggers, events, repeat=repeat)
     if as_json:
@@ -32,4 +32,21 @@ def bench_pipeline(
         f"(latency per event p50 {lat['p50']:.2f} us, p99 {lat['p99']:.2f} us; "
         f"hand-written single trigger {result['hand_written_single_trigger_events_per_s']:,} events/s)"
     )
-import walle_cli.commands.bench_model  # noqa: E402, F401  (registers "walle bench model")
+
+
+@bench_app.command("model")
+def bench_model(
+    model: Annotated[str, typer.Argument(help="An .onnx file (test models: bench/peers.py).")],
+    vs: Annotated[list[str], typer.Option("--vs", help="Peer engine(s): onnxruntime, mnn.")] = ["onnxruntime"],  # noqa: B006
+    threads: Annotated[int, typer.Option(min=1, help="Threads for every engine.")] = 2,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per engine (median).")] = 30,
+    backend: Annotated[str, typer.Option(help="Walle backend.")] = "cpu",
+) -> None:
+    """Latency of MODEL on Walle against peer engines (same process, same threads, batch 1)."""
+    from walle_bench.compare import compare, header, resolve_model, table_rows
+
+    with walle_errors():
+        name, path, feeds = resolve_model(model)
+        res = compare(name, path, feeds, threads=threads, runs=runs, peers=vs, backend=backend)
+    for line in [*header(threads, runs), *table_rows([res], vs)]:
+        typer.echo(line)

@@ -17,7 +17,7 @@ def bench_vm(as_json: Annotated[bool, typer.Option("--json", help="Print raw JSO
     """Measure VM start latency vs a fresh process, 1 vs 2 workers, subinterpreters vs threads."""
     # A child process: BLAS must be single-threaded before numpy loads, and this one has numpy.
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "walle_core.vm.bench"], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "walle_bench.vm"], capture_output=True, text=True, env=env)
     if proc.returncode:
         fail(f"benchmark failed: {proc.stderr.strip().splitlines()[-1:] }", code=1)
     report = json.loads(proc.stdout)

@@ -1,4 +1,4 @@
-"""``walle bench model MODEL --vs onnxruntime``: whole-model latency of Walle against peers.
+"""Whole-model latency of Walle against peer engines (``walle bench model``, ``bench/peers.py``).
 
 Walle and each peer engine (onnxruntime; MNN from PyPI ``mnn`` when it can convert the model)
 run in one process with the same thread count, batch 1, fp32. After a warm-up the timed runs
@@ -7,14 +7,13 @@ pause and an untimed run, so that one engine's spinning idle threads do not tax 
 processes on a shared machine hits every engine alike; each engine's median is reported with the ratio
 Walle/peer and the largest absolute output difference (a fast wrong answer cannot hide).
 
-This module is also the engine behind ``bench/peers.py``.
+Models are ONNX files here; ``bench/peers.py`` adds the repository's test models by name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
 import io
 import os
 import statistics
@@ -24,14 +23,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-import typer
 
-from walle_cli.commands.bench import bench_app
+from walle_core import WalleError
 
 PEERS = ("onnxruntime", "mnn")
+
+
+class BenchError(WalleError):
+    """A benchmark was asked for something it cannot measure (a missing or non-ONNX model)."""
+
+
 Runner = Callable[[], Sequence[np.ndarray]]
 
 
@@ -73,24 +76,15 @@ def random_feeds(path: Path) -> dict[str, np.ndarray]:
 
 
 def resolve_model(spec: str) -> tuple[str, Path, dict[str, np.ndarray]]:
-    """An ONNX path (random inputs) or the name of a test model (``tests/models/NAME.py``,
-    exported through torch and cached, with its own inputs)."""
+    """An ONNX file: its name, path and random inputs (:func:`random_feeds`)."""
     p = Path(spec)
-    if p.suffix == ".onnx" or p.exists():
-        if not p.exists():
-            raise typer.BadParameter(f"no such file: {spec}")
-        return p.stem, p, random_feeds(p)
-    root = Path.cwd()
-    if not (root / "tests" / "models" / f"{spec}.py").exists():
-        raise typer.BadParameter(
-            f"{spec!r} is neither an .onnx file nor a test model (tests/models/{spec}.py; run "
-            "from the repository root)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from tests.models.common import export
-
-    path, feeds = export(importlib.import_module(f"tests.models.{spec}"))
-    return spec, Path(path), feeds
+    if p.suffix != ".onnx" and not p.is_file():
+        raise BenchError(
+            f"{spec!r} is not an .onnx file; the repository's test models (tests/models/NAME.py) are "
+            "benchmarked with `python bench/peers.py --models NAME` from the repository root")
+    if not p.is_file():
+        raise BenchError(f"no such file: {spec}")
+    return p.stem, p, random_feeds(p)
 
 
 # --------------------------------------------------------------------------- engines
@@ -276,18 +270,3 @@ def table_rows(results: Sequence[Result], peers: Sequence[str]) -> list[str]:
             if p in r.skipped:
                 rows.append(f"{p} skipped {r.model}: {r.skipped[p]}")
     return rows
-
-
-@bench_app.command("model")
-def bench_model(
-    model: Annotated[str, typer.Argument(help="An .onnx file, or a test model name (tests/models/NAME.py).")],
-    vs: Annotated[list[str], typer.Option("--vs", help="Peer engine(s): onnxruntime, mnn.")] = ["onnxruntime"],  # noqa: B006
-    threads: Annotated[int, typer.Option(min=1, help="Threads for every engine.")] = 2,
-    runs: Annotated[int, typer.Option(min=1, help="Timed runs per engine (median).")] = 30,
-    backend: Annotated[str, typer.Option(help="Walle backend.")] = "cpu",
-) -> None:
-    """Latency of MODEL on Walle against peer engines (same process, same threads, batch 1)."""
-    name, path, feeds = resolve_model(model)
-    res = compare(name, path, feeds, threads=threads, runs=runs, peers=vs, backend=backend)
-    for line in [*header(threads, runs), *table_rows([res], vs)]:
-        typer.echo(line)

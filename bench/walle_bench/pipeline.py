@@ -14,8 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from walle_core.pipeline.engine import Matcher
-from walle_core.pipeline.events import Event
+from walle_core.pipeline import Event, Matcher
 
 VOCABULARY = 500
 WITHIN_MS = 30_000

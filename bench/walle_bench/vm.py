@@ -1,11 +1,11 @@
 """VM benchmarks, measured in one run: start latency, inference throughput, subinterpreters.
 
-Run as ``python -m walle_core.vm.bench`` (``walle bench vm --json`` does that): BLAS must be
+Run as ``python -m walle_bench.vm`` (``walle bench vm --json`` does that): BLAS must be
 single-threaded before numpy loads, so that 1-vs-2 worker figures measure the VM's parallelism and
 not OpenBLAS's.
 
 Worker-scaling figures are only meaningful with the machine's load next to them, so every timed
-phase records how many cores other processes kept busy (:mod:`walle_core.vm.machine`), and the
+phase records how many cores other processes kept busy (:mod:`walle_bench.machine`), and the
 1- and 2-worker phases alternate over several rounds (1,2 then 2,1, ...) so that a load change
 hits both sides; the reported ratio is the median over rounds, with its spread.
 """
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from walle_core.vm import machine
+from walle_bench import machine
 
 FEATURE_CODE = """
 import walle

@@ -1,6 +1,8 @@
 """Per-op profile of a model on the cpu backend (C-side timers around every op of wl_run).
 
-    python -m walle_cpu.profile MODEL.onnx|tests.models.NAME [--threads 2] [--runs 20] [--top 25]
+    python -m bench.profile_cpu tests.models.NAME [--threads 2] [--runs 20] [--top 25]
+
+(from the repository root, so that the test models are importable)
 
 Prints the most expensive ops (mean wall time per run) and totals per op kind and algorithm;
 steps that run on another backend (fallbacks) are timed as a whole.
