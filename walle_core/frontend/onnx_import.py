@@ -14,13 +14,18 @@ from walle_core import dtypes
 from walle_core.errors import ModelLoadError, UnsupportedOpError, WalleError
 from walle_core.ir.graph import Dim, Graph, Node, TensorType, ValueInfo, remove_dead_nodes
 
-MIN_OPSET, MAX_OPSET = 7, 28
+MIN_OPSET = 7
 
 
 def _onnx() -> Any:
     import onnx
 
     return onnx
+
+
+def max_opset() -> int:
+    """The newest default-domain opset the installed ``onnx`` package defines."""
+    return int(_onnx().defs.onnx_opset_version())
 
 
 def read_model_proto(model: str | Path | bytes | Any) -> Any:
@@ -81,15 +86,18 @@ def _type_of(vi: Any) -> TensorType | None:
     dtype = dtypes.from_onnx(tt.elem_type) if tt.elem_type else np.dtype(np.float32)
     if not tt.HasField("shape"):
         return TensorType(dtype, None)
-    dims: list[Dim] = []
-    for d in tt.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return TensorType(dtype, tuple(dims))
+    return TensorType(dtype, tuple(_dim(d) for d in tt.shape.dim))
+
+
+def _dim(d: Any) -> Dim:
+    """One declared dim: a size, a symbol, or unknown. Exporters write ``-1`` (PaddlePaddle,
+    some TensorFlow converters) or ``0`` for a dynamic dim, and an empty ``dim_param`` or no
+    field at all for an unknown one; all of them mean "any size" here."""
+    if d.HasField("dim_value"):
+        return int(d.dim_value) if d.dim_value > 0 else None
+    if d.HasField("dim_param") and d.dim_param:
+        return str(d.dim_param)
+    return None
 
 
 def _attr_value(attr: Any, opset: int) -> Any:
@@ -157,13 +165,14 @@ def convert_graph(g: Any, opset: int) -> Graph:
 
 def import_model(model: str | Path | bytes | Any) -> Graph:
     proto = read_model_proto(model)
-    opset = MAX_OPSET
+    newest = max_opset()
+    opset = newest
     for imp in proto.opset_import:
         if imp.domain in ("", "ai.onnx"):
             opset = int(imp.version)
-    if opset > MAX_OPSET or opset < MIN_OPSET:
+    if opset > newest or opset < MIN_OPSET:
         raise UnsupportedOpError("<model>", proto.graph.name, opset,
-                                 f"opset {opset} is outside the supported range {MIN_OPSET}-{MAX_OPSET}")
+                                 f"opset {opset} is outside the supported range {MIN_OPSET}-{newest}")
     graph = convert_graph(proto.graph, opset)
     init_names = set(graph.initializers)
     # Inputs listed with an initializer are optional overrides (IR < 4 convention).

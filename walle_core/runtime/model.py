@@ -20,6 +20,7 @@ from walle_core.backend import Backend, Program
 from walle_core.decompose import lookup
 from walle_core.decompose.builder import FoldFn
 from walle_core.errors import BackendUnavailableError, InputError
+from walle_core.frontend.shapes import bind_dims
 from walle_core.ir.graph import Graph, subgraphs
 from walle_core.plan.lower import Lowering
 from walle_core.plan.planner import CompileFailed, Stage, build_stage, prepare, run_stage
@@ -143,11 +144,8 @@ class Model:
             arr = np.asarray(value, order="C")  # ascontiguousarray makes 0-d arrays 1-d
             if arr.dtype != vi.type.dtype:
                 raise InputError(f"input {name!r} has dtype {arr.dtype}, the model expects {vi.type.dtype}")
-            if not vi.type.matches(arr.shape):
-                raise InputError(
-                    f"input {name!r} has shape {list(arr.shape)}, the model expects {vi.type.describe()}"
-                )
             arrays[name] = arr
+        bind_dims([(vi.name, vi.type) for vi in self.graph.inputs], {n: a.shape for n, a in arrays.items()})
         sig = tuple(sorted((n, a.shape, a.dtype.str) for n, a in arrays.items()))
         return sig, arrays
 

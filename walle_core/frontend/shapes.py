@@ -1,0 +1,41 @@
+"""Checking fed input shapes against a model's declared input types.
+
+What is checked is what an input's declaration can promise: its rank (when declared) and every
+fixed dim. An unknown dim (``None``: the front end maps ONNX's missing, ``-1`` and ``0`` dims to
+it) accepts any size; a symbolic dim (``str``) accepts any size too, but one name means one size
+across all the inputs of a run, so ``input_ids[batch,seq]`` and ``attention_mask[batch,seq]``
+must agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from walle_core.errors import InputError
+from walle_core.ir.graph import TensorType
+
+
+def bind_dims(declared: Iterable[tuple[str, TensorType]],
+              shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+    """Check ``shapes`` (input name -> fed shape) against the declared types and return the
+    size each symbolic dim is bound to. Inputs not in ``shapes`` (not fed) are skipped.
+
+    Raises ``InputError`` naming the input, its shape and the declaration on a rank or fixed-dim
+    mismatch, and naming both inputs when a symbolic dim is bound to two sizes."""
+    bound: dict[str, tuple[int, str]] = {}  # symbol -> (size, the input that bound it, described)
+    for name, ttype in declared:
+        if name not in shapes:
+            continue
+        shape = tuple(shapes[name])
+        if not ttype.matches(shape):
+            raise InputError(
+                f"input {name!r} has shape {list(shape)}, the model expects {ttype.describe()}")
+        for axis, (dim, size) in enumerate(zip(ttype.shape or (), shape, strict=False)):
+            if not isinstance(dim, str):
+                continue
+            first = bound.setdefault(dim, (size, f"{name!r} {ttype.describe()} fed {list(shape)}"))
+            if first[0] != size:
+                raise InputError(
+                    f"input {name!r} has shape {list(shape)}, whose dim {axis} {dim!r} is {size}, but "
+                    f"input {first[1]} already bound {dim!r} to {first[0]}")
+    return {sym: size for sym, (size, _) in bound.items()}
