@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Test oracle/exporter; pinned so pip never picks another release (a local wheel is used here).
 TORCH_VERSION="2.13.0"
-EXTRAS="dev,opencl,vulkan,cpu,server"
+EXTRAS="dev,opencl,vulkan,cpu,server,device,demo"
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc   # interpreter, venv, headers and compiler for cffi
     ocl-icd-libopencl1 pocl-opencl-icd     # OpenCL loader + a CPU OpenCL driver

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from walle_cli.app import app
-from walle_cli.demo import build_mlp, make_weights, numpy_mlp
+from walle_demo.demo import build_mlp, make_weights, numpy_mlp
 
 runner = CliRunner()
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -10,9 +10,9 @@ import pytest
 from test_e2e_fixtures import *  # noqa: F403
 from test_e2e_fixtures import publish, wait_for
 
-from walle_cli import scenario
-from walle_cli.demo import Stack
-from walle_core.device import AgentConfig, DeviceAgent
+from walle_demo import scenario
+from walle_demo.demo import Stack
+from walle_device import AgentConfig, DeviceAgent
 
 
 @pytest.mark.parametrize("corrupt", [False, True])

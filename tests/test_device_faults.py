@@ -10,9 +10,9 @@ from pathlib import Path
 from test_e2e_fixtures import *  # noqa: F403
 from test_e2e_fixtures import ok_results, publish, wait_for
 
-from walle_cli import scenario
-from walle_cli.demo import Stack, verify_results
-from walle_core.device import Fleet, FleetConfig
+from walle_demo import scenario
+from walle_demo.demo import Stack, verify_results
+from walle_demo.simulator import Fleet, FleetConfig
 
 
 def _fleet(stack: Stack, n: int, seed: int, **kw: object) -> Fleet:

@@ -21,11 +21,11 @@ import pytest
 from test_e2e_fixtures import *  # noqa: F403
 from test_plugins import doc_files
 
-from walle_cli.demo import Stack
 from walle_core import plugins as engine_plugins
-from walle_core.device import AgentConfig, DeviceAgent, LinkDown
 from walle_core.plugins import Registry
 from walle_core.task import generate_key, save_keypair
+from walle_demo.demo import Stack
+from walle_device import AgentConfig, DeviceAgent, LinkDown
 from walle_registry.client import ApiError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,8 +191,8 @@ def test_installer_checks_signature_digest_and_record(stack: Stack, wheels: dict
     import hashlib
     import zipfile
 
-    from walle_core.device import PluginInstaller
     from walle_core.task import DigestMismatchError, SignatureError, key_id
+    from walle_device import PluginInstaller
 
     inst = PluginInstaller(tmp_path / "dev", stack.keys)
     good = wheels["0.1.0"]

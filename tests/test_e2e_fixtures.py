@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from walle_cli import scenario
-from walle_cli.demo import Stack
+from walle_demo import scenario
+from walle_demo.demo import Stack
 
 
 @pytest.fixture(scope="session")

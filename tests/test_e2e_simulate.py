@@ -11,8 +11,8 @@ from pathlib import Path
 from test_e2e_fixtures import *  # noqa: F403
 from test_e2e_fixtures import ok_results, publish
 
-from walle_cli import scenario
-from walle_cli.demo import ResultTally, Stack, verify_results
+from walle_demo import scenario
+from walle_demo.demo import ResultTally, Stack, verify_results
 
 DEVICES = 5
 

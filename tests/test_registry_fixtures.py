@@ -28,11 +28,11 @@ pytest.importorskip("alembic")
 
 from fastapi.testclient import TestClient
 
-from walle_cli.demo import RegistryProcess, free_port
 from walle_core.task import generate_key, pack, save_keypair, sign_bundle
-from walle_registry.api import create_app
+from walle_demo.demo import RegistryProcess, free_port
+from walle_registry.app import create_app
 from walle_registry.client import DeviceClient, RegistryClient
-from walle_registry.service import Registry
+from walle_registry.context import Registry
 from walle_registry.settings import Settings
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

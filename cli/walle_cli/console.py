@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from walle_core.errors import WalleError
+from walle_core import WalleError
 
 # Exit code for "your input or environment is wrong" (Click uses 2 for usage errors too).
 EXIT_USER_ERROR = 2

@@ -35,7 +35,7 @@ from walle_core.task.keys import (
     load_public_key,
     save_keypair,
 )
-from walle_core.task.manifest import FileEntry, Manifest, Quotas
+from walle_core.task.manifest import FileEntry, Manifest, Quotas, version_tuple
 from walle_core.task.schema import MANIFEST_SCHEMA
 
 __all__ = [
@@ -66,4 +66,5 @@ __all__ = [
     "save_keypair",
     "sign_bundle",
     "verify_bundle",
+    "version_tuple",
 ]

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from walle_cli.console import fail, out, walle_errors
-from walle_cli.demo import HIDDEN, IN, OUT, run_demo, run_e2e
+from walle_demo.demo import HIDDEN, IN, OUT, run_demo, run_e2e
 
 
 def demo(

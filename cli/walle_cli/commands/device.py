@@ -34,8 +34,8 @@ def simulate(
 ) -> None:
     """Run DEVICES agents (asyncio, one shared engine), each with its own attributes and shopper."""
     from walle_core import flags
-    from walle_core.device import Fleet, FleetConfig
     from walle_core.task import KeyStore, load_public_key
+    from walle_demo.simulator import Fleet, FleetConfig
 
     keys = KeyStore(flags.keys_dir()) if not trust else KeyStore(keys=[load_public_key(p) for p in trust])
     if not keys.ids():

@@ -10,8 +10,7 @@ import typer
 from rich.markup import escape
 
 from walle_cli.console import err, fail, out, walle_errors
-from walle_core.pipeline import Matcher, compile_spec
-from walle_core.pipeline.events import Event, read_jsonl
+from walle_core.pipeline import Event, Matcher, compile_spec, read_jsonl
 
 pipeline_app = typer.Typer(help="On-device data pipeline: replay events through triggers.", no_args_is_help=True)
 

@@ -3,7 +3,7 @@
 * :func:`run_e2e` — a registry (SQLite, loopback) in a child process, a fleet of simulated devices,
   a purchase-intent model trained on the spot, packed with its feature script and trigger as a
   signed task, rolled out in stages, results collected, checked against the model run directly,
-  and an HTML report with plots (see ``walle_cli.report``).
+  and an HTML report with plots (see ``walle_demo.report``).
 * :func:`run_demo` (``walle demo --quick``) — a tiny ONNX MLP on every available backend, compared
   with numpy.
 """
@@ -249,7 +249,7 @@ def verify_results(results: list[dict[str, Any]], model_path: Path, backend: str
 
 def policy_matches(attributes: dict[str, Any], os_names: Sequence[str], min_app: str) -> bool:
     """The demo's policy, evaluated on the device side for checking (os in list, app >= min)."""
-    from walle_core.task.manifest import version_tuple
+    from walle_core.task import version_tuple
 
     return attributes["os"] in os_names and version_tuple(attributes["app_version"]) >= version_tuple(min_app)
 
@@ -301,9 +301,10 @@ async def _e2e(n: int, out: Path, seed: int, timeout_s: float, after_s: float, c
     from rich.console import Console
     from rich.live import Live
 
-    from walle_cli import report as R
-    from walle_cli import scenario
-    from walle_core.device import Fleet, FleetConfig, RunRecord, plan_backends
+    from walle_demo import report as R
+    from walle_demo import scenario
+    from walle_demo.simulator import Fleet, FleetConfig
+    from walle_device import RunRecord, plan_backends
 
     con = console or Console(highlight=False)
     t_start = time.monotonic()

@@ -1,6 +1,6 @@
 """The demo's e-commerce scenario: train a purchase-intent model and pack it as a signed task.
 
-1. **Data** — simulated shoppers (``walle_core.device.behaviour``) browse a catalogue; the
+1. **Data** — simulated shoppers (``walle_demo.behaviour``) browse a catalogue; the
    ``item_view`` trigger cuts their streams into item-page visits (the same trigger the devices
    run), ``intent_task.features`` turns each visit into a row, and the label is whether the
    shopper bought the item later in that session.
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from walle_cli import intent_task
-from walle_core.device.behaviour import Catalogue, Shopper, item_view_trigger, seed_of
 from walle_core.pipeline import Matcher, parse_event
 from walle_core.task import pack, sign_bundle
+from walle_demo import intent_task
+from walle_demo.behaviour import Catalogue, Shopper, item_view_trigger, seed_of
 
 TASK = "purchase-intent"
 N_FEATURES = len(intent_task.FEATURES)

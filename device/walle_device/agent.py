@@ -35,15 +35,14 @@ from typing import Any
 import httpx
 
 import walle_core
-from walle_core.device.installer import Installer
-from walle_core.device.link import Corrupt, LinkDown, PluginTarget, RegistryLink, Rejected, Target
-from walle_core.device.plugins import PluginInstaller
-from walle_core.device.state import AgentState, Installed, InstalledPlugin
-from walle_core.errors import WalleError
-from walle_core.pipeline import Match, UploadError
-from walle_core.pipeline.runtime import BatchReport, Pipeline
+from walle_core import WalleError
+from walle_core.pipeline import BatchReport, Match, Pipeline, UploadError
 from walle_core.task import BundleError, KeyStore, Manifest
 from walle_core.vm import TaskResult, TaskSpec, run_once
+from walle_device.installer import Installer
+from walle_device.link import Corrupt, LinkDown, PluginTarget, RegistryLink, Rejected, Target
+from walle_device.plugins import PluginInstaller
+from walle_device.state import AgentState, Installed, InstalledPlugin
 
 log = logging.getLogger("walle.device")
 

@@ -1,7 +1,7 @@
 """Many simulated devices in one process: asyncio for the network, one shared engine.
 
-Each :class:`SimDevice` is a real :class:`~walle_core.device.agent.DeviceAgent` (own folder, own
-pipeline store, own credentials and push connection) fed by a :class:`~walle_core.device.behaviour.Shopper`
+Each :class:`SimDevice` is a real :class:`~walle_device.DeviceAgent` (own folder, own
+pipeline store, own credentials and push connection) fed by a :class:`~walle_demo.behaviour.Shopper`
 whose sessions arrive with random pauses. All agents share one ``httpx.AsyncClient`` connection
 pool and the process's engine (backends load once; the search's choices are cached on disk).
 """
@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 
-from walle_core.device.agent import AgentConfig, DeviceAgent, RunRecord
-from walle_core.device.behaviour import Catalogue, DeviceProfile, Shopper, seed_of
 from walle_core.task import KeyStore
+from walle_demo.behaviour import Catalogue, DeviceProfile, Shopper, seed_of
+from walle_device import AgentConfig, DeviceAgent, RunRecord
 
 
 @dataclass
