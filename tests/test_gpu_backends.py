@@ -232,7 +232,7 @@ def test_msl_every_kernel_renders_and_parses(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("glslc") is None, reason="glslc is needed")
 def test_glsl_every_kernel_compiles_to_spirv(tmp_path: Path) -> None:
-    from walle_vulkan.plugin import compile_glsl
+    from walle_vulkan.shaders import compile_glsl
 
     specs = catalogue_specs(AVAILABLE["vulkan"].caps if "vulkan" in AVAILABLE  # type: ignore[attr-defined]
                             else Caps(ALL_TYPES.types, f64_math=False))
@@ -246,7 +246,7 @@ def test_opencl_every_kernel_builds() -> None:
     backend = AVAILABLE["opencl"]
     dev = backend._dev  # type: ignore[attr-defined]
     for spec in catalogue_specs(dev.caps):
-        dev.kernel(spec)
+        dev.build(spec)
 
 
 def test_dialects_share_one_body() -> None:
@@ -371,7 +371,7 @@ def test_opencl_program_cache_and_buffer_pool() -> None:
     builds = dev.builds
     exe2 = backend.compile(prog)
     assert dev.builds == builds, "a second compile of the same kernel must hit the program cache"
-    assert any(dev.cache.glob("*.bin")), "program binaries are cached under walle's cache dir"
+    assert any(dev.binaries.dir.glob("*.bin")), "program binaries are cached under walle's cache dir"
     dev.programs.clear()  # a new process: the memory cache is gone, the disk cache is not
     hits = dev.binary_hits
     backend.compile(prog)
@@ -402,16 +402,16 @@ def test_opencl_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @needs_vulkan
 def test_vulkan_spirv_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    from walle_vulkan import plugin
+    from walle_vulkan import shaders
 
     src = render(catalogue_specs(ALL_TYPES)[0], "glsl")
-    first = plugin.compile_glsl(src)
+    first = shaders.compile_glsl(src)
 
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("glslc must not run for a cached shader")
 
-    monkeypatch.setattr(plugin.subprocess, "run", boom)
-    assert plugin.compile_glsl(src) == first
+    monkeypatch.setattr(shaders.subprocess, "run", boom)
+    assert shaders.compile_glsl(src) == first
 
 
 @needs_vulkan
@@ -426,7 +426,7 @@ def test_vulkan_one_submit_per_run_and_staging(monkeypatch: pytest.MonkeyPatch, 
     ops = [A.Binary([a, b], [s], fn="mul", strides=[(16, 1), (16, 1)]),
            A.MatMul([s, w], [y], m=8, n=5, k=16)]
     exe = backend.compile(Program([(op, backend.algorithms(op)[0]) for op in ops], [a, b], [y]))
-    assert exe.staged == (staging == "1")  # type: ignore[attr-defined]
+    assert exe.recording.staged == (staging == "1")  # type: ignore[attr-defined]
     calls = []
     real = vk.vkQueueSubmit
     monkeypatch.setattr(vk, "vkQueueSubmit", lambda *args: calls.append(1) or real(*args))

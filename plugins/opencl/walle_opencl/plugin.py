@@ -1,50 +1,36 @@
-"""OpenCL backend plugin on pyopencl: the shared kernel description rendered to OpenCL C.
+"""OpenCL backend plugin on pyopencl: the :class:`~walle_core.kernels.device.GPUDevice` interface
+over one OpenCL device; the run loop is walle_core's shared GPU executor.
 
 * device selection: every platform is probed (a broken ICD is skipped, not fatal); a GPU is
   preferred, then an accelerator, then a CPU device; ``WALLE_OPENCL_DEVICE`` (substring of the
   device or platform name) forces one;
 * program cache: built programs are kept per kernel digest in memory, and their device binaries
   on disk under ``walle_core.flags.cache_dir()/opencl`` (keyed by device, driver and source);
-* buffer pool: device buffers are recycled by size class across executables;
-* events: the queue profiles; ``OpenCLExecutable.last_timings()`` gives each launch's seconds
-  (the search's calibration and measure mode time whole runs through ``Executable.run``);
-* work-group size: each kernel fixes its group shape (``reqd_work_group_size``); algorithms with
-  different shapes (tiled vs naive GEMM, implicit-GEMM vs direct conv, work-group vs serial
-  reduce) are offered side by side, so the search's measure mode picks per op and keeps the
-  winner in its tuning cache.
+* timing: the queue profiles; every run reports each launch's device seconds, its span and the
+  upload and download copies' seconds (OpenCL profiling events);
+* work-group size: each kernel fixes its group shape (``reqd_work_group_size``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import warnings
-import weakref
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from walle_core import atomic as A
 from walle_core import flags
-from walle_core.backend import (
-    Algorithm,
-    Availability,
-    Backend,
-    DeviceInfo,
-    Executable,
-    Program,
-)
-from walle_core.errors import BackendUnavailableError, WalleError
+from walle_core.backend import Backend, DeviceInfo
+from walle_core.errors import BackendUnavailableError
 from walle_core.hookspecs import hookimpl
-from walle_core.kernels import Caps, KernelSpec, Unsupported, offered, plan_program, render
+from walle_core.kernels import Caps, KernelSpec, render
+from walle_core.kernels.binaries import BinaryCache
+from walle_core.kernels.device import Dispatch, GPUDevice, RunTimings, Transfer
+from walle_core.kernels.executor import GPUBackend
 
 _TYPE_PREFERENCE = ("GPU", "ACCELERATOR", "CPU")
-
-
-class OpenCLKernelError(WalleError):
-    """A kernel reported bad data (e.g. an out-of-range gather index)."""
 
 
 def select_device(cl: Any, forced: str = "") -> tuple[Any, Any, list[str]]:
@@ -74,46 +60,26 @@ def select_device(cl: Any, forced: str = "") -> tuple[Any, Any, list[str]]:
     return found[0][0], found[0][1], notes
 
 
-class BufferPool:
-    """Device buffers recycled by power-of-two size class."""
-
-    def __init__(self, cl: Any, ctx: Any) -> None:
-        self.cl, self.ctx = cl, ctx
-        self.free: dict[int, list[Any]] = {}
-        self.lock = threading.Lock()
-        self.allocated = 0
-        self.reused = 0
-
-    @staticmethod
-    def size_class(nbytes: int) -> int:
-        return max(64, 1 << (max(nbytes, 1) - 1).bit_length())
-
-    def acquire(self, nbytes: int) -> Any:
-        cls = self.size_class(nbytes)
-        with self.lock:
-            bucket = self.free.get(cls)
-            if bucket:
-                self.reused += 1
-                return bucket.pop()
-            self.allocated += 1
-        return self.cl.Buffer(self.ctx, self.cl.mem_flags.READ_WRITE, cls)
-
-    def release(self, buf: Any) -> None:
-        with self.lock:
-            self.free.setdefault(int(buf.size), []).append(buf)
+@dataclass
+class _Recording:
+    steps: list[tuple[Any, tuple[int, ...], tuple[int, int, int], str]]  # kernel, global, local, label
+    uploads: Sequence[Transfer[Any]]
+    downloads: Sequence[Transfer[Any]]
 
 
-class _Device:
-    """Context, queue, program cache and buffer pool of the chosen device."""
+def _seconds(events: Sequence[Any]) -> float:
+    return sum((ev.profile.end - ev.profile.start) * 1e-9 for ev in events)
 
-    def __init__(self) -> None:
-        import pyopencl as cl
 
+class OpenCLDevice(GPUDevice[Any, tuple[Any, str], _Recording]):
+    """Context, profiling queue and program cache of the chosen device."""
+
+    def __init__(self, cl: Any) -> None:
+        super().__init__()
         self.cl = cl
         self.platform, self.device, self.notes = select_device(cl, flags.opencl_device())
         self.ctx = cl.Context([self.device])
         self.queue = cl.CommandQueue(self.ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
-        self.pool = BufferPool(cl, self.ctx)
         self.programs: dict[str, Any] = {}
         self.lock = threading.Lock()
         self.builds = 0
@@ -121,179 +87,95 @@ class _Device:
         types = {"f32", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64"}
         if "cl_khr_fp64" in self.device.extensions:
             types.add("f64")
-        self.caps = Caps(frozenset(types), f64_math=True,
-                         max_local=int(self.device.max_work_group_size),
+        self.caps = Caps(frozenset(types), f64_math=True, max_local=int(self.device.max_work_group_size),
                          local_mem=int(self.device.local_mem_size))
-        self.cache = flags.cache_dir() / "opencl"
-        self.cache.mkdir(parents=True, exist_ok=True)
+        self.binaries = BinaryCache("opencl", ".bin")
 
-    def _binary_path(self, src: str) -> Path:
+    def info(self) -> DeviceInfo:
         d = self.device
-        ident = f"{self.platform.name}|{d.name}|{d.version}|{d.driver_version}|{src}"
-        return self.cache / f"{hashlib.sha256(ident.encode()).hexdigest()[:32]}.bin"
+        return DeviceInfo(
+            name=d.name.strip(), kind="gpu" if d.type & self.cl.device_type.GPU else "cpu",
+            details={"platform": self.platform.name.strip(), "version": d.version.strip(),
+                     "compute_units": str(d.max_compute_units), "fp64": str("f64" in self.caps.types).lower()})
 
-    def _build(self, src: str) -> Any:
-        cl = self.cl
-        path = self._binary_path(src)
-        if path.exists():
+    def allocate(self, nbytes: int) -> Any:
+        return self.cl.Buffer(self.ctx, self.cl.mem_flags.READ_WRITE, nbytes)
+
+    def write(self, copies: Sequence[tuple[Any, np.ndarray]]) -> None:
+        for buf, host in copies:
+            self.cl.enqueue_copy(self.queue, buf, host, is_blocking=False)
+        self.queue.finish()
+
+    def read(self, copies: Sequence[tuple[Any, np.ndarray]]) -> None:
+        for buf, host in copies:
+            self.cl.enqueue_copy(self.queue, host, buf, is_blocking=False)
+        self.queue.finish()
+
+    def _compile(self, src: str) -> Any:
+        cl, d = self.cl, self.device
+        ident = f"{self.platform.name}|{d.name}|{d.version}|{d.driver_version}|{src}"
+        binary = self.binaries.get(ident)
+        if binary is not None:
             try:
-                prog = cl.Program(self.ctx, [self.device], [path.read_bytes()]).build()
+                prog = cl.Program(self.ctx, [d], [binary]).build()
                 self.binary_hits += 1
                 return prog
             except Exception:  # stale or foreign binary: rebuild from source
-                path.unlink(missing_ok=True)
+                self.binaries.drop(ident)
         with warnings.catch_warnings():  # driver chatter (e.g. "comparison is always false")
             warnings.simplefilter("ignore", cl.CompilerWarning)
             prog = cl.Program(self.ctx, src).build(options=["-cl-std=CL1.2"])
         self.builds += 1
         try:
             (binary,) = prog.get_info(cl.program_info.BINARIES)
-            tmp = path.with_suffix(f".tmp{threading.get_ident()}")
-            tmp.write_bytes(bytes(binary))
-            tmp.replace(path)
+            self.binaries.put(ident, bytes(binary))
         except Exception:  # a driver without program binaries: memory cache only
             pass
         return prog
 
-    def kernel(self, spec: KernelSpec) -> Any:
-        key = spec.key
+    def build(self, spec: KernelSpec) -> tuple[Any, str]:
         with self.lock:
-            prog = self.programs.get(key)
+            prog = self.programs.get(spec.key)
             if prog is None:
-                prog = self._build(render(spec, "opencl"))
-                self.programs[key] = prog
-        return self.cl.Kernel(prog, spec.name)  # a fresh kernel object: its args are its own
+                prog = self.programs[spec.key] = self._compile(render(spec, "opencl"))
+        return prog, spec.name  # kernels are made per dispatch in record(): each binds its own arguments
+
+    def record(self, dispatches: Sequence[Dispatch[Any, tuple[Any, str]]], uploads: Sequence[Transfer[Any]],
+               downloads: Sequence[Transfer[Any]]) -> _Recording:
+        steps = []
+        for d in dispatches:
+            kern = self.cl.Kernel(*d.kernel)
+            kern.set_args(*d.buffers)
+            gsize = tuple(g * lsz for g, lsz in zip(d.groups, d.local_size, strict=True))
+            steps.append((kern, gsize, d.local_size, d.label))
+        return _Recording(steps, uploads, downloads)
+
+    def execute(self, program: _Recording, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> RunTimings:
+        cl, q = self.cl, self.queue
+        ups = [cl.enqueue_copy(q, t.buffer, host, is_blocking=False)
+               for t, host in zip(program.uploads, inputs, strict=True) if t.nbytes]
+        runs = [(label, cl.enqueue_nd_range_kernel(q, kern, gsize, lsize))
+                for kern, gsize, lsize, label in program.steps]
+        downs = [cl.enqueue_copy(q, host, t.buffer, is_blocking=False)
+                 for t, host in zip(program.downloads, outputs, strict=True) if t.nbytes]
+        q.finish()
+        span = (runs[-1][1].profile.end - runs[0][1].profile.start) * 1e-9 if runs else 0.0
+        return RunTimings([(label, _seconds([ev])) for label, ev in runs], span, _seconds(ups), _seconds(downs),
+                          sum(t.nbytes for t in program.uploads), sum(t.nbytes for t in program.downloads))
 
 
-def _release_all(pool: BufferPool, bufs: list[Any]) -> None:
-    for b in bufs:
-        pool.release(b)
-
-
-class OpenCLExecutable(Executable):
-    def __init__(self, dev: _Device, program: Program) -> None:
-        cl = dev.cl
-        self.dev = dev
-        self.program = program
-        self.plan = plan_program(program, dev.caps)
-        self.lock = threading.Lock()
-        self.buffers: dict[int, Any] = {}
-        for tid, nbytes in self.plan.sizes.items():
-            self.buffers[tid] = dev.pool.acquire(nbytes)
-        for tid, t in self.plan.constants.items():
-            assert t.value is not None
-            data = np.ascontiguousarray(t.value, dtype=t.dtype)
-            if data.nbytes:
-                cl.enqueue_copy(dev.queue, self.buffers[tid], data)
-        self.status = dev.pool.acquire(4)
-        self.steps: list[tuple[Any, tuple[int, int, int], tuple[int, int, int], list[Any], str]] = []
-        self._params: list[Any] = []
-        for la in self.plan.launches:
-            kern = dev.kernel(la.spec)
-            pbuf = cl.Buffer(dev.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
-                             hostbuf=np.asarray(la.params or [0], np.int32))
-            self._params.append(pbuf)
-            args = [pbuf] + [self.status if a == "status" else self.buffers[a.id]  # type: ignore[attr-defined]
-                             for a in la.args]
-            lsize = la.spec.local_size
-            gsize = (la.groups[0] * lsize[0], la.groups[1] * lsize[1], la.groups[2] * lsize[2])
-            kern.set_args(*args)
-            self.steps.append((kern, gsize, lsize, args, la.label or la.spec.name))
-        dev.queue.finish()
-        self._events: list[tuple[str, Any]] = []
-        pool, bufs = dev.pool, [*self.buffers.values(), self.status]
-        weakref.finalize(self, _release_all, pool, bufs)
-
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        cl, q = self.dev.cl, self.dev.queue
-        prog = self.program
-        if len(inputs) != len(prog.inputs):
-            raise WalleError(f"program takes {len(prog.inputs)} inputs, got {len(inputs)}")
-        with self.lock:
-            if self.plan.uses_status:
-                cl.enqueue_copy(q, self.status, np.zeros(1, np.int32))
-            for t, arr in zip(prog.inputs, inputs, strict=True):
-                data = np.ascontiguousarray(arr, dtype=t.dtype)
-                if data.nbytes:
-                    cl.enqueue_copy(q, self.buffers[t.id], data)
-            events = []
-            for kern, gsize, lsize, _args, label in self.steps:
-                events.append((label, cl.enqueue_nd_range_kernel(q, kern, gsize, lsize)))
-            outs = []
-            for t in prog.outputs:
-                host = np.empty(t.shape, t.dtype)
-                if host.nbytes:
-                    cl.enqueue_copy(q, host, self.buffers[t.id])
-                outs.append(host)
-            q.finish()
-            self._events = events
-            if self.plan.uses_status:
-                flag = np.zeros(1, np.int32)
-                cl.enqueue_copy(q, flag, self.status)
-                if flag[0]:
-                    raise OpenCLKernelError("index out of range in gather/scatter")
-        return outs
-
-    def last_timings(self) -> list[tuple[str, float]]:
-        """Seconds each launch of the last run took on the device (profiling events)."""
-        return [(label, (ev.profile.end - ev.profile.start) * 1e-9) for label, ev in self._events]
-
-
-def _probe() -> tuple[_Device | None, str]:
-    try:
-        import pyopencl  # noqa: F401
-    except ImportError:
-        return None, "pyopencl is not installed: pip install 'walle[opencl]'"
-    try:
-        return _Device(), ""
-    except BackendUnavailableError as exc:
-        return None, str(exc)
-    except Exception as exc:  # pyopencl raises LogicError/RuntimeError when no ICD is present
-        return None, f"no OpenCL platform found ({exc}): install pocl-opencl-icd"
-
-
-class OpenCLBackend(Backend):
+class OpenCLBackend(GPUBackend):
     name = "opencl"
     version = "1.0"
+    no_device_hint = "no OpenCL platform found ({exc}): install pocl-opencl-icd"
 
-    def __init__(self) -> None:
-        self._dev, self._problem = _probe()
-
-    def availability(self) -> Availability:
-        if self._dev is None:
-            return Availability(False, self._problem)
-        return Availability(True)
-
-    def device_info(self) -> DeviceInfo:
-        if self._dev is None:
-            raise BackendUnavailableError(self._problem)
-        d, cl = self._dev.device, self._dev.cl
-        return DeviceInfo(
-            name=d.name.strip(),
-            kind="gpu" if d.type & cl.device_type.GPU else "cpu",
-            details={"platform": self._dev.platform.name.strip(), "version": d.version.strip(),
-                     "compute_units": str(d.max_compute_units),
-                     "fp64": str("f64" in self._dev.caps.types).lower()},
-        )
-
-    @property
-    def caps(self) -> Caps:
-        if self._dev is None:
-            raise BackendUnavailableError(self._problem)
-        return self._dev.caps
-
-    def algorithms(self, op: A.Op) -> Sequence[Algorithm]:
-        if self._dev is None:
-            return ()
-        return offered(op, self._dev.caps)
-
-    def compile(self, program: Program, *, threads: int | None = None) -> Executable:
-        if self._dev is None:
-            raise BackendUnavailableError(self._problem)
+    @classmethod
+    def open_device(cls) -> OpenCLDevice:
         try:
-            return OpenCLExecutable(self._dev, program)
-        except Unsupported as exc:
-            raise BackendUnavailableError(f"opencl cannot run this program: {exc}") from exc
+            import pyopencl
+        except ImportError:
+            raise BackendUnavailableError("pyopencl is not installed: pip install 'walle[opencl]'") from None
+        return OpenCLDevice(pyopencl)
 
 
 @hookimpl
