@@ -1,0 +1,83 @@
+"""A parsed TFLite model -> :class:`Graph`: picks the subgraph (by signature), names inputs and
+outputs after the signature, and runs every operator's mapper."""
+
+from __future__ import annotations
+
+from walle_core.errors import ModelLoadError
+from walle_core.frontend.tflite import ops_elementwise, ops_nn, ops_shape  # noqa: F401  (register mappers)
+from walle_core.frontend.tflite.context import MAPPERS, OpContext
+from walle_core.frontend.tflite.convert import NATIVE, OPSET, Emitter, op_error, tensor_type
+from walle_core.frontend.tflite.reader import TflModel, TflSignature, TflSubgraph
+from walle_core.ir.graph import Graph, Node, ValueInfo, remove_dead_nodes
+
+
+def pick_signature(model: TflModel, key: str | None) -> TflSignature | None:
+    if key is not None:
+        for s in model.signatures:
+            if s.key == key:
+                return s
+        known = ", ".join(repr(s.key) for s in model.signatures) or "none"
+        raise ModelLoadError(f"TFLite model has no signature {key!r} (signatures: {known})")
+    for s in model.signatures:
+        if s.subgraph == 0:
+            return s
+    return model.signatures[0] if model.signatures else None
+
+
+def convert(model: TflModel, signature: str | None = None) -> Graph:
+    sig = pick_signature(model, signature)
+    sub = model.subgraphs[sig.subgraph if sig is not None else 0]
+    if sig is not None:
+        inputs, outputs = sig.inputs, sig.outputs
+    else:
+        inputs = [(sub.tensors[t].name, t) for t in sub.inputs]
+        outputs = [(sub.tensors[t].name, t) for t in sub.outputs]
+    graph = convert_subgraph(model, sub, inputs, outputs)
+    if sig is not None and sig.key:
+        graph.name = sig.key
+    return graph
+
+
+def convert_subgraph(model: TflModel, sub: TflSubgraph, inputs: list[tuple[str, int]],
+                     outputs: list[tuple[str, int]]) -> Graph:
+    em = Emitter(model, sub)
+    names = [n for n, _ in inputs + outputs]
+    if len(set(names)) != len(names):
+        raise ModelLoadError(f"TFLite subgraph {sub.index} names an input or output twice: {names}")
+    em.used.update(names)
+    in_infos = []
+    for name, t in inputs:
+        if t in em.consts:
+            raise ModelLoadError(f"TFLite input {name!r} is a constant tensor")
+        in_infos.append(ValueInfo(name, tensor_type(sub.tensors[t], name)))
+        em.forms[(t, NATIVE, False)] = name
+    em.fold_constants()
+    for op in sub.operators:
+        if op.index in em.skipped:
+            continue
+        mapper = MAPPERS.get(op.name)
+        if mapper is None:
+            raise op_error(op, sub, "no mapping for this operator")
+        mapper(OpContext(em, op))
+    out_infos = []
+    final: dict[str, str] = {}  # IR name -> the output name it was renamed to
+    for name, t in outputs:
+        src = em.value(t, NATIVE, real=False)
+        producer = next((n for n in em.nodes if src in n.outputs), None)
+        if src in final:
+            em.nodes.append(Node("Identity", [final[src]], [name], {}, name))
+        elif producer is not None:
+            _rename(em.nodes, src, name)  # the producing node writes the output name directly
+            final[src] = name
+        else:  # an input or a constant passed straight through
+            em.nodes.append(Node("Identity", [src], [name], {}, name))
+        out_infos.append(ValueInfo(name, tensor_type(sub.tensors[t], name)))
+    graph = Graph(em.nodes, in_infos, out_infos, em.inits, OPSET, sub.name)
+    remove_dead_nodes(graph)
+    return graph
+
+
+def _rename(nodes: list[Node], old: str, new: str) -> None:
+    for n in nodes:
+        n.inputs = [new if i == old else i for i in n.inputs]
+        n.outputs = [new if o == old else o for o in n.outputs]

@@ -1,0 +1,189 @@
+"""Layout-sensitive TFLite operators: convolutions, pools, fully connected, batch matmul,
+resize, depth/space moves, softmax and L2 normalisation."""
+
+from __future__ import annotations
+
+from walle_core.frontend.tflite.context import OpContext, maps
+from walle_core.frontend.tflite.convert import NATIVE, NCHW
+
+
+def _conv_attrs(c: OpContext) -> dict[str, object]:
+    return {
+        "auto_pad": c.padding(),
+        "strides": [int(c.opt("StrideH", 1)), int(c.opt("StrideW", 1))],
+        "dilations": [int(c.opt("DilationHFactor", 1)), int(c.opt("DilationWFactor", 1))],
+    }
+
+
+@maps("CONV_2D")
+def conv_2d(c: OpContext) -> None:
+    w = c.t(1)  # [O, KH, KW, I / groups]
+    if len(w.shape) != 4 or c.rank(0) != 4:
+        raise c.fail(f"needs a 4-D input and weights, got {list(c.t(0).shape)} and {list(w.shape)}")
+    cin = c.t(0).shape[3]
+    if w.shape[3] == 0 or cin % w.shape[3]:
+        raise c.fail(f"{cin} input channels do not split into groups of {w.shape[3]}")
+    ins = [c.x(0, NCHW), c.weight(1, (0, 3, 1, 2))] + ([c.x(2)] if c.has(2) else [])
+    y = c.one("Conv", ins, group=cin // w.shape[3], kernel_shape=[w.shape[1], w.shape[2]], **_conv_attrs(c))
+    c.out(c.activation(y), NCHW)
+
+
+@maps("DEPTHWISE_CONV_2D")
+def depthwise_conv_2d(c: OpContext) -> None:
+    w = c.t(1)  # [1, KH, KW, C * multiplier]
+    cin = c.t(0).shape[3]
+    if len(w.shape) != 4 or c.rank(0) != 4 or w.shape[0] != 1 or cin == 0 or w.shape[3] % cin:
+        raise c.fail(f"weights {list(w.shape)} do not fit a depthwise conv over {cin} channels")
+    ins = [c.x(0, NCHW), c.weight(1, (3, 0, 1, 2))] + ([c.x(2)] if c.has(2) else [])
+    y = c.one("Conv", ins, group=cin, kernel_shape=[w.shape[1], w.shape[2]], **_conv_attrs(c))
+    c.out(c.activation(y), NCHW)
+
+
+@maps("TRANSPOSE_CONV")
+def transpose_conv(c: OpContext) -> None:
+    out_shape = c.ints(0, "output_shape")
+    w, x = c.t(1), c.t(2)  # weights [O, KH, KW, I]
+    if len(out_shape) != 4 or len(w.shape) != 4 or len(x.shape) != 4:
+        raise c.fail(f"needs 4-D shapes, got output {out_shape}, weights {list(w.shape)}")
+    strides = [int(c.opt("StrideH", 1)), int(c.opt("StrideW", 1))]
+    ins = [c.x(2, NCHW), c.weight(1, (3, 0, 1, 2))] + ([c.x(3)] if c.has(3) else [])
+    target = out_shape[1:3]
+    attrs: dict[str, object] = {"strides": strides, "kernel_shape": [w.shape[1], w.shape[2]]}
+    natural = [(x.shape[1 + i] - 1) * strides[i] + w.shape[1 + i] for i in range(2)]
+    if c.padding() == "VALID" and any(t < n for t, n in zip(target, natural, strict=True)):
+        # VALID keeps the first outputs: the surplus is cropped at the end only.
+        attrs["pads"] = [0, 0, natural[0] - target[0], natural[1] - target[1]]
+    else:
+        attrs["output_shape"] = target
+        attrs["auto_pad"] = "SAME_UPPER"
+    y = c.one("ConvTranspose", ins, **attrs)
+    c.out(c.activation(y), NCHW)
+
+
+def _pool(c: OpContext, op_type: str, **extra: object) -> None:
+    kernel = [int(c.opt("FilterHeight", 1)), int(c.opt("FilterWidth", 1))]
+    y = c.one(op_type, [c.x(0, NCHW)], kernel_shape=kernel, auto_pad=c.padding(),
+              strides=[int(c.opt("StrideH", 1)), int(c.opt("StrideW", 1))], **extra)
+    c.out(c.activation(y), NCHW)
+
+
+@maps("AVERAGE_POOL_2D")
+def average_pool_2d(c: OpContext) -> None:
+    _pool(c, "AveragePool", count_include_pad=0)  # TFLite averages over the valid taps only
+
+
+@maps("MAX_POOL_2D")
+def max_pool_2d(c: OpContext) -> None:
+    _pool(c, "MaxPool")
+
+
+@maps("L2_POOL_2D")
+def l2_pool_2d(c: OpContext) -> None:
+    sq = c.one("Mul", [c.x(0, NCHW), c.x(0, NCHW)])
+    kernel = [int(c.opt("FilterHeight", 1)), int(c.opt("FilterWidth", 1))]
+    mean = c.one("AveragePool", [sq], kernel_shape=kernel, auto_pad=c.padding(), count_include_pad=0,
+                 strides=[int(c.opt("StrideH", 1)), int(c.opt("StrideW", 1))])
+    c.out(c.activation(c.one("Sqrt", [mean])), NCHW)
+
+
+@maps("FULLY_CONNECTED")
+def fully_connected(c: OpContext) -> None:
+    if int(c.opt("WeightsFormat", 0)) != 0:
+        raise c.fail("shuffled weights format is not supported")
+    w = c.t(1)  # [units, inputs]
+    if len(w.shape) != 2:
+        raise c.fail(f"weights must be 2-D, got {list(w.shape)}")
+    bias = [c.x(2)] if c.has(2) else []
+    if c.opt("KeepNumDims", False):
+        y = c.one("MatMul", [c.x(0), c.weight(1, (1, 0))])
+        if bias:
+            y = c.one("Add", [y, bias[0]])
+    else:
+        x = c.x(0)
+        if c.rank(0) != 2:
+            x = c.one("Reshape", [x, c.ints_init([-1, w.shape[1]])])
+        y = c.one("Gemm", [x, c.x(1), *bias], transB=1)
+    c.out(c.activation(y))
+
+
+@maps("BATCH_MATMUL")
+def batch_matmul(c: OpContext) -> None:
+    ins = []
+    for i, flag in ((0, "AdjX"), (1, "AdjY")):
+        v = c.x(i)
+        if c.opt(flag, False):
+            r = c.rank(i)
+            v = c.one("Transpose", [v], perm=[*range(r - 2), r - 1, r - 2])
+        ins.append(v)
+    c.out(c.one("MatMul", ins))
+
+
+def _resize(c: OpContext, mode: str) -> None:
+    if c.rank(0) != 4:
+        raise c.fail(f"needs a 4-D input, got {list(c.t(0).shape)}")
+    layout = NCHW if c.has_nchw(0) else NATIVE
+    sizes = c.const(1)
+    if sizes is not None:
+        size_name = c.ints_init([int(v) for v in sizes.reshape(-1)])
+    else:
+        size_name = c.one("Cast", [c.x(1)], to=7)
+    align, half = bool(c.opt("AlignCorners", False)), bool(c.opt("HalfPixelCenters", False))
+    coord = "align_corners" if align else "half_pixel" if half else "asymmetric"
+    attrs: dict[str, object] = {"mode": mode, "coordinate_transformation_mode": coord,
+                                "axes": [2, 3] if layout == NCHW else [1, 2]}
+    if mode == "nearest":
+        # TFLite rounds align_corners half away from zero and floors (x + 0.5) * scale with
+        # half-pixel centres: both are ONNX's round_prefer_ceil over these coordinates.
+        attrs["nearest_mode"] = "round_prefer_ceil" if (align or half) else "floor"
+    c.out(c.one("Resize", [c.x(0, layout), "", "", size_name], **attrs), layout)
+
+
+@maps("RESIZE_BILINEAR")
+def resize_bilinear(c: OpContext) -> None:
+    _resize(c, "linear")
+
+
+@maps("RESIZE_NEAREST_NEIGHBOR")
+def resize_nearest(c: OpContext) -> None:
+    _resize(c, "nearest")
+
+
+@maps("DEPTH_TO_SPACE", "SPACE_TO_DEPTH")
+def depth_space(c: OpContext) -> None:
+    # TFLite's NHWC channel order (block row, block column, channel) is ONNX's DCR in NCHW.
+    op = "DepthToSpace" if c.op.name == "DEPTH_TO_SPACE" else "SpaceToDepth"
+    extra = {"mode": "DCR"} if op == "DepthToSpace" else {}
+    stored = c.same_quant(0)
+    c.out(c.one(op, [c.data(0, NCHW, stored)], blocksize=int(c.opt("BlockSize", 1)), **extra), NCHW,
+          stored=stored)
+
+
+def _last_axis_layout(c: OpContext) -> tuple[str, int]:
+    layout = c.pick_layout([0])
+    return layout, c.nchw_axis(-1, c.rank(0), layout)
+
+
+@maps("SOFTMAX")
+def softmax(c: OpContext) -> None:
+    layout, axis = _last_axis_layout(c)
+    x = c.x(0, layout)
+    beta = float(c.opt("Beta", 1.0))
+    if beta != 1.0:
+        x = c.one("Mul", [x, c.scalar(beta)])
+    c.out(c.one("Softmax", [x], axis=axis), layout)
+
+
+@maps("LOG_SOFTMAX")
+def log_softmax(c: OpContext) -> None:
+    layout, axis = _last_axis_layout(c)
+    c.out(c.one("LogSoftmax", [c.x(0, layout)], axis=axis), layout)
+
+
+@maps("L2_NORMALIZATION")
+def l2_normalization(c: OpContext) -> None:
+    # x / max(sqrt(sum x^2), 1e-6) over the last axis, TFLite's own epsilon placement.
+    layout, axis = _last_axis_layout(c)
+    x = c.x(0, layout)
+    ss = c.one("ReduceSumSquare", [x, c.ints_init([axis])], keepdims=1)
+    norm = c.one("Max", [c.one("Sqrt", [ss]), c.scalar(1e-6)])
+    c.out(c.activation(c.one("Div", [x, norm])), layout)

@@ -1,0 +1,314 @@
+"""Shape, data-movement and reduction TFLite operators.
+
+Ops that only move values (reshape, transpose, concat, slice, pad, gather, ...) copy stored
+values when input and output share their quantisation, so an int8 model's data moves stay int8.
+Axis-carrying ops run in NCHW when their input already lives there, with their axes remapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from walle_core import dtypes
+from walle_core.frontend.tflite.context import OpContext, maps
+from walle_core.frontend.tflite.convert import NATIVE, NCHW, TO_NCHW
+
+INT64_MAX = np.iinfo(np.int64).max
+INT64_MIN = np.iinfo(np.int64).min
+
+
+def _layout(c: OpContext, i: int = 0) -> str:
+    """NCHW when input ``i`` is rank 4 and already there (and the output stays rank 4)."""
+    if c.rank(i) == 4 and c.has_nchw(i) and all(len(c.out_t(j).shape) == 4 for j in range(len(c.op.outputs))):
+        return NCHW
+    return NATIVE
+
+
+def _keeps_order(kept: Sequence[int]) -> bool:
+    """Whether the native axes ``kept`` appear in NCHW in their native order."""
+    order = [a for a in TO_NCHW if a in kept]
+    return order == sorted(order)
+
+
+def _per_axis(values: Sequence[int], layout: str) -> list[int]:
+    return [values[a] for a in TO_NCHW] if layout == NCHW else list(values)
+
+
+def _shape_input(c: OpContext, i: int) -> str:
+    v = c.const(i)
+    if v is not None:
+        return c.ints_init([int(d) for d in v.reshape(-1)])
+    return c.one("Cast", [c.x(i)], to=7)
+
+
+@maps("RESHAPE")
+def reshape(c: OpContext) -> None:
+    stored = c.same_quant(0)
+    if c.has(1) and c.rank(1) >= 1:
+        shape = _shape_input(c, 1)
+    else:
+        new = c.op.options.NewShapeAsNumpy() if c.op.options is not None and c.opt("NewShapeLength", 0) else None
+        shape = c.ints_init([int(d) for d in new] if new is not None else list(c.out_t().shape))
+    c.out(c.one("Reshape", [c.data(0, NATIVE, stored), shape], allowzero=1), stored=stored)
+
+
+@maps("SQUEEZE")
+def squeeze(c: OpContext) -> None:
+    stored = c.same_quant(0)
+    dims = [int(d) for d in c.op.options.SqueezeDimsAsNumpy()] \
+        if c.op.options is not None and c.opt("SqueezeDimsLength", 0) else []
+    if not dims:
+        dims = [a for a, d in enumerate(c.t(0).shape) if d == 1 and a not in c.t(0).dynamic_axes()]
+    c.out(c.one("Squeeze", [c.data(0, NATIVE, stored), c.ints_init(dims)]), stored=stored)
+
+
+@maps("EXPAND_DIMS")
+def expand_dims(c: OpContext) -> None:
+    stored = c.same_quant(0)
+    axis = c.ints(1, "axis")[0]
+    axis = axis + c.rank(0) + 1 if axis < 0 else axis
+    c.out(c.one("Unsqueeze", [c.data(0, NATIVE, stored), c.ints_init([axis])]), stored=stored)
+
+
+@maps("TRANSPOSE")
+def transpose(c: OpContext) -> None:
+    stored = c.same_quant(0)
+    perm = c.ints(1, "perm")
+    if c.rank(0) == 4 and c.has_nchw(0):
+        # Read the NCHW form directly: one transpose instead of a pair.
+        composed = [TO_NCHW.index(p) for p in perm]
+        c.out(c.one("Transpose", [c.data(0, NCHW, stored)], perm=composed), stored=stored)
+        return
+    c.out(c.one("Transpose", [c.data(0, NATIVE, stored)], perm=perm), stored=stored)
+
+
+@maps("CONCATENATION")
+def concatenation(c: OpContext) -> None:
+    n = len(c.op.inputs)
+    layout = c.pick_layout(range(n))
+    stored = all(c.same_quant(i) for i in range(n)) and int(c.opt("FusedActivationFunction", 0)) == 0
+    axis = c.nchw_axis(int(c.opt("Axis", 0)), len(c.out_t().shape), layout)
+    y = c.one("Concat", [c.data(i, layout, stored) for i in range(n)], axis=axis)
+    c.out(y if stored else c.activation(y), layout, stored=stored)
+
+
+def _split(c: OpContext, x_index: int, axis: int, sizes: list[int] | None) -> None:
+    layout = _layout(c, x_index)
+    stored = all(c.same_quant(x_index, j) for j in range(len(c.op.outputs)))
+    a = c.nchw_axis(axis, c.rank(x_index), layout)
+    ins = [c.data(x_index, layout, stored)] + ([c.ints_init(sizes)] if sizes is not None else [])
+    extra = {} if sizes is not None else {"num_outputs": len(c.op.outputs)}
+    outs = c.node("Split", ins, len(c.op.outputs), axis=a, **extra)
+    for j, name in enumerate(outs):
+        c.out(name, layout, j, stored=stored)
+
+
+@maps("SPLIT")
+def split(c: OpContext) -> None:
+    _split(c, 1, c.ints(0, "axis")[0], None)
+
+
+@maps("SPLIT_V")
+def split_v(c: OpContext) -> None:
+    axis = c.ints(2, "axis")[0]
+    sizes = c.ints(1, "size_splits")
+    if -1 in sizes:
+        dim = c.t(0).shape[axis]
+        if (axis % c.rank(0)) in c.t(0).dynamic_axes():
+            raise c.fail("size_splits with -1 along a dynamic axis")
+        sizes[sizes.index(-1)] = dim - (sum(sizes) + 1)
+    _split(c, 0, axis, sizes)
+
+
+@maps("SLICE")
+def slice_(c: OpContext) -> None:
+    begin, size = c.ints(1, "begin"), c.ints(2, "size")
+    layout = _layout(c)
+    stored = c.same_quant(0)
+    end = [INT64_MAX if s < 0 else b + s for b, s in zip(begin, size, strict=True)]
+    y = c.one("Slice", [c.data(0, layout, stored), c.ints_init(_per_axis(begin, layout)),
+                        c.ints_init(_per_axis(end, layout))])
+    c.out(y, layout, stored=stored)
+
+
+@maps("STRIDED_SLICE")
+def strided_slice(c: OpContext) -> None:
+    begin, end, strides = c.ints(1, "begin"), c.ints(2, "end"), c.ints(3, "strides")
+    bm, em = int(c.opt("BeginMask", 0)), int(c.opt("EndMask", 0))
+    ellipsis, new_axis, shrink = int(c.opt("EllipsisMask", 0)), int(c.opt("NewAxisMask", 0)), int(c.opt("ShrinkAxisMask", 0))
+    if ellipsis or new_axis:
+        raise c.fail("ellipsis_mask and new_axis_mask are not supported")
+    if c.opt("Offset", False):
+        end = [b + e for b, e in zip(begin, end, strict=True)]
+    rank = c.rank(0)
+    if len(begin) != rank:
+        raise c.fail(f"{len(begin)} begin values for rank {rank}")
+    starts, ends = [], []
+    for a in range(rank):
+        step = strides[a]
+        if step == 0:
+            raise c.fail("stride 0")
+        lo, hi = begin[a], end[a]
+        if shrink >> a & 1:
+            hi, step = (INT64_MAX if lo == -1 else lo + 1), 1
+        else:
+            if bm >> a & 1:
+                lo = 0 if step > 0 else INT64_MAX
+            if em >> a & 1:
+                hi = INT64_MAX if step > 0 else INT64_MIN
+        starts.append(lo)
+        ends.append(hi)
+        strides[a] = step
+    layout = _layout(c) if not shrink else NATIVE
+    stored = c.same_quant(0)
+    y = c.one("Slice", [c.data(0, layout, stored), c.ints_init(_per_axis(starts, layout)),
+                        c.ints_init(_per_axis(ends, layout)), c.ints_init(list(range(rank))),
+                        c.ints_init(_per_axis(strides, layout))])
+    if shrink:
+        y = c.one("Squeeze", [y, c.ints_init([a for a in range(rank) if shrink >> a & 1])])
+    c.out(y, layout, stored=stored)
+
+
+def _pads(c: OpContext, layout: str) -> list[int]:
+    p = c.const(1)
+    if p is None:
+        raise c.fail("paddings (input 1) must be a constant")
+    p = np.asarray(p, np.int64).reshape(-1, 2)
+    before, after = [int(v) for v in p[:, 0]], [int(v) for v in p[:, 1]]
+    return _per_axis(before, layout) + _per_axis(after, layout)
+
+
+@maps("PAD", "PADV2")
+def pad(c: OpContext) -> None:
+    layout = _layout(c)
+    stored = c.same_quant(0)
+    ins = [c.data(0, layout, stored), c.ints_init(_pads(c, layout))]
+    if c.op.name == "PADV2" and c.has(2):
+        ins.append(c.em.value(c.t(2).index, NATIVE, real=not stored))
+    elif stored and c.em.is_quantized(c.t(0).index):
+        # The stored zero point is the real value 0.
+        zp = c.em.quant_of(c.t(0).index).zero_point[0]
+        dt = c.t(0).dtype
+        assert dt is not None
+        ins.append(c.scalar(float(zp), dt))
+    c.out(c.one("Pad", ins, mode="constant"), layout, stored=stored)
+
+
+@maps("MIRROR_PAD")
+def mirror_pad(c: OpContext) -> None:
+    layout = _layout(c)
+    stored = c.same_quant(0)
+    x = c.data(0, layout, stored)
+    pads = _pads(c, layout)
+    rank = c.rank(0)
+    if int(c.opt("Mode", 0)) == 0:  # REFLECT: the edge is not repeated, as ONNX's reflect
+        c.out(c.one("Pad", [x, c.ints_init(pads)], mode="reflect"), layout, stored=stored)
+        return
+    # SYMMETRIC repeats the edge: per axis, the reversed first / last slices around the input.
+    for a in range(rank):
+        before, after = pads[a], pads[rank + a]
+        parts = []
+        if before:
+            parts.append(c.one("Slice", [x, c.ints_init([before - 1]), c.ints_init([INT64_MIN]),
+                                         c.ints_init([a]), c.ints_init([-1])]))
+        parts.append(x)
+        if after:
+            parts.append(c.one("Slice", [x, c.ints_init([-1]), c.ints_init([-after - 1]),
+                                         c.ints_init([a]), c.ints_init([-1])]))
+        if len(parts) > 1:
+            x = c.one("Concat", parts, axis=a)
+    c.out(x, layout, stored=stored)
+
+
+@maps("GATHER")
+def gather(c: OpContext) -> None:
+    if int(c.opt("BatchDims", 0)) != 0:
+        raise c.fail("batch_dims other than 0 is not supported")
+    axis = int(c.opt("Axis", 0))
+    stored = c.same_quant(0)
+    layout = _layout(c) if c.rank(1) == 1 else NATIVE
+    a = c.nchw_axis(axis, c.rank(0), layout)
+    c.out(c.one("Gather", [c.data(0, layout, stored), c.stored(1)], axis=a), layout, stored=stored)
+
+
+@maps("GATHER_ND")
+def gather_nd(c: OpContext) -> None:
+    stored = c.same_quant(0)
+    idx = c.one("Cast", [c.stored(1)], to=7)
+    c.out(c.one("GatherND", [c.data(0, NATIVE, stored), idx]), stored=stored)
+
+
+REDUCERS = {"MEAN": "ReduceMean", "SUM": "ReduceSum", "REDUCE_MAX": "ReduceMax",
+            "REDUCE_MIN": "ReduceMin", "REDUCE_PROD": "ReduceProd"}
+
+
+@maps(*REDUCERS)
+def reduce(c: OpContext) -> None:
+    rank = c.rank(0)
+    axes = sorted({a % rank for a in c.ints(1, "axes")}) if rank else []
+    keep = bool(c.opt("KeepDims", False))
+    kept = [a for a in range(rank) if a not in axes]
+    layout = NCHW if rank == 4 and c.has_nchw(0) and (keep or _keeps_order(kept)) else NATIVE
+    mapped = sorted(c.nchw_axis(a, rank, layout) for a in axes)
+    y = c.one(REDUCERS[c.op.name], [c.x(0, layout), c.ints_init(mapped)], keepdims=int(keep))
+    c.out(y, layout if keep else NATIVE)
+
+
+@maps("ARG_MAX", "ARG_MIN")
+def arg_max(c: OpContext) -> None:
+    rank = c.rank(0)
+    axis = c.ints(1, "axis")[0] % rank
+    layout = NCHW if rank == 4 and c.has_nchw(0) and _keeps_order([a for a in range(4) if a != axis]) else NATIVE
+    op = "ArgMax" if c.op.name == "ARG_MAX" else "ArgMin"
+    y = c.one(op, [c.x(0, layout)], axis=c.nchw_axis(axis, rank, layout), keepdims=0)
+    out = c.out_t().dtype
+    if out is not None and out != np.int64:
+        y = c.one("Cast", [y], to=dtypes.to_onnx(out))
+    c.out(y, stored=True)
+
+
+@maps("SHAPE")
+def shape(c: OpContext) -> None:
+    if c.rank(0) == 4 and c.has_nchw(0):
+        s = c.one("Gather", [c.one("Shape", [c.stored(0, NCHW)]), c.ints_init(list(TO_NCHW.index(a) for a in range(4)))],
+                  axis=0)
+    else:
+        s = c.one("Shape", [c.stored(0)])
+    out = c.out_t().dtype
+    if out is not None and out != np.int64:
+        s = c.one("Cast", [s], to=dtypes.to_onnx(out))
+    c.out(s, stored=True)
+
+
+@maps("PACK")
+def pack(c: OpContext) -> None:
+    n = len(c.op.inputs)
+    stored = all(c.same_quant(i) for i in range(n))
+    rank = len(c.out_t().shape)
+    axis = int(c.opt("Axis", 0)) % rank
+    parts = [c.one("Unsqueeze", [c.data(i, NATIVE, stored), c.ints_init([axis])]) for i in range(n)]
+    c.out(c.one("Concat", parts, axis=axis), stored=stored)
+
+
+@maps("UNPACK")
+def unpack(c: OpContext) -> None:
+    n = len(c.op.outputs)
+    stored = all(c.same_quant(0, j) for j in range(n))
+    axis = int(c.opt("Axis", 0)) % c.rank(0)
+    parts = c.node("Split", [c.data(0, NATIVE, stored)], n, axis=axis, num_outputs=n)
+    for j, p in enumerate(parts):
+        c.out(c.one("Squeeze", [p, c.ints_init([axis])]), j=j, stored=stored)
+
+
+@maps("TILE")
+def tile(c: OpContext) -> None:
+    stored = c.same_quant(0)
+    c.out(c.one("Tile", [c.data(0, NATIVE, stored), _shape_input(c, 1)]), stored=stored)
+
+
+@maps("BROADCAST_TO")
+def broadcast_to(c: OpContext) -> None:
+    stored = c.same_quant(0)
+    c.out(c.one("Expand", [c.data(0, NATIVE, stored), _shape_input(c, 1)]), stored=stored)
