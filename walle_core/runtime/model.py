@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from walle_core import atomic as A
-from walle_core.backend import Backend, Program
+from walle_core.backend import Backend
 from walle_core.decompose import lookup
-from walle_core.decompose.builder import FoldFn
 from walle_core.errors import BackendUnavailableError, InputError
 from walle_core.frontend.shapes import bind_dims
+from walle_core.interpreter import fold
 from walle_core.ir.graph import Graph, subgraphs
 from walle_core.plan.lower import Lowering
 from walle_core.plan.planner import CompileFailed, Stage, build_stage, prepare, run_stage
@@ -40,22 +40,6 @@ class PlanNode:
     known: dict[int, np.ndarray]
     input_ids: dict[str, int]
     children: dict[tuple[object, ...], PlanNode] = field(default_factory=dict)
-
-
-def make_folder(backend: Backend) -> FoldFn:
-    def fold(op: A.Op) -> None:
-        if isinstance(op, A.Composite):
-            for inner in op.expansion:
-                fold(inner)
-            return
-        algos = backend.algorithms(op)
-        if not algos:
-            raise BackendUnavailableError(f"{backend.name} cannot fold {op.kind.value}")
-        exe = backend.compile(Program([(op, algos[0])], [], list(op.outputs)))
-        for t, value in zip(op.outputs, exe.run([]), strict=True):
-            t.value = value
-
-    return fold
 
 
 def check_supported(graph: Graph) -> None:
@@ -92,22 +76,12 @@ class Model:
         # (reference only as the fallback for what it lacks).
         self.searcher = Searcher(self.backends, tune_budget_s=tune_budget_s) if backend == "auto" else None
         self.dropped: dict[str, str] = {}  # backends that failed to prepare kernels, and why
-        self._fold = make_folder(self._fold_backend())
         self._roots: dict[Signature, PlanNode] = {}
         self._lock = threading.Lock()
         self.peak_bytes = 0
         self._defaults = {
             vi.name for vi in graph.inputs if vi.name in graph.initializers
         }
-
-    def _fold_backend(self) -> Backend:
-        for b in self.backends:
-            if b.name == "reference":
-                return b
-        try:
-            return registry().get("reference")
-        except BackendUnavailableError:
-            return self.backends[0]
 
     # ------------------------------------------------------------------ introspection
 
@@ -151,7 +125,7 @@ class Model:
 
     def _build(self, sig: Signature, known: dict[int, np.ndarray], start: int) -> PlanNode:
         shapes = {n: (shape, np.dtype(dt)) for n, shape, dt in sig}
-        lowered = Lowering(self.graph, self._fold, known).run(shapes)
+        lowered = Lowering(self.graph, fold, known).run(shapes)
         ops = lowered.ops[start:]
         if lowered.complete:
             keep = {t.id for t in lowered.outputs}
@@ -185,7 +159,7 @@ class Model:
         reach the host: what the search and ``walle inspect`` look at."""
         sig, _ = self._signature(feeds)
         shapes = {n: (shape, np.dtype(dt)) for n, shape, dt in sig}
-        lowered = Lowering(self.graph, self._fold, {}).run(shapes)
+        lowered = Lowering(self.graph, fold, {}).run(shapes)
         keep = ({t.id for t in lowered.outputs} if lowered.complete
                 else {t.id for op in lowered.ops for t in op.outputs})
         return prepare(lowered.ops, self.backends[0], keep), keep
