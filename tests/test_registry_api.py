@@ -414,7 +414,7 @@ def test_offline_device_catches_up_with_cursor(env: Env) -> None:
     env.deploy(task="c", version="1.1.0")  # the device is offline meanwhile
     missed = dev.notices(after=cursor)
     assert [n["version"] for n in missed] == ["1.1.0"]
-    assert env.registry.get_device("c-1").cursor == cursor
+    assert env.registry.devices.get("c-1").cursor == cursor
 
 
 def test_reports_and_results_are_deduplicated(env: Env) -> None:

@@ -14,11 +14,11 @@ from sqlalchemy import func, select
 from test_registry_fixtures import *  # noqa: F403
 from test_registry_fixtures import ADMIN, Env, make_env
 
-from walle_registry.api import create_app
+from walle_registry.app import create_app
 from walle_registry.cache import AuthCache, BlobCache, DeviceActivity, MonotoneMap
 from walle_registry.client import ApiError, RegistryClient
+from walle_registry.context import Registry
 from walle_registry.models import Assignment, DeploymentCount, Device
-from walle_registry.service import Registry
 from walle_registry.settings import Settings
 
 
@@ -37,16 +37,16 @@ def _status(env: Env, token: str) -> int:
 def test_revoked_token_stops_working_immediately(env: Env) -> None:
     tok = env.admin.create_token("ci", ["read"])
     assert _status(env, tok["token"]) == 200
-    assert env.registry.cached_principal(tok["token"]) is not None  # served from the cache now
+    assert env.registry.credentials.cached_principal(tok["token"]) is not None  # served from the cache now
     env.http.delete(f"/v1/tokens/{tok['id']}", headers={"Authorization": f"Bearer {ADMIN}"}).raise_for_status()
-    assert env.registry.cached_principal(tok["token"]) is None
+    assert env.registry.credentials.cached_principal(tok["token"]) is None
     assert _status(env, tok["token"]) == 401
 
 
 def test_rekeyed_device_loses_its_old_token_immediately(env: Env) -> None:
     old = env.device("rekey-1", os="linux")
     old.checkin()
-    assert env.registry.cached_principal(old.token) is not None
+    assert env.registry.credentials.cached_principal(old.token) is not None
     new = env.device("rekey-1", os="linux")  # registering the same id again issues a new token
     try:
         old.checkin()
@@ -156,7 +156,7 @@ def test_heartbeats_written_behind_are_visible_and_durable(tmp_path: Path, db_ur
         rows = {d["id"]: d for d in env.admin.devices()}  # readers see it (flushed on read)
         assert rows["hb-1"]["cursor"] == out["cursor"]
         dev.checkin({"temp": 31})
-        assert env.registry.activity.pending() == 1
+        assert env.registry.devices.activity.pending() == 1
     with reopen(tmp_path, db_url) as (reg, admin):  # the clean shutdown flushed the buffer
         row = next(d for d in admin.devices() if d["id"] == "hb-1")
         assert row["cursor"] == out["cursor"]

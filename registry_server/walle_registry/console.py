@@ -14,12 +14,14 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from walle_registry.auth import Principal
+from walle_registry.context import Registry
 from walle_registry.errors import Forbidden, RegistryError, Unauthorized
-from walle_registry.service import Registry
+from walle_registry.routes.deps import Reg
 
 COOKIE = "walle_console"
 REFRESH_S = 5
@@ -93,16 +95,16 @@ def _buttons(dep_id: int, state: str, csrf: str) -> str:
 
 
 def render(reg: Registry, csrf: str, can_deploy: bool) -> HTMLResponse:
-    counts = reg.device_status_counts()
+    counts = reg.devices.status_counts()
     tiles = [("devices", counts["total"]), ("online", counts["online"]), ("offline", counts["offline"])]
     tiles += [(k.split(":", 1)[1], v) for k, v in sorted(counts.items()) if k.startswith("status:")]
     body = ["<div class='tiles'>" + "".join(
         f"<div class='tile'><b>{v}</b><span>{html.escape(k)}</span></div>" for k, v in tiles) + "</div>"]
-    deps = reg.deployments()[:20]
+    deps = reg.deployments.find()[:20]
     if not deps:
         body.append("<p>No deployments yet.</p>")
     for dep in deps:
-        st = reg.status(dep.id)
+        st = reg.deployments.status(dep.id)
         errors = "".join(f"<div class='err'>{html.escape(e['device'])}: {html.escape(e['status'])} "
                          f"{html.escape(e['error'][:160])}</div>" for e in st["errors"][:5])
         reason = f" — {html.escape(st['reason'])}" if st["reason"] else ""
@@ -118,67 +120,74 @@ def render(reg: Registry, csrf: str, can_deploy: bool) -> HTMLResponse:
     return _page("deployments", "".join(body), refresh=True)
 
 
-def mount_console(app: FastAPI, reg: Registry) -> None:
-    def who(request: Request) -> tuple[Principal, str]:
-        secret = request.cookies.get(COOKIE)
-        if not secret:
-            raise Unauthorized("not signed in")
-        p = reg.authenticate(secret)
-        if p.kind != "token":
-            raise Forbidden("the console takes a publisher token")
-        return p, secret
+def _who(reg: Registry, request: Request) -> tuple[Principal, str]:
+    secret = request.cookies.get(COOKIE)
+    if not secret:
+        raise Unauthorized("not signed in")
+    return _publisher(reg, secret), secret
 
-    def signed_in(secret: str) -> Response:
-        p = reg.authenticate(secret)
-        if p.kind != "token":
-            raise Forbidden("the console takes a publisher token")
-        resp = RedirectResponse("/console", status_code=303)
-        resp.set_cookie(COOKIE, secret, httponly=True, samesite="strict", max_age=12 * 3600)
-        return resp
 
-    @app.get("/console", response_class=HTMLResponse, include_in_schema=False)
-    def console(request: Request) -> Response:
-        token = request.query_params.get("token")
-        try:
-            if token:
-                return signed_in(token)
-            p, secret = who(request)
-        except RegistryError as exc:
-            return _login(exc.message if token or request.cookies.get(COOKIE) else "")
-        return render(reg, _csrf(secret), p.has("deploy"))
+def _publisher(reg: Registry, secret: str) -> Principal:
+    p = reg.credentials.authenticate(secret)
+    if p.kind != "token":
+        raise Forbidden("the console takes a publisher token")
+    return p
 
-    @app.post("/console/login", include_in_schema=False)
-    async def login(request: Request) -> Response:
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        try:
-            return signed_in((form.get("token") or [""])[0].strip())
-        except RegistryError as exc:
-            return _login(exc.message)
 
-    @app.post("/console/deployments/{dep_id}/{action}", include_in_schema=False)
-    async def act(dep_id: int, action: str, request: Request) -> Response:
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        try:
-            p, secret = who(request)
-        except RegistryError as exc:
-            return _login(exc.message)
-        if (form.get("csrf") or [""])[0] != _csrf(secret):
-            return HTMLResponse("CSRF check failed", status_code=403)
-        if not p.has("deploy"):
-            return HTMLResponse("this token lacks the deploy scope", status_code=403)
-        from fastapi.concurrency import run_in_threadpool
+def _signed_in(reg: Registry, secret: str) -> Response:
+    _publisher(reg, secret)
+    resp = RedirectResponse("/console", status_code=303)
+    resp.set_cookie(COOKIE, secret, httponly=True, samesite="strict", max_age=12 * 3600)
+    return resp
 
-        try:
-            if action == "pause":
-                await run_in_threadpool(reg.pause, dep_id, f"{p.name} (console)")
-            elif action == "resume":
-                _, notices = await run_in_threadpool(reg.resume, dep_id, f"{p.name} (console)")
-                reg.publish_notices(notices)
-            elif action == "rollback":
-                _, notices = await run_in_threadpool(reg.rollback, dep_id, f"{p.name} (console)")
-                reg.publish_notices(notices)
-            else:
-                return HTMLResponse("unknown action", status_code=404)
-        except RegistryError as exc:
-            return HTMLResponse(html.escape(exc.message), status_code=exc.status)
-        return RedirectResponse("/console", status_code=303)
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/console", response_class=HTMLResponse)
+def console(request: Request, reg: Reg) -> Response:
+    token = request.query_params.get("token")
+    try:
+        if token:
+            return _signed_in(reg, token)
+        p, secret = _who(reg, request)
+    except RegistryError as exc:
+        return _login(exc.message if token or request.cookies.get(COOKIE) else "")
+    return render(reg, _csrf(secret), p.has("deploy"))
+
+
+@router.post("/console/login")
+async def login(request: Request, reg: Reg) -> Response:
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    try:
+        return _signed_in(reg, (form.get("token") or [""])[0].strip())
+    except RegistryError as exc:
+        return _login(exc.message)
+
+
+@router.post("/console/deployments/{dep_id}/{action}")
+async def act(dep_id: int, action: str, request: Request, reg: Reg) -> Response:
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    try:
+        p, secret = _who(reg, request)
+    except RegistryError as exc:
+        return _login(exc.message)
+    if (form.get("csrf") or [""])[0] != _csrf(secret):
+        return HTMLResponse("CSRF check failed", status_code=403)
+    if not p.has("deploy"):
+        return HTMLResponse("this token lacks the deploy scope", status_code=403)
+    by = f"{p.name} (console)"
+    try:
+        if action == "pause":
+            await run_in_threadpool(reg.deployments.pause, dep_id, by)
+        elif action == "resume":
+            _, notices = await run_in_threadpool(reg.deployments.resume, dep_id, by)
+            reg.publish_notices(notices)
+        elif action == "rollback":
+            _, notices = await run_in_threadpool(reg.deployments.rollback, dep_id, by)
+            reg.publish_notices(notices)
+        else:
+            return HTMLResponse("unknown action", status_code=404)
+    except RegistryError as exc:
+        return HTMLResponse(html.escape(exc.message), status_code=exc.status)
+    return RedirectResponse("/console", status_code=303)

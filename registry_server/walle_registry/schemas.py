@@ -257,6 +257,48 @@ class Target(BaseModel):
     deployment: int | None
 
 
+class PluginDeploymentCreate(Strict):
+    name: str = Field(min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=64)
+    key_id: str = Field(min_length=1, max_length=64)
+    signature: str = Field(min_length=1, max_length=512, description="base64 Ed25519 signature of the "
+                                                                      "wheel's sha256 hex")
+    device_ids: list[str] | None = Field(default=None, max_length=100_000)
+    filters: Filters = Field(default_factory=Filters)
+    percentage: float = Field(default=100.0, ge=0.0, le=100.0)
+    seed: str | None = Field(default=None, max_length=128)
+
+
+class PluginDeploymentOut(BaseModel):
+    id: int
+    name: str
+    version: str
+    key_id: str
+    device_ids: list[str] | None
+    filters: dict[str, Any]
+    percentage: float
+    seed: str
+    state: str
+    created_by: str
+    created_at: float
+    installs: dict[str, int] = {}  # status -> devices that reported it for this deployment
+
+
+class DevicePlugin(PluginWheel):
+    """One plugin version the device should have, with what it needs to verify the wheel."""
+
+    signature: str
+    deployment: int
+
+
+class PluginStatusIn(Strict):
+    name: str = Field(min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=64)
+    status: Literal["downloading", "installed", "error", "removed"]
+    error: str = Field(default="", max_length=4000)
+    deployment: int | None = Field(default=None, ge=1, lt=2**31)
+
+
 class Problem(BaseModel):
     error: str
     detail: str

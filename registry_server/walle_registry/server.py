@@ -12,7 +12,7 @@ def serve(host: str, port: int, data: Path, db_url: str | None = None, admin_tok
           log_level: str = "warning", backlog: int = 2048, limit_concurrency: int | None = None) -> None:
     import uvicorn
 
-    from walle_registry.api import create_app
+    from walle_registry.app import create_app
 
     raise_fd_limit()
     app = create_app(Settings(data_dir=Path(data), db_url=db_url), admin_token=admin_token)

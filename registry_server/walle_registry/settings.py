@@ -8,7 +8,7 @@ from pathlib import Path
 
 @dataclass
 class Settings:
-    """Everything :func:`walle_registry.api.create_app` needs.
+    """Everything :func:`walle_registry.app.create_app` needs.
 
     ``db_url`` defaults to SQLite (WAL) at ``data_dir/registry.db``; pass a ``postgresql+psycopg://``
     URL to run on PostgreSQL. Blobs live under ``data_dir/blobs`` unless a store is injected.

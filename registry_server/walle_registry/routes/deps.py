@@ -1,0 +1,96 @@
+"""Auth as FastAPI dependencies, and the registry of the running app.
+
+Publishers and operators send ``Authorization: Bearer wpt_...`` (scopes: publish, deploy, enroll,
+read, admin; admin implies all, any token may read). Devices send ``Authorization: Bearer
+wdt_...``, issued by ``POST /v1/devices/register``; device endpoints are rate limited per device.
+
+The dependencies are coroutines: FastAPI runs plain ``def`` dependencies in the thread pool,
+which would cost every request a thread hand-off before the endpoint even starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
+
+from walle_registry.auth import Principal
+from walle_registry.context import Registry
+from walle_registry.errors import Forbidden, NotFound, RateLimited, Unauthorized
+
+
+async def registry(request: Request) -> Registry:
+    reg: Registry = request.app.state.registry
+    return reg
+
+
+Reg = Annotated[Registry, Depends(registry)]
+
+
+def bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("Authorization must be 'Bearer <token>'")
+    return value.strip()
+
+
+async def authenticate(reg: Registry, secret: str) -> Principal:
+    """Cached credentials are checked on the event loop; a miss reads the database in a thread."""
+    p = reg.credentials.cached_principal(secret)
+    if p is None:
+        p = await run_in_threadpool(reg.credentials.authenticate, secret)
+    return p
+
+
+async def principal(reg: Reg, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    secret = bearer(authorization)
+    if secret is None:
+        raise Unauthorized("missing credential (Authorization: Bearer <token>)")
+    return await authenticate(reg, secret)
+
+
+def rate_limit(reg: Registry, p: Principal) -> None:
+    wait = reg.limiter.take(p.name)
+    if wait:
+        raise RateLimited(f"device {p.name} is over its request rate; retry in {wait:.1f}s", wait)
+
+
+def scope(name: str) -> Callable[..., Awaitable[Principal]]:
+    async def dep(p: Annotated[Principal, Depends(principal)]) -> Principal:
+        if not p.has(name):
+            raise Forbidden(f"this credential lacks the {name!r} scope")
+        return p
+    return dep
+
+
+async def device(reg: Reg, p: Annotated[Principal, Depends(principal)]) -> Principal:
+    if p.kind != "device":
+        raise Forbidden("this endpoint is for device credentials")
+    rate_limit(reg, p)
+    return p
+
+
+async def anyone(reg: Reg, p: Annotated[Principal, Depends(principal)]) -> Principal:
+    if p.kind == "device":
+        rate_limit(reg, p)
+    return p
+
+
+Publisher = Annotated[Principal, Depends(scope("publish"))]
+Deployer = Annotated[Principal, Depends(scope("deploy"))]
+Admin = Annotated[Principal, Depends(scope("admin"))]
+Reader = Annotated[Principal, Depends(scope("read"))]
+Enroller = Annotated[Principal, Depends(scope("enroll"))]
+DeviceP = Annotated[Principal, Depends(device)]
+AnyP = Annotated[Principal, Depends(anyone)]
+
+
+def db_id(value: int, what: str) -> int:
+    """A path id outside the database's integer range cannot exist: 404 before any query."""
+    if not 1 <= value < 2**31:
+        raise NotFound(f"{what} {value} not found")
+    return value

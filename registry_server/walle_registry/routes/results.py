@@ -1,0 +1,80 @@
+"""Results: devices upload task outputs (JSON, optionally gzip), publishers page through them."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from walle_registry import schemas as S
+from walle_registry.errors import Forbidden, Invalid, TooLarge, Unauthorized
+from walle_registry.routes.deps import Reader, Reg, authenticate, bearer, rate_limit
+
+JSON_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["items"], "properties": {
+        "device": {"type": "string"}, "task": {"type": "string"}, "version": {"type": "string"},
+        "items": {"type": "array", "items": {"type": "object", "required": ["seq"],
+                                             "properties": {"seq": {"type": "integer"}}}}}}}}}}
+
+router = APIRouter(tags=["results"])
+
+
+@router.post("/v1/results", openapi_extra=JSON_BODY)
+async def ingest(request: Request, reg: Reg,
+                 authorization: Annotated[str | None, Header()] = None,
+                 content_encoding: Annotated[str | None, Header()] = None,
+                 task: Annotated[str, Query(max_length=64)] = "",
+                 version: Annotated[str, Query(max_length=64)] = "",
+                 token: Annotated[str | None, Query(max_length=256, description="device token, for "
+                                                    "clients that cannot set headers")] = None) -> S.ResultsOut:
+    secret = bearer(authorization) or token
+    if secret is None:
+        raise Unauthorized("missing credential (Authorization: Bearer <device token>)")
+    p = await authenticate(reg, secret)
+    if p.kind != "device":
+        raise Forbidden("results are uploaded with a device credential")
+    rate_limit(reg, p)
+    cap = reg.settings.max_results_bytes
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > cap:
+            raise TooLarge(f"results batch is larger than {cap} bytes")
+    body = _decode_body(raw, content_encoding, cap)
+    accepted, dups = await run_in_threadpool(reg.results.ingest, p.name, body, task, version)
+    return S.ResultsOut(accepted=accepted, duplicates=dups)
+
+
+@router.get("/v1/results")
+def query_results(_p: Reader, reg: Reg, task: Annotated[str, Query(max_length=64)],
+                  version: Annotated[str | None, Query(max_length=64)] = None,
+                  device: Annotated[str | None, Query(max_length=128)] = None,
+                  after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                  limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[S.ResultOut]:
+    return [S.ResultOut(id=r.id, device=r.device_id, seq=r.seq, task=r.task, version=r.version, name=r.name,
+                        key=r.key, ts=r.ts, value=r.value, received_at=r.received_at)
+            for r in reg.results.query(task, version, device, after, limit)]
+
+
+def _decode_body(raw: bytes, encoding: str | None, cap: int) -> dict[str, Any]:
+    enc = (encoding or "identity").strip().lower()
+    if enc == "gzip":
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            raw = d.decompress(raw, cap + 1)
+        except zlib.error as exc:
+            raise Invalid(f"body is not valid gzip: {exc}") from None
+        if len(raw) > cap or d.unconsumed_tail:
+            raise TooLarge(f"results batch inflates past {cap} bytes")
+    elif enc not in ("identity", ""):
+        raise Invalid(f"unsupported Content-Encoding {encoding!r} (use gzip or none)")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Invalid(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise Invalid("body must be a JSON object")
+    return body
