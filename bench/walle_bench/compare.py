@@ -61,17 +61,14 @@ def random_feeds(path: Path) -> dict[str, np.ndarray]:
     model = walle_core.load(path, backend="reference")
     rng = np.random.default_rng(0)
     feeds: dict[str, np.ndarray] = {}
-    for vi in model.graph.inputs:
-        if vi.name not in model.input_names:
-            continue
-        shape = tuple(d if isinstance(d, int) else 1 for d in (vi.type.shape or ()))
-        dt = np.dtype(vi.type.dtype)
+    for name, zeros in model.example_feeds().items():
+        shape, dt = zeros.shape, zeros.dtype
         if dt.kind == "f":
-            feeds[vi.name] = rng.standard_normal(shape).astype(dt)
+            feeds[name] = rng.standard_normal(shape).astype(dt)
         elif dt.kind == "b":
-            feeds[vi.name] = np.ones(shape, dt)
+            feeds[name] = np.ones(shape, dt)
         else:
-            feeds[vi.name] = rng.integers(0, 10, shape).astype(dt)
+            feeds[name] = rng.integers(0, 10, shape).astype(dt)
     return feeds
 
 

@@ -8,8 +8,11 @@ whose observed values pick (or build) the next stage.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import threading
-from collections.abc import Mapping
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +28,9 @@ from walle_core.ir.graph import Graph, subgraphs
 from walle_core.plan.lower import Lowering
 from walle_core.plan.planner import CompileFailed, Stage, build_stage, prepare, run_stage
 from walle_core.plugins import registry
+from walle_core.runtime.describe import ModelInfo, PlanInfo, StepInfo, describe_graph, example_feeds
 from walle_core.search import Decision, Searcher
+from walle_core.search.timing import time_ops
 
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
 
@@ -205,16 +210,57 @@ class Model:
             for name, t in zip(self.output_names, node.outputs, strict=True)
         }
 
+    # ------------------------------------------------------------------ describing and timing
+
+    def describe(self) -> ModelInfo:
+        """The graph's op types, parameters, inputs and outputs (see :func:`walle_core.describe`)."""
+        return describe_graph(self.graph)
+
+    def example_feeds(self, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+        """Zero arrays for the inputs to feed: declared shapes, symbolic dims 1, ``shapes`` overriding."""
+        wanted = set(self.input_names)
+        return example_feeds([vi for vi in self.graph.inputs if vi.name in wanted], shapes)
+
+    def describe_plan(self, feeds: Mapping[str, np.ndarray] | None = None) -> PlanInfo:
+        """The plan for ``feeds`` (default :meth:`example_feeds`): programs per backend, atomic op
+        kinds and FLOPs of its first stage."""
+        feeds = self.example_feeds() if feeds is None else feeds
+        node = self.plan_for(feeds)
+        ops, _ = self.atomic_ops(feeds)
+        return PlanInfo(
+            shapes={n: tuple(np.shape(a)) for n, a in sorted(feeds.items())}, complete=node.complete,
+            n_ops=node.stage.n_ops, peak_bytes=node.stage.peak_bytes,
+            steps=[StepInfo(s.backend, s.ops, s.arena_bytes) for s in node.stage.steps],
+            kinds=dict(Counter(op.kind.value for op in ops).most_common()),
+            flops=float(sum(op.flops() for op in ops)))
+
+    def time_run(self, feeds: Mapping[str, np.ndarray], *, repeat: int = 5) -> float:
+        """Median wall seconds of :meth:`run` over ``repeat`` runs, after one untimed run."""
+        self.run(feeds)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            self.run(feeds)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def time_decisions(self, decisions: Sequence[Decision], *, repeat: int = 5,
+                       budget_s: float = 0.2) -> list[float]:
+        """Seconds of each decision's op alone on its chosen backend and algorithm (best of
+        ``repeat`` within ``budget_s``): the measured column of ``walle search --measure``."""
+        return [time_ops(d.chosen.backend, [(d.op, d.chosen.algorithm)], repeat=repeat, budget_s=budget_s)
+                for d in decisions]
+
 
 
 def load(
     model: str | Path | bytes, *, backend: str = "auto", threads: int | None = None,
     tune_budget_s: float = 0.0,
 ) -> Model:
-    """Load an ONNX model from a path or bytes and prepare it for ``backend``.
+    """Load an ONNX or TFLite model from a path or bytes and prepare it for ``backend``.
 
     ``backend="auto"`` lets the search pick a backend and algorithm per op; ``tune_budget_s``
     > 0 also times the leading candidates on this machine (measure mode, cached)."""
-    from walle_core.frontend.onnx_import import import_model
+    from walle_core.frontend import import_graph
 
-    return Model(import_model(model), backend=backend, threads=threads, tune_budget_s=tune_budget_s)
+    return Model(import_graph(model), backend=backend, threads=threads, tune_budget_s=tune_budget_s)

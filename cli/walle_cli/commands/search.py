@@ -4,12 +4,9 @@ per-device calibration cache."""
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.progress import Progress
 from rich.table import Table
@@ -18,7 +15,6 @@ import walle_core
 from walle_cli.console import fail, out, walle_errors
 from walle_core.plugins import registry
 from walle_core.search import Decision, calibration_for
-from walle_core.search.timing import time_ops
 
 
 def parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
@@ -32,22 +28,6 @@ def parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
         if not sep or not name:
             fail(f"--shape expects NAME=D1,D2,..., got {spec!r}")
     return shapes
-
-
-def zero_feeds(model: walle_core.Model, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Feeds of the declared shapes (symbolic dims 1 unless overridden by --shape)."""
-    feeds = {}
-    for vi in model.graph.inputs:
-        if vi.name not in model.input_names:
-            continue
-        if vi.name in shapes:
-            shape = shapes[vi.name]
-        elif vi.type.shape is None:
-            fail(f"input {vi.name!r} has no declared shape: pass --shape {vi.name}=...")
-        else:
-            shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in vi.type.shape)
-        feeds[vi.name] = np.zeros(shape, vi.type.dtype)
-    return feeds
 
 
 def describe(d: Decision) -> str:
@@ -66,20 +46,16 @@ def search(
     """Explain the search: per op the chosen backend and algorithm, predicted cost, runner-up."""
     with walle_errors():
         m = walle_core.load(model, backend="auto", tune_budget_s=budget)
-        feeds = zero_feeds(m, parse_shapes(shape or []))
+        try:
+            feeds = m.example_feeds(parse_shapes(shape or []))
+        except walle_core.InputError as exc:
+            fail(f"{exc}: --shape NAME=D1,D2,...")
         decisions = m.explain(feeds)
         measured: list[float | None] = [None] * len(decisions)
         whole: float | None = None
         if measure:
-            measured = [time_ops(d.chosen.backend, [(d.op, d.chosen.algorithm)], repeat=5, budget_s=0.2)
-                        for d in decisions]
-            m.run(feeds)
-            runs = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                m.run(feeds)
-                runs.append(time.perf_counter() - t0)
-            whole = statistics.median(runs)
+            measured = list(m.time_decisions(decisions, repeat=5, budget_s=0.2))
+            whole = m.time_run(feeds, repeat=5)
     rows: list[dict[str, Any]] = []
     for i, (d, t) in enumerate(zip(decisions, measured, strict=True)):
         ru = d.runner_up
