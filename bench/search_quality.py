@@ -29,6 +29,7 @@ import walle_core
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend
 from walle_core.decompose.builder import Builder
+from walle_core.plan.planner import Assignment, prepare
 from walle_core.search import CostModel, Searcher, assign
 from walle_core.search.timing import time_ops
 
@@ -46,9 +47,10 @@ def forced_model(path: Path, picks: list[Pick], feeds: dict[str, np.ndarray]) ->
     m = walle_core.load(path, backend="auto")
     assert m.searcher is not None
 
-    def choose(ops: Sequence[A.Op], keep: set[int]) -> list[Pick]:
-        assert len(ops) == len(picks), "prepared op list changed between explain and plan"
-        return list(picks)
+    def choose(ops: Sequence[A.Op], keep: set[int]) -> Assignment:
+        flat = prepare(ops, m.backends[0], keep)
+        assert len(flat) == len(picks), "prepared op list changed between explain and plan"
+        return [(op, b, a) for op, (b, a) in zip(flat, picks, strict=True)]
 
     m.searcher.choose = choose  # type: ignore[method-assign]
     m.run(feeds)
@@ -147,7 +149,8 @@ def run_plan(picks: Sequence[Pick], ops: list[A.Op], inputs: list[A.Tensor]) -> 
 
     keep = {ops[-1].out.id}
     backends = list(dict.fromkeys(b for b, _ in picks))
-    stage = build_stage(ops, backends, keep, None, lambda o, k: list(picks))
+    stage = build_stage(ops, backends, keep, None,
+                        lambda o, k: [(op, b, a) for op, (b, a) in zip(o, picks, strict=True)])
     rng = np.random.default_rng(0)
     feeds = {t.id: rng.standard_normal(t.shape).astype(t.dtype) for t in inputs}
     return lambda: run_stage(stage, dict(feeds))

@@ -65,12 +65,15 @@ class Stage:
     guards: list[int] = field(default_factory=list)  # ids read at the end (sync point)
 
 
-Chooser = Callable[[Sequence[A.Op], set[int]], list[tuple[Backend, Algorithm]]]
+Assignment = list[tuple[A.Op, Backend, Algorithm]]
+# Gets the lowered ops and the ids to keep; returns the ops to run (after ``prepare``, whose
+# composite expansion depends on the backend a chooser has in mind) with a backend and algorithm.
+Chooser = Callable[[Sequence[A.Op], set[int]], Assignment]
 
 
 def fixed_preference(backends: Sequence[Backend]) -> Chooser:
-    def chooser(ops: Sequence[A.Op], keep: set[int]) -> list[tuple[Backend, Algorithm]]:
-        return [choose(op, backends) for op in ops]
+    def chooser(ops: Sequence[A.Op], keep: set[int]) -> Assignment:
+        return [(op, *choose(op, backends)) for op in prepare(ops, backends[0], keep)]
 
     return chooser
 
@@ -89,10 +92,9 @@ def build_stage(
     chooser: Chooser | None = None,
 ) -> Stage:
     """``keep``: ids that must reach the host table (graph outputs, guards, later stages).
-    ``chooser`` picks (backend, algorithm) per op: the search, or the fixed preference."""
-    flat = prepare(ops, backends[0], keep)
-    picks = (chooser or fixed_preference(backends))(flat, keep)
-    assigned = [(op, backend, algo) for op, (backend, algo) in zip(flat, picks, strict=True)]
+    ``chooser`` prepares the ops and picks (backend, algorithm) per op: the search, or the fixed
+    preference."""
+    assigned = (chooser or fixed_preference(backends))(ops, keep)
     groups: list[tuple[Backend, list[tuple[A.Op, Algorithm]]]] = []
     for op, backend, algo in assigned:
         if groups and groups[-1][0] is backend:
@@ -129,7 +131,7 @@ def build_stage(
         steps.append(Step(backend.name, exe, list(ins), [t.id for t in outs], len(items),
                           arena.arena_bytes))
         peak = max(peak, arena.arena_bytes)
-    return Stage(steps, peak, len(flat))
+    return Stage(steps, peak, len(assigned))
 
 
 def run_stage(stage: Stage, table: dict[int, np.ndarray]) -> None:

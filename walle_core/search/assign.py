@@ -1,15 +1,18 @@
-"""The semi-auto search: algorithm per op, then backend per op for the whole graph.
+"""Per-op candidates and the mixed (several-backend) assignment of one op list.
 
 Method (documented in docs/architecture.md):
 1. Candidates: every available backend offers algorithms for an op; each (backend, algorithm)
    gets a predicted time from the calibrated cost model, or its measured time from the tuning
    cache when measure mode has timed it. Per backend only the best algorithm survives.
-2. Assignment, phase 1: dynamic programming over the topological order with the backend of the
-   previous op as state, charging each op's cost, a program-switch overhead when the backend
-   changes, and host<->device transfers on the edge from the previous op and from graph inputs.
-3. Phase 2: the DP cannot see edges that skip ops, so a local search moves single ops to other
-   backends while the exact total (every producer->consumer transfer counted once per tensor and
-   consumer backend) decreases. Each move is evaluated incrementally from the op's own edges.
+2. Dynamic programming over the topological order with the backend of the previous op as state,
+   charging each op's cost, a program's fixed cost when the backend changes, and uploads and
+   downloads on the edge from the previous op and from graph inputs.
+3. The DP cannot see edges that skip ops, so a local search moves single ops to other backends
+   while the exact total (every producer->consumer transfer counted once per tensor and consumer
+   backend) decreases; each move is evaluated from the op's own edges.
+4. Whole runs of ops are then moved onto a neighbouring run's backend while the planner-exact
+   plan cost (:func:`~walle_core.search.cost.plan_cost`) decreases: no ping-pong that a single
+   move cannot undo.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend
-from walle_core.search.calibrate import Calibration, op_key
+from walle_core.search.cost import CostModel, PlanCost, op_signature, plan_cost, programs_of
 
 HOST = "host"
 
@@ -55,36 +58,8 @@ class Decision:
         others = [c for c in self.candidates if c is not self.chosen]
         return others[0] if others else None
 
-
-class CostModel:
-    def __init__(self, calibrations: dict[str, Calibration],
-                 measured: dict[tuple[str, str], float] | None = None) -> None:
-        self.cal = calibrations
-        self.measured = measured or {}  # (op signature, "backend/algo") -> seconds
-
-    def predict(self, op: A.Op, backend: str, algo: Algorithm) -> float:
-        cal = self.cal[backend]
-        cost = algo.cost(op)
-        key = op_key(op, algo.name)
-        return (cal.fixed_cost(key) * max(cost.launches, 1) + cost.flops / max(cal.rate(key), 1.0)
-                + cost.bytes / cal.bandwidth_Bps)
-
-    def per_byte(self, backend: str) -> float:
-        """Seconds per byte to move data between this backend and the host."""
-        return 0.0 if backend == HOST else 1.0 / self.cal[backend].io_Bps
-
-    def switch(self, backend: str) -> float:
-        return self.cal[backend].program_overhead_s
-
-
-def op_signature(op: A.Op) -> str:
-    """What makes two ops time the same: kind, parameters and tensor shapes/dtypes/const-ness."""
-    skip = {"inputs", "outputs", "expansion", "regions", "view"}
-    params = {k: v for k, v in vars(op).items() if k not in skip}
-    ins = [(t.shape, t.dtype.str, t.value is not None) for t in op.inputs]
-    outs = [(t.shape, t.dtype.str) for t in op.outputs]
-    regions = len(op.regions) if isinstance(op, A.Raster) else None
-    return repr((op.kind.value, sorted(params.items()), ins, outs, regions))
+    def on(self, backend: str) -> Candidate | None:
+        return next((c for c in self.candidates if c.backend.name == backend), None)
 
 
 def candidates(op: A.Op, backends: Sequence[Backend], model: CostModel) -> Decision:
@@ -141,52 +116,46 @@ def _tensor_cost(tid: int, g: _Graph, where: list[str], model: CostModel) -> flo
     if tid in g.outputs:
         dests.add(HOST)
     dests.discard(src)
+    if not dests:
+        return 0.0
     nb = g.nbytes.get(tid, 0)
-    return sum(nb * (model.per_byte(src) + model.per_byte(d)) for d in dests)
+    return (0.0 if src == HOST else model.download(src, nb)) + sum(
+        model.upload(d, nb) for d in dests if d != HOST)
 
 
 def _switch_cost(i: int, where: list[str], model: CostModel) -> float:
     if i == 0 or where[i] != where[i - 1]:
-        return model.switch(where[i])
+        return model.program(where[i])
     return 0.0
 
 
-def total_cost(decisions: Sequence[Decision], g: _Graph, where: list[str], model: CostModel) -> float:
-    own = sum(_cost_on(d, b) for d, b in zip(decisions, where, strict=True))
-    moves = sum(_tensor_cost(t, g, where, model) for t in g.nbytes)
-    return own + moves + sum(_switch_cost(i, where, model) for i in range(len(where)))
-
-
 def _cost_on(d: Decision, backend: str) -> float:
-    for c in d.candidates:
-        if c.backend.name == backend:
-            return c.seconds
-    return math.inf
+    c = d.on(backend)
+    return math.inf if c is None else c.seconds
 
 
-def assign(ops: Sequence[A.Op], backends: Sequence[Backend], model: CostModel,
-           outputs: set[int]) -> tuple[list[Decision], float]:
-    """Choose (backend, algorithm) per op. Returns the decisions and the predicted total."""
-    decisions = [candidates(op, backends, model) for op in ops]
-    if not decisions:
-        return [], 0.0
-    g = _Graph(ops, outputs)
-    names = sorted({c.backend.name for d in decisions for c in d.candidates})
-    # Phase 1: DP over the order, state = backend of the previous op.
+def exact_cost(decisions: Sequence[Decision], where: Sequence[str], keep: set[int],
+               model: CostModel) -> PlanCost:
+    return plan_cost([d.op for d in decisions], where,
+                     [_cost_on(d, b) for d, b in zip(decisions, where, strict=True)], keep, model)
+
+
+def _dynamic_programme(decisions: list[Decision], g: _Graph, model: CostModel) -> list[str]:
     best: list[dict[str, tuple[float, str]]] = []
     for i, d in enumerate(decisions):
         row: dict[str, tuple[float, str]] = {}
         for c in d.candidates:
             b = c.backend.name
-            from_host = sum(g.nbytes[t.id] * model.per_byte(b) for t in d.op.inputs
+            from_host = sum(model.upload(b, g.nbytes[t.id]) for t in d.op.inputs
                             if t.value is None and t.id not in g.producer)
             if i == 0:
-                row[b] = (c.seconds + model.switch(b) + from_host, "")
+                row[b] = (c.seconds + model.program(b) + from_host, "")
                 continue
             edge = sum(g.nbytes[t.id] for t in d.op.inputs if g.producer.get(t.id) == i - 1)
             options = []
             for prev, (acc, _) in best[i - 1].items():
-                hop = 0.0 if prev == b else model.switch(b) + edge * (model.per_byte(prev) + model.per_byte(b))
+                hop = 0.0 if prev == b else (model.program(b) + model.download(prev, edge)
+                                             + model.upload(b, edge))
                 options.append((acc + hop + c.seconds + from_host, prev))
             row[b] = min(options)
         best.append(row)
@@ -194,7 +163,11 @@ def assign(ops: Sequence[A.Op], backends: Sequence[Backend], model: CostModel,
     where[-1] = min(best[-1], key=lambda b: best[-1][b][0])
     for i in range(len(decisions) - 1, 0, -1):
         where[i - 1] = best[i][where[i]][1]
-    # Phase 2: single-op moves, evaluated on the op's own tensors and neighbours.
+    return where
+
+
+def _single_moves(decisions: list[Decision], g: _Graph, where: list[str], model: CostModel,
+                  names: list[str]) -> None:
     for _ in range(4):
         improved = False
         for i, d in enumerate(decisions):
@@ -219,15 +192,70 @@ def assign(ops: Sequence[A.Op], backends: Sequence[Backend], model: CostModel,
                     where[i] = current
             where[i] = current
         if not improved:
-            break
+            return
+
+
+def _merge_runs(decisions: list[Decision], where: list[str], keep: set[int], model: CostModel) -> None:
+    """Move whole runs onto a neighbouring run's backend while the exact plan cost drops."""
+    total = exact_cost(decisions, where, keep, model).total_s
+    for _ in range(4 * len(where) + 4):
+        runs = programs_of(where)
+        if len(runs) < 2:
+            return
+        best: tuple[float, int, int, str] | None = None
+        for r, (s, e) in enumerate(runs):
+            for nb in {where[runs[r - 1][0]] if r > 0 else "", where[runs[r + 1][0]] if r + 1 < len(runs) else ""}:
+                if not nb or any(decisions[i].on(nb) is None for i in range(s, e)):
+                    continue
+                trial = where[:s] + [nb] * (e - s) + where[e:]
+                cost = exact_cost(decisions, trial, keep, model).total_s
+                if cost < total - 1e-12 and (best is None or cost < best[0]):
+                    best = (cost, s, e, nb)
+        if best is None:
+            return
+        total, s, e, nb = best
+        where[s:e] = [nb] * (e - s)
+
+
+def mixed_assignment(decisions: list[Decision], keep: set[int], model: CostModel) -> list[str]:
+    """The backend of every op for the cheapest plan the DP, single moves and run merges find."""
+    if not decisions:
+        return []
+    g = _Graph([d.op for d in decisions], keep)
+    names = sorted({c.backend.name for d in decisions for c in d.candidates})
+    where = _dynamic_programme(decisions, g, model)
+    _single_moves(decisions, g, where, model, names)
+    _merge_runs(decisions, where, keep, model)
+    return where
+
+
+def assign(ops: Sequence[A.Op], backends: Sequence[Backend], model: CostModel,
+           outputs: set[int]) -> tuple[list[Decision], float]:
+    """Choose (backend, algorithm) per op of this op list for the cheapest mixed plan. Returns
+    the decisions (``chosen`` set) and the predicted plan total."""
+    decisions = [candidates(op, backends, model) for op in ops]
+    if not decisions:
+        return [], 0.0
+    where = mixed_assignment(decisions, outputs, model)
+    settle(decisions, where, "mixed")
+    return decisions, exact_cost(decisions, where, outputs, model).total_s
+
+
+def settle(decisions: Sequence[Decision], where: Sequence[str], plan: str) -> None:
+    """Set each decision's ``chosen`` to its candidate on ``where`` and say why."""
     for d, b in zip(decisions, where, strict=True):
-        chosen = next(c for c in d.candidates if c.backend.name == b)
+        chosen = d.on(b)
+        assert chosen is not None, f"{b} cannot run {d.op.kind.value}"
         if chosen is d.candidates[0]:
             d.reason = "measured fastest" if chosen.measured_s is not None else "cheapest predicted"
+        elif plan != "mixed" and b != plan:
+            d.reason = f"{plan} cannot run it (fallback)"
         else:
-            d.reason = f"avoids transfers/switches (own cost {chosen.seconds / d.candidates[0].seconds:.2f}x the cheapest)"
+            d.reason = (f"{plan} plan (own cost {chosen.seconds / d.candidates[0].seconds:.2f}x "
+                        f"the cheapest)" if plan != "mixed" else
+                        f"avoids transfers/switches (own cost {chosen.seconds / d.candidates[0].seconds:.2f}x"
+                        f" the cheapest)")
         d.chosen = chosen
-    return decisions, total_cost(decisions, g, where, model)
 
 
 def counts(decisions: Sequence[Decision]) -> Counter[str]:

@@ -1,6 +1,21 @@
 """Per-device calibration: short micro-benchmarks turn each backend's cost declarations into
 seconds. Results are cached on disk, keyed by a device fingerprint and the backend version; a
-stale or corrupt cache file is detected and rebuilt."""
+stale or corrupt cache file is detected and rebuilt.
+
+What is measured (all on :func:`walle_core.search.clock.clock_for`'s clock):
+
+* dispatch: a program of 1 and of 33 tiny ops gives the per-launch and per-program costs;
+* transfers: host->device and device->host separately, each at several sizes (a program that
+  reads a large input and writes one element, and one that writes a large broadcast output), plus
+  the fixed cost of one more program input or output;
+* work: for every algorithm and cost bucket (``Conv2D:dw``, ``MatMul``, ``Unary:math``, ...) a
+  representative op at a sweep of sizes, each timed as *queued* work: the op in a chain of its
+  own kind ((4 copies - 2 copies) / 2), so program edges and host round trips cancel out and a
+  GPU's launches overlap its kernels as they do inside a model. Backends that report device-side
+  kernel times (``Executable.last_timings``) are timed with those. Each bucket gets a
+  :class:`~walle_core.search.curve.Curve` of seconds over work, not one throughput: efficiency
+  changes with occupancy by orders of magnitude.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +24,8 @@ import inspect
 import json
 import os
 import platform
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,14 +33,21 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core import flags
-from walle_core.backend import Backend
+from walle_core.backend import Algorithm, Backend, Program
 from walle_core.decompose.builder import Builder
 from walle_core.hostinfo import cpu_model
-from walle_core.search.timing import time_in_chain, time_ops, time_ops_on_device
+from walle_core.search.clock import Clock, clock_for
+from walle_core.search.curve import Curve, Linear
+from walle_core.search.timing import Timer
 
-SCHEMA = 7
+SCHEMA = 8
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
+LEVELS = 7  # sizes per sweep; a sweep stops early once one op takes SWEEP_CAP_S
+SWEEP_CAP_S = 0.01
+SATURATED = 0.15  # a sweep also stops once throughput changes less than this between sizes
+BUDGET_S = 6.0  # host seconds of sweeps per backend; larger sizes are then extrapolated
+TRANSFER_BYTES = (1 << 14, 1 << 18, 1 << 22)
 
 
 def op_key(op: A.Op, algo: str) -> str:
@@ -42,29 +65,53 @@ def op_key(op: A.Op, algo: str) -> str:
     return f"{kind}/{algo}"
 
 
+def work(op: A.Op, algo: Algorithm) -> float:
+    """The x axis of a bucket's curve: the algorithm's declared arithmetic (at its declared
+    efficiency) plus its memory traffic."""
+    cost = algo.cost(op)
+    return max(cost.flops / max(cost.efficiency, 1e-6) + cost.bytes, 1.0)
+
+
 @dataclass
 class Calibration:
     backend: str
     version: str
     fingerprint: str
-    op_overhead_s: float
-    program_overhead_s: float
-    bandwidth_Bps: float
-    io_Bps: float
-    rates: dict[str, float] = field(default_factory=dict)  # op_key -> flops per second
-    fixed: dict[str, float] = field(default_factory=dict)  # op_key -> seconds per op
+    op_overhead_s: float  # per launch inside a program (queued)
+    program_overhead_s: float  # per program run, less its transfers
+    bandwidth_Bps: float  # device memory, large element-wise op
+    h2d_latency_s: float  # each program input
+    h2d_Bps: float
+    d2h_latency_s: float  # each program output
+    d2h_Bps: float
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)  # op_key -> [[work, s], ...]
+    rates: dict[str, float] = field(default_factory=dict)  # op_key -> flop/s at the largest size
+    device_timed: bool = False  # kernel times came from the device's own timers
     schema: int = SCHEMA
 
-    def fixed_cost(self, key: str) -> float:
-        return self.fixed.get(key, self.op_overhead_s)
+    def __post_init__(self) -> None:
+        self._curves = {k: Curve.fit([(float(w), float(t)) for w, t in pts])
+                        for k, pts in self.curves.items() if pts}
 
-    def rate(self, key: str) -> float:
-        if key in self.rates:
-            return self.rates[key]
-        kind = key.split("/", 1)[0]
-        same_kind = [r for k, r in self.rates.items() if k.split("/", 1)[0] == kind]
-        pool = same_kind or list(self.rates.values()) or [1e9]
-        return float(np.median(pool))
+    def curve(self, key: str) -> Curve | None:
+        """The bucket's curve; for an uncalibrated bucket, one of the same op kind (another
+        algorithm or cost class), else None."""
+        found = self._curves.get(key)
+        if found is not None:
+            return found
+        kind, _, algo = key.partition("/")
+        base = kind.split(":", 1)[0]
+        same = [c for k, c in sorted(self._curves.items()) if k.split("/", 1)[1] == algo
+                and k.split(":", 1)[0].split("/", 1)[0] == base]
+        same = same or [c for k, c in sorted(self._curves.items())
+                        if k.split(":", 1)[0].split("/", 1)[0] == base]
+        return same[0] if same else None
+
+    def upload(self, nbytes: float) -> float:
+        return self.h2d_latency_s + nbytes / self.h2d_Bps
+
+    def download(self, nbytes: float) -> float:
+        return self.d2h_latency_s + nbytes / self.d2h_Bps
 
 
 def _build_stamp(backend: Backend) -> str:
@@ -72,7 +119,7 @@ def _build_stamp(backend: Backend) -> str:
     library invalidates calibrations even when the backend forgot to bump its version."""
     try:
         pkg = Path(inspect.getfile(type(backend))).parent
-        files = sorted(p for p in pkg.iterdir() if p.suffix in (".py", ".so", ".spv", ".cl"))
+        files = sorted(p for p in pkg.iterdir() if p.suffix in (".py", ".so", ".spv", ".cl", ".json"))
         return ",".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
     except (OSError, TypeError):
         return "?"
@@ -99,7 +146,7 @@ def load_cached(backend: Backend) -> Calibration | None:
     try:
         raw = json.loads(path.read_text())
         cal = Calibration(**raw)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, KeyError):
         return None
     if cal.schema != SCHEMA or cal.version != backend.version or cal.fingerprint != fingerprint(backend):
         return None
@@ -126,34 +173,39 @@ def _builder() -> Builder:
     return Builder(no_fold)
 
 
-def _probe_ops(large: bool) -> list[A.Op]:
-    """Representative ops at two sizes; the pair fits a fixed and a per-flop cost per bucket."""
+def _probes(level: int) -> list[A.Op]:
+    """One representative op per bucket at sweep ``level`` (0: tiny ... LEVELS - 1: large)."""
     b = _builder()
     f32 = np.float32
-    n, side, tr, mm, ch, hw = ((1 << 20, 1024, 512, 256, 32, 56) if large else (1 << 12, 64, 32, 32, 8, 8))
+    n = 1 << (8 + 2 * level)  # elements of element-wise ops: 256 ... 16M
+    side = 1 << (4 + level)  # 16 ... 1024
+    cols = min(n, 256)
     x = b.tensor((n,), f32)
     b.unary("relu", x)
     b.unary("exp", x)
-    m = b.tensor((side, side), f32)
-    b.binary("add", m, b.tensor((side,), f32))
-    b.select(b.tensor((n,), bool), x, b.tensor((n,), f32))
+    m = b.tensor((n // cols, cols), f32)
+    b.binary("add", m, b.tensor((cols,), f32))
+    b.select(b.tensor((n,), bool), b.tensor((n,), f32), x)
     b.cast(x, np.int32)
     b.reduce_axis(m, 1, "sum")
     b.reduce_axis(m, 0, "sum")
-    b.transpose(b.tensor((tr, tr), f32), (1, 0))
+    b.transpose(b.tensor((side, side), f32), (1, 0))
+    mm = 8 << level  # 8 ... 512
     b.matmul(b.tensor((mm, mm), f32), b.const(np.ones((mm, mm), f32)))
-    img = b.tensor((1, ch, hw, hw), f32)
+    imgs, ch, hw = ((1, 4, 8), (1, 8, 14), (1, 16, 28), (1, 32, 28), (1, 32, 56), (4, 32, 56),
+                    (16, 32, 56))[level]
+    img = b.tensor((imgs, ch, hw, hw), f32)
     rng = np.random.default_rng(0)
     for shape, groups, pads in (((ch, ch, 3, 3), 1, (1, 1, 1, 1)), ((ch, ch, 1, 1), 1, (0, 0, 0, 0)),
                                 ((ch, 1, 3, 3), ch, (1, 1, 1, 1))):
-        out = b.tensor((1, ch, hw, hw), f32)
+        out = b.tensor((imgs, ch, hw, hw), f32)
         w = b.const(rng.standard_normal(shape).astype(f32))
         b.emit(A.Conv2D([img, w], [out], pads=pads, groups=groups))
-    b.emit(A.Pool2D([img], [b.tensor((1, ch, hw // 2, hw // 2), f32)], fn="max", kernel=(3, 3),
+    b.emit(A.Pool2D([img], [b.tensor((imgs, ch, hw // 2, hw // 2), f32)], fn="max", kernel=(3, 3),
                     strides=(2, 2), pads=(1, 1, 1, 1)))
-    rows, block = (8192, 256) if large else (64, 16)
+    rows, block = 16 << level, 16 << min(level, 4)
     b.gather_rows(b.tensor((rows, block), f32), b.tensor((rows // 2,), np.int64), rows, block)
-    b.argsort(b.tensor((64, 1024) if large else (4, 32), f32), 1, False)
+    b.argsort(b.tensor((4 << level, 32 << min(level, 5)), f32), 1, False)
     return b.ops
 
 
@@ -165,65 +217,122 @@ def _tiny_chain(n: int) -> list[A.Op]:
     return b.ops
 
 
+def _fan_in(backend: Backend, inputs: int, ops: int) -> Program | None:
+    """``ops`` tiny additions reading ``inputs`` distinct program inputs (at least 2); None when
+    the backend has no addition."""
+    b = _builder()
+    xs = [b.tensor((1,), np.float32) for _ in range(inputs)]
+    acc = b.binary("add", xs[0], xs[1])
+    for i in range(ops - 1):
+        acc = b.binary("add", acc, xs[2 + i % (inputs - 2)] if inputs > 2 else xs[1])
+    algos = backend.algorithms(b.ops[0])
+    return Program([(op, algos[0]) for op in b.ops], xs, [acc]) if algos else None
+
+
+def _fan_out(outputs: int, algo: Algorithm) -> Program:
+    """``outputs`` tiny ops on one input, each a program output."""
+    b = _builder()
+    x = b.tensor((1,), np.float32)
+    ys = [b.unary("relu", x) for _ in range(outputs)]
+    return Program([(op, algo) for op in b.ops], [x], ys)
+
+
+def _sweep(backend: Backend) -> Iterator[tuple[int, A.Op, Algorithm]]:
+    """(level, op, algorithm) for every bucket and algorithm, smallest sizes first; the first
+    probe of a bucket (at a level) is its representative."""
+    for level in range(LEVELS):
+        seen: set[str] = set()
+        for op in _probes(level):
+            for alg in backend.algorithms(op):
+                key = op_key(op, alg.name)
+                if key not in seen:
+                    seen.add(key)
+                    yield level, op, alg
+
+
 def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -> Calibration:
-    """Run the micro-benchmarks (a few seconds) and return the fitted constants."""
+    """Run the micro-benchmarks (seconds on a CPU, more on a slow device) and fit the constants."""
     def step(msg: str) -> None:
         if progress:
             progress(msg)
 
+    clock: Clock = clock_for([backend])
+    timer = Timer(backend, clock, repeat=3)
     step("dispatch overhead")
-    one = _tiny_chain(1)
-    many = _tiny_chain(33)
+    one, many = _tiny_chain(1), _tiny_chain(33)
     if not backend.algorithms(one[0]):
         raise ValueError(f"backend {backend.name} cannot run a Unary op; nothing to calibrate")
     algo = backend.algorithms(one[0])[0]
-    t1 = time_ops(backend, [(one[0], algo)], repeat=30, budget_s=0.3, best=True)
-    t33 = time_ops(backend, [(o, algo) for o in many], repeat=30, budget_s=0.3, best=True)
-    op_over = max((t33 - t1) / 32, 1e-8)
-    prog_over = max(t1 - op_over, 1e-8)
+    t1 = timer.ops([(one[0], algo)])
+    op_over = max((timer.ops([(o, algo) for o in many]) - t1) / 32, 1e-8)
+
+    step("program inputs and outputs")
+    # One more input (output) costs what a wide program costs over a narrow one doing the same.
+    lat_h = 0.0
+    wide, narrow = _fan_in(backend, 8, 7), _fan_in(backend, 2, 7)
+    if wide is not None and narrow is not None:
+        lat_h = max((timer.program(wide) - timer.program(narrow)) / 6, 0.0)
+    chain8 = [(o, algo) for o in _tiny_chain(8)]
+    lat_d = max((timer.program(_fan_out(8, algo)) - timer.ops(chain8)) / 7, 0.0)
+    prog_over = max(t1 - op_over - lat_h - lat_d, 1e-8)
 
     step("memory bandwidth")
-    big = next(o for o in _probe_ops(True) if isinstance(o, A.Unary) and o.fn == "relu")
-    t_bw = time_ops(backend, [(big, algo)], repeat=5, best=True)
-    bw = big.bytes_moved() / max(t_bw - t1, 1e-7)
-    copy = _builder()
-    src = copy.tensor((1 << 20,), np.float32)
-    copy.strided(src, (1 << 20,), (1,))
-    raster = copy.ops[0]
-    io = 1e12
-    if backend.algorithms(raster):
-        t_io = time_ops(backend, [(raster, backend.algorithms(raster)[0])], repeat=5, best=True)
-        spent = t_io - t1 - raster.bytes_moved() / bw
-        if spent > 0:
-            io = min(io, raster.bytes_moved() / spent)
+    big = _builder()
+    big.unary("relu", big.tensor((1 << 22,), np.float32))
+    steady = timer.steady(big.ops[0], algo)
+    bw = big.ops[0].bytes_moved() / max(steady, 1e-9)
 
-    cal = Calibration(backend.name, backend.version, fingerprint(backend), op_over, prog_over, bw, io)
-    for small, large in zip(_probe_ops(False), _probe_ops(True), strict=True):
-        for alg in backend.algorithms(large):
-            key = op_key(large, alg.name)
-            if key in cal.rates:  # the first probe of a bucket is its representative
-                continue
-            step(key)
-            points = []
-            for op in (small, large):
-                wall, device = time_ops_on_device(backend, [(op, alg)], repeat=5)
-                # Kernel time measured on the device (events, timestamps) when the backend
-                # reports it; else, for an op that can follow itself, its time in a chain (what
-                # a backend does at a program's edges, such as layout changes, cancels out);
-                # else wall time less dispatch overhead. Less memory traffic either way.
-                steady = None if device is not None else time_in_chain(backend, op, alg)
-                if device is not None:
-                    t = device
-                elif steady is not None:
-                    t = steady - op.bytes_moved() / bw
-                else:
-                    t = wall - prog_over - op.bytes_moved() / bw
-                points.append((max(op.flops(), 1.0), t))
-            (w0, t0), (w1, t1_) = points
-            per_flop = max((t1_ - t0) / (w1 - w0), 1e-15) if w1 > w0 else max(t1_, 1e-9) / w1
-            cal.rates[key] = 1.0 / per_flop
-            cal.fixed[key] = max(t0 - w0 * per_flop, 0.0)
-    return cal
+    step("host transfers")
+    h2d, d2h = _transfers(backend, timer, t1, bw)
+
+    cal = Calibration(backend.name, backend.version, fingerprint(backend), op_over, prog_over, bw,
+                      lat_h, h2d.Bps, lat_d, d2h.Bps, device_timed=timer.device_timed)
+    stopped: set[str] = set()
+    deadline = time.perf_counter() + BUDGET_S
+    for level, op, alg in _sweep(backend):
+        key = op_key(op, alg.name)
+        if key in stopped or (level > 1 and time.perf_counter() > deadline):
+            continue
+        step(f"{key} size {level + 1}/{LEVELS}")
+        try:
+            t = timer.steady(op, alg)
+        except Exception:  # a size the backend cannot run (memory, limits): the sweep ends here
+            stopped.add(key)
+            continue
+        points = cal.curves.setdefault(key, [])
+        points.append([work(op, alg), t])
+        cal.rates[key] = max(op.flops(), 1.0) / max(t, 1e-12)
+        if t > SWEEP_CAP_S or _saturated(points):
+            stopped.add(key)
+    return Calibration(**asdict(cal))  # refits the curves from the points
+
+
+def _saturated(points: list[list[float]]) -> bool:
+    """Throughput (work per second) of the last two sizes within SATURATED of each other: the
+    device is full, larger sizes scale linearly."""
+    if len(points) < 3:
+        return False
+    (w0, t0), (w1, t1) = points[-2], points[-1]
+    return abs((w1 / t1) / (w0 / t0) - 1.0) < SATURATED
+
+
+def _transfers(backend: Backend, timer: Timer, t1: float, bw: float) -> tuple[Linear, Linear]:
+    """Host->device: a program reading n bytes and writing one element; device->host: one
+    reading one element and writing n bytes (a broadcast, less its device-side writes)."""
+    ups: list[tuple[float, float]] = []
+    downs: list[tuple[float, float]] = []
+    for nbytes in TRANSFER_BYTES:
+        b = _builder()
+        x = b.tensor((nbytes // 4,), np.float32)
+        b.strided(x, (1,), (1,))
+        b.expand(b.tensor((1,), np.float32), (nbytes // 4,))
+        read, write = b.ops
+        for op, into, extra in ((read, ups, 0.0), (write, downs, nbytes / bw)):
+            algos = backend.algorithms(op)
+            if algos:
+                into.append((float(nbytes), max(timer.ops([(op, algos[0])]) - t1 - extra, 1e-9)))
+    fallback = Linear(0.0, 1e12)  # a backend that cannot copy has nothing to transfer
+    return (Linear.fit(ups) if len(ups) > 1 else fallback, Linear.fit(downs) if len(downs) > 1 else fallback)
 
 
 def calibration_for(backend: Backend, *, refresh: bool = False,

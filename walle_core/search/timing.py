@@ -1,16 +1,19 @@
-"""Timing single ops and small programs on a backend, with inputs that are valid for the op."""
+"""Timing ops, programs and whole plans on a backend, with inputs that are valid for the op.
+
+Everything is read on one :class:`~walle_core.search.clock.Clock`: the host's, or the shared
+device clock of the backends involved (a simulated device's virtual time)."""
 
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend, Executable, Program
+from walle_core.search.clock import HOST_CLOCK, Clock, clock_for
 
 
 def sample_input(t: A.Tensor, op: A.Op, rng: np.random.Generator) -> np.ndarray:
@@ -35,79 +38,133 @@ def program_for(ops: Sequence[tuple[A.Op, Algorithm]]) -> Program:
     return Program(list(ops), list(inputs.values()), list(last.outputs))
 
 
-def time_executable(exe: Executable, feeds: list[np.ndarray], *, repeat: int = 5,
-                    budget_s: float = 0.5, best: bool = False) -> float:
-    """Median (or with ``best``, minimum) seconds per run after one warm-up, stopping early when
-    over ``budget_s``. The minimum is the better estimate of an op's own cost on a shared
-    machine: noise only ever adds time."""
-    exe.run(feeds)
-    times: list[float] = []
+def feeds_for(ops: Sequence[A.Op], inputs: Sequence[A.Tensor], seed: int = 0) -> list[np.ndarray]:
+    """Sampled values for ``inputs``, each valid for the first op of ``ops`` that reads it."""
+    rng = np.random.default_rng(seed)
+    owner: dict[int, A.Op] = {}
+    for op in ops:
+        for t in op.inputs:
+            owner.setdefault(t.id, op)
+    return [sample_input(t, owner[t.id], rng) for t in inputs]
+
+
+def time_call(fn: Callable[[], object], clock: Clock = HOST_CLOCK, *, repeat: int = 5,
+              budget_s: float = 0.5, warmup: bool = True) -> float:
+    """Minimum seconds of ``fn`` on ``clock`` after one warm-up call (noise only ever adds time),
+    stopping early when over ``budget_s`` of host time; one timed call on a noiseless clock."""
+    if warmup:
+        fn()
+    best = float("inf")
     start = time.perf_counter()
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        exe.run(feeds)
-        times.append(time.perf_counter() - t0)
+    for _ in range(1 if clock.noiseless else repeat):
+        t0 = clock.now()
+        fn()
+        best = min(best, clock.now() - t0)
         if time.perf_counter() - start > budget_s:
             break
-    return min(times) if best else statistics.median(times)
+    return best
 
 
-def _prepared(backend: Backend, ops: Sequence[tuple[A.Op, Algorithm]],
-              seed: int) -> tuple[Executable, list[np.ndarray]]:
-    program = program_for(ops)
-    rng = np.random.default_rng(seed)
-    owner = {t.id: op for op, _ in ops for t in op.inputs}
-    return backend.compile(program), [sample_input(t, owner[t.id], rng) for t in program.inputs]
+def time_executable(exe: Executable, feeds: list[np.ndarray], *, repeat: int = 5,
+                    budget_s: float = 0.5, clock: Clock = HOST_CLOCK) -> float:
+    return time_call(lambda: exe.run(feeds), clock, repeat=repeat, budget_s=budget_s)
 
 
 def time_ops(backend: Backend, ops: Sequence[tuple[A.Op, Algorithm]], *, repeat: int = 5,
-             budget_s: float = 0.5, seed: int = 0, best: bool = False) -> float:
-    exe, feeds = _prepared(backend, ops, seed)
-    return time_executable(exe, feeds, repeat=repeat, budget_s=budget_s, best=best)
+             budget_s: float = 0.5, seed: int = 0) -> float:
+    """Best seconds of the ops as one program on ``backend`` (on its clock)."""
+    return Timer(backend, clock_for([backend]), repeat=repeat, budget_s=budget_s, seed=seed).ops(ops)
 
 
 def chained(op: A.Op, n: int) -> list[A.Op] | None:
-    """``n`` copies of ``op``, each reading the previous one's output, or None when the output
-    cannot feed the first input (shape or dtype differ, or the op is a composite)."""
-    x, y = op.inputs[0], op.out
-    if n < 1 or x.shape != y.shape or x.dtype != y.dtype or len(op.outputs) != 1 \
-            or isinstance(op, A.Composite):
+    """``n`` copies of ``op``, each reading the previous one's output through the first input of
+    the output's shape and dtype, or None when no input can take it (or the op is a composite)."""
+    y = op.out
+    slot = next((i for i, x in enumerate(op.inputs) if x.shape == y.shape and x.dtype == y.dtype
+                 and x.value is None), None)
+    if n < 1 or slot is None or len(op.outputs) != 1 or isinstance(op, A.Composite):
         return None
     next_id = max(t.id for t in (*op.inputs, *op.outputs)) + 1
     ops, prev = [op], y
     for i in range(n - 1):
         t = A.Tensor(y.shape, y.dtype, name=f"{y.name}:chain{i}", id=next_id + i)
-        ops.append(dataclasses.replace(op, inputs=[prev, *op.inputs[1:]], outputs=[t]))
+        ins = list(op.inputs)
+        ins[slot] = prev
+        ops.append(dataclasses.replace(op, inputs=ins, outputs=[t]))
         prev = t
     return ops
 
 
-def time_in_chain(backend: Backend, op: A.Op, alg: Algorithm, *, repeat: int = 5,
-                  seed: int = 0) -> float | None:
-    """Seconds of one ``op`` between ops like it: (chain of 4 - chain of 2) / 2. What a backend
-    does at a program's edges (copies, layout changes, or running a lone op another way)
-    cancels out, as it does for an op in the middle of a model. None when the op cannot be
-    chained."""
-    two, four = chained(op, 2), chained(op, 4)
-    if two is None or four is None:
-        return None
-    t2 = time_ops(backend, [(o, alg) for o in two], repeat=repeat, seed=seed, best=True)
-    t4 = time_ops(backend, [(o, alg) for o in four], repeat=repeat, seed=seed, best=True)
-    return (t4 - t2) / 2 if t4 > t2 else None
+def repeated(op: A.Op, n: int) -> list[A.Op]:
+    """``n`` copies of ``op`` reading the same inputs, each writing fresh outputs."""
+    next_id = max(t.id for t in (*op.inputs, *op.outputs)) + 1
+    ops = [op]
+    for i in range(n - 1):
+        outs = []
+        for t in op.outputs:
+            outs.append(A.Tensor(t.shape, t.dtype, name=f"{t.name}:rep{i}", id=next_id))
+            next_id += 1
+        ops.append(dataclasses.replace(op, outputs=outs))
+    return ops
 
 
-def time_ops_on_device(backend: Backend, ops: Sequence[tuple[A.Op, Algorithm]], *,
-                       repeat: int = 5, seed: int = 0) -> tuple[float, float | None]:
-    """Best wall-clock seconds, and best device-side kernel seconds when the backend's
-    executable reports them (``Executable.last_timings``), else None."""
-    exe, feeds = _prepared(backend, ops, seed)
-    wall = time_executable(exe, feeds, repeat=repeat, best=True)
-    device: float | None = None
-    for _ in range(repeat):
+class Timer:
+    """Times programs on one backend with its clock; remembers whether the device's own kernel
+    timers (``Executable.last_timings``) were used."""
+
+    def __init__(self, backend: Backend, clock: Clock, *, repeat: int = 5, budget_s: float = 0.5,
+                 seed: int = 0) -> None:
+        self.backend, self.clock = backend, clock
+        self.repeat, self.budget_s, self.seed = repeat, budget_s, seed
+        self.device_timed = False
+
+    def _prepared(self, program: Program) -> tuple[Executable, list[np.ndarray]]:
+        exe = self.backend.compile(program)
+        return exe, feeds_for([op for op, _ in program.ops], program.inputs, self.seed)
+
+    def program(self, program: Program) -> float:
+        exe, feeds = self._prepared(program)
+        return time_executable(exe, feeds, repeat=self.repeat, budget_s=self.budget_s, clock=self.clock)
+
+    def ops(self, ops: Sequence[tuple[A.Op, Algorithm]]) -> float:
+        return self.program(program_for(ops))
+
+    def _queued(self, ops: list[A.Op], alg: Algorithm) -> tuple[float, float | None]:
+        """(best seconds on the clock, best summed device kernel seconds or None when the
+        backend does not time its kernels)."""
+        exe, feeds = self._prepared(program_for([(o, alg) for o in ops]))
         exe.run(feeds)
-        launches = exe.last_timings()
-        if not launches:
-            return wall, None
-        spent = sum(s for _, s in launches)
-        device = spent if device is None else min(device, spent)
-    return wall, device
+        timed = bool(exe.last_timings())
+        best, device = float("inf"), float("inf")
+        start = time.perf_counter()
+        for _ in range(1 if self.clock.noiseless else self.repeat):
+            t0 = self.clock.now()
+            exe.run(feeds)
+            best = min(best, self.clock.now() - t0)
+            if timed:
+                device = min(device, sum(s for _, s in exe.last_timings()))
+            if time.perf_counter() - start > self.budget_s:
+                break
+        return best, device if timed else None
+
+    def steady(self, op: A.Op, alg: Algorithm) -> float:
+        """Seconds of one ``op`` among queued ops like it: (4 copies - 2 copies) / 2, chained
+        through its output where it can be, else repeated on the same inputs. What a backend does
+        at a program's edges (transfers, layout changes, synchronisation) cancels out."""
+        two, four = chained(op, 2), chained(op, 4)
+        if two is None or four is None:
+            two, four = repeated(op, 2), repeated(op, 4)
+        w2, d2 = self._queued(two, alg)
+        w4, d4 = self._queued(four, alg)
+        if d2 is not None and d4 is not None and d4 > d2:
+            self.device_timed = True
+            return (d4 - d2) / 2
+        if w4 > w2:
+            return (w4 - w2) / 2
+        return max(w4 / 4, 1e-9)  # noise hid the difference: the mean is an upper bound
+
+
+def time_in_chain(backend: Backend, op: A.Op, alg: Algorithm, *, repeat: int = 5,
+                  seed: int = 0) -> float:
+    """Seconds of one ``op`` between ops like it (see :meth:`Timer.steady`)."""
+    return Timer(backend, clock_for([backend]), repeat=repeat, seed=seed).steady(op, alg)

@@ -1,0 +1,115 @@
+"""The cost model: seconds of an op on a backend, and of a whole plan.
+
+A plan is what the planner will build from an assignment: consecutive ops on one backend form one
+program; a program pays its fixed cost, each of its ops (queued: a launch never costs less than
+the backend's per-launch overhead), an upload per input and a download per output that another
+program or the host reads. :func:`plan_cost` follows the planner's partition exactly, so the
+prediction is of the plan that will run, not a sum of ops timed alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from walle_core import atomic as A
+from walle_core.backend import Algorithm
+from walle_core.search.calibrate import Calibration, op_key, work
+
+
+def op_signature(op: A.Op) -> str:
+    """What makes two ops time the same: kind, parameters and tensor shapes/dtypes/const-ness."""
+    skip = {"inputs", "outputs", "expansion", "regions", "view"}
+    params = {k: v for k, v in vars(op).items() if k not in skip}
+    ins = [(t.shape, t.dtype.str, t.value is not None) for t in op.inputs]
+    outs = [(t.shape, t.dtype.str) for t in op.outputs]
+    regions = len(op.regions) if isinstance(op, A.Raster) else None
+    return repr((op.kind.value, sorted(params.items()), ins, outs, regions))
+
+
+class CostModel:
+    def __init__(self, calibrations: dict[str, Calibration],
+                 measured: dict[tuple[str, str], float] | None = None) -> None:
+        self.cal = calibrations
+        self.measured = measured or {}  # (op signature, "backend/algo") -> seconds
+
+    def predict(self, op: A.Op, backend: str, algo: Algorithm) -> float:
+        """Seconds of ``op`` queued in a program of ``backend``, from the bucket's curve. Curves
+        timed on the host clock include the op's launches; kernel times from the device's own
+        timers do not, and a launch never takes less than the backend's launch overhead."""
+        cal = self.cal[backend]
+        x = work(op, algo)
+        curve = cal.curve(op_key(op, algo.name))
+        own = curve(x) if curve is not None else x / cal.bandwidth_Bps
+        if cal.device_timed:
+            own = max(own, cal.op_overhead_s * max(algo.cost(op).launches, 1))
+        return own
+
+    def upload(self, backend: str, nbytes: float) -> float:
+        return self.cal[backend].upload(nbytes)
+
+    def download(self, backend: str, nbytes: float) -> float:
+        return self.cal[backend].download(nbytes)
+
+    def program(self, backend: str) -> float:
+        return self.cal[backend].program_overhead_s
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    """Predicted seconds of a plan, split so that a mixed plan's extra costs are visible."""
+
+    compute_s: float
+    transfer_s: float
+    program_s: float
+    programs: int
+    backends: tuple[str, ...]
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.transfer_s + self.program_s
+
+
+def programs_of(where: Sequence[str]) -> list[tuple[int, int]]:
+    """[start, end) of each run of consecutive ops on one backend: the planner's programs."""
+    runs: list[tuple[int, int]] = []
+    for i, b in enumerate(where):
+        if runs and where[runs[-1][0]] == b:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def plan_cost(ops: Sequence[A.Op], where: Sequence[str], own_s: Sequence[float], keep: set[int],
+              model: CostModel) -> PlanCost:
+    """The cost of running ``ops[i]`` on backend ``where[i]`` (taking ``own_s[i]``), partitioned
+    as the planner does: a program's inputs are what it reads and does not produce; its outputs
+    are what it produces and the host (``keep``) or another program reads."""
+    runs = programs_of(where)
+    group = [0] * len(ops)
+    for g, (s, e) in enumerate(runs):
+        group[s:e] = [g] * (e - s)
+    read_by: dict[int, set[int]] = {}
+    for i, op in enumerate(ops):
+        for t in op.inputs:
+            if t.value is None:
+                read_by.setdefault(t.id, set()).add(group[i])
+    transfer = 0.0
+    for g, (s, e) in enumerate(runs):
+        b = where[s]
+        produced: dict[int, float] = {}
+        for op in ops[s:e]:
+            for t in op.outputs:
+                produced[t.id] = t.nbytes
+        seen: set[int] = set()
+        for op in ops[s:e]:
+            for t in op.inputs:
+                if t.value is None and t.id not in produced and t.id not in seen:
+                    seen.add(t.id)
+                    transfer += model.upload(b, t.nbytes)
+        for tid, nbytes in produced.items():
+            if tid in keep or any(r != g for r in read_by.get(tid, ())):
+                transfer += model.download(b, nbytes)
+    overhead = sum(model.program(where[s]) for s, _ in runs)
+    return PlanCost(sum(own_s), transfer, overhead, len(runs), tuple(dict.fromkeys(where)))
