@@ -124,6 +124,9 @@ def catalogue() -> list[A.Op]:
                             strides=(2, 2), pads=(1, 1, 1, 1), groups=2, act=act))
     ops.append(A.Conv2D([_t((2, 8, 7, 7)), _t((8, 1, 3, 3))], [_t((2, 8, 7, 7))], pads=(1, 1, 1, 1),
                         groups=8))
+    # outputs that fill the large register-blocked tile; a pointwise conv (GEMM without im2col)
+    ops.append(A.MatMul([_t((130, 20)), _t((20, 100))], [_t((1, 130, 100))], m=130, n=100, k=20))
+    ops.append(A.Conv2D([_t((1, 8, 12, 12)), _t((100, 8, 1, 1))], [_t((1, 100, 12, 12))]))
     for fn, p in (("max", 2), ("avg", 2), ("lp", 1), ("lp", 2), ("lp", 3)):
         ops.append(A.Pool2D([_t((1, 3, 6, 6))], [_t((1, 3, 3, 3))], fn=fn, kernel=(3, 3), strides=(2, 2),
                             pads=(1, 1, 1, 1), count_include_pad=fn == "avg", p=p))
@@ -160,6 +163,8 @@ def test_catalogue_covers_every_atomic_kind() -> None:
     specs = catalogue_specs(ALL_TYPES)
     assert any(s.locals and s.name.startswith("gemm_tiled") for s in specs)  # local-memory GEMM
     assert any(s.locals and s.name.startswith("conv_igemm") for s in specs)  # local-memory conv
+    assert any(s.name.startswith("gemm_tiled_t128") for s in specs)  # register-blocked 128x128
+    assert any(s.name.startswith("conv_igemm1x1") for s in specs)  # pointwise conv: no im2col
     assert any(s.name.startswith("conv_depthwise") for s in specs)
     assert any(s.locals and s.name.startswith("reduce_wg") for s in specs)
 
@@ -290,6 +295,61 @@ def test_conv_algorithms(name: str, algo: str) -> None:
     (got,) = _run(AVAILABLE[name], [op], ins, [out], feeds, algo)
     (want,) = _reference([op], ins, [out], feeds)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [n for n in ("opencl", "vulkan") if n in AVAILABLE])
+@pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_register_blocked_tile(name: str, trans: tuple[bool, bool]) -> None:
+    """Outputs large enough for the 128x128 tile (8x8 per thread, double-buffered K steps), with
+    ragged edges in M, N and K and every transpose."""
+    ta, tb = trans
+    m, n, k = 131, 197, 37
+    a_t = _t((k, m) if ta else (m, k), tid=1)
+    b_t = _t((n, k) if tb else (k, n), tid=2)
+    out = _t((1, m, n), tid=3)
+    op = A.MatMul([a_t, b_t], [out], m=m, n=n, k=k, trans_a=ta, trans_b=tb)
+    (launch,) = lower_op(op, AVAILABLE[name].caps, "tiled")  # type: ignore[attr-defined]
+    assert launch.spec.name.startswith("gemm_tiled_t128")
+    feeds = [RNG.standard_normal(t.shape).astype(np.float32) for t in (a_t, b_t)]
+    (got,) = _run(AVAILABLE[name], [op], [a_t, b_t], [out], feeds, "tiled")
+    want = (feeds[0].T if ta else feeds[0]) @ (feeds[1].T if tb else feeds[1])
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [n for n in ("opencl", "vulkan") if n in AVAILABLE])
+@pytest.mark.parametrize("shape", ["3x3_large_tile", "1x1_pointwise", "1x1_strided"])
+def test_conv_gemm_tiles(name: str, shape: str) -> None:
+    k, stride, pads = (3, 1, (1, 1, 1, 1)) if shape.startswith("3x3") else (1, 2 if "strided" in shape else 1,
+                                                                               (0, 0, 0, 0))
+    x, w, b = _t((2, 9, 13, 11), tid=1), _t((100, 9, k, k), tid=2), _t((100,), tid=3)
+    oh, ow = (13 - k + pads[0] + pads[2]) // stride + 1, (11 - k + pads[1] + pads[3]) // stride + 1
+    out = _t((2, 100, oh, ow), tid=4)
+    op = A.Conv2D([x, w, b], [out], strides=(stride, stride), pads=pads, act=A.Activation("relu"))
+    (launch,) = lower_op(op, AVAILABLE[name].caps, "implicit_gemm")  # type: ignore[attr-defined]
+    assert ("igemm1x1" in launch.spec.name) == (shape == "1x1_pointwise")
+    feeds = [RNG.standard_normal(t.shape).astype(np.float32) for t in (x, w, b)]
+    (got,) = _run(AVAILABLE[name], [op], [x, w, b], [out], feeds, "implicit_gemm")
+    (want,) = _reference([op], [x, w, b], [out], feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [n for n in ("opencl", "vulkan") if n in AVAILABLE])
+def test_run_timings_and_transfer_timing(name: str) -> None:
+    """Each run reports device-clock seconds per launch, the span of the launches, and the
+    host->device and device->host moves separately; the backend times bare transfers too."""
+    backend = AVAILABLE[name]
+    x, h, y = _t((256, 64), tid=1), _t((256, 64), tid=2), _t((256, 64), tid=3)
+    ops = [A.Unary([x], [h], fn="exp"), A.Unary([h], [y], fn="neg")]
+    exe = backend.compile(Program([(op, backend.algorithms(op)[0]) for op in ops], [x], [y]))
+    exe.run([RNG.standard_normal((256, 64)).astype(np.float32)])
+    t = exe.last_run_timings()  # type: ignore[attr-defined]
+    assert [label for label, _ in t.dispatches] == ["exp", "neg"]
+    assert t.upload_bytes == t.download_bytes == 256 * 64 * 4
+    assert t.upload_s > 0 and t.download_s > 0
+    assert t.span_s >= max(sec for _, sec in t.dispatches) > 0
+    small, large = backend.time_transfers(1 << 12), backend.time_transfers(1 << 22)  # type: ignore[attr-defined]
+    assert small.upload_s > 0 and small.download_s > 0
+    assert large.upload_s > small.upload_s and large.download_s > small.download_s
 
 
 @pytest.mark.parametrize("name", [n for n in ("opencl", "vulkan") if n in AVAILABLE])

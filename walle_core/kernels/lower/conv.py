@@ -12,7 +12,7 @@ from walle_core.kernels.lower.common import (
     params_decl,
     require_types,
 )
-from walle_core.kernels.lower.gemm import gemm_body, gemm_groups, gemm_locals
+from walle_core.kernels.lower.gemm import gemm_body, gemm_groups, gemm_locals, pick_tile
 from walle_core.kernels.spec import (
     FLOAT_TAGS,
     BufferDecl,
@@ -77,7 +77,9 @@ def lower_conv(op: A.Conv2D, caps: Caps, algorithm: str = "implicit_gemm") -> li
   int cg = C / G;
   int KHW = KH * KW;"""
         load_a = "        v = x1[(g * M + gm) * K + gk];"
-        load_b = """        int ci = gk / KHW;
+        # a 1x1 conv with unit stride and no padding is a plain GEMM over the pixels: no im2col
+        pointwise = kh == kw == 1 and op.strides == (1, 1) and not any(op.pads)
+        load_b = "        v = x0[(nb * C + g * cg + gk) * N + gn];" if pointwise else """        int ci = gk / KHW;
         int rr = gk % KHW;
         int oy = gn / OW;
         int ox = gn % OW;
@@ -88,10 +90,12 @@ def lower_conv(op: A.Conv2D, caps: Caps, algorithm: str = "implicit_gemm") -> li
         {bias_stmt}
         {act_stmt}
         y0[(nb * O + oc) * N + gn] = CAST(T, v);"""
-        spec = KernelSpec(f"conv_igemm_{variant}", tuple(bufs), gemm_body(prelude, load_a, load_b, store),
-                          local_size=(8, 8, 1), locals=gemm_locals(t), defines=defines,
-                          helpers=helpers, float_type=t)
-        return [Launch(spec, args, params, gemm_groups(og, oh * ow, n_ * g), "conv_implicit_gemm")]
+        tile = pick_tile(og, oh * ow, caps, out.dtype.itemsize)
+        body = gemm_body(prelude, load_a, load_b, store, tile, a_fast_k=True, b_fast_k=False)
+        kind = "igemm1x1" if pointwise else "igemm"
+        spec = KernelSpec(f"conv_{kind}_{tile.name}_{variant}", tuple(bufs), body, local_size=tile.local_size,
+                          locals=gemm_locals(t, tile), defines=defines, helpers=helpers, float_type=t)
+        return [Launch(spec, args, params, gemm_groups(og, oh * ow, n_ * g, tile), "conv_implicit_gemm")]
     if algorithm == "depthwise":
         if cg != 1:
             raise Unsupported("depthwise needs one input channel per group")

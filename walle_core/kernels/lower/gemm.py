@@ -1,9 +1,11 @@
-"""MatMul: a tiled GEMM over local-memory tiles (the body the implicit-GEMM conv reuses) and a
-naive one-thread-per-output kernel."""
+"""MatMul: a register-blocked GEMM over double-buffered local-memory tiles (the body the
+implicit-GEMM conv reuses; 32x32 or 128x128 tiles by output size) and a naive
+one-thread-per-output kernel."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,78 +27,145 @@ from walle_core.kernels.spec import (
     tag,
 )
 
-GEMM_BM, GEMM_BN, GEMM_BK = 32, 32, 16  # tiled GEMM: 8x8 threads, 4x4 outputs each
+
+@dataclass(frozen=True)
+class GemmTile:
+    """A work-group computes a ``bm x bn`` output tile, ``tm x tn`` outputs per thread (register
+    blocking), stepping K by ``bk`` through two local-memory buffers per operand (double
+    buffering: the next step's tile is fetched into registers while this one is multiplied)."""
+
+    name: str
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def threads(self) -> tuple[int, int]:  # (x: along N, y: along M)
+        return self.bn // self.tn, self.bm // self.tm
+
+    @property
+    def local_size(self) -> tuple[int, int, int]:
+        return (*self.threads, 1)
+
+    def local_bytes(self, itemsize: int) -> int:
+        return 2 * self.bk * (self.bm + self.bn) * itemsize
 
 
-def gemm_body(prelude: str, load_a: str, load_b: str, store: str) -> str:
-    """Tiled GEMM over work-group local tiles ``As``/``Bs`` (BK x BM, BK x BN): each of the 8x8
-    threads accumulates 4x4 outputs. ``load_a``/``load_b`` set ``v`` from (gm, gk)/(gk, gn);
-    ``store`` consumes ``v`` at (gm, gn). M, N, K come from P[1..3]; the batch is the z group."""
+SMALL_TILE = GemmTile("t32", 32, 32, 16, 4, 4)  # 64 threads, 4x4 outputs each
+LARGE_TILE = GemmTile("t128", 128, 128, 8, 8, 8)  # 256 threads, 8x8 outputs each
+
+
+def pick_tile(m: int, n: int, caps: Caps, itemsize: int) -> GemmTile:
+    """The large register-blocked tile where the output fills it and the device has the room."""
+    big = LARGE_TILE
+    fits = caps.max_local >= big.threads[0] * big.threads[1] and caps.local_mem >= big.local_bytes(itemsize)
+    return big if fits and m >= 96 and n >= 96 else SMALL_TILE
+
+
+def _fetch(tile: GemmTile, operand: str, fast_k: bool, load: str) -> str:
+    """Registers ``ra``/``rb`` <- this thread's share of the operand tile at K offset ``k0``."""
+    rows, idx, lim = (tile.bm, "gm", "M") if operand == "a" else (tile.bn, "gn", "N")
+    base = "row0" if operand == "a" else "col0"
+    nt = tile.threads[0] * tile.threads[1]
+    kk, rr = (f"e % {tile.bk}", f"e / {tile.bk}") if fast_k else (f"e / {rows}", f"e % {rows}")
+    return f"""    for (int l = 0; l < {rows * tile.bk // nt}; l++) {{
+      int e = tid + l * {nt};
+      int gk = k0 + {kk};
+      int {idx} = {base} + {rr};
+      ACC v = CAST(ACC, 0);
+      if ({idx} < {lim} && gk < K) {{
+{load}
+      }}
+      r{operand}[l] = v;
+    }}"""
+
+
+def _commit(tile: GemmTile, operand: str, fast_k: bool) -> str:
+    """Local buffer ``nxt`` of the operand <- the registers fetched by :func:`_fetch`."""
+    rows = tile.bm if operand == "a" else tile.bn
+    nt = tile.threads[0] * tile.threads[1]
+    kk, rr = (f"e % {tile.bk}", f"e / {tile.bk}") if fast_k else (f"e / {rows}", f"e % {rows}")
+    arr = "As" if operand == "a" else "Bs"
+    return f"""    for (int l = 0; l < {rows * tile.bk // nt}; l++) {{
+      int e = tid + l * {nt};
+      {arr}[nxt * {tile.bk * rows} + ({kk}) * {rows} + {rr}] = r{operand}[l];
+    }}"""
+
+
+def gemm_body(prelude: str, load_a: str, load_b: str, store: str, tile: GemmTile = SMALL_TILE,
+              a_fast_k: bool = True, b_fast_k: bool = False) -> str:
+    """Tiled GEMM over double-buffered local tiles ``As``/``Bs`` (2 x BK x BM, 2 x BK x BN).
+    ``load_a``/``load_b`` set ``v`` from (gm, gk)/(gk, gn); ``store`` consumes ``v`` at (gm, gn).
+    ``a_fast_k``/``b_fast_k``: the operand is contiguous along K in memory, so consecutive
+    threads fetch consecutive K (coalesced loads). M, N, K come from P[1..3]; the batch is the z
+    group."""
+    tx_n, ty_n = tile.threads
+    nt = tx_n * ty_n
+    fetch = _fetch(tile, "a", a_fast_k, load_a) + "\n" + _fetch(tile, "b", b_fast_k, load_b)
+    commit = _commit(tile, "a", a_fast_k) + "\n" + _commit(tile, "b", b_fast_k)
     return f"""  int M = P[1];
   int N = P[2];
   int K = P[3];
   int bz = GRP_Z;
   int tx = LID_X;
   int ty = LID_Y;
-  int tid = ty * 8 + tx;
-  int row0 = GRP_Y * {GEMM_BM};
-  int col0 = GRP_X * {GEMM_BN};
+  int tid = ty * {tx_n} + tx;
+  int row0 = GRP_Y * {tile.bm};
+  int col0 = GRP_X * {tile.bn};
 {prelude}
-  ACC acc[16];
-  for (int r = 0; r < 16; r++) acc[r] = CAST(ACC, 0);
-  for (int k0 = 0; k0 < K; k0 += {GEMM_BK}) {{
-    for (int l = 0; l < 8; l++) {{
-      int e = tid + l * 64;
-      int kk = e / 32;
-      int mm = e % 32;
-      int gk = k0 + kk;
-      int gm = row0 + mm;
-      int gn = col0 + mm;
-      ACC v = CAST(ACC, 0);
-      if (gm < M && gk < K) {{
-{load_a}
-      }}
-      As[e] = v;
-      v = CAST(ACC, 0);
-      if (gn < N && gk < K) {{
-{load_b}
-      }}
-      Bs[e] = v;
+  ACC acc[{tile.tm * tile.tn}];
+  for (int r = 0; r < {tile.tm * tile.tn}; r++) acc[r] = CAST(ACC, 0);
+  ACC ra[{tile.bm * tile.bk // nt}];
+  ACC rb[{tile.bn * tile.bk // nt}];
+  int steps = (K + {tile.bk - 1}) / {tile.bk};
+  int k0 = 0;
+  int nxt = 0;
+{fetch}
+{commit}
+  BARRIER();
+  for (int step = 0; step < steps; step++) {{
+    int cur = step % 2;
+    nxt = 1 - cur;
+    k0 = (step + 1) * {tile.bk};
+    if (step + 1 < steps) {{
+{fetch}
     }}
-    BARRIER();
-    for (int kk = 0; kk < {GEMM_BK}; kk++) {{
-      ACC av[4];
-      ACC bv[4];
-      for (int q = 0; q < 4; q++) {{
-        av[q] = As[kk * 32 + ty + 8 * q];
-        bv[q] = Bs[kk * 32 + tx + 8 * q];
-      }}
-      for (int q = 0; q < 4; q++) {{
-        for (int w = 0; w < 4; w++) {{
-          acc[q * 4 + w] = acc[q * 4 + w] + av[q] * bv[w];
+    for (int kk = 0; kk < {tile.bk}; kk++) {{
+      ACC av[{tile.tm}];
+      ACC bv[{tile.tn}];
+      for (int q = 0; q < {tile.tm}; q++) av[q] = As[cur * {tile.bk * tile.bm} + kk * {tile.bm} + ty + {ty_n} * q];
+      for (int w = 0; w < {tile.tn}; w++) bv[w] = Bs[cur * {tile.bk * tile.bn} + kk * {tile.bn} + tx + {tx_n} * w];
+      for (int q = 0; q < {tile.tm}; q++) {{
+        for (int w = 0; w < {tile.tn}; w++) {{
+          acc[q * {tile.tn} + w] = acc[q * {tile.tn} + w] + av[q] * bv[w];
         }}
       }}
     }}
+    if (step + 1 < steps) {{
+{commit}
+    }}
     BARRIER();
   }}
-  for (int q = 0; q < 4; q++) {{
-    for (int w = 0; w < 4; w++) {{
-      int gm = row0 + ty + 8 * q;
-      int gn = col0 + tx + 8 * w;
+  for (int q = 0; q < {tile.tm}; q++) {{
+    for (int w = 0; w < {tile.tn}; w++) {{
+      int gm = row0 + ty + {ty_n} * q;
+      int gn = col0 + tx + {tx_n} * w;
       if (gm < M && gn < N) {{
-        ACC v = acc[q * 4 + w];
+        ACC v = acc[q * {tile.tn} + w];
 {store}
       }}
     }}
   }}"""
 
 
-def gemm_locals(t: str) -> tuple[LocalArray, ...]:
-    return (LocalArray("As", t, GEMM_BK * GEMM_BM), LocalArray("Bs", t, GEMM_BK * GEMM_BN))
+def gemm_locals(t: str, tile: GemmTile = SMALL_TILE) -> tuple[LocalArray, ...]:
+    return (LocalArray("As", t, 2 * tile.bk * tile.bm), LocalArray("Bs", t, 2 * tile.bk * tile.bn))
 
 
-def gemm_groups(m: int, n: int, batch: int) -> tuple[int, int, int]:
-    g = (math.ceil(n / GEMM_BN), math.ceil(m / GEMM_BM), batch)
+def gemm_groups(m: int, n: int, batch: int, tile: GemmTile = SMALL_TILE) -> tuple[int, int, int]:
+    g = (math.ceil(n / tile.bn), math.ceil(m / tile.bm), batch)
     if max(g) > MAX_GROUPS:
         raise Unsupported("grid too large")
     return g
@@ -129,13 +198,15 @@ def lower_matmul(op: A.MatMul, caps: Caps, algorithm: str = "tiled") -> list[Lau
     defines = (*common_defines(t), ("ACC", t), ("A_IDX(gm, gk)", a_idx), ("B_IDX(gk, gn)", b_idx))
     variant = f"{'t' if op.trans_a else 'n'}{'t' if op.trans_b else 'n'}{'b' if bias else ''}_{t}"
     if algorithm == "tiled":
+        tile = pick_tile(m, n, caps, out.dtype.itemsize)
         prelude = "  int abase = bz * P[4];\n  int bbase = bz * P[5];"
         body = gemm_body(prelude, "        v = x0[abase + A_IDX(gm, gk)];",
                          "        v = x1[bbase + B_IDX(gk, gn)];",
-                         f"        {bias_expr}\n        y0[bz * M * N + gm * N + gn] = CAST(T, v);")
-        spec = KernelSpec(f"gemm_tiled_{variant}", tuple(bufs), body, local_size=(8, 8, 1),
-                          locals=gemm_locals(t), defines=defines)
-        return [Launch(spec, args, params, gemm_groups(m, n, batch), "gemm_tiled")]
+                         f"        {bias_expr}\n        y0[bz * M * N + gm * N + gn] = CAST(T, v);",
+                         tile, a_fast_k=not op.trans_a, b_fast_k=op.trans_b)
+        spec = KernelSpec(f"gemm_tiled_{tile.name}_{variant}", tuple(bufs), body, local_size=tile.local_size,
+                          locals=gemm_locals(t, tile), defines=defines)
+        return [Launch(spec, args, params, gemm_groups(m, n, batch, tile), "gemm_tiled")]
     body = f"""  int M = P[1];
   int N = P[2];
   int K = P[3];
