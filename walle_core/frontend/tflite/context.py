@@ -22,7 +22,7 @@ from walle_core.frontend.tflite.reader import TflOperator, TflTensor
 Mapper = Callable[["OpContext"], None]
 MAPPERS: dict[str, Mapper] = {}
 
-# ActivationFunctionType: NONE, RELU, RELU_N1_TO_1, RELU6, TANH, SIGN_BIT
+# ActivationFunctionType: NONE, RELU, RELU_N1_TO_1, RELU6, TANH, SIGN_BIT (the last two clamp nothing)
 _CLIPS = {2: (-1.0, 1.0), 3: (0.0, 6.0)}
 PADDING = {0: "SAME_UPPER", 1: "VALID"}  # TFLite SAME puts the odd pad after, as SAME_UPPER does
 
@@ -156,9 +156,11 @@ class OpContext:
         if code in _CLIPS:
             lo, hi = _CLIPS[code]
             return self.one("Clip", [y, self.scalar(lo), self.scalar(hi)])
-        if code == 4:
-            return self.one("Tanh", [y])
-        raise self.fail(f"fused activation {code} (SIGN_BIT) is not supported")
+        if code in (4, 5):
+            # TFLite's kernels turn a fused activation into a clamp range; TANH and SIGN_BIT
+            # have none, so they leave the values as they are (checked against LiteRT).
+            return y
+        raise self.fail(f"fused activation {code} is not a TFLite activation")
 
     def padding(self) -> str:
         code = int(self.opt("Padding", 0))

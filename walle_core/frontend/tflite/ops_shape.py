@@ -88,10 +88,12 @@ def transpose(c: OpContext) -> None:
 def concatenation(c: OpContext) -> None:
     n = len(c.op.inputs)
     layout = c.pick_layout(range(n))
-    stored = all(c.same_quant(i) for i in range(n)) and int(c.opt("FusedActivationFunction", 0)) == 0
+    if int(c.opt("FusedActivationFunction", 0)):
+        # TFLite's own kernel refuses this at prepare (only some delegates ignore it).
+        raise c.fail("a fused activation on CONCATENATION is not supported (TFLite rejects it too)")
+    stored = all(c.same_quant(i) for i in range(n))
     axis = c.nchw_axis(int(c.opt("Axis", 0)), len(c.out_t().shape), layout)
-    y = c.one("Concat", [c.data(i, layout, stored) for i in range(n)], axis=axis)
-    c.out(y if stored else c.activation(y), layout, stored=stored)
+    c.out(c.one("Concat", [c.data(i, layout, stored) for i in range(n)], axis=axis), layout, stored=stored)
 
 
 def _split(c: OpContext, x_index: int, axis: int, sizes: list[int] | None) -> None:

@@ -1,0 +1,298 @@
+"""Shared by the TFLite tests and bench: build .tflite files through the schema's object API,
+quantise them with LiteRT's own calibrator, run them on the LiteRT interpreter (the oracle), and
+find the real models that MediaPipe's wheel ships.
+
+Generated models are written with the flatbuffers object API that ``ai-edge-litert`` ships
+(``schema_py_generated``), an independent code path from the ``tflite`` package Walle reads with.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from walle_core import flags
+
+MEDIAPIPE_VERSION = "0.10.21"  # the last release whose wheel carries mediapipe/modules/*.tflite
+TYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.int32): 2, np.dtype(np.uint8): 3,
+         np.dtype(np.int64): 4, np.dtype(np.bool_): 6, np.dtype(np.int16): 7, np.dtype(np.int8): 9}
+
+
+def schema() -> Any:
+    from ai_edge_litert import schema_py_generated
+
+    return schema_py_generated
+
+
+class ModelBuilder:
+    """One subgraph, built tensor by tensor. Output shapes may be left out (``None``): ``build``
+    asks the LiteRT interpreter for them and writes them in, as a converter would."""
+
+    def __init__(self) -> None:
+        S = schema()
+        self.S = S
+        self.tensors: list[Any] = []
+        self.buffers: list[Any] = [S.BufferT()]
+        self.operators: list[Any] = []
+        self.codes: list[tuple[int, str]] = []
+        self.inputs: list[int] = []
+        self.outputs: list[int] = []
+        self.signature: tuple[str, list[tuple[str, int]], list[tuple[str, int]]] | None = None
+
+    def tensor(self, shape: Sequence[int] | None, dtype: Any = np.float32, name: str | None = None,
+               data: np.ndarray | None = None, quant: tuple[Any, Any, int] | None = None,
+               signature: Sequence[int] | None = None) -> int:
+        S = self.S
+        t = S.TensorT()
+        t.shape = list(shape) if shape is not None else []
+        t.type = TYPES[np.dtype(dtype)]
+        t.name = name or f"t{len(self.tensors)}"
+        if signature is not None:
+            t.shapeSignature = list(signature)
+        t.buffer = 0
+        if data is not None:
+            buf = S.BufferT()
+            buf.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+            self.buffers.append(buf)
+            t.buffer = len(self.buffers) - 1
+        if quant is not None:
+            q = S.QuantizationParametersT()
+            q.scale = list(np.asarray(quant[0], np.float32).reshape(-1))
+            q.zeroPoint = list(np.asarray(quant[1], np.int64).reshape(-1))
+            q.quantizedDimension = quant[2]
+            t.quantization = q
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def input(self, shape: Sequence[int], dtype: Any = np.float32, name: str | None = None,
+              signature: Sequence[int] | None = None, quant: tuple[Any, Any, int] | None = None) -> int:
+        i = self.tensor(shape, dtype, name, quant=quant, signature=signature)
+        self.inputs.append(i)
+        return i
+
+    def const(self, value: Any, dtype: Any = None, name: str | None = None,
+              quant: tuple[Any, Any, int] | None = None) -> int:
+        arr = np.asarray(value, dtype=dtype)
+        if arr.dtype == np.float64:
+            arr = arr.astype(np.float32)
+        return self.tensor(arr.shape, arr.dtype, name, data=arr, quant=quant)
+
+    def op(self, name: str, inputs: Sequence[int], options: str | None = None, n_out: int = 1,
+           out_dtype: Any = np.float32, out_shapes: Sequence[Sequence[int] | None] | None = None,
+           out_quant: tuple[Any, Any, int] | None = None, **fields: Any) -> list[int]:
+        """Add builtin op ``name`` (e.g. ``"CONV_2D"``) with ``options`` (e.g. ``"Conv2DOptions"``)
+        whose fields are given in the schema's camelCase (``strideW=2``)."""
+        S = self.S
+        code = getattr(S.BuiltinOperator, name)
+        if (code, name) not in self.codes:
+            self.codes.append((code, name))
+        op = S.OperatorT()
+        op.opcodeIndex = self.codes.index((code, name))
+        op.inputs = list(inputs)
+        shapes = list(out_shapes) if out_shapes is not None else [None] * n_out
+        outs = [self.tensor(shapes[k], out_dtype, quant=out_quant) for k in range(n_out)]
+        op.outputs = outs
+        if options is not None:
+            opt = getattr(S, options + "T")()
+            for k, v in fields.items():
+                if not hasattr(opt, k):
+                    raise AttributeError(f"{options} has no field {k}")
+                setattr(opt, k, v)
+            op.builtinOptionsType = getattr(S.BuiltinOptions, options)
+            op.builtinOptions = opt
+        self.operators.append(op)
+        return outs
+
+    def output(self, *tensors: int) -> None:
+        self.outputs.extend(tensors)
+
+    def sign(self, key: str, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+        """A signature naming the inputs and outputs (in the order they were declared)."""
+        self.signature = (key, list(zip(inputs, self.inputs, strict=True)),
+                          list(zip(outputs, self.outputs, strict=True)))
+
+    def pack(self) -> bytes:
+        import flatbuffers
+
+        S = self.S
+        sub = S.SubGraphT()
+        sub.tensors, sub.operators = self.tensors, self.operators
+        sub.inputs, sub.outputs, sub.name = self.inputs, self.outputs, "main"
+        model = S.ModelT()
+        model.version = 3
+        model.description = "walle test model"
+        codes = []
+        for code, _ in self.codes:
+            oc = S.OperatorCodeT()
+            oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), 1
+            codes.append(oc)
+        model.operatorCodes, model.subgraphs, model.buffers = codes, [sub], self.buffers
+        if self.signature is not None:
+            key, ins, outs = self.signature
+            sd = S.SignatureDefT()
+            sd.signatureKey, sd.subgraphIndex = key, 0
+
+            def tmap(pairs: list[tuple[str, int]]) -> list[Any]:
+                found = []
+                for n, i in pairs:
+                    m = S.TensorMapT()
+                    m.name, m.tensorIndex = n, i
+                    found.append(m)
+                return found
+
+            sd.inputs, sd.outputs = tmap(ins), tmap(outs)
+            model.signatureDefs = [sd]
+        b = flatbuffers.Builder(1024)
+        b.Finish(model.Pack(b), file_identifier=b"TFL3")
+        return bytes(b.Output())
+
+    def build(self) -> bytes:
+        """The model, with every shape the interpreter infers written into the file."""
+        first = self.pack()
+        it = interpreter(first)
+        for d in it.get_tensor_details():
+            if d["index"] >= len(self.tensors):  # the interpreter's own scratch tensors
+                continue
+            t = self.tensors[d["index"]]
+            if not t.shape and len(d["shape"]):
+                t.shape = [int(v) for v in d["shape"]]
+        return self.pack()
+
+
+def interpreter(model: bytes, threads: int = 1) -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=model, num_threads=threads)
+    it.allocate_tensors()
+    return it
+
+
+def litert_run(model: bytes, feeds: Sequence[np.ndarray], threads: int = 1) -> list[np.ndarray]:
+    """Run on the LiteRT interpreter; ``feeds`` in input order (shapes may differ from the
+    file's: the inputs are resized, as for a dynamic batch)."""
+    it = interpreter(model, threads)
+    details = it.get_input_details()
+    if any(tuple(d["shape"]) != f.shape for d, f in zip(details, feeds, strict=True)):
+        for d, f in zip(details, feeds, strict=True):
+            it.resize_tensor_input(d["index"], list(f.shape))
+        it.allocate_tensors()
+    for d, f in zip(details, feeds, strict=True):
+        it.set_tensor(d["index"], f)
+    it.invoke()
+    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
+
+
+def random_feeds(model: bytes, seed: int = 0, lo: float = -1.0, hi: float = 1.0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for d in interpreter(model).get_input_details():
+        dt = np.dtype(d["dtype"])
+        if dt.kind == "f":
+            feeds.append(rng.uniform(lo, hi, d["shape"]).astype(dt))
+        elif dt.kind in "iu":
+            info = np.iinfo(dt)
+            feeds.append(rng.integers(max(info.min, -100), min(info.max, 100), d["shape"], endpoint=True).astype(dt))
+        else:
+            feeds.append(rng.integers(0, 2, d["shape"]).astype(dt))
+    return feeds
+
+
+def quantize(model: bytes, io: str = "int8", samples: int = 8, seed: int = 0,
+             make: Callable[[np.random.Generator, Any], np.ndarray] | None = None) -> bytes:
+    """Full-integer int8 model from a float one by LiteRT's calibrator (per-channel weights,
+    int8 activations). ``io="int8"``: int8 inputs and outputs; ``"float"``: float ones, with
+    QUANTIZE / DEQUANTIZE at the edges."""
+    from ai_edge_litert import _pywrap_tensorflow_lite_calibration_wrapper as cal
+
+    rng = np.random.default_rng(seed)
+    details = interpreter(model).get_input_details()
+    wrapper = cal.CalibrationWrapper(model, [], [])
+    wrapper.Prepare()
+    for _ in range(samples):
+        wrapper.FeedTensor([make(rng, d) if make else rng.uniform(-1, 1, d["shape"]).astype(np.float32)
+                            for d in details])
+    io_type = np.dtype(np.int8).num if io == "int8" else np.dtype(np.float32).num
+    # (input type, output type, allow float, activations int8, bias int32, per-channel on, dense per-channel on)
+    return bytes(wrapper.QuantizeModel(io_type, io_type, False, np.dtype(np.int8).num,
+                                       np.dtype(np.int32).num, False, False))
+
+
+def fold_fp16_weights(model: bytes) -> bytes:
+    """The same model with DEQUANTIZE-of-fp16 weights replaced by float32 weights (LiteRT's
+    calibrator quantises float32 weights only)."""
+    import flatbuffers
+
+    S = schema()
+    m = S.ModelT.InitFromPackedBuf(model, 0)
+    for sub in m.subgraphs:
+        kept = []
+        for op in sub.operators:
+            code = max(m.operatorCodes[op.opcodeIndex].builtinCode, m.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+            src = sub.tensors[op.inputs[0]] if op.inputs is not None and len(op.inputs) else None
+            if code == S.BuiltinOperator.DEQUANTIZE and src is not None and src.type == 1 \
+                    and m.buffers[src.buffer].data is not None and len(m.buffers[src.buffer].data):
+                out = sub.tensors[op.outputs[0]]
+                half = np.frombuffer(np.asarray(m.buffers[src.buffer].data, np.uint8).tobytes(), np.float16)
+                buf = S.BufferT()
+                buf.data = np.frombuffer(half.astype(np.float32).tobytes(), np.uint8)
+                m.buffers.append(buf)
+                out.buffer = len(m.buffers) - 1
+                continue
+            kept.append(op)
+        sub.operators = kept
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def mediapipe_models() -> Path | None:
+    """The folder of ``.tflite`` files MediaPipe's wheel ships (``mediapipe/modules``): an
+    installed ``mediapipe`` that carries them, else the wheel fetched once with pip (no other
+    network use) and unpacked under ``$WALLE_CACHE_DIR/tflite``. None when neither works."""
+    try:
+        import mediapipe  # type: ignore[import-not-found]
+
+        modules = Path(mediapipe.__file__).parent / "modules"
+        if any(modules.rglob("*.tflite")):
+            return modules
+    except ImportError:
+        pass
+    root = flags.cache_dir() / "tflite" / f"mediapipe-{MEDIAPIPE_VERSION}"
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    wheels = root / "wheel"
+    wheels.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+           "--only-binary", ":all:", "-d", str(wheels), f"mediapipe=={MEDIAPIPE_VERSION}"]
+    if subprocess.run(cmd, capture_output=True, timeout=600).returncode != 0:
+        return None
+    for whl in wheels.glob("mediapipe-*.whl"):
+        with zipfile.ZipFile(whl) as z:
+            for info in z.infolist():
+                if info.filename.startswith("mediapipe/modules/") and info.filename.endswith(".tflite"):
+                    (root / Path(info.filename).name).write_bytes(z.read(info))
+        whl.unlink()
+    if not any(root.glob("*.tflite")):
+        return None
+    done.write_text(MEDIAPIPE_VERSION)
+    return root
+
+
+def rel_error(got: np.ndarray, ref: np.ndarray) -> float:
+    """max |got - ref| relative to the reference's scale."""
+    assert got.shape == ref.shape, f"shape {got.shape} != {ref.shape}"
+    err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)), initial=0.0))
+    return err / max(float(np.max(np.abs(ref.astype(np.float64)), initial=0.0)), 1e-6)
+
+
+def lsb_error(got: np.ndarray, ref: np.ndarray) -> int:
+    """Largest difference of two quantised outputs, in steps of the stored type."""
+    assert got.shape == ref.shape and got.dtype == ref.dtype, f"{got.dtype}{got.shape} != {ref.dtype}{ref.shape}"
+    return int(np.max(np.abs(got.astype(np.int64) - ref.astype(np.int64)), initial=0))
