@@ -122,13 +122,13 @@ def example_feeds(inputs: list[ValueInfo],
 
 
 def describe(model: str | Path | bytes, *, backend: str | None = None) -> ModelInfo:
-    """Read ``model`` (ONNX path or bytes) and describe it. With ``backend``, also plan it for
+    """Read ``model`` (ONNX or TFLite, path or bytes) and describe it. With ``backend``, also plan it for
     :meth:`~walle_core.Model.example_feeds` on that backend (``"auto"``: the search); a model
     that cannot be planned still gets its description, with ``plan_error`` saying why."""
-    from walle_core.frontend.onnx_import import import_model
+    from walle_core.frontend import import_graph
     from walle_core.runtime.model import Model  # model.py imports this module
 
-    graph = import_model(model)
+    graph = import_graph(model)
     info = describe_graph(graph)
     if backend is None:
         return info
