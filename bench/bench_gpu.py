@@ -4,8 +4,10 @@
     python bench/bench_gpu.py --sizes 256 512 --repeat 5 --json out.json
 
 Two figures per row: ``wall`` times ``Executable.run`` end to end (host->device copies, one
-submit, device->host copy); ``device`` sums the backend's own event/timestamp timings of the
-kernels (OpenCL profiling events, Vulkan timestamp queries), where the backend has them.
+submit, device->host copy); ``device`` is the device clock's span of the kernels (OpenCL
+profiling events, Vulkan timestamp queries: ``GPUExecutable.last_run_timings().span_s``), where
+the backend has it, reported as TFLOP/s. A second table gives host->device and device->host
+bandwidth at several sizes (``GPUBackend.time_transfers``), measured separately.
 
 On machines without a GPU, OpenCL runs on PoCL and Vulkan on Mesa's lavapipe: both are CPU
 drivers, so their figures are CPU numbers, not GPU numbers.
@@ -32,9 +34,10 @@ def _time(exe: Executable, feeds: list[np.ndarray], repeat: int) -> tuple[float,
         t0 = time.perf_counter()
         exe.run(feeds)
         walls.append(time.perf_counter() - t0)
-        timings = getattr(exe, "last_timings", None)
-        if timings is not None:
-            devs.append(sum(s for _, s in timings()))
+        run_timings = getattr(exe, "last_run_timings", None)
+        span = run_timings().span_s if run_timings is not None else None
+        if span:
+            devs.append(span)
     return min(walls), (min(devs) if devs else None)
 
 
@@ -53,7 +56,20 @@ def gemm_rows(backend: Backend, n: int, repeat: int) -> list[dict[str, object]]:
         flops = 2.0 * n**3
         rows.append({"backend": backend.name, "device": backend.device_info().name, "op": f"gemm {n}",
                      "algorithm": algo.name, "wall_ms": wall * 1e3, "gflops_wall": flops / wall / 1e9,
-                     "gflops_device": (flops / dev / 1e9) if dev else None})
+                     "tflops_device": (flops / dev / 1e12) if dev else None})
+    return rows
+
+
+def transfer_rows(backend: Backend, sizes: list[int]) -> list[dict[str, float]]:
+    """Host->device and device->host GB/s of a GPU-style backend, each timed on its own."""
+    time_transfers = getattr(backend, "time_transfers", None)
+    if time_transfers is None:
+        return []
+    rows: list[dict[str, float]] = []
+    for nbytes in sizes:
+        t = time_transfers(nbytes)
+        rows.append({"bytes": nbytes, "upload_gbps": nbytes / t.upload_s / 1e9,
+                     "download_gbps": nbytes / t.download_s / 1e9})
     return rows
 
 
@@ -72,7 +88,7 @@ def conv_rows(backend: Backend, repeat: int) -> list[dict[str, object]]:
         rows.append({"backend": backend.name, "device": backend.device_info().name,
                      "op": "conv3x3 64->64 56x56", "algorithm": algo.name, "wall_ms": wall * 1e3,
                      "gflops_wall": op.flops() / wall / 1e9,
-                     "gflops_device": (op.flops() / dev / 1e9) if dev else None})
+                     "tflops_device": (op.flops() / dev / 1e12) if dev else None})
     return rows
 
 
@@ -81,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512, 1024])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--backends", nargs="*", default=None, help="default: every available backend")
+    ap.add_argument("--transfer-sizes", type=int, nargs="*", default=[1 << 16, 1 << 20, 1 << 24],
+                    help="bytes per host<->device transfer timed on its own")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     backends = [b for b in registry().available() if args.backends is None or b.name in args.backends]
@@ -89,17 +107,22 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             rows += gemm_rows(backend, n, args.repeat)
         rows += conv_rows(backend, args.repeat)
-    print(f"{'backend':10} {'device':38} {'op':22} {'algorithm':14} {'wall ms':>9} {'GFLOP/s':>8} {'dev GFLOP/s':>11}")
+    print(f"{'backend':10} {'device':38} {'op':22} {'algorithm':14} {'wall ms':>9} {'GFLOP/s':>8} {'dev TFLOP/s':>11}")
     for r in rows:
-        dev = r["gflops_device"]
+        dev = r["tflops_device"]
         print(f"{r['backend']!s:10} {str(r['device'])[:38]:38} {r['op']!s:22} {r['algorithm']!s:14} "
-              f"{r['wall_ms']:9.2f} {r['gflops_wall']:8.2f} {'' if dev is None else f'{dev:11.2f}'}")
+              f"{r['wall_ms']:9.2f} {r['gflops_wall']:8.2f} {'' if dev is None else f'{dev:11.4f}'}")
+    transfers = [{"backend": b.name, **t} for b in backends for t in transfer_rows(b, args.transfer_sizes)]
+    if transfers:
+        print(f"\n{'backend':10} {'bytes':>10} {'host->device GB/s':>18} {'device->host GB/s':>18}")
+        for t in transfers:
+            print(f"{t['backend']!s:10} {t['bytes']!s:>10} {t['upload_gbps']:18.2f} {t['download_gbps']:18.2f}")
     cpu_drivers = [f"{b.name} ({b.device_info().name})" for b in backends
                    if b.name in ("opencl", "vulkan") and b.device_info().kind == "cpu"]
     if cpu_drivers:
         print("\nnote: " + ", ".join(cpu_drivers) + " run on the CPU (PoCL / lavapipe): CPU numbers, not GPU.")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"kernels": rows, "transfers": transfers}, indent=1))
     return 0
 
 
