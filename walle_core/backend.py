@@ -54,6 +54,20 @@ class Algorithm:
     cost: Callable[[Op], Cost] = default_cost
 
 
+@dataclass(frozen=True)
+class Rewrites:
+    """The backend-neutral rewrites (``walle_core.plan.rewrite``) a backend's kernels can take;
+    the planner applies them to the backend's programs. Nothing unless a backend opts in.
+
+    ``activations``: unary functions a Conv2D or MatMul epilogue applies (``"clip"`` also takes
+    Binary max/min against a scalar constant, how ReLU and ReLU6 often arrive)."""
+
+    gelu: bool = False  # the erf spelling of GELU becomes one Unary gelu
+    matmul_bias: bool = False  # matmul + constant row vector becomes the MatMul's bias
+    residual: bool = False  # add(conv or matmul, same-shaped r) runs in the producer's epilogue
+    activations: frozenset[str] = frozenset()
+
+
 @dataclass
 class Program:
     """A run of ops for one backend. ``inputs`` arrive from the host in this order (graph feeds,
@@ -94,6 +108,7 @@ class Backend(ABC):
 
     name: ClassVar[str]
     version: ClassVar[str] = "0"
+    rewrites: ClassVar[Rewrites] = Rewrites()
 
     @abstractmethod
     def availability(self) -> Availability:

@@ -1,5 +1,6 @@
 """From lowered ops to executables: composite expansion, backend assignment, partition into
-per-backend programs with explicit host copies between them, and arena planning."""
+per-backend programs with explicit host copies between them, the backend-neutral rewrites each
+backend opted into (``walle_core.plan.rewrite``), and arena planning."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend, Executable, Program
 from walle_core.errors import BackendUnavailableError, WalleError
+from walle_core.plan import rewrite
 from walle_core.plan.fuse import eliminate_copies, merge_rasters
 from walle_core.plan.memory import plan_arena
 
@@ -119,9 +121,10 @@ def build_stage(
             t for tid, t in produced.items()
             if tid in keep or any(c != gi for c in consumers.get(tid, ()))
         ]
-        ops_only = [op for op, _ in items]
-        arena = plan_arena(ops_only, set(ins) | {t.id for t in outs})
-        program = Program(items, list(ins.values()), outs, arena.offsets, arena.arena_bytes)
+        # the backend-neutral rewrites the backend opted into, before its memory is planned
+        rewritten = rewrite.apply(items, {t.id for t in outs}, backend.rewrites)
+        arena = plan_arena([op for op, _ in rewritten], set(ins) | {t.id for t in outs})
+        program = Program(rewritten, list(ins.values()), outs, arena.offsets, arena.arena_bytes)
         try:
             exe = backend.compile(program, threads=threads)
         except WalleError:

@@ -1,12 +1,13 @@
 /* Kernel tests for the NEON variant (and any other): built statically for aarch64 and run under
  * qemu-aarch64 by tests/test_cpu_neon.py. Compares the active ISA's kernels with naive double
- * loops: GEMM tiles, element-wise fp32, and Conv2D through im2col, 1x1, depthwise and Winograd. */
+ * loops: GEMM tiles, element-wise fp32, and Conv2D through im2col, 1x1, depthwise, Winograd and
+ * the blocked layout (descriptors run through wl_run, as the compiler's are). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "wl.h"
+#include "internal.h"
 
 static int failures = 0;
 static unsigned long long rng_state = 88172645463325252ULL;
@@ -123,6 +124,31 @@ static void conv_reference(const float *x, const float *wt, const float *bias, c
             }
 }
 
+/* One Conv2D descriptor run through wl_run: slots 1..5 hold x, w, bias, res (NULL: none), y. */
+static int run_conv(wl_op *op, const float *x, const float *w, const float *bias, const float *res,
+                    float *y, char *err, int errlen) {
+    char *slots[6] = {NULL, (char *)x, (char *)w, (char *)bias, (char *)res, (char *)y};
+    wl_ref ins[4] = {{1, 0, 0}, {2, 0, 0}, {3, 0, 0}, {4, 0, 0}};
+    op->kind = WL_CONV;
+    op->ins = ins;
+    op->n_in = res ? 4 : 3;
+    op->out = (wl_ref){5, 0, 0};
+    op->conv.residual = res ? 3 : 0;
+    op->conv.act.fn = U_CLIP;
+    op->conv.act.prm[0] = 0;
+    op->conv.act.prm[1] = 6;
+    return wl_run(op, 1, slots, 2, err, errlen);
+}
+
+/* The geometry of a square conv of one image with bias. */
+static void conv_params(wl_conv_params *p, int64_t c, int64_t o, int64_t h, int64_t w, int64_t k,
+                        int64_t s, int64_t pad, int64_t groups) {
+    p->n = 1, p->c = c, p->h = h, p->w = w, p->o = o;
+    p->oh = (h + 2 * pad - k) / s + 1, p->ow = (w + 2 * pad - k) / s + 1;
+    p->kh = p->kw = k, p->stride_h = p->stride_w = s, p->pad_top = p->pad_left = pad;
+    p->dilation_h = p->dilation_w = 1, p->groups = groups, p->has_bias = 1;
+}
+
 static void test_conv(int algo, int64_t c, int64_t o, int64_t h, int64_t w, int64_t k, int64_t s,
                       int64_t pad, int64_t groups, int with_res) {
     int64_t oh = (h + 2 * pad - k) / s + 1, ow = (w + 2 * pad - k) / s + 1, cg = c / groups;
@@ -137,22 +163,17 @@ static void test_conv(int algo, int64_t c, int64_t o, int64_t h, int64_t w, int6
     conv_reference(x, wt, bias, res, c, o, h, w, k, s, pad, groups, want, mag);
     wl_op op;
     memset(&op, 0, sizeof op);
-    op.kind = WL_CONV;
     op.algo = algo;
-    int64_t vals[] = {1, c, h, w, o, oh, ow, k, k, s, s, pad, pad, 1, 1, groups, 1, U_CLIP};
-    for (int i = 0; i < 18; i++) op.p[i] = vals[i];
-    op.p[19] = with_res ? 3 : 0; /* ins[3] in a real plan; only its presence matters here */
-    op.f[0] = 0;
-    op.f[1] = 6;
+    conv_params(&op.conv, c, o, h, w, k, s, pad, groups);
     float *u = NULL;
     if (algo == C_WINOGRAD) {
         u = malloc(sizeof(float) * 16 * o * c);
         wl_winograd_weights(wt, o, c, u);
         op.aux = u;
-        op.p[18] = wl_active->nr;
+        op.conv.packed_nr = wl_active->nr;
     }
     char err[128] = "";
-    int rc = wl_conv(&op, x, wt, bias, res, y, 2, err, sizeof err);
+    int rc = run_conv(&op, x, wt, bias, res, y, err, sizeof err);
     static const char *names[] = {"im2col", "1x1", "depthwise", "winograd"};
     char name[128];
     snprintf(name, sizeof name, "conv %s c=%lld o=%lld %lldx%lld k=%lld s=%lld pad=%lld g=%lld +bias%s+relu6",
@@ -220,19 +241,14 @@ static void test_nchwc(int64_t c, int64_t o, int64_t h, int64_t w, int64_t k, in
     float *yb = malloc(sizeof(float) * ob * 16 * oh * ow);
     wl_op op;
     memset(&op, 0, sizeof op);
-    op.kind = WL_CONV;
     op.algo = C_NCHWC;
-    int64_t vals[] = {1, c, h, w, o, oh, ow, k, k, s, s, pad, pad, 1, 1, depthwise ? c : 1, 1, U_CLIP};
-    for (int i = 0; i < 18; i++) op.p[i] = vals[i];
-    op.p[19] = with_res ? 3 : 0;
-    op.p[20] = !plain_input;
-    op.p[21] = fb;
-    op.f[0] = 0;
-    op.f[1] = 6;
+    conv_params(&op.conv, c, o, h, w, k, s, pad, depthwise ? c : 1);
+    op.conv.blocked_input = !plain_input;
+    op.conv.filter_blocks = fb;
     op.aux = wp;
     op.aux2 = bias;
     char err[128] = "", name[160];
-    int rc = wl_conv_nchwc(&op, xin, resb, yb, 2, err, sizeof err);
+    int rc = run_conv(&op, xin, wp, bias, resb, yb, err, sizeof err);
     snprintf(name, sizeof name, "conv nchwc%s%s c=%lld o=%lld %lldx%lld k=%lld s=%lld pad=%lld%s+relu6",
              depthwise ? " depthwise" : "", plain_input ? " plain-input" : "", (long long)c,
              (long long)o, (long long)h, (long long)w, (long long)k, (long long)s, (long long)pad,

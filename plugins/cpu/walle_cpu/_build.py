@@ -1,7 +1,9 @@
 """cffi out-of-line API-mode build of ``walle_cpu._kernels`` (run by setup.py's cffi_modules).
 
-The C sources live in ``csrc/``. x86 SIMD variants are compiled with per-region target options
-inside ``simd.c``, so no global ``-m`` flag is needed and one binary runs on any x86-64 CPU.
+The C sources live in ``csrc/``, one file per op (``conv.c``, ``pool2d.c``, ...) plus the
+executor, the thread pool and the ISA variants. x86 SIMD variants are compiled with per-region
+target options inside ``simd.c``, so no global ``-m`` flag is needed and one binary runs on any
+x86-64 CPU.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-SOURCES = ["exec.c", "gemm.c", "nchwc.c", "pool.c", "simd.c"]
+# one file per op kind (and per conv algorithm), the executor, the thread pool, the ISA variants
+SOURCES = sorted(p.name for p in CSRC.glob("*.c"))
+HEADERS = sorted(str(p.relative_to(CSRC)) for p in (*CSRC.glob("*.h"), *CSRC.glob("isa/*.inc")))
 
-ABI_START = "/* ---- public ABI"
-ABI_END = "/* ---- kinds, dtypes"
+ABI_START = "/* ---- cffi: begin ---- */"
+ABI_END = "/* ---- cffi: end ---- */"
 
 
 def public_abi() -> str:
-    """The declarations cffi needs, read from wl.h so the ABI is written once."""
+    """The declarations cffi needs, read from wl.h: descriptor, per-kind parameter structs, codes
+    and entry points are written once, for the C compiler and for Python alike."""
     header = (CSRC / "wl.h").read_text()
-    return header[header.index(ABI_START):header.index(ABI_END)].split("\n", 1)[1]
+    return header[header.index(ABI_START) + len(ABI_START):header.index(ABI_END)]
 
 
 def make_ffi() -> FFI:
@@ -33,8 +38,8 @@ def make_ffi() -> FFI:
         sources=[str((CSRC / s).relative_to(Path.cwd())) if (CSRC / s).is_relative_to(Path.cwd())
                  else str(CSRC / s) for s in SOURCES],
         include_dirs=[str(CSRC)],
-        # headers and the per-ISA include: a change there must rebuild every object
-        depends=[str(CSRC / h) for h in ("wl.h", "simd.inc", "nchwc.inc")],
+        # headers and the per-ISA includes: a change there must rebuild every object
+        depends=[str(CSRC / h) for h in HEADERS],
         extra_compile_args=["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math",
                             "-fno-semantic-interposition", "-Wall", "-Wno-unused-function"],
         libraries=["m", "pthread"],

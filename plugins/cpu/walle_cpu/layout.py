@@ -22,8 +22,8 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm
+from walle_core.plan.rewrite.fused import ConvRes
 from walle_cpu.blocked_raster import blocked_regions
-from walle_cpu.fused_ops import ConvRes
 
 BLK = 16
 PLAIN_INPUT_MAX = 4  # a conv reads a plain input this narrow directly (the RGB stem)

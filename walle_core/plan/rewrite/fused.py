@@ -1,4 +1,6 @@
-"""Backend-internal variants of atomic ops that the cpu compiler's fusion passes produce."""
+"""Variants of atomic ops that the epilogue fusions produce: a Conv2D or MatMul that also adds a
+residual and/or applies an activation before storing. Only backends that opt in
+(``Backend.rewrites``) receive them."""
 
 from __future__ import annotations
 

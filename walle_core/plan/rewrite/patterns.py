@@ -1,5 +1,5 @@
-"""Rewrites of atomic-op patterns into what the cpu kernels do in one pass, run by the compiler
-before its fusion passes:
+"""Rewrites of atomic-op patterns into ops that do the same in one pass, for backends that opt
+in (``Rewrites.gelu``, ``Rewrites.matmul_bias``); run before the epilogue fusions:
 
 * ``x * 0.5 * (1 + erf(x / sqrt(2)))`` (GELU as exporters spell it before opset 20) becomes one
   ``Unary gelu``, which the activation fusion then folds into the producing MatMul or Conv2D;

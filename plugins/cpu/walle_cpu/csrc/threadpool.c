@@ -1,4 +1,6 @@
-/* A persistent pthread pool. One parallel region runs at a time; a caller that finds the pool
+/* The thread pool every parallel kernel runs on, and per-thread scratch memory.
+ *
+ * A persistent pthread pool. One parallel region runs at a time; a caller that finds the pool
  * busy (another Python thread's run) or that is already inside a region runs its loop inline,
  * so concurrent runs never deadlock and nested loops stay serial. */
 #include <pthread.h>
@@ -7,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "wl.h"
+#include "internal.h"
 
 #define MAX_WORKERS 256
 
@@ -172,4 +174,13 @@ void *wl_scratch(int which, size_t bytes) {
         scratch_cap[which] = cap;
     }
     return scratch_buf[which];
+}
+
+int64_t wl_chunks(int64_t n, int64_t grain, int nthreads, int64_t *chunk) {
+    int64_t tasks = nthreads <= 1 || n < grain ? 1 : (n + grain - 1) / grain;
+    if (tasks > 4 * nthreads) tasks = 4 * nthreads;
+    if (tasks < 1) tasks = 1;
+    *chunk = (n + tasks - 1) / tasks;
+    if (*chunk < 1) *chunk = 1;
+    return (n + *chunk - 1) / *chunk;
 }

@@ -1,0 +1,121 @@
+/* The blocked channel layout (NCHW16c) shared by its kernels: the blocked conv (conv_blocked.c),
+ * blocked depthwise (depthwise.c) and blocked pooling (pool2d.c). A tensor (N, C, H, W) is
+ * stored as (N, ceil(C/16), H, W, 16), so one 16-float vector holds one pixel of 16 channels.
+ *
+ * The conv kernels walk a reduction (channels x taps) given as a table of (input offset, weight
+ * offset) pairs per window of valid taps; a task caches a few of them (interior, borders). */
+#ifndef WALLE_CPU_BLOCKED_H
+#define WALLE_CPU_BLOCKED_H
+
+#include <string.h>
+
+#include "internal.h"
+
+/* (the helpers below are static: each kernel file gets its own copy, inlined as before) */
+#define NC_TABLES 4 /* tap windows cached per task: interior, the two borders, one spare */
+
+typedef struct {
+    const wl_op *op;
+    const float *x, *w, *bias, *res;
+    float *y;
+    int64_t C, H, W, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw;
+    int64_t bi, ncb, xcb, xci, xrow, xpix, xn; /* input: channels per block, blocks, strides */
+    int64_t ob, fb, ngroups, chunk;            /* output blocks, weight groups, work per task */
+    int64_t tmax;                              /* entries of the largest offset table */
+    nc_epi epi;                                /* residual pointer unset: set per tile */
+    int pass_act;                              /* an activation the tiles cannot apply */
+    int borders;                               /* some output pixels read only part of their taps */
+    int failed;                                /* a task found no memory for its tables */
+} nc_ctx;
+
+typedef struct {
+    int64_t key[5];
+    int64_t n, per_block; /* entries; entries per full input block */
+    int64_t used;         /* last use, for replacement */
+    int64_t *xo, *wo;
+} nc_table;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* taps [k0, k1) of a window starting at input position `base` that fall inside [0, n) */
+static void valid_taps(int64_t base, int64_t d, int64_t k, int64_t n, int64_t *k0, int64_t *k1) {
+    int64_t lo = base < 0 ? ceil_div(-base, d) : 0, hi = k;
+    while (hi > lo && base + (hi - 1) * d >= n) hi--;
+    *k0 = lo;
+    *k1 = hi > lo ? hi : lo;
+}
+
+/* The offset table for taps [ky0, ky1) x [kx0, kx1) with fbw filter blocks per weight group,
+ * ordered (input block, ky, kx, channel), from a small per-task cache. */
+static const nc_table *table(const nc_ctx *c, nc_table *cache, int depthwise, int64_t fbw,
+                             int64_t ky0, int64_t ky1, int64_t kx0, int64_t kx1) {
+    int64_t key[5] = {fbw, ky0, ky1, kx0, kx1}, clock = 0;
+    nc_table *t = &cache[0];
+    for (int i = 0; i < NC_TABLES; i++) clock = cache[i].used > clock ? cache[i].used : clock;
+    for (int i = 0; i < NC_TABLES; i++)
+        if (cache[i].n >= 0 && !memcmp(cache[i].key, key, sizeof key)) {
+            cache[i].used = clock + 1;
+            return &cache[i];
+        }
+    for (int i = 1; i < NC_TABLES; i++) /* the least recently used slot (empty ones first) */
+        if (cache[i].used < t->used) t = &cache[i];
+    t->used = clock + 1;
+    memcpy(t->key, key, sizeof key);
+    int64_t n = 0;
+    if (depthwise) {
+        for (int64_t ky = ky0; ky < ky1; ky++)
+            for (int64_t kx = kx0; kx < kx1; kx++, n++) {
+                t->xo[n] = ky * c->dh * c->xrow + kx * c->dw * WL_BLK;
+                t->wo[n] = (ky * c->KW + kx) * WL_BLK;
+            }
+    } else {
+        for (int64_t cb = 0; cb < c->ncb; cb++) {
+            int64_t cib = c->C - cb * c->bi < c->bi ? c->C - cb * c->bi : c->bi;
+            for (int64_t ky = ky0; ky < ky1; ky++)
+                for (int64_t kx = kx0; kx < kx1; kx++) {
+                    int64_t xo = cb * c->xcb + ky * c->dh * c->xrow + kx * c->dw * c->xpix;
+                    int64_t wo = (((cb * c->KH + ky) * c->KW + kx) * c->bi) * fbw * WL_BLK;
+                    for (int64_t ci = 0; ci < cib; ci++, n++) {
+                        t->xo[n] = xo + ci * c->xci;
+                        t->wo[n] = wo + ci * fbw * WL_BLK;
+                    }
+                }
+        }
+    }
+    t->n = n;
+    t->per_block = (ky1 - ky0) * (kx1 - kx0) * c->bi;
+    return t;
+}
+
+static nc_table *task_tables(nc_ctx *c, nc_table *cache) {
+    int64_t *buf = wl_scratch(4, sizeof(int64_t) * (size_t)(2 * NC_TABLES * c->tmax + 2));
+    if (!buf) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    for (int i = 0; i < NC_TABLES; i++) {
+        cache[i].n = -1;
+        cache[i].used = 0;
+        cache[i].xo = buf + 2 * i * c->tmax;
+        cache[i].wo = cache[i].xo + c->tmax;
+    }
+    return cache;
+}
+
+
+/* Output columns [lo, hi) whose taps all lie inside the input row. */
+static void interior(const nc_ctx *c, int64_t *lo, int64_t *hi) {
+    *lo = ceil_div(c->pl, c->sw);
+    int64_t last = c->W - 1 + c->pl - (c->KW - 1) * c->dw; /* ox * sw <= last */
+    *hi = last < 0 ? 0 : last / c->sw + 1;
+    if (*hi > c->OW) *hi = c->OW;
+    if (*lo > *hi) *lo = *hi;
+}
+
+/* Fills c for the blocked conv or depthwise conv `op` (x, res, y bound): geometry, input
+ * strides, the epilogue, and for small padded maps a zero-bordered copy of the input.
+ * Returns 1 after wl_fail. (conv_blocked.c) */
+int wl_nc_prepare(nc_ctx *c, const wl_op *op, const wl_exec *ex, const float *x, const float *res,
+                  float *y);
+
+#endif

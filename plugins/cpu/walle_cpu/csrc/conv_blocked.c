@@ -1,0 +1,169 @@
+/* Conv2D on the blocked channel layout (NCHW16c), algorithm C_NCHWC with one group, driven
+ * from here with per-ISA micro-kernels in isa/conv_blocked.inc (depthwise ones: depthwise.c).
+ *
+ * A direct convolution whose inner step is one broadcast input value times 16 output channels,
+ * over register tiles of up to 4 filter blocks x 12 output pixels. A padded input is first
+ * copied into a zero-bordered buffer, so every output pixel reads the same taps and a tile may
+ * span rows (small maps fill whole tiles). The reduction (channels x taps) runs over one table
+ * of (input offset, weight offset) pairs, cut into slices whose weights stay in the L2 cache
+ * while a task's pixels pass over them.
+ *
+ * Descriptor: op->conv; aux: packed weights (groups of filter_blocks filter blocks); aux2: the
+ * bias padded to whole blocks (zeros when the conv has none). */
+#include "blocked.h"
+
+#define SLICE_BYTES (160 * 1024) /* weights of one reduction slice, kept in L2 */
+
+/* The next tile of a run of `left` pixels: runs split into equal tiles of at most pmax (62
+ * pixels as 11,11,10,10,10,10 rather than 12 x 5 and a latency-bound tile of 2). */
+static int64_t even_tile(int64_t left, int64_t pmax) {
+    int64_t tiles = ceil_div(left, pmax);
+    return ceil_div(left, tiles);
+}
+
+static void conv_task(void *vp, int64_t t) {
+    nc_ctx *c = vp;
+    nc_table cache[NC_TABLES];
+    if (!task_tables(c, cache)) return;
+    int64_t npx = c->OH * c->OW, chunks = ceil_div(npx, c->chunk);
+    int64_t qi = t % chunks, gi = (t / chunks) % c->ngroups, n = t / chunks / c->ngroups;
+    int64_t ob0 = gi * c->fb, fb = c->ob - ob0 < c->fb ? c->ob - ob0 : c->fb;
+    int64_t q0 = qi * c->chunk, q1 = q0 + c->chunk < npx ? q0 + c->chunk : npx;
+    const float *w = c->w + ob0 * c->ncb * c->KH * c->KW * c->bi * WL_BLK;
+    const float *x = c->x + n * c->xn, *bias = c->bias + ob0 * WL_BLK;
+    int64_t ys = npx * WL_BLK, yimg = (n * c->ob + ob0) * ys, lo, hi;
+    interior(c, &lo, &hi);
+    /* input blocks per slice: the slice's weights for this group fit SLICE_BYTES */
+    int64_t blk_bytes = c->KH * c->KW * c->bi * fb * WL_BLK * (int64_t)sizeof(float);
+    int64_t kcb = SLICE_BYTES / blk_bytes;
+    if (kcb < 1) kcb = 1;
+    int pmax = wl_active->nc_p[fb];
+    nc_epi e = c->epi;
+    for (int64_t k0 = 0; k0 < c->ncb; k0 += kcb) {
+        int64_t k1 = k0 + kcb < c->ncb ? k0 + kcb : c->ncb;
+        e.load = k0 > 0;
+        e.final = k1 == c->ncb;
+        for (int64_t q = q0; q < q1;) {
+            /* a tile: pixels with one tap window; without borders it may span rows */
+            int64_t oy = q / c->OW, ox = q % c->OW, iy = oy * c->sh - c->pt, ky0, ky1;
+            int64_t ix = ox * c->sw - c->pl, kx0 = 0, kx1 = c->KW, np, po[12];
+            valid_taps(iy, c->dh, c->KH, c->H, &ky0, &ky1);
+            if (!c->borders) {
+                np = even_tile(q1 - q, pmax);
+            } else if (ox >= lo && ox < hi) {
+                np = even_tile(q1 - q < hi - ox ? q1 - q : hi - ox, pmax);
+            } else {
+                np = 1;
+                valid_taps(ix, c->dw, c->KW, c->W, &kx0, &kx1);
+            }
+            for (int64_t p = 0, py = 0, px = 0; p < np; p++) { /* (row, column) from the tile's first */
+                po[p] = py * c->sh * c->xrow + px * c->sw * c->xpix;
+                if (++px + ox == c->OW) {
+                    px = -ox;
+                    py++;
+                }
+            }
+            const nc_table *tb = table(c, cache, 0, fb, ky0, ky1, kx0, kx1);
+            int64_t s0 = k0 * tb->per_block, s1 = k1 == c->ncb ? tb->n : k1 * tb->per_block;
+            e.res = c->res ? c->res + yimg + q * WL_BLK : NULL;
+            wl_active->nc_conv_tile((int)fb, (int)np, s1 - s0, tb->xo + s0, tb->wo + s0,
+                                    x + iy * c->xrow + ix * c->xpix, w, bias,
+                                    c->y + yimg + q * WL_BLK, ys, po, &e);
+            q += np;
+        }
+    }
+    if (c->pass_act)
+        for (int64_t f = 0; f < fb; f++) {
+            float *yr = c->y + yimg + f * ys + q0 * WL_BLK;
+            wl_active->unary_f32((int)c->op->conv.act.fn, yr, yr, (q1 - q0) * WL_BLK,
+                                 c->op->conv.act.prm);
+        }
+}
+
+typedef struct {
+    const float *x;
+    float *xp;
+    int64_t planes, H, W, Hp, Wp, pt, pl, e; /* e: floats per pixel (16 blocked, 1 plain) */
+} pad_ctx;
+
+static void pad_task(void *vp, int64_t t) {
+    const pad_ctx *p = vp;
+    int64_t plane = t / p->Hp, iy = t % p->Hp - p->pt, rowf = p->Wp * p->e;
+    float *d = p->xp + t * rowf;
+    if (iy < 0 || iy >= p->H) {
+        memset(d, 0, sizeof(float) * (size_t)rowf);
+        return;
+    }
+    int64_t left = p->pl * p->e, keep = p->W * p->e;
+    if (left + keep > rowf) keep = rowf - left;
+    memset(d, 0, sizeof(float) * (size_t)left);
+    memcpy(d + left, p->x + (plane * p->H + iy) * p->W * p->e, sizeof(float) * (size_t)keep);
+    memset(d + left + keep, 0, sizeof(float) * (size_t)(rowf - left - keep));
+}
+
+int wl_nc_prepare(nc_ctx *c, const wl_op *op, const wl_exec *ex, const float *x, const float *res,
+                  float *y) {
+    const wl_conv_params *p = &op->conv;
+    int64_t N = p->n, C = p->c, H = p->h, W = p->w, O = p->o, OH = p->oh, OW = p->ow;
+    int depthwise = p->groups > 1, blocked = (int)p->blocked_input;
+    *c = (nc_ctx){.op = op, .x = x, .w = (const float *)op->aux, .bias = (const float *)op->aux2,
+                  .res = res, .y = y, .C = C, .H = H, .W = W, .OH = OH, .OW = OW, .KH = p->kh,
+                  .KW = p->kw, .sh = p->stride_h, .sw = p->stride_w, .pt = p->pad_top,
+                  .pl = p->pad_left, .dh = p->dilation_h, .dw = p->dilation_w};
+    int act = (int)p->act.fn;
+    if (act == U_RELU || act == U_CLIP) {
+        c->epi.clip = 1;
+        c->epi.lo = act == U_RELU ? 0.0f : (float)p->act.prm[0];
+        c->epi.hi = act == U_RELU ? __builtin_inff() : (float)p->act.prm[1];
+    } else {
+        c->pass_act = act != U_IDENTITY;
+    }
+    c->ob = ceil_div(O, WL_BLK);
+    int64_t cbn = ceil_div(C, WL_BLK), e = blocked ? WL_BLK : 1, planes = blocked ? cbn : C;
+    c->borders = c->pt || c->pl || (OH - 1) * c->sh + (c->KH - 1) * c->dh >= H ||
+                 (OW - 1) * c->sw + (c->KW - 1) * c->dw >= W;
+    if (!depthwise && c->borders && OW < 32) {
+        /* small maps: a zero-bordered copy, so that every output pixel reads all its taps and
+         * tiles span rows (large maps keep the input and give border pixels their own taps) */
+        c->borders = 0;
+        int64_t Hp = (OH - 1) * c->sh + (c->KH - 1) * c->dh + 1;
+        int64_t Wp = (OW - 1) * c->sw + (c->KW - 1) * c->dw + 1;
+        float *xp = wl_scratch(5, sizeof(float) * (size_t)(N * planes * Hp * Wp * e));
+        if (!xp) return wl_fail(ex, "out of memory in blocked Conv2D");
+        pad_ctx pc = {x, xp, N * planes, H, W, Hp, Wp, c->pt, c->pl, e};
+        wl_parallel_for(N * planes * Hp, pad_task, &pc, ex->nthreads);
+        c->x = xp, c->H = Hp, c->W = Wp, c->pt = 0, c->pl = 0;
+    }
+    if (blocked) {
+        c->bi = WL_BLK, c->ncb = cbn, c->xcb = c->H * c->W * WL_BLK, c->xci = 1;
+        c->xrow = c->W * WL_BLK, c->xpix = WL_BLK, c->xn = cbn * c->H * c->W * WL_BLK;
+    } else {
+        c->bi = C, c->ncb = 1, c->xcb = 0, c->xci = c->H * c->W, c->xrow = c->W, c->xpix = 1;
+        c->xn = C * c->H * c->W;
+    }
+    return 0;
+}
+
+int wl_nchwc_fb(void) { return wl_active->nc_fb; }
+
+int wl_conv_blocked(const wl_op *op, const wl_exec *ex, const float *x, const float *res,
+                    float *y) {
+    const wl_conv_params *p = &op->conv;
+    if (p->filter_blocks != wl_active->nc_fb)
+        return wl_fail(ex, "blocked conv weights prepared for another ISA");
+    if (p->n * p->o * p->oh * p->ow == 0) return 0;
+    nc_ctx c;
+    if (wl_nc_prepare(&c, op, ex, x, res, y)) return 1;
+    c.fb = p->filter_blocks;
+    c.ngroups = ceil_div(c.ob, c.fb);
+    c.tmax = c.ncb * c.KH * c.KW * c.bi;
+    /* pixels per task: a whole number of full tiles */
+    int64_t pmax = wl_active->nc_p[c.fb], npx = p->oh * p->ow;
+    /* each pixel chunk streams the group's weights again: split pixels only when the filter
+     * groups alone cannot keep the threads busy */
+    int64_t chunks = ceil_div(4 * (int64_t)ex->nthreads, p->n * c.ngroups);
+    c.chunk = ceil_div(ceil_div(npx, chunks), pmax) * pmax;
+    wl_parallel_for(p->n * c.ngroups * ceil_div(npx, c.chunk), conv_task, &c, ex->nthreads);
+    if (c.failed) return wl_fail(ex, "out of memory in blocked Conv2D");
+    return 0;
+}

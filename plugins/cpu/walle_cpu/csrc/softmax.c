@@ -1,0 +1,66 @@
+/* softmax / log_softmax (a composite the cpu backend claims). */
+#include <math.h>
+
+#include "internal.h"
+
+/* x viewed as (outer, n, inner), over n: y = exp(x - max) / sum, or (x - max) - log(sum), with
+ * the kernels (and order of operations) of the expansion: max and sum as Reduce computes
+ * them, exp as Unary does. A line with inner > 1 is gathered into a scratch row first. */
+typedef struct {
+    const wl_op *op;
+    const float *x;
+    float *y;
+    int64_t chunk;
+    int failed;
+} softmax_ctx;
+
+/* e: n floats of scratch for log_softmax's exponentials (NULL for softmax) */
+static void softmax_line(float *e, const float *x, float *y, int64_t n) {
+    static const double noprm[4] = {0, 0, 0, 0};
+    float m = (float)wl_active->reduce_f32(R_MAX, x, n);
+    wl_active->binary_f32(B_SUB, x, 1, &m, 0, y, n);
+    if (e) {
+        wl_active->unary_f32(U_EXP, y, e, n, noprm);
+        float l = logf((float)wl_active->reduce_f32(R_SUM, e, n));
+        wl_active->binary_f32(B_SUB, y, 1, &l, 0, y, n);
+        return;
+    }
+    wl_active->unary_f32(U_EXP, y, y, n, noprm);
+    float s = (float)wl_active->reduce_f32(R_SUM, y, n);
+    wl_active->binary_f32(B_DIV, y, 1, &s, 0, y, n);
+}
+
+static void softmax_task(void *vp, int64_t t) {
+    softmax_ctx *c = vp;
+    const wl_softmax_params *p = &c->op->softmax;
+    int64_t n = p->n, inner = p->inner, lines = p->outer * inner;
+    float *row = inner > 1 ? wl_scratch(1, sizeof(float) * (size_t)(2 * n)) : NULL;
+    float *e = p->log ? wl_scratch(2, sizeof(float) * (size_t)(n > 0 ? n : 1)) : NULL;
+    if ((inner > 1 && !row) || (p->log && !e)) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t l = t * c->chunk; l < lines && l < (t + 1) * c->chunk; l++) {
+        int64_t o = l / inner, i = l % inner;
+        const float *x = c->x + o * n * inner + i;
+        float *y = c->y + o * n * inner + i;
+        if (inner == 1) {
+            softmax_line(e, x, y, n);
+            continue;
+        }
+        for (int64_t j = 0; j < n; j++) row[j] = x[j * inner];
+        softmax_line(e, row, row + n, n);
+        for (int64_t j = 0; j < n; j++) y[j * inner] = row[n + j];
+    }
+}
+
+int wl_softmax(const wl_op *op, const wl_exec *ex) {
+    const wl_softmax_params *p = &op->softmax;
+    softmax_ctx c = {op, (const float *)wl_in(op, ex, 0), (float *)wl_out(op, ex), 0, 0};
+    int64_t lines = p->outer * p->inner;
+    int64_t tasks = p->outer * p->n * p->inner >= 32768 ? wl_chunks(lines, 1, ex->nthreads, &c.chunk)
+                                                        : (c.chunk = lines, 1);
+    wl_parallel_for(tasks, softmax_task, &c, ex->nthreads);
+    if (c.failed) return wl_fail(ex, "out of memory in softmax");
+    return 0;
+}

@@ -1,0 +1,38 @@
+"""The cpu backend's op kinds, one module each, named like their C kernel in ``csrc/``: what
+each supports, the algorithms it offers and how it fills its descriptor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from walle_core import atomic as A
+from walle_core.backend import Algorithm
+from walle_cpu.ops.chain import CHAIN
+from walle_cpu.ops.composite import COMPOSITE
+from walle_cpu.ops.conv import CONV
+from walle_cpu.ops.elementwise import BINARY, CAST, UNARY
+from walle_cpu.ops.gather import GATHER
+from walle_cpu.ops.kernel import OpKernel
+from walle_cpu.ops.matmul import MATMUL
+from walle_cpu.ops.pool2d import POOL2D
+from walle_cpu.ops.raster import RASTER
+from walle_cpu.ops.reduce import REDUCE
+from walle_cpu.ops.sort import SORT
+
+KERNELS: tuple[OpKernel, ...] = (COMPOSITE, RASTER, UNARY, BINARY, CAST, REDUCE, MATMUL, CONV, POOL2D,
+                                 GATHER, SORT, CHAIN)
+
+
+def kernel_for(op: A.Op) -> OpKernel | None:
+    return next((k for k in KERNELS if isinstance(op, k.kinds)), None)
+
+
+def supports(op: A.Op) -> bool:
+    """Whether the C kernels implement this op exactly (else the planner falls back)."""
+    k = kernel_for(op)
+    return k is not None and k.supports(op)
+
+
+def algorithms(op: A.Op) -> Sequence[Algorithm]:
+    k = kernel_for(op)
+    return k.algorithms(op) if k is not None and k.supports(op) else ()

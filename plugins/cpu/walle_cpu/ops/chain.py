@@ -1,0 +1,147 @@
+"""Fused element-wise chains (``chain.c``): a run of fp32 Unary/Binary ops whose intermediates
+nobody else reads becomes one op that loads each block of a row once, runs every step on it in
+registers and stores it once. A rewrite of this backend only: the chain kernel's limits (five
+operands, eight dimensions) are its own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from walle_core import atomic as A
+from walle_core.backend import Algorithm
+from walle_core.decompose.builder import contiguous
+from walle_cpu import codes as K
+from walle_cpu._native import LIB
+from walle_cpu.ops.elementwise import MAX_DIMS, set_nd
+from walle_cpu.ops.kernel import Binder, OpKernel
+
+# Binary functions a chain may contain (fp32 in, fp32 out)
+CHAIN_BINARY = frozenset({"add", "sub", "mul", "div", "pow", "max", "min", "mod", "fmod", "atan2"})
+MAX_OPERANDS = 5  # WL_MAX_OPERANDS
+
+
+class Chain(A.Op):
+    """A fused run of fp32 Unary/Binary ops (internal to this backend)."""
+
+    kind = A.Kind.UNARY
+
+    def __init__(self, ops: list[A.Op]) -> None:
+        super().__init__(inputs=[t for o in ops for t in o.inputs], outputs=[ops[-1].out])
+        self.ops = ops
+
+
+def _fusable(op: A.Op) -> bool:
+    if op.out.dtype != K.F32 or op.out.size == 0:
+        return False
+    if isinstance(op, A.Unary):
+        return op.fn in K.FLOAT_UNARY and op.fn not in K.PREDICATES and op.inputs[0].dtype == K.F32
+    if isinstance(op, A.Binary):
+        return op.fn in CHAIN_BINARY and op.inputs[0].dtype == K.F32 and len(op.out.shape) <= MAX_DIMS
+    return False
+
+
+def _n_operands(ops: list[A.Op]) -> int:
+    ids = {x.id for x in ops[0].inputs}
+    for k in range(1, len(ops)):
+        ids |= {x.id for x in ops[k].inputs if x is not ops[k - 1].out}
+    return len(ids)
+
+
+def fuse_chains(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> list[tuple[A.Op, Algorithm]]:
+    """Merge runs of fusable ops, each reading the previous one's output (its only reader, dense)."""
+    uses: dict[int, int] = {}
+    for op, _ in items:
+        for t in op.inputs:
+            uses[t.id] = uses.get(t.id, 0) + 1
+    out: list[tuple[A.Op, Algorithm]] = []
+    chain: list[A.Op] = []
+
+    def continues(prev: A.Op, op: A.Op) -> bool:
+        t = prev.out
+        if t.id in external or uses.get(t.id, 0) != 1 or op.out.shape != t.shape:
+            return False
+        if isinstance(op, A.Unary):
+            return op.inputs[0] is t
+        assert isinstance(op, A.Binary)
+        hits = [i for i, x in enumerate(op.inputs) if x is t]
+        if len(hits) != 1:
+            return False
+        return tuple(op.strides[hits[0]]) == tuple(contiguous(t.shape)) \
+            and _n_operands([*chain, op]) <= MAX_OPERANDS
+
+    def flush() -> None:
+        if len(chain) >= 2:
+            out.append((Chain(list(chain)), Algorithm("fused-elementwise")))
+        else:
+            out.extend((o, Algorithm("direct")) for o in chain)
+        chain.clear()
+
+    for op, algo in items:
+        if _fusable(op) and chain and continues(chain[-1], op):
+            chain.append(op)
+            continue
+        flush()
+        if _fusable(op):
+            chain.append(op)
+        else:
+            out.append((op, algo))
+    flush()
+    return out
+
+
+def _encode(d: Any, ch: A.Op, algo: Algorithm, b: Binder) -> None:
+    assert isinstance(ch, Chain)
+    first = ch.ops[0]
+    contig = contiguous(ch.out.shape)
+    operands: list[A.Tensor] = []
+    strides: list[list[int]] = []
+
+    def operand(t: A.Tensor, st: Sequence[int]) -> int:
+        for i, (o, s) in enumerate(zip(operands, strides, strict=True)):
+            if o is t and list(s) == list(st):
+                return i
+        operands.append(t)
+        strides.append(list(st))
+        return len(operands) - 1
+
+    steps: list[list[int]] = []
+    params: list[list[float]] = []
+    if isinstance(first, A.Unary):
+        operand(first.inputs[0], contig)
+    else:
+        assert isinstance(first, A.Binary)
+        operand(first.inputs[0], first.strides[0])
+    prev: A.Tensor | None = None
+    for op in ch.ops:  # the register starts as the first op's first operand
+        if isinstance(op, A.Unary):
+            steps.append([0, K.UNARY_FNS[op.fn], 0, 0])
+            params.append(list(op.params[:4]))
+        elif prev is None or op.inputs[0] is prev:  # reg = reg (fn) operand
+            assert isinstance(op, A.Binary)
+            steps.append([1, K.BINARY_FNS[op.fn], operand(op.inputs[1], op.strides[1]), 0])
+            params.append([])
+        else:  # reg = operand (fn) reg
+            assert isinstance(op, A.Binary)
+            steps.append([2, K.BINARY_FNS[op.fn], operand(op.inputs[0], op.strides[0]), 0])
+            params.append([])
+        prev = op.out
+    d.kind = LIB.WL_CHAIN
+    b.bind(d, ch, operands)
+    set_nd(d.nd, ch.out.shape, strides)
+    d.nd.n_steps = len(steps)
+    d.aux = b.aux(np.array(steps, dtype=np.int64))
+    prm = np.zeros((len(steps), 4), np.float64)
+    for i, p in enumerate(params):
+        prm[i, : len(p)] = p
+    d.aux2 = b.aux(prm)
+
+
+def label(ch: Chain) -> str:
+    names = "+".join(getattr(o, "fn", o.kind.value) for o in ch.ops)
+    return f"chain[{names}] {list(ch.out.shape)}"
+
+
+CHAIN = OpKernel((Chain,), lambda op: True, _encode)

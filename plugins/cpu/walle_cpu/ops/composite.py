@@ -1,0 +1,39 @@
+"""The composites the cpu backend claims, each one kernel: softmax and log_softmax
+(``softmax.c``) and the LSTM cell (``lstm_cell.c``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from walle_core import atomic as A
+from walle_core.backend import Algorithm
+from walle_cpu import codes as K
+from walle_cpu._native import LIB
+from walle_cpu.ops.kernel import Binder, OpKernel, direct_cost
+
+FUSED = Algorithm("fused", direct_cost(0.3, flop_scale=12.0))  # ~12 flops per element (exp)
+
+
+def _supported(op: A.Op) -> bool:
+    assert isinstance(op, A.Composite)
+    return op.name in K.COMPOSITES and all(t.dtype == K.F32 for t in (*op.inputs, *op.outputs))
+
+
+def _encode(d: Any, op: A.Op, algo: Algorithm, b: Binder) -> None:
+    assert isinstance(op, A.Composite)
+    if op.name == "lstm_cell":  # (gates iofc, c) -> (h, c)
+        d.kind = LIB.WL_LSTM_CELL
+        # the second output travels as a third operand (a descriptor has one output)
+        b.bind(d, op, [*op.inputs, op.outputs[1]])
+        d.lstm.batch, d.lstm.hidden = op.out.shape[0], int(op.attrs["hidden"])  # type: ignore[call-overload]
+        return
+    d.kind = LIB.WL_SOFTMAX  # softmax / log_softmax over one axis
+    b.bind(d, op)
+    shape, axis = op.inputs[0].shape, int(op.attrs["axis"])  # type: ignore[call-overload]
+    s = d.softmax
+    s.outer, s.n, s.inner = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+    s.log = int(op.name == "log_softmax")
+
+
+COMPOSITE = OpKernel((A.Composite,), _supported, _encode, lambda op: (FUSED,))
