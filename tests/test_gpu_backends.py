@@ -185,6 +185,7 @@ typedef unsigned long ulong;
 typedef float half;
 namespace metal {
 struct uint3 { uint x, y, z; };
+struct float4 { float x, y, z, w; };
 enum class mem_flags { mem_none, mem_device, mem_threadgroup };
 inline void threadgroup_barrier(mem_flags) {}
 template <class T, class U> T as_type(U u) { T t; std::memcpy(&t, &u, sizeof t); return t; }
@@ -299,34 +300,41 @@ def test_conv_algorithms(name: str, algo: str) -> None:
 
 @pytest.mark.parametrize("name", [n for n in ("opencl", "vulkan") if n in AVAILABLE])
 @pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True), (True, True)])
-def test_gemm_register_blocked_tile(name: str, trans: tuple[bool, bool]) -> None:
-    """Outputs large enough for the 128x128 tile (8x8 per thread, double-buffered K steps), with
-    ragged edges in M, N and K and every transpose."""
+@pytest.mark.parametrize("dims", [(1, 131, 197, 37), (2, 132, 196, 36)], ids=["ragged", "aligned"])
+def test_gemm_register_blocked_tile(name: str, trans: tuple[bool, bool], dims: tuple[int, int, int, int]) -> None:
+    """Outputs large enough for the 128x128 tile (8x8 per thread, double-buffered K steps): ragged
+    edges in M, N and K with scalar fetches, and dimensions in fours with four-wide fetches (a
+    batch of A against one shared B), for every transpose."""
     ta, tb = trans
-    m, n, k = 131, 197, 37
-    a_t = _t((k, m) if ta else (m, k), tid=1)
+    batch, m, n, k = dims
+    a_t = _t((batch, k, m) if ta else (batch, m, k), tid=1)
     b_t = _t((n, k) if tb else (k, n), tid=2)
-    out = _t((1, m, n), tid=3)
-    op = A.MatMul([a_t, b_t], [out], m=m, n=n, k=k, trans_a=ta, trans_b=tb)
+    out = _t((batch, m, n), tid=3)
+    op = A.MatMul([a_t, b_t], [out], batch=batch, m=m, n=n, k=k, trans_a=ta, trans_b=tb,
+                  a_batch_stride=m * k, b_batch_stride=0)
     (launch,) = lower_op(op, AVAILABLE[name].caps, "tiled")  # type: ignore[attr-defined]
-    assert launch.spec.name.startswith("gemm_tiled_t128")
+    vectors = "_vv_" if m % 4 == 0 else "_ss_"
+    assert launch.spec.name.startswith("gemm_tiled_t128") and vectors in launch.spec.name
     feeds = [RNG.standard_normal(t.shape).astype(np.float32) for t in (a_t, b_t)]
     (got,) = _run(AVAILABLE[name], [op], [a_t, b_t], [out], feeds, "tiled")
-    want = (feeds[0].T if ta else feeds[0]) @ (feeds[1].T if tb else feeds[1])
-    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-4)
+    a_host = np.swapaxes(feeds[0], 1, 2) if ta else feeds[0]
+    want = a_host @ (feeds[1].T if tb else feeds[1])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", [n for n in ("opencl", "vulkan") if n in AVAILABLE])
-@pytest.mark.parametrize("shape", ["3x3_large_tile", "1x1_pointwise", "1x1_strided"])
+@pytest.mark.parametrize("shape", ["3x3_large_tile", "1x1_pointwise", "1x1_pointwise_aligned", "1x1_strided"])
 def test_conv_gemm_tiles(name: str, shape: str) -> None:
     k, stride, pads = (3, 1, (1, 1, 1, 1)) if shape.startswith("3x3") else (1, 2 if "strided" in shape else 1,
                                                                                (0, 0, 0, 0))
-    x, w, b = _t((2, 9, 13, 11), tid=1), _t((100, 9, k, k), tid=2), _t((100,), tid=3)
-    oh, ow = (13 - k + pads[0] + pads[2]) // stride + 1, (11 - k + pads[1] + pads[3]) // stride + 1
+    c, h = (8, 12) if "aligned" in shape else (9, 13)  # aligned: channels and pixels in fours
+    x, w, b = _t((2, c, h, 11), tid=1), _t((100, c, k, k), tid=2), _t((100,), tid=3)
+    oh, ow = (h - k + pads[0] + pads[2]) // stride + 1, (11 - k + pads[1] + pads[3]) // stride + 1
     out = _t((2, 100, oh, ow), tid=4)
     op = A.Conv2D([x, w, b], [out], strides=(stride, stride), pads=pads, act=A.Activation("relu"))
     (launch,) = lower_op(op, AVAILABLE[name].caps, "implicit_gemm")  # type: ignore[attr-defined]
-    assert ("igemm1x1" in launch.spec.name) == (shape == "1x1_pointwise")
+    assert ("igemm1x1" in launch.spec.name) == shape.startswith("1x1_pointwise")
+    assert ("_vv_" in launch.spec.name) == (shape == "1x1_pointwise_aligned")
     feeds = [RNG.standard_normal(t.shape).astype(np.float32) for t in (x, w, b)]
     (got,) = _run(AVAILABLE[name], [op], [x, w, b], [out], feeds, "implicit_gemm")
     (want,) = _reference([op], [x, w, b], [out], feeds)

@@ -42,6 +42,11 @@ def _spec_macros(spec: KernelSpec) -> list[str]:
     return lines
 
 
+def _vector_aliases(spec: KernelSpec) -> list[str]:
+    """OpenCL and MSL load vectors through the scalar pointer itself (GLSL declares a block)."""
+    return [f"#define {b.name}_v4 {b.name}" for b in spec.buffers if b.vec4]
+
+
 def _helpers(spec: KernelSpec, dialect: str) -> list[str]:
     out: list[str] = []
     for name in spec.helpers:
@@ -71,7 +76,9 @@ def render_opencl(spec: KernelSpec) -> str:
         "#define W_FMOD(a, b) fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
         "#define W_ERF(x) erf(x)",
         "#define W_ASIN(x) asin(x)", "#define W_ACOS(x) acos(x)", "#define W_ATAN(x) atan(x)",
+        "#define f32x4 float4", "#define LOAD4(b, i) vload4(i, b)",
     ]
+    lines += _vector_aliases(spec)
     lines += _common_macros() + _spec_macros(spec) + _helpers(spec, "opencl")
     params = []
     for b in spec.buffers:
@@ -101,6 +108,8 @@ def render_glsl(spec: KernelSpec) -> str:
     for i, b in enumerate(spec.buffers):
         qual = "" if b.writable else "readonly "
         lines.append(f"layout(std430, binding = {i}) {qual}buffer B{i} {{ {b.type} {b.name}[]; }};")
+        if b.vec4:  # a second block on the same binding: the same memory seen as vec4
+            lines.append(f"layout(std430, binding = {i}) {qual}buffer B{i}v {{ vec4 {b.name}_v4[]; }};")
     lines += [f"shared {a.type} {a.name}[{a.count}];" for a in spec.locals]
     lines += [
         "#define CAST(T, x) T(x)",
@@ -119,6 +128,7 @@ def render_glsl(spec: KernelSpec) -> str:
         "#define W_ASIN(x) w_asin(x)", "#define W_ACOS(x) w_acos(x)", "#define W_ATAN(x) w_atan(x)",
         "#define W_FMOD(a, b) w_fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
         "#define W_ERF(x) w_erf(x)",
+        "#define f32x4 vec4", "#define LOAD4(b, i) b[i]",
     ]
     lines += _common_macros() + _spec_macros(spec)
     helpers = _helpers(spec, "glsl")
@@ -147,7 +157,9 @@ def render_msl(spec: KernelSpec) -> str:
         "#define W_FMOD(a, b) fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
         "#define W_ERF(x) w_erf(x)",
         "#define W_ASIN(x) asin(x)", "#define W_ACOS(x) acos(x)", "#define W_ATAN(x) atan(x)",
+        "#define f32x4 float4", "#define LOAD4(b, i) (reinterpret_cast<device const float4*>(b))[i]",
     ]
+    lines += _vector_aliases(spec)
     lines += _common_macros() + _spec_macros(spec) + _helpers(spec, "msl")
     params = []
     for i, b in enumerate(spec.buffers):

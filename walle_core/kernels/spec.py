@@ -9,6 +9,9 @@ and statements plus these macros, which every dialect's prelude defines:
 * ``GID_X/Y/Z`` (global id), ``LID_X/Y/Z`` (id in the group), ``GRP_X/Y/Z`` (group id),
   ``NGRP_X/Y/Z`` (groups in the grid), ``GSIZE_X`` (threads along x), all ``int``;
 * ``BARRIER()``: work-group barrier with local-memory fence;
+* ``f32x4`` and ``LOAD4(<buffer>_v4, i)``: a four-wide float32 load from a buffer declared with
+  ``vec4`` (OpenCL ``vload4``, a GLSL ``vec4`` block aliasing the binding, an MSL ``float4``
+  pointer);
 * ``PF(k)``: float32 parameter stored as bits in ``P[k]``; ``PL(k)``: int64 from ``P[k], P[k+1]``;
   ``PU64(k)``: the same bits as u64;
 * math: ``W_RINT W_ATAN2 W_FMOD W_ERF W_TRUNC`` and the helper functions of
@@ -45,9 +48,13 @@ def tag(dtype: np.dtype) -> str:
 
 @dataclass(frozen=True)
 class BufferDecl:
+    """A kernel buffer. ``vec4`` (float32 only): the body may also read it four elements at a
+    time, ``LOAD4(<name>_v4, i)`` giving elements 4i..4i+3 as an ``f32x4`` (``.x .y .z .w``)."""
+
     name: str
     type: str  # scalar type tag
     writable: bool = False
+    vec4: bool = False
 
 
 @dataclass(frozen=True)

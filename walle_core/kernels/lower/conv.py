@@ -12,7 +12,7 @@ from walle_core.kernels.lower.common import (
     params_decl,
     require_types,
 )
-from walle_core.kernels.lower.gemm import gemm_body, gemm_groups, gemm_locals, pick_tile
+from walle_core.kernels.lower.gemm import Operand, gemm_body, gemm_groups, gemm_locals, pick_tile
 from walle_core.kernels.spec import (
     FLOAT_TAGS,
     BufferDecl,
@@ -91,9 +91,15 @@ def lower_conv(op: A.Conv2D, caps: Caps, algorithm: str = "implicit_gemm") -> li
         {act_stmt}
         y0[(nb * O + oc) * N + gn] = CAST(T, v);"""
         tile = pick_tile(og, oh * ow, caps, out.dtype.itemsize)
-        body = gemm_body(prelude, load_a, load_b, store, tile, a_fast_k=True, b_fast_k=False)
+        vec_a = t == "f32" and cg * kh * kw % 4 == 0
+        vec_b = t == "f32" and pointwise and oh * ow % 4 == 0
+        bufs[1:3] = [BufferDecl("x0", t, vec4=vec_b), BufferDecl("x1", t, vec4=vec_a)]
+        a_op = Operand(load_a, True, "x1" if vec_a else "", "(g * M + gm) * K + gk")
+        b_op = Operand(load_b, False, "x0" if vec_b else "", "(nb * C + g * cg + gk) * N + gn")
+        body = gemm_body(prelude, a_op, b_op, store, tile)
         kind = "igemm1x1" if pointwise else "igemm"
-        spec = KernelSpec(f"conv_{kind}_{tile.name}_{variant}", tuple(bufs), body, local_size=tile.local_size,
+        vec = f"{'v' if vec_a else 's'}{'v' if vec_b else 's'}"
+        spec = KernelSpec(f"conv_{kind}_{tile.name}_{vec}_{variant}", tuple(bufs), body, local_size=tile.local_size,
                           locals=gemm_locals(t, tile), defines=defines, helpers=helpers, float_type=t)
         return [Launch(spec, args, params, gemm_groups(og, oh * ow, n_ * g, tile), "conv_implicit_gemm")]
     if algorithm == "depthwise":

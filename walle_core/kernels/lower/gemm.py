@@ -64,47 +64,90 @@ def pick_tile(m: int, n: int, caps: Caps, itemsize: int) -> GemmTile:
     return big if fits and m >= 96 and n >= 96 else SMALL_TILE
 
 
-def _fetch(tile: GemmTile, operand: str, fast_k: bool, load: str) -> str:
+@dataclass(frozen=True)
+class Operand:
+    """How a GEMM operand tile is fetched from global memory.
+
+    ``load`` sets ``v`` from (gm, gk) for A or (gk, gn) for B. ``fast_k``: the operand is
+    contiguous along K (else along M / N), so consecutive threads fetch consecutive K. With
+    ``vector`` (a buffer name), four consecutive elements along the contiguous axis come in one
+    vector load ``LOAD4(<vector>_v4, index / 4)`` where ``index`` is the element index of the
+    first: the lowering offers it only where that axis' length and every other stride are
+    multiples of four (so a vector is either wholly inside the operand or wholly outside).
+    """
+
+    load: str
+    fast_k: bool
+    vector: str = ""
+    index: str = ""
+
+    @property
+    def width(self) -> int:
+        return 4 if self.vector else 1
+
+
+def _layout(tile: GemmTile, rows: int, op: Operand, c: int) -> tuple[str, str]:
+    """(k offset, row offset) in the tile of component ``c`` of fetch slot ``e``."""
+    w = op.width
+    if op.fast_k:
+        kq = tile.bk // w
+        return (f"e % {kq}" if w == 1 else f"{w} * (e % {kq}) + {c}"), f"e / {kq}"
+    rq = rows // w
+    return f"e / {rq}", (f"e % {rq}" if w == 1 else f"{w} * (e % {rq}) + {c}")
+
+
+def _fetch(tile: GemmTile, operand: str, op: Operand) -> str:
     """Registers ``ra``/``rb`` <- this thread's share of the operand tile at K offset ``k0``."""
     rows, idx, lim = (tile.bm, "gm", "M") if operand == "a" else (tile.bn, "gn", "N")
     base = "row0" if operand == "a" else "col0"
     nt = tile.threads[0] * tile.threads[1]
-    kk, rr = (f"e % {tile.bk}", f"e / {tile.bk}") if fast_k else (f"e / {rows}", f"e % {rows}")
-    return f"""    for (int l = 0; l < {rows * tile.bk // nt}; l++) {{
+    kk, rr = _layout(tile, rows, op, 0)
+    reg = f"r{operand}"
+    if op.vector:
+        zero, after = "\n".join(f"      {reg}[4 * l + {c}] = CAST(ACC, 0);" for c in range(4)), ""
+        load = f"""        f32x4 q = LOAD4({op.vector}_v4, ({op.index}) / 4);
+        {reg}[4 * l] = q.x;
+        {reg}[4 * l + 1] = q.y;
+        {reg}[4 * l + 2] = q.z;
+        {reg}[4 * l + 3] = q.w;"""
+    else:
+        zero, load, after = "      ACC v = CAST(ACC, 0);", op.load, f"\n      {reg}[l] = v;"
+    return f"""    for (int l = 0; l < {rows * tile.bk // nt // op.width}; l++) {{
       int e = tid + l * {nt};
       int gk = k0 + {kk};
       int {idx} = {base} + {rr};
-      ACC v = CAST(ACC, 0);
+{zero}
       if ({idx} < {lim} && gk < K) {{
 {load}
-      }}
-      r{operand}[l] = v;
+      }}{after}
     }}"""
 
 
-def _commit(tile: GemmTile, operand: str, fast_k: bool) -> str:
+def _commit(tile: GemmTile, operand: str, op: Operand) -> str:
     """Local buffer ``nxt`` of the operand <- the registers fetched by :func:`_fetch`."""
     rows = tile.bm if operand == "a" else tile.bn
     nt = tile.threads[0] * tile.threads[1]
-    kk, rr = (f"e % {tile.bk}", f"e / {tile.bk}") if fast_k else (f"e / {rows}", f"e % {rows}")
     arr = "As" if operand == "a" else "Bs"
-    return f"""    for (int l = 0; l < {rows * tile.bk // nt}; l++) {{
+    stores = []
+    for c in range(op.width):
+        kk, rr = _layout(tile, rows, op, c)
+        reg = f"r{operand}[l]" if op.width == 1 else f"r{operand}[4 * l + {c}]"
+        stores.append(f"      {arr}[nxt * {tile.bk * rows} + ({kk}) * {rows} + {rr}] = {reg};")
+    stores_text = "\n".join(stores)
+    return f"""    for (int l = 0; l < {rows * tile.bk // nt // op.width}; l++) {{
       int e = tid + l * {nt};
-      {arr}[nxt * {tile.bk * rows} + ({kk}) * {rows} + {rr}] = r{operand}[l];
+{stores_text}
     }}"""
 
 
-def gemm_body(prelude: str, load_a: str, load_b: str, store: str, tile: GemmTile = SMALL_TILE,
-              a_fast_k: bool = True, b_fast_k: bool = False) -> str:
-    """Tiled GEMM over double-buffered local tiles ``As``/``Bs`` (2 x BK x BM, 2 x BK x BN).
-    ``load_a``/``load_b`` set ``v`` from (gm, gk)/(gk, gn); ``store`` consumes ``v`` at (gm, gn).
-    ``a_fast_k``/``b_fast_k``: the operand is contiguous along K in memory, so consecutive
-    threads fetch consecutive K (coalesced loads). M, N, K come from P[1..3]; the batch is the z
-    group."""
+def gemm_body(prelude: str, a: Operand, b: Operand, store: str, tile: GemmTile = SMALL_TILE) -> str:
+    """Tiled GEMM over double-buffered local tiles ``As``/``Bs`` (2 x BK x BM, 2 x BK x BN) of
+    the operands ``a`` (M x K) and ``b`` (K x N); ``store`` consumes ``v`` at (gm, gn). M, N, K
+    come from P[1..3]; the batch is the z group."""
     tx_n, ty_n = tile.threads
     nt = tx_n * ty_n
-    fetch = _fetch(tile, "a", a_fast_k, load_a) + "\n" + _fetch(tile, "b", b_fast_k, load_b)
-    commit = _commit(tile, "a", a_fast_k) + "\n" + _commit(tile, "b", b_fast_k)
+    fetch = _fetch(tile, "a", a) + "\n" + _fetch(tile, "b", b)
+    commit = _commit(tile, "a", a) + "\n" + _commit(tile, "b", b)
     return f"""  int M = P[1];
   int N = P[2];
   int K = P[3];
@@ -187,7 +230,10 @@ def lower_matmul(op: A.MatMul, caps: Caps, algorithm: str = "tiled") -> list[Lau
     bias_expr = ""
     if bias is not None:
         bias_expr = "v = v + x2[P[6] != 0 ? gm * N + gn : gn];"
-    bufs = [params_decl(), BufferDecl("x0", t), BufferDecl("x1", t)]
+    # four-wide loads along the operand's contiguous axis where every stride keeps them aligned
+    vec_a = algorithm == "tiled" and t == "f32" and (m if op.trans_a else k) % 4 == 0 and op.a_batch_stride % 4 == 0
+    vec_b = algorithm == "tiled" and t == "f32" and (k if op.trans_b else n) % 4 == 0 and op.b_batch_stride % 4 == 0
+    bufs = [params_decl(), BufferDecl("x0", t, vec4=vec_a), BufferDecl("x1", t, vec4=vec_b)]
     args: list[object] = [a, b]
     if bias is not None:
         bufs.append(BufferDecl("x2", t))
@@ -200,11 +246,14 @@ def lower_matmul(op: A.MatMul, caps: Caps, algorithm: str = "tiled") -> list[Lau
     if algorithm == "tiled":
         tile = pick_tile(m, n, caps, out.dtype.itemsize)
         prelude = "  int abase = bz * P[4];\n  int bbase = bz * P[5];"
-        body = gemm_body(prelude, "        v = x0[abase + A_IDX(gm, gk)];",
-                         "        v = x1[bbase + B_IDX(gk, gn)];",
-                         f"        {bias_expr}\n        y0[bz * M * N + gm * N + gn] = CAST(T, v);",
-                         tile, a_fast_k=not op.trans_a, b_fast_k=op.trans_b)
-        spec = KernelSpec(f"gemm_tiled_{tile.name}_{variant}", tuple(bufs), body, local_size=tile.local_size,
+        a_op = Operand("        v = x0[abase + A_IDX(gm, gk)];", not op.trans_a, "x0" if vec_a else "",
+                       "abase + A_IDX(gm, gk)")
+        b_op = Operand("        v = x1[bbase + B_IDX(gk, gn)];", op.trans_b, "x1" if vec_b else "",
+                       "bbase + B_IDX(gk, gn)")
+        body = gemm_body(prelude, a_op, b_op,
+                         f"        {bias_expr}\n        y0[bz * M * N + gm * N + gn] = CAST(T, v);", tile)
+        vec = f"{'v' if vec_a else 's'}{'v' if vec_b else 's'}"
+        spec = KernelSpec(f"gemm_tiled_{tile.name}_{vec}_{variant}", tuple(bufs), body, local_size=tile.local_size,
                           locals=gemm_locals(t, tile), defines=defines)
         return [Launch(spec, args, params, gemm_groups(m, n, batch, tile), "gemm_tiled")]
     body = f"""  int M = P[1];
