@@ -15,6 +15,7 @@ import importlib
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,30 @@ def _load(spec: str) -> tuple[Path, dict[str, np.ndarray]]:
     return export(importlib.import_module(spec))  # type: ignore[no-any-return,unused-ignore]
 
 
+def op_times(model: Any, feeds: dict[str, np.ndarray], runs: int) -> list[tuple[float, str]]:
+    """(mean seconds, label) per op of the first stage's cpu programs, in plan order; a step
+    on another backend (a fallback) is one row."""
+    from walle_cpu.compiler import CpuExecutable
+
+    node = model.plan_for(feeds)
+    table = {tid: feeds[name] for name, tid in node.input_ids.items()}
+    rows: list[tuple[float, str]] = []
+    for step in node.stage.steps:
+        ins = [table[i] for i in step.inputs]
+        exe = step.executable
+        if isinstance(exe, CpuExecutable):
+            for label, sec in exe.profile(ins, runs):
+                rows.append((sec, label))
+        else:
+            t0 = time.perf_counter()
+            for _ in range(runs):
+                exe.run(ins)
+            rows.append(((time.perf_counter() - t0) / runs, f"[{step.backend} step, {step.ops} ops]"))
+        for tid, arr in zip(step.outputs, exe.run(ins), strict=True):
+            table[tid] = arr
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -35,7 +60,6 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
     import walle_core
-    from walle_cpu.compiler import CpuExecutable
 
     path, feeds = _load(args.model)
     model = walle_core.load(path, backend="cpu", threads=args.threads)
@@ -45,21 +69,7 @@ def main() -> None:
     for _ in range(args.runs):
         model.run(feeds)
     total = (time.perf_counter() - t0) / args.runs
-    table = {tid: feeds[name] for name, tid in node.input_ids.items()}
-    rows: list[tuple[float, str]] = []
-    for step in node.stage.steps:
-        ins = [table[i] for i in step.inputs]
-        exe = step.executable
-        if isinstance(exe, CpuExecutable):
-            for label, sec in exe.profile(ins, args.runs):
-                rows.append((sec, label))
-        else:
-            t0 = time.perf_counter()
-            for _ in range(args.runs):
-                exe.run(ins)
-            rows.append(((time.perf_counter() - t0) / args.runs, f"[{step.backend} step, {step.ops} ops]"))
-        for tid, arr in zip(step.outputs, exe.run(ins), strict=True):
-            table[tid] = arr
+    rows = op_times(model, feeds, args.runs)
     busy = sum(r[0] for r in rows)
     print(f"model.run {total * 1e3:.3f} ms; ops {busy * 1e3:.3f} ms over {len(rows)} ops "
           f"({len(node.stage.steps)} steps)")

@@ -176,6 +176,51 @@ def max_diff(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
     return worst
 
 
+def warm_up(engines: dict[str, Runner], warmup: int, skipped: dict[str, str],
+            required: Sequence[str] = ()) -> dict[str, Sequence[np.ndarray]]:
+    """Run every engine ``warmup`` times and return its last outputs. An engine that fails is
+    removed from ``engines`` with the reason in ``skipped``; a ``required`` one re-raises."""
+    first: dict[str, Sequence[np.ndarray]] = {}
+    for key, fn in list(engines.items()):
+        try:
+            for _ in range(warmup):
+                first[key] = fn()
+        except Exception as exc:
+            if key in required:
+                raise
+            skipped[key] = f"run failed: {type(exc).__name__}: {exc}".splitlines()[0][:120]
+            del engines[key]
+    return first
+
+
+def interleaved_medians(engines: dict[str, Runner], runs: int, block: int = 5) -> dict[str, float]:
+    """Median milliseconds of ``runs`` timed runs per engine; the engines take turns in blocks of
+    ``block`` runs, each block after a pause and 20 ms of untimed runs."""
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    # the objects alive now (torch, onnx, the models) are never garbage: keep the collector
+    # from walking them during the timed runs of either engine
+    gc.collect()
+    gc.freeze()
+    while min(len(v) for v in times.values()) < runs:
+        for key, fn in engines.items():
+            # let the previous engine's idle threads park: onnxruntime's spin for tens of ms
+            # after a run (measured: 20 ms is not enough), which would steal this engine's cores
+            time.sleep(0.25)
+            # untimed, for at least 20 ms: wakes this engine's threads and brings the cores and
+            # caches back from the idle pause (one run of a 1 ms model is not enough)
+            t_end = time.perf_counter() + 0.02
+            while True:
+                fn()
+                if time.perf_counter() >= t_end:
+                    break
+            for _ in range(min(block, runs - len(times[key]))):
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+    gc.unfreeze()
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
 def compare(name: str, path: Path, feeds: dict[str, np.ndarray], *, threads: int = 2,
             runs: int = 30, warmup: int = 3, peers: Sequence[str] = ("onnxruntime",),
             backend: str = "cpu", block: int = 5) -> Result:
@@ -196,38 +241,8 @@ def compare(name: str, path: Path, feeds: dict[str, np.ndarray], *, threads: int
                 skipped[peer] = f"unknown peer (known: {', '.join(PEERS)})"
         except Exception as exc:  # a peer that cannot load the model is reported, not fatal
             skipped[peer] = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
-    first: dict[str, Sequence[np.ndarray]] = {}
-    for key, fn in list(engines.items()):
-        try:
-            for _ in range(warmup):
-                first[key] = fn()
-        except Exception as exc:
-            if key == "walle":
-                raise
-            skipped[key] = f"run failed: {type(exc).__name__}: {exc}".splitlines()[0][:120]
-            del engines[key]
-    times: dict[str, list[float]] = {k: [] for k in engines}
-    # the objects alive now (torch, onnx, the models) are never garbage: keep the collector
-    # from walking them during the timed runs of either engine
-    gc.collect()
-    gc.freeze()
-    while len(times["walle"]) < runs:
-        for key, fn in engines.items():
-            # let the previous engine's idle threads park: onnxruntime's spin for tens of ms
-            # after a run (measured: 20 ms is not enough), which would steal this engine's cores
-            time.sleep(0.25)
-            # untimed, for at least 20 ms: wakes this engine's threads and brings the cores and
-            # caches back from the idle pause (one run of a 1 ms model is not enough)
-            t_end = time.perf_counter() + 0.02
-            while True:
-                fn()
-                if time.perf_counter() >= t_end:
-                    break
-            for _ in range(min(block, runs - len(times[key]))):
-                t0 = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    first = warm_up(engines, warmup, skipped, required=("walle",))
+    med = interleaved_medians(engines, runs, block)
     res = Result(name, med.pop("walle"), skipped=skipped)
     for peer, ms in med.items():
         res.peers[peer] = ms
