@@ -19,21 +19,6 @@ def matmul(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     return [b.matmul(req(ins[0]), req(ins[1]))]
 
 
-@register("MatMulInteger")
-def matmul_integer(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
-    a, w = req(ins[0]), req(ins[1])
-    a32 = b.cast(a, np.int32)
-    w32 = b.cast(w, np.int32)
-    if len(ins) > 2 and ins[2] is not None:
-        a32 = b.binary("sub", a32, b.cast(ins[2], np.int32))
-    if len(ins) > 3 and ins[3] is not None:
-        zp = b.cast(ins[3], np.int32)
-        if len(zp.shape) == 1 and len(w.shape) >= 2:
-            zp = b.reshape(zp, (1, zp.shape[0]))
-        w32 = b.binary("sub", w32, zp)
-    return [b.matmul(a32, w32)]
-
-
 @register("Gemm")
 def gemm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     a, w = req(ins[0]), req(ins[1])

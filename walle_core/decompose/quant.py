@@ -1,6 +1,6 @@
-"""Linear quantization -> Binary / Unary / Cast / Reduce / MatMul: QuantizeLinear,
-DequantizeLinear, DynamicQuantizeLinear and QLinearMatMul (integer types; float8/int4 are not
-Walle dtypes)."""
+"""Linear quantization -> Binary / Unary / Cast / Reduce: QuantizeLinear, DequantizeLinear and
+DynamicQuantizeLinear (integer types; float8/int4 are not Walle dtypes). The quantized
+convolution and matrix product live in ``quant_linear``, the com.microsoft ops in ``quant_ms``."""
 
 from __future__ import annotations
 
@@ -109,27 +109,3 @@ def dynamic_quantize_linear(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Te
     zp = b.cast(zp_f, np.uint8)
     y = saturate_round(b, b.binary("div", x, scale), zp_f, np.dtype(np.uint8))
     return [y, scale, zp]
-
-
-@register("QLinearMatMul")
-def qlinear_matmul(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
-    a, a_s, a_zp = req(ins[0]), req(ins[1]), _opt(ins, 2)
-    w, w_s, w_zp = req(ins[3]), req(ins[4]), _opt(ins, 5)
-    y_s, y_zp = req(ins[6]), _opt(ins, 7)
-    ai = b.cast(a, np.int32)
-    if a_zp is not None:
-        zp = b.cast(a_zp, np.int32)
-        if zp.size > 1:  # per-row zero point of a (M,)
-            zp = b.reshape(zp, (zp.size, 1))
-        ai = b.binary("sub", ai, zp)
-    wi = b.cast(w, np.int32)
-    if w_zp is not None:
-        wi = b.binary("sub", wi, b.cast(w_zp, np.int32))
-    acc = b.matmul(ai, wi)
-    f = np.float64 if y_s.dtype == np.float64 else np.float32
-    mult = b.binary("div", b.binary("mul", b.cast(a_s, f), b.cast(w_s, f)), b.cast(y_s, f))
-    if mult.size > 1:
-        mult = b.reshape(mult, (mult.size,)) if len(w.shape) >= 2 else mult
-    d = b.binary("mul", b.cast(acc, f), mult)
-    out = y_zp.dtype if y_zp is not None else a.dtype
-    return [saturate_round(b, d, y_zp, out)]

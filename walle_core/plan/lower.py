@@ -20,6 +20,7 @@ from walle_core.decompose import NodeContext, lookup
 from walle_core.decompose.builder import Builder, DecomposeError, FoldFn, NeedValue
 from walle_core.errors import InvalidModelError, UnsupportedOpError, WalleError
 from walle_core.ir.graph import Graph, Node
+from walle_core.plan.rewrite.qdq import fuse_qdq
 
 Env = MutableMapping[str, A.Tensor]
 
@@ -34,8 +35,9 @@ class Lowered:
 
 
 class Lowering:
-    def __init__(self, graph: Graph, fold: FoldFn, known: dict[int, np.ndarray]) -> None:
-        self.graph = graph
+    def __init__(self, graph: Graph, fold: FoldFn, known: dict[int, np.ndarray], qdq: bool = True) -> None:
+        # QDQ islands become integer ops first (``qdq=False`` lowers the graph as written)
+        self.graph = fuse_qdq(graph)[0] if qdq else graph
         self.b = Builder(fold, known)
 
     def run(self, signature: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> Lowered:
