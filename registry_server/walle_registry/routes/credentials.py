@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from walle_registry import schemas as S
-from walle_registry.routes.deps import Admin, Reader, Reg, db_id
+from walle_registry.routes.deps import Admin, DbId, Reader, Reg
 
 router = APIRouter(tags=["admin"])
 
@@ -24,8 +24,8 @@ def list_tokens(_p: Admin, reg: Reg) -> list[S.TokenOut]:
 
 
 @router.delete("/v1/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: int, _p: Admin, reg: Reg) -> Response:
-    reg.credentials.revoke_token(db_id(token_id, "token"))
+def revoke_token(token_id: DbId, _p: Admin, reg: Reg) -> Response:
+    reg.credentials.revoke_token(token_id)
     return Response(status_code=204)
 
 

@@ -9,15 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from walle_registry import schemas as S
-from walle_registry.routes.deps import Deployer, DeviceP, Reader, Reg, db_id
+from walle_registry.routes.deps import DbId, Deployer, DeviceP, Reader, Reg
 from walle_registry.services.deployments import deployment_dict
 
 router = APIRouter()
 TAGS: list[str | Enum] = ["deployments"]
-
-
-def _dep(dep_id: int) -> int:
-    return db_id(dep_id, "deployment")
 
 
 @router.post("/v1/deployments", status_code=201, tags=TAGS)
@@ -34,32 +30,32 @@ def list_deployments(_p: Reader, reg: Reg, task: Annotated[str | None, Query(max
 
 
 @router.get("/v1/deployments/{dep_id}", tags=TAGS)
-def deployment_status(dep_id: int, _p: Reader, reg: Reg) -> S.DeploymentStatus:
-    return S.DeploymentStatus(**reg.deployments.status(_dep(dep_id)))
+def deployment_status(dep_id: DbId, _p: Reader, reg: Reg) -> S.DeploymentStatus:
+    return S.DeploymentStatus(**reg.deployments.status(dep_id))
 
 
 @router.post("/v1/deployments/{dep_id}/pause", tags=TAGS)
-def pause(dep_id: int, p: Deployer, reg: Reg) -> S.DeploymentOut:
-    return S.DeploymentOut(**deployment_dict(reg.deployments.pause(_dep(dep_id), p.name)))
+def pause(dep_id: DbId, p: Deployer, reg: Reg) -> S.DeploymentOut:
+    return S.DeploymentOut(**deployment_dict(reg.deployments.pause(dep_id, p.name)))
 
 
 @router.post("/v1/deployments/{dep_id}/resume", tags=TAGS)
-def resume(dep_id: int, p: Deployer, reg: Reg) -> S.DeploymentOut:
-    dep, notices = reg.deployments.resume(_dep(dep_id), p.name)
+def resume(dep_id: DbId, p: Deployer, reg: Reg) -> S.DeploymentOut:
+    dep, notices = reg.deployments.resume(dep_id, p.name)
     reg.publish_notices(notices)
     return S.DeploymentOut(**deployment_dict(dep))
 
 
 @router.post("/v1/deployments/{dep_id}/rollback", tags=TAGS)
-def rollback(dep_id: int, p: Deployer, reg: Reg) -> S.DeploymentOut:
-    dep, notices = reg.deployments.rollback(_dep(dep_id), p.name)
+def rollback(dep_id: DbId, p: Deployer, reg: Reg) -> S.DeploymentOut:
+    dep, notices = reg.deployments.rollback(dep_id, p.name)
     reg.publish_notices(notices)
     return S.DeploymentOut(**deployment_dict(dep))
 
 
 @router.post("/v1/deployments/{dep_id}/widen", tags=TAGS)
-def widen(dep_id: int, body: S.Widen, _p: Deployer, reg: Reg) -> S.DeploymentOut:
-    dep, notices = reg.deployments.widen(_dep(dep_id), body.percentage)
+def widen(dep_id: DbId, body: S.Widen, _p: Deployer, reg: Reg) -> S.DeploymentOut:
+    dep, notices = reg.deployments.widen(dep_id, body.percentage)
     reg.publish_notices(notices)
     return S.DeploymentOut(**deployment_dict(dep))
 
@@ -79,8 +75,8 @@ def list_plugin_deployments(_p: Reader, reg: Reg, name: Annotated[str | None, Qu
 
 
 @router.post("/v1/plugin-deployments/{dep_id}/rollback", tags=TAGS)
-def rollback_plugin_deployment(dep_id: int, _p: Deployer, reg: Reg) -> S.PluginDeploymentOut:
-    return reg.plugin_deployments.rollback(db_id(dep_id, "plugin deployment"))
+def rollback_plugin_deployment(dep_id: DbId, _p: Deployer, reg: Reg) -> S.PluginDeploymentOut:
+    return reg.plugin_deployments.rollback(dep_id)
 
 
 @router.get("/v1/device/plugins", tags=["device"])

@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
 from walle_registry.auth import Principal
 from walle_registry.context import Registry
-from walle_registry.errors import Forbidden, NotFound, RateLimited, Unauthorized
+from walle_registry.errors import Forbidden, RateLimited, Unauthorized
+from walle_registry.schemas import DB_ID_MAX
 
 
 async def registry(request: Request) -> Registry:
@@ -46,7 +47,16 @@ async def authenticate(reg: Registry, secret: str) -> Principal:
     return p
 
 
-async def principal(reg: Reg, authorization: Annotated[str | None, Header()] = None) -> Principal:
+# Bounded path and header parameters (the OpenAPI description states every bound).
+DbId = Annotated[int, Path(ge=1, le=DB_ID_MAX)]
+TaskName = Annotated[str, Path(min_length=1, max_length=64)]
+Version = Annotated[str, Path(min_length=1, max_length=64)]
+PluginName = Annotated[str, Path(min_length=1, max_length=128)]
+Sha256 = Annotated[str, Path(min_length=64, max_length=64)]
+AuthHeader = Annotated[str | None, Header(max_length=1024)]
+
+
+async def principal(reg: Reg, authorization: AuthHeader = None) -> Principal:
     secret = bearer(authorization)
     if secret is None:
         raise Unauthorized("missing credential (Authorization: Bearer <token>)")
@@ -88,9 +98,3 @@ Enroller = Annotated[Principal, Depends(scope("enroll"))]
 DeviceP = Annotated[Principal, Depends(device)]
 AnyP = Annotated[Principal, Depends(anyone)]
 
-
-def db_id(value: int, what: str) -> int:
-    """A path id outside the database's integer range cannot exist: 404 before any query."""
-    if not 1 <= value < 2**31:
-        raise NotFound(f"{what} {value} not found")
-    return value

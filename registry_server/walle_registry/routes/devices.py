@@ -71,12 +71,12 @@ def targets(p: DeviceP, reg: Reg) -> list[S.Target]:
 @router.get("/v1/device/stream", tags=["device"], response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent notices"}})
 async def stream(p: DeviceP, reg: Reg, cursor: Annotated[int | None, Query(ge=0, le=2**62)] = None,
-                 last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+                 last_event_id: Annotated[str | None, Header(max_length=20)] = None) -> StreamingResponse:
     """Server-sent events: every notice after ``cursor`` (or ``Last-Event-ID``, or the device's
     acknowledged cursor), then live notices as they are committed; a comment every
     keep-alive interval."""
     start = cursor
-    if start is None and last_event_id and last_event_id.isdigit():
+    if start is None and last_event_id and last_event_id.isdigit() and int(last_event_id) <= S.SEQ_MAX:
         start = int(last_event_id)
     known = reg.devices.cursors.get(p.name)
     if known is None or reg.devices.latest.get(p.name) is None:  # warm the check-in fast path too

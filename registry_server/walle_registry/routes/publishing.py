@@ -15,7 +15,7 @@ from walle_registry.blobs import check_sha
 from walle_registry.context import Registry
 from walle_registry.errors import NotFound
 from walle_registry.models import Release
-from walle_registry.routes.deps import AnyP, Publisher, Reader, Reg
+from walle_registry.routes.deps import AnyP, PluginName, Publisher, Reader, Reg, Sha256, TaskName, Version
 from walle_registry.routes.transfer import etag_match, file_chunks, serve_blob, spool
 
 OCTET = {"requestBody": {"required": True, "content": {
@@ -50,7 +50,7 @@ def list_tasks(_p: Reader, reg: Reg) -> list[S.ReleaseOut]:
 
 
 @router.get("/v1/tasks/{task}", tags=["publish"])
-def task_versions(task: str, _p: Reader, reg: Reg) -> list[S.ReleaseOut]:
+def task_versions(task: TaskName, _p: Reader, reg: Reg) -> list[S.ReleaseOut]:
     rels = reg.publishing.releases(task)
     if not rels:
         raise NotFound(f"task {task} is not published")
@@ -58,7 +58,7 @@ def task_versions(task: str, _p: Reader, reg: Reg) -> list[S.ReleaseOut]:
 
 
 @router.put("/v1/blobs/{sha256}", status_code=201, tags=["publish"], openapi_extra=OCTET)
-async def put_blob(sha256: str, request: Request, _p: Publisher, reg: Reg) -> S.BlobOut:
+async def put_blob(sha256: Sha256, request: Request, _p: Publisher, reg: Reg) -> S.BlobOut:
     check_sha(sha256)
     path = await spool(request, reg.settings.tmp_dir, reg.settings.max_bundle_bytes)
     try:
@@ -92,7 +92,7 @@ def list_plugins(_p: AnyP, reg: Reg) -> list[S.PluginOut]:
 
 
 @router.get("/v1/plugins/{name}/{version}/wheel", tags=["download"])
-async def plugin_wheel(name: str, version: str, request: Request, _p: AnyP, reg: Reg) -> Response:
+async def plugin_wheel(name: PluginName, version: Version, request: Request, _p: AnyP, reg: Reg) -> Response:
     row = await run_in_threadpool(reg.publishing.plugin, name, version)
     return await serve_blob(reg, row.sha256, request, "application/octet-stream", row.filename)
 
@@ -109,8 +109,8 @@ async def _release_for(reg: Registry, p: Principal, task: str, version: str) -> 
 
 @router.get("/v1/releases/{task}/{version}/manifest", tags=["download"],
             responses={304: {"description": "not modified"}})
-async def manifest(task: str, version: str, p: AnyP, reg: Reg,
-                   if_none_match: Annotated[str | None, Header()] = None) -> Response:
+async def manifest(task: TaskName, version: Version, p: AnyP, reg: Reg,
+                   if_none_match: Annotated[str | None, Header(max_length=1024)] = None) -> Response:
     rel = await _release_for(reg, p, task, version)
     etag = f'"{rel.manifest_digest}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable",
@@ -122,7 +122,7 @@ async def manifest(task: str, version: str, p: AnyP, reg: Reg,
 
 
 @router.get("/v1/releases/{task}/{version}/bundle", tags=["download"])
-async def bundle(task: str, version: str, request: Request, p: AnyP, reg: Reg) -> Response:
+async def bundle(task: TaskName, version: Version, request: Request, p: AnyP, reg: Reg) -> Response:
     rel = await _release_for(reg, p, task, version)
     return await serve_blob(reg, rel.bundle_sha256, request, "application/gzip", f"{task}-{version}.walle")
 
@@ -130,7 +130,7 @@ async def bundle(task: str, version: str, request: Request, p: AnyP, reg: Reg) -
 @router.head("/v1/blobs/{sha256}", tags=["download"], include_in_schema=False)
 @router.get("/v1/blobs/{sha256}", tags=["download"],
             responses={206: {"description": "partial content"}, 304: {"description": "not modified"}})
-async def get_blob(sha256: str, request: Request, p: AnyP, reg: Reg) -> Response:
+async def get_blob(sha256: Sha256, request: Request, p: AnyP, reg: Reg) -> Response:
     check_sha(sha256)
     if p.kind == "device" and not reg.grants.may_read_blob_cached(p.name, sha256) and \
             not await run_in_threadpool(reg.grants.may_read_blob, p.name, sha256):

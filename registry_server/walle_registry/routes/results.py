@@ -8,24 +8,42 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
 
 from walle_registry import schemas as S
 from walle_registry.errors import Forbidden, Invalid, TooLarge, Unauthorized
-from walle_registry.routes.deps import Reader, Reg, authenticate, bearer, rate_limit
+from walle_registry.routes.deps import AuthHeader, Reader, Reg, authenticate, bearer, rate_limit
 
-JSON_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["items"], "properties": {
-        "device": {"type": "string"}, "task": {"type": "string"}, "version": {"type": "string"},
-        "items": {"type": "array", "items": {"type": "object", "required": ["seq"],
-                                             "properties": {"seq": {"type": "integer"}}}}}}}}}}
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its ``$defs`` references replaced by the definitions (for ``openapi_extra``,
+    which FastAPI copies into the document as is)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    out: dict[str, Any] = walk(schema)
+    return out
+
+
+JSON_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": inline_refs(S.ResultsBatch.model_json_schema())}}}}
 
 router = APIRouter(tags=["results"])
 
 
 @router.post("/v1/results", openapi_extra=JSON_BODY)
 async def ingest(request: Request, reg: Reg,
-                 authorization: Annotated[str | None, Header()] = None,
-                 content_encoding: Annotated[str | None, Header()] = None,
+                 authorization: AuthHeader = None,
+                 content_encoding: Annotated[str | None, Header(max_length=64)] = None,
                  task: Annotated[str, Query(max_length=64)] = "",
                  version: Annotated[str, Query(max_length=64)] = "",
                  token: Annotated[str | None, Query(max_length=256, description="device token, for "
@@ -43,8 +61,11 @@ async def ingest(request: Request, reg: Reg,
         raw += chunk
         if len(raw) > cap:
             raise TooLarge(f"results batch is larger than {cap} bytes")
-    body = _decode_body(raw, content_encoding, cap)
-    accepted, dups = await run_in_threadpool(reg.results.ingest, p.name, body, task, version)
+    try:
+        batch = S.ResultsBatch.model_validate(_decode_body(raw, content_encoding, cap))
+    except ValidationError as exc:
+        raise Invalid(f"not a results batch: {_first_error(exc)}") from None
+    accepted, dups = await run_in_threadpool(reg.results.ingest, p.name, batch, task, version)
     return S.ResultsOut(accepted=accepted, duplicates=dups)
 
 
@@ -72,9 +93,18 @@ def _decode_body(raw: bytes, encoding: str | None, cap: int) -> dict[str, Any]:
     elif enc not in ("identity", ""):
         raise Invalid(f"unsupported Content-Encoding {encoding!r} (use gzip or none)")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Invalid(f"body is not JSON: {exc}") from None
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise Invalid(f"body is not JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise Invalid("body must be a JSON object")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (results are stored and served as strict JSON)")
+
+
+def _first_error(exc: ValidationError) -> str:
+    e = exc.errors()[0]
+    return f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}"
