@@ -154,8 +154,12 @@ class ModelBuilder:
 
     def build(self) -> bytes:
         """The model, with every shape the interpreter infers written into the file."""
-        first = self.pack()
-        it = interpreter(first)
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        # Without delegates: a delegate takes intermediate tensors out of the interpreter's view.
+        it = Interpreter(model_content=self.pack(),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
         for d in it.get_tensor_details():
             if d["index"] >= len(self.tensors):  # the interpreter's own scratch tensors
                 continue
@@ -246,6 +250,11 @@ def fold_fp16_weights(model: bytes) -> bytes:
                 continue
             kept.append(op)
         sub.operators = kept
+    used = sorted({op.opcodeIndex for sub in m.subgraphs for op in sub.operators})
+    for sub in m.subgraphs:
+        for op in sub.operators:
+            op.opcodeIndex = used.index(op.opcodeIndex)
+    m.operatorCodes = [m.operatorCodes[i] for i in used]
     b = flatbuffers.Builder(1024)
     b.Finish(m.Pack(b), file_identifier=b"TFL3")
     return bytes(b.Output())

@@ -49,7 +49,7 @@ class OpContext:
 
     def opt(self, name: str, default: Any = None) -> Any:
         """A builtin option by accessor name (``"StrideW"``), or ``default`` without options."""
-        return getattr(self.op.options, name)() if self.op.options is not None else default
+        return self.op.options.get(name, default) if self.op.options is not None else default
 
     def has(self, i: int) -> bool:
         return i < len(self.op.inputs) and self.op.inputs[i] >= 0

@@ -69,12 +69,11 @@ def prelu(c: OpContext) -> None:
 
 @maps(*BINARY)
 def binary(c: OpContext) -> None:
-    if c.t(0).dtype == np.int16 and hasattr(c.op.options, "PotScaleInt16") and c.opt("PotScaleInt16"):
+    if c.t(0).dtype == np.int16 and c.opt("PotScaleInt16", False):
         raise c.fail("power-of-two int16 scaling is not supported")
     layout = c.pick_layout([0, 1])
     y = c.one(BINARY[c.op.name], [c.x(0, layout), c.x(1, layout)])
-    c.out(c.activation(y) if c.op.options is not None and hasattr(c.op.options, "FusedActivationFunction")
-          else y, layout)
+    c.out(c.activation(y), layout)  # comparisons have no such option: activation() reads NONE
 
 
 @maps("SQUARED_DIFFERENCE")

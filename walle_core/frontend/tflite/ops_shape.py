@@ -49,16 +49,15 @@ def reshape(c: OpContext) -> None:
     if c.has(1) and c.rank(1) >= 1:
         shape = _shape_input(c, 1)
     else:
-        new = c.op.options.NewShapeAsNumpy() if c.op.options is not None and c.opt("NewShapeLength", 0) else None
-        shape = c.ints_init([int(d) for d in new] if new is not None else list(c.out_t().shape))
+        new = c.opt("NewShape", [])
+        shape = c.ints_init([int(d) for d in new] if new else list(c.out_t().shape))
     c.out(c.one("Reshape", [c.data(0, NATIVE, stored), shape], allowzero=1), stored=stored)
 
 
 @maps("SQUEEZE")
 def squeeze(c: OpContext) -> None:
     stored = c.same_quant(0)
-    dims = [int(d) for d in c.op.options.SqueezeDimsAsNumpy()] \
-        if c.op.options is not None and c.opt("SqueezeDimsLength", 0) else []
+    dims = [int(d) for d in c.opt("SqueezeDims", [])]
     if not dims:
         dims = [a for a, d in enumerate(c.t(0).shape) if d == 1 and a not in c.t(0).dynamic_axes()]
     c.out(c.one("Squeeze", [c.data(0, NATIVE, stored), c.ints_init(dims)]), stored=stored)

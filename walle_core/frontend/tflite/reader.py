@@ -9,6 +9,7 @@ or truncated file is reported as such, never as a ``struct.error`` from deep ins
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -105,7 +106,7 @@ class TflOperator:
     version: int
     inputs: list[int]  # -1: omitted optional input
     outputs: list[int]
-    options: Any  # the typed builtin options table, or None
+    options: dict[str, Any] | None  # builtin options by schema accessor name ("StrideW"), or None
     custom_options: bytes = b""
 
 
@@ -133,6 +134,27 @@ class TflModel:
     description: str
     subgraphs: list[TflSubgraph]
     signatures: list[TflSignature] = field(default_factory=list)
+
+
+_NOT_FIELDS = ("Init",)
+
+
+def _option_values(table: Any) -> dict[str, Any]:
+    """Every field of a builtin-options table, read now (inside the reader's error handling,
+    so a corrupt offset surfaces as a load error): scalars as values, vectors as lists."""
+    values: dict[str, Any] = {}
+    cls = type(table)
+    for name in dir(cls):
+        if name.startswith(("_", *_NOT_FIELDS)) or name.endswith(("AsNumpy", "Length", "IsNone")):
+            continue
+        if isinstance(inspect.getattr_static(cls, name), classmethod | staticmethod):
+            continue  # GetRootAs..., ...BufferHasIdentifier: not fields
+        if hasattr(table, name + "AsNumpy"):
+            n = getattr(table, name + "Length")()
+            values[name] = [v.item() for v in getattr(table, name + "AsNumpy")()] if n else []
+        else:
+            values[name] = getattr(table, name)()
+    return values
 
 
 def is_tflite_bytes(head: bytes) -> bool:
@@ -278,8 +300,9 @@ class _Reader:
             cls_name = _option_classes().get(kind)
             table = op.BuiltinOptions()
             if cls_name is not None and table is not None:
-                options = getattr(self.schema, cls_name)()
-                options.Init(table.Bytes, table.Pos)
+                typed = getattr(self.schema, cls_name)()
+                typed.Init(table.Bytes, table.Pos)
+                options = _option_values(typed)
         custom = op.CustomOptionsAsNumpy().tobytes() if op.CustomOptionsLength() else b""
         return TflOperator(index, code, name, version, ins, outs, options, custom)
 

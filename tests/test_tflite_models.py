@@ -1,0 +1,280 @@
+"""Real .tflite models (the ones MediaPipe's wheel ships), float and int8, against LiteRT; plus
+the importer's contracts: signatures, dynamic batch, layouts, errors, and .tflite in the CLI and
+in task bundles.
+
+The MediaPipe models come from the ``mediapipe`` wheel (an installed one, or the wheel fetched
+once with ``pip download`` into ``$WALLE_CACHE_DIR/tflite``); the int8 variants are made from
+them by LiteRT's own calibrator. Float: Walle must match LiteRT to 3e-4 of each output's scale.
+Int8: integer kernels round differently from a float QDQ emulation, and the differences grow
+over 100+ layers; so Walle's difference from LiteRT must stay within the spread among LiteRT's
+own kernel sets (XNNPACK, the builtin kernels, the reference kernels) on the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("tflite")
+
+from tflite_testlib import (  # noqa: E402
+    ModelBuilder,
+    fold_fp16_weights,
+    litert_run,
+    mediapipe_models,
+    quantize,
+    random_feeds,
+    rel_error,
+)
+from typer.testing import CliRunner  # noqa: E402
+
+import walle_core  # noqa: E402
+from walle_core.errors import ModelLoadError, UnsupportedOpError  # noqa: E402
+from walle_core.frontend.tflite_import import import_model  # noqa: E402
+
+# Models LiteRT runs on its own (the others need MediaPipe's custom ops).
+FLOAT_MODELS = [
+    "face_detection_short_range", "face_detection_full_range_sparse", "face_landmark",
+    "hand_landmark_lite", "hand_landmark_full", "hand_recrop", "iris_landmark",
+    "palm_detection_lite", "palm_detection_full", "pose_detection", "pose_landmark_full",
+]
+INT8_MODELS = ["face_detection_short_range", "face_landmark", "hand_landmark_lite", "iris_landmark",
+               "palm_detection_lite"]
+FLOAT_TOL = 3e-4  # pose_landmark_full's segmentation logits (|x| ~ 400) differ by 2e-4 of their scale
+# Transposes the importer leaves in each model: the input's NHWC -> NCHW and, for detector
+# heads, one before each reshape of a conv output into (anchors, values).
+TRANSPOSES = {"face_landmark": 1, "iris_landmark": 1, "hand_landmark_lite": 1, "hand_recrop": 1,
+              "face_detection_short_range": 5, "palm_detection_lite": 5}
+
+
+@pytest.fixture(scope="module")
+def zoo() -> Path:
+    found = mediapipe_models()
+    if found is None:
+        pytest.skip("MediaPipe's wheel (with its .tflite models) could not be found or fetched with pip")
+    return found
+
+
+def model_bytes(zoo: Path, name: str) -> bytes:
+    return (zoo / f"{name}.tflite").read_bytes()
+
+
+def run_walle(model: bytes | Path, feeds: list[np.ndarray], backend: str = "reference") -> list[np.ndarray]:
+    m = walle_core.load(model, backend=backend)
+    got = m.run(dict(zip(m.input_names, feeds, strict=True)))
+    return [got[n] for n in m.output_names]
+
+
+def backend_or_skip(name: str) -> str:
+    from walle_core.plugins import registry
+
+    entry = next((e for e in registry().entries() if e.name == name), None)
+    if entry is None or not entry.availability.available:
+        pytest.skip(f"backend {name} is unavailable here")
+    return name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("name", FLOAT_MODELS)
+def test_mediapipe_float_model_matches_litert(zoo: Path, name: str, backend: str) -> None:
+    path = zoo / f"{name}.tflite"
+    feeds = random_feeds(path.read_bytes())
+    ref = litert_run(path.read_bytes(), feeds)
+    got = run_walle(path, feeds, backend=backend_or_skip(backend))
+    for g, r in zip(got, ref, strict=True):
+        assert rel_error(g, r) <= FLOAT_TOL
+
+
+def litert_spread(model: bytes, feeds: list[np.ndarray]) -> list[float]:
+    """Per output, the largest mean |difference| (in int8 steps) between LiteRT's kernel sets."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    results = []
+    for kind in (OpResolverType.AUTO, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, OpResolverType.BUILTIN_REF):
+        it = Interpreter(model_content=model, experimental_op_resolver_type=kind)
+        it.allocate_tensors()
+        for d, f in zip(it.get_input_details(), feeds, strict=True):
+            it.set_tensor(d["index"], f)
+        it.invoke()
+        results.append([it.get_tensor(d["index"]).astype(np.int64) for d in it.get_output_details()])
+    return [max(float(np.mean(np.abs(a[k] - b[k]))) for a in results for b in results)
+            for k in range(len(results[0]))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", INT8_MODELS)
+def test_mediapipe_int8_model_within_litert_spread(zoo: Path, name: str) -> None:
+    model = quantize(fold_fp16_weights(model_bytes(zoo, name)), samples=4)
+    graph = import_model(model)
+    assert graph.inputs[0].type.dtype == np.int8
+    ops = Counter(n.op_type for n in graph.nodes)
+    assert ops["DequantizeLinear"] > 0 and ops["QuantizeLinear"] > 0
+    feeds = random_feeds(model)
+    ref = litert_run(model, feeds)
+    got = run_walle(model, feeds)
+    for g, r, spread in zip(got, ref, litert_spread(model, feeds), strict=True):
+        assert g.dtype == r.dtype == np.int8
+        diff = np.abs(g.astype(np.int64) - r.astype(np.int64))
+        assert float(diff.mean()) <= 1.5 * spread + 0.5, (float(diff.mean()), spread)
+
+
+@pytest.mark.parametrize("name", sorted(TRANSPOSES))
+def test_layout_changes_only_at_the_edges(zoo: Path, name: str) -> None:
+    graph = import_model(model_bytes(zoo, name))
+    ops = Counter(n.op_type for n in graph.nodes)
+    assert ops["Transpose"] == TRANSPOSES[name], ops
+    assert ops["Conv"] >= 20  # dozens of NCHW convs, element-wise ops between them, no transposes
+
+
+def test_mediapipe_custom_op_fails_at_load_naming_it(zoo: Path) -> None:
+    with pytest.raises(UnsupportedOpError) as err:
+        import_model(model_bytes(zoo, "selfie_segmentation"))
+    text = str(err.value)
+    assert "CUSTOM:Convolution2DTransposeBias" in text and "operator #" in text and "op code 32" in text
+
+
+def conv_chain(batch_signature: bool = False) -> bytes:
+    """input -> conv+relu -> add -> max pool -> depthwise -> mean -> fully connected."""
+    rng = np.random.default_rng(3)
+    b = ModelBuilder()
+    x = b.input([1, 8, 8, 3], name="x", signature=[-1, 8, 8, 3] if batch_signature else None)
+    (y,) = b.op("CONV_2D", [x, b.const(rng.normal(size=(8, 3, 3, 3)).astype(np.float32)), b.const(np.zeros(8, np.float32))],
+                "Conv2DOptions", padding=0, strideW=1, strideH=1, fusedActivationFunction=1,
+                dilationWFactor=1, dilationHFactor=1)
+    (y,) = b.op("ADD", [y, b.const(rng.normal(size=8).astype(np.float32))], "AddOptions")
+    (y,) = b.op("MAX_POOL_2D", [y], "Pool2DOptions", padding=1, strideW=2, strideH=2, filterWidth=2, filterHeight=2)
+    # (with a bias: LiteRT 2.3 crashes on a bias-less depthwise conv once the batch is resized)
+    (y,) = b.op("DEPTHWISE_CONV_2D", [y, b.const(rng.normal(size=(1, 3, 3, 8)).astype(np.float32)),
+                                      b.const(np.zeros(8, np.float32))],
+                "DepthwiseConv2DOptions", padding=0, strideW=1, strideH=1, depthMultiplier=1,
+                dilationWFactor=1, dilationHFactor=1)
+    (feat,) = b.op("MEAN", [y, b.const(np.asarray([1, 2], np.int32))], "ReducerOptions", keepDims=False)
+    (logits,) = b.op("FULLY_CONNECTED", [feat, b.const(rng.normal(size=(5, 8)).astype(np.float32))],
+                     "FullyConnectedOptions")
+    b.output(y, logits)
+    b.sign("serving_default", ["x"], ["features", "logits"])
+    return b.build()
+
+
+def test_chain_has_two_layout_changes_and_no_raster_between() -> None:
+    model = walle_core.load(conv_chain(), backend="reference")
+    ops = Counter(n.op_type for n in model.graph.nodes)
+    assert ops["Transpose"] == 2, ops  # the input in, the `features` output out; mean reads NCHW
+    ops_run, _ = model.atomic_ops(model.example_feeds())
+    moves = [op for op in ops_run if op.kind.value == "Raster" and len(op.inputs[0].shape) == 4
+             and op.inputs[0].shape != op.out.shape]
+    assert [(m.inputs[0].shape, m.out.shape) for m in moves] == [((1, 8, 8, 3), (1, 3, 8, 8)),
+                                                                  ((1, 8, 4, 4), (1, 4, 4, 8))]
+
+
+def test_signature_names_inputs_and_outputs() -> None:
+    graph = import_model(conv_chain())
+    assert graph.name == "serving_default"
+    assert [v.name for v in graph.inputs] == ["x"]
+    assert [v.name for v in graph.outputs] == ["features", "logits"]
+    with pytest.raises(ModelLoadError, match="no signature 'predict'.*'serving_default'"):
+        import_model(conv_chain(), signature="predict")
+
+
+def test_dynamic_batch_from_shape_signature() -> None:
+    data = conv_chain(batch_signature=True)
+    graph = import_model(data)
+    assert graph.inputs[0].type.describe() == "float32[batch,8,8,3]"
+    model = walle_core.load(data, backend="reference")
+    for batch in (1, 3):
+        feeds = [np.random.default_rng(batch).uniform(-1, 1, (batch, 8, 8, 3)).astype(np.float32)]
+        ref = litert_run(data, feeds)
+        got = model.run({"x": feeds[0]})
+        for name, r in zip(model.output_names, ref, strict=True):
+            assert got[name].shape[0] == batch
+            assert rel_error(got[name], r) <= 1e-5
+
+
+def test_unsupported_op_and_option_name_operator_index_and_code() -> None:
+    b = ModelBuilder()
+    x = b.input([2, 3], name="x")
+    (y,) = b.op("RELU", [x])
+    (z,) = b.op("CUMSUM", [y, b.const(np.int32(1))], "CumsumOptions")
+    b.output(z)
+    with pytest.raises(UnsupportedOpError, match=r"'CUMSUM'.*operator #1 of subgraph 0.*op code 128"):
+        import_model(b.build())
+    b = ModelBuilder()
+    x = b.input([2, 3, 4], name="x")
+    (y,) = b.op("GATHER", [x, b.const(np.zeros((2, 1), np.int32))], "GatherOptions", axis=1, batchDims=1)
+    b.output(y)
+    with pytest.raises(UnsupportedOpError, match=r"'GATHER'.*operator #0.*op code 36.*batch_dims"):
+        import_model(b.build())
+
+
+def test_corrupt_and_truncated_files_raise_model_load_error(tmp_path: Path) -> None:
+    data = conv_chain()
+    for cut in (0, 4, 7, 8, 16, 64, len(data) // 3, len(data) // 2, len(data) - 100):
+        with pytest.raises(ModelLoadError):
+            import_model(data[:cut] if cut >= 8 else data[:cut] + b"" if cut else b"")
+    path = tmp_path / "cut.tflite"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="TFLite"):
+        walle_core.load(path)
+    path.write_bytes(b"\x00\x01")
+    with pytest.raises(ModelLoadError, match="too short"):
+        walle_core.load(path)
+    wrong = bytearray(data)
+    wrong[4:8] = b"XXXX"
+    with pytest.raises(ModelLoadError):
+        walle_core.load(bytes(wrong))
+    rng = np.random.default_rng(0)
+    for _ in range(40):  # flipped bytes: a clean error or a model, never a crash of another kind
+        bad = bytearray(data)
+        for pos in rng.integers(8, len(bad), 6):
+            bad[pos] = int(rng.integers(0, 256))
+        try:
+            import_model(bytes(bad))
+        except (ModelLoadError, UnsupportedOpError):
+            pass
+
+
+def test_walle_run_and_inspect_accept_tflite(tmp_path: Path) -> None:
+    from walle_cli.app import app
+
+    path = tmp_path / "chain.tflite"
+    path.write_bytes(conv_chain())
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", str(path), "-i", f"x={tmp_path / 'x.npy'}", "-b", "reference"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "logits" in result.output and "features" in result.output
+    result = runner.invoke(app, ["inspect", str(path), "-b", "reference"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Conv" in result.output and "float32[1,8,8,3]" in result.output
+
+
+def test_task_bundle_with_a_tflite_model(tmp_path: Path) -> None:
+    from walle_core.task import KeyStore, extract_bundle, generate_key, pack, sign_bundle
+    from walle_core.vm.vm import TaskSpec, ThreadVM
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.tflite").write_bytes(conv_chain())
+    (src / "main.py").write_text(
+        "import numpy as np\nimport walle\n"
+        "m = walle.model()\n"
+        "walle.output('logits', m.run({'x': np.ones((1, 8, 8, 3), np.float32)})['logits'])\n")
+    (src / "task.json").write_text(json.dumps({"name": "tfl", "version": "1.0.0", "entry": "main.py",
+                                               "model": "model.tflite", "trigger": {"pattern": ["open"]}}))
+    key = generate_key()
+    pack(src, tmp_path / "tfl.walle")
+    sign_bundle(tmp_path / "tfl.walle", key)
+    bundle = extract_bundle(tmp_path / "tfl.walle", tmp_path / "installed", KeyStore(keys=[key.public_key()]))
+    spec = TaskSpec.from_manifest(bundle.manifest, tmp_path / "installed", backend="reference")
+    result = ThreadVM(spec).run()
+    assert result.ok, result.error
+    ref = litert_run(conv_chain(), [np.ones((1, 8, 8, 3), np.float32)])[1]
+    assert rel_error(np.asarray(result.outputs["logits"]), ref) <= 1e-5
