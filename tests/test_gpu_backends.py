@@ -342,6 +342,28 @@ def test_conv_gemm_tiles(name: str, shape: str) -> None:
 
 
 @pytest.mark.parametrize("name", [n for n in ("opencl", "vulkan") if n in AVAILABLE])
+@pytest.mark.parametrize("geometry", [(3, 1, 1, 40), (5, 2, 1, 30), (3, 1, 2, 13), (3, 2, 1, 7)],
+                         ids=["3x3s1_wide", "5x5s2", "3x3_dilated", "3x3s2_small"])
+def test_depthwise_tiles(name: str, geometry: tuple[int, int, int, int]) -> None:
+    """The depthwise kernel stages the input patch under a block of outputs in local memory:
+    blocks of 8, 16 and 32 columns, strides, dilation, padding at every edge, batch, and a
+    channel multiplier of two."""
+    k, s, d, size = geometry
+    pad = d * (k - 1) // 2
+    out_hw = (size + 2 * pad - d * (k - 1) - 1) // s + 1
+    x, w, b = _t((2, 5, size, size + 3), tid=1), _t((10, 1, k, k), tid=2), _t((10,), tid=3)
+    out = _t((2, 10, out_hw, (size + 3 + 2 * pad - d * (k - 1) - 1) // s + 1), tid=4)
+    op = A.Conv2D([x, w, b], [out], strides=(s, s), dilations=(d, d), pads=(pad,) * 4, groups=5,
+                  act=A.Activation("clip", (0.0, 6.0)))
+    (launch,) = lower_op(op, AVAILABLE[name].caps, "depthwise")  # type: ignore[attr-defined]
+    assert launch.spec.locals and launch.spec.name.startswith("conv_depthwise")
+    feeds = [RNG.standard_normal(t.shape).astype(np.float32) for t in (x, w, b)]
+    (got,) = _run(AVAILABLE[name], [op], [x, w, b], [out], feeds, "depthwise")
+    (want,) = _reference([op], [x, w, b], [out], feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in ("opencl", "vulkan") if n in AVAILABLE])
 def test_run_timings_and_transfer_timing(name: str) -> None:
     """Each run reports device-clock seconds per launch, the span of the launches, and the
     host->device and device->host moves separately; the backend times bare transfers too."""
