@@ -12,6 +12,7 @@ own kernel sets (XNNPACK, the builtin kernels, the reference kernels) on the sam
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("tflite")
 
-from tflite_testlib import (  # noqa: E402
+from tflite_testlib import (
     ModelBuilder,
     fold_fp16_weights,
     litert_run,
@@ -31,11 +32,11 @@ from tflite_testlib import (  # noqa: E402
     random_feeds,
     rel_error,
 )
-from typer.testing import CliRunner  # noqa: E402
+from typer.testing import CliRunner
 
-import walle_core  # noqa: E402
-from walle_core.errors import ModelLoadError, UnsupportedOpError  # noqa: E402
-from walle_core.frontend.tflite_import import import_model  # noqa: E402
+import walle_core
+from walle_core.errors import ModelLoadError, UnsupportedOpError
+from walle_core.frontend.tflite_import import import_model
 
 # Models LiteRT runs on its own (the others need MediaPipe's custom ops).
 FLOAT_MODELS = [
@@ -178,7 +179,7 @@ def test_signature_names_inputs_and_outputs() -> None:
     assert graph.name == "serving_default"
     assert [v.name for v in graph.inputs] == ["x"]
     assert [v.name for v in graph.outputs] == ["features", "logits"]
-    with pytest.raises(ModelLoadError, match="no signature 'predict'.*'serving_default'"):
+    with pytest.raises(ModelLoadError, match=r"no signature 'predict'.*'serving_default'"):
         import_model(conv_chain(), signature="predict")
 
 
@@ -216,7 +217,7 @@ def test_corrupt_and_truncated_files_raise_model_load_error(tmp_path: Path) -> N
     data = conv_chain()
     for cut in (0, 4, 7, 8, 16, 64, len(data) // 3, len(data) // 2, len(data) - 100):
         with pytest.raises(ModelLoadError):
-            import_model(data[:cut] if cut >= 8 else data[:cut] + b"" if cut else b"")
+            import_model(data[:cut])
     path = tmp_path / "cut.tflite"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelLoadError, match="TFLite"):
@@ -233,10 +234,8 @@ def test_corrupt_and_truncated_files_raise_model_load_error(tmp_path: Path) -> N
         bad = bytearray(data)
         for pos in rng.integers(8, len(bad), 6):
             bad[pos] = int(rng.integers(0, 256))
-        try:
+        with contextlib.suppress(ModelLoadError, UnsupportedOpError):
             import_model(bytes(bad))
-        except (ModelLoadError, UnsupportedOpError):
-            pass
 
 
 def test_walle_run_and_inspect_accept_tflite(tmp_path: Path) -> None:

@@ -86,6 +86,29 @@ def _strided(b: ModelBuilder, path: str, shrink: int) -> list[int]:
                 beginMask=4, endMask=4, shrinkAxisMask=shrink)
 
 
+def positive(b: ModelBuilder, path: str) -> int:
+    """|x| + 0.5: an input for logarithms, roots and powers."""
+    (a,) = b.op("ABS", [source(b, path)])
+    return b.op("ADD", [a, b.const(np.float32(0.5))], "AddOptions")[0]
+
+
+def on_positive(op: str, *extra: np.ndarray, options: str | None = None) -> Callable[[ModelBuilder, str], list[int]]:
+    def build(b: ModelBuilder, path: str) -> list[int]:
+        return b.op(op, [positive(b, path), *(b.const(e) for e in extra)], options)
+
+    return build
+
+
+def logical(b: ModelBuilder, path: str) -> list[int]:
+    x = source(b, path)
+    (neg,) = b.op("LESS", [x, b.const(np.float32(0.0))], out_dtype=np.bool_)
+    (big,) = b.op("GREATER_EQUAL", [x, b.const(np.float32(-0.5))], out_dtype=np.bool_)
+    (both,) = b.op("LOGICAL_AND", [neg, big], out_dtype=np.bool_)
+    (either,) = b.op("LOGICAL_OR", [both, b.op("EQUAL", [x, x], out_dtype=np.bool_)[0]], out_dtype=np.bool_)
+    (none,) = b.op("LOGICAL_NOT", [both], out_dtype=np.bool_)
+    return [both, either, none]
+
+
 CASES: dict[str, Callable[[ModelBuilder, str], list[int]]] = {
     "conv_same_s2_relu6": lambda b, p: [conv(b, source(b, p), 6, 3, 0, 2, 3)],
     "conv_valid_dilated_relu": lambda b, p: [conv(b, source(b, p), 5, 3, 1, 1, 1, dil=2)],
@@ -168,10 +191,44 @@ CASES: dict[str, Callable[[ModelBuilder, str], list[int]]] = {
     "arg_max": lambda b, p: b.op("ARG_MAX", [source(b, p), b.const(i32(3))], "ArgMaxOptions",
                                  out_dtype=np.int32, outputType=2),
     "cast": lambda b, p: b.op("CAST", [source(b, p)], out_dtype=np.int32),
+    "l2_pool": lambda b, p: [pool(b, "L2_POOL_2D", source(b, p), 2, 2, 1)],
+    "sqrt": on_positive("SQRT"),
+    "rsqrt": on_positive("RSQRT"),
+    "log": on_positive("LOG"),
+    "pow": on_positive("POW", np.float32(1.5)),
+    "floor_div": on_positive("FLOOR_DIV", np.float32(0.3)),
+    "exp": unary("EXP"),
+    "neg": unary("NEG"),
+    "floor": unary("FLOOR"),
+    "ceil": unary("CEIL"),
+    "round": unary("ROUND"),
+    "sin": unary("SIN"),
+    "cos": unary("COS"),
+    "elu": unary("ELU"),
+    "sign": unary("SIGN"),
+    "square": unary("SQUARE"),
+    "relu_n1_to_1": unary("RELU_N1_TO_1"),
+    "relu_0_to_1": unary("RELU_0_TO_1"),
+    "maximum": lambda b, p: b.op("MAXIMUM", [source(b, p), b.input(SHAPE)]),
+    "minimum": lambda b, p: b.op("MINIMUM", [source(b, p), b.const(w(4))]),
+    "squared_difference": lambda b, p: b.op("SQUARED_DIFFERENCE", [source(b, p), b.input(SHAPE)]),
+    "select_v2": lambda b, p: b.op("SELECT_V2", [
+        b.op("LESS", [b.input(SHAPE), b.const(np.float32(0.0))], out_dtype=np.bool_)[0], source(b, p), b.input(SHAPE)]),
+    "logical": logical,
+    "reduce_min_keep": lambda b, p: b.op("REDUCE_MIN", [source(b, p), b.const(i32(2, 3))], "ReducerOptions", keepDims=True),
+    "reduce_prod": lambda b, p: b.op("REDUCE_PROD", [source(b, p), b.const(i32(2))], "ReducerOptions", keepDims=False),
+    "arg_min_rows": lambda b, p: b.op("ARG_MIN", [source(b, p), b.const(i32(1))], "ArgMinOptions",
+                                      out_dtype=np.int64, outputType=4),
+    "shape": lambda b, p: b.op("SHAPE", [source(b, p)], "ShapeOptions", out_dtype=np.int32, outType=2),
+    "pack": lambda b, p: b.op("PACK", [b.input([3, 4]), b.input([3, 4])], "PackOptions", valuesCount=2, axis=1),
+    "unpack": lambda b, p: b.op("UNPACK", [b.input([2, 3, 4])], "UnpackOptions", n_out=3, num=3, axis=1),
+    "tile": lambda b, p: b.op("TILE", [source(b, p), b.const(i32(1, 2, 1, 3))]),
+    "broadcast_to": lambda b, p: b.op("BROADCAST_TO", [source(b, p), b.const(i32(2, 8, 8, 4))]),
 }
 # LiteRT's calibrator does not quantise CAST or DIV, and leaves PADV2's pad value float (which
 # LiteRT's own int8 PADV2 then refuses).
-FLOAT_ONLY = {"cast", "div_const", "padv2_value"}
+FLOAT_ONLY = {"cast", "div_const", "padv2_value", "arg_min_rows", "ceil", "cos", "elu", "floor", "floor_div",
+              "l2_pool", "logical", "neg", "pow", "relu_0_to_1", "round", "select_v2", "sign", "sin", "square"}
 
 
 def build_case(name: str, path: str) -> bytes:

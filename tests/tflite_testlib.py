@@ -20,6 +20,7 @@ import numpy as np
 from walle_core import flags
 
 MEDIAPIPE_VERSION = "0.10.21"  # the last release whose wheel carries mediapipe/modules/*.tflite
+VERSIONS = {"BROADCAST_TO": 2}  # builtin versions LiteRT needs above 1
 TYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.int32): 2, np.dtype(np.uint8): 3,
          np.dtype(np.int64): 4, np.dtype(np.bool_): 6, np.dtype(np.int16): 7, np.dtype(np.int8): 9}
 
@@ -128,9 +129,10 @@ class ModelBuilder:
         model.version = 3
         model.description = "walle test model"
         codes = []
-        for code, _ in self.codes:
+        for code, name in self.codes:
             oc = S.OperatorCodeT()
-            oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), 1
+            oc.builtinCode, oc.deprecatedBuiltinCode = code, min(code, 127)
+            oc.version = VERSIONS.get(name, 1)
             codes.append(oc)
         model.operatorCodes, model.subgraphs, model.buffers = codes, [sub], self.buffers
         if self.signature is not None:

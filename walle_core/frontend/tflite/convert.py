@@ -132,13 +132,14 @@ class Emitter:
         ``perm`` permutes it; quantised constants keep their type behind a DequantizeLinear."""
         c = self.consts[t]
         raw = c.raw
-        quant_axis = c.quant.axis if c.quant is not None else 0
+        per_channel = c.quant is not None and c.quant.per_channel
+        quant_axis = c.quant.axis if c.quant is not None and per_channel else 0
         if rank is not None and raw.ndim < rank:
             quant_axis += rank - raw.ndim
             raw = raw.reshape((1,) * (rank - raw.ndim) + raw.shape)
         if perm is not None:
             raw = np.transpose(raw, perm)
-            quant_axis = list(perm).index(quant_axis) if c.quant is not None and raw.ndim else 0
+            quant_axis = list(perm).index(quant_axis) if per_channel else 0
         hint = self.sub.tensors[t].name
         if c.quant is None or not real:
             return self.init(raw, hint)

@@ -86,12 +86,10 @@ def squared_difference(c: OpContext) -> None:
 @maps("FLOOR_DIV")
 def floor_div(c: OpContext) -> None:
     layout = c.pick_layout([0, 1])
-    q = c.one("Div", [c.x(0, layout), c.x(1, layout)])
-    if c.out_t().dtype is not None and dtypes.is_float(c.out_t().dtype):
-        q = c.one("Floor", [q])
-    elif c.out_t().dtype is not None and c.out_t().dtype.kind == "i":
-        raise c.fail("integer FLOOR_DIV is not supported")
-    c.out(q, layout)
+    out = c.out_t().dtype
+    if out is None or not dtypes.is_float(out):
+        raise c.fail(f"FLOOR_DIV on {c.out_t().type_name} is not supported")
+    c.out(c.one("Floor", [c.one("Div", [c.x(0, layout), c.x(1, layout)])]), layout)
 
 
 @maps("SELECT", "SELECT_V2")
