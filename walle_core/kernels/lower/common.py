@@ -10,16 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from walle_core import atomic as A
-from walle_core.kernels.library import (
-    FLOAT_UNARY,
-    HELPER_DEPS,
-    HELPER_ORDER,
-)
-from walle_core.kernels.spec import (
-    FLOAT_TAGS,
-    BufferDecl,
-    Caps,
-)
+from walle_core.kernels.library import FLOAT_UNARY, HELPER_DEPS, HELPER_ORDER
+from walle_core.kernels.spec import FLOAT_TAGS, BufferDecl, Caps
 
 MAXR = 8  # max rank of a strided element-wise view after collapsing
 WG = 64  # element-wise work-group size
@@ -32,6 +24,19 @@ class Unsupported(Exception):
 
 def params_decl(writable: bool = False) -> BufferDecl:
     return BufferDecl("P", "i32", writable)
+
+
+def bind_operands(op: A.Op, t: str, vec4: tuple[bool, bool] = (False, False)) -> tuple[list[BufferDecl], list[object]]:
+    """Buffers and tensors of a kernel over two operands, an optional third (a bias) and one
+    output: ``P, x0, x1[, x2], y0``."""
+    bufs = [params_decl(), BufferDecl("x0", t, vec4=vec4[0]), BufferDecl("x1", t, vec4=vec4[1])]
+    args: list[object] = list(op.inputs[:2])
+    if len(op.inputs) > 2:
+        bufs.append(BufferDecl("x2", t))
+        args.append(op.inputs[2])
+    bufs.append(BufferDecl("y0", t, True))
+    args.append(op.out)
+    return bufs, args
 
 
 def helper_closure(names: Sequence[str]) -> tuple[str, ...]:

@@ -11,23 +11,15 @@ from walle_core import atomic as A
 from walle_core.kernels.lower.common import (
     MAX_GROUPS,
     Unsupported,
+    bind_operands,
     common_defines,
     fused_activation,
     grid_1d,
     helper_closure,
-    params_decl,
     require_types,
 )
 from walle_core.kernels.lower.gemm import Operand, gemm_body, gemm_groups, gemm_locals, pick_tile
-from walle_core.kernels.spec import (
-    FLOAT_TAGS,
-    BufferDecl,
-    Caps,
-    KernelSpec,
-    Launch,
-    LocalArray,
-    tag,
-)
+from walle_core.kernels.spec import FLOAT_TAGS, BufferDecl, Caps, KernelSpec, Launch, LocalArray, tag
 
 _CONV_HEAD = """  int C = P[4];
   int H = P[5];
@@ -84,13 +76,7 @@ def lower_conv(op: A.Conv2D, caps: Caps, algorithm: str = "implicit_gemm") -> li
     act_stmt, act_helpers, act_words, act_decls = fused_activation(op.act, t, caps, 20)
     params = [n_, og, oh * ow, cg * kh * kw, c, h, wd, oh, ow, kh, kw, *op.strides,
               op.pads[0], op.pads[1], *op.dilations, op.groups, o, 0, *act_words]
-    bufs = [params_decl(), BufferDecl("x0", t), BufferDecl("x1", t)]
-    args: list[object] = [x, w]
-    if bias is not None:
-        bufs.append(BufferDecl("x2", t))
-        args.append(bias)
-    bufs.append(BufferDecl("y0", t, True))
-    args.append(out)
+    bufs, args = bind_operands(op, t)
     conv = _Conv(op, t, bufs, args, params, "v = v + x2[oc];" if bias is not None else "", act_stmt, act_decls,
                  (*common_defines(t), ("ACC", t)), helper_closure(act_helpers),
                  f"{'b' if bias else ''}_{op.act.fn}_{t}")

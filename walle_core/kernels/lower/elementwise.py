@@ -30,15 +30,7 @@ from walle_core.kernels.lower.common import (
     params_decl,
     require_types,
 )
-from walle_core.kernels.spec import (
-    BITS_TAG,
-    FLOAT_TAGS,
-    BufferDecl,
-    Caps,
-    KernelSpec,
-    Launch,
-    tag,
-)
+from walle_core.kernels.spec import BITS_TAG, FLOAT_TAGS, BufferDecl, Caps, KernelSpec, Launch, tag
 
 
 def collapse(shape: Sequence[int], strides: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:

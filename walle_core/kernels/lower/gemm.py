@@ -13,19 +13,12 @@ from walle_core import atomic as A
 from walle_core.kernels.lower.common import (
     MAX_GROUPS,
     Unsupported,
+    bind_operands,
     common_defines,
     grid_1d,
-    params_decl,
     require_types,
 )
-from walle_core.kernels.spec import (
-    BufferDecl,
-    Caps,
-    KernelSpec,
-    Launch,
-    LocalArray,
-    tag,
-)
+from walle_core.kernels.spec import Caps, KernelSpec, Launch, LocalArray, tag
 
 
 @dataclass(frozen=True)
@@ -233,13 +226,7 @@ def lower_matmul(op: A.MatMul, caps: Caps, algorithm: str = "tiled") -> list[Lau
     # four-wide loads along the operand's contiguous axis where every stride keeps them aligned
     vec_a = algorithm == "tiled" and t == "f32" and (m if op.trans_a else k) % 4 == 0 and op.a_batch_stride % 4 == 0
     vec_b = algorithm == "tiled" and t == "f32" and (k if op.trans_b else n) % 4 == 0 and op.b_batch_stride % 4 == 0
-    bufs = [params_decl(), BufferDecl("x0", t, vec4=vec_a), BufferDecl("x1", t, vec4=vec_b)]
-    args: list[object] = [a, b]
-    if bias is not None:
-        bufs.append(BufferDecl("x2", t))
-        args.append(bias)
-    bufs.append(BufferDecl("y0", t, True))
-    args.append(out)
+    bufs, args = bind_operands(op, t, (vec_a, vec_b))
     params = [batch, m, n, k, op.a_batch_stride, op.b_batch_stride, int(op.bias_full)]
     defines = (*common_defines(t), ("ACC", t), ("A_IDX(gm, gk)", a_idx), ("B_IDX(gk, gn)", b_idx))
     variant = f"{'t' if op.trans_a else 'n'}{'t' if op.trans_b else 'n'}{'b' if bias else ''}_{t}"

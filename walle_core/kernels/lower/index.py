@@ -6,21 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from walle_core import atomic as A
-from walle_core.kernels.lower.common import (
-    Unsupported,
-    grid_1d,
-    params_decl,
-    require_types,
-)
+from walle_core.kernels.lower.common import Unsupported, grid_1d, params_decl, require_types
 from walle_core.kernels.lower.raster import copy_launch
-from walle_core.kernels.spec import (
-    BITS_TAG,
-    BufferDecl,
-    Caps,
-    KernelSpec,
-    Launch,
-    tag,
-)
+from walle_core.kernels.spec import BITS_TAG, BufferDecl, Caps, KernelSpec, Launch, tag
 
 _SCATTER_STEP = {
     "none": "y0[dst] = u;",

@@ -14,14 +14,7 @@ from walle_core.kernels.lower.common import (
     params_decl,
     require_types,
 )
-from walle_core.kernels.spec import (
-    FLOAT_TAGS,
-    BufferDecl,
-    Caps,
-    KernelSpec,
-    Launch,
-    tag,
-)
+from walle_core.kernels.spec import FLOAT_TAGS, BufferDecl, Caps, KernelSpec, Launch, tag
 
 
 def lower_pool(op: A.Pool2D, caps: Caps) -> list[Launch]:

@@ -7,19 +7,8 @@ import math
 import numpy as np
 
 from walle_core import atomic as A
-from walle_core.kernels.lower.common import (
-    grid_1d,
-    i64_words,
-    params_decl,
-    require_types,
-)
-from walle_core.kernels.spec import (
-    BITS_TAG,
-    BufferDecl,
-    Caps,
-    KernelSpec,
-    Launch,
-)
+from walle_core.kernels.lower.common import grid_1d, i64_words, params_decl, require_types
+from walle_core.kernels.spec import BITS_TAG, BufferDecl, Caps, KernelSpec, Launch
 
 
 def _copy_spec(bt: str) -> KernelSpec:

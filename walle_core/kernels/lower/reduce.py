@@ -15,14 +15,7 @@ from walle_core.kernels.lower.common import (
     params_decl,
     require_types,
 )
-from walle_core.kernels.spec import (
-    BufferDecl,
-    Caps,
-    KernelSpec,
-    Launch,
-    LocalArray,
-    tag,
-)
+from walle_core.kernels.spec import BufferDecl, Caps, KernelSpec, Launch, LocalArray, tag
 
 REDUCE_INIT = {"sum": "Z", "prod": "ONE"}
 REDUCE_STEP = {
