@@ -529,6 +529,28 @@ def test_vulkan_one_submit_per_run_and_staging(monkeypatch: pytest.MonkeyPatch, 
     assert all(sec >= 0 for _, sec in timings)
 
 
+def test_vulkan_memory_types_for_staging() -> None:
+    """Readback goes through cached host memory where the driver has it (reading write-combined
+    memory from the CPU made readback 0.1 GB/s on a discrete GPU); unified memory is mapped."""
+    from walle_vulkan.memory import DEVICE_LOCAL as DL
+    from walle_vulkan.memory import HOST_CACHED as CACHED
+    from walle_vulkan.memory import HOST_COHERENT as COH
+    from walle_vulkan.memory import HOST_VISIBLE as HV
+    from walle_vulkan.memory import choose_memory_types
+
+    discrete = [(0, DL), (1, HV | COH), (2, HV | COH | CACHED), (3, DL | HV | COH)]  # NVIDIA-like
+    plan = choose_memory_types(discrete)
+    assert (plan.device, plan.upload, plan.readback, plan.note) == (0, 1, 2, "")
+    non_coherent = [(0, DL), (1, HV | COH), (2, HV | CACHED)]  # cached readback needs invalidation
+    assert choose_memory_types(non_coherent).readback == 2
+    unified = [(0, DL | HV | COH | CACHED)]  # lavapipe, integrated GPUs
+    assert choose_memory_types(unified) == type(plan)(0, 0, 0)
+    uncached = choose_memory_types([(0, DL), (1, DL | HV | COH)])
+    assert uncached.readback == uncached.upload == 1 and "HOST_CACHED" in uncached.note
+    with pytest.raises(WalleError, match="host-visible"):
+        choose_memory_types([(0, DL)])
+
+
 def test_vulkan_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     from walle_vulkan import plugin
 

@@ -88,6 +88,43 @@ class Heap:
         vk.vkInvalidateMappedMemoryRanges(self.device, len(ranges), ranges)
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    device: int  # memory type index of device buffers
+    upload: int  # ... of upload staging
+    readback: int  # ... of readback staging
+    note: str = ""  # why a preferred type was not available
+
+
+def choose_memory_types(types: list[tuple[int, int]]) -> MemoryPlan:
+    """Memory types (index, property flags) for device buffers and both staging directions.
+
+    Device buffers: a type that is device-local *and* host-visible, coherent and cached where one
+    exists (unified memory: mapped directly, no staging), else device-local. Upload staging:
+    host-visible and coherent, preferably not device-local (system memory the GPU reads once).
+    Readback staging: host-visible and cached (coherent if possible), else the upload type.
+    """
+
+    def find(want: int, avoid: int = 0) -> int | None:
+        matches = [i for i, f in types if f & want == want]
+        preferred = [i for i, f in types if f & want == want and not f & avoid]
+        return (preferred or matches)[0] if matches else None
+
+    device = find(DEVICE_LOCAL | HOST_VISIBLE | HOST_COHERENT | HOST_CACHED)
+    if device is None:
+        device = find(DEVICE_LOCAL)
+    upload = find(HOST_VISIBLE | HOST_COHERENT, avoid=DEVICE_LOCAL)
+    readback = find(HOST_VISIBLE | HOST_COHERENT | HOST_CACHED)
+    if readback is None:
+        readback = find(HOST_VISIBLE | HOST_CACHED)
+    if device is None or upload is None:
+        raise BackendUnavailableError("Vulkan device lacks device-local or host-visible coherent memory")
+    if readback is None:
+        return MemoryPlan(device, upload, upload, "no HOST_CACHED memory type: readback goes through "
+                                                  "uncached host-visible memory (slow CPU reads)")
+    return MemoryPlan(device, upload, readback)
+
+
 class Memory:
     """The device heap and the two staging pools of one device."""
 
@@ -102,29 +139,15 @@ class Memory:
         self.types = [(i, int(props.memoryTypes[i].propertyFlags)) for i in range(props.memoryTypeCount)
                       if allowed & (1 << i)]
 
-        def heap(want: int, avoid: int = 0) -> Heap | None:
-            found = self._find(want, avoid)
-            return None if found is None else Heap(vk, device, found[0], found[1], align, usage)
-
-        unified = heap(DEVICE_LOCAL | HOST_VISIBLE | HOST_COHERENT | HOST_CACHED)
-        device_heap = unified or heap(DEVICE_LOCAL) or heap(0)
-        upload = heap(HOST_VISIBLE | HOST_COHERENT, avoid=DEVICE_LOCAL)
-        readback = heap(HOST_VISIBLE | HOST_COHERENT | HOST_CACHED) or heap(HOST_VISIBLE | HOST_CACHED)
-        if readback is None:
-            log.warning("vulkan: no HOST_CACHED memory type; readback goes through uncached "
-                        "host-visible memory (slow CPU reads)")
-            readback = upload
-        if device_heap is None or upload is None or readback is None:
-            raise BackendUnavailableError("Vulkan device has no host-visible memory for transfers")
-        self.device: Heap = device_heap
-        self.upload: BufferPool[Buffer] = BufferPool(upload.buffer)
-        self.readback: BufferPool[Buffer] = BufferPool(readback.buffer)
-        self.readback_cached = bool(readback.flags & HOST_CACHED)
-
-    def _find(self, want: int, avoid: int) -> tuple[int, int] | None:
-        matches = [(i, f) for i, f in self.types if f & want == want]
-        preferred = [(i, f) for i, f in matches if not f & avoid]
-        return (preferred or matches)[0] if matches else None
+        plan = choose_memory_types(self.types)
+        if plan.note:
+            log.warning("vulkan: %s", plan.note)
+        flags = dict(self.types)
+        heaps = {i: Heap(vk, device, i, flags[i], align, usage) for i in {plan.device, plan.upload, plan.readback}}
+        self.device: Heap = heaps[plan.device]
+        self.upload: BufferPool[Buffer] = BufferPool(heaps[plan.upload].buffer)
+        self.readback: BufferPool[Buffer] = BufferPool(heaps[plan.readback].buffer)
+        self.readback_cached = bool(flags[plan.readback] & HOST_CACHED)
 
     def describe(self) -> str:
         if self.device.mapped:
