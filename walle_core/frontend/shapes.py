@@ -22,7 +22,7 @@ def bind_dims(declared: Iterable[tuple[str, TensorType]],
 
     Raises ``InputError`` naming the input, its shape and the declaration on a rank or fixed-dim
     mismatch, and naming both inputs when a symbolic dim is bound to two sizes."""
-    bound: dict[str, tuple[int, str]] = {}  # symbol -> (size, the input that bound it, described)
+    bound: dict[str, tuple[int, str, TensorType, tuple[int, ...]]] = {}  # symbol -> first binding
     for name, ttype in declared:
         if name not in shapes:
             continue
@@ -33,9 +33,10 @@ def bind_dims(declared: Iterable[tuple[str, TensorType]],
         for axis, (dim, size) in enumerate(zip(ttype.shape or (), shape, strict=False)):
             if not isinstance(dim, str):
                 continue
-            first = bound.setdefault(dim, (size, f"{name!r} {ttype.describe()} fed {list(shape)}"))
+            first = bound.setdefault(dim, (size, name, ttype, shape))
             if first[0] != size:
                 raise InputError(
                     f"input {name!r} has shape {list(shape)}, whose dim {axis} {dim!r} is {size}, but "
-                    f"input {first[1]} already bound {dim!r} to {first[0]}")
-    return {sym: size for sym, (size, _) in bound.items()}
+                    f"input {first[1]!r} {first[2].describe()} fed {list(first[3])} already bound {dim!r} "
+                    f"to {first[0]}")
+    return {sym: first[0] for sym, first in bound.items()}
