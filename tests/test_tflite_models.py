@@ -25,6 +25,7 @@ pytest.importorskip("tflite")
 
 from tflite_testlib import (
     ModelBuilder,
+    builtin_transpose_conv,
     fold_fp16_weights,
     litert_run,
     mediapipe_models,
@@ -133,11 +134,25 @@ def test_layout_changes_only_at_the_edges(zoo: Path, name: str) -> None:
     assert ops["Conv"] >= 20  # dozens of NCHW convs, element-wise ops between them, no transposes
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["selfie_segmentation", "selfie_segmentation_landscape"])
+def test_mediapipe_transpose_conv_bias_custom_op(zoo: Path, name: str) -> None:
+    """MediaPipe's custom Convolution2DTransposeBias, checked against LiteRT running the same
+    model with the builtin TRANSPOSE_CONV in its place."""
+    data = model_bytes(zoo, name)
+    builtin = builtin_transpose_conv(data)
+    assert builtin != data
+    feeds = random_feeds(builtin)
+    ref = litert_run(builtin, feeds)
+    for g, r in zip(run_walle(data, feeds), ref, strict=True):
+        assert rel_error(g, r) <= FLOAT_TOL
+
+
 def test_mediapipe_custom_op_fails_at_load_naming_it(zoo: Path) -> None:
     with pytest.raises(UnsupportedOpError) as err:
-        import_model(model_bytes(zoo, "selfie_segmentation"))
+        import_model(model_bytes(zoo, "face_landmark_with_attention"))
     text = str(err.value)
-    assert "CUSTOM:Convolution2DTransposeBias" in text and "operator #" in text and "op code 32" in text
+    assert "CUSTOM:Landmarks2TransformMatrix" in text and "operator #" in text and "op code 32" in text
 
 
 def conv_chain(batch_signature: bool = False) -> bytes:

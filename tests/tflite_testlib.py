@@ -257,9 +257,50 @@ def fold_fp16_weights(model: bytes) -> bytes:
         for op in sub.operators:
             op.opcodeIndex = used.index(op.opcodeIndex)
     m.operatorCodes = [m.operatorCodes[i] for i in used]
+    return _repack(m)
+
+
+def _repack(m: Any) -> bytes:
+    import flatbuffers
+
     b = flatbuffers.Builder(1024)
     b.Finish(m.Pack(b), file_identifier=b"TFL3")
     return bytes(b.Output())
+
+
+def builtin_transpose_conv(model: bytes) -> bytes:
+    """The same model with MediaPipe's custom ``Convolution2DTransposeBias`` replaced by the
+    builtin TRANSPOSE_CONV (output shape, weights, input, bias), which LiteRT runs."""
+    S = schema()
+    m = S.ModelT.InitFromPackedBuf(model, 0)
+    custom = [i for i, oc in enumerate(m.operatorCodes) if oc.customCode in (b"Convolution2DTransposeBias",
+                                                                              "Convolution2DTransposeBias")]
+    oc = S.OperatorCodeT()
+    oc.builtinCode = oc.deprecatedBuiltinCode = S.BuiltinOperator.TRANSPOSE_CONV
+    oc.version = 3
+    m.operatorCodes.append(oc)
+    for sub in m.subgraphs:
+        for op in sub.operators:
+            if op.opcodeIndex not in custom:
+                continue
+            padding, stride_w, stride_h = (int(v) for v in np.frombuffer(bytes(op.customOptions[:12]), "<i4"))
+            shape = S.TensorT()
+            shape.shape, shape.type, shape.name = [4], 2, f"output_shape_{op.outputs[0]}"
+            buf = S.BufferT()
+            buf.data = np.frombuffer(np.asarray(sub.tensors[op.outputs[0]].shape, np.int32).tobytes(), np.uint8)
+            m.buffers.append(buf)
+            shape.buffer = len(m.buffers) - 1
+            sub.tensors.append(shape)
+            opt = S.TransposeConvOptionsT()
+            opt.padding = 0 if padding == 1 else 1
+            opt.strideW, opt.strideH = stride_w, stride_h
+            x, w, bias = op.inputs
+            op.opcodeIndex = len(m.operatorCodes) - 1
+            op.inputs = [len(sub.tensors) - 1, w, x, bias]
+            op.customOptions = None
+            op.builtinOptionsType = S.BuiltinOptions.TransposeConvOptions
+            op.builtinOptions = opt
+    return _repack(m)
 
 
 def mediapipe_models() -> Path | None:

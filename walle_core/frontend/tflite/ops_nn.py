@@ -3,6 +3,8 @@ resize, depth/space moves, softmax and L2 normalisation."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from walle_core.frontend.tflite.context import OpContext, maps
 from walle_core.frontend.tflite.convert import NATIVE, NCHW
 
@@ -39,18 +41,16 @@ def depthwise_conv_2d(c: OpContext) -> None:
     c.out(c.activation(y), NCHW)
 
 
-@maps("TRANSPOSE_CONV")
-def transpose_conv(c: OpContext) -> None:
-    out_shape = c.ints(0, "output_shape")
-    w, x = c.t(1), c.t(2)  # weights [O, KH, KW, I]
-    if len(out_shape) != 4 or len(w.shape) != 4 or len(x.shape) != 4:
-        raise c.fail(f"needs 4-D shapes, got output {out_shape}, weights {list(w.shape)}")
-    strides = [int(c.opt("StrideH", 1)), int(c.opt("StrideW", 1))]
-    ins = [c.x(2, NCHW), c.weight(1, (3, 0, 1, 2))] + ([c.x(3)] if c.has(3) else [])
-    target = out_shape[1:3]
-    attrs: dict[str, object] = {"strides": strides, "kernel_shape": [w.shape[1], w.shape[2]]}
-    natural = [(x.shape[1 + i] - 1) * strides[i] + w.shape[1 + i] for i in range(2)]
-    if c.padding() == "VALID" and any(t < n for t, n in zip(target, natural, strict=True)):
+def _transpose_conv(c: OpContext, x: int, w: int, bias: int | None, target: list[int], padding: str,
+                    strides: list[int]) -> None:
+    """Transposed convolution to the NHWC size ``target`` (H, W); weights [O, KH, KW, I]."""
+    xt, wt = c.t(x), c.t(w)
+    if len(wt.shape) != 4 or len(xt.shape) != 4 or len(target) != 2:
+        raise c.fail(f"needs 4-D input and weights, got {list(xt.shape)} and {list(wt.shape)}")
+    ins = [c.x(x, NCHW), c.weight(w, (3, 0, 1, 2))] + ([c.x(bias)] if bias is not None and c.has(bias) else [])
+    attrs: dict[str, object] = {"strides": strides, "kernel_shape": [wt.shape[1], wt.shape[2]]}
+    natural = [(xt.shape[1 + i] - 1) * strides[i] + wt.shape[1 + i] for i in range(2)]
+    if padding == "VALID" and any(t < n for t, n in zip(target, natural, strict=True)):
         # VALID keeps the first outputs: the surplus is cropped at the end only.
         attrs["pads"] = [0, 0, natural[0] - target[0], natural[1] - target[1]]
     else:
@@ -58,6 +58,29 @@ def transpose_conv(c: OpContext) -> None:
         attrs["auto_pad"] = "SAME_UPPER"
     y = c.one("ConvTranspose", ins, **attrs)
     c.out(c.activation(y), NCHW)
+
+
+@maps("TRANSPOSE_CONV")
+def transpose_conv(c: OpContext) -> None:
+    out_shape = c.ints(0, "output_shape")
+    if len(out_shape) != 4:
+        raise c.fail(f"output_shape must have 4 values, got {out_shape}")
+    _transpose_conv(c, 2, 1, 3, out_shape[1:3], c.padding(),
+                    [int(c.opt("StrideH", 1)), int(c.opt("StrideW", 1))])
+
+
+@maps("CUSTOM:Convolution2DTransposeBias")
+def mediapipe_transpose_conv_bias(c: OpContext) -> None:
+    """MediaPipe's transposed conv + bias (segmentation heads). Its custom options are the raw
+    ``TfLiteTransposeConvParams``: padding (1 SAME, 2 VALID), stride width, stride height."""
+    raw = c.op.custom_options
+    if len(raw) < 12:
+        raise c.fail(f"custom options of {len(raw)} bytes, expected at least 12")
+    padding, stride_w, stride_h = (int(v) for v in np.frombuffer(raw[:12], "<i4"))
+    if padding not in (1, 2) or stride_w < 1 or stride_h < 1:
+        raise c.fail(f"padding {padding}, strides {stride_w}x{stride_h}")
+    _transpose_conv(c, 0, 1, 2, list(c.out_t().shape[1:3]), "SAME_UPPER" if padding == 1 else "VALID",
+                    [stride_h, stride_w])
 
 
 def _pool(c: OpContext, op_type: str, **extra: object) -> None:
