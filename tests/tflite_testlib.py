@@ -232,7 +232,6 @@ def quantize(model: bytes, io: str = "int8", samples: int = 8, seed: int = 0,
 def fold_fp16_weights(model: bytes) -> bytes:
     """The same model with DEQUANTIZE-of-fp16 weights replaced by float32 weights (LiteRT's
     calibrator quantises float32 weights only)."""
-    import flatbuffers
 
     S = schema()
     m = S.ModelT.InitFromPackedBuf(model, 0)
