@@ -19,6 +19,7 @@ from walle_cli.commands.devices import devices_app
 from walle_cli.commands.inspect import inspect
 from walle_cli.commands.keys import keys_app
 from walle_cli.commands.pipeline import pipeline_app
+from walle_cli.commands.quantize import convert_command, quantize_command
 from walle_cli.commands.registry import registry_app, task_app
 from walle_cli.commands.results import results
 from walle_cli.commands.run import run
@@ -63,6 +64,8 @@ app.add_typer(deploy_app, name="deploy")
 app.add_typer(devices_app, name="devices")
 app.add_typer(device_app, name="device")
 app.command("results")(results)
+app.command("quantize")(quantize_command)
+app.command("convert")(convert_command)
 
 
 def main() -> None:

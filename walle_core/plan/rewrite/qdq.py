@@ -23,7 +23,6 @@ float ops in ``walle inspect``; :func:`fuse_qdq` reports both lists.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -31,6 +30,8 @@ import numpy as np
 
 from walle_core.interpreter import fold
 from walle_core.ir.graph import Graph, Node, ValueInfo, remove_dead_nodes
+
+_LOCK = threading.Lock()
 
 MS = "com.microsoft"
 WALLE = "walle"
@@ -379,22 +380,22 @@ class _Rewriter:
         return out
 
 
-_CACHE: dict[int, tuple[weakref.ref[Graph], Graph, QdqReport]] = {}
-_LOCK = threading.Lock()
+_CACHE_ATTR = "_walle_qdq"  # the result rides on the graph object: it lives exactly as long
 
 
 def fuse_qdq(graph: Graph) -> tuple[Graph, QdqReport]:
     """The graph with its QDQ islands made integer (the same graph when it has none), and what
-    was made integer and what stays float. Cached per graph object."""
+    was made integer and what stays float. Computed once per graph object."""
+    cached = graph.__dict__.get(_CACHE_ATTR)
+    if cached is not None:
+        return cached
     with _LOCK:
-        hit = _CACHE.get(id(graph))
-        if hit is not None and hit[0]() is graph:
-            return hit[1], hit[2]
-    if not any(n.op_type in _DQ for n in graph.nodes):
-        return graph, QdqReport()
-    rw = _Rewriter(graph)
-    fused = rw.run()
-    with _LOCK:
-        key = id(graph)
-        _CACHE[key] = (weakref.ref(graph, lambda _r: _CACHE.pop(key, None)), fused, rw.report)
-    return fused, rw.report
+        cached = graph.__dict__.get(_CACHE_ATTR)
+        if cached is None:
+            if any(n.op_type in _DQ for n in graph.nodes):
+                rw = _Rewriter(graph)
+                cached = (rw.run(), rw.report)
+            else:
+                cached = (graph, QdqReport())
+            graph.__dict__[_CACHE_ATTR] = cached
+    return cached
