@@ -189,7 +189,7 @@ class CpuExecutable(Executable):
 
     def profile(self, inputs: Sequence[np.ndarray], runs: int = 10) -> list[tuple[str, float]]:
         """Per-op wall time (seconds, mean over ``runs``) of this program's C ops, in plan order
-        (a debugging aid: ``python -m walle_cpu.profile``)."""
+        (a debugging aid: ``python -m bench.profile_cpu``)."""
         buf = FFI.new("double[]", max(1, self._n_ops))
         self._local.profile = buf
         try:
