@@ -12,18 +12,17 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from walle_cli.console import fail, out, walle_errors
-from walle_core.frontend import import_graph
-from walle_core.frontend.onnx_import import read_model_proto
-from walle_core.plan.rewrite.qdq import fuse_qdq
-from walle_core.tools.calibration import METHODS
-from walle_core.tools.fp16 import weights_to_fp16
-from walle_core.tools.quantize import (
+from walle_core.tools import (
+    METHODS,
     QuantizeOptions,
     accuracy,
+    integer_report,
     load_batches,
     model_inputs,
     quantize,
     random_batches,
+    read_model_proto,
+    weights_to_fp16,
 )
 
 
@@ -71,7 +70,7 @@ def quantize_command(
             result = quantize(proto, batches, QuantizeOptions(method, per_channel), backend, progress)
             onnx.save(result.model, str(output))
             acc = accuracy(model, output, batches, backend, progress)
-        report = fuse_qdq(import_graph(output))[1]
+        report = integer_report(output)
     out().print(f"wrote {output}: {result.activations} activations, {result.weights} weights quantized "
                 f"({method}{', per channel' if per_channel else ''}, {len(batches)} calibration inputs)")
     for note in result.skipped:
