@@ -12,7 +12,8 @@ The public Python API::
 Public modules besides this one: ``walle_core.plugins`` (backend discovery), ``walle_core.search``
 (its package-level names); the plugin contract ``walle_core.backend``, ``walle_core.atomic``,
 ``walle_core.hookspecs`` and ``walle_core.kernels`` (GPU device interface); ``walle_core.task``,
-``walle_core.vm``, ``walle_core.pipeline``, ``walle_core.flags`` and ``walle_core.errors``.
+``walle_core.vm``, ``walle_core.pipeline``, ``walle_core.tools`` (its package names),
+``walle_core.flags`` and ``walle_core.errors``.
 Everything else is internal.
 """
 
