@@ -7,6 +7,7 @@ functions); module-level cycles count only imports that run at module scope.
 from __future__ import annotations
 
 import ast
+import functools
 import tomllib
 from collections import defaultdict
 from pathlib import Path
@@ -47,6 +48,27 @@ def modules() -> dict[str, Path]:
 MODULES = modules()
 
 
+@functools.cache
+def bound_names(module: str) -> frozenset[str]:
+    """Names a module binds at module scope (so ``from module import name`` needs no submodule)."""
+    names: set[str] = set()
+    for node in ast.parse(MODULES[module].read_text()).body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return frozenset(names)
+
+
+def source_of(mod: str, name: str) -> str:
+    """The module ``from mod import name`` loads: mod itself when it binds ``name``, else mod.name."""
+    if mod in MODULES and name in bound_names(mod):
+        return mod
+    return f"{mod}.{name}" if f"{mod}.{name}" in MODULES else mod
+
+
 def imports(name: str, path: Path) -> list[tuple[str, bool]]:
     """(imported module, at module scope?) for every import statement of one module."""
     tree = ast.parse(path.read_text())
@@ -61,8 +83,7 @@ def imports(name: str, path: Path) -> list[tuple[str, bool]]:
             if node.level:
                 pkg = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
                 mod = ".".join(pkg[: len(pkg) - node.level + 1] + ([mod] if mod else []))
-            # ``from pkg import sub`` loads the module pkg.sub; ``from mod import name`` loads mod
-            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in MODULES else mod for a in node.names]
+            targets = [source_of(mod, a.name) for a in node.names]
         else:
             continue
         found += [(t, id(node) in scoped) for t in targets]
@@ -79,6 +100,19 @@ def test_every_package_imports_only_the_layers_below_it() -> None:
             if top == "tests" or (top.startswith("walle_") and top != own and top not in ALLOWED[own]):
                 wrong.append(f"{name} imports {target}")
     assert not wrong, wrong
+
+
+# walle_core's public modules (docs/architecture.md); the rest of the engine is internal.
+PUBLIC = {"walle_core", "walle_core.plugins", "walle_core.search", "walle_core.backend", "walle_core.atomic",
+          "walle_core.hookspecs", "walle_core.kernels", "walle_core.task", "walle_core.vm", "walle_core.pipeline",
+          "walle_core.tools", "walle_core.flags", "walle_core.errors"}
+
+
+@pytest.mark.parametrize("package", ["walle_cli", "walle_device", "walle_demo"])
+def test_the_cli_agent_and_demo_use_only_public_engine_modules(package: str) -> None:
+    internal = sorted({f"{n} imports {t}" for n, p in MODULES.items() if n.split(".")[0] == package
+                       for t, _ in imports(n, p) if t.startswith("walle_core") and t not in PUBLIC})
+    assert not internal, internal
 
 
 @pytest.mark.parametrize("package", ["walle_core", "walle_device"])
