@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ class Recording(Backend):
 
     name = "recording"
     version = "test"
-    compiled: list[A.Kind] = []
+    compiled: ClassVar[list[A.Kind]] = []
 
     def availability(self) -> Availability:
         return Availability(True)
