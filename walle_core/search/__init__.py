@@ -108,7 +108,7 @@ class Searcher:
                 model = CostModel(self.calibrations, self.tuning().measured())
                 plans = self._plans(ops, keep, model)
             self.measure(plans, keep, budget_s=self.tune_budget_s * (1 - OP_TUNING_SHARE))
-        result = self.pick(plans)
+        result = self.pick(plans, keep)
         for plan in plans:
             for d in plan.decisions:
                 d.skipped.update(self.skipped)
@@ -124,15 +124,21 @@ class Searcher:
                       cache=self.tuning(), graph=graph_key(plans[0].ops, keep))
 
     @staticmethod
-    def pick(plans: list[Plan]) -> SearchResult:
+    def pick(plans: list[Plan], keep: set[int]) -> SearchResult:
         """The fastest measured plan when any was timed, else the predicted choice."""
         timed = [p for p in plans if p.measured_s is not None]
         if timed:
             best = min(timed, key=lambda p: p.measured_s or 0.0)
             return SearchResult(plans, best, f"fastest of {len(timed)} timed plans "
-                                             f"({best.label}, {(best.measured_s or 0) * 1e6:.0f} µs)")
+                                             f"({best.label}, {(best.measured_s or 0) * 1e6:.0f} µs)", keep)
         chosen, why = predicted_choice(plans)
-        return SearchResult(plans, chosen, why)
+        return SearchResult(plans, chosen, why, keep)
+
+    def time_plans(self, result: SearchResult, *, budget_s: float = 10.0) -> None:
+        """Time every plan of ``result`` whole (for ``walle search --measure``), without changing
+        the choice; plans measure mode already timed keep their times."""
+        measure_plans([p for p in result.plans if p.measured_s is None], result.keep,
+                      budget_s=budget_s, threads=self.threads)
 
     def decide(self, ops: Sequence[A.Op], outputs: set[int]) -> list[Decision]:
         """The chosen plan's decision for every op (its op list may expand composites of

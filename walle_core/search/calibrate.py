@@ -13,8 +13,8 @@ What is measured (all on :func:`walle_core.search.clock.clock_for`'s clock):
   own kind ((4 copies - 2 copies) / 2), so program edges and host round trips cancel out and a
   GPU's launches overlap its kernels as they do inside a model. Backends that report device-side
   kernel times (``Executable.last_timings``) are timed with those. Each bucket gets a
-  :class:`~walle_core.search.curve.Curve` of seconds over work, not one throughput: efficiency
-  changes with occupancy by orders of magnitude.
+  :class:`BucketFit`: throughput as a curve over parallel items, not one number (efficiency
+  changes with occupancy by orders of magnitude), and a floor.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ SWEEP_CAP_S = 0.01
 SATURATED = 0.15  # a sweep also stops once throughput changes less than this between sizes
 BUDGET_S = 6.0  # host seconds of sweeps per backend; larger sizes are then extrapolated
 TRANSFER_BYTES = (1 << 14, 1 << 18, 1 << 22)
+MV_ROWS = 8  # a MatMul with at most this many rows per batch is a matrix-vector product
+REDUCED = 64  # length of the reduced axis in the Reduce probes (a typical pooled or normed axis)
 
 
 def op_key(op: A.Op, algo: str) -> str:
@@ -59,17 +61,49 @@ def op_key(op: A.Op, algo: str) -> str:
         kind += f":{op.name}"
     elif isinstance(op, A.Reduce):
         kind += ":rows" if op.inner == 1 else ":cols"  # contiguous runs vs strided lanes
+    elif isinstance(op, A.MatMul):
+        kind += ":mv" if op.m <= MV_ROWS else ""  # matrix-vector: bound by reading the matrix
     elif isinstance(op, A.Conv2D):
         w = op.inputs[1].shape
         kind += ":dw" if op.groups > 1 and w[1] == 1 else ":1x1" if w[2] == w[3] == 1 else ":kxk"
     return f"{kind}/{algo}"
 
 
-def work(op: A.Op, algo: Algorithm) -> float:
-    """The x axis of a bucket's curve: the algorithm's declared arithmetic (at its declared
-    efficiency) plus its memory traffic."""
+def items(op: A.Op) -> float:
+    """Parallel items of an op: the output elements a device spreads over its lanes."""
+    return float(max(sum(t.size for t in op.outputs), 1))
+
+
+def demand(op: A.Op, algo: Algorithm) -> tuple[float, float]:
+    """(arithmetic at the algorithm's declared efficiency, bytes moved) of ``op``."""
     cost = algo.cost(op)
-    return max(cost.flops / max(cost.efficiency, 1e-6) + cost.bytes, 1.0)
+    return cost.flops / max(cost.efficiency, 1e-6), cost.bytes
+
+
+def work(flops: float, nbytes: float, balance: float) -> float:
+    """Roofline work in flop-equivalents: the larger of the arithmetic and the traffic, bytes
+    weighted by the device's balance (flops it does in the time it moves one byte)."""
+    return max(flops, balance * nbytes, 1.0)
+
+
+@dataclass(frozen=True)
+class BucketFit:
+    """A bucket's cost: ``max(floor, work / rate(items))``. The rate is a curve over parallel
+    items (occupancy: a device fills up as items grow); the floor is the quickest op the backend
+    ran in the whole sweep (launch and scheduling costs)."""
+
+    floor_s: float
+    rate: Curve
+    balance: float
+
+    @classmethod
+    def fit(cls, points: list[list[float]], balance: float, floor_s: float) -> BucketFit:
+        """``points``: [flops, bytes, items, seconds] of each size of the sweep."""
+        rates = [(n, work(f, b, balance) / t) for f, b, n, t in points]
+        return cls(floor_s, Curve.fit(rates), balance)
+
+    def __call__(self, flops: float, nbytes: float, items: float) -> float:
+        return max(self.floor_s, work(flops, nbytes, self.balance) / self.rate(items))
 
 
 @dataclass
@@ -84,16 +118,25 @@ class Calibration:
     h2d_Bps: float
     d2h_latency_s: float  # each program output
     d2h_Bps: float
-    curves: dict[str, list[list[float]]] = field(default_factory=dict)  # op_key -> [[work, s], ...]
+    # op_key -> [[flops, bytes, items, seconds] per size of the sweep]
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)  # op_key -> flop/s at the largest size
     device_timed: bool = False  # kernel times came from the device's own timers
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
-        self._curves = {k: Curve.fit([(float(w), float(t)) for w, t in pts])
-                        for k, pts in self.curves.items() if pts}
+        balance = self.balance()
+        floor = min((p[3] for pts in self.curves.values() for p in pts), default=0.0)
+        self._curves = {k: BucketFit.fit(pts, balance, floor) for k, pts in self.curves.items() if pts}
 
-    def curve(self, key: str) -> Curve | None:
+    def balance(self) -> float:
+        """Flops per byte of memory traffic: the best MatMul rate measured over the element-wise
+        bandwidth (1 when there is no GEMM to tell)."""
+        peaks = [f / t for k, pts in self.curves.items() if k.startswith("MatMul/")
+                 for f, _, _, t in pts]
+        return max(peaks) / self.bandwidth_Bps if peaks else 1.0
+
+    def curve(self, key: str) -> BucketFit | None:
         """The bucket's curve; for an uncalibrated bucket, one of the same op kind (another
         algorithm or cost class), else None."""
         found = self._curves.get(key)
@@ -177,9 +220,10 @@ def _probes(level: int) -> list[A.Op]:
     """One representative op per bucket at sweep ``level`` (0: tiny ... LEVELS - 1: large)."""
     b = _builder()
     f32 = np.float32
-    n = 1 << (8 + 2 * level)  # elements of element-wise ops: 256 ... 16M
+    n = 1 << round(8 + 14 * level / (LEVELS - 1))  # elements of element-wise ops: 256 ... 4M
     side = 1 << (4 + level)  # 16 ... 1024
     cols = min(n, 256)
+    lanes = max(n // REDUCED, 1)
     x = b.tensor((n,), f32)
     b.unary("relu", x)
     b.unary("exp", x)
@@ -187,11 +231,12 @@ def _probes(level: int) -> list[A.Op]:
     b.binary("add", m, b.tensor((cols,), f32))
     b.select(b.tensor((n,), bool), b.tensor((n,), f32), x)
     b.cast(x, np.int32)
-    b.reduce_axis(m, 1, "sum")
-    b.reduce_axis(m, 0, "sum")
+    b.reduce_axis(b.tensor((lanes, REDUCED), f32), 1, "sum")
+    b.reduce_axis(b.tensor((REDUCED, lanes), f32), 0, "sum")
     b.transpose(b.tensor((side, side), f32), (1, 0))
-    mm = 8 << level  # 8 ... 512
+    mm = 16 << level  # 16 ... 1024
     b.matmul(b.tensor((mm, mm), f32), b.const(np.ones((mm, mm), f32)))
+    b.matmul(b.tensor((1, mm), f32), b.const(np.ones((mm, mm), f32)))
     imgs, ch, hw = ((1, 4, 8), (1, 8, 14), (1, 16, 28), (1, 32, 28), (1, 32, 56), (4, 32, 56),
                     (16, 32, 56))[level]
     img = b.tensor((imgs, ch, hw, hw), f32)
@@ -291,7 +336,7 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     deadline = time.perf_counter() + BUDGET_S
     for level, op, alg in _sweep(backend):
         key = op_key(op, alg.name)
-        if key in stopped or (level > 1 and time.perf_counter() > deadline):
+        if key in stopped or (level > 1 and not clock.noiseless and time.perf_counter() > deadline):
             continue
         step(f"{key} size {level + 1}/{LEVELS}")
         try:
@@ -300,7 +345,7 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
             stopped.add(key)
             continue
         points = cal.curves.setdefault(key, [])
-        points.append([work(op, alg), t])
+        points.append([*demand(op, alg), items(op), t])
         cal.rates[key] = max(op.flops(), 1.0) / max(t, 1e-12)
         if t > SWEEP_CAP_S or _saturated(points):
             stopped.add(key)
@@ -312,8 +357,8 @@ def _saturated(points: list[list[float]]) -> bool:
     device is full, larger sizes scale linearly."""
     if len(points) < 3:
         return False
-    (w0, t0), (w1, t1) = points[-2], points[-1]
-    return abs((w1 / t1) / (w0 / t0) - 1.0) < SATURATED
+    (f0, b0, _, t0), (f1, b1, _, t1) = points[-2], points[-1]
+    return abs(((f1 + b1) / t1) / ((f0 + b0) / t0) - 1.0) < SATURATED
 
 
 def _transfers(backend: Backend, timer: Timer, t1: float, bw: float) -> tuple[Linear, Linear]:

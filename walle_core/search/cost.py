@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm
-from walle_core.search.calibrate import Calibration, op_key, work
+from walle_core.search.calibrate import Calibration, demand, items, op_key
 
 
 def op_signature(op: A.Op) -> str:
@@ -34,13 +34,13 @@ class CostModel:
         self.measured = measured or {}  # (op signature, "backend/algo") -> seconds
 
     def predict(self, op: A.Op, backend: str, algo: Algorithm) -> float:
-        """Seconds of ``op`` queued in a program of ``backend``, from the bucket's curve. Curves
+        """Seconds of ``op`` queued in a program of ``backend``, from the bucket's fit. Fits
         timed on the host clock include the op's launches; kernel times from the device's own
         timers do not, and a launch never takes less than the backend's launch overhead."""
         cal = self.cal[backend]
-        x = work(op, algo)
+        flops, nbytes = demand(op, algo)
         curve = cal.curve(op_key(op, algo.name))
-        own = curve(x) if curve is not None else x / cal.bandwidth_Bps
+        own = curve(flops, nbytes, items(op)) if curve is not None else nbytes / cal.bandwidth_Bps
         if cal.device_timed:
             own = max(own, cal.op_overhead_s * max(algo.cost(op).launches, 1))
         return own

@@ -1,10 +1,9 @@
-"""Fitted cost curves: seconds as a function of work, from a sweep of measured sizes.
+"""Fitted cost curves from a sweep of measured sizes.
 
 A GPU (and a many-core CPU) runs small work at a tiny share of its peak: efficiency grows with
 occupancy over orders of magnitude, so one throughput per op kind is wrong at one end or the
-other. A :class:`Curve` keeps the measured points of a sweep and interpolates in log-log space;
-below the smallest size the time stays at the smallest point's (a floor: launch and scheduling
-costs dominate there); above the largest it grows linearly at the largest point's throughput.
+other. A :class:`Curve` keeps the measured points of a sweep (throughput over parallel items) and
+interpolates in log-log space, flat beyond both ends.
 """
 
 from __future__ import annotations
@@ -19,41 +18,34 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Curve:
-    points: tuple[tuple[float, float], ...]  # (work, seconds), work strictly increasing
+    points: tuple[tuple[float, float], ...]  # (x, y), x strictly increasing
 
     @classmethod
     def fit(cls, samples: Sequence[tuple[float, float]]) -> Curve:
-        """A monotone curve through ``samples``: equal work is averaged, and time never falls as
-        work grows (a larger op measured faster than a smaller one is noise)."""
-        by_work: dict[float, list[float]] = {}
-        for w, t in samples:
-            if w > 0 and t > 0 and math.isfinite(w) and math.isfinite(t):
-                by_work.setdefault(w, []).append(t)
-        if not by_work:
-            raise ValueError("a curve needs at least one positive (work, seconds) sample")
+        """A non-decreasing curve through ``samples`` (x, y): equal x is averaged, and y never
+        falls as x grows (more parallel work never lowers throughput; a dip is noise)."""
+        by_x: dict[float, list[float]] = {}
+        for x, y in samples:
+            if x > 0 and y > 0 and math.isfinite(x) and math.isfinite(y):
+                by_x.setdefault(x, []).append(y)
+        if not by_x:
+            raise ValueError("a curve needs at least one positive sample")
         pts: list[tuple[float, float]] = []
-        for w in sorted(by_work):
-            t = float(np.median(by_work[w]))
-            pts.append((w, max(t, pts[-1][1]) if pts else t))
+        for x in sorted(by_x):
+            y = float(np.median(by_x[x]))
+            pts.append((x, max(y, pts[-1][1]) if pts else y))
         return cls(tuple(pts))
 
-    def __call__(self, work: float) -> float:
+    def __call__(self, x: float) -> float:
         pts = self.points
-        w0, t0 = pts[0]
-        if work <= w0:
-            return t0
-        wn, tn = pts[-1]
-        if work >= wn:
-            return tn * work / wn
-        i = bisect.bisect_right([w for w, _ in pts], work)
-        (wa, ta), (wb, tb) = pts[i - 1], pts[i]
-        f = (math.log(work) - math.log(wa)) / (math.log(wb) - math.log(wa))
-        return math.exp(math.log(ta) + f * (math.log(tb) - math.log(ta)))
-
-    def throughput(self) -> float:
-        """Work per second at the largest measured size (the sustained rate)."""
-        w, t = self.points[-1]
-        return w / t
+        if x <= pts[0][0]:
+            return pts[0][1]
+        if x >= pts[-1][0]:
+            return pts[-1][1]
+        i = bisect.bisect_right([p for p, _ in pts], x)
+        (xa, ya), (xb, yb) = pts[i - 1], pts[i]
+        f = (math.log(x) - math.log(xa)) / (math.log(xb) - math.log(xa))
+        return math.exp(math.log(ya) + f * (math.log(yb) - math.log(ya)))
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ class SearchResult:
     plans: list[Plan]  # single-backend plans in backend order, then the mixed one (if distinct)
     chosen: Plan
     why: str
+    keep: set[int]  # ids the plans hand back to the host
 
     def plan(self, label: str) -> Plan | None:
         return next((p for p in self.plans if p.label == label), None)

@@ -24,6 +24,8 @@ def sample_input(t: A.Tensor, op: A.Op, rng: np.random.Generator) -> np.ndarray:
         return rng.random(t.shape) < 0.5
     if t.dtype.kind in "iu":
         return rng.integers(0, 8, t.shape).astype(t.dtype)
+    if t.dtype in (np.float32, np.float64):
+        return rng.standard_normal(t.shape, dtype=t.dtype)
     return rng.standard_normal(t.shape).astype(t.dtype)
 
 
@@ -51,8 +53,8 @@ def feeds_for(ops: Sequence[A.Op], inputs: Sequence[A.Tensor], seed: int = 0) ->
 def time_call(fn: Callable[[], object], clock: Clock = HOST_CLOCK, *, repeat: int = 5,
               budget_s: float = 0.5, warmup: bool = True) -> float:
     """Minimum seconds of ``fn`` on ``clock`` after one warm-up call (noise only ever adds time),
-    stopping early when over ``budget_s`` of host time; one timed call on a noiseless clock."""
-    if warmup:
+    stopping early when over ``budget_s`` of host time; on a noiseless clock, one call."""
+    if warmup and not clock.noiseless:
         fn()
     best = float("inf")
     start = time.perf_counter()
@@ -133,14 +135,16 @@ class Timer:
         """(best seconds on the clock, best summed device kernel seconds or None when the
         backend does not time its kernels)."""
         exe, feeds = self._prepared(program_for([(o, alg) for o in ops]))
-        exe.run(feeds)
-        timed = bool(exe.last_timings())
+        if not self.clock.noiseless:
+            exe.run(feeds)  # warm-up
+        timed = None
         best, device = float("inf"), float("inf")
         start = time.perf_counter()
         for _ in range(1 if self.clock.noiseless else self.repeat):
             t0 = self.clock.now()
             exe.run(feeds)
             best = min(best, self.clock.now() - t0)
+            timed = bool(exe.last_timings()) if timed is None else timed
             if timed:
                 device = min(device, sum(s for _, s in exe.last_timings()))
             if time.perf_counter() - start > self.budget_s:
@@ -151,17 +155,18 @@ class Timer:
         """Seconds of one ``op`` among queued ops like it: (4 copies - 2 copies) / 2, chained
         through its output where it can be, else repeated on the same inputs. What a backend does
         at a program's edges (transfers, layout changes, synchronisation) cancels out."""
-        two, four = chained(op, 2), chained(op, 4)
-        if two is None or four is None:
-            two, four = repeated(op, 2), repeated(op, 4)
-        w2, d2 = self._queued(two, alg)
-        w4, d4 = self._queued(four, alg)
-        if d2 is not None and d4 is not None and d4 > d2:
+        lo, hi = (1, 2) if self.clock.noiseless else (2, 4)  # exact clocks need no averaging
+        short, long = chained(op, lo), chained(op, hi)
+        if short is None or long is None:
+            short, long = repeated(op, lo), repeated(op, hi)
+        w_lo, d_lo = self._queued(short, alg)
+        w_hi, d_hi = self._queued(long, alg)
+        if d_lo is not None and d_hi is not None and d_hi > d_lo:
             self.device_timed = True
-            return (d4 - d2) / 2
-        if w4 > w2:
-            return (w4 - w2) / 2
-        return max(w4 / 4, 1e-9)  # noise hid the difference: the mean is an upper bound
+            return (d_hi - d_lo) / (hi - lo)
+        if w_hi > w_lo:
+            return (w_hi - w_lo) / (hi - lo)
+        return max(w_hi / hi, 1e-9)  # noise hid the difference: the mean is an upper bound
 
 
 def time_in_chain(backend: Backend, op: A.Op, alg: Algorithm, *, repeat: int = 5,

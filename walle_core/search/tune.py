@@ -147,7 +147,8 @@ def measure_plans(plans: Sequence[Plan], keep: set[int], *, budget_s: float,
             continue
         try:
             runners[i] = PlanRunner(plan, keep, threads)
-            runners[i]()  # warm: first-run allocations and kernel caches
+            if not runners[i].clock.noiseless:
+                runners[i]()  # warm: first-run allocations and kernel caches
         except Exception as exc:  # a plan that cannot run here is simply not a candidate
             runners.pop(i, None)
             plan.note = f"failed to run: {exc}"
