@@ -292,3 +292,59 @@ def test_task_bundle_with_a_tflite_model(tmp_path: Path) -> None:
     assert result.ok, result.error
     ref = litert_run(conv_chain(), [np.ones((1, 8, 8, 3), np.float32)])[1]
     assert rel_error(np.asarray(result.outputs["logits"]), ref) <= 1e-5
+
+
+def control_flow_model(kind: str) -> bytes:
+    """IF: x * 2 when cond else x + 1. WHILE: (i, x) -> (i + 1, x * 1.5) while i < 3."""
+    b = ModelBuilder()
+    if kind == "IF":
+        cond = b.input([1], np.bool_, name="cond")
+        x = b.input([2, 3], name="x")
+        then, other = b.subgraph(), b.subgraph()
+        for index, op, options, value in ((then, "MUL", "MulOptions", 2.0), (other, "ADD", "AddOptions", 1.0)):
+            b.use(index)
+            xi = b.input([2, 3], name="x")
+            b.output(*b.op(op, [xi, b.const(np.float32(value))], options, out_shapes=[[2, 3]]))
+        b.use(0)
+        (y,) = b.op("IF", [cond, x], "IfOptions", thenSubgraphIndex=then, elseSubgraphIndex=other)
+        b.output(y)
+        return b.build()
+    i = b.input([], np.int32, name="i")
+    x = b.input([2, 3], name="x")
+    cond, body = b.subgraph(), b.subgraph()
+    b.use(cond)
+    ci = b.input([], np.int32, name="i")
+    b.input([2, 3], name="x")  # the condition reads only the counter
+    b.output(*b.op("LESS", [ci, b.const(np.int32(3))], out_dtype=np.bool_, out_shapes=[[]]))
+    b.use(body)
+    bi, bx = b.input([], np.int32, name="i"), b.input([2, 3], name="x")
+    (ni,) = b.op("ADD", [bi, b.const(np.int32(1))], "AddOptions", out_dtype=np.int32, out_shapes=[[]])
+    (nx,) = b.op("MUL", [bx, b.const(np.float32(1.5))], "MulOptions", out_shapes=[[2, 3]])
+    b.output(ni, nx)
+    b.use(0)
+    outs = b.op("WHILE", [i, x], "WhileOptions", n_out=2, out_shapes=[[], [2, 3]],
+                condSubgraphIndex=cond, bodySubgraphIndex=body)
+    b.output(*outs)
+    return b.build()
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_if_between_subgraphs(cond: bool) -> None:
+    data = control_flow_model("IF")
+    graph = import_model(data)
+    assert [n.op_type for n in graph.nodes].count("If") == 1
+    feeds = [np.asarray([cond]), np.random.default_rng(0).uniform(-1, 1, (2, 3)).astype(np.float32)]
+    ref = litert_run(data, feeds)
+    got = run_walle(data, feeds)
+    assert rel_error(got[0], ref[0]) <= 1e-6
+
+
+@pytest.mark.parametrize("start", [0, 2, 5])
+def test_while_between_subgraphs(start: int) -> None:
+    data = control_flow_model("WHILE")
+    assert [n.op_type for n in import_model(data).nodes].count("Loop") == 1
+    feeds = [np.asarray(start, np.int32), np.random.default_rng(1).uniform(-1, 1, (2, 3)).astype(np.float32)]
+    ref = litert_run(data, feeds)
+    got = run_walle(data, feeds)
+    np.testing.assert_array_equal(got[0], ref[0])
+    assert rel_error(got[1], ref[1]) <= 1e-6

@@ -38,13 +38,37 @@ class ModelBuilder:
     def __init__(self) -> None:
         S = schema()
         self.S = S
-        self.tensors: list[Any] = []
         self.buffers: list[Any] = [S.BufferT()]
-        self.operators: list[Any] = []
         self.codes: list[tuple[int, str]] = []
-        self.inputs: list[int] = []
-        self.outputs: list[int] = []
         self.signature: tuple[str, list[tuple[str, int]], list[tuple[str, int]]] | None = None
+        self.subgraphs: list[dict[str, list[Any]]] = []
+        self.current = self.subgraph()
+
+    def subgraph(self) -> int:
+        """Start another subgraph (IF branches, WHILE bodies); tensors and ops go there until
+        :meth:`use` picks another. Shapes in subgraphs other than 0 must be given."""
+        self.subgraphs.append({"tensors": [], "operators": [], "inputs": [], "outputs": []})
+        self.current = len(self.subgraphs) - 1
+        return self.current
+
+    def use(self, index: int) -> None:
+        self.current = index
+
+    @property
+    def tensors(self) -> list[Any]:
+        return self.subgraphs[self.current]["tensors"]
+
+    @property
+    def operators(self) -> list[Any]:
+        return self.subgraphs[self.current]["operators"]
+
+    @property
+    def inputs(self) -> list[int]:
+        return self.subgraphs[self.current]["inputs"]
+
+    @property
+    def outputs(self) -> list[int]:
+        return self.subgraphs[self.current]["outputs"]
 
     def tensor(self, shape: Sequence[int] | None, dtype: Any = np.float32, name: str | None = None,
                data: np.ndarray | None = None, quant: tuple[Any, Any, int] | None = None,
@@ -115,16 +139,20 @@ class ModelBuilder:
 
     def sign(self, key: str, inputs: Sequence[str], outputs: Sequence[str]) -> None:
         """A signature naming the inputs and outputs (in the order they were declared)."""
-        self.signature = (key, list(zip(inputs, self.inputs, strict=True)),
-                          list(zip(outputs, self.outputs, strict=True)))
+        main = self.subgraphs[0]
+        self.signature = (key, list(zip(inputs, main["inputs"], strict=True)),
+                          list(zip(outputs, main["outputs"], strict=True)))
 
     def pack(self) -> bytes:
         import flatbuffers
 
         S = self.S
-        sub = S.SubGraphT()
-        sub.tensors, sub.operators = self.tensors, self.operators
-        sub.inputs, sub.outputs, sub.name = self.inputs, self.outputs, "main"
+        subs = []
+        for k, parts in enumerate(self.subgraphs):
+            sub = S.SubGraphT()
+            sub.tensors, sub.operators = parts["tensors"], parts["operators"]
+            sub.inputs, sub.outputs, sub.name = parts["inputs"], parts["outputs"], "main" if k == 0 else f"sub{k}"
+            subs.append(sub)
         model = S.ModelT()
         model.version = 3
         model.description = "walle test model"
@@ -134,7 +162,7 @@ class ModelBuilder:
             oc.builtinCode, oc.deprecatedBuiltinCode = code, min(code, 127)
             oc.version = VERSIONS.get(name, 1)
             codes.append(oc)
-        model.operatorCodes, model.subgraphs, model.buffers = codes, [sub], self.buffers
+        model.operatorCodes, model.subgraphs, model.buffers = codes, subs, self.buffers
         if self.signature is not None:
             key, ins, outs = self.signature
             sd = S.SignatureDefT()
@@ -162,10 +190,11 @@ class ModelBuilder:
         it = Interpreter(model_content=self.pack(),
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         it.allocate_tensors()
+        main = self.subgraphs[0]["tensors"]
         for d in it.get_tensor_details():
-            if d["index"] >= len(self.tensors):  # the interpreter's own scratch tensors
+            if d["index"] >= len(main):  # the interpreter's own scratch tensors
                 continue
-            t = self.tensors[d["index"]]
+            t = main[d["index"]]
             if not t.shape and len(d["shape"]):
                 t.shape = [int(v) for v in d["shape"]]
         return self.pack()

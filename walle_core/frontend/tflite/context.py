@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from walle_core.errors import UnsupportedOpError
+from walle_core.errors import ModelLoadError, UnsupportedOpError
 from walle_core.frontend.tflite.convert import (
     NATIVE,
     NCHW,
@@ -173,3 +173,24 @@ class OpContext:
         if not 0 <= axis < rank:
             raise self.fail(f"axis {axis} is out of range for rank {rank}")
         return TO_NCHW.index(axis) if layout == NCHW else axis
+
+
+def run_operators(em: Emitter, bindings: Sequence[str]) -> list[str]:
+    """Map every operator of ``em.sub`` with its inputs bound to the IR names ``bindings``
+    (stored values, native layout); returns its outputs' IR names, likewise."""
+    sub = em.sub
+    if len(bindings) != len(sub.inputs):
+        raise ModelLoadError(f"TFLite subgraph {sub.index} takes {len(sub.inputs)} inputs, got {len(bindings)}")
+    for t, name in zip(sub.inputs, bindings, strict=True):
+        if t in em.consts:
+            raise ModelLoadError(f"TFLite input {sub.tensors[t].name!r} of subgraph {sub.index} is a constant")
+        em.forms[(t, NATIVE, False)] = name
+    em.fold_constants()
+    for op in sub.operators:
+        if op.index in em.skipped:
+            continue
+        mapper = MAPPERS.get(op.name)
+        if mapper is None:
+            raise op_error(op, sub, "no mapping for this operator")
+        mapper(OpContext(em, op))
+    return [em.value(t, NATIVE, real=False) for t in sub.outputs]

@@ -55,11 +55,16 @@ class Const:
 class Emitter:
     """Builds one Graph: node and initializer creation, unique names, per-tensor forms."""
 
-    def __init__(self, model: TflModel, sub: TflSubgraph) -> None:
+    def __init__(self, model: TflModel, sub: TflSubgraph, names: set[str] | None = None,
+                 parent: Emitter | None = None, into: Emitter | None = None) -> None:
+        """``names``: IR names already taken (shared by nested graphs, so they never clash);
+        ``parent``: the emitter whose graph holds this subgraph's (control-flow ancestry);
+        ``into``: emit into that emitter's node list instead of a new graph (inlining)."""
         self.model, self.sub = model, sub
-        self.nodes: list[Node] = []
-        self.inits: dict[str, np.ndarray] = {}
-        self.used: set[str] = set()
+        self.nodes: list[Node] = into.nodes if into is not None else []
+        self.inits: dict[str, np.ndarray] = into.inits if into is not None else {}
+        self.used: set[str] = names if names is not None else set()
+        self.ancestry: tuple[int, ...] = (*(parent.ancestry if parent is not None else ()), sub.index)
         self.forms: dict[tuple[int, str, bool], str] = {}  # (tensor, layout, real) -> IR name
         self.consts: dict[int, Const] = {}
         self.skipped: set[int] = set()  # operators folded into constants at load

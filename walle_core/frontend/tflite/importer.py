@@ -4,9 +4,9 @@ outputs after the signature, and runs every operator's mapper."""
 from __future__ import annotations
 
 from walle_core.errors import ModelLoadError
-from walle_core.frontend.tflite import ops_elementwise, ops_nn, ops_shape  # noqa: F401  (register mappers)
-from walle_core.frontend.tflite.context import MAPPERS, OpContext
-from walle_core.frontend.tflite.convert import NATIVE, OPSET, Emitter, op_error, tensor_type
+from walle_core.frontend.tflite import ops_control, ops_elementwise, ops_nn, ops_shape  # noqa: F401  (register mappers)
+from walle_core.frontend.tflite.context import run_operators
+from walle_core.frontend.tflite.convert import NATIVE, OPSET, Emitter, tensor_type
 from walle_core.frontend.tflite.reader import TflModel, TflSignature, TflSubgraph
 from walle_core.ir.graph import Graph, Node, ValueInfo, remove_dead_nodes
 
@@ -40,29 +40,22 @@ def convert(model: TflModel, signature: str | None = None) -> Graph:
 
 def convert_subgraph(model: TflModel, sub: TflSubgraph, inputs: list[tuple[str, int]],
                      outputs: list[tuple[str, int]]) -> Graph:
-    em = Emitter(model, sub)
     names = [n for n, _ in inputs + outputs]
     if len(set(names)) != len(names):
         raise ModelLoadError(f"TFLite subgraph {sub.index} names an input or output twice: {names}")
-    em.used.update(names)
-    in_infos = []
-    for name, t in inputs:
-        if t in em.consts:
-            raise ModelLoadError(f"TFLite input {name!r} is a constant tensor")
-        in_infos.append(ValueInfo(name, tensor_type(sub.tensors[t], name)))
-        em.forms[(t, NATIVE, False)] = name
-    em.fold_constants()
-    for op in sub.operators:
-        if op.index in em.skipped:
-            continue
-        mapper = MAPPERS.get(op.name)
-        if mapper is None:
-            raise op_error(op, sub, "no mapping for this operator")
-        mapper(OpContext(em, op))
+    em = Emitter(model, sub, set(names))
+    in_infos = [ValueInfo(name, tensor_type(sub.tensors[t], name)) for name, t in inputs]
+    # A signature may list the subgraph's inputs in another order: bind by tensor, not position.
+    by_tensor = {t: name for name, t in inputs}
+    missing = [sub.tensors[t].name for t in sub.inputs if t not in by_tensor]
+    if missing:
+        raise ModelLoadError(f"TFLite signature does not name the subgraph inputs {missing}")
+    results = run_operators(em, [by_tensor[t] for t in sub.inputs])
+    produced = dict(zip(sub.outputs, results, strict=True))
     out_infos = []
     final: dict[str, str] = {}  # IR name -> the output name it was renamed to
     for name, t in outputs:
-        src = em.value(t, NATIVE, real=False)
+        src = produced[t] if t in produced else em.value(t, NATIVE, real=False)
         producer = next((n for n in em.nodes if src in n.outputs), None)
         if src in final:
             em.nodes.append(Node("Identity", [final[src]], [name], {}, name))
