@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,22 @@ from tests.zoo.export import export, inputs, module
 
 pytestmark = pytest.mark.slow
 BACKENDS = ["reference", "cpu"]
+# The cpu backend fails to prepare its kernels for these (found by this zoo, reported to its
+# owners); the runtime then drops cpu and runs the whole model on reference, which must not
+# pass as a cpu result. Strict: a fix turns them into unexpected passes to remove from here.
+CPU_FAILS = {
+    "gpt2": "a fused element-wise chain over [1,5,512] with 6 operands overflows the 5 operand "
+            "stride rows of wl_nd_params (walle_cpu/ops/chain.py set_nd: IndexError)",
+    "kws_conv1d": "Conv1d as Conv2D over 1-row maps ([1,40,1,101] x [24,40,1,3]) fails to encode "
+                  "(walle_cpu/ops/conv.py _geometry)",
+}
+
+
+def cases(names: list[str]) -> list[Any]:
+    """(model, backend) parameters, the known cpu failures marked."""
+    return [pytest.param(name, backend, marks=pytest.mark.xfail(strict=True, reason=CPU_FAILS[name]))
+            if backend == "cpu" and name in CPU_FAILS else pytest.param(name, backend)
+            for name in names for backend in BACKENDS]
 
 
 def _available(name: str) -> None:
@@ -48,8 +65,7 @@ def test_zoo_is_complete() -> None:
         assert any(a[k].shape != b[k].shape for k in a), f"{name}: the second inputs have the same shapes"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize(("name", "backend"), cases(ZOO))
 def test_zoo_model_matches_onnxruntime(name: str, backend: str) -> None:
     _available(backend)
     path = export(name)
@@ -58,6 +74,7 @@ def test_zoo_model_matches_onnxruntime(name: str, backend: str) -> None:
         feeds = inputs(name, alt)
         want = onnxruntime_outputs(path, feeds)
         got = model.run(feeds)
+        assert not model.dropped, f"{name}: Walle dropped {model.dropped}"
         assert list(got) == list(want)
         err = worst_error(got, want)
         shapes = {k: v.shape for k, v in feeds.items() if v.ndim}
@@ -75,12 +92,14 @@ def test_declared_inputs_are_dynamic_where_the_model_is() -> None:
             assert shape is not None and all(isinstance(shape[a], str) for a in axes), (name, inp, shape)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_decoder_first_step_with_an_empty_cache(backend: str) -> None:
+@pytest.mark.parametrize(("name", "backend"), cases(["gpt2"]))
+def test_decoder_first_step_with_an_empty_cache(name: str, backend: str) -> None:
     """A decoder's first call has a zero-length key/value cache (exported the same way)."""
     _available(backend)
-    path = export("gpt2")
-    feeds = module("gpt2").inputs(np.random.default_rng(3), {"batch": 2, "seq": 6, "past": 0})
-    got = walle_core.load(path, backend=backend).run(feeds)
+    path = export(name)
+    feeds = module(name).inputs(np.random.default_rng(3), {"batch": 2, "seq": 6, "past": 0})
+    model = walle_core.load(path, backend=backend)
+    got = model.run(feeds)
+    assert not model.dropped, f"{name}: Walle dropped {model.dropped}"
     assert got["present_key_0"].shape == (2, 4, 6, 32)
     assert worst_error(got, onnxruntime_outputs(path, feeds)) <= TOL
