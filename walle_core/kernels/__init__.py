@@ -1,5 +1,7 @@
-"""One kernel description for every GPU-style backend: specs (data), portable bodies, and
-renderers to OpenCL C, GLSL compute (SPIR-V) and Metal Shading Language. No device code here."""
+"""Everything the GPU-style backends share: one kernel description (specs as data, portable
+bodies, renderers to OpenCL C, GLSL compute and Metal Shading Language), the lowering of every op
+kind (``lower/``), the device interface a plugin implements (``device.py``) and the one run loop
+over it (``executor.py``). No driver is imported here."""
 
 from walle_core.kernels.dialects import DIALECTS, render
 from walle_core.kernels.lower import Unsupported, algorithms_for, lower_op, offered, supported

@@ -166,7 +166,7 @@ class OpenCLDevice(GPUDevice[Any, tuple[Any, str], _Recording]):
 
 class OpenCLBackend(GPUBackend):
     name = "opencl"
-    version = "1.0"
+    version = "1.1"
     no_device_hint = "no OpenCL platform found ({exc}): install pocl-opencl-icd"
 
     @classmethod

@@ -136,11 +136,15 @@ class Queue:
         data = vk.ffi.new("uint64_t[]", n)
         vk.vkGetQueryPoolResults(self.device, program.queries, 0, n, 8 * n, data, 8,
                                  vk.VK_QUERY_RESULT_64_BIT | vk.VK_QUERY_RESULT_WAIT_BIT)
-        ticks = np.frombuffer(vk.ffi.buffer(data), np.uint64).astype(np.float64) * self.period
-        timings.dispatches = [(label, float(ticks[i + 2] - ticks[i + 1])) for i, label in enumerate(program.labels)]
-        timings.span_s = float(ticks[n - 2] - ticks[1])
-        timings.upload_s = float(ticks[1] - ticks[0]) + t1 - t0
-        timings.download_s = float(ticks[n - 1] - ticks[n - 2]) + t3 - t2
+        ticks = [int(tick) for tick in np.frombuffer(vk.ffi.buffer(data), np.uint64)]
+
+        def seconds(a: int, b: int) -> float:  # integer tick differences: no rounding of large counters
+            return (ticks[b] - ticks[a]) * self.period
+
+        timings.dispatches = [(label, seconds(i + 1, i + 2)) for i, label in enumerate(program.labels)]
+        timings.span_s = seconds(1, n - 2)
+        timings.upload_s = seconds(0, 1) + t1 - t0
+        timings.download_s = seconds(n - 2, n - 1) + t3 - t2
         return timings
 
     def forget(self, program: Recording) -> None:
