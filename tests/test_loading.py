@@ -123,6 +123,7 @@ def test_loads_and_matches_onnxruntime(case: str, backend: str) -> None:
     for shapes in shape_list:
         feeds = _feeds(case, shapes)
         assert worst_error(model.run(feeds), onnxruntime_outputs(data, feeds)) <= TOL
+        assert not model.dropped, model.dropped  # the backend itself ran it
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -173,14 +174,18 @@ def test_wrong_and_missing_value_info_are_not_trusted() -> None:
 
 
 def test_defaulted_inputs_are_optional() -> None:
-    """A graph input that also has an initializer may be fed (override) or left out."""
+    """A graph input that also has an initializer may be fed (override) or left out; one that
+    no node reads is no input at all (Caffe2 exports list such blobs)."""
     nodes = [h.make_node("Mul", ["x", "scale"], ["y"])]
     scale = np.array([2.0, 3.0], np.float32)
     data = _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["n", 2]),
-                          h.make_tensor_value_info("scale", T.FLOAT, [2])],
-                  [h.make_tensor_value_info("y", T.FLOAT, ["n", 2])], [_const("scale", scale)])
+                          h.make_tensor_value_info("scale", T.FLOAT, [2]),
+                          h.make_tensor_value_info("unused_blob", T.FLOAT, [1, 1])],
+                  [h.make_tensor_value_info("y", T.FLOAT, ["n", 2])],
+                  [_const("scale", scale), _const("unused_blob", np.ones((1, 1), np.float32))])
     model = walle_core.load(data, backend="reference")
     assert model.input_names == ["x"]
+    assert [vi.name for vi in model.graph.inputs] == ["x", "scale"]
     x = RNG.standard_normal((3, 2)).astype(np.float32)
     for feeds in ({"x": x}, {"x": x, "scale": np.array([-1.0, 0.5], np.float32)}):
         assert worst_error(model.run(feeds), onnxruntime_outputs(data, feeds)) <= TOL

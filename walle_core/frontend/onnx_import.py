@@ -180,4 +180,7 @@ def import_model(model: str | Path | bytes | Any) -> Graph:
         vi for vi in graph.inputs if vi.name in init_names
     ]
     remove_dead_nodes(graph)
+    # An override nothing reads lost its initializer above; it must not become a required input
+    # (onnxruntime drops it too, and rejects it as a feed).
+    graph.inputs = [vi for vi in graph.inputs if vi.name not in init_names or vi.name in graph.initializers]
     return graph
