@@ -2,64 +2,26 @@
 same thread count: the TFLite column of the peer comparison.
 
     python bench/tflite_vs_litert.py [--threads 2] [--runs 20] [--models face_landmark,...] [--int8]
-                           [--backend cpu]
+                                     [--backend cpu]
 
 Models: the ``.tflite`` files MediaPipe's wheel ships (found or fetched by
 ``tests/tflite_testlib.mediapipe_models``); ``--int8`` adds their full-int8 versions, made by
 LiteRT's own calibrator (Walle runs those as QDQ over float kernels). Walle loads the file itself
-(``walle_core.load(path)``); LiteRT runs it with its default delegate (XNNPACK). Timing is
-:func:`walle_bench.compare.interleaved_medians` (blocks of runs, engines taking turns), with the
-ratio Walle/LiteRT, the geometric mean of the ratios and the largest output difference.
+(``walle_core.load(path)``); LiteRT runs it with its default delegate (XNNPACK). Timing and the
+table are :func:`walle_bench.compare.compare` with the ``litert`` peer (the same as
+``walle bench model FILE.tflite --vs litert``), float and int8 models in separate tables.
 (Not named ``tflite.py``: run as a script, that name would shadow the ``tflite`` package.)
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["face_detection_short_range", "face_landmark", "hand_landmark_lite", "iris_landmark",
-          "palm_detection_lite", "pose_landmark_full"]
-
-
-def litert_runner(model: bytes, feeds: Sequence[np.ndarray], threads: int):  # type: ignore[no-untyped-def]
-    from tflite_testlib import interpreter
-
-    it = interpreter(model, threads)
-    ins, outs = it.get_input_details(), it.get_output_details()
-
-    def run() -> list[np.ndarray]:
-        for d, f in zip(ins, feeds, strict=True):
-            it.set_tensor(d["index"], f)
-        it.invoke()
-        return [it.get_tensor(d["index"]) for d in outs]
-
-    return run
-
-
-def bench_one(name: str, path: Path, threads: int, runs: int, backend: str) -> tuple[float, float, float]:
-    """(walle ms, litert ms, max |difference|) for one model file."""
-    from tflite_testlib import random_feeds
-
-    import walle_core
-    from walle_bench.compare import interleaved_medians, max_diff, walle_runner, warm_up
-
-    data = path.read_bytes()
-    feeds = random_feeds(data)
-    names = walle_core.load(path, backend="reference").input_names
-    engines = {"walle": walle_runner(path, dict(zip(names, feeds, strict=True)), threads, backend),
-               "litert": litert_runner(data, feeds, threads)}
-    first = warm_up(engines, 3, {}, required=("walle", "litert"))
-    medians = interleaved_medians(engines, runs)
-    diff = max_diff([np.asarray(v, np.float64) for v in first["walle"]],
-                    [np.asarray(v, np.float64) for v in first["litert"]])
-    return medians["walle"], medians["litert"], diff
+          "palm_detection_lite", "pose_landmark_full", "selfie_segmentation"]
 
 
 def main() -> None:
@@ -71,9 +33,9 @@ def main() -> None:
     ap.add_argument("--backend", default="cpu")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))  # a repository script: the TFLite test helpers
-    from tflite_testlib import fold_fp16_weights, mediapipe_models, quantize
+    from tflite_testlib import builtin_transpose_conv, fold_fp16_weights, mediapipe_models, quantize
 
-    from walle_bench.compare import header
+    from walle_bench.compare import compare, header, random_feeds, table_rows
     from walle_core import flags
 
     zoo = mediapipe_models()
@@ -81,29 +43,32 @@ def main() -> None:
         sys.exit("MediaPipe's .tflite models are not available (pip could not fetch the wheel)")
     for line in header(args.threads, args.runs):
         print(line)
-    print(f"{'model':<34} {'walle ms':>9} {'litert ms':>10} {'ratio':>6} {'max diff':>9}")
+    work = flags.cache_dir() / "tflite" / "bench"
+    work.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, Path]] = []
-    int8_dir = flags.cache_dir() / "tflite" / "int8"
     for name in args.models.split(","):
         path = zoo / f"{name}.tflite"
+        if name.startswith("selfie_segmentation"):
+            # LiteRT lacks MediaPipe's custom transposed conv: both engines run the builtin version.
+            path = work / f"{name}.tflite"
+            path.write_bytes(builtin_transpose_conv((zoo / f"{name}.tflite").read_bytes()))
         jobs.append((name, path))
         if args.int8:
-            q = int8_dir / f"{name}.tflite"
+            q = work / f"{name}-int8.tflite"
             if not q.is_file():
-                int8_dir.mkdir(parents=True, exist_ok=True)
                 q.write_bytes(quantize(fold_fp16_weights(path.read_bytes()), samples=4))
             jobs.append((f"{name} (int8)", q))
-    ratios: dict[bool, list[float]] = {False: [], True: []}
+    results = []
     for name, path in jobs:
-        walle_ms, litert_ms, diff = bench_one(name, path, args.threads, args.runs, args.backend)
-        ratios["int8" in name].append(walle_ms / litert_ms)
-        print(f"{name:<34} {walle_ms:>9.2f} {litert_ms:>10.2f} {walle_ms / litert_ms:>6.2f} {diff:>9.2e}",
-              flush=True)
-    for int8, values in ratios.items():
-        if values:
-            geo = math.exp(sum(math.log(r) for r in values) / len(values))
-            print(f"geometric mean walle/litert ({'int8' if int8 else 'float'}): {geo:.2f}")
-
+        r = compare(name, path, random_feeds(path), threads=args.threads, runs=args.runs, peers=("litert",),
+                    backend=args.backend)
+        results.append(r)
+        print(f"  {name}: walle {r.walle_ms:.2f} ms, litert {r.peers.get('litert', float('nan')):.2f} ms", flush=True)
+    for int8 in (False, True):
+        group = [r for r in results if ("(int8)" in r.model) == int8]
+        if group:
+            print()
+            print("\n".join(table_rows(group, ["litert"])))
 
 if __name__ == "__main__":
     main()

@@ -253,7 +253,7 @@ def test_corrupt_and_truncated_files_raise_model_load_error(tmp_path: Path) -> N
             import_model(bytes(bad))
 
 
-def test_walle_run_and_inspect_accept_tflite(tmp_path: Path) -> None:
+def test_walle_run_inspect_search_bench_accept_tflite(tmp_path: Path) -> None:
     from walle_cli.app import app
 
     path = tmp_path / "chain.tflite"
@@ -268,6 +268,15 @@ def test_walle_run_and_inspect_accept_tflite(tmp_path: Path) -> None:
     result = runner.invoke(app, ["inspect", str(path), "-b", "reference"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "Conv" in result.output and "float32[1,8,8,3]" in result.output
+    result = runner.invoke(app, ["search", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Conv2D" in result.output
+    # The peer is LiteRT on the same file: both answers agree (max |diff| column), timing aside.
+    result = runner.invoke(app, ["bench", "model", str(path), "--vs", "litert", "--runs", "2",
+                                 "--backend", "reference"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("chain"))
+    assert float(row.split()[-1]) < 1e-4, row
 
 
 def test_task_bundle_with_a_tflite_model(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ pause and an untimed run, so that one engine's spinning idle threads do not tax 
 processes on a shared machine hits every engine alike; each engine's median is reported with the ratio
 Walle/peer and the largest absolute output difference (a fast wrong answer cannot hide).
 
-Models are ONNX files here; ``bench/peers.py`` adds the repository's test models by name.
+Models are ONNX or TFLite files here (peer ``litert``: the LiteRT interpreter on a .tflite file);
+``bench/peers.py`` adds the repository's test models by name.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 
 from walle_core import WalleError
 
-PEERS = ("onnxruntime", "mnn")
+PEERS = ("onnxruntime", "mnn", "litert")
 
 
 class BenchError(WalleError):
@@ -73,11 +74,11 @@ def random_feeds(path: Path) -> dict[str, np.ndarray]:
 
 
 def resolve_model(spec: str) -> tuple[str, Path, dict[str, np.ndarray]]:
-    """An ONNX file: its name, path and random inputs (:func:`random_feeds`)."""
+    """An ONNX or TFLite file: its name, path and random inputs (:func:`random_feeds`)."""
     p = Path(spec)
-    if p.suffix != ".onnx" and not p.is_file():
+    if p.suffix not in (".onnx", ".tflite") and not p.is_file():
         raise BenchError(
-            f"{spec!r} is not an .onnx file; the repository's test models (tests/models/NAME.py) are "
+            f"{spec!r} is not an .onnx or .tflite file; the repository's test models (tests/models/NAME.py) are "
             "benchmarked with `python bench/peers.py --models NAME` from the repository root")
     if not p.is_file():
         raise BenchError(f"no such file: {spec}")
@@ -103,6 +104,29 @@ def ort_runner(path: Path, feeds: dict[str, np.ndarray], threads: int) -> Runner
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return lambda: sess.run(None, feeds)
+
+
+def litert_runner(path: Path, feeds: dict[str, np.ndarray], threads: int, outputs: list[str]) -> Runner:
+    """The LiteRT interpreter (PyPI ``ai-edge-litert``, default XNNPACK delegate) on a .tflite
+    file. Walle names inputs and outputs after the model's signature when it has one (else after
+    the tensors), and so does this runner, so both return ``outputs`` in the same order."""
+    from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-untyped,unused-ignore]
+
+    it = Interpreter(model_path=str(path), num_threads=threads)
+    if it.get_signature_list():
+        run = it.get_signature_runner()
+        return lambda: [run(**feeds)[n] for n in outputs]
+    it.allocate_tensors()
+    ins = {d["name"]: d["index"] for d in it.get_input_details()}
+    outs = {d["name"]: d["index"] for d in it.get_output_details()}
+
+    def invoke() -> list[np.ndarray]:
+        for name, value in feeds.items():
+            it.set_tensor(ins[name], value)
+        it.invoke()
+        return [it.get_tensor(outs[n]) for n in outputs]
+
+    return invoke
 
 
 @contextlib.contextmanager
@@ -237,6 +261,8 @@ def compare(name: str, path: Path, feeds: dict[str, np.ndarray], *, threads: int
                 engines[peer] = ort_runner(path, feeds, threads)
             elif peer == "mnn":
                 engines[peer] = mnn_runner(path, feeds, threads, outputs)
+            elif peer == "litert":
+                engines[peer] = litert_runner(path, feeds, threads, outputs)
             else:
                 skipped[peer] = f"unknown peer (known: {', '.join(PEERS)})"
         except Exception as exc:  # a peer that cannot load the model is reported, not fatal

@@ -36,8 +36,8 @@ def bench_pipeline(
 
 @bench_app.command("model")
 def bench_model(
-    model: Annotated[str, typer.Argument(help="An .onnx file (test models: bench/peers.py).")],
-    vs: Annotated[list[str], typer.Option("--vs", help="Peer engine(s): onnxruntime, mnn.")] = ["onnxruntime"],  # noqa: B006
+    model: Annotated[str, typer.Argument(help="An .onnx or .tflite file (test models: bench/peers.py).")],
+    vs: Annotated[list[str], typer.Option("--vs", help="Peer engine(s): onnxruntime, mnn, litert (.tflite).")] = ["onnxruntime"],  # noqa: B006
     threads: Annotated[int, typer.Option(min=1, help="Threads for every engine.")] = 2,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per engine (median).")] = 30,
     backend: Annotated[str, typer.Option(help="Walle backend.")] = "cpu",
