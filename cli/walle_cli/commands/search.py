@@ -39,7 +39,7 @@ def describe(d: Decision) -> str:
 def search(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     shape: Annotated[list[str] | None, typer.Option("--shape", help="NAME=D1,D2,... for dynamic inputs.")] = None,
-    measure: Annotated[bool, typer.Option(help="Also time each chosen op and the whole plan.")] = False,
+    measure: Annotated[bool, typer.Option(help="Also time each chosen op, and every candidate plan whole.")] = False,
     budget: Annotated[float, typer.Option(help="Measure-mode budget in seconds for timing top candidates (0: off).")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -51,11 +51,14 @@ def search(
         except walle_core.InputError as exc:
             fail(f"{exc}: --shape NAME=D1,D2,...")
         decisions = m.explain(feeds)
+        result = m.searcher.last_result if m.searcher is not None else None
         measured: list[float | None] = [None] * len(decisions)
         whole: float | None = None
         if measure:
             measured = list(m.time_decisions(decisions, repeat=5, budget_s=0.2))
             whole = m.time_run(feeds, repeat=5)
+            if m.searcher is not None and result is not None:
+                m.searcher.time_plans(result)  # every candidate plan, whole, as it would run
     rows: list[dict[str, Any]] = []
     for i, (d, t) in enumerate(zip(decisions, measured, strict=True)):
         ru = d.runner_up
@@ -67,12 +70,18 @@ def search(
             "runner_up_us": None if ru is None else ru.seconds * 1e6,
             "why": d.reason, "skipped": d.skipped,
         })
-    predicted_total = sum(d.chosen.seconds for d in decisions)
+    plans = [] if result is None else [{
+        "plan": p.label, "chosen": p is result.chosen, "predicted_us": p.predicted_s * 1e6,
+        "measured_us": None if p.measured_s is None else p.measured_s * 1e6,
+        "programs": p.cost.programs, "transfers_us": p.cost.transfer_s * 1e6,
+        "fallback_ops": p.fallbacks, "note": p.note} for p in result.plans]
+    predicted_total = result.chosen.predicted_s if result is not None else sum(d.chosen.seconds for d in decisions)
     summary = {"ops": len(rows), "predicted_total_us": predicted_total * 1e6,
                "measured_ops_total_us": None if not measure else sum(t or 0 for t in measured) * 1e6,
-               "measured_plan_us": None if whole is None else whole * 1e6}
+               "measured_plan_us": None if whole is None else whole * 1e6,
+               "why": None if result is None else result.why}
     if as_json:
-        out().print_json(json.dumps({"decisions": rows, "summary": summary}))
+        out().print_json(json.dumps({"decisions": rows, "plans": plans, "summary": summary}))
         return
     table = Table(title=f"search: {model.name}")
     for col in ("#", "op", "chosen", "pred µs", "meas µs", "runner-up", "ru µs", "why"):
@@ -83,6 +92,17 @@ def search(
                       r["runner_up"] or "-", "" if r["runner_up_us"] is None else f"{r['runner_up_us']:.1f}",
                       r["why"])
     out().print(table)
+    if plans:
+        ptable = Table(title="candidate plans (whole graph)")
+        for col in ("plan", "pred µs", "meas µs", "programs", "transfers µs", "fallback ops", ""):
+            ptable.add_column(col)
+        for p in plans:
+            ptable.add_row(p["plan"], f"{p['predicted_us']:.0f}",
+                           "" if p["measured_us"] is None else f"{p['measured_us']:.0f}",
+                           str(p["programs"]), f"{p['transfers_us']:.0f}", str(p["fallback_ops"]),
+                           "chosen" if p["chosen"] else p["note"])
+        out().print(ptable)
+        out().print(f"why: {summary['why']}")
     line = f"{summary['ops']} ops, predicted {summary['predicted_total_us']:.0f} µs"
     if measure:
         line += (f", measured per-op sum {summary['measured_ops_total_us']:.0f} µs,"
@@ -104,4 +124,6 @@ def calibrate(
             cal = calibration_for(backend, refresh=refresh, progress=step)
         out().print(f"{backend.name}: op overhead {cal.op_overhead_s * 1e6:.2f} µs, "
                     f"program overhead {cal.program_overhead_s * 1e6:.2f} µs, "
-                    f"bandwidth {cal.bandwidth_Bps / 1e9:.1f} GB/s, {len(cal.rates)} op buckets")
+                    f"bandwidth {cal.bandwidth_Bps / 1e9:.1f} GB/s, upload {cal.h2d_Bps / 1e9:.2f} GB/s "
+                    f"+ {cal.h2d_latency_s * 1e6:.1f} µs, download {cal.d2h_Bps / 1e9:.2f} GB/s "
+                    f"+ {cal.d2h_latency_s * 1e6:.1f} µs, {len(cal.rates)} op buckets")
