@@ -3,7 +3,8 @@
 * rank correlation (Spearman) of predicted vs measured per-op time, over every candidate
   (backend, algorithm) of every op of the engine-issue models and of random synthetic graphs;
 * regret per model: searched plan time vs the best plan found by measurement (each op on its
-  measured-fastest candidate, and every single-backend plan);
+  measured-fastest candidate, and every single-backend plan), and the searched plan's predicted
+  time against its measured time;
 * regret on small graphs where every backend assignment is enumerated and timed;
 * search cost of a 1,000-node graph with a warm calibration cache.
 
@@ -113,8 +114,11 @@ def model_report(name: str, path: Path, feeds: dict[str, np.ndarray],
     plans |= interleaved({k: (lambda mm=v: mm.run(feeds)) for k, v in variants.items() if k not in quick},
                          rounds=1, per_round=1)
     best = min(plans.values())
+    result = m.searcher.last_result
+    predicted = result.chosen.predicted_s if result is not None else float("nan")
     return {"model": name, "ops": len(decisions), "plans_ms": {k: v * 1e3 for k, v in plans.items()},
-            "regret": plans["searched"] / best - 1.0,
+            "regret": plans["searched"] / best - 1.0, "predicted_ms": predicted * 1e3,
+            "prediction_error": predicted / plans["searched"] - 1.0,
             "backends": sorted({d.chosen.backend.name for d in decisions})}
 
 
@@ -232,7 +236,8 @@ def main() -> None:
           f"(op, candidate) pairs; models only: {result['spearman_models']:.3f}")
     for r in models:
         plans = ", ".join(f"{k} {v:.2f} ms" for k, v in r["plans_ms"].items())
-        print(f"{r['model']:>13}: regret {r['regret'] * 100:+.1f}%  uses {'+'.join(r['backends'])}  [{plans}]")
+        print(f"{r['model']:>13}: regret {r['regret'] * 100:+.1f}%  uses {'+'.join(r['backends'])}  "
+              f"predicted {r['predicted_ms']:.2f} ms ({r['prediction_error'] * 100:+.0f}% of measured)  [{plans}]")
     for r in synthetic:
         print(f"  synthetic #{r['graph']}: {r['ops']} ops, {r['plans']} plans enumerated, "
               f"regret {r['regret'] * 100:+.1f}%")

@@ -97,10 +97,10 @@ def search(
         for col in ("plan", "pred µs", "meas µs", "programs", "transfers µs", "fallback ops", ""):
             ptable.add_column(col)
         for p in plans:
-            ptable.add_row(p["plan"], f"{p['predicted_us']:.0f}",
+            ptable.add_row(str(p["plan"]), f"{p['predicted_us']:.0f}",
                            "" if p["measured_us"] is None else f"{p['measured_us']:.0f}",
                            str(p["programs"]), f"{p['transfers_us']:.0f}", str(p["fallback_ops"]),
-                           "chosen" if p["chosen"] else p["note"])
+                           "chosen" if p["chosen"] else str(p["note"]))
         out().print(ptable)
         out().print(f"why: {summary['why']}")
     line = f"{summary['ops']} ops, predicted {summary['predicted_total_us']:.0f} µs"
