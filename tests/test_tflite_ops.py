@@ -122,6 +122,10 @@ CASES: dict[str, Callable[[ModelBuilder, str], list[int]]] = {
     "transpose_conv_same_s2": lambda b, p: b.op(
         "TRANSPOSE_CONV", [b.const(i32(1, 16, 16, 3)), b.const(w(3, 3, 3, 4)), source(b, p), b.const(w(3))],
         "TransposeConvOptions", padding=0, strideW=2, strideH=2),
+    "transpose_conv_computed_shape": lambda b, p: b.op(
+        "TRANSPOSE_CONV", [b.op("ADD", [b.const(i32(1, 16, 16, 3)), b.const(i32(0, 0, 0, 0))], "AddOptions",
+                                out_dtype=np.int32)[0], b.const(w(3, 3, 3, 4)), source(b, p)],
+        "TransposeConvOptions", padding=0, strideW=2, strideH=2, out_shapes=[[1, 16, 16, 3]]),
     "transpose_conv_valid": lambda b, p: b.op(
         "TRANSPOSE_CONV", [b.const(i32(1, 17, 17, 3)), b.const(w(3, 3, 3, 4)), source(b, p)],
         "TransposeConvOptions", padding=1, strideW=2, strideH=2),
@@ -227,7 +231,7 @@ CASES: dict[str, Callable[[ModelBuilder, str], list[int]]] = {
 }
 # LiteRT's calibrator does not quantise CAST or DIV, and leaves PADV2's pad value float (which
 # LiteRT's own int8 PADV2 then refuses).
-FLOAT_ONLY = {"cast", "div_const", "padv2_value", "arg_min_rows", "ceil", "cos", "elu", "floor", "floor_div",
+FLOAT_ONLY = {"transpose_conv_computed_shape", "cast", "div_const", "padv2_value", "arg_min_rows", "ceil", "cos", "elu", "floor", "floor_div",
               "l2_pool", "logical", "neg", "pow", "relu_0_to_1", "round", "select_v2", "sign", "sin", "square"}
 
 

@@ -62,7 +62,11 @@ def _transpose_conv(c: OpContext, x: int, w: int, bias: int | None, target: list
 
 @maps("TRANSPOSE_CONV")
 def transpose_conv(c: OpContext) -> None:
-    out_shape = c.ints(0, "output_shape")
+    # Only the spatial size matters; a computed output_shape (dynamic batch) has it in the
+    # output tensor's static shape.
+    out_shape = c.ints(0, "output_shape") if c.is_const(0) else list(c.out_t().shape)
+    if not c.is_const(0) and {1, 2} & set(c.out_t().dynamic_axes()):
+        raise c.fail("a computed output_shape with a dynamic height or width is not supported")
     if len(out_shape) != 4:
         raise c.fail(f"output_shape must have 4 values, got {out_shape}")
     _transpose_conv(c, 2, 1, 3, out_shape[1:3], c.padding(),
