@@ -265,3 +265,21 @@ def test_inconsistent_node_is_named() -> None:
                   [h.make_tensor_value_info("y", T.FLOAT, None)], [_const("w", np.ones((4, 2), np.float32))])
     with pytest.raises(InvalidModelError, match="'proj'"):
         walle_core.load(data, backend="reference").run({"x": np.ones((2, 3), np.float32)})
+
+
+def test_fused_conv_with_residual_and_leaky_relu() -> None:
+    """onnxruntime's FusedConv: ``act(conv(X, W) + B + Z)`` with the activation's parameters."""
+    w = (RNG.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+    node = h.make_node("FusedConv", ["x", "w", "b", "z"], ["y"], domain="com.microsoft", pads=[1, 1, 1, 1],
+                       activation="LeakyRelu", activation_params=[0.2])
+    graph = h.make_graph([node], "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 3, 6, 6]),
+                                       h.make_tensor_value_info("z", T.FLOAT, ["n", 4, 6, 6])],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)],
+                         [_const("w", w), _const("b", np.linspace(-1, 1, 4).astype(np.float32))])
+    data = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+    proto = bytes(data.SerializeToString())
+    feeds = {"x": RNG.standard_normal((2, 3, 6, 6)).astype(np.float32),
+             "z": RNG.standard_normal((2, 4, 6, 6)).astype(np.float32)}
+    for backend in BACKENDS:
+        got = walle_core.load(proto, backend=backend).run(feeds)
+        assert worst_error(got, onnxruntime_outputs(proto, feeds)) <= TOL

@@ -103,3 +103,29 @@ def test_decoder_first_step_with_an_empty_cache(name: str, backend: str) -> None
     assert not model.dropped, f"{name}: Walle dropped {model.dropped}"
     assert got["present_key_0"].shape == (2, 4, 6, 32)
     assert worst_error(got, onnxruntime_outputs(path, feeds)) <= TOL
+
+
+# zoo models whose onnxruntime-optimized forms hold every fused com.microsoft op it writes for
+# them: FusedConv (with Relu, Clip, HardSigmoid, Sigmoid, Tanh), FusedGemm (Relu, Sigmoid, Tanh),
+# FusedMatMul, QuickGelu, BiasGelu, FastGelu, Gelu
+OPTIMIZED = ["yolox", "ssdlite", "ghostnet", "super_resolution", "ctr", "minilm", "gpt2", "whisper_encoder"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", OPTIMIZED)  # gpt2 runs on cpu here: FastGelu is one op
+def test_onnxruntime_optimized_model_runs(name: str, backend: str, tmp_path: Path) -> None:
+    """A model onnxruntime optimized and saved (its fused com.microsoft ops) runs on Walle."""
+    import onnxruntime as ort
+
+    _available(backend)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+    ort.InferenceSession(str(export(name)), so, providers=["CPUExecutionProvider"])
+    path = Path(so.optimized_model_filepath)
+    model = walle_core.load(path, backend=backend)
+    assert any(n.domain == "com.microsoft" for n in model.graph.nodes)
+    for alt in (False, True):
+        feeds = inputs(name, alt)
+        assert worst_error(model.run(feeds), onnxruntime_outputs(path, feeds)) <= TOL
+        assert not model.dropped, f"{name}: Walle dropped {model.dropped}"

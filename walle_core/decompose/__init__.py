@@ -40,7 +40,7 @@ _REGISTRY: dict[tuple[str, str], Decomposer] = {}
 FAMILIES = (
     "elementwise", "movement", "reduce", "linalg", "conv", "pool", "norm", "index", "rnn",
     "control", "misc", "resize", "attention", "loss", "quant", "quant_linear", "quant_ms", "spectral",
-    "stateful", "sampling", "vision", "text", "ml",
+    "stateful", "sampling", "vision", "text", "ml", "contrib",
 )
 
 
