@@ -263,11 +263,8 @@ def arg_max(c: OpContext) -> None:
     axis = c.ints(1, "axis")[0] % rank
     layout = NCHW if rank == 4 and c.has_nchw(0) and _keeps_order([a for a in range(4) if a != axis]) else NATIVE
     op = "ArgMax" if c.op.name == "ARG_MAX" else "ArgMin"
-    y = c.one(op, [c.x(0, layout)], axis=c.nchw_axis(axis, rank, layout), keepdims=0)
-    out = c.out_t().dtype
-    if out is not None and out != np.int64:
-        y = c.one("Cast", [y], to=dtypes.to_onnx(out))
-    c.out(y, stored=True)
+    c.out(_as_out_type(c, c.one(op, [c.x(0, layout)], axis=c.nchw_axis(axis, rank, layout), keepdims=0)),
+          stored=True)
 
 
 @maps("SHAPE")
@@ -277,10 +274,13 @@ def shape(c: OpContext) -> None:
                   axis=0)
     else:
         s = c.one("Shape", [c.stored(0)])
+    c.out(_as_out_type(c, s), stored=True)
+
+
+def _as_out_type(c: OpContext, y: str) -> str:
+    """An int64 index result in the output's integer type (int32 unless the model asks)."""
     out = c.out_t().dtype
-    if out is not None and out != np.int64:
-        s = c.one("Cast", [s], to=dtypes.to_onnx(out))
-    c.out(s, stored=True)
+    return y if out is None or out == np.int64 else c.one("Cast", [y], to=dtypes.to_onnx(out))
 
 
 @maps("PACK")
