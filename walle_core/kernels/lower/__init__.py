@@ -15,6 +15,7 @@ Select, Cast), ``reduce.py``, ``gemm.py`` (MatMul), ``conv.py`` (Conv2D), ``pool
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Cost
@@ -49,34 +50,39 @@ def algorithms_for(op: A.Op) -> list[str]:
     return ["default"]
 
 
+Lowering = Callable[[Any, Caps, str], list[Launch]]
+
+
+def _one_algorithm(lower: Callable[[Any, Caps], list[Launch]]) -> Lowering:
+    return lambda op, caps, _algorithm: lower(op, caps)
+
+
+# op kind -> (its lowering, the algorithm "default" stands for)
+_LOWERINGS: dict[type[A.Op], tuple[Lowering, str]] = {
+    A.Raster: (_one_algorithm(lower_raster), "default"),
+    A.Unary: (_one_algorithm(lower_unary), "default"),
+    A.Binary: (_one_algorithm(lower_binary), "default"),
+    A.Select: (_one_algorithm(lower_select), "default"),
+    A.Cast: (_one_algorithm(lower_cast), "default"),
+    A.Reduce: (lower_reduce, "serial"),
+    A.MatMul: (lower_matmul, "tiled"),
+    A.Conv2D: (lower_conv, "implicit_gemm"),
+    A.Pool2D: (_one_algorithm(lower_pool), "default"),
+    A.GatherScatter: (_one_algorithm(lower_gather_scatter), "default"),
+    A.Sort: (_one_algorithm(lower_sort), "default"),
+}
+
+
 def lower_op(op: A.Op, caps: Caps, algorithm: str = "default") -> list[Launch]:
     """The launches that run ``op``; raises :class:`Unsupported` when the caps do not allow it."""
+    entry = _LOWERINGS.get(type(op))
+    if entry is None:
+        raise Unsupported(f"no kernels for {op.kind.value}")
+    lower, default = entry
     try:
-        if isinstance(op, A.Raster):
-            return lower_raster(op, caps)
-        if isinstance(op, A.Unary):
-            return lower_unary(op, caps)
-        if isinstance(op, A.Binary):
-            return lower_binary(op, caps)
-        if isinstance(op, A.Select):
-            return lower_select(op, caps)
-        if isinstance(op, A.Cast):
-            return lower_cast(op, caps)
-        if isinstance(op, A.Reduce):
-            return lower_reduce(op, caps, algorithm if algorithm != "default" else "serial")
-        if isinstance(op, A.MatMul):
-            return lower_matmul(op, caps, algorithm if algorithm != "default" else "tiled")
-        if isinstance(op, A.Conv2D):
-            return lower_conv(op, caps, algorithm if algorithm != "default" else "implicit_gemm")
-        if isinstance(op, A.Pool2D):
-            return lower_pool(op, caps)
-        if isinstance(op, A.GatherScatter):
-            return lower_gather_scatter(op, caps)
-        if isinstance(op, A.Sort):
-            return lower_sort(op, caps)
+        return lower(op, caps, default if algorithm == "default" else algorithm)
     except KeyError as exc:  # a dtype with no kernel type (complex, strings, ...)
         raise Unsupported(str(exc)) from None
-    raise Unsupported(f"no kernels for {op.kind.value}")
 
 
 # Fraction of peak each kernel variant reaches (the search's calibration refines it per device).
