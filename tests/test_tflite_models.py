@@ -357,3 +357,20 @@ def test_while_between_subgraphs(start: int) -> None:
     got = run_walle(data, feeds)
     np.testing.assert_array_equal(got[0], ref[0])
     assert rel_error(got[1], ref[1]) <= 1e-6
+
+
+@pytest.mark.parametrize(("io", "activations"), [("uint8", "int8"), ("float", "int8"), ("int16", "int16")])
+def test_quantised_variants_of_a_chain(io: str, activations: str) -> None:
+    """uint8 inputs and outputs (requantised to the int8 inside), float edges (QUANTIZE and
+    DEQUANTIZE ops), 16-bit activations with 8-bit weights: within one step of LiteRT."""
+    model = quantize(conv_chain(), io=io, activations=activations)
+    graph = import_model(model)
+    assert graph.inputs[0].type.dtype == {"uint8": np.uint8, "float": np.float32, "int16": np.int16}[io]
+    feeds = random_feeds(model)
+    ref = litert_run(model, feeds)
+    for g, r in zip(run_walle(model, feeds), ref, strict=True):
+        assert g.dtype == r.dtype
+        if r.dtype.kind == "f":
+            assert rel_error(g, r) <= 1e-2  # within a step of the int8 output's range
+        else:
+            assert np.max(np.abs(g.astype(np.int64) - r.astype(np.int64))) <= 1

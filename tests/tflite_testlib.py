@@ -239,10 +239,12 @@ def random_feeds(model: bytes, seed: int = 0, lo: float = -1.0, hi: float = 1.0)
 
 
 def quantize(model: bytes, io: str = "int8", samples: int = 8, seed: int = 0,
-             make: Callable[[np.random.Generator, Any], np.ndarray] | None = None) -> bytes:
-    """Full-integer int8 model from a float one by LiteRT's calibrator (per-channel weights,
-    int8 activations). ``io="int8"``: int8 inputs and outputs; ``"float"``: float ones, with
-    QUANTIZE / DEQUANTIZE at the edges."""
+             make: Callable[[np.random.Generator, Any], np.ndarray] | None = None,
+             activations: str = "int8") -> bytes:
+    """Full-integer model from a float one by LiteRT's calibrator (per-channel int8 weights,
+    ``activations`` int8 or int16). ``io``: the inputs' and outputs' type — ``"int8"``,
+    ``"uint8"`` (QUANTIZE to and from the int8 inside) or ``"float"`` (QUANTIZE / DEQUANTIZE
+    at the edges)."""
     from ai_edge_litert import _pywrap_tensorflow_lite_calibration_wrapper as cal
 
     rng = np.random.default_rng(seed)
@@ -252,10 +254,11 @@ def quantize(model: bytes, io: str = "int8", samples: int = 8, seed: int = 0,
     for _ in range(samples):
         wrapper.FeedTensor([make(rng, d) if make else rng.uniform(-1, 1, d["shape"]).astype(np.float32)
                             for d in details])
-    io_type = np.dtype(np.int8).num if io == "int8" else np.dtype(np.float32).num
-    # (input type, output type, allow float, activations int8, bias int32, per-channel on, dense per-channel on)
-    return bytes(wrapper.QuantizeModel(io_type, io_type, False, np.dtype(np.int8).num,
-                                       np.dtype(np.int32).num, False, False))
+    io_type = np.dtype({"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "float": np.float32}[io]).num
+    act = np.dtype({"int8": np.int8, "int16": np.int16}[activations])
+    bias = np.dtype(np.int64 if act == np.int16 else np.int32)
+    # (input type, output type, allow float, activations, bias, per-channel off?, dense per-channel off?)
+    return bytes(wrapper.QuantizeModel(io_type, io_type, False, act.num, bias.num, False, False))
 
 
 def fold_fp16_weights(model: bytes) -> bytes:
