@@ -93,6 +93,17 @@ def test_mediapipe_float_model_matches_litert(zoo: Path, name: str, backend: str
         assert rel_error(g, r) <= FLOAT_TOL
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["opencl", "vulkan"])
+@pytest.mark.parametrize("name", ["face_detection_short_range", "hand_recrop"])
+def test_mediapipe_model_on_gpu_backends(zoo: Path, name: str, backend: str) -> None:
+    """The GPU backends (pocl and lavapipe where no GPU is present) on two small models."""
+    data = model_bytes(zoo, name)
+    feeds = random_feeds(data)
+    for g, r in zip(run_walle(data, feeds, backend=backend_or_skip(backend)), litert_run(data, feeds), strict=True):
+        assert rel_error(g, r) <= FLOAT_TOL
+
+
 def litert_spread(model: bytes, feeds: list[np.ndarray]) -> list[float]:
     """Per output, the largest mean |difference| (in int8 steps) between LiteRT's kernel sets."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
