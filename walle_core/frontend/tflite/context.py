@@ -12,9 +12,9 @@ from walle_core.errors import ModelLoadError, UnsupportedOpError
 from walle_core.frontend.tflite.convert import (
     NATIVE,
     NCHW,
-    TO_NCHW,
     Emitter,
     dequantize,
+    map_axis,
     op_error,
 )
 from walle_core.frontend.tflite.reader import TflOperator, TflTensor
@@ -169,10 +169,9 @@ class OpContext:
         return PADDING[code]
 
     def nchw_axis(self, axis: int, rank: int, layout: str) -> int:
-        axis = axis + rank if axis < 0 else axis
-        if not 0 <= axis < rank:
+        if not -rank <= axis < rank:
             raise self.fail(f"axis {axis} is out of range for rank {rank}")
-        return TO_NCHW.index(axis) if layout == NCHW else axis
+        return map_axis(axis, rank, layout)
 
 
 def run_operators(em: Emitter, bindings: Sequence[str]) -> list[str]:
