@@ -2,7 +2,7 @@
  * row is loaded once into a register buffer, every step runs on it, and it is stored once. */
 #include <string.h>
 
-#include "internal.h"
+#include "binary_row.h"
 
 /* aux: int64 steps[n_steps * 4] = (kind, fn, operand, unused); f-params in aux2 as double[4*n].
  * kind 0: unary fn on the register; kind 1: reg = reg (fn) operand; kind 2: reg = operand (fn) reg.
@@ -60,12 +60,12 @@ static void chain_task(void *vp, int64_t t) {
                     if (so > 1) {  /* rare: gather the operand first */
                         float tmp[CHAIN_BLOCK];
                         for (int64_t i = 0; i < nb; i++) tmp[i] = ob[i * so];
-                        if (kind == 1) wl_binary_row(fn, D_F32, (const char *)reg, 1, (const char *)tmp, 1, (char *)reg, nb);
-                        else wl_binary_row(fn, D_F32, (const char *)tmp, 1, (const char *)reg, 1, (char *)reg, nb);
+                        if (kind == 1) binary_row(fn, D_F32, (const char *)reg, 1, (const char *)tmp, 1, (char *)reg, nb);
+                        else binary_row(fn, D_F32, (const char *)tmp, 1, (const char *)reg, 1, (char *)reg, nb);
                     } else if (kind == 1) {
-                        wl_binary_row(fn, D_F32, (const char *)reg, 1, (const char *)ob, so, (char *)reg, nb);
+                        binary_row(fn, D_F32, (const char *)reg, 1, (const char *)ob, so, (char *)reg, nb);
                     } else {
-                        wl_binary_row(fn, D_F32, (const char *)ob, so, (const char *)reg, 1, (char *)reg, nb);
+                        binary_row(fn, D_F32, (const char *)ob, so, (const char *)reg, 1, (char *)reg, nb);
                     }
                 }
             }
