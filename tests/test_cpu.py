@@ -278,3 +278,66 @@ def test_softmax_composite_runs_fused_and_other_dtypes_expand(log: bool, axis: i
     rops = prepare(b.ops, ref, {y.id})
     want = ref.compile(Program([(op, ref.algorithms(op)[0]) for op in rops], [x], [y])).run([xv])[0]
     np.testing.assert_allclose(exe.run([xv])[0], want, rtol=1e-5, atol=1e-6)
+
+
+def _recording(cls: type) -> type:
+    """``cls`` (a backend class) keeping every program the planner hands its ``compile``."""
+
+    class Recording(cls):
+        def __init__(self) -> None:
+            super().__init__()
+            self.programs: list[Program] = []
+
+        def compile(self, program: Program, *, threads: int | None = None):  # type: ignore[no-untyped-def]
+            self.programs.append(program)
+            return super().compile(program, threads=threads)
+
+    return Recording
+
+
+def test_planner_applies_the_rewrites_a_backend_opts_into() -> None:
+    """The backend-neutral rewrites (walle_core.plan.rewrite) run in the planner, for backends
+    that opt in: the cpu backend receives exported GELU and the bias already folded into one
+    MatMul epilogue; the reference backend (no opt-in) receives the ops as lowered; both give
+    the same values."""
+    from walle_core.plan.planner import build_stage, prepare, run_stage
+    from walle_core.plan.rewrite.fused import MatMulAct
+    from walle_cpu.plugin import CpuBackend
+    from walle_reference.plugin import ReferenceBackend
+
+    b, a, outs = _gelu_graph(False)
+    av = np.random.default_rng(13).standard_normal((6, 8)).astype(np.float32)
+    got = {}
+    for cls in (CpuBackend, ReferenceBackend):
+        backend = _recording(cls)()
+        stage = build_stage(b.ops, [backend], {t.id for t in outs}, threads=2)
+        (program,) = backend.programs
+        kinds = [type(op).__name__ for op, _ in program.ops]
+        if cls is CpuBackend:
+            assert kinds == ["MatMulAct"], kinds
+            (mm, _), = program.ops
+            assert isinstance(mm, MatMulAct) and mm.act.fn == "gelu" and len(mm.inputs) == 3
+        else:
+            lowered = prepare(b.ops, backend, {t.id for t in outs})
+            assert kinds == [type(op).__name__ for op in lowered] and "erf" in {
+                getattr(op, "fn", "") for op, _ in program.ops}, kinds
+        table = {a.id: av}
+        run_stage(stage, table)
+        got[cls.name] = table[outs[0].id]
+    np.testing.assert_allclose(got["cpu"], got["reference"], rtol=1e-5, atol=1e-6)
+
+
+def test_rewrites_are_idempotent() -> None:
+    """A rewritten op list rewritten again is unchanged: the cpu backend's compile may apply
+    them to programs the planner already rewrote."""
+    from walle_core.plan.planner import prepare
+    from walle_core.plan.rewrite import apply
+    from walle_cpu.plugin import CpuBackend
+
+    b, _a, outs = _gelu_graph(False)
+    cpu = registry().get("cpu")
+    items = [(op, cpu.algorithms(op)[0]) for op in prepare(b.ops, cpu, {t.id for t in outs})]
+    once = apply(items, {t.id for t in outs}, CpuBackend.rewrites)
+    twice = apply(once, {t.id for t in outs}, CpuBackend.rewrites)
+    assert len(once) < len(items)
+    assert [(op, algo) for op, algo in twice] == [(op, algo) for op, algo in once]
