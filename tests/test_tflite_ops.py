@@ -161,6 +161,12 @@ CASES: dict[str, Callable[[ModelBuilder, str], list[int]]] = {
     "strided_slice_masks": lambda b, p: _strided(b, p, 0),
     "strided_slice_shrink": lambda b, p: _strided(b, p, 1),
     "slice": lambda b, p: b.op("SLICE", [source(b, p), b.const(i32(0, 2, 1, 1)), b.const(i32(1, 4, -1, 2))]),
+    "pad_folded_into_conv": lambda b, p: [conv(b, b.op(
+        "PAD", [source(b, p), b.const(i32(0, 0, 1, 2, 0, 1, 0, 0).reshape(4, 2))])[0], 5, 3, 1, 2, 1)],
+    "pad_folded_into_depthwise": lambda b, p: b.op(
+        "DEPTHWISE_CONV_2D", [b.op("PAD", [source(b, p), b.const(i32(0, 0, 1, 1, 1, 1, 0, 0).reshape(4, 2))])[0],
+                              b.const(w(1, 3, 3, 4)), b.const(w(4))], "DepthwiseConv2DOptions",
+        padding=1, strideW=2, strideH=2, depthMultiplier=1, dilationWFactor=1, dilationHFactor=1),
     "pad": lambda b, p: b.op("PAD", [source(b, p), b.const(i32(0, 0, 1, 2, 2, 1, 0, 0).reshape(4, 2))]),
     "padv2_value": lambda b, p: b.op(
         "PADV2", [source(b, p), b.const(i32(0, 0, 1, 1, 0, 2, 0, 0).reshape(4, 2)), b.const(np.float32(0.5))]),
@@ -291,3 +297,12 @@ def test_quantize_dequantize_ops_per_tensor_and_per_channel() -> None:
     dq_axes = [n.attrs.get("axis") for n in graph.nodes if n.op_type == "DequantizeLinear"]
     assert 0 in dq_axes  # the per-channel weight keeps its own axis after the OHWI -> OIHW change
     compare_float(model)
+
+
+@pytest.mark.parametrize("name", ["pad_folded_into_conv", "pad_folded_into_depthwise"])
+def test_spatial_pad_before_valid_conv_becomes_conv_pads(name: str) -> None:
+    graph = import_model(build_case(name, "native"))
+    ops = [n.op_type for n in graph.nodes]
+    assert "Pad" not in ops, ops
+    (conv_node,) = [n for n in graph.nodes if n.op_type == "Conv"]
+    assert "auto_pad" not in conv_node.attrs and any(conv_node.attrs["pads"])

@@ -17,6 +17,7 @@ from walle_core.frontend.tflite.convert import (
     map_axis,
     op_error,
 )
+from walle_core.frontend.tflite.fold import fold_spatial_pads
 from walle_core.frontend.tflite.reader import TflOperator, TflTensor
 
 Mapper = Callable[["OpContext"], None]
@@ -185,6 +186,7 @@ def run_operators(em: Emitter, bindings: Sequence[str]) -> list[str]:
             raise ModelLoadError(f"TFLite input {sub.tensors[t].name!r} of subgraph {sub.index} is a constant")
         em.forms[(t, NATIVE, False)] = name
     em.fold_constants()
+    fold_spatial_pads(em)
     for op in sub.operators:
         if op.index in em.skipped:
             continue

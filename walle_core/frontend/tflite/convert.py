@@ -67,7 +67,8 @@ class Emitter:
         self.ancestry: tuple[int, ...] = (*(parent.ancestry if parent is not None else ()), sub.index)
         self.forms: dict[tuple[int, str, bool], str] = {}  # (tensor, layout, real) -> IR name
         self.consts: dict[int, Const] = {}
-        self.skipped: set[int] = set()  # operators folded into constants at load
+        self.skipped: set[int] = set()  # operators folded away at load
+        self.folded_pads: dict[int, tuple[int, list[int]]] = {}  # PAD output -> (input, conv pads)
         for t in sub.tensors:
             if t.data is not None and t.sparsity is None:
                 self.consts[t.index] = self._const_of(t.data, t.quant)

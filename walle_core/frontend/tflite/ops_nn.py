@@ -9,12 +9,18 @@ from walle_core.frontend.tflite.context import OpContext, maps
 from walle_core.frontend.tflite.convert import NATIVE, NCHW
 
 
-def _conv_attrs(c: OpContext) -> dict[str, object]:
-    return {
-        "auto_pad": c.padding(),
+def _conv_input(c: OpContext) -> tuple[str, dict[str, object]]:
+    """The conv's NCHW input and padding attributes: a zero PAD folded at load (``fold.py``)
+    becomes the conv's own pads over the PAD's input."""
+    attrs: dict[str, object] = {
         "strides": [int(c.opt("StrideH", 1)), int(c.opt("StrideW", 1))],
         "dilations": [int(c.opt("DilationHFactor", 1)), int(c.opt("DilationWFactor", 1))],
     }
+    folded = c.em.folded_pads.get(c.t(0).index)
+    if folded is None:
+        return c.x(0, NCHW), {**attrs, "auto_pad": c.padding()}
+    src, pads = folded
+    return c.em.value(src, NCHW), {**attrs, "pads": pads}
 
 
 @maps("CONV_2D")
@@ -25,8 +31,9 @@ def conv_2d(c: OpContext) -> None:
     cin = c.t(0).shape[3]
     if w.shape[3] == 0 or cin % w.shape[3]:
         raise c.fail(f"{cin} input channels do not split into groups of {w.shape[3]}")
-    ins = [c.x(0, NCHW), c.weight(1, (0, 3, 1, 2))] + ([c.x(2)] if c.has(2) else [])
-    y = c.one("Conv", ins, group=cin // w.shape[3], kernel_shape=[w.shape[1], w.shape[2]], **_conv_attrs(c))
+    x, attrs = _conv_input(c)
+    ins = [x, c.weight(1, (0, 3, 1, 2))] + ([c.x(2)] if c.has(2) else [])
+    y = c.one("Conv", ins, group=cin // w.shape[3], kernel_shape=[w.shape[1], w.shape[2]], **attrs)
     c.out(c.activation(y), NCHW)
 
 
@@ -36,8 +43,9 @@ def depthwise_conv_2d(c: OpContext) -> None:
     cin = c.t(0).shape[3]
     if len(w.shape) != 4 or c.rank(0) != 4 or w.shape[0] != 1 or cin == 0 or w.shape[3] % cin:
         raise c.fail(f"weights {list(w.shape)} do not fit a depthwise conv over {cin} channels")
-    ins = [c.x(0, NCHW), c.weight(1, (3, 0, 1, 2))] + ([c.x(2)] if c.has(2) else [])
-    y = c.one("Conv", ins, group=cin, kernel_shape=[w.shape[1], w.shape[2]], **_conv_attrs(c))
+    x, attrs = _conv_input(c)
+    ins = [x, c.weight(1, (3, 0, 1, 2))] + ([c.x(2)] if c.has(2) else [])
+    y = c.one("Conv", ins, group=cin, kernel_shape=[w.shape[1], w.shape[2]], **attrs)
     c.out(c.activation(y), NCHW)
 
 
