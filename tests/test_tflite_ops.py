@@ -109,6 +109,12 @@ def logical(b: ModelBuilder, path: str) -> list[int]:
     return [both, either, none]
 
 
+def top_k(b: ModelBuilder, path: str) -> list[int]:
+    outs = b.op("TOPK_V2", [source(b, path), b.const(i32(2))], n_out=2, out_shapes=[[1, 8, 8, 2], [1, 8, 8, 2]])
+    b.tensors[outs[1]].type = 2  # the indices are INT32
+    return outs
+
+
 CASES: dict[str, Callable[[ModelBuilder, str], list[int]]] = {
     "conv_same_s2_relu6": lambda b, p: [conv(b, source(b, p), 6, 3, 0, 2, 3)],
     "conv_valid_dilated_relu": lambda b, p: [conv(b, source(b, p), 5, 3, 1, 1, 1, dil=2)],
@@ -233,11 +239,26 @@ CASES: dict[str, Callable[[ModelBuilder, str], list[int]]] = {
     "pack": lambda b, p: b.op("PACK", [b.input([3, 4]), b.input([3, 4])], "PackOptions", valuesCount=2, axis=1),
     "unpack": lambda b, p: b.op("UNPACK", [b.input([2, 3, 4])], "UnpackOptions", n_out=3, num=3, axis=1),
     "tile": lambda b, p: b.op("TILE", [source(b, p), b.const(i32(1, 2, 1, 3))]),
+    "space_to_batch_nd": lambda b, p: b.op("SPACE_TO_BATCH_ND", [source(b, p), b.const(i32(2, 2)),
+                                                                b.const(i32(1, 1, 0, 2).reshape(2, 2))]),
+    "batch_to_space_nd": lambda b, p: b.op("BATCH_TO_SPACE_ND", [b.input([4, 4, 4, 3]), b.const(i32(2, 2)),
+                                                                b.const(i32(0, 1, 1, 0).reshape(2, 2))]),
+    "dilated_conv_as_tf_writes_it": lambda b, p: b.op("BATCH_TO_SPACE_ND", [
+        conv(b, b.op("SPACE_TO_BATCH_ND", [source(b, p), b.const(i32(2, 2)), b.const(i32(2, 2, 2, 2).reshape(2, 2))])[0],
+             4, 3, 1, 1, 0), b.const(i32(2, 2)), b.const(i32(0, 0, 0, 0).reshape(2, 2))]),
+    "local_response_normalization": unary("LOCAL_RESPONSE_NORMALIZATION", "LocalResponseNormalizationOptions",
+                                          radius=2, bias=1.5, alpha=0.3, beta=0.6),
+    "embedding_lookup": lambda b, p: b.op("EMBEDDING_LOOKUP", [b.const(i32(3, 0, 3, 1)), b.input([5, 6])]),
+    "add_n": lambda b, p: b.op("ADD_N", [source(b, p), b.input(SHAPE), b.const(w(*SHAPE))]),
+    "top_k": lambda b, p: top_k(b, p),
+    "fill": lambda b, p: b.op("FILL", [b.const(i32(2, 3)), b.const(np.float32(1.25))]),
+    "zeros_like": unary("ZEROS_LIKE"),
     "broadcast_to": lambda b, p: b.op("BROADCAST_TO", [source(b, p), b.const(i32(2, 8, 8, 4))]),
 }
-# LiteRT's calibrator does not quantise CAST or DIV, and leaves PADV2's pad value float (which
-# LiteRT's own int8 PADV2 then refuses).
-FLOAT_ONLY = {"transpose_conv_computed_shape", "cast", "div_const", "padv2_value", "arg_min_rows", "ceil", "cos", "elu", "floor", "floor_div",
+# LiteRT's calibrator does not quantise these ops (CAST, DIV, ADD_N, TOPK_V2, ...), leaves PADV2's
+# pad value float (which LiteRT's own int8 PADV2 then refuses), or the model has no float input.
+FLOAT_ONLY = {"fill", "add_n", "top_k", "embedding_lookup", "local_response_normalization", "zeros_like",
+              "transpose_conv_computed_shape", "cast", "div_const", "padv2_value", "arg_min_rows", "ceil", "cos", "elu", "floor", "floor_div",
               "l2_pool", "logical", "neg", "pow", "relu_0_to_1", "round", "select_v2", "sign", "sin", "square"}
 
 

@@ -124,3 +124,10 @@ def quantize(c: OpContext) -> None:
         raise c.fail(f"output {c.out_t().name!r} has no quantisation parameters")
     layout = c.pick_layout([0])
     c.out(c.x(0, layout), layout)
+
+
+@maps("ADD_N")
+def add_n(c: OpContext) -> None:
+    n = len(c.op.inputs)
+    layout = c.pick_layout(range(n))
+    c.out(c.one("Sum", [c.x(i, layout) for i in range(n)]), layout)

@@ -222,3 +222,15 @@ def l2_normalization(c: OpContext) -> None:
     ss = c.one("ReduceSumSquare", [x, c.ints_init([axis])], keepdims=1)
     norm = c.one("Max", [c.one("Sqrt", [ss]), c.scalar(1e-6)])
     c.out(c.activation(c.one("Div", [x, norm])), layout)
+
+
+@maps("LOCAL_RESPONSE_NORMALIZATION")
+def local_response_normalization(c: OpContext) -> None:
+    # TFLite: x / (bias + alpha * sum over 2r+1 channels of x^2) ^ beta; ONNX's LRN divides its
+    # alpha by the window size, so it gets alpha * size.
+    radius = int(c.opt("Radius", 5))
+    size = 2 * radius + 1
+    y = c.one("LRN", [c.x(0, NCHW)], size=size, alpha=float(c.opt("Alpha", 1.0)) * size,
+              beta=float(c.opt("Beta", 0.5)), bias=float(c.opt("Bias", 1.0)))
+    c.out(y, NCHW)
+

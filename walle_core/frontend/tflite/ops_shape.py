@@ -188,13 +188,18 @@ def pad(c: OpContext) -> None:
     ins = [c.data(0, layout, stored), c.ints_init(_pads(c, layout))]
     if c.op.name == "PADV2" and c.has(2):
         ins.append(c.em.value(c.t(2).index, NATIVE, real=not stored))
-    elif stored and c.em.is_quantized(c.t(0).index):
-        # The stored zero point is the real value 0.
-        zp = c.em.quant_of(c.t(0).index).zero_point[0]
-        dt = c.t(0).dtype
-        assert dt is not None
-        ins.append(c.scalar(float(zp), dt))
+    else:
+        ins.extend(_zero_fill(c, stored))
     c.out(c.one("Pad", ins, mode="constant"), layout, stored=stored)
+
+
+def _zero_fill(c: OpContext, stored: bool) -> list[str]:
+    """Pad's value input for a real 0: none (Pad fills 0), or the zero point of stored int8."""
+    if not (stored and c.em.is_quantized(c.t(0).index)):
+        return []
+    dt = c.t(0).dtype
+    assert dt is not None
+    return [c.scalar(float(c.em.quant_of(c.t(0).index).zero_point[0]), dt)]
 
 
 @maps("MIRROR_PAD")
@@ -277,9 +282,9 @@ def shape(c: OpContext) -> None:
     c.out(_as_out_type(c, s), stored=True)
 
 
-def _as_out_type(c: OpContext, y: str) -> str:
-    """An int64 index result in the output's integer type (int32 unless the model asks)."""
-    out = c.out_t().dtype
+def _as_out_type(c: OpContext, y: str, j: int = 0) -> str:
+    """An int64 index result in output ``j``'s integer type (int32 unless the model asks)."""
+    out = c.out_t(j).dtype
     return y if out is None or out == np.int64 else c.one("Cast", [y], to=dtypes.to_onnx(out))
 
 
@@ -313,3 +318,74 @@ def tile(c: OpContext) -> None:
 def broadcast_to(c: OpContext) -> None:
     stored = c.same_quant(0)
     c.out(c.one("Expand", [c.data(0, NATIVE, stored), _shape_input(c, 1)]), stored=stored)
+
+
+def _static_nhwc(c: OpContext, i: int) -> list[int]:
+    t = c.t(i)
+    if len(t.shape) != 4 or t.dynamic_axes():
+        raise c.fail(f"needs a static 4-D input, got {list(t.shape)} (dynamic axes {t.dynamic_axes()})")
+    return list(t.shape)
+
+
+@maps("SPACE_TO_BATCH_ND")
+def space_to_batch_nd(c: OpContext) -> None:
+    """Pad H and W, cut them into blocks, move the block offsets in front of the batch."""
+    n, h, w, ch = _static_nhwc(c, 0)
+    bh, bw = c.ints(1, "block_shape")
+    p = c.ints(2, "paddings")
+    stored = c.same_quant(0)
+    x = c.data(0, NATIVE, stored)
+    if any(p):
+        x = c.one("Pad", [x, c.ints_init([0, p[0], p[2], 0, 0, p[1], p[3], 0]), *_zero_fill(c, stored)])
+    hp, wp = h + p[0] + p[1], w + p[2] + p[3]
+    if hp % bh or wp % bw:
+        raise c.fail(f"padded size {hp}x{wp} does not split into {bh}x{bw} blocks")
+    x = c.one("Reshape", [x, c.ints_init([n, hp // bh, bh, wp // bw, bw, ch])])
+    x = c.one("Transpose", [x], perm=[2, 4, 0, 1, 3, 5])
+    c.out(c.one("Reshape", [x, c.ints_init([bh * bw * n, hp // bh, wp // bw, ch])]), stored=stored)
+
+
+@maps("BATCH_TO_SPACE_ND")
+def batch_to_space_nd(c: OpContext) -> None:
+    """The inverse: block offsets from the batch back into H and W, then the crops."""
+    b, h, w, ch = _static_nhwc(c, 0)
+    bh, bw = c.ints(1, "block_shape")
+    crops = c.ints(2, "crops")
+    if b % (bh * bw):
+        raise c.fail(f"batch {b} does not split into {bh}x{bw} blocks")
+    stored = c.same_quant(0)
+    x = c.one("Reshape", [c.data(0, NATIVE, stored), c.ints_init([bh, bw, b // (bh * bw), h, w, ch])])
+    x = c.one("Transpose", [x], perm=[2, 3, 0, 4, 1, 5])
+    x = c.one("Reshape", [x, c.ints_init([b // (bh * bw), h * bh, w * bw, ch])])
+    if any(crops):
+        x = c.one("Slice", [x, c.ints_init([crops[0], crops[2]]),
+                            c.ints_init([h * bh - crops[1], w * bw - crops[3]]), c.ints_init([1, 2])])
+    c.out(x, stored=stored)
+
+
+@maps("EMBEDDING_LOOKUP")
+def embedding_lookup(c: OpContext) -> None:
+    # inputs: (ids, table); rows of the table by id
+    stored = c.same_quant(1)
+    c.out(c.one("Gather", [c.data(1, NATIVE, stored), c.stored(0)], axis=0), stored=stored)
+
+
+@maps("FILL")
+def fill(c: OpContext) -> None:
+    c.out(c.one("Expand", [c.stored(1), _shape_input(c, 0)]), stored=True)
+
+
+@maps("ZEROS_LIKE")
+def zeros_like(c: OpContext) -> None:
+    dt = c.t(0).dtype
+    assert dt is not None
+    c.out(c.one("Expand", [c.scalar(0.0, dt), c.one("Shape", [c.stored(0)])]), stored=True)
+
+
+@maps("TOPK_V2")
+def topk_v2(c: OpContext) -> None:
+    stored = c.same_quant(0)
+    values, indices = c.node("TopK", [c.data(0, NATIVE, stored), c.ints_init(c.ints(1, "k")[:1])], 2,
+                             axis=-1, largest=1, sorted=1)
+    c.out(values, j=0, stored=stored)
+    c.out(_as_out_type(c, indices, 1), j=1, stored=True)
