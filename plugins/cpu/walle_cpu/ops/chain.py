@@ -20,7 +20,7 @@ from walle_cpu.ops.kernel import Binder, OpKernel
 
 # Binary functions a chain may contain (fp32 in, fp32 out)
 CHAIN_BINARY = frozenset({"add", "sub", "mul", "div", "pow", "max", "min", "mod", "fmod", "atan2"})
-MAX_OPERANDS = 5  # WL_MAX_OPERANDS
+MAX_OPERANDS = int(LIB.WL_MAX_OPERANDS) if LIB is not None else 0  # inputs of a chain (wl.h)
 
 
 class Chain(A.Op):

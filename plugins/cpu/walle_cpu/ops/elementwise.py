@@ -17,7 +17,7 @@ from walle_cpu import codes as K
 from walle_cpu._native import LIB
 from walle_cpu.ops.kernel import Binder, OpKernel, start
 
-MAX_DIMS = 8  # WL_MAX_DIMS
+MAX_DIMS = int(LIB.WL_MAX_DIMS) if LIB is not None else 0  # axes an N-D loop takes (wl.h)
 
 
 def collapse(shape: Sequence[int], strides: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:
