@@ -341,3 +341,15 @@ def test_rewrites_are_idempotent() -> None:
     twice = apply(once, {t.id for t in outs}, CpuBackend.rewrites)
     assert len(once) < len(items)
     assert [(op, algo) for op, algo in twice] == [(op, algo) for op, algo in once]
+
+
+def test_header_codes_name_the_atomic_functions() -> None:
+    """The function codes Python reads from csrc/wl.h (through cffi) are named exactly like the
+    atomic op set's kinds, so an op's ``fn`` maps to its C enum constant without a table."""
+    from walle_cpu import codes
+
+    assert set(codes.UNARY_FNS) == A.UNARY_KINDS
+    assert set(codes.BINARY_FNS) == A.BINARY_KINDS
+    assert set(codes.REDUCE_FNS) == A.REDUCE_KINDS
+    assert set(codes.POOL_FNS) == {"max", "avg", "lp"}
+    assert len(set(codes.DTYPES.values())) == len(codes.DTYPES) == 12
