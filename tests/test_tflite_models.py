@@ -25,6 +25,7 @@ pytest.importorskip("tflite")
 
 from tflite_testlib import (
     ModelBuilder,
+    buffers_after_flatbuffer,
     builtin_transpose_conv,
     fold_fp16_weights,
     litert_run,
@@ -385,3 +386,38 @@ def test_quantised_variants_of_a_chain(io: str, activations: str) -> None:
             assert rel_error(g, r) <= 1e-2  # within a step of the int8 output's range
         else:
             assert np.max(np.abs(g.astype(np.int64) - r.astype(np.int64))) <= 1
+
+
+def test_buffers_stored_after_the_flatbuffer() -> None:
+    """The >2 GB layout (Buffer.offset / size into the file), read the same as inline buffers."""
+    data = buffers_after_flatbuffer(conv_chain())
+    feeds = random_feeds(data)
+    ref = litert_run(data, feeds)
+    for g, r in zip(run_walle(data, feeds), ref, strict=True):
+        assert rel_error(g, r) <= 1e-5
+    with pytest.raises(ModelLoadError, match="past the end of the file"):
+        import_model(data[:-64])
+
+
+def test_signature_picks_its_subgraph() -> None:
+    """Two signatures over two subgraphs: each key imports its own subgraph under its names."""
+    b = ModelBuilder()
+    x = b.input([2, 3], name="x0")
+    b.output(*b.op("MUL", [x, b.const(np.float32(2.0))], "MulOptions"))
+    b.sign("double", ["value"], ["doubled"])
+    b.subgraph()
+    y = b.input([2, 3], name="y0")
+    b.output(*b.op("NEG", [y], out_shapes=[[2, 3]]))
+    b.sign("negate", ["value"], ["negated"], subgraph=1)
+    data = b.build()
+    from ai_edge_litert.interpreter import Interpreter
+
+    value = np.random.default_rng(0).uniform(-1, 1, (2, 3)).astype(np.float32)
+    it = Interpreter(model_content=data)
+    for key, out in (("double", "doubled"), ("negate", "negated")):
+        graph = import_model(data, signature=key)
+        assert graph.name == key and [v.name for v in graph.inputs] == ["value"]
+        assert [v.name for v in graph.outputs] == [out]
+        got = walle_core.Model(graph, backend="reference").run({"value": value})[out]
+        np.testing.assert_allclose(got, it.get_signature_runner(key)(value=value)[out], rtol=1e-6)
+    assert import_model(data).name == "double"  # the main subgraph's signature by default

@@ -40,7 +40,7 @@ class ModelBuilder:
         self.S = S
         self.buffers: list[Any] = [S.BufferT()]
         self.codes: list[tuple[int, str]] = []
-        self.signature: tuple[str, list[tuple[str, int]], list[tuple[str, int]]] | None = None
+        self.signatures: list[tuple[str, int, list[tuple[str, int]], list[tuple[str, int]]]] = []
         self.subgraphs: list[dict[str, list[Any]]] = []
         self.current = self.subgraph()
 
@@ -137,11 +137,11 @@ class ModelBuilder:
     def output(self, *tensors: int) -> None:
         self.outputs.extend(tensors)
 
-    def sign(self, key: str, inputs: Sequence[str], outputs: Sequence[str]) -> None:
-        """A signature naming the inputs and outputs (in the order they were declared)."""
-        main = self.subgraphs[0]
-        self.signature = (key, list(zip(inputs, main["inputs"], strict=True)),
-                          list(zip(outputs, main["outputs"], strict=True)))
+    def sign(self, key: str, inputs: Sequence[str], outputs: Sequence[str], subgraph: int = 0) -> None:
+        """A signature naming a subgraph's inputs and outputs (in the order they were declared)."""
+        parts = self.subgraphs[subgraph]
+        self.signatures.append((key, subgraph, list(zip(inputs, parts["inputs"], strict=True)),
+                                list(zip(outputs, parts["outputs"], strict=True))))
 
     def pack(self) -> bytes:
         import flatbuffers
@@ -163,21 +163,20 @@ class ModelBuilder:
             oc.version = VERSIONS.get(name, 1)
             codes.append(oc)
         model.operatorCodes, model.subgraphs, model.buffers = codes, subs, self.buffers
-        if self.signature is not None:
-            key, ins, outs = self.signature
+        def tmap(pairs: list[tuple[str, int]]) -> list[Any]:
+            found = []
+            for n, i in pairs:
+                m = S.TensorMapT()
+                m.name, m.tensorIndex = n, i
+                found.append(m)
+            return found
+
+        model.signatureDefs = []
+        for key, index, ins, outs in self.signatures:
             sd = S.SignatureDefT()
-            sd.signatureKey, sd.subgraphIndex = key, 0
-
-            def tmap(pairs: list[tuple[str, int]]) -> list[Any]:
-                found = []
-                for n, i in pairs:
-                    m = S.TensorMapT()
-                    m.name, m.tensorIndex = n, i
-                    found.append(m)
-                return found
-
+            sd.signatureKey, sd.subgraphIndex = key, index
             sd.inputs, sd.outputs = tmap(ins), tmap(outs)
-            model.signatureDefs = [sd]
+            model.signatureDefs.append(sd)
         b = flatbuffers.Builder(1024)
         b.Finish(model.Pack(b), file_identifier=b"TFL3")
         return bytes(b.Output())
@@ -379,3 +378,26 @@ def lsb_error(got: np.ndarray, ref: np.ndarray) -> int:
     """Largest difference of two quantised outputs, in steps of the stored type."""
     assert got.shape == ref.shape and got.dtype == ref.dtype, f"{got.dtype}{got.shape} != {ref.dtype}{ref.shape}"
     return int(np.max(np.abs(got.astype(np.int64) - ref.astype(np.int64)), initial=0))
+
+
+def buffers_after_flatbuffer(model: bytes, align: int = 16) -> bytes:
+    """The same model in the layout of models over 2 GB: every constant's bytes appended after
+    the flatbuffer, its Buffer holding only their file offset and size."""
+    S = schema()
+    m = S.ModelT.InitFromPackedBuf(model, 0)
+    payloads = {i: bytes(np.asarray(b.data, np.uint8)) for i, b in enumerate(m.buffers)
+                if b.data is not None and len(b.data)}
+    for i in payloads:
+        m.buffers[i].data = None
+        m.buffers[i].offset, m.buffers[i].size = 2**40, 1  # placeholders: fixed-size fields
+    head = _repack(m)
+    blob, offsets = b"", {}
+    start = -(-len(head) // align) * align
+    for i, data in payloads.items():
+        offsets[i] = start + len(blob)
+        blob += data + b"\0" * (-len(data) % align)
+    for i, data in payloads.items():
+        m.buffers[i].offset, m.buffers[i].size = offsets[i], len(data)
+    head = _repack(m)
+    assert len(head) <= start, "repacking with the real offsets changed the flatbuffer's size"
+    return head + b"\0" * (start - len(head)) + blob
