@@ -421,3 +421,43 @@ def test_signature_picks_its_subgraph() -> None:
         got = walle_core.Model(graph, backend="reference").run({"value": value})[out]
         np.testing.assert_allclose(got, it.get_signature_runner(key)(value=value)[out], rtol=1e-6)
     assert import_model(data).name == "double"  # the main subgraph's signature by default
+
+
+@pytest.mark.parametrize(("time_major", "peepholes"), [(False, False), (True, True)])
+def test_unidirectional_sequence_lstm(time_major: bool, peepholes: bool) -> None:
+    rng = np.random.default_rng(5)
+    batch, steps, n_in, hidden = 2, 4, 3, 5
+    b = ModelBuilder()
+    x = b.input([steps, batch, n_in] if time_major else [batch, steps, n_in], name="x")
+
+    def weights(*shape: int) -> int:
+        return b.const((rng.normal(size=shape) * 0.5).astype(np.float32))
+
+    ins = [x, *(weights(hidden, n_in) for _ in range(4)), *(weights(hidden, hidden) for _ in range(4))]
+    ins += [weights(hidden) if peepholes else -1 for _ in range(3)]
+    ins += [weights(hidden) for _ in range(4)] + [-1, -1]
+    ins += [b.tensor([batch, hidden], variable=True), b.tensor([batch, hidden], variable=True)]
+    (y,) = b.op("UNIDIRECTIONAL_SEQUENCE_LSTM", ins, "UnidirectionalSequenceLSTMOptions",
+                fusedActivationFunction=4, timeMajor=time_major)
+    b.output(y)
+    data = b.build()
+    graph = import_model(data)
+    assert [n.op_type for n in graph.nodes].count("LSTM") == 1
+    feeds = random_feeds(data)
+    ref = litert_run(data, feeds)
+    assert rel_error(run_walle(data, feeds)[0], ref[0]) <= 1e-5
+
+
+def test_cifg_lstm_is_refused_at_load() -> None:
+    b = ModelBuilder()
+    x = b.input([2, 4, 3], name="x")
+    w = [b.const(np.ones((5, 3), np.float32)) for _ in range(3)]
+    r = [b.const(np.ones((5, 5), np.float32)) for _ in range(3)]
+    bias = [b.const(np.zeros(5, np.float32)) for _ in range(3)]
+    state = [b.tensor([2, 5], variable=True) for _ in range(2)]
+    ins = [x, -1, *w, -1, *r, -1, -1, -1, -1, *bias, -1, -1, *state]
+    (y,) = b.op("UNIDIRECTIONAL_SEQUENCE_LSTM", ins, "UnidirectionalSequenceLSTMOptions",
+                fusedActivationFunction=4, out_shapes=[[2, 4, 5]])
+    b.output(y)
+    with pytest.raises(UnsupportedOpError, match=r"UNIDIRECTIONAL_SEQUENCE_LSTM.*operator #0.*op code 44.*CIFG"):
+        import_model(b.pack())

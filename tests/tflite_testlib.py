@@ -72,9 +72,10 @@ class ModelBuilder:
 
     def tensor(self, shape: Sequence[int] | None, dtype: Any = np.float32, name: str | None = None,
                data: np.ndarray | None = None, quant: tuple[Any, Any, int] | None = None,
-               signature: Sequence[int] | None = None) -> int:
+               signature: Sequence[int] | None = None, variable: bool = False) -> int:
         S = self.S
         t = S.TensorT()
+        t.isVariable = variable
         t.shape = list(shape) if shape is not None else []
         t.type = TYPES[np.dtype(dtype)]
         t.name = name or f"t{len(self.tensors)}"

@@ -72,6 +72,9 @@ class Emitter:
         for t in sub.tensors:
             if t.data is not None and t.sparsity is None:
                 self.consts[t.index] = self._const_of(t.data, t.quant)
+            elif t.is_variable and t.data is None and t.dtype is not None:
+                # A variable without contents (an RNN's state) starts at zero in every run.
+                self.consts[t.index] = self._const_of(np.zeros(t.shape, t.dtype), t.quant)
 
     # ---- names, nodes, initializers --------------------------------------------------------
 
