@@ -1,7 +1,7 @@
 """The model zoo (``tests/zoo/``) on Walle (cpu and auto) against onnxruntime and MNN.
 
     python bench/zoo.py [--threads 2] [--runs 20] [--models yolov8,crnn,...] [--peers onnxruntime,mnn]
-                        [--profile 3] [--profile-runs 20]
+                        [--profile 3] [--profile-runs 20] [--profile-models yolov8,ssdlite]
 
 (from the repository root or anywhere: the zoo is imported from this checkout.)
 
@@ -13,7 +13,8 @@ table gives medians at the zoo's example sizes, Walle/peer ratios and the larges
 difference from onnxruntime relative to its scale (a fast wrong answer cannot hide); the
 summary gives each ratio's geometric mean and the worst model.
 
-``--profile K`` then profiles the K models with the worst cpu/onnxruntime ratio: Walle's per-op
+``--profile K`` then profiles the K models with the worst cpu/onnxruntime ratio (or the ones
+``--profile-models`` names; ``--models x --runs 1`` skips most of the timing): Walle's per-op
 C timers (``bench/profile_cpu.op_times``) against onnxruntime's own profiler, both summed into
 the same op classes (convolution, GEMM, element-wise, data movement, ...), so it shows which
 kinds of op lose the time.
@@ -196,16 +197,25 @@ def walle_profile(model: Any, feeds: dict[str, np.ndarray], runs: int) -> list[t
 
 
 def profile(name: str, threads: int, runs: int, top: int = 6) -> list[str]:
-    """Walle's cpu backend against onnxruntime per op class, then each side's costliest ops."""
+    """Walle's cpu backend against onnxruntime per op class, then each side's costliest ops.
+
+    Walle's C timers cost nothing measurable, so its op times are shown as measured, and what a
+    whole run takes beyond their sum (dispatch, thread hand-offs, copies in and out) is its own
+    row. onnxruntime's profiler adds a few microseconds to every node, so its node times are
+    scaled to sum to its whole-run median: the "ort ms" column estimates a real run."""
     import walle_core
     from tests.zoo.export import export, inputs
+    from walle_bench.compare import interleaved_medians, ort_runner
 
     path, feeds = export(name), inputs(name)
     model = walle_core.load(path, backend="cpu", threads=threads)
     for _ in range(3):
         model.run(feeds)
+    run_ms = interleaved_medians({"walle": lambda: list(model.run(feeds).values()),
+                                  "ort": ort_runner(path, feeds, threads)}, runs)
     walle = walle_profile(model, feeds, runs)
     ort = ort_profile(path, feeds, threads, runs)
+    ort_scale = run_ms["ort"] / max(sum(sec for sec, _ in ort) * 1e3, 1e-9)
     by_class: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0, 0])
     for sec, label in walle:
         c = by_class[classify_walle(label)]
@@ -213,18 +223,19 @@ def profile(name: str, threads: int, runs: int, top: int = 6) -> list[str]:
         c[2] += 1
     for sec, label in ort:
         c = by_class[ORT_CLASS.get(label.split(" ")[0], "elementwise")]
-        c[1] += sec * 1e3
+        c[1] += sec * 1e3 * ort_scale
         c[3] += 1
-    tw, to = sum(v[0] for v in by_class.values()), sum(v[1] for v in by_class.values())
-    lines = [f"== {name}: ops sum walle cpu {tw:.3f} ms ({len(walle)} ops), onnxruntime {to:.3f} ms "
-             f"({len(ort)} nodes)",
+    ops_ms = sum(sec for sec, _ in walle) * 1e3
+    by_class["outside ops"][0] = run_ms["walle"] - ops_ms
+    lines = [f"== {name}: whole run walle cpu {run_ms['walle']:.3f} ms (ops {ops_ms:.3f} ms over {len(walle)}"
+             f" ops), onnxruntime {run_ms['ort']:.3f} ms ({len(ort)} nodes)",
              *(f"   walle dropped backend {b}: {why}" for b, why in model.dropped.items()),
              f"   {'op class':<16}{'walle ms':>10}{'ops':>6}{'ort ms':>10}{'nodes':>7}{'walle-ort':>11}"]
     for cls, (w, o, nw, no) in sorted(by_class.items(), key=lambda kv: kv[1][1] - kv[1][0]):
         lines.append(f"   {cls:<16}{w:>10.3f}{int(nw):>6}{o:>10.3f}{int(no):>7}{w - o:>+11.3f}")
     lines.append(f"   walle's costliest ops (of {len(walle)}):")
     lines += [f"     {sec * 1e6:9.1f} us  {label}" for sec, label in sorted(walle, reverse=True)[:top]]
-    lines.append(f"   onnxruntime's costliest nodes (of {len(ort)}):")
+    lines.append(f"   onnxruntime's costliest nodes (of {len(ort)}, profiler times):")
     lines += [f"     {sec * 1e6:9.1f} us  {label}" for sec, label in sorted(ort, reverse=True)[:top]]
     return lines
 
@@ -239,6 +250,7 @@ def main() -> None:
     ap.add_argument("--peers", default="onnxruntime,mnn")
     ap.add_argument("--profile", type=int, default=3, help="profile the K worst models (cpu/onnxruntime)")
     ap.add_argument("--profile-runs", type=int, default=20)
+    ap.add_argument("--profile-models", default="", help="profile these models (comma-separated) instead")
     args = ap.parse_args()
     from walle_bench.compare import header
 
@@ -254,7 +266,8 @@ def main() -> None:
     for line in table(rows, peers) + summary(rows, peers):
         print(line)
     ranked = sorted((q, r.model) for r in rows if (q := r.ratio("walle cpu", "onnxruntime")) is not None)
-    for _, name in ranked[::-1][: args.profile]:
+    chosen = [n for n in args.profile_models.split(",") if n] or [n for _, n in ranked[::-1][: args.profile]]
+    for name in chosen:
         print()
         for line in profile(name, args.threads, args.profile_runs):
             print(line, flush=True)
