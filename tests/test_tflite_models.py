@@ -461,3 +461,27 @@ def test_cifg_lstm_is_refused_at_load() -> None:
     b.output(y)
     with pytest.raises(UnsupportedOpError, match=r"UNIDIRECTIONAL_SEQUENCE_LSTM.*operator #0.*op code 44.*CIFG"):
         import_model(b.pack())
+
+
+def test_a_value_read_by_a_branch_and_output_keeps_one_name() -> None:
+    """x * 3 is both a graph output and an operand the IF's branches read from the enclosing
+    scope: naming the output after the signature must rename it inside the branches too."""
+    b = ModelBuilder()
+    cond = b.input([1], np.bool_, name="cond")
+    x = b.input([2, 3], name="x")
+    (tripled,) = b.op("MUL", [x, b.const(np.float32(3.0))], "MulOptions")
+    then, other = b.subgraph(), b.subgraph()
+    for index, op in ((then, "NEG"), (other, "ABS")):
+        b.use(index)
+        xi = b.input([2, 3], name="v")
+        b.output(*b.op(op, [xi], out_shapes=[[2, 3]]))
+    b.use(0)
+    (y,) = b.op("IF", [cond, tripled], "IfOptions", thenSubgraphIndex=then, elseSubgraphIndex=other)
+    b.output(tripled, y)
+    b.sign("serving_default", ["cond", "x"], ["tripled", "picked"])
+    data = b.build()
+    value = np.random.default_rng(2).uniform(-1, 1, (2, 3)).astype(np.float32)
+    for flag in (True, False):
+        feeds = [np.asarray([flag]), value]
+        for g, r in zip(run_walle(data, feeds), litert_run(data, feeds), strict=True):
+            assert rel_error(g, r) <= 1e-6

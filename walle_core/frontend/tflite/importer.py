@@ -8,7 +8,7 @@ from walle_core.frontend.tflite import ops_control, ops_elementwise, ops_nn, ops
 from walle_core.frontend.tflite.context import run_operators
 from walle_core.frontend.tflite.convert import NATIVE, OPSET, Emitter, tensor_type
 from walle_core.frontend.tflite.reader import TflModel, TflSignature, TflSubgraph
-from walle_core.ir.graph import Graph, Node, ValueInfo, remove_dead_nodes
+from walle_core.ir.graph import Graph, Node, ValueInfo, remove_dead_nodes, subgraphs
 
 
 def pick_signature(model: TflModel, key: str | None) -> TflSignature | None:
@@ -71,6 +71,10 @@ def convert_subgraph(model: TflModel, sub: TflSubgraph, inputs: list[tuple[str, 
 
 
 def _rename(nodes: list[Node], old: str, new: str) -> None:
+    """Rename a value everywhere, control-flow bodies included (they read enclosing names)."""
     for n in nodes:
         n.inputs = [new if i == old else i for i in n.inputs]
         n.outputs = [new if o == old else o for o in n.outputs]
+        for body in subgraphs(n):
+            _rename(body.nodes, old, new)
+            body.outputs = [ValueInfo(new, v.type) if v.name == old else v for v in body.outputs]
