@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from walle_core import flags
 from walle_core.vm.vm import FAILED, MEMORY, TIMEOUT, Events, TaskResult, TaskSpec
 
 KILL_GRACE_S = 20.0  # start-up (imports) plus unwinding, before the parent kills the child
@@ -38,9 +39,11 @@ CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 def _child_env(sandbox: Path) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if k.startswith("WALLE_") or k in ("PATH", "PYTHONPATH", "LANG")}
     # One BLAS thread: the task's parallelism is the scheduler's business, and every BLAS thread
-    # reserves address space that would count against RLIMIT_AS.
+    # reserves address space that would count against RLIMIT_AS. The engine's cache stays the
+    # parent's: under the sandbox HOME every run would calibrate the backends again (seconds).
     return {**keep, "HOME": str(sandbox), "TMPDIR": str(sandbox), "OPENBLAS_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+            "WALLE_CACHE_DIR": str(flags.cache_dir())}
 
 
 def run_in_process(spec: TaskSpec, events: Events = (), *, python: str | None = None) -> TaskResult:
