@@ -48,7 +48,7 @@ SWEEP_CAP_S = 0.01
 SATURATED = 0.15  # a sweep also stops once throughput changes less than this between sizes
 BUDGET_S = 6.0  # host seconds of sweeps per backend; larger sizes are then extrapolated
 TRANSFER_BYTES = (1 << 14, 1 << 18, 1 << 22)
-MV_ROWS = 8  # a MatMul with at most this many rows per batch is a matrix-vector product
+MV_ROWS = 4  # a MatMul with at most this many rows per batch is a matrix-vector product
 REDUCED = 64  # length of the reduced axis in the Reduce probes (a typical pooled or normed axis)
 
 
@@ -131,10 +131,10 @@ class Calibration:
 
     def balance(self) -> float:
         """Flops per byte of memory traffic: the best MatMul rate measured over the element-wise
-        bandwidth (1 when there is no GEMM to tell)."""
+        bandwidth, within what real devices show (1 to 64; 1 when there is no GEMM to tell)."""
         peaks = [f / t for k, pts in self.curves.items() if k.startswith("MatMul/")
                  for f, _, _, t in pts]
-        return max(peaks) / self.bandwidth_Bps if peaks else 1.0
+        return min(max(max(peaks) / self.bandwidth_Bps, 1.0), 64.0) if peaks else 1.0
 
     def curve(self, key: str) -> BucketFit | None:
         """The bucket's curve; for an uncalibrated bucket, one of the same op kind (another
@@ -345,6 +345,8 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
             stopped.add(key)
             continue
         points = cal.curves.setdefault(key, [])
+        if points:  # a larger size never runs faster: a drop is noise
+            t = max(t, points[-1][3])
         points.append([*demand(op, alg), items(op), t])
         cal.rates[key] = max(op.flops(), 1.0) / max(t, 1e-12)
         if t > SWEEP_CAP_S or _saturated(points):
