@@ -15,6 +15,7 @@ DYNAMIC = {"bytes": {0: "batch", 1: "length"}}
 OUTPUTS = {"probs": {0: "batch"}}
 SIZES = {"batch": 1, "length": 96}
 ALT = {"batch": 4, "length": 33}
+OPSET = 11
 EMBED, FILTERS, CLASSES = 32, 64, 5
 
 

@@ -19,6 +19,7 @@ DYNAMIC = {"fbank": {0: "batch", 1: "frames"}}
 OUTPUTS = {"encoded": {0: "batch", 1: "steps"}}
 SIZES = {"batch": 1, "frames": 64}
 ALT = {"batch": 2, "frames": 45}
+OPSET = 18
 MELS, DIM, HEADS, KERNEL = 40, 96, 4, 15
 
 

@@ -17,6 +17,7 @@ DYNAMIC = {"input": {0: "batch"}}
 OUTPUTS = {"logits": {0: "batch"}}
 SIZES = {"batch": 1}
 ALT = {"batch": 3}
+OPSET = 12
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -17,6 +17,7 @@ DYNAMIC = {"x": {0: "batch", 3: "width"}}
 OUTPUTS = {"logits": {0: "steps", 1: "batch"}}
 SIZES = {"batch": 1, "width": 128}
 ALT = {"batch": 2, "width": 200}
+OPSET = 11
 ALPHABET = 37
 
 

@@ -17,6 +17,7 @@ DYNAMIC = {"dense": {0: "batch"}, "sparse": {0: "batch"}}
 OUTPUTS = {"ctr": {0: "batch"}}
 SIZES = {"batch": 4}
 ALT = {"batch": 1}
+OPSET = 13
 DENSE, FIELDS, TABLE, DIM = 13, 8, (1000, 50, 300, 20, 800, 7, 120, 64), 16
 
 

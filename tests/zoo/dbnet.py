@@ -18,6 +18,7 @@ DYNAMIC = {"x": {0: "batch", 2: "height", 3: "width"}}
 OUTPUTS = {"maps": {0: "batch", 2: "height", 3: "width"}}
 SIZES = {"batch": 1, "height": 96, "width": 128}
 ALT = {"batch": 1, "height": 64, "width": 192}
+OPSET = 11
 
 
 class BasicBlock(nn.Module):

@@ -20,6 +20,7 @@ DYNAMIC = {"image": {0: "batch", 2: "height", 3: "width"}}
 OUTPUTS = {"segmentation": {0: "batch", 2: "height", 3: "width"}}
 SIZES = {"batch": 1, "height": 96, "width": 128}
 ALT = {"batch": 1, "height": 80, "width": 80}
+OPSET = 11
 CLASSES = 9
 
 

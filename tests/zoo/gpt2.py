@@ -23,6 +23,7 @@ for _i in range(LAYERS):
     OUTPUTS |= {f"present_key_{_i}": {0: "batch", 2: "total"}, f"present_value_{_i}": {0: "batch", 2: "total"}}
 SIZES = {"batch": 1, "seq": 5, "past": 7}
 ALT = {"batch": 2, "seq": 1, "past": 12}
+OPSET = 14
 
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ DYNAMIC = {"features": {0: "batch", 1: "frames"}, "h0": {1: "batch"}}
 OUTPUTS = {"log_probs": {0: "batch", 1: "frames"}, "hn": {1: "batch"}}
 SIZES = {"batch": 1, "frames": 40}
 ALT = {"batch": 2, "frames": 17}
+OPSET = 11
 FEATURES, HIDDEN, LAYERS, UNITS = 40, 64, 2, 30
 
 

@@ -16,6 +16,7 @@ DYNAMIC = {"mfcc": {0: "batch"}}
 OUTPUTS = {"probs": {0: "batch"}}
 SIZES = {"batch": 1}
 ALT = {"batch": 5}
+OPSET = 11
 MFCC, FRAMES, KEYWORDS = 40, 101, 12
 
 

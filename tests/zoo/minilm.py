@@ -19,6 +19,7 @@ DYNAMIC = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1
 OUTPUTS = {"embedding": {0: "batch"}, "pooled": {0: "batch"}}
 SIZES = {"batch": 1, "seq": 24}
 ALT = {"batch": 3, "seq": 11}
+OPSET = 14
 VOCAB, MAX_POS, HIDDEN, HEADS, LAYERS = 1000, 64, 384, 12, 2
 
 

@@ -18,6 +18,7 @@ DYNAMIC = {"face": {0: "batch"}}
 OUTPUTS = {"embedding": {0: "batch"}}
 SIZES = {"batch": 1}
 ALT = {"batch": 3}
+OPSET = 10
 IMAGE = 64
 
 

@@ -16,6 +16,7 @@ DYNAMIC = {"input": {0: "batch"}}
 OUTPUTS = {"logits": {0: "batch"}}
 SIZES = {"batch": 1}
 ALT = {"batch": 4}
+OPSET = 13
 
 
 def div8(v: float) -> int:

@@ -17,6 +17,7 @@ DYNAMIC = {"images": {0: "batch"}}
 OUTPUTS = {"boxes": {0: "batch"}, "scores": {0: "batch"}}
 SIZES = {"batch": 1}
 ALT = {"batch": 3}
+OPSET = 13
 CLASSES, ANCHORS = 11, 6
 
 

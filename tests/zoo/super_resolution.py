@@ -14,6 +14,7 @@ DYNAMIC = {"y": {0: "batch", 2: "height", 3: "width"}}
 OUTPUTS = {"upscaled": {0: "batch", 2: "out_height", 3: "out_width"}}
 SIZES = {"batch": 1, "height": 48, "width": 64}
 ALT = {"batch": 2, "height": 30, "width": 41}
+OPSET = 9
 SCALE = 3
 
 

@@ -16,6 +16,7 @@ DYNAMIC = {"pixel_values": {0: "batch"}}
 OUTPUTS = {"logits": {0: "batch"}}
 SIZES = {"batch": 1}
 ALT = {"batch": 2}
+OPSET = 16
 WINDOW = 4
 
 

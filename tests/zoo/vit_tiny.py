@@ -16,6 +16,7 @@ DYNAMIC = {"pixel_values": {0: "batch"}}
 OUTPUTS = {"logits": {0: "batch"}}
 SIZES = {"batch": 1}
 ALT = {"batch": 2}
+OPSET = 13
 DIM, HEADS, DEPTH, PATCH, IMAGE = 192, 3, 4, 16, 64
 
 

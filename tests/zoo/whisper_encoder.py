@@ -18,6 +18,7 @@ DYNAMIC = {"mel": {0: "batch", 2: "frames"}}
 OUTPUTS = {"features": {0: "batch", 1: "steps"}}
 SIZES = {"batch": 1, "frames": 200}
 ALT = {"batch": 2, "frames": 120}
+OPSET = 18
 MELS, DIM, HEADS, LAYERS, MAX_CTX = 80, 96, 4, 2, 256
 
 

@@ -16,6 +16,7 @@ DYNAMIC = {"images": {0: "batch", 2: "height", 3: "width"}}
 OUTPUTS = {"boxes": {0: "batch", 1: "anchors"}}
 SIZES = {"batch": 1, "height": 128, "width": 128}
 ALT = {"batch": 2, "height": 96, "width": 160}
+OPSET = 12
 CLASSES = 8
 ANCHORS = ((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119), (116, 90, 156, 198, 373, 326))
 
