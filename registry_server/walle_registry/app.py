@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 import walle_registry
 from walle_registry import console, schemas
 from walle_registry.context import Registry
-from walle_registry.errors import RateLimited, RegistryError, Unauthorized
+from walle_registry.errors import RateLimited, RegistryError, Unauthorized, scrub_paths
 from walle_registry.routes import credentials, deployments, devices, publishing, results
 from walle_registry.routes.deps import Reg
 from walle_registry.settings import Settings
@@ -73,11 +73,13 @@ async def _healthz(reg: Reg) -> dict[str, Any]:
             "streams": reg.broker.connected()}
 
 
-async def _registry_error(_req: Request, exc: RegistryError) -> JSONResponse:
+async def _registry_error(req: Request, exc: RegistryError) -> JSONResponse:
+    settings: Settings = req.app.state.registry.settings
+    detail = scrub_paths(exc.message, settings.data_dir, settings.spool_dir)
     headers = {"Retry-After": f"{max(1, round(exc.retry_after))}"} if isinstance(exc, RateLimited) else None
     if isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status, headers=headers)
+    return JSONResponse({"error": exc.code, "detail": detail}, status_code=exc.status, headers=headers)
 
 
 async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:

@@ -51,8 +51,13 @@ class Principal:
     scopes: frozenset[str] = frozenset()
 
     def has(self, scope: str) -> bool:
-        # admin implies every scope; any publisher token may read.
-        return self.kind == "token" and ("admin" in self.scopes or scope in self.scopes or scope == "read")
+        """Admin implies every scope; any publisher or operator token may read, except one that
+        can only enrol devices (it is handed to every device, so it must not read anything)."""
+        if self.kind != "token":
+            return False
+        if "admin" in self.scopes or scope in self.scopes:
+            return True
+        return scope == "read" and bool(self.scopes - {"enroll"})
 
 
 class RateLimiter:

@@ -53,12 +53,14 @@ def check_sha(sha256: str) -> str:
 
 
 class LocalBlobStore:
-    """Blobs at ``root/ab/cd/<sha256>``."""
+    """Blobs at ``root/ab/cd/<sha256>``; a blob is written under ``tmp`` (the replica's spool, on
+    the same file system) and renamed into place once its digest is checked."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tmp: Path | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / ".tmp").mkdir(exist_ok=True)
+        self.tmp = Path(tmp) if tmp is not None else self.root / ".tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
 
     def _path(self, sha256: str) -> Path:
         check_sha(sha256)
@@ -70,7 +72,7 @@ class LocalBlobStore:
             check_sha(expected_sha256)
         h = hashlib.sha256()
         size = 0
-        fd, tmp = tempfile.mkstemp(dir=self.root / ".tmp")
+        fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self.tmp)
         try:
             with os.fdopen(fd, "wb") as out:
                 for chunk in chunks:

@@ -7,6 +7,7 @@ The services are plain objects wired here once; HTTP routes reach them through
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,14 @@ from walle_registry.services.publishing import Publishing
 from walle_registry.services.results import Results
 from walle_registry.services.rollout import Rollout
 from walle_registry.settings import Settings
+from walle_registry.spool import Spool
+
+
+def _remove_legacy_temp(settings: Settings) -> None:
+    """Temp folders of releases before the spool (``data/tmp``, ``blobs/.tmp``) held only
+    unfinished work: nothing in them is ever read again."""
+    for old in (settings.data_dir / "tmp", settings.blob_dir / ".tmp"):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class Registry:
@@ -31,25 +40,27 @@ class Registry:
                  broker: InProcessBroker | None = None) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(settings.spool_dir)  # removes what a killed replica left behind
+        _remove_legacy_temp(settings)
         self.db = Database(settings.database_url)
         self.db.migrate()
-        self.blobs: BlobStore = blobs if blobs is not None else LocalBlobStore(settings.blob_dir)
+        self.blobs: BlobStore = blobs if blobs is not None else LocalBlobStore(settings.blob_dir, self.spool.dir)
         if broker is None:
             broker = PostgresBroker(self.db.url) if self.db.is_postgres else InProcessBroker()
         self.broker = broker
         self.limiter = RateLimiter(settings.device_rate_per_s, settings.device_burst)
+        self.enroll_limiter = RateLimiter(settings.enroll_rate_per_s, settings.enroll_burst)
         self.blob_cache = BlobCache(settings.blob_cache_item_bytes, settings.blob_cache_bytes)
 
         rollout = Rollout(self.db)
-        self.credentials = Credentials(self.db, broker, settings.tmp_dir, settings.auth_cache_ttl_s)
-        self.publishing = Publishing(self.db, self.blobs, self.credentials, settings.tmp_dir,
+        self.credentials = Credentials(self.db, broker, settings.auth_cache_ttl_s)
+        self.publishing = Publishing(self.db, self.blobs, self.credentials, self.spool.dir,
                                      settings.max_bundle_bytes)
         self.grants = Grants(self.db, self.publishing)
         self.devices = Devices(self.db, settings, self.credentials, rollout)
         self.deployments = Deployments(self.db, rollout, self.publishing, self.devices.activity)
         self.plugin_deployments = PluginDeployments(self.db, self.publishing, self.credentials, self.devices)
-        self.results = Results(self.db, self.devices.activity)
+        self.results = Results(self.db, self.devices.activity, self.grants)
 
         broker.on_control = self.credentials.on_control
         broker.on_notices = self.devices.observe_notices
@@ -62,6 +73,7 @@ class Registry:
         self.devices.close()
         self.broker.close()
         self.db.dispose()
+        self.spool.close()
 
     def publish_notices(self, notices: Sequence[dict[str, Any]]) -> None:
         """Hand committed notices to the broker (this replica's check-ins see them at once)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 
 class RegistryError(Exception):
     """A request the registry refuses; ``status`` is the HTTP status it maps to."""
@@ -12,6 +15,15 @@ class RegistryError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def scrub_paths(text: str, *roots: Path) -> str:
+    """``text`` with every path under ``roots`` (the server's data and spool folders) replaced
+    by ``<server file>``: answers never show where the server keeps things."""
+    for root in roots:
+        for form in {str(root), str(root.resolve())}:
+            text = re.sub(re.escape(form) + r"[^\s'\"),;]*", "<server file>", text)
+    return text
 
 
 class NotFound(RegistryError):

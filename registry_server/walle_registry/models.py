@@ -111,6 +111,8 @@ class Deployment(Base):
     seed: Mapped[str] = mapped_column(String(128))
     stages: Mapped[list[float]] = mapped_column(JSON)
     current_stage: Mapped[int] = mapped_column(Integer, default=0)
+    # registered devices the policy matched when last counted (the stage quotas are shares of it)
+    population: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     success_threshold: Mapped[float] = mapped_column(Float)
     error_threshold: Mapped[float] = mapped_column(Float)
     min_sample: Mapped[int] = mapped_column(Integer)
@@ -123,7 +125,8 @@ class Deployment(Base):
 
 
 class Assignment(Base):
-    """A device that a deployment has reached, with the stage it belongs to and its latest status."""
+    """A device that a deployment has reached, with the stage the rollout was in when it was
+    assigned, and its latest status."""
 
     __tablename__ = "assignments"
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), primary_key=True)

@@ -5,12 +5,15 @@ A device's *bucket* for a deployment is ``sha256(seed ":" device_id)`` read as a
 on ``p``, so widening from 10% to 50% keeps every device that was in at 10% (and the same seed
 picks the same devices across deployments). Stages use an independent bucket
 (``seed ":stage:" device_id``) over [0, 100): a device belongs to the first stage whose cumulative
-percentage is above its stage bucket.
+percentage is above its stage bucket (:func:`stage_of`). Staged rollouts fill stages by quota
+instead: a stage at ``p``% holds ``ceil(p% of the matched devices)``, taken in stage-bucket order
+(:func:`stage_rank`, :func:`stage_quota`), so a stage is never empty while a device matches.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -104,6 +107,17 @@ def stage_of(seed: str, device_id: str, stages: Sequence[float]) -> int:
         if b < round(pct * 100):
             return i
     return len(stages) - 1
+
+
+def stage_rank(seed: str, device_id: str) -> tuple[int, str]:
+    """The order in which a staged rollout takes devices: lowest stage bucket first."""
+    return bucket(seed, device_id, "stage:"), device_id
+
+
+def stage_quota(percentage: float, population: int) -> int:
+    """How many of ``population`` devices a stage at ``percentage`` (cumulative) holds: at least
+    one as soon as there is a device, all of them at 100%."""
+    return min(population, math.ceil(round(percentage * population, 6) / 100))
 
 
 def targeted(device_id: str, attrs: Mapping[str, Any], device_ids: Sequence[str] | None,

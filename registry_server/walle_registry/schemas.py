@@ -283,7 +283,7 @@ class ResultItem(BaseModel):
     version: str | None = Field(default=None, max_length=64)
     name: str = Field(default="", max_length=128)
     key: str = Field(default="", max_length=256)
-    ts: float = Field(default=0.0, ge=0.0, le=1e11, allow_inf_nan=False)  # seconds since the epoch
+    ts: float = Field(default=0.0, ge=-1e15, le=1e15, allow_inf_nan=False)  # the event time (s or ms)
     value: Any = None
 
     @model_validator(mode="after")

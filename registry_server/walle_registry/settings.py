@@ -18,6 +18,8 @@ class Settings:
     db_url: str | None = None
     device_rate_per_s: float = 20.0  # token-bucket refill per device credential
     device_burst: int = 60
+    enroll_rate_per_s: float = 10.0  # registrations per enrolment token (admins are not limited)
+    enroll_burst: int = 200
     max_bundle_bytes: int = 256 << 20
     max_plugin_bytes: int = 128 << 20
     max_results_bytes: int = 16 << 20  # one results batch, decompressed
@@ -41,5 +43,6 @@ class Settings:
         return self.data_dir / "blobs"
 
     @property
-    def tmp_dir(self) -> Path:
-        return self.data_dir / "tmp"
+    def spool_dir(self) -> Path:
+        """Unfinished work of the running replicas (see :mod:`walle_registry.spool`)."""
+        return self.data_dir / "spool"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
 
 from walle_registry import schemas as S
 from walle_registry.routes.deps import Admin, DbId, Reader, Reg
@@ -33,6 +35,12 @@ def revoke_token(token_id: DbId, _p: Admin, reg: Reg) -> Response:
 def add_key(body: S.KeyCreate, _p: Admin, reg: Reg) -> S.KeyOut:
     k = reg.credentials.add_key(body.pem, body.name)
     return S.KeyOut(key_id=k.key_id, name=k.name, created_at=k.created_at)
+
+
+@router.delete("/v1/keys/{key_id}", status_code=204)
+def revoke_key(key_id: Annotated[str, Path(min_length=1, max_length=64)], _p: Admin, reg: Reg) -> Response:
+    reg.credentials.remove_key(key_id)
+    return Response(status_code=204)
 
 
 @router.get("/v1/keys")

@@ -85,8 +85,27 @@ async def device(reg: Reg, p: Annotated[Principal, Depends(principal)]) -> Princ
 
 
 async def anyone(reg: Reg, p: Annotated[Principal, Depends(principal)]) -> Principal:
+    """A device (rate limited) or a token that may read."""
     if p.kind == "device":
         rate_limit(reg, p)
+    elif not p.has("read"):
+        raise Forbidden("this credential can only enrol devices")
+    return p
+
+
+async def enroller(reg: Reg, p: Annotated[Principal, Depends(principal)]) -> Principal:
+    """Who may call ``/v1/devices/register``: a token with the enroll scope (rate limited unless
+    admin), or a device re-registering itself with its own credential."""
+    if p.kind == "device":
+        rate_limit(reg, p)
+        return p
+    if not p.has("enroll"):
+        raise Forbidden("this credential lacks the 'enroll' scope")
+    if not p.has("admin"):
+        wait = reg.enroll_limiter.take(f"enroll:{p.name}")
+        if wait:
+            raise RateLimited(f"enrolment token {p.name!r} is over its registration rate; retry in {wait:.1f}s",
+                              wait)
     return p
 
 
@@ -94,7 +113,7 @@ Publisher = Annotated[Principal, Depends(scope("publish"))]
 Deployer = Annotated[Principal, Depends(scope("deploy"))]
 Admin = Annotated[Principal, Depends(scope("admin"))]
 Reader = Annotated[Principal, Depends(scope("read"))]
-Enroller = Annotated[Principal, Depends(scope("enroll"))]
+Enroller = Annotated[Principal, Depends(enroller)]
 DeviceP = Annotated[Principal, Depends(device)]
 AnyP = Annotated[Principal, Depends(anyone)]
 

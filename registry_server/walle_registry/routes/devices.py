@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from walle_registry import schemas as S
 from walle_registry.broker import KEEPALIVE
 from walle_registry.context import Registry
+from walle_registry.errors import Forbidden
 from walle_registry.routes.deps import DeviceP, Enroller, Reader, Reg
 
 router = APIRouter()
@@ -24,8 +25,15 @@ PAGE = 1000  # notices per catch-up query of a stream
 
 
 @router.post("/v1/devices/register", status_code=201, tags=["devices"])
-def register(body: S.DeviceRegister, _p: Enroller, reg: Reg) -> S.DeviceCredential:
-    did, secret, notices = reg.devices.register(body.device_id, body.attributes)
+def register(body: S.DeviceRegister, p: Enroller, reg: Reg) -> S.DeviceCredential:
+    """A new device, with an enrolment token; an existing id is re-keyed only with that device's
+    own credential or an admin token (an enrolment token cannot lock a device out)."""
+    device_id, may_rekey = body.device_id, p.has("admin")
+    if p.kind == "device":
+        if device_id not in (None, p.name):
+            raise Forbidden(f"this credential belongs to device {p.name}, not {device_id}")
+        device_id, may_rekey = p.name, True
+    did, secret, notices = reg.devices.register(device_id, body.attributes, may_rekey)
     reg.publish_notices(notices)
     return S.DeviceCredential(device_id=did, token=secret)
 

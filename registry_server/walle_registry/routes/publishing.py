@@ -35,7 +35,7 @@ def _release_out(rel: Release, created: bool) -> S.ReleaseOut:
              responses={200: {"description": "identical content was already published (idempotent)"},
                         201: {"description": "published"}})
 async def publish_task(request: Request, response: Response, _p: Publisher, reg: Reg) -> S.ReleaseOut:
-    path = await spool(request, reg.settings.tmp_dir, reg.settings.max_bundle_bytes)
+    path = await spool(request, reg.spool.dir, reg.settings.max_bundle_bytes)
     try:
         rel, created = await run_in_threadpool(reg.publishing.publish_bundle, path)
     finally:
@@ -60,7 +60,7 @@ def task_versions(task: TaskName, _p: Reader, reg: Reg) -> list[S.ReleaseOut]:
 @router.put("/v1/blobs/{sha256}", status_code=201, tags=["publish"], openapi_extra=OCTET)
 async def put_blob(sha256: Sha256, request: Request, _p: Publisher, reg: Reg) -> S.BlobOut:
     check_sha(sha256)
-    path = await spool(request, reg.settings.tmp_dir, reg.settings.max_bundle_bytes)
+    path = await spool(request, reg.spool.dir, reg.settings.max_bundle_bytes)
     try:
         info = await run_in_threadpool(reg.publishing.put_blob, file_chunks(path), sha256)
     finally:
@@ -74,7 +74,7 @@ async def publish_plugin(
     filename: Annotated[str, Query(max_length=255)], key_id: Annotated[str, Query(max_length=64)],
     signature: Annotated[str, Query(max_length=512, description="base64 Ed25519 signature of the wheel's sha256 hex")],
 ) -> S.PluginOut:
-    path = await spool(request, reg.settings.tmp_dir, reg.settings.max_plugin_bytes)
+    path = await spool(request, reg.spool.dir, reg.settings.max_plugin_bytes)
     try:
         row, created = await run_in_threadpool(reg.publishing.publish_plugin, path, filename, key_id, signature)
     finally:

@@ -7,13 +7,13 @@ control channel, on every other replica.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 
-from walle_core.task import BundleError, KeyStore, load_public_key
+from walle_core.task import KeyStore
 from walle_registry import auth
 from walle_registry.broker import InProcessBroker
 from walle_registry.cache import AuthCache
@@ -24,8 +24,8 @@ from walle_registry.services.common import now
 
 
 class Credentials:
-    def __init__(self, db: Database, broker: InProcessBroker, spool: Path, cache_ttl_s: float) -> None:
-        self.db, self.broker, self.spool = db, broker, spool
+    def __init__(self, db: Database, broker: InProcessBroker, cache_ttl_s: float) -> None:
+        self.db, self.broker = db, broker
         self.auth_cache: AuthCache[auth.Principal] = AuthCache(ttl=cache_ttl_s)
 
     # ------------------------------------------------------------------ revocation across replicas
@@ -103,17 +103,18 @@ class Credentials:
 
     # ------------------------------------------------------------------ publisher keys
 
-    def _load_key(self, pem: str) -> Any:
-        with tempfile.NamedTemporaryFile("w", suffix=".pub", dir=self.spool) as fh:
-            fh.write(pem)
-            fh.flush()
-            return load_public_key(Path(fh.name))
+    @staticmethod
+    def _load_key(pem: str) -> Ed25519PublicKey:
+        try:
+            key = serialization.load_pem_public_key(pem.encode("utf-8"))
+        except (ValueError, TypeError, UnicodeError) as exc:
+            raise Invalid(f"not a public key in PEM form: {exc}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise Invalid("not an Ed25519 public key (publisher keys are Ed25519)")
+        return key
 
     def add_key(self, pem: str, name: str) -> PublisherKey:
-        try:
-            key = self._load_key(pem)
-        except BundleError as exc:
-            raise Invalid(f"not an Ed25519 public key in PEM form: {exc}") from None
+        key = self._load_key(pem)
         kid = KeyStore(None, [key]).ids()[0]
         with self.db.write() as s:
             existing = s.get(PublisherKey, kid)
@@ -128,6 +129,9 @@ class Credentials:
             return list(s.scalars(select(PublisherKey).order_by(PublisherKey.created_at)))
 
     def remove_key(self, kid: str) -> None:
+        """Stop trusting a publisher key: publishes, plugin deployments and new deployments of
+        releases it signed are refused from now on, on every replica (the keys are read from the
+        database on every use)."""
         with self.db.write() as s:
             row = s.get(PublisherKey, kid)
             if row is None:

@@ -11,7 +11,7 @@ from sqlalchemy import insert, select, update
 from walle_registry import policy
 from walle_registry.cache import DeviceActivity
 from walle_registry.db import Database
-from walle_registry.errors import Conflict, Invalid, NotFound
+from walle_registry.errors import Conflict, Forbidden, Invalid, NotFound
 from walle_registry.models import (
     Assignment,
     Deployment,
@@ -32,7 +32,9 @@ class Deployments:
         self.db, self.rollout, self.publishing, self.activity = db, rollout, publishing, activity
 
     def create(self, spec: DeploymentCreate, by: str) -> tuple[Deployment, Notices]:
-        self.publishing.release(spec.task, spec.version)  # 404 unless published
+        rel = self.publishing.release(spec.task, spec.version)  # 404 unless published
+        if rel.key_id not in self.publishing.credentials.keystore().ids():
+            raise Invalid(f"{spec.task} {spec.version} is signed by key {rel.key_id}, which is no longer trusted")
         with self.db.write(serial=True) as s:
             prev = s.scalar(select(Deployment.version).where(
                 Deployment.task == spec.task, Deployment.state != "rolled_back",
@@ -85,8 +87,8 @@ class Deployments:
             if dep.state == "rolled_back":
                 raise Conflict(f"deployment {dep_id} is already rolled back")
             dep.state, dep.updated_at = "rolled_back", now()
-            dep.reason = (f"rolled back by {by} to {dep.previous_version}" if dep.previous_version
-                          else f"rolled back by {by} (no previous version: the task is removed)")
+            dep.reason = (f"rolled back by {by}: each device returns to the newest version it did not fail on "
+                          "under a deployment that targeted it, or removes the task")
             self.rollout.event(s, dep.id, "rolled_back", dep.reason)
             devices = list(s.scalars(select(Assignment.device_id).where(Assignment.deployment_id == dep.id)))
             notices = self.rollout.retarget(s, dep.task, devices)
@@ -101,7 +103,10 @@ class Deployments:
                 raise Conflict(f"percentage can only grow ({dep.percentage:g}% -> {percentage:g}% refused)")
             dep.percentage, dep.updated_at = percentage, now()
             self.rollout.event(s, dep.id, "widened", f"{percentage:g}%")
-            notices = self.rollout.assign_stage(s, dep) if dep.state in JOINABLE_STATES else []
+            notices: Notices = []
+            if dep.state in JOINABLE_STATES:  # the new devices join (a completed deployment reopens)
+                notices = self.rollout.assign_stage(s, dep)
+                notices += self.rollout.evaluate(s, dep)
         return dep, notices
 
     def get(self, dep_id: int) -> Deployment:
@@ -123,7 +128,8 @@ class Deployments:
             dep = s.get(Deployment, dep_id)
             if dep is None:
                 raise NotFound(f"deployment {dep_id} not found")
-            targeted = Counter(st for _, st in self.rollout.population(s, dep))
+            members = len(self.rollout.population(s, dep))
+            quotas = [0] + [policy.stage_quota(pct, members) for pct in dep.stages]
             per_stage: dict[int, Counter[str]] = defaultdict(Counter)
             for stage, status, n in s.execute(select(DeploymentCount.stage, DeploymentCount.status, DeploymentCount.n)
                                               .where(DeploymentCount.deployment_id == dep.id)):
@@ -132,7 +138,7 @@ class Deployments:
             progress = []
             for i, pct in enumerate(dep.stages):
                 c = per_stage.get(i, Counter())
-                progress.append({"index": i, "percentage": pct, "targeted": targeted.get(i, 0),
+                progress.append({"index": i, "percentage": pct, "targeted": quotas[i + 1] - quotas[i],
                                  "assigned": sum(c.values()), "counts": dict(c),
                                  "succeeded": sum(c[k] for k in OK_STATUSES),
                                  "failed": sum(c[k] for k in ERROR_STATUSES),
@@ -161,9 +167,16 @@ class Deployments:
                                                                     Report.seq == seq)) is not None:
                 self.activity.note(device_id, t)
                 return True, deployment_id, []
+            # A device reports only on what was deployed to it (its own assignments and targets).
             if deployment_id is None:
-                deployment_id = s.scalar(select(DeviceTarget.deployment_id).where(
-                    DeviceTarget.device_id == device_id, DeviceTarget.task == task))
+                target = s.execute(select(DeviceTarget.deployment_id).where(
+                    DeviceTarget.device_id == device_id, DeviceTarget.task == task)).first()
+                if target is None:
+                    raise Forbidden(f"task {task} was never deployed to device {device_id}")
+                deployment_id = target.deployment_id
+            elif s.scalar(select(Assignment.stage).where(Assignment.deployment_id == deployment_id,
+                                                         Assignment.device_id == device_id)) is None:
+                raise Forbidden(f"deployment {deployment_id} does not target device {device_id}")
             dep = self.rollout.locked(s, deployment_id) if deployment_id is not None else None
             if dep is not None and dep.task != task:
                 raise Invalid(f"deployment {dep.id} is for task {dep.task}, not {task}")

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from walle_registry import auth
 from walle_registry.cache import DeviceActivity, MonotoneMap
 from walle_registry.db import Database
-from walle_registry.errors import NotFound
+from walle_registry.errors import Forbidden, NotFound
 from walle_registry.models import Assignment, Device, DeviceTarget, Notice
 from walle_registry.schemas import Attributes
 from walle_registry.services.common import Notices, chunks, notice_dict, now
@@ -102,8 +102,9 @@ class Devices:
 
     # ------------------------------------------------------------------ registration
 
-    def register(self, device_id: str | None, attrs: Attributes) -> tuple[str, str, Notices]:
-        """Create a device (or re-key an existing id) and join it to matching deployments."""
+    def register(self, device_id: str | None, attrs: Attributes, may_rekey: bool = False) -> tuple[str, str, Notices]:
+        """Create a device (or, with ``may_rekey``, re-key an existing id) and join it to the
+        deployments it matches."""
         did = device_id or f"dev-{uuid.uuid4().hex[:16]}"
         secret = auth.new_secret(auth.DEVICE_PREFIX)
         data = attrs.model_dump()
@@ -114,10 +115,13 @@ class Devices:
                 s.add(Device(id=did, token_hash=auth.hash_secret(secret), attributes=data, registered_at=now(),
                              last_seen=now(), cursor=0, metrics={}))
             else:
+                if not may_rekey:
+                    raise Forbidden(f"device {did} is already registered; re-registering it needs its own "
+                                    "credential or an admin token")
                 old_hash = dev.token_hash
                 dev.token_hash, dev.attributes, dev.last_seen = auth.hash_secret(secret), data, now()
             s.flush()
-            notices = self.rollout.join(s, did, data)
+            notices = self.rollout.join(s, did, data, new_device=old_hash is None)
         if old_hash is not None:  # re-keyed: the previous credential stops working now
             self.credentials.drop(old_hash)
         else:  # a new device: cursor 0, and its only notices are the ones just written
@@ -130,7 +134,7 @@ class Devices:
         with self.db.write(serial=True) as s:
             dev = _device(s, device_id)
             dev.attributes, dev.last_seen = data, now()
-            return self.rollout.join(s, device_id, data)
+            return self.rollout.join(s, device_id, data, new_device=False)
 
     # ------------------------------------------------------------------ reads
 

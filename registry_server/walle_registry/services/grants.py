@@ -46,6 +46,13 @@ class Grants:
             return True
         return (task, version) in self._load(device_id)
 
+    def may_write_results(self, device_id: str, task: str, version: str) -> bool:
+        """Devices upload results only for tasks deployed to them (``version`` when given)."""
+        if version:
+            return self.can_read_release(device_id, task, version)
+        return any(t == task for t, _ in self._grants.get(device_id, ())) or \
+            any(t == task for t, _ in self._load(device_id))
+
     def release_blobs(self, task: str, version: str) -> frozenset[str]:
         """Every digest a release's manifest names, plus its bundle (cached: releases are immutable)."""
         key = (task, version)

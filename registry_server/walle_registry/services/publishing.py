@@ -12,9 +12,10 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.parser import HeaderParser
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -27,8 +28,10 @@ from walle_core.task import (
     SignatureError,
     UnknownKeyError,
     VerificationError,
+    VerifiedBundle,
     extract_bundle,
     read_manifest,
+    verify_bundle,
 )
 from walle_registry.blobs import BlobInfo, BlobStore
 from walle_registry.db import Database
@@ -82,24 +85,16 @@ class Publishing:
             raise TooLarge(f"bundle rejected: {exc}") from None
         except BundleError as exc:
             raise Invalid(f"bundle rejected: {type(exc).__name__}: {exc}") from None
-        existing = self._release_or_none(manifest.name, manifest.version)
-        if existing is not None:
-            return self._same_or_conflict(existing, manifest.digest()), False
         keys = self.credentials.keystore()
         if not keys.ids():
             raise Invalid("bundle rejected: no publisher keys are trusted yet (POST /v1/keys first)")
+        existing = self._release_or_none(manifest.name, manifest.version)
+        if existing is not None:  # the signature decides first: an untrusted upload learns nothing
+            _checked(verify_bundle, path, keys, limits)
+            return self._same_or_conflict(existing, manifest.digest()), False
         staging = Path(tempfile.mkdtemp(prefix="publish-", dir=self.spool))
         try:
-            try:
-                verified = extract_bundle(path, staging / "files", keys, limits)
-            except (SignatureError, UnknownKeyError) as exc:
-                raise Invalid(f"bundle rejected: bad signature: {exc}") from None
-            except LimitError as exc:
-                raise TooLarge(f"bundle rejected: {exc}") from None
-            except VerificationError as exc:
-                raise Invalid(f"bundle rejected: {type(exc).__name__}: {exc}") from None
-            except BundleError as exc:
-                raise Invalid(f"bundle rejected: {exc}") from None
+            verified = _checked(extract_bundle, path, staging / "files", keys, limits)
             signature = _read_signature(path)
             infos = [self.blobs.put_file(staging / "files" / Path(*f.path.split("/")), f.sha256)
                      for f in verified.manifest.files]
@@ -202,6 +197,20 @@ class Publishing:
         if row is None:
             raise NotFound(f"plugin {name} {version} not found")
         return row
+
+
+def _checked(verify: Callable[..., VerifiedBundle], *args: Any) -> VerifiedBundle:
+    """Run a bundle check, turning its errors into answers (422, or 413 for a limit)."""
+    try:
+        return verify(*args)
+    except (SignatureError, UnknownKeyError) as exc:
+        raise Invalid(f"bundle rejected: bad signature: {exc}") from None
+    except LimitError as exc:
+        raise TooLarge(f"bundle rejected: {exc}") from None
+    except VerificationError as exc:
+        raise Invalid(f"bundle rejected: {type(exc).__name__}: {exc}") from None
+    except BundleError as exc:
+        raise Invalid(f"bundle rejected: {exc}") from None
 
 
 def _read_signature(bundle: Path) -> str:

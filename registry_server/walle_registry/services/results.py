@@ -13,11 +13,12 @@ from walle_registry.errors import Forbidden
 from walle_registry.models import Result
 from walle_registry.schemas import ResultsBatch
 from walle_registry.services.common import IN_CHUNK, insert_ignore, now
+from walle_registry.services.grants import Grants
 
 
 class Results:
-    def __init__(self, db: Database, activity: DeviceActivity) -> None:
-        self.db, self.activity = db, activity
+    def __init__(self, db: Database, activity: DeviceActivity, grants: Grants) -> None:
+        self.db, self.activity, self.grants = db, activity, grants
 
     def ingest(self, device_id: str, batch: ResultsBatch, task: str, version: str) -> tuple[int, int]:
         """Store a batch; returns (accepted, duplicates)."""
@@ -33,6 +34,10 @@ class Results:
                 "version": item.version or batch_version, "name": item.name, "key": item.key, "ts": item.ts,
                 "value": item.output(), "received_at": t,
             }
+        for task_name, task_version in sorted({(r["task"], r["version"]) for r in rows.values()}):
+            if not self.grants.may_write_results(device_id, task_name, task_version):
+                raise Forbidden(f"task {task_name or '(none)'} {task_version} was never deployed to device "
+                                f"{device_id}")
         if not rows:
             return 0, 0
         with self.db.write() as s:

@@ -2,17 +2,30 @@
 who a deployment targets, assigning devices as stages open, the per-stage counters, what each
 device should run (the winner of overlapping deployments), and evaluating the stage gates.
 
-Rules (see docs/registry.md):
+Rules (see docs/registry.md; ``tests/test_registry_rollout_model.py`` checks them against a
+small reference model over random arrival orders, outcomes and rollbacks):
 
-* population = device id list (if any) AND attribute filters AND seeded-hash percentage;
-* stages are cumulative percentages of the population; a device is *assigned* (and notified)
-  once its stage is reached; devices registering later join running/completed deployments;
-* after each terminal report the current stages are evaluated: with at least
-  ``min(min_sample, assigned)`` terminal reports, an error rate above ``error_threshold`` pauses
-  the deployment; a success share of the assigned devices at or above ``success_threshold``
-  advances to the next stage (or completes it);
-* overlapping deployments of one task on one device: the highest ``priority`` wins, ties go to
-  the newest deployment; a rolled-back deployment targets its ``previous_version`` instead.
+* population = the registered devices the policy matches: device id list (if any) AND
+  attribute filters AND seeded-hash percentage;
+* stages are cumulative percentages: while the rollout is in a stage at ``p``%, up to
+  ``ceil(p% of the population)`` devices are *assigned* (and notified), taken in stage-bucket
+  order. A device that registers later enters the stage the rollout is in when the stage's quota
+  has room (a growing population grows the quota), otherwise it waits for the next stage. Each
+  assignment records the stage it entered;
+* a gate counts the outcomes (``installed``/``running`` = success, ``failed``/``error``) of the
+  assigned devices, with ``need = max(1, min(min_sample, assigned))``: once ``need`` outcomes are
+  in, an error share above ``error_threshold`` pauses the deployment, and a success share of the
+  assigned devices at or above ``success_threshold`` opens the next stage. Nothing opens
+  without an outcome, so a deployment that matches nobody yet stays in its first stage;
+* after the last stage the deployment is ``completed`` only while every assigned device has an
+  outcome, at least one succeeded and the error share is within the threshold. A device that
+  joins later, or an outcome that breaks those conditions, reopens it (``running``), and the
+  error gate can then pause it: an all-failed rollout never looks green;
+* what a device runs for a task: the highest ``priority`` deployment assigned to it, ties to the
+  newest, rolled-back deployments never. Below a rolled-back deployment, a deployment whose
+  version the device reported failing on is passed over too, so after a rollback each device
+  returns to the newest version it did not fail on under a deployment that targeted it, or to
+  nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from walle_registry.models import (
     DeviceTarget,
     Notice,
     Release,
+    Report,
 )
 from walle_registry.services.common import Notices, chunks, now
 
@@ -44,6 +58,7 @@ OK_STATUSES = ("installed", "running")
 ERROR_STATUSES = ("failed", "error")
 TARGETING_STATES = ("running", "paused", "completed")
 JOINABLE_STATES = ("running", "completed")
+PENDING_STATUSES = ("notified", "downloading")
 
 
 class Rollout:
@@ -66,52 +81,64 @@ class Rollout:
     # ------------------------------------------------------------------ population and assignment
 
     @staticmethod
-    def population(s: Session, dep: Deployment) -> list[tuple[str, int]]:
-        """(device id, stage) for every device the deployment targets."""
+    def population(s: Session, dep: Deployment) -> list[str]:
+        """Every registered device the deployment's policy matches."""
         q = select(Device.id, Device.attributes)
-        out: list[tuple[str, int]] = []
         rows: Iterable[Any]
         if dep.device_ids is not None:
             rows = [r for chunk in chunks(dep.device_ids) for r in s.execute(q.where(Device.id.in_(chunk)))]
         else:
             rows = s.execute(q)
-        for did, attrs in rows:
-            if policy.targeted(did, attrs or {}, dep.device_ids, dep.filters, dep.seed, dep.percentage):
-                out.append((did, policy.stage_of(dep.seed, did, dep.stages)))
-        return out
+        return [did for did, attrs in rows
+                if policy.targeted(did, attrs or {}, dep.device_ids, dep.filters, dep.seed, dep.percentage)]
 
     def assign_stage(self, s: Session, dep: Deployment) -> Notices:
-        """Assign every targeted device whose stage has been reached and is not assigned yet."""
+        """Recount the population and fill the current stage's quota, lowest stage bucket first."""
+        members = self.population(s, dep)
+        dep.population = len(members)
         have = set(s.scalars(select(Assignment.device_id).where(Assignment.deployment_id == dep.id)))
-        new = [(did, st) for did, st in self.population(s, dep) if st <= dep.current_stage and did not in have]
-        self.insert_assignments(s, dep.id, new)
-        return self.retarget(s, dep.task, [did for did, _ in new])
+        room = policy.stage_quota(dep.stages[dep.current_stage], len(members)) - len(have)
+        waiting = sorted((d for d in members if d not in have), key=lambda d: policy.stage_rank(dep.seed, d))
+        new = waiting[:max(0, room)]
+        self.insert_assignments(s, dep.id, dep.current_stage, new)
+        return self.retarget(s, dep.task, new)
 
-    def join(self, s: Session, did: str, attrs: dict[str, Any]) -> Notices:
-        """Late joiners: assign the device to every running/completed deployment it matches."""
-        deps = list(s.scalars(select(Deployment).where(Deployment.state.in_(JOINABLE_STATES))))
+    def join(self, s: Session, did: str, attrs: dict[str, Any], new_device: bool) -> Notices:
+        """A device registered (``new_device``) or changed attributes: it enters every running or
+        completed deployment whose policy matches it and whose current stage has room, then those
+        gates run (a completed deployment reopens)."""
+        deps = list(s.scalars(select(Deployment).where(Deployment.state.in_(JOINABLE_STATES))
+                              .order_by(Deployment.id)))
         have = set(s.scalars(select(Assignment.deployment_id).where(Assignment.device_id == did)))
         tasks: set[str] = set()
-        for dep in deps:
-            if dep.id in have or not policy.targeted(did, attrs, dep.device_ids, dep.filters, dep.seed, dep.percentage):
-                continue
-            stage = policy.stage_of(dep.seed, did, dep.stages)
-            if stage <= dep.current_stage:
-                self.insert_assignments(s, dep.id, [(did, stage)])
-                tasks.add(dep.task)
         notices: Notices = []
+        for dep in deps:
+            if dep.id in have or \
+                    not policy.targeted(did, attrs, dep.device_ids, dep.filters, dep.seed, dep.percentage):
+                continue
+            s.refresh(dep, with_for_update=True)  # a concurrent report may have moved its gates
+            if dep.state not in JOINABLE_STATES:
+                continue
+            if new_device:  # one more member: no need to recount the population
+                dep.population += 1
+                if self.assigned(s, dep) < policy.stage_quota(dep.stages[dep.current_stage], dep.population):
+                    self.insert_assignments(s, dep.id, dep.current_stage, [did])
+                    tasks.add(dep.task)
+            else:  # the device may have matched before (and waited): recount
+                notices += self.assign_stage(s, dep)
+            notices += self.evaluate(s, dep)
         for task in sorted(tasks):
             notices += self.retarget(s, task, [did])
         return notices
 
-    def insert_assignments(self, s: Session, dep_id: int, rows: Sequence[tuple[str, int]]) -> None:
-        """Assign devices (``(device id, stage)``) as ``notified`` and count them."""
-        if not rows:
+    def insert_assignments(self, s: Session, dep_id: int, stage: int, devices: Sequence[str]) -> None:
+        """Assign devices in ``stage`` as ``notified`` and count them."""
+        if not devices:
             return
         t = now()
-        s.execute(insert(Assignment), [{"deployment_id": dep_id, "device_id": did, "stage": st, "status": "notified",
-                                        "error": "", "updated_at": t} for did, st in rows])
-        self.bump(s, dep_id, Counter((st, "notified") for _, st in rows))
+        s.execute(insert(Assignment), [{"deployment_id": dep_id, "device_id": did, "stage": stage,
+                                        "status": "notified", "error": "", "updated_at": t} for did in devices])
+        self.bump(s, dep_id, Counter({(stage, "notified"): len(devices)}))
 
     # ------------------------------------------------------------------ counters
 
@@ -139,11 +166,13 @@ class Rollout:
 
     @staticmethod
     def counts(s: Session, dep: Deployment) -> Counter[str]:
-        """Status counts of the deployment's active stages, from the incremental counters."""
+        """Status counts of the deployment's assigned devices, from the incremental counters."""
         rows = s.execute(select(DeploymentCount.status, func.sum(DeploymentCount.n)).where(
-            DeploymentCount.deployment_id == dep.id, DeploymentCount.stage <= dep.current_stage)
-            .group_by(DeploymentCount.status))
+            DeploymentCount.deployment_id == dep.id).group_by(DeploymentCount.status))
         return Counter({status: int(n) for status, n in rows if n})
+
+    def assigned(self, s: Session, dep: Deployment) -> int:
+        return sum(self.counts(s, dep).values())
 
     # ------------------------------------------------------------------ what each device runs
 
@@ -164,9 +193,14 @@ class Rollout:
                                                          DeviceTarget.deployment_id).where(
                     DeviceTarget.device_id.in_(chunk), DeviceTarget.task == task)):
                 current[did] = (ver, target_dep)
+        failed = self._failed_versions(s, task, ranked) if any(
+            d.state == "rolled_back" for d in deps.values()) else {}
         for did, cands in ranked.items():
+            below_rollback = False
             for dep in sorted(cands, key=lambda d: (d.priority, d.id), reverse=True):
-                if dep.state in TARGETING_STATES or (dep.state == "rolled_back" and dep.previous_version):
+                if dep.state == "rolled_back":
+                    below_rollback = True
+                elif not (below_rollback and dep.version in failed.get(did, ())):
                     winners[did] = dep
                     break
         digests = {r.version: r.manifest_digest for r in s.scalars(select(Release).where(Release.task == task))}
@@ -175,12 +209,8 @@ class Rollout:
         changed: list[dict[str, Any]] = []
         fresh: list[dict[str, Any]] = []
         for did in dict.fromkeys(device_ids):
-            dep_or_none = winners.get(did)
-            if dep_or_none is None:
-                version, dep_id = None, None
-            else:
-                version = dep_or_none.version if dep_or_none.state != "rolled_back" else dep_or_none.previous_version
-                dep_id = dep_or_none.id
+            winner = winners.get(did)
+            version, dep_id = (winner.version, winner.id) if winner is not None else (None, None)
             cur = current.get(did)
             if cur is not None and cur == (version, dep_id):
                 continue
@@ -208,34 +238,68 @@ class Rollout:
                  "digest": n["manifest_digest"], "deployment": n["deployment_id"], "action": n["action"]}
                 for q, n in zip(seqs, fresh, strict=True)]
 
+    @staticmethod
+    def _failed_versions(s: Session, task: str, devices: Iterable[str]) -> dict[str, set[str]]:
+        """device -> versions of ``task`` whose latest outcome on the device was a failure."""
+        latest: dict[tuple[str, str], str] = {}
+        for chunk in chunks(list(devices)):
+            for did, version, status in s.execute(
+                    select(Report.device_id, Report.version, Report.status)
+                    .where(Report.device_id.in_(chunk), Report.task == task,
+                           Report.status.in_(OK_STATUSES + ERROR_STATUSES)).order_by(Report.id)):
+                latest[(did, version)] = status
+        out: dict[str, set[str]] = defaultdict(set)
+        for (did, version), status in latest.items():
+            if status in ERROR_STATUSES:
+                out[did].add(version)
+        return out
+
     # ------------------------------------------------------------------ stage gates
 
     def evaluate(self, s: Session, dep: Deployment, check_errors: bool = True) -> Notices:
-        """Advance, complete or auto-pause a running deployment from its reports so far."""
+        """Run the gates of a running or completed deployment: open stages, complete, reopen or
+        auto-pause it from the outcomes counted so far (``check_errors=False``: an operator's
+        resume overrides the error gate until the next outcome)."""
         notices: Notices = []
-        while dep.state == "running":
+        while dep.state in JOINABLE_STATES:
             counts = self.counts(s, dep)
             total = sum(counts.values())
             ok = sum(counts[k] for k in OK_STATUSES)
             bad = sum(counts[k] for k in ERROR_STATUSES)
             done = ok + bad
-            need = min(dep.min_sample, total)
-            if check_errors and done and done >= need and bad / done > dep.error_threshold:
+            last = dep.current_stage + 1 >= len(dep.stages)
+            if total == 0:  # nobody matched yet: nothing to count, nothing opens
+                break
+            need = max(1, min(dep.min_sample, total))
+            too_many_errors = done >= need and bad / done > dep.error_threshold
+            if check_errors and too_many_errors:
                 dep.state = "paused"
                 dep.reason = (f"auto-paused: {bad} of {done} reports failed "
                               f"({bad / done:.0%} > error threshold {dep.error_threshold:.0%})")
                 dep.updated_at = now()
                 self.event(s, dep.id, "auto_paused", dep.reason)
                 break
-            if done < need or (total and ok / total < dep.success_threshold):
-                break
-            if dep.current_stage + 1 >= len(dep.stages):
+            passing = done >= need and ok / total >= dep.success_threshold
+            if not last:
+                if not passing:
+                    break
+                notices += self._advance(s, dep, f"{ok} of {total} succeeded")
+                continue
+            pending = sum(counts[k] for k in PENDING_STATUSES)
+            finished = passing and pending == 0 and ok > 0 and not too_many_errors
+            if finished and dep.state == "running":
                 dep.state, dep.reason, dep.updated_at = "completed", "", now()
                 self.event(s, dep.id, "completed", f"{ok} of {total} devices succeeded")
-                break
-            dep.current_stage += 1
-            dep.updated_at = now()
-            self.event(s, dep.id, "stage_advanced",
-                       f"stage {dep.current_stage} ({dep.stages[dep.current_stage]:g}%) after {ok} of {total} succeeded")
-            notices += self.assign_stage(s, dep)
+            elif not finished and dep.state == "completed":
+                dep.state, dep.updated_at = "running", now()
+                dep.reason = f"reopened: {pending} of {total} devices without an outcome, {bad} failed"
+                self.event(s, dep.id, "reopened", dep.reason)
+            break
         return notices
+
+    def _advance(self, s: Session, dep: Deployment, why: str) -> Notices:
+        dep.current_stage += 1
+        dep.updated_at = now()
+        self.event(s, dep.id, "stage_advanced",
+                   f"stage {dep.current_stage} ({dep.stages[dep.current_stage]:g}%) after {why}")
+        return self.assign_stage(s, dep)
