@@ -1,7 +1,8 @@
 """Exporting a zoo model to ONNX, cached outside the repository under a hash of its source.
 
-``exported(name)`` gives the ONNX path and the example inputs at ``SIZES``; ``alt_inputs(name)``
-the inputs at ``ALT`` (the second shape on the dynamic axes).
+``export(name)`` gives the ONNX file's path; ``inputs(name)`` the example inputs at ``SIZES`` and
+``inputs(name, alt=True)`` those at ``ALT`` (the second shape on the dynamic axes). BatchNorm
+statistics are calibrated on random inputs before export, so activations keep a sane scale.
 """
 
 from __future__ import annotations
