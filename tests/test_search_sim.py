@@ -253,7 +253,9 @@ def test_measure_mode_returns_the_fastest_plan_it_timed(profiles, profile):
         assert m.searcher is not None and m.searcher.last_result is not None
         result = m.searcher.last_result
         timed = [p for p in result.plans if p.measured_s is not None]
-        assert {p.label for p in timed} >= {"simcpu", "simgpu"}
+        first = min(p.predicted_s for p in result.plans)
+        # Every plan predicted within 4x of the best is timed whole, and the fastest timed wins.
+        assert {p.label for p in timed} >= {p.label for p in result.plans if p.predicted_s <= 3.5 * first}
         assert result.chosen.measured_s == min(p.measured_s for p in timed if p.measured_s is not None)
         clock = clock_of(m)
         t0 = clock.now()

@@ -32,6 +32,7 @@ __all__ = [
 
 OP_TUNING_SHARE = 0.3  # of the measure budget, for per-op timings; the rest times whole plans
 PLANS_TIMED = 4  # whole plans measure mode times at most (predicted-best first)
+TIMED_WITHIN = 4.0  # ... each predicted within this factor of the predicted choice
 
 
 class Searcher:
@@ -108,6 +109,10 @@ class Searcher:
                 model = CostModel(self.calibrations, self.tuning().measured())
                 plans = self._plans(ops, keep, model)
             self.measure(plans, keep, budget_s=self.tune_budget_s * (1 - OP_TUNING_SHARE))
+        else:  # whole-plan times an earlier measure mode kept for this graph outrank predictions
+            known = self.tuning().plan_times(graph_key(plans[0].ops, keep))
+            for plan in plans:
+                plan.measured_s = known.get(plan.key)
         result = self.pick(plans, keep)
         for plan in plans:
             for d in plan.decisions:
@@ -121,7 +126,7 @@ class Searcher:
         first, _ = predicted_choice(plans)
         order = [first, *sorted((p for p in plans if p is not first), key=lambda p: p.predicted_s)]
         measure_plans(order[:PLANS_TIMED], keep, budget_s=budget_s, threads=self.threads,
-                      cache=self.tuning(), graph=graph_key(plans[0].ops, keep))
+                      cache=self.tuning(), graph=graph_key(plans[0].ops, keep), within=TIMED_WITHIN)
 
     @staticmethod
     def pick(plans: list[Plan], keep: set[int]) -> SearchResult:

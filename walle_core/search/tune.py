@@ -131,10 +131,12 @@ class PlanRunner:
 
 def measure_plans(plans: Sequence[Plan], keep: set[int], *, budget_s: float,
                   threads: int | None = None, cache: TuningCache | None = None,
-                  graph: str = "", rounds: int = 5) -> None:
+                  graph: str = "", rounds: int = 5, within: float | None = None) -> None:
     """Set ``measured_s`` of each plan, in the given order, while the budget lasts: compiled
     exactly as the planner will run it, warm, best of ``rounds`` taken in turns so that load on
-    a shared machine hits every plan alike. A plan that fails to build or run gets a ``note``."""
+    a shared machine hits every plan alike. With ``within``, a plan predicted slower than that
+    many times the first plan's prediction is not timed (on a slow device one run can outlast
+    the budget). A plan that fails to build or run gets a ``note``."""
     deadline = time.perf_counter() + budget_s
     known = cache.plan_times(graph) if cache is not None else {}
     runners: dict[int, PlanRunner] = {}
@@ -144,6 +146,9 @@ def measure_plans(plans: Sequence[Plan], keep: set[int], *, budget_s: float,
             continue
         if time.perf_counter() > deadline and runners:
             plan.note = "not timed: measure budget spent"
+            continue
+        if within is not None and plan.predicted_s > within * plans[0].predicted_s:
+            plan.note = f"not timed: predicted over {within:g}x the predicted choice"
             continue
         try:
             runners[i] = PlanRunner(plan, keep, threads)
