@@ -79,7 +79,8 @@ class Model:
         self.threads = threads
         # "auto" searches across every available backend; a named backend keeps its order
         # (reference only as the fallback for what it lacks).
-        self.searcher = Searcher(self.backends, tune_budget_s=tune_budget_s) if backend == "auto" else None
+        self.searcher = (Searcher(self.backends, tune_budget_s=tune_budget_s, threads=threads)
+                         if backend == "auto" else None)
         self.dropped: dict[str, str] = {}  # backends that failed to prepare kernels, and why
         self._roots: dict[Signature, PlanNode] = {}
         self._lock = threading.Lock()
@@ -156,7 +157,8 @@ class Model:
         self.backends = [b for b in self.backends if b.name != name]
         self.dropped[name] = reason
         if self.searcher is not None:
-            self.searcher = Searcher(self.backends, tune_budget_s=self.searcher.tune_budget_s)
+            self.searcher = Searcher(self.backends, tune_budget_s=self.searcher.tune_budget_s,
+                                     threads=self.threads)
             self.searcher.skipped.update(self.dropped)
 
     def atomic_ops(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[A.Op], set[int]]:
