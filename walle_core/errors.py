@@ -34,3 +34,27 @@ class BackendUnavailableError(WalleError):
 
 class PluginError(WalleError):
     """A backend plugin is malformed or violated the backend contract."""
+
+
+class MemoryLimitError(WalleError):
+    """A tensor, the folded constants or a plan's arena would pass the engine's memory limit
+    (``WALLE_MAX_MEMORY``, or the quota of the task whose run this is). Raised at plan time,
+    before anything of that size is allocated."""
+
+    def __init__(self, what: str, nbytes: int, limit: int, source: str) -> None:
+        self.what, self.nbytes, self.limit, self.source = what, nbytes, limit, source
+        super().__init__(f"{what} needs {_size(nbytes)}, over the memory limit of {_size(limit)} ({source})")
+
+    def at(self, where: str) -> MemoryLimitError:
+        """The same error naming the model node it came from (``where`` goes first)."""
+        return MemoryLimitError(f"{where}: {self.what}", self.nbytes, self.limit, self.source)
+
+
+def _size(nbytes: int) -> str:
+    """``3.6 TiB (4,000,000,000,000 bytes)``: readable, and exact for scripts that grep."""
+    value, unit = float(nbytes), "bytes"
+    for name in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, name
+    return f"{nbytes:,} bytes" if unit == "bytes" else f"{value:.1f} {unit} ({nbytes:,} bytes)"

@@ -126,3 +126,31 @@ def registry_url() -> str:
 def registry_token() -> str:
     """WALLE_REGISTRY_TOKEN: the publisher/operator API token those commands send."""
     return _get("WALLE_REGISTRY_TOKEN")
+
+
+def max_memory() -> int:
+    """WALLE_MAX_MEMORY=2G (or bytes, 512M, 64K): the most memory one tensor, the folded constants
+    or one plan's arena and outputs may take; more is refused at plan time with a
+    ``MemoryLimitError`` (default: half of the machine's physical memory)."""
+    parsed = parse_bytes(_get("WALLE_MAX_MEMORY"))
+    if parsed is not None:
+        return parsed
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): a conservative 4 GiB
+        return 4 << 30
+
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(raw: str) -> int | None:
+    """``"2G"`` -> 2147483648 (binary units K, M, G, T; optional ``B``/``iB``); None when empty or
+    not a positive size."""
+    text = raw.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        return None
+    return int(value) if 1 <= value < float(1 << 62) else None  # also refuses inf and nan

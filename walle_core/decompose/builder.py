@@ -16,6 +16,7 @@ import numpy as np
 from walle_core import atomic as A
 from walle_core.errors import WalleError
 from walle_core.interpreter import fold as fold_with_numpy
+from walle_core.plan.memory import check_bytes, describe, tensor_bytes
 
 FoldFn = Callable[[A.Op], None]  # evaluates a constant op, filling its outputs' ``value``
 
@@ -95,6 +96,12 @@ def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
     return axis % max(rank, 1)
 
 
+# A constant op whose result is this much and more than twice its inputs runs at run time instead
+# of being folded: a broadcast (ConstantOfShape, Expand, Tile of a constant) would otherwise be
+# materialised while planning, by ``walle inspect`` too, for a value a Raster writes in one pass.
+FOLD_EXPANSION_BYTES = 16 << 20
+
+
 class Builder:
     def __init__(self, fold: FoldFn = fold_with_numpy, known: dict[int, np.ndarray] | None = None) -> None:
         self.ops: list[A.Op] = []
@@ -103,6 +110,7 @@ class Builder:
         # order, so lowering the same graph again reproduces them (see plan.lower).
         self.known = known or {}
         self._next_id = 0
+        self.folded_bytes = 0  # constants this builder computed (checked against the memory limit)
 
     def _id(self) -> int:
         self._next_id += 1
@@ -111,7 +119,21 @@ class Builder:
     # ------------------------------------------------------------------ tensors and values
 
     def tensor(self, shape: Sequence[int], dtype: np.dtype | type) -> A.Tensor:
-        return A.Tensor(tuple(int(d) for d in shape), np.dtype(dtype), id=self._id())
+        t = A.Tensor(tuple(int(d) for d in shape), np.dtype(dtype), id=self._id())
+        check_bytes(tensor_bytes(t.shape, t.dtype), f"a {describe(t)} tensor")
+        return t
+
+    def _fold_ok(self, inputs: Sequence[A.Tensor], outputs: Sequence[A.Tensor]) -> bool:
+        """Whether to compute ``outputs`` from the constant ``inputs`` now (see
+        FOLD_EXPANSION_BYTES); when so, the folded total must fit the memory limit."""
+        out_bytes = sum(tensor_bytes(t.shape, t.dtype) for t in outputs)
+        in_bytes = sum(tensor_bytes(t.shape, t.dtype) for t in inputs)
+        if out_bytes > FOLD_EXPANSION_BYTES and out_bytes > 2 * in_bytes:
+            return False
+        shapes = ", ".join(describe(t) for t in outputs)
+        check_bytes(self.folded_bytes + out_bytes, f"constants folded at plan time (up to {shapes})")
+        self.folded_bytes += out_bytes
+        return True
 
     def const(self, value: np.ndarray | float | int | bool, dtype: np.dtype | type | None = None) -> A.Tensor:
         arr = np.asarray(value, dtype=dtype)
@@ -133,7 +155,7 @@ class Builder:
         return t.value if t.value is not None else self.known.get(t.id)
 
     def emit(self, op: A.Op) -> A.Op:
-        if all(t.value is not None for t in op.inputs) and op.inputs:
+        if all(t.value is not None for t in op.inputs) and op.inputs and self._fold_ok(op.inputs, op.outputs):
             self._fold(op)
             for t in op.outputs:
                 if t.value is not None:
@@ -153,7 +175,7 @@ class Builder:
         if out.size == 0:
             out.value = np.zeros(shape, x.dtype)
             return out
-        if x.value is not None:
+        if x.value is not None and self._fold_ok([x], [out]):
             view = np.lib.stride_tricks.as_strided(
                 x.value.reshape(-1)[offset:], shape, [s * x.dtype.itemsize for s in strides]
             )
@@ -206,7 +228,7 @@ class Builder:
         shape = list(ref.shape)
         shape[axis] = sum(t.shape[axis] for t in xs)
         out = self.tensor(shape, ref.dtype)
-        if all(t.value is not None for t in xs):
+        if all(t.value is not None for t in xs) and self._fold_ok(xs, [out]):
             out.value = np.concatenate([self.value(t) for t in xs], axis=axis)
             return out
         dst = contiguous(shape)

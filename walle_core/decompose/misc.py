@@ -34,7 +34,8 @@ def constant_of_shape(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     fill = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
     if any(d < 0 for d in shape):
         raise DecomposeError(f"negative dimension in {shape}")
-    return [b.const(np.full(shape, fill[0], fill.dtype))]
+    # a broadcast of the fill value: folded when small, a run-time Raster when large
+    return [b.expand(b.const(fill[0], fill.dtype), shape)]
 
 
 @register("Range")

@@ -15,6 +15,7 @@ from walle_core import atomic as A
 from walle_core.backend import Executable, Program
 from walle_core.errors import InputError
 from walle_core.interpreter.kernels import KERNELS, Kernel, KernelError
+from walle_core.plan.memory import check_bytes, describe, tensor_bytes
 
 
 class Interpreter(Executable):
@@ -72,6 +73,8 @@ def fold(op: A.Op) -> None:
     ins = [t.value for t in op.inputs]
     if any(v is None for v in ins):
         raise KernelError(f"cannot fold {op.kind.value}: an input has no plan-time value")
+    for t in op.outputs:  # folding allocates: the memory limit holds here too
+        check_bytes(tensor_bytes(t.shape, t.dtype), f"folding {op.kind.value} into {describe(t)}")
     outs = [np.empty(t.shape, t.dtype) for t in op.outputs]
     kernel_for(op)(op, [v for v in ins if v is not None], outs)
     for t, value in zip(op.outputs, outs, strict=True):

@@ -18,7 +18,7 @@ import numpy as np
 from walle_core import atomic as A
 from walle_core.decompose import NodeContext, lookup
 from walle_core.decompose.builder import Builder, DecomposeError, FoldFn, NeedValue
-from walle_core.errors import InvalidModelError, UnsupportedOpError, WalleError
+from walle_core.errors import InvalidModelError, MemoryLimitError, UnsupportedOpError, WalleError
 from walle_core.ir.graph import Graph, Node
 from walle_core.plan.rewrite.qdq import fuse_qdq
 
@@ -85,6 +85,8 @@ class Lowering:
             outs = fn(self.b, ins, ctx)
         except (NeedValue, UnsupportedOpError):
             raise
+        except MemoryLimitError as exc:  # name the innermost node only (bodies nest)
+            raise (exc if exc.what.startswith("node ") else exc.at(f"node {node.label()!r} ({node.op_type})")) from None
         except DecomposeError as exc:
             raise InvalidModelError(f"node {node.label()!r} ({node.op_type}): {exc}") from None
         except WalleError:

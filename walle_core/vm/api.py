@@ -6,6 +6,7 @@ task's outputs and memory account cannot be reached from another.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -13,12 +14,14 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from walle_core.errors import MemoryLimitError
+from walle_core.plan.memory import limited
 from walle_core.task.manifest import Quotas
 from walle_core.vm.errors import OutputQuotaError, TaskMemoryError
 from walle_core.vm.models import MODELS, Key, ModelCache, TaskModel
@@ -135,18 +138,41 @@ class TaskContext:
             self.models.checkin(self._model_key, model, healthy)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the bundle's model; its arena and its outputs count against the memory quota."""
-        model = self._engine()
-        if self.memory.exceeded:
-            raise TaskMemoryError(f"task {self.name!r}: memory quota already exceeded")
-        t0 = time.perf_counter()
-        results: dict[str, np.ndarray] = model.run(feeds)
-        self.engine_s += time.perf_counter() - t0
+        """Run the bundle's model; its arena and its outputs count against the memory quota.
+
+        Thread mode has no address-space limit, so the quota is enforced before the engine
+        allocates: arenas of plans the (cached) instance already has are charged before the run,
+        and the engine plans and folds under the quota left (``walle_core.plan.memory.limited``),
+        refusing a larger arena, output or constant before allocating it."""
+        with self._quota():
+            model = self._engine()
+            if self.memory.exceeded:
+                raise TaskMemoryError(f"task {self.name!r}: memory quota already exceeded")
+            self._charge_arena(model)
+        with self._quota():
+            t0 = time.perf_counter()
+            results: dict[str, np.ndarray] = model.run(feeds)
+            self.engine_s += time.perf_counter() - t0
+        self._charge_arena(model)  # a plan built by this run: its arena passed the check above
+        return self.memory.track(results, "model outputs")
+
+    def _charge_arena(self, model: Any) -> None:
         grown = int(model.peak_bytes) - self._plan_bytes
         if grown > 0:  # this run's share of the arena (a cached model charges it on first use)
             self.memory.charge(grown, "the engine's buffers")
             self._plan_bytes += grown
-        return self.memory.track(results, "model outputs")
+
+    @contextlib.contextmanager
+    def _quota(self) -> Iterator[None]:
+        """The engine's memory limit is what the task has left (its charged arena is reusable);
+        the engine's refusal becomes the task's TaskMemoryError."""
+        left = self.memory.limit - self.memory.live + self._plan_bytes
+        try:
+            with limited(left, f"what is left of task {self.name!r}'s {self.memory.limit}-byte memory quota"):
+                yield
+        except MemoryLimitError as exc:
+            self.memory.exceeded = True
+            raise TaskMemoryError(f"task {self.name!r}: {exc}") from exc
 
     def output(self, name: str, value: Any) -> None:
         if not isinstance(name, str) or not name:
