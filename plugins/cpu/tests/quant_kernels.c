@@ -79,7 +79,7 @@ static void check(const char *what, const void *got, const int32_t *want, int64_
 
 static void test_conv(const q_case *c, int64_t n, int64_t ch, int64_t h, int64_t w, int64_t o,
                       int64_t k, int64_t stride, int64_t pad, int64_t dil, int64_t groups) {
-    wl_qconv_shape s = {n, ch, h, w, o, 0, 0, k, k, stride, stride, pad, pad, dil, dil, groups};
+    wl_qconv_params s = {n, ch, h, w, o, 0, 0, k, k, stride, stride, pad, pad, dil, dil, groups};
     s.oh = (h + 2 * pad - dil * (k - 1) - 1) / stride + 1;
     s.ow = (w + 2 * pad - dil * (k - 1) - 1) / stride + 1;
     int64_t cg = ch / groups, og = o / groups, K = cg * k * k, P = s.oh * s.ow;

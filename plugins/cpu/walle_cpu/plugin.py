@@ -57,6 +57,7 @@ def set_isa(name: str) -> None:
         raise BackendUnavailableError(_native.LOAD_ERROR)
     if _native.LIB.wl_set_isa(name.encode()) != 0:
         raise BackendUnavailableError(f"kernel variant {name!r} is not supported by this CPU")
+    _native.LIB.wl_q_set_isa(name.encode())  # the int8 kernels follow (avx512: the best int8 one)
 
 
 class CpuBackend(Backend):

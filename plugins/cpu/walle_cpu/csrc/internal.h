@@ -54,10 +54,13 @@ int wl_reduce(const wl_op *op, const wl_exec *ex);     /* reduce.c */
 int wl_matmul(const wl_op *op, const wl_exec *ex);     /* matmul.c */
 int wl_conv(const wl_op *op, const wl_exec *ex);       /* conv.c: picks the algorithm */
 int wl_pool2d(const wl_op *op, const wl_exec *ex);     /* pool2d.c */
+int wl_pool2d_8bit(const wl_op *op, const wl_exec *ex); /* pool8.c: max of int8 / uint8 */
 int wl_gather(const wl_op *op, const wl_exec *ex);     /* gather.c: GatherScatter */
 int wl_sort(const wl_op *op, const wl_exec *ex);       /* sort.c */
 int wl_softmax(const wl_op *op, const wl_exec *ex);    /* softmax.c */
 int wl_lstm_cell(const wl_op *op, const wl_exec *ex);  /* lstm_cell.c */
+int wl_qconv_op(const wl_op *op, const wl_exec *ex);   /* qconv.c: int8 conv (qgemm.c) */
+int wl_qmatmul_op(const wl_op *op, const wl_exec *ex); /* qconv.c: int8 matmul (qgemm.c) */
 
 /* ---- what a blocked micro-kernel does when it stores a tile (layout NCHW16c): add a residual
  * laid out like the output (res != NULL), then clamp to [lo, hi] when clip (ReLU, ReLU6 and

@@ -163,6 +163,7 @@ static void pool_blocked(const wl_op *op, const float *x, float *y, int nthreads
 }
 
 int wl_pool2d(const wl_op *op, const wl_exec *ex) {
+    if (op->dtype == D_U8 || op->dtype == D_I8) return wl_pool2d_8bit(op, ex); /* max only */
     const float *x = (const float *)wl_in(op, ex, 0);
     float *y = (float *)wl_out(op, ex);
     if (op->pool.blocked) {

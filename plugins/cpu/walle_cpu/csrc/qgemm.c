@@ -19,12 +19,17 @@
 #define MAX_MR 8      /* weight rows per tile, at most */
 #define MAX_NP 2      /* panels per tile, at most */
 #define CHUNK 4       /* panels packed (and computed) per task */
-#define Q_SCRATCH 4   /* wl_scratch slot of the packed panels */
+#define Q_SCRATCH 4   /* wl_scratch slot of the packed panels (tasks) */
+#define Q_PAD_SCRATCH 0 /* ... of the padded input (the calling thread, before the tasks) */
 
 /* c[r * MAX_NP * PANEL + p * PANEL + j] = sum over k4 groups of w[r * ldw + 4 kk .. + 3] .
  * panel p's 4 bytes of column j: b + p * ldb + kk * 64 + j * 4 */
 typedef void (*q_tile_fn)(int mr, int np, int64_t k4, const int8_t *w, int64_t ldw,
                           const uint8_t *b, int64_t ldb, int32_t *c);
+
+typedef void (*q_store_fn)(const wl_qweights *q, int64_t r, int32_t comp, int32_t wz,
+                           const int32_t *acc, const int32_t *colsum, int64_t n, char *y,
+                           int64_t cs);
 
 typedef struct {
     const char *name;
@@ -32,6 +37,7 @@ typedef struct {
     int np;      /* panels per full tile */
     int x_signed; /* activations packed as int8 (NEON sdot) instead of uint8 */
     q_tile_fn tile;
+    q_store_fn store;
 } q_isa;
 
 /* ------------------------------------------------------------------------------ variants */
@@ -76,7 +82,7 @@ static int32_t load4(const int8_t *p) {
 #if defined(__x86_64__)
 
 /* A full tile's loop with constant MR / NP (unrolled into registers) and a general one. */
-#define VNNI512_TILE(NAME, MR, NP, FULL)                                                        \
+#define VNNI512_TILE(NAME, MR, NP, FULL) /* any tile up to MR x NP */                                                        \
     __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void NAME(                  \
         int mr_, int np_, int64_t k4, const int8_t *w, int64_t ldw, const uint8_t *b,            \
         int64_t ldb, int32_t *c) {                                                              \
@@ -98,12 +104,32 @@ static int32_t load4(const int8_t *p) {
             for (int p = 0; p < NP && p < np; p++)                                              \
                 _mm512_storeu_si512(c + r * MAX_NP * PANEL + p * PANEL, acc[r][p]);             \
     }
-VNNI512_TILE(tile_vnni512_full, 6, 2, 1)
 VNNI512_TILE(tile_vnni512_part, 6, 2, 0)
+
+/* the full 6 x 2 tile with named accumulators (an array of them makes gcc copy registers) */
+#define V512_ROW(i)                                                                            \
+    {                                                                                          \
+        __m512i v = _mm512_set1_epi32(load4(w + i * ldw + kk * 4));                            \
+        c##i##0 = _mm512_dpbusd_epi32(c##i##0, x0, v);                                         \
+        c##i##1 = _mm512_dpbusd_epi32(c##i##1, x1, v);                                         \
+    }
+#define V512_STORE(i)                                                                          \
+    _mm512_storeu_si512(c + i * MAX_NP * PANEL, c##i##0);                                      \
+    _mm512_storeu_si512(c + i * MAX_NP * PANEL + PANEL, c##i##1);
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_vnni512_full(
+    int64_t k4, const int8_t *w, int64_t ldw, const uint8_t *b, int64_t ldb, int32_t *c) {
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m512i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (int64_t kk = 0; kk < k4; kk++) {
+        __m512i x0 = _mm512_loadu_si512(b + kk * 64), x1 = _mm512_loadu_si512(b + ldb + kk * 64);
+        V512_ROW(0) V512_ROW(1) V512_ROW(2) V512_ROW(3) V512_ROW(4) V512_ROW(5)
+    }
+    V512_STORE(0) V512_STORE(1) V512_STORE(2) V512_STORE(3) V512_STORE(4) V512_STORE(5)
+}
 
 static void tile_vnni512(int mr, int np, int64_t k4, const int8_t *w, int64_t ldw,
                          const uint8_t *b, int64_t ldb, int32_t *c) {
-    if (mr == 6 && np == 2) tile_vnni512_full(6, 2, k4, w, ldw, b, ldb, c);
+    if (mr == 6 && np == 2) tile_vnni512_full(k4, w, ldw, b, ldb, c);
     else tile_vnni512_part(mr, np, k4, w, ldw, b, ldb, c);
 }
 
@@ -210,15 +236,24 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) static void tile_sdot(
 }
 #endif
 
-static const q_isa isa_scalar = {"scalar", 4, 1, 0, tile_scalar};
+/* the epilogue per vector width (defined with the epilogue below) */
+#define STORE_ARGS const wl_qweights *, int64_t, int32_t, int32_t, const int32_t *, const int32_t *, \
+                   int64_t, char *, int64_t
+static void store_row_generic(STORE_ARGS);
 #if defined(__x86_64__)
-static const q_isa isa_vnni512 = {"avx512vnni", 6, 2, 0, tile_vnni512};
-static const q_isa isa_vnni256 = {"avxvnni", 6, 1, 0, tile_vnni256};
-static const q_isa isa_avx2 = {"avx2", 3, 1, 0, tile_avx2};
+static void store_row_avx512(STORE_ARGS);
+static void store_row_avx2(STORE_ARGS);
+#endif
+
+static const q_isa isa_scalar = {"scalar", 4, 1, 0, tile_scalar, store_row_generic};
+#if defined(__x86_64__)
+static const q_isa isa_vnni512 = {"avx512vnni", 6, 2, 0, tile_vnni512, store_row_avx512};
+static const q_isa isa_vnni256 = {"avxvnni", 6, 1, 0, tile_vnni256, store_row_avx2};
+static const q_isa isa_avx2 = {"avx2", 3, 1, 0, tile_avx2, store_row_avx2};
 #endif
 #if defined(__aarch64__)
-static const q_isa isa_sdot = {"neon-dot", 4, 1, 1, tile_sdot};
-static const q_isa isa_neon_scalar = {"scalar", 4, 1, 1, tile_scalar_signed};
+static const q_isa isa_sdot = {"neon-dot", 4, 1, 1, tile_sdot, store_row_generic};
+static const q_isa isa_neon_scalar = {"scalar", 4, 1, 1, tile_scalar_signed, store_row_generic};
 #endif
 
 static const q_isa *q_active;
@@ -327,8 +362,9 @@ void wl_q_pack_weights(wl_qweights *q, void *mem, const void *w, int w_signed, i
 
 /* One row's n accumulators to the output: requantized (round half to even, like rintf under
  * the default rounding mode: the 1.5 * 2^23 trick, exact for the clamped range) or int32. */
-static void store_row(const wl_qweights *q, int64_t r, int32_t comp, int32_t wz,
-                      const int32_t *acc, const int32_t *colsum, int64_t n, char *y, int64_t cs) {
+static inline __attribute__((always_inline)) void store_row_body(
+    const wl_qweights *q, int64_t r, int32_t comp, int32_t wz, const int32_t *acc,
+    const int32_t *colsum, int64_t n, char *y, int64_t cs) {
     int32_t v[MAX_NP * PANEL];
     for (int64_t j = 0; j < n; j++) v[j] = acc[j] + comp - (colsum ? wz * colsum[j] : 0);
     if (q->out == Q_S32) {
@@ -347,6 +383,24 @@ static void store_row(const wl_qweights *q, int64_t r, int32_t comp, int32_t wz,
         for (int64_t j = 0; j < n; j++) ((uint8_t *)y)[j * cs] = (uint8_t)o[j];
     else
         for (int64_t j = 0; j < n; j++) ((int8_t *)y)[j * cs] = (int8_t)o[j];
+}
+
+/* the epilogue compiled for each variant's vector width (gcc vectorises the loops above) */
+#define STORE_ROW(NAME, ...)                                                                   \
+    __VA_ARGS__ static void NAME(const wl_qweights *q, int64_t r, int32_t comp, int32_t wz,    \
+                                 const int32_t *acc, const int32_t *colsum, int64_t n, char *y, \
+                                 int64_t cs) {                                                  \
+        store_row_body(q, r, comp, wz, acc, colsum, n, y, cs);                                  \
+    }
+STORE_ROW(store_row_generic)
+#if defined(__x86_64__)
+STORE_ROW(store_row_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
+STORE_ROW(store_row_avx2, __attribute__((target("avx2,fma"))))
+#endif
+
+static void store_row(const wl_qweights *q, int64_t r, int32_t comp, int32_t wz,
+                      const int32_t *acc, const int32_t *colsum, int64_t n, char *y, int64_t cs) {
+    isa()->store(q, r, comp, wz, acc, colsum, n, y, cs);
 }
 
 static int esize(const wl_qweights *q) { return q->out == Q_S32 ? 4 : 1; }
@@ -381,49 +435,95 @@ static void gemm_panels(const wl_qweights *q, const uint8_t *b, const int32_t *c
 /* ------------------------------------------------------------------------------ conv */
 
 typedef struct {
-    const wl_qconv_shape *s;
+    const wl_qconv_params *s;
     const wl_qweights *q;
-    const uint8_t *x;
+    const uint8_t *x;         /* the input, padded: planes of hp x wp, every tap in bounds */
+    int64_t hp, wp;
     char *y;
-    int64_t chunks_per_plane; /* per (image, group) */
+    int64_t chunks_per_plane; /* column chunks per (image, group) */
+    int64_t row_splits;       /* tasks per chunk, each a share of the rows (few columns) */
+    int failed;               /* a task found no scratch memory */
 } conv_job;
 
-static void conv_chunk(void *ctx, int64_t t) {
-    const conv_job *j = ctx;
-    const wl_qconv_shape *s = j->s;
+/* im2col of one chunk of output columns into panels: per group of 4 depth indices (c, i, j)
+ * and column, one 32-bit word of the 4 input bytes (the top bits flipped for the packed
+ * domain); the depth padding to a multiple of 4 is 0 */
+static void pack_conv(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t pn, int64_t npan,
+                      uint8_t *b) {
+    const wl_qconv_params *s = j->s;
     const wl_qweights *q = j->q;
+    int64_t kp = q->kp, K = q->k, khw = s->kh * s->kw, hw = j->hp * j->wp;
+    int64_t ldw = kp * PANEL / 4; /* words between panels */
+    uint32_t flip = (uint32_t)q->x_flip * 0x01010101u;
+    for (int64_t k4 = 0; k4 < kp / 4; k4++) {
+        uint32_t *dst = (uint32_t *)(b + k4 * 64);
+        const uint8_t *src[4];
+        int full = 4 * k4 + 3 < K;
+        for (int e = 0; e < 4; e++) {
+            int64_t kk = 4 * k4 + e < K ? 4 * k4 + e : K - 1;
+            int64_t c = kk / khw, i = (kk % khw) / s->kw, jj = kk % s->kw;
+            src[e] = xg + c * hw + i * s->dilation_h * j->wp + jj * s->dilation_w;
+        }
+        int64_t p = 0, oy = p0 / s->ow, ox = p0 % s->ow;
+        while (p < pn) {
+            int64_t run = s->ow - ox < pn - p ? s->ow - ox : pn - p;
+            int64_t o = oy * s->stride_h * j->wp + ox * s->stride_w, sw = s->stride_w;
+            int64_t r = 0;
+#if defined(__x86_64__)
+            /* stride 1: 16 columns of the 4 rows interleaved with SSE2 unpacks into four
+             * groups of 4 columns x 4 bytes (a 4-aligned group never straddles a panel) */
+            if (sw == 1 && full && !(p & 3)) {
+                const __m128i fl = _mm_set1_epi32((int)flip);
+                for (; r + 16 <= run; r += 16, p += 16, o += 16) {
+                    __m128i a = _mm_loadu_si128((const __m128i *)(src[0] + o));
+                    __m128i bb = _mm_loadu_si128((const __m128i *)(src[1] + o));
+                    __m128i cc = _mm_loadu_si128((const __m128i *)(src[2] + o));
+                    __m128i d = _mm_loadu_si128((const __m128i *)(src[3] + o));
+                    __m128i ablo = _mm_unpacklo_epi8(a, bb), abhi = _mm_unpackhi_epi8(a, bb);
+                    __m128i cdlo = _mm_unpacklo_epi8(cc, d), cdhi = _mm_unpackhi_epi8(cc, d);
+                    __m128i g[4] = {_mm_unpacklo_epi16(ablo, cdlo), _mm_unpackhi_epi16(ablo, cdlo),
+                                    _mm_unpacklo_epi16(abhi, cdhi), _mm_unpackhi_epi16(abhi, cdhi)};
+                    for (int qd = 0; qd < 4; qd++) {
+                        int64_t pq = p + 4 * qd;
+                        _mm_storeu_si128((__m128i *)(dst + (pq >> 4) * ldw + (pq & 15)),
+                                         _mm_xor_si128(g[qd], fl));
+                    }
+                }
+            }
+#endif
+            for (; r < run; r++, p++, o += sw) {
+                uint32_t v = (uint32_t)src[0][o] | (uint32_t)src[1][o] << 8 |
+                             (uint32_t)src[2][o] << 16 | (uint32_t)src[3][o] << 24;
+                v ^= flip;
+                if (!full) /* depth padding: those bytes are 0 */
+                    v &= 0xffffffffu >> (8 * (4 - (K - 4 * k4)));
+                dst[(p >> 4) * ldw + (p & 15)] = v;
+            }
+            ox = 0;
+            oy++;
+        }
+        for (; p < npan * PANEL; p++) dst[(p >> 4) * ldw + (p & 15)] = 0;
+    }
+}
+
+static void conv_chunk(void *ctx, int64_t t) {
+    conv_job *j = ctx;
+    const wl_qconv_params *s = j->s;
+    const wl_qweights *q = j->q;
+    int64_t split = t % j->row_splits;
+    t /= j->row_splits;
     int64_t plane = t / j->chunks_per_plane, ch = t % j->chunks_per_plane;
     int64_t img = plane / s->groups, g = plane % s->groups;
     int64_t P = s->oh * s->ow, cg = s->c / s->groups, og = s->o / s->groups;
     int64_t p0 = ch * CHUNK * PANEL, pn = P - p0 < CHUNK * PANEL ? P - p0 : CHUNK * PANEL;
-    int64_t npan = (pn + PANEL - 1) / PANEL, kp = q->kp, K = q->k;
+    int64_t npan = (pn + PANEL - 1) / PANEL, kp = q->kp;
     uint8_t *b = wl_scratch(Q_SCRATCH, (size_t)(npan * kp * PANEL + 4 * CHUNK * PANEL + 64));
-    if (!b) return;
-    int32_t *colsum = q->wz ? (int32_t *)(b + align64(npan * kp * PANEL)) : NULL;
-    const uint8_t *xg = j->x + (img * s->c + g * cg) * s->h * s->w;
-    uint8_t pad = (uint8_t)(q->x_zero_raw), flip = (uint8_t)q->x_flip;
-    int64_t khw = s->kh * s->kw;
-    /* im2col into panels: column p of the chunk, depth index kk = (c, i, j) */
-    for (int64_t kk = 0; kk < kp; kk++) {
-        uint8_t *dst = b + (kk >> 2) * 64 + (kk & 3);
-        if (kk >= K) {
-            for (int64_t p = 0; p < npan * PANEL; p++) dst[(p / PANEL) * kp * PANEL + (p % PANEL) * 4] = 0;
-            continue;
-        }
-        int64_t c = kk / khw, i = (kk % khw) / s->kw, jj = kk % s->kw;
-        const uint8_t *xc = xg + c * s->h * s->w;
-        for (int64_t p = 0; p < npan * PANEL; p++) {
-            uint8_t v = 0;
-            if (p < pn) {
-                int64_t op = p0 + p, oy = op / s->ow, ox = op % s->ow;
-                int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
-                int64_t ix = ox * s->stride_w - s->pad_left + jj * s->dilation_w;
-                v = (iy >= 0 && iy < s->h && ix >= 0 && ix < s->w) ? xc[iy * s->w + ix] : pad;
-                v ^= flip;
-            }
-            dst[(p / PANEL) * kp * PANEL + (p % PANEL) * 4] = v;
-        }
+    if (!b) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
     }
+    int32_t *colsum = q->wz ? (int32_t *)(b + align64(npan * kp * PANEL)) : NULL;
+    pack_conv(j, j->x + (img * s->c + g * cg) * j->hp * j->wp, p0, pn, npan, b);
     if (colsum) {
         for (int64_t p = 0; p < pn; p++) {
             int32_t sum = 0;
@@ -434,33 +534,65 @@ static void conv_chunk(void *ctx, int64_t t) {
             colsum[p] = sum;
         }
     }
-    wl_qweights sub = *q;  /* this group's rows */
-    sub.rows = og;
-    sub.w += g * og * kp;
-    sub.comp += g * og;
-    if (sub.wz) sub.wz += g * og;
-    if (sub.scale) sub.scale += g * og;
-    char *y = j->y + ((img * s->o + g * og) * P + p0) * esize(q);
+    /* this group's rows, and of them this split's share (whole tiles) */
+    int64_t mr = isa()->mr, tiles = (og + mr - 1) / mr;
+    int64_t r0 = tiles * split / j->row_splits * mr, r1 = tiles * (split + 1) / j->row_splits * mr;
+    if (r1 > og) r1 = og;
+    if (r0 >= r1) return;
+    wl_qweights sub = *q;
+    int64_t first = g * og + r0;
+    sub.rows = r1 - r0;
+    sub.w += first * kp;
+    sub.comp += first;
+    if (sub.wz) sub.wz += first;
+    if (sub.scale) sub.scale += first;
+    char *y = j->y + ((img * s->o + first) * P + p0) * esize(q);
     gemm_panels(&sub, b, colsum, npan, pn, y, P, 1);
+}
+
+/* the input with its padding written out (value: the zero point), so that packing never checks
+ * bounds; planes of hp x wp */
+typedef struct {
+    const wl_qconv_params *s;
+    const uint8_t *x;
+    uint8_t *xp;
+    int64_t hp, wp;
+    uint8_t pad;
+} pad_job;
+
+static void pad_plane(void *ctx, int64_t t) {
+    const pad_job *j = ctx;
+    const wl_qconv_params *s = j->s;
+    uint8_t *dst = j->xp + t * j->hp * j->wp;
+    const uint8_t *src = j->x + t * s->h * s->w;
+    memset(dst, j->pad, (size_t)(j->hp * j->wp));
+    for (int64_t y = 0; y < s->h && y + s->pad_top < j->hp; y++) {
+        int64_t n = s->w < j->wp - s->pad_left ? s->w : j->wp - s->pad_left;
+        memcpy(dst + (y + s->pad_top) * j->wp + s->pad_left, src + y * s->w, (size_t)n);
+    }
 }
 
 /* depthwise: one (image, channel) plane per task, int32 rows accumulated tap by tap */
 typedef struct {
-    const wl_qconv_shape *s;
+    const wl_qconv_params *s;
     const wl_qweights *q;
     const uint8_t *x;
     char *y;
+    int failed;
 } dw_job;
 
 static void dw_plane(void *ctx, int64_t t) {
-    const dw_job *j = ctx;
-    const wl_qconv_shape *s = j->s;
+    dw_job *j = ctx;
+    const wl_qconv_params *s = j->s;
     const wl_qweights *q = j->q;
     int64_t ch = t % s->c, ow = s->ow;
     const uint8_t *x = j->x + t * s->h * s->w;
     int x_signed = q->x_signed;
     int32_t *acc = wl_scratch(Q_SCRATCH, sizeof(int32_t) * (size_t)(ow + 16));
-    if (!acc) return;
+    if (!acc) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
     const int32_t *taps = q->taps + ch * s->kh * s->kw;
     int32_t base = q->dcomp[ch];
     for (int64_t oy = 0; oy < s->oh; oy++) {
@@ -493,16 +625,37 @@ static void dw_plane(void *ctx, int64_t t) {
     }
 }
 
-void wl_qconv(const wl_qconv_shape *s, const wl_qweights *q, const uint8_t *x, void *y,
-              int nthreads) {
+int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, void *y,
+             int nthreads) {
     if (s->groups == s->c && s->c == s->o && s->groups > 1) {
-        dw_job j = {s, q, x, y};
+        dw_job j = {s, q, x, y, 0};
         wl_parallel_for(s->n * s->c, dw_plane, &j, nthreads);
-        return;
+        return j.failed ? -1 : 0;
     }
-    int64_t P = s->oh * s->ow;
-    conv_job j = {s, q, x, y, (P + CHUNK * PANEL - 1) / (CHUNK * PANEL)};
-    wl_parallel_for(s->n * s->groups * j.chunks_per_plane, conv_chunk, &j, nthreads);
+    /* every tap in bounds: the extent the last output's window reaches */
+    int64_t hp = (s->oh - 1) * s->stride_h + (s->kh - 1) * s->dilation_h + 1;
+    int64_t wp = (s->ow - 1) * s->stride_w + (s->kw - 1) * s->dilation_w + 1;
+    const uint8_t *src = x;
+    if (s->pad_top || s->pad_left || hp > s->h || wp > s->w) {
+        if (hp < s->h + s->pad_top) hp = s->h + s->pad_top;
+        if (wp < s->w + s->pad_left) wp = s->w + s->pad_left;
+        uint8_t *xp = wl_scratch(Q_PAD_SCRATCH, (size_t)(s->n * s->c * hp * wp + 64));
+        if (!xp) return -1;
+        pad_job pj = {s, x, xp, hp, wp, (uint8_t)q->x_zero_raw};
+        wl_parallel_for(s->n * s->c, pad_plane, &pj, nthreads);
+        src = xp;
+    } else {
+        hp = s->h;
+        wp = s->w;
+    }
+    int64_t P = s->oh * s->ow, chunks = (P + CHUNK * PANEL - 1) / (CHUNK * PANEL);
+    int64_t tasks = s->n * s->groups * chunks, splits = 1;
+    /* few columns (late layers): split the rows too, each task packing its columns again */
+    int64_t tiles = (s->o / s->groups + isa()->mr - 1) / isa()->mr;
+    while (tasks * splits < 2 * nthreads && splits < tiles) splits++;
+    conv_job j = {s, q, src, hp, wp, y, chunks, splits, 0};
+    wl_parallel_for(tasks * splits, conv_chunk, &j, nthreads);
+    return j.failed ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------------------ matmul */
@@ -512,33 +665,50 @@ typedef struct {
     const wl_qweights *q;
     const uint8_t *a;
     char *y;
+    int failed;
 } mm_job;
 
 static void mm_chunk(void *ctx, int64_t t) {
-    const mm_job *j = ctx;
+    mm_job *j = ctx;
     const wl_qweights *q = j->q;
     int64_t m0 = t * CHUNK * PANEL, mn = j->m - m0 < CHUNK * PANEL ? j->m - m0 : CHUNK * PANEL;
     int64_t npan = (mn + PANEL - 1) / PANEL, kp = q->kp, K = q->k;
     uint8_t *b = wl_scratch(Q_SCRATCH, (size_t)(npan * kp * PANEL + 4 * CHUNK * PANEL + 64));
-    if (!b) return;
+    if (!b) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
     int32_t *colsum = q->wz ? (int32_t *)(b + align64(npan * kp * PANEL)) : NULL;
-    uint8_t flip = (uint8_t)q->x_flip;
-    /* rows of A become the columns of the panels: 4 bytes of a row per (k4, column) */
+    uint32_t flip = (uint32_t)q->x_flip * 0x01010101u;
+    int64_t ldw = kp * PANEL / 4, kw4 = K / 4; /* whole words of a row */
+    /* rows of A become the columns of the panels: a row's 4 bytes of a depth group are one word */
     for (int64_t i = 0; i < npan * PANEL; i++) {
-        const uint8_t *row = j->a + (m0 + i) * K;
-        uint8_t *dst = b + (i / PANEL) * kp * PANEL + (i % PANEL) * 4;
-        int32_t sum = 0;
-        for (int64_t kk = 0; kk < kp; kk++) {
-            uint8_t v = (i < mn && kk < K) ? (uint8_t)(row[kk] ^ flip) : 0;
-            dst[(kk >> 2) * 64 + (kk & 3)] = v;
-            sum += q->x_packed_signed ? (int8_t)v : v;
+        uint32_t *dst = (uint32_t *)b + (i >> 4) * ldw + (i & 15);
+        if (i >= mn) {
+            for (int64_t k4 = 0; k4 < kp / 4; k4++) dst[k4 * 16] = 0;
+            continue;
         }
-        if (colsum && i < mn) colsum[i] = sum;
+        const uint8_t *row = j->a + (m0 + i) * K;
+        for (int64_t k4 = 0; k4 < kw4; k4++) dst[k4 * 16] = (uint32_t)load4((const int8_t *)row + 4 * k4) ^ flip;
+        if (kw4 < kp / 4) { /* the last partial group: the depth padding is 0 */
+            uint32_t v = 0;
+            for (int64_t e = 0; e < K - 4 * kw4; e++) v |= (uint32_t)(row[4 * kw4 + e] ^ (flip & 0xff)) << (8 * e);
+            dst[kw4 * 16] = v;
+        }
+        if (colsum) {
+            int32_t sum = 0;
+            for (int64_t kk = 0; kk < K; kk++) {
+                uint8_t v = row[kk] ^ (uint8_t)flip;
+                sum += q->x_packed_signed ? (int8_t)v : v;
+            }
+            colsum[i] = sum;
+        }
     }
     gemm_panels(q, b, colsum, npan, mn, j->y + m0 * q->rows * esize(q), 1, q->rows);
 }
 
-void wl_qmatmul(int64_t m, const wl_qweights *q, const uint8_t *a, void *y, int nthreads) {
-    mm_job j = {m, q, a, y};
+int wl_qmatmul(int64_t m, const wl_qweights *q, const uint8_t *a, void *y, int nthreads) {
+    mm_job j = {m, q, a, y, 0};
     wl_parallel_for((m + CHUNK * PANEL - 1) / (CHUNK * PANEL), mm_chunk, &j, nthreads);
+    return j.failed ? -1 : 0;
 }

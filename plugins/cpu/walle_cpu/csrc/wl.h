@@ -17,7 +17,7 @@
 /* ---- cffi: begin ---- */
 enum wl_kind { WL_RASTER = 1, WL_UNARY, WL_BINARY, WL_SELECT, WL_CAST, WL_REDUCE, WL_MATMUL,
                WL_CONV, WL_POOL, WL_GATHER, WL_SORT, WL_CHAIN, WL_LSTM_CELL, WL_SOFTMAX,
-               WL_KIND_COUNT };
+               WL_QCONV, WL_QMATMUL, WL_KIND_COUNT };
 enum wl_dtype { D_F32 = 0, D_F64, D_F16, D_I8, D_I16, D_I32, D_I64, D_U8, D_U16, D_U32, D_U64,
                 D_BOOL };
 
@@ -109,6 +109,33 @@ typedef struct { int64_t outer, n, inner, log; } wl_softmax_params;
 /* LSTM cell: ins = (gates iofc, c_prev, c_out) -> h, each row of `batch`. */
 typedef struct { int64_t batch, hidden; } wl_lstm_params;
 
+/* int8 convolution and matrix product (qgemm.c, qconv.c): ins = (8-bit activations); aux holds
+ * the weights packed by wl_q_pack_weights (a wl_qweights followed by its arrays). The weights
+ * are the rows of the GEMM: a conv's output channels, a matmul's output columns. */
+enum wl_q_out { Q_U8 = 0, Q_S8 = 1, Q_S32 = 2 };
+typedef struct {
+    int64_t rows, k, kp;  /* kp: k rounded up to a multiple of 4 */
+    const int8_t *w;      /* rows x kp, signed */
+    const int32_t *comp;  /* rows: bias - xz * rowsum(w) + k * xz * wz (packed domain) */
+    const int32_t *wz;    /* rows: weight zero points (packed domain); NULL when all 0 */
+    const int32_t *taps;  /* rows x k: w - wz as int32 (the depthwise kernel's form) */
+    const int32_t *dcomp; /* rows: bias - xz * sum(taps) (the depthwise kernel's constant) */
+    const float *scale;   /* rows: x_scale * w_scale / y_scale; NULL: int32 output */
+    int32_t x_zero;       /* the activations' zero point in the packed domain */
+    int32_t x_zero_raw;   /* ... and as given (padding value of the depthwise kernel) */
+    int32_t x_flip;       /* 0 or 0x80: xor applied to activation bytes when packing */
+    int32_t x_signed;     /* the activations are int8 (else uint8) */
+    int32_t x_packed_signed; /* panels hold int8 (NEON sdot) rather than uint8 */
+    int32_t y_zero, lo, hi, out; /* requantisation: zero point, clamp bounds, enum wl_q_out */
+} wl_qweights;
+/* NCHW conv of x (n, c, h, w) into y (n, o, oh, ow); rows = o, k = c / groups * kh * kw */
+typedef struct {
+    int64_t n, c, h, w, o, oh, ow, kh, kw;
+    int64_t stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups;
+} wl_qconv_params;
+/* y (m x rows) = a (m x k) times the packed columns */
+typedef struct { int64_t m; } wl_qmatmul_params;
+
 typedef struct wl_op {
     int32_t kind, fn, dtype, dtype2, n_in, algo;
     wl_ref *ins;
@@ -128,6 +155,8 @@ typedef struct wl_op {
         wl_sort_params sort;
         wl_softmax_params softmax;
         wl_lstm_params lstm;
+        wl_qconv_params qconv;
+        wl_qmatmul_params qmatmul;
     };
 } wl_op;
 
@@ -141,6 +170,16 @@ int64_t wl_packed_b_floats(int64_t k, int64_t n);
 void wl_winograd_weights(const float *w, int64_t o, int64_t c, float *out);
 void wl_pool_shutdown(void);
 void wl_set_profile(double *buf);
+/* int8 weights: bytes of the arrays for rows x k, and the packing (see qgemm.c) */
+int64_t wl_q_weight_bytes(int64_t rows, int64_t k);
+void wl_q_pack_weights(wl_qweights *q, void *mem, const void *w, int w_signed, int64_t rows,
+                       int64_t k, const int32_t *w_zero, const int32_t *bias, int32_t x_zero,
+                       int x_signed, const float *scale, int32_t y_zero, int32_t lo, int32_t hi,
+                       int out);
+/* the int8 variant ("avx512vnni", "avxvnni", "avx2", "neon-dot", "scalar"); forcing one takes
+ * those names or the fp32 variants' (avx512: the best int8 one) */
+const char *wl_q_isa_name(void);
+int wl_q_set_isa(const char *name);
 /* ---- cffi: end ---- */
 
 #endif

@@ -15,6 +15,8 @@ from walle_cpu.ops.gather import GATHER
 from walle_cpu.ops.kernel import OpKernel
 from walle_cpu.ops.matmul import MATMUL
 from walle_cpu.ops.pool2d import POOL2D
+from walle_cpu.ops.quant import NAMES as QUANT_COMPOSITES
+from walle_cpu.ops.quant import QUANT
 from walle_cpu.ops.raster import RASTER
 from walle_cpu.ops.reduce import REDUCE
 from walle_cpu.ops.sort import SORT
@@ -24,6 +26,8 @@ KERNELS: tuple[OpKernel, ...] = (COMPOSITE, RASTER, UNARY, BINARY, CAST, REDUCE,
 
 
 def kernel_for(op: A.Op) -> OpKernel | None:
+    if isinstance(op, A.Composite) and op.name in QUANT_COMPOSITES:
+        return QUANT  # the int8 composites have their own kernels
     return next((k for k in KERNELS if isinstance(op, k.kinds)), None)
 
 

@@ -1,9 +1,11 @@
 """Pool2D on the cpu backend (``pool2d.c``): max, avg and lp on NCHW; max and avg on the
-blocked layout too (``layout.BlockedPool``)."""
+blocked layout too (``layout.BlockedPool``); max of int8 / uint8 tensors (``pool8.c``)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm
@@ -12,9 +14,13 @@ from walle_cpu import layout
 from walle_cpu._native import LIB
 from walle_cpu.ops.kernel import Binder, OpKernel
 
+_BYTES = frozenset({np.dtype(np.uint8), np.dtype(np.int8)})
+
 
 def _supported(op: A.Op) -> bool:
     assert isinstance(op, A.Pool2D)
+    if op.fn == "max" and op.inputs[0].dtype in _BYTES and op.out.dtype == op.inputs[0].dtype:
+        return not isinstance(op, layout.BlockedPool)  # int8 models (pool8.c)
     return all(t.dtype == K.F32 for t in (*op.inputs, op.out)) and op.fn in K.POOL_FNS
 
 
@@ -22,6 +28,7 @@ def _encode(d: Any, op: A.Op, algo: Algorithm, b: Binder) -> None:
     assert isinstance(op, A.Pool2D)
     d.kind = LIB.WL_POOL
     d.fn = K.POOL_FNS[op.fn]
+    d.dtype = K.DTYPES[op.inputs[0].dtype]  # float32, or the 8-bit max pool of int8 models
     b.bind(d, op)
     blocked = isinstance(op, layout.BlockedPool)
     p = d.pool

@@ -1,0 +1,148 @@
+"""The cpu backend's int8 kernels through the engine, against ``reference`` (which runs the
+composites' integer expansion): hypothesis draws odd shapes, strides, padding, dilation,
+groups (depthwise included), uint8/int8 activations and weights, zero points, per-tensor and
+per-channel scales, fused clamps and int32 outputs (ConvInteger / MatMulInteger). The integers
+must be identical."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto as TP
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+import walle_core
+from walle_core.plugins import registry
+
+pytestmark = pytest.mark.skipif("cpu" not in {b.name for b in registry().available()},
+                                reason="the cpu backend is not built")
+
+_TYPES = {np.dtype(np.uint8): TP.UINT8, np.dtype(np.int8): TP.INT8, np.dtype(np.int32): TP.INT32}
+
+
+def _rand(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max + 1, size=shape).astype(dtype)
+
+
+def _run_both(node: Any, x: np.ndarray, out_dtype: np.dtype, out_shape: list[int],
+              inits: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    g = h.make_graph([node], "q", [h.make_tensor_value_info("x", _TYPES[x.dtype], list(x.shape))],
+                     [h.make_tensor_value_info("y", _TYPES[out_dtype], out_shape)], inits)
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 21)]).SerializeToString()
+    ref = walle_core.load(model, backend="reference").run({"x": x})["y"]
+    cpu_model = walle_core.load(model, backend="cpu")
+    got = cpu_model.run({"x": x})["y"]
+    steps = cpu_model.plan_for({"x": x}).stage.steps
+    assert [s.backend for s in steps] == ["cpu"], "the int8 op fell back to another backend"
+    return got, ref
+
+
+@st.composite
+def conv_cases(draw: st.DrawFn) -> dict[str, Any]:
+    depthwise = draw(st.booleans())
+    groups = 1
+    if depthwise:
+        c = o = groups = draw(st.integers(2, 20))
+    else:
+        groups = draw(st.sampled_from([1, 1, 2, 3]))
+        c = groups * draw(st.integers(1, 9))
+        o = groups * draw(st.integers(1, 9))
+    k = draw(st.sampled_from([1, 1, 3, 3, 5]))
+    return {
+        "n": draw(st.integers(1, 2)), "c": c, "o": o, "groups": groups, "k": k,
+        "h": draw(st.integers(k, 17)), "w": draw(st.integers(k, 17)),
+        "stride": draw(st.integers(1, 2)), "dil": draw(st.sampled_from([1, 1, 2])),
+        "pad": draw(st.integers(0, k // 2 + 1)),
+        "x_dtype": draw(st.sampled_from([np.dtype(np.uint8), np.dtype(np.int8)])),
+        "w_dtype": draw(st.sampled_from([np.dtype(np.int8), np.dtype(np.int8), np.dtype(np.uint8)])),
+        "per_channel": draw(st.booleans()), "w_zero": draw(st.booleans()),
+        "integer": draw(st.integers(0, 4)) == 0, "bias": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**31)),
+    }
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases())
+def test_int8_conv_matches_reference(case: dict[str, Any]) -> None:
+    rng = np.random.default_rng(case["seed"])
+    n, c, o, k, g = case["n"], case["c"], case["o"], case["k"], case["groups"]
+    d, s, p = case["dil"], case["stride"], case["pad"]
+    if (k - 1) * d + 1 > min(case["h"], case["w"]) + 2 * p:
+        return
+    x = _rand(rng, case["x_dtype"], (n, c, case["h"], case["w"]))
+    w = _rand(rng, case["w_dtype"], (o, c // g, k, k))
+    oh = (case["h"] + 2 * p - (k - 1) * d - 1) // s + 1
+    ow = (case["w"] + 2 * p - (k - 1) * d - 1) // s + 1
+    lo, hi = np.iinfo(case["w_dtype"]).min, np.iinfo(case["w_dtype"]).max
+    wz = rng.integers(lo, hi + 1, size=o if case["per_channel"] else ()).astype(case["w_dtype"]) \
+        if case["w_zero"] else np.zeros(o if case["per_channel"] else (), case["w_dtype"])
+    xz = _rand(rng, case["x_dtype"], ())
+    attrs = {"kernel_shape": [k, k], "strides": [s, s], "pads": [p] * 4, "dilations": [d, d], "group": g}
+    if case["integer"]:
+        inits = [nh.from_array(w, "w"), nh.from_array(xz, "xz"), nh.from_array(wz, "wz")]
+        node = h.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], **attrs)
+        out = np.dtype(np.int32)
+    else:
+        ws = (rng.uniform(0.001, 0.02, size=o if case["per_channel"] else ())).astype(np.float32)
+        out = case["x_dtype"]
+        inits = [nh.from_array(w, "w"), nh.from_array(np.array(0.05, np.float32), "xs"),
+                 nh.from_array(xz, "xz"), nh.from_array(ws, "ws"), nh.from_array(wz, "wz"),
+                 nh.from_array(np.array(rng.uniform(0.05, 2.0), np.float32), "ys"),
+                 nh.from_array(_rand(rng, out, ()), "yz")]
+        names = ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"]
+        if case["bias"]:
+            inits.append(nh.from_array(rng.integers(-5000, 5000, size=o).astype(np.int32), "b"))
+            names.append("b")
+        node = h.make_node("QLinearConv", names, ["y"], **attrs)
+    got, ref = _run_both(node, x, out, [n, o, oh, ow], inits)
+    np.testing.assert_array_equal(got, ref)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(1, 70), k=st.integers(1, 90), n=st.integers(1, 40), batch=st.integers(1, 3),
+       x_dtype=st.sampled_from([np.dtype(np.uint8), np.dtype(np.int8)]),
+       w_dtype=st.sampled_from([np.dtype(np.int8), np.dtype(np.uint8)]),
+       per_channel=st.booleans(), integer=st.booleans(), seed=st.integers(0, 2**31))
+def test_int8_matmul_matches_reference(m: int, k: int, n: int, batch: int, x_dtype: np.dtype,
+                                       w_dtype: np.dtype, per_channel: bool, integer: bool,
+                                       seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = _rand(rng, x_dtype, (batch, m, k))
+    w = _rand(rng, w_dtype, (k, n))
+    wz = _rand(rng, w_dtype, (n,) if per_channel else ())
+    xz = _rand(rng, x_dtype, ())
+    if integer:
+        inits = [nh.from_array(w, "w"), nh.from_array(xz, "xz"), nh.from_array(wz, "wz")]
+        node = h.make_node("MatMulInteger", ["x", "w", "xz", "wz"], ["y"])
+        out = np.dtype(np.int32)
+    else:
+        out = x_dtype
+        ws = rng.uniform(0.001, 0.02, size=(n,) if per_channel else ()).astype(np.float32)
+        inits = [nh.from_array(w, "w"), nh.from_array(np.array(0.04, np.float32), "xs"),
+                 nh.from_array(xz, "xz"), nh.from_array(ws, "ws"), nh.from_array(wz, "wz"),
+                 nh.from_array(np.array(rng.uniform(0.05, 3.0), np.float32), "ys"),
+                 nh.from_array(_rand(rng, out, ()), "yz")]
+        node = h.make_node("QLinearMatMul", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
+    got, ref = _run_both(node, x, out, [batch, m, n], inits)
+    np.testing.assert_array_equal(got, ref)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=st.integers(1, 5), hw=st.integers(2, 13), k=st.integers(1, 3), s=st.integers(1, 2),
+       pad=st.integers(0, 1), signed=st.booleans(), seed=st.integers(0, 2**31))
+def test_int8_max_pool_matches_reference(c: int, hw: int, k: int, s: int, pad: int, signed: bool,
+                                         seed: int) -> None:
+    """The max pools of int8 models run on the int8 tensor (``pool8.c``)."""
+    if k > hw + 2 * pad or pad >= k:
+        return
+    dtype = np.dtype(np.int8 if signed else np.uint8)
+    x = _rand(np.random.default_rng(seed), dtype, (1, c, hw, hw + 1))
+    node = h.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4)
+    got, ref = _run_both(node, x, dtype, [1, c, (hw + 2 * pad - k) // s + 1, (hw + 1 + 2 * pad - k) // s + 1], [])
+    np.testing.assert_array_equal(got, ref)
