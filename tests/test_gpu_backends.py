@@ -406,6 +406,51 @@ def test_gather_out_of_range_raises(name: str) -> None:
     exe.run([np.ones((4, 2), np.float32), np.array([1, 2])])  # the flag resets per run
 
 
+# --------------------------------------------------------------------------- opt-in half precision
+
+
+def _half_backend(name: str) -> Backend:
+    backend = type(AVAILABLE[name])(precision="fp16")  # type: ignore[call-arg]
+    if not backend.availability().available:
+        pytest.skip(backend.availability().reason)
+    return backend
+
+
+@pytest.mark.parametrize("name", [n for n in ("opencl", "vulkan") if n in AVAILABLE])
+def test_fp16_storage_with_float32_sums(name: str) -> None:
+    """precision="fp16": float32 tensors live on the device as float16 (half the bytes moved),
+    math widens to float32 and sums accumulate in it; the host still sees float32."""
+    backend = _half_backend(name)
+    x, w, b = _t((2, 16, 20, 20), tid=1), _t((24, 16, 3, 3), tid=2), _t((24,), tid=3)
+    c, p, m = _t((2, 24, 20, 20), tid=4), _t((2, 24, 10, 10), tid=5), _t((2, 24, 1, 1), tid=6)
+    w.value = (RNG.standard_normal(w.shape) * 0.1).astype(np.float32)
+    b.value = RNG.standard_normal(b.shape).astype(np.float32)
+    ops = [A.Conv2D([x, w, b], [c], pads=(1, 1, 1, 1), act=A.Activation("gelu")),
+           A.Pool2D([c], [p], fn="avg", kernel=(2, 2), strides=(2, 2)),
+           A.Reduce([_t((48, 100, 1), tid=5)], [_t((48, 1, 1), tid=6)], fn="sum", outer=48, n=100, inner=1)]
+    program = Program([(op, backend.algorithms(op)[0]) for op in ops], [x], [m])
+    exe = backend.compile(program)
+    feeds = [RNG.standard_normal(x.shape).astype(np.float32)]
+    (got,) = exe.run(feeds)
+    (want,) = _reference(ops, [x], [m], feeds)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
+    assert exe.last_run_timings().upload_bytes == x.nbytes // 2  # type: ignore[attr-defined]
+    assert all("f16" in la.spec.name for la in exe.plan.launches)  # type: ignore[attr-defined]
+
+
+def test_precision_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from walle_opencl.plugin import OpenCLBackend
+
+    with pytest.raises(WalleError, match="precision must be one of fp32, fp16"):
+        OpenCLBackend(precision="fp8")
+    monkeypatch.setenv("WALLE_GPU_PRECISION", "fp16")
+    backend = OpenCLBackend()
+    assert backend.precision == "fp16"
+    if "opencl" in AVAILABLE and not AVAILABLE["opencl"]._dev.half:  # type: ignore[attr-defined]
+        assert not backend.availability().available and "fp16" in backend.availability().reason
+
+
 # --------------------------------------------------------------------------- OpenCL specifics
 
 

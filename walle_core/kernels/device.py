@@ -103,6 +103,7 @@ class GPUDevice(ABC, Generic[B, K, R]):
     """A device that runs kernels rendered from the one kernel description."""
 
     caps: Caps
+    half: bool = False  # runs float16 kernels (storage and math): the opt-in precision="fp16"
 
     def __init__(self) -> None:
         self.pool: BufferPool[B] = BufferPool(self.allocate)

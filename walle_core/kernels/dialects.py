@@ -58,6 +58,8 @@ def render_opencl(spec: KernelSpec) -> str:
     lines = []
     if "f64" in spec.types:
         lines.append("#pragma OPENCL EXTENSION cl_khr_fp64 : enable")
+    if "f16" in spec.types:
+        lines.append("#pragma OPENCL EXTENSION cl_khr_fp16 : enable")
     lines += _type_macros(_CL_TYPES)
     lines += [
         "#define CAST(T, x) ((T)(x))",

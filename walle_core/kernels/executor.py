@@ -10,6 +10,7 @@ shared :class:`~walle_core.backend.Backend` half: a plugin names itself and open
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import weakref
@@ -21,10 +22,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from walle_core import atomic as A
+from walle_core import flags
 from walle_core.backend import Algorithm, Availability, Backend, DeviceInfo, Executable, Program
 from walle_core.errors import BackendUnavailableError, WalleError
 from walle_core.kernels.device import Dispatch, GPUDevice, RunTimings, Transfer
 from walle_core.kernels.lower import Unsupported, offered
+from walle_core.kernels.precision import check_precision, half_caps, half_op, half_program
 from walle_core.kernels.program import plan_program
 from walle_core.kernels.spec import Caps
 
@@ -46,9 +49,13 @@ def _release(device: AnyDevice, held: list[tuple[Any, int]], recording: Any) -> 
 
 
 class GPUExecutable(Executable):
-    def __init__(self, device: AnyDevice, program: Program) -> None:
+    def __init__(self, device: AnyDevice, program: Program, precision: str = "fp32") -> None:
+        self.out_dtypes = [t.dtype for t in program.outputs]
+        caps = device.caps
+        if precision == "fp16":
+            program, caps = half_program(program), half_caps(caps)
         self.device, self.program = device, program
-        self.plan = plan = plan_program(program, device.caps)
+        self.plan = plan = plan_program(program, caps)
         self.lock = threading.Lock()
         pool = device.pool
         self.buffers = {tid: pool.acquire(n) for tid, n in plan.sizes.items()}
@@ -91,7 +98,7 @@ class GPUExecutable(Executable):
             self._timings = self.device.execute(self.recording, ins, downs)
         if flag[0]:
             raise KernelDataError("index out of range in gather/scatter")
-        return outs
+        return [o.astype(dt, copy=False) for o, dt in zip(outs, self.out_dtypes, strict=True)]
 
     def last_timings(self) -> list[tuple[str, float]]:
         """Device seconds of each launch of the last run (events or timestamp queries)."""
@@ -119,7 +126,10 @@ class GPUBackend(Backend):
 
     no_device_hint: ClassVar[str] = "no device found ({exc})"
 
-    def __init__(self) -> None:
+    def __init__(self, precision: str | None = None) -> None:
+        """``precision="fp16"`` (or ``WALLE_GPU_PRECISION=fp16``) opts in to float16 storage and
+        math with float32 accumulation (:mod:`walle_core.kernels.precision`)."""
+        self.precision = check_precision(precision or flags.gpu_precision())
         self._dev: AnyDevice | None = None
         self._problem = ""
         try:
@@ -128,6 +138,8 @@ class GPUBackend(Backend):
             self._problem = str(exc)
         except Exception as exc:  # driver loaders fail in many ways; none may break the registry
             self._problem = self.no_device_hint.format(exc=exc)
+        if self._dev is not None and self.precision == "fp16" and not self._dev.half:
+            self._dev, self._problem = None, f"precision='fp16' needs float16 kernels, which {self.name} lacks here"
 
     @classmethod
     @abstractmethod
@@ -143,7 +155,9 @@ class GPUBackend(Backend):
         return Availability(self._dev is not None, self._problem)
 
     def device_info(self) -> DeviceInfo:
-        return self.device().info()
+        """The device's description plus the precision (calibrations are kept per description)."""
+        info = self.device().info()
+        return dataclasses.replace(info, details={**info.details, "precision": self.precision})
 
     @property
     def caps(self) -> Caps:
@@ -152,11 +166,13 @@ class GPUBackend(Backend):
     def algorithms(self, op: A.Op) -> Sequence[Algorithm]:
         if self._dev is None:
             return ()
+        if self.precision == "fp16":
+            return offered(half_op(op), half_caps(self._dev.caps))
         return offered(op, self._dev.caps)
 
     def compile(self, program: Program, *, threads: int | None = None) -> GPUExecutable:
         try:
-            return GPUExecutable(self.device(), program)
+            return GPUExecutable(self.device(), program, self.precision)
         except Unsupported as exc:
             raise BackendUnavailableError(f"{self.name} cannot run this program: {exc}") from exc
 

@@ -57,6 +57,7 @@ class MetalDevice(GPUDevice[Any, Any, _Recording]):
         self.pipelines: dict[str, Any] = {}
         self.lock = threading.Lock()
         self.caps = METAL_CAPS
+        self.half = True  # half is native in MSL
 
     def info(self) -> DeviceInfo:
         return DeviceInfo(name=str(self.device.name()), kind="gpu")

@@ -87,6 +87,7 @@ class OpenCLDevice(GPUDevice[Any, tuple[Any, str], _Recording]):
         types = {"f32", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64"}
         if "cl_khr_fp64" in self.device.extensions:
             types.add("f64")
+        self.half = "cl_khr_fp16" in self.device.extensions
         self.caps = Caps(frozenset(types), f64_math=True, max_local=int(self.device.max_work_group_size),
                          local_mem=int(self.device.local_mem_size))
         self.binaries = BinaryCache("opencl", ".bin")

@@ -73,9 +73,11 @@ class VulkanDevice(GPUDevice[Buffer, Pipeline, Recording]):
         feats = vk.vkGetPhysicalDeviceFeatures(self.physical)
         types = {"f32", "i32", "u32"} | ({"i64", "u64"} if feats.shaderInt64 else set())
         types |= {"f64"} if feats.shaderFloat64 else set()
+        self.half = self._has_float16()
         if self._create_device(feats, small_types=True):
             types |= {"i8", "u8", "i16", "u16"}
         else:
+            self.half = False
             self._create_device(feats, small_types=False)
         self.caps = Caps(frozenset(types), f64_math=False, max_local=int(limits.maxComputeWorkGroupInvocations),
                          local_mem=int(limits.maxComputeSharedMemorySize))
@@ -93,6 +95,17 @@ class VulkanDevice(GPUDevice[Buffer, Pipeline, Recording]):
         names = ", ".join(c[1].deviceName for c in candidates)
         raise BackendUnavailableError(f"WALLE_VULKAN_DEVICE={forced!r} matches none of: {names}")
 
+    def _has_float16(self) -> bool:
+        """float16 arithmetic and 16-bit storage (Vulkan 1.2 features; an older loader has none)."""
+        vk = self.vk
+        f12 = vk.VkPhysicalDeviceVulkan12Features()
+        f11 = vk.VkPhysicalDeviceVulkan11Features(pNext=f12)
+        try:
+            vk.vkGetPhysicalDeviceFeatures2(self.physical, vk.VkPhysicalDeviceFeatures2(pNext=f11))
+        except Exception:
+            return False
+        return bool(f12.shaderFloat16 and f11.storageBuffer16BitAccess)
+
     def _create_device(self, feats: Any, small_types: bool) -> bool:
         vk = self.vk
         if small_types and not feats.shaderInt16:
@@ -101,7 +114,8 @@ class VulkanDevice(GPUDevice[Buffer, Pipeline, Recording]):
                                               shaderInt16=feats.shaderInt16 if small_types else 0)
         queue = vk.VkDeviceQueueCreateInfo(queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=[1.0])
         chain = vk.VkPhysicalDeviceVulkan11Features(
-            pNext=vk.VkPhysicalDeviceVulkan12Features(storageBuffer8BitAccess=1, shaderInt8=1),
+            pNext=vk.VkPhysicalDeviceVulkan12Features(storageBuffer8BitAccess=1, shaderInt8=1,
+                                                      shaderFloat16=int(self.half)),
             storageBuffer16BitAccess=1) if small_types else None
         try:
             self.device = vk.vkCreateDevice(self.physical, vk.VkDeviceCreateInfo(

@@ -84,6 +84,12 @@ def require_types(caps: Caps, *types: str) -> None:
         raise Unsupported(f"device lacks types {missing}")
 
 
+def compute_type(t: str) -> str:
+    """The type a kernel computes in for data stored as ``t``: float16 data (the opt-in half
+    precision) is widened to float32 on load and rounded once on store."""
+    return "f32" if t == "f16" else t
+
+
 def common_defines(t: str) -> tuple[tuple[str, str], ...]:
     return (("T", t), ("Z", f"CAST({t}, 0)"), ("ONE", f"CAST({t}, 1)"))
 

@@ -13,6 +13,7 @@ from walle_core.kernels.lower.common import (
     Unsupported,
     bind_operands,
     common_defines,
+    compute_type,
     fused_activation,
     grid_1d,
     helper_closure,
@@ -56,7 +57,7 @@ class _Conv:
 
     def spec(self, name: str, body: str, **kw: Any) -> KernelSpec:
         return KernelSpec(f"conv_{name}_{self.variant}", tuple(self.bufs), body, defines=self.defines,
-                          helpers=self.helpers, float_type=self.t, **kw)
+                          helpers=self.helpers, float_type=compute_type(self.t), **kw)
 
 
 def lower_conv(op: A.Conv2D, caps: Caps, algorithm: str = "implicit_gemm") -> list[Launch]:
@@ -73,12 +74,12 @@ def lower_conv(op: A.Conv2D, caps: Caps, algorithm: str = "implicit_gemm") -> li
     if out.size == 0:
         return []
     og = o // op.groups
-    act_stmt, act_helpers, act_words, act_decls = fused_activation(op.act, t, caps, 20)
+    act_stmt, act_helpers, act_words, act_decls = fused_activation(op.act, compute_type(t), caps, 20)
     params = [n_, og, oh * ow, cg * kh * kw, c, h, wd, oh, ow, kh, kw, *op.strides,
               op.pads[0], op.pads[1], *op.dilations, op.groups, o, 0, *act_words]
     bufs, args = bind_operands(op, t)
     conv = _Conv(op, t, bufs, args, params, "v = v + x2[oc];" if bias is not None else "", act_stmt, act_decls,
-                 (*common_defines(t), ("ACC", t)), helper_closure(act_helpers),
+                 (*common_defines(compute_type(t)), ("ACC", compute_type(t)), ("TS", t)), helper_closure(act_helpers),
                  f"{'b' if bias else ''}_{op.act.fn}_{t}")
     if algorithm == "implicit_gemm":
         return _implicit_gemm(conv, caps)
@@ -112,7 +113,7 @@ def _implicit_gemm(conv: _Conv, caps: Caps) -> list[Launch]:
     store = f"""        int oc = g * M + gm;
         {conv.bias_stmt}
         {conv.act_stmt}
-        y0[(nb * O + oc) * N + gn] = CAST(T, v);"""
+        y0[(nb * O + oc) * N + gn] = CAST(TS, v);"""
     tile = pick_tile(og, oh * ow, caps, op.out.dtype.itemsize)
     vec_a = t == "f32" and cg * kh * kw % 4 == 0
     vec_b = t == "f32" and pointwise and oh * ow % 4 == 0
@@ -122,7 +123,7 @@ def _implicit_gemm(conv: _Conv, caps: Caps) -> list[Launch]:
     vec = f"{'v' if vec_a else 's'}{'v' if vec_b else 's'}"
     spec = conv.spec(f"{'igemm1x1' if pointwise else 'igemm'}_{tile.name}_{vec}",
                      gemm_body(prelude, a_op, b_op, store, tile), local_size=tile.local_size,
-                     locals=gemm_locals(t, tile))
+                     locals=gemm_locals(compute_type(t), tile))
     groups = gemm_groups(og, oh * ow, n_ * op.groups, tile)
     return [Launch(spec, conv.args, conv.params, groups, "conv_implicit_gemm")]
 
@@ -171,10 +172,10 @@ def _depthwise(conv: _Conv, caps: Caps) -> list[Launch]:
     }}
     {conv.bias_stmt}
     {conv.act_stmt}
-    y0[((nb * O + oc) * OH + oy) * OW + ox] = CAST(T, v);
+    y0[((nb * O + oc) * OH + oy) * OW + ox] = CAST(TS, v);
   }}"""
     spec = conv.spec(f"depthwise_{th}x{tw}_p{ph}x{pw}", body, local_size=(tw, th, 1),
-                     locals=(LocalArray("xs", conv.t, ph * pw),))
+                     locals=(LocalArray("xs", compute_type(conv.t), ph * pw),))
     groups = (math.ceil(ow / tw), math.ceil(op.out.shape[2] / th), n_ * o)
     return [Launch(spec, conv.args, conv.params, groups, "conv_depthwise")]
 
@@ -205,7 +206,7 @@ def _direct(conv: _Conv, algorithm: str) -> list[Launch]:
     }}
     {conv.bias_stmt}
     {conv.act_stmt}
-    y0[i] = CAST(T, v);
+    y0[i] = CAST(TS, v);
   }}"""
     spec = conv.spec(algorithm, body)
     return [Launch(spec, conv.args, conv.params, grid_1d(conv.op.out.size), f"conv_{algorithm}")]

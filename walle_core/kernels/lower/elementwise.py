@@ -22,6 +22,7 @@ from walle_core.kernels.lower.common import (
     MAXR,
     Unsupported,
     common_defines,
+    compute_type,
     grid_1d,
     helper_closure,
     i64_words,
@@ -114,7 +115,8 @@ def lower_unary(op: A.Unary, caps: Caps) -> list[Launch]:
     t, to = tag(x.dtype), tag(out.dtype)
     if x.dtype == np.bool_ and op.fn not in BOOL_UNARY:
         raise Unsupported(f"unary {op.fn} on bool")
-    expr, helpers, _ = unary_expr(op.fn, t, caps, x.dtype == np.bool_)
+    ct = compute_type(t)
+    expr, helpers, _ = unary_expr(op.fn, ct, caps, x.dtype == np.bool_)
     require_types(caps, t, to)
     extra: tuple[tuple[str, str], ...] = ()
     if x.dtype.kind in "iub" and op.fn == "clip":
@@ -126,7 +128,7 @@ def lower_unary(op: A.Unary, caps: Caps) -> list[Launch]:
     elif x.dtype.kind in "iub":
         words, decls = [], "  T P0 = Z;\n  T P1 = Z;"
     else:
-        words, decls = _float_param_defines(t, op.params)
+        words, decls = _float_param_defines(ct, op.params)
     body = f"""{decls}
   int n = P[0];
   for (int i = GID_X; i < n; i += GSIZE_X) {{
@@ -134,8 +136,8 @@ def lower_unary(op: A.Unary, caps: Caps) -> list[Launch]:
     y0[i] = CAST(TO, {expr});
   }}"""
     spec = KernelSpec(f"unary_{op.fn}_{t}", (params_decl(), BufferDecl("x0", t), BufferDecl("y0", to, True)),
-                      body, defines=(*common_defines(t), ("TO", to), *extra), helpers=helper_closure(helpers),
-                      float_type=t)
+                      body, defines=(*common_defines(ct), ("TO", to), *extra), helpers=helper_closure(helpers),
+                      float_type=ct)
     n = out.size
     return [Launch(spec, [x, out], [n, *words], grid_1d(n), op.fn)] if n else []
 
@@ -171,7 +173,8 @@ def lower_binary(op: A.Binary, caps: Caps) -> list[Launch]:
     a, b = op.inputs
     out = op.out
     t, to = tag(a.dtype), tag(out.dtype)
-    expr, helpers, _ = binary_expr(op.fn, t, caps, a.dtype == np.bool_)
+    ct = compute_type(t)
+    expr, helpers, _ = binary_expr(op.fn, ct, caps, a.dtype == np.bool_)
     if tag(b.dtype) != t:
         raise Unsupported("mixed operand types")
     require_types(caps, t, to)
@@ -182,8 +185,8 @@ def lower_binary(op: A.Binary, caps: Caps) -> list[Launch]:
     body = strided_body(2, "    T a = x0[i0];\n    T b = x1[i1];", f"    y0[i] = CAST(TO, {expr});")
     spec = KernelSpec(f"binary_{op.fn}_{t}",
                       (params_decl(), BufferDecl("x0", t), BufferDecl("x1", t), BufferDecl("y0", to, True)),
-                      body, defines=(*common_defines(t), ("TO", to)), helpers=helper_closure(helpers),
-                      float_type=t)
+                      body, defines=(*common_defines(ct), ("TO", to)), helpers=helper_closure(helpers),
+                      float_type=ct)
     return [Launch(spec, [a, b, out], params, grid_1d(n), op.fn)]
 
 

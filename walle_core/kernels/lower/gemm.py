@@ -15,6 +15,7 @@ from walle_core.kernels.lower.common import (
     Unsupported,
     bind_operands,
     common_defines,
+    compute_type,
     grid_1d,
     require_types,
 )
@@ -228,7 +229,8 @@ def lower_matmul(op: A.MatMul, caps: Caps, algorithm: str = "tiled") -> list[Lau
     vec_b = algorithm == "tiled" and t == "f32" and (k if op.trans_b else n) % 4 == 0 and op.b_batch_stride % 4 == 0
     bufs, args = bind_operands(op, t, (vec_a, vec_b))
     params = [batch, m, n, k, op.a_batch_stride, op.b_batch_stride, int(op.bias_full)]
-    defines = (*common_defines(t), ("ACC", t), ("A_IDX(gm, gk)", a_idx), ("B_IDX(gk, gn)", b_idx))
+    ct = compute_type(t)
+    defines = (*common_defines(ct), ("ACC", ct), ("TS", t), ("A_IDX(gm, gk)", a_idx), ("B_IDX(gk, gn)", b_idx))
     variant = f"{'t' if op.trans_a else 'n'}{'t' if op.trans_b else 'n'}{'b' if bias else ''}_{t}"
     if algorithm == "tiled":
         tile = pick_tile(m, n, caps, out.dtype.itemsize)
@@ -238,10 +240,10 @@ def lower_matmul(op: A.MatMul, caps: Caps, algorithm: str = "tiled") -> list[Lau
         b_op = Operand("        v = x1[bbase + B_IDX(gk, gn)];", op.trans_b, "x1" if vec_b else "",
                        "bbase + B_IDX(gk, gn)")
         body = gemm_body(prelude, a_op, b_op,
-                         f"        {bias_expr}\n        y0[bz * M * N + gm * N + gn] = CAST(T, v);", tile)
+                         f"        {bias_expr}\n        y0[bz * M * N + gm * N + gn] = CAST(TS, v);", tile)
         vec = f"{'v' if vec_a else 's'}{'v' if vec_b else 's'}"
         spec = KernelSpec(f"gemm_tiled_{tile.name}_{vec}_{variant}", tuple(bufs), body, local_size=tile.local_size,
-                          locals=gemm_locals(t, tile), defines=defines)
+                          locals=gemm_locals(ct, tile), defines=defines)
         return [Launch(spec, args, params, gemm_groups(m, n, batch, tile), "gemm_tiled")]
     body = f"""  int M = P[1];
   int N = P[2];
@@ -258,7 +260,7 @@ def lower_matmul(op: A.MatMul, caps: Caps, algorithm: str = "tiled") -> list[Lau
       v = v + x0[abase + A_IDX(gm, gk)] * x1[bbase + B_IDX(gk, gn)];
     }}
     {bias_expr}
-    y0[i] = CAST(T, v);
+    y0[i] = CAST(TS, v);
   }}"""
     spec = KernelSpec(f"gemm_naive_{variant}", tuple(bufs), body, defines=defines)
     return [Launch(spec, args, params, grid_1d(batch * m * n), "gemm_naive")]

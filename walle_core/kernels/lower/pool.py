@@ -8,6 +8,7 @@ from walle_core import atomic as A
 from walle_core.kernels.lower.common import (
     Unsupported,
     common_defines,
+    compute_type,
     grid_1d,
     param_read,
     param_words,
@@ -30,11 +31,11 @@ def lower_pool(op: A.Pool2D, caps: Caps) -> list[Launch]:
     _n, c, h, w = x.shape
     _, _, oh, ow = out.shape
     pt, pl, pb, pr = op.pads
-    init_words = param_words(-math.inf, t)
+    init_words = param_words(-math.inf, compute_type(t))
     params = [out.size, c, h, w, oh, ow, *op.kernel, *op.strides, pt, pl, *op.dilations, pb, pr,
               int(op.count_include_pad), op.p, *init_words]
     if op.fn == "max":
-        init, step, fin = f"{param_read(t, 18)}", "acc = (v > acc || v != v) ? v : acc;", "acc"
+        init, step, fin = f"{param_read(compute_type(t), 18)}", "acc = (v > acc || v != v) ? v : acc;", "acc"
     elif op.fn == "avg":
         init, step, fin = "Z", "acc = acc + v;", "acc / CAST(T, cnt > 0 ? cnt : 1)"
     else:
@@ -82,9 +83,9 @@ def lower_pool(op: A.Pool2D, caps: Caps) -> list[Launch]:
         }}
       }}
     }}
-    y0[i] = CAST(T, {fin});
+    y0[i] = CAST(TO, {fin});
   }}"""
     spec = KernelSpec(f"pool_{op.fn}{op.p if op.fn == 'lp' else ''}_{t}",
                       (params_decl(), BufferDecl("x0", t), BufferDecl("y0", t, True)), body,
-                      defines=common_defines(t))
+                      defines=(*common_defines(compute_type(t)), ("TO", t)))
     return [Launch(spec, [x, out], params, grid_1d(out.size), f"pool_{op.fn}")]

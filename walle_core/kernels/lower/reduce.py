@@ -11,6 +11,7 @@ from walle_core.kernels.lower.common import (
     WG,
     Unsupported,
     common_defines,
+    compute_type,
     grid_1d,
     params_decl,
     require_types,
@@ -71,8 +72,8 @@ def lower_reduce(op: A.Reduce, caps: Caps, algorithm: str = "serial") -> list[La
   }}
   if (lid == 0) y0[row] = CAST(TO, red[0]);"""
         spec = KernelSpec(f"reduce_wg_{fn}_{t}", (params_decl(), BufferDecl("x0", t), BufferDecl("y0", to, True)),
-                          body, local_size=(WG, 1, 1), locals=(LocalArray("red", t, WG),),
-                          defines=(*common_defines(t), ("TO", to)))
+                          body, local_size=(WG, 1, 1), locals=(LocalArray("red", compute_type(t), WG),),
+                          defines=(*common_defines(compute_type(t)), ("TO", to)))
         if total > MAX_GROUPS:
             raise Unsupported("too many rows for one group per row")
         return [Launch(spec, [x, out], params, (total, 1, 1), f"reduce_{fn}")]
@@ -117,5 +118,5 @@ def lower_reduce(op: A.Reduce, caps: Caps, algorithm: str = "serial") -> list[La
   }}"""
     spec = KernelSpec(f"reduce_{fn}_{'l' if op.last_index else 'f'}_{t}_{to}",
                       (params_decl(), BufferDecl("x0", t), BufferDecl("y0", to, True)), body,
-                      defines=(*common_defines(t), ("TO", to)))
+                      defines=(*common_defines(compute_type(t)), ("TO", to)))
     return [Launch(spec, [x, out], params, grid_1d(total), f"reduce_{fn}")]
