@@ -72,6 +72,12 @@ def vulkan_staging() -> bool:
     return _get("WALLE_VULKAN_STAGING") not in ("", "0")
 
 
+def gpu_precision() -> str:
+    """WALLE_GPU_PRECISION=fp16: GPU backends store float32 tensors as float16 (float32 sums);
+    opt-in, default fp32."""
+    return _get("WALLE_GPU_PRECISION") or "fp32"
+
+
 def disabled_plugins() -> set[str]:
     """WALLE_DISABLE_PLUGINS=opencl,vulkan: entry points not to load at all."""
     return {p.strip() for p in _get("WALLE_DISABLE_PLUGINS").split(",") if p.strip()}
