@@ -8,6 +8,7 @@ submit, device->host copy); ``device`` is the device clock's span of the kernels
 profiling events, Vulkan timestamp queries: ``GPUExecutable.last_run_timings().span_s``), where
 the backend has it, reported as TFLOP/s. A second table gives host->device and device->host
 bandwidth at several sizes (``GPUBackend.time_transfers``), measured separately.
+``--precision fp16`` opens the GPU backends with float16 storage (float32 math and sums).
 
 On machines without a GPU, OpenCL runs on PoCL and Vulkan on Mesa's lavapipe: both are CPU
 drivers, so their figures are CPU numbers, not GPU numbers.
@@ -24,6 +25,7 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.backend import Backend, Executable, Program
+from walle_core.kernels.executor import GPUBackend
 from walle_core.plugins import registry
 
 
@@ -92,16 +94,27 @@ def conv_rows(backend: Backend, repeat: int) -> list[dict[str, object]]:
     return rows
 
 
+def _with_precision(backend: Backend, precision: str) -> Backend:
+    """A GPU backend opened at ``precision``; other backends (no precision option) as they are."""
+    if precision == "fp32" or not isinstance(backend, GPUBackend):
+        return backend
+    return type(backend)(precision=precision)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512, 1024])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--backends", nargs="*", default=None, help="default: every available backend")
+    ap.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                    help="fp16: GPU backends store float32 tensors as float16 (float32 math and sums)")
     ap.add_argument("--transfer-sizes", type=int, nargs="*", default=[1 << 16, 1 << 20, 1 << 24],
                     help="bytes per host<->device transfer timed on its own")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    backends = [b for b in registry().available() if args.backends is None or b.name in args.backends]
+    backends = [_with_precision(b, args.precision) for b in registry().available()
+                if args.backends is None or b.name in args.backends]
+    backends = [b for b in backends if b.availability().available]
     rows: list[dict[str, object]] = []
     for backend in backends:
         for n in args.sizes:
