@@ -31,12 +31,8 @@ def kernel_for(op: A.Op) -> OpKernel | None:
     return next((k for k in KERNELS if isinstance(op, k.kinds)), None)
 
 
-def supports(op: A.Op) -> bool:
-    """Whether the C kernels implement this op exactly (else the planner falls back)."""
-    k = kernel_for(op)
-    return k is not None and k.supports(op)
-
-
 def algorithms(op: A.Op) -> Sequence[Algorithm]:
+    """What the cpu backend offers for ``op``: nothing unless its kind's C kernel implements
+    it exactly (the planner then gives it to another backend)."""
     k = kernel_for(op)
     return k.algorithms(op) if k is not None and k.supports(op) else ()
