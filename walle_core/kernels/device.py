@@ -117,13 +117,22 @@ class GPUDevice(ABC, Generic[B, K, R]):
     def allocate(self, nbytes: int) -> B:
         """A device buffer of at least ``nbytes`` (kept for the device's lifetime by the pool)."""
 
-    @abstractmethod
     def write(self, copies: Sequence[tuple[B, np.ndarray]]) -> None:
-        """Copy each host ``uint8`` array to the start of its buffer; returns when done."""
+        """Copy each host ``uint8`` array to the start of its buffer; returns when done. By
+        default a program of uploads only, through the same path as every run's inputs."""
+        self._transfer_once([Transfer(b, h.nbytes) for b, h in copies], [], [h for _, h in copies], [])
 
-    @abstractmethod
     def read(self, copies: Sequence[tuple[B, np.ndarray]]) -> None:
         """Fill each host ``uint8`` array from the start of its buffer; returns when done."""
+        self._transfer_once([], [Transfer(b, h.nbytes) for b, h in copies], [], [h for _, h in copies])
+
+    def _transfer_once(self, uploads: Sequence[Transfer[B]], downloads: Sequence[Transfer[B]],
+                       inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
+        program = self.record([], uploads, downloads)
+        try:
+            self.execute(program, inputs, outputs)
+        finally:
+            self.forget(program)
 
     # compiler
     @abstractmethod

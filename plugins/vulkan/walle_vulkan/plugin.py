@@ -134,26 +134,6 @@ class VulkanDevice(GPUDevice[Buffer, Pipeline, Recording]):
     def allocate(self, nbytes: int) -> Buffer:
         return self.memory.device.buffer(nbytes)
 
-    def _one_shot(self, copies: Sequence[tuple[Buffer, np.ndarray]], upload: bool) -> None:
-        """Blocking copies: direct into mapped buffers, else through staging and one submit."""
-        if self.memory.device.mapped and not flags.vulkan_staging():
-            for buf, host in copies:
-                buf.put(host) if upload else buf.get(host)
-            return
-        rec = self.record([], *(([Transfer(b, h.nbytes) for b, h in copies], []) if upload
-                                else ([], [Transfer(b, h.nbytes) for b, h in copies])))
-        try:
-            hosts = [h for _, h in copies]
-            self.execute(rec, *((hosts, []) if upload else ([], hosts)))
-        finally:
-            self.forget(rec)
-
-    def write(self, copies: Sequence[tuple[Buffer, np.ndarray]]) -> None:
-        self._one_shot(copies, upload=True)
-
-    def read(self, copies: Sequence[tuple[Buffer, np.ndarray]]) -> None:
-        self._one_shot(copies, upload=False)
-
     def build(self, spec: KernelSpec) -> Pipeline:
         with self.lock:
             hit = self.pipelines.get(spec.key)
