@@ -34,8 +34,6 @@ BACKENDS = ["reference", "cpu"]
 CPU_FAILS = {
     "gpt2": "a fused element-wise chain over [1,5,512] with 6 operands overflows the 5 operand "
             "stride rows of wl_nd_params (walle_cpu/ops/chain.py set_nd: IndexError)",
-    "kws_conv1d": "a residual add fused into a blocked Conv1d (Conv2D over [N,C,1,L]) keeps the "
-                  "add's 3-D [N,C,L] operand, which walle_cpu/layout.py as_blocked indexes as 4-D",
 }
 
 

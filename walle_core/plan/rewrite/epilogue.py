@@ -52,6 +52,9 @@ def fuse_residuals(items: Sequence[tuple[A.Op, Algorithm]], uses: dict[int, int]
                     continue
                 if t.shape != op.out.shape or r.shape != op.out.shape or r.dtype != _F32:
                     continue
+                producer = out[p]
+                if producer is None or producer[0].out.shape != t.shape:
+                    continue  # the add reads a reshaped view (Conv1d's [N,C,L] of [N,C,1,L])
                 if tuple(op.strides[k]) != contig or tuple(op.strides[1 - k]) != contig:
                     continue
                 if best is None or p > best[0]:  # the later producer: shorter lifetimes
