@@ -2,13 +2,16 @@
 
     python bench/bench_gpu.py                 # sizes 128 256 512 1024
     python bench/bench_gpu.py --sizes 256 512 --repeat 5 --json out.json
+    python bench/bench_gpu.py --sizes 1024 2048 --backends opencl vulkan --peak-tflops 67   # a GPU
 
 Two figures per row: ``wall`` times ``Executable.run`` end to end (host->device copies, one
 submit, device->host copy); ``device`` is the device clock's span of the kernels (OpenCL
 profiling events, Vulkan timestamp queries: ``GPUExecutable.last_run_timings().span_s``), where
 the backend has it, reported as TFLOP/s. A second table gives host->device and device->host
 bandwidth at several sizes (``GPUBackend.time_transfers``), measured separately.
-``--precision fp16`` opens the GPU backends with float16 storage (float32 math and sums).
+``--precision fp16`` opens the GPU backends with float16 storage (float32 math and sums);
+``--peak-tflops`` (the device's fp32 peak, e.g. 67 for an H200 without tensor cores) adds the
+share of it each kernel reaches on the device clock.
 
 On machines without a GPU, OpenCL runs on PoCL and Vulkan on Mesa's lavapipe: both are CPU
 drivers, so their figures are CPU numbers, not GPU numbers.
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="fp16: GPU backends store float32 tensors as float16 (float32 math and sums)")
     ap.add_argument("--transfer-sizes", type=int, nargs="*", default=[1 << 16, 1 << 20, 1 << 24],
                     help="bytes per host<->device transfer timed on its own")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="fp32 peak: adds a %% of peak column")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     backends = [_with_precision(b, args.precision) for b in registry().available()
@@ -120,11 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             rows += gemm_rows(backend, n, args.repeat)
         rows += conv_rows(backend, args.repeat)
-    print(f"{'backend':10} {'device':38} {'op':22} {'algorithm':14} {'wall ms':>9} {'GFLOP/s':>8} {'dev TFLOP/s':>11}")
+    peak = args.peak_tflops
+    print(f"{'backend':10} {'device':38} {'op':22} {'algorithm':14} {'wall ms':>9} {'GFLOP/s':>8} {'dev TFLOP/s':>11}"
+          + (f" {'% of peak':>9}" if peak else ""))
     for r in rows:
         dev = r["tflops_device"]
+        share = f" {100 * dev / peak:9.1f}" if peak and isinstance(dev, float) else ""
         print(f"{r['backend']!s:10} {str(r['device'])[:38]:38} {r['op']!s:22} {r['algorithm']!s:14} "
-              f"{r['wall_ms']:9.2f} {r['gflops_wall']:8.2f} {'' if dev is None else f'{dev:11.4f}'}")
+              f"{r['wall_ms']:9.2f} {r['gflops_wall']:8.2f} {'' if dev is None else f'{dev:11.4f}'}{share}")
     transfers = [{"backend": b.name, **t} for b in backends for t in transfer_rows(b, args.transfer_sizes)]
     if transfers:
         print(f"\n{'backend':10} {'bytes':>10} {'host->device GB/s':>18} {'device->host GB/s':>18}")
