@@ -146,3 +146,37 @@ def test_int8_max_pool_matches_reference(c: int, hw: int, k: int, s: int, pad: i
     node = h.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4)
     got, ref = _run_both(node, x, dtype, [1, c, (hw + 2 * pad - k) // s + 1, (hw + 1 + 2 * pad - k) // s + 1], [])
     np.testing.assert_array_equal(got, ref)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(op=st.sampled_from(["QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu"]),
+       n=st.integers(1, 40000), signed=st.booleans(), seed=st.integers(0, 2**31))
+def test_int8_elementwise_matches_reference(op: str, n: int, signed: bool, seed: int) -> None:
+    """QLinearAdd / QLinearMul (one float32 pass, ``qlinear_binary``) and the table lookups
+    (``qlinear_lookup``) on the cpu backend give the reference's integers."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(np.int8 if signed else np.uint8)
+    x = _rand(rng, dtype, (n,))
+
+    def scale(name: str) -> Any:
+        return nh.from_array(np.array(rng.uniform(0.005, 0.2), np.float32), name)
+
+    inits = [scale("xs"), nh.from_array(_rand(rng, dtype, ()), "xz"), scale("ys"),
+             nh.from_array(_rand(rng, dtype, ()), "yz")]
+    if op in ("QLinearAdd", "QLinearMul"):
+        inits += [nh.from_array(_rand(rng, dtype, (n,)), "b"), scale("bs"),
+                  nh.from_array(_rand(rng, dtype, ()), "bz")]
+        names = ["x", "xs", "xz", "b", "bs", "bz", "ys", "yz"]
+    else:
+        names = ["x", "xs", "xz", "ys", "yz"]
+    node = h.make_node(op, names, ["y"], domain="com.microsoft")
+    if "Leaky" in op:
+        node.attribute.append(h.make_attribute("alpha", 0.1))
+    g = h.make_graph([node], "q", [h.make_tensor_value_info("x", _TYPES[dtype], [n])],
+                     [h.make_tensor_value_info("y", _TYPES[dtype], [n])], inits)
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 21), h.make_opsetid("com.microsoft", 1)])
+    data = model.SerializeToString()
+    ref = walle_core.load(data, backend="reference").run({"x": x})["y"]
+    cpu = walle_core.load(data, backend="cpu")
+    assert [s.backend for s in cpu.plan_for({"x": x}).stage.steps] == ["cpu"]
+    np.testing.assert_array_equal(cpu.run({"x": x})["y"], ref)

@@ -16,7 +16,7 @@ quantized units: a fused ReLU or Clip) and, for MatMul, an int32 bias and ``tran
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +83,23 @@ def _per_channel(value: np.ndarray | None, n: int, what: str) -> np.ndarray:
     return flat
 
 
+def composite(b: Builder, name: str, inputs: Sequence[A.Tensor], build: Callable[[], list[A.Tensor]],
+              **attrs: object) -> A.Tensor:
+    """``b.composite`` with one output that a real op produces: when the expansion ends with a
+    copy (a reshape), the copy moves after the composite, so the planner's copy elimination
+    never rewires a consumer to a tensor that exists only inside the expansion."""
+    (out,) = b.composite(name, inputs, build, **attrs)
+    op = b.ops[-1] if b.ops else None
+    if isinstance(op, A.Composite) and op.name == name and op.outputs == [out] and op.expansion:
+        last = op.expansion[-1]
+        if isinstance(last, A.Raster) and last.view is not None and last.out is out \
+                and len(last.inputs) == 1 and any(o.out is last.inputs[0] for o in op.expansion[:-1]):
+            op.expansion.pop()
+            op.outputs = [last.inputs[0]]
+            b.ops.append(last)
+    return out
+
+
 def _attrs_of(rq: Requant | None, x_zero: int, w_zero: np.ndarray, bias: np.ndarray) -> dict[str, object]:
     """The composite attributes a backend's kernel needs (documented in docs/quantization.md)."""
     attrs: dict[str, object] = {"x_zero": x_zero, "w_zero": w_zero, "bias": bias}
@@ -120,7 +137,7 @@ def qconv(b: Builder, x: A.Tensor, w: np.ndarray, x_zero: int, w_zero: np.ndarra
         return build()[0]
     attrs = _attrs_of(rq, x_zero, wz, bi)
     attrs.update(strides=tuple(strides), pads=tuple(pads), dilations=tuple(dilations), groups=groups)
-    return b.composite("qlinear_conv", [x, b.const(w)], build, **attrs)[0]
+    return composite(b, "qlinear_conv", [x, b.const(w)], build, **attrs)
 
 
 def _const(b: Builder, t: A.Tensor | None) -> np.ndarray | None:
@@ -250,7 +267,7 @@ def qmatmul(b: Builder, a: A.Tensor, w: np.ndarray, a_zero: int, w_zero: np.ndar
             acc = b.binary("add", acc, b.const(bi))
         return [acc if rq is None else requantize(b, acc, rq, -1)]
 
-    return b.composite("qlinear_matmul", [a, b.const(w)], build, **_attrs_of(rq, a_zero, wz, bi))[0]
+    return composite(b, "qlinear_matmul", [a, b.const(w)], build, **_attrs_of(rq, a_zero, wz, bi))
 
 
 def _matmul_consts(b: Builder, a: A.Tensor, w: A.Tensor, az: A.Tensor | None,

@@ -20,7 +20,7 @@ from walle_core.decompose import NodeContext, lookup, register
 from walle_core.decompose.builder import Builder, DecomposeError
 from walle_core.decompose.elementwise import req
 from walle_core.decompose.quant import dequantize_linear, dynamic_quantize_linear, quantize_linear
-from walle_core.decompose.quant_linear import Requant, int_range, qmatmul, requantize
+from walle_core.decompose.quant_linear import Requant, composite, int_range, qmatmul, requantize
 from walle_core.ir.graph import Node
 
 Ins = list[A.Tensor | None]
@@ -74,14 +74,20 @@ def quant(b: Builder, y: A.Tensor, scale: float, zero: float, dtype: np.dtype) -
 
 
 def lookup_table(b: Builder, x: A.Tensor, table: np.ndarray) -> A.Tensor:
-    """``table[x - min(dtype)]`` for an 8-bit ``x``: one gather of 256 one-element rows."""
+    """``table[x - min(dtype)]`` for an 8-bit ``x``: a ``qlinear_lookup`` composite (attribute
+    ``table``) whose expansion is one gather of 256 one-element rows."""
     if x.dtype.itemsize != 1 or table.size != 256:
         raise DecomposeError(f"a lookup table maps 8-bit tensors, not {x.dtype}")
-    idx = b.cast(x, np.int64)
-    if x.dtype == np.int8:
-        idx = b.binary("add", idx, b.const(np.array(128, np.int64)))
-    rows = b.gather_rows(b.const(np.ascontiguousarray(table).reshape(256, 1)), idx, 256, 1)
-    return b.reshape(rows, x.shape)
+    table = np.ascontiguousarray(table).reshape(256)
+
+    def build() -> list[A.Tensor]:
+        idx = b.cast(x, np.int64)
+        if x.dtype == np.int8:
+            idx = b.binary("add", idx, b.const(np.array(128, np.int64)))
+        rows = b.gather_rows(b.const(table.reshape(256, 1)), idx, 256, 1)
+        return [b.reshape(rows, x.shape)]
+
+    return composite(b, "qlinear_lookup", [x], build, table=table)
 
 
 def domain_values(dtype: np.dtype) -> np.ndarray:
@@ -130,18 +136,29 @@ def walle_lookup(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
 
 
 def _binary(b: Builder, ins: Ins, fn: str) -> A.Tensor:
+    """QLinearAdd: ``rint((a - az) * (as / cs) + (b - bz) * (bs / cs)) + cz`` (onnxruntime's
+    form); QLinearMul: ``rint((a - az) * ((b - bz) * (as * bs / cs))) + cz``; float32, saturated.
+    Same-shape operands form a ``qlinear_binary`` composite (attributes ``fn``, the zero points
+    and the two float32 factors ``ra``, ``rb``)."""
     a, bb = req(ins[0]), req(ins[3])
     a_s, a_z = _scalar(b, req(ins[1])), _scalar(b, _opt(ins, 2))
     b_s, b_z = _scalar(b, req(ins[4])), _scalar(b, _opt(ins, 5))
     c_s, c_z = _scalar(b, req(ins[6])), _scalar(b, _opt(ins, 7))
     out = ins[7].dtype if _opt(ins, 7) is not None else a.dtype  # type: ignore[union-attr]
     f = np.float32
-    if fn == "add":  # onnxruntime's form: each side rescaled to C's scale
-        y = b.binary("add", dequant(b, a, float(f(a_s) / f(c_s)), a_z),
-                     dequant(b, bb, float(f(b_s) / f(c_s)), b_z))
+    if fn == "add":  # each side rescaled to C's scale
+        ra, rb = float(f(a_s) / f(c_s)), float(f(b_s) / f(c_s))
     else:
-        y = b.binary("mul", dequant(b, a, 1.0, a_z), dequant(b, bb, float(f(a_s) * f(b_s) / f(c_s)), b_z))
-    return quant(b, y, 1.0, c_z, out)
+        ra, rb = 1.0, float(f(a_s) * f(b_s) / f(c_s))
+
+    def build() -> list[A.Tensor]:
+        y = b.binary(fn, dequant(b, a, ra, a_z), dequant(b, bb, rb, b_z))
+        return [quant(b, y, 1.0, c_z, out)]
+
+    if a.shape != bb.shape or a.dtype.itemsize != 1 or bb.dtype.itemsize != 1:
+        return build()[0]
+    return composite(b, "qlinear_binary", [a, bb], build, fn=fn, a_zero=int(a_z), b_zero=int(b_z),
+                     c_zero=int(c_z), ra=ra, rb=rb)
 
 
 @register("QLinearAdd", domain=MS)

@@ -61,6 +61,8 @@ int wl_softmax(const wl_op *op, const wl_exec *ex);    /* softmax.c */
 int wl_lstm_cell(const wl_op *op, const wl_exec *ex);  /* lstm_cell.c */
 int wl_qconv_op(const wl_op *op, const wl_exec *ex);   /* qconv.c: int8 conv (qgemm.c) */
 int wl_qmatmul_op(const wl_op *op, const wl_exec *ex); /* qconv.c: int8 matmul (qgemm.c) */
+int wl_qlookup_op(const wl_op *op, const wl_exec *ex); /* qelementwise.c: 8-bit table */
+int wl_qbinary_op(const wl_op *op, const wl_exec *ex); /* qelementwise.c: QLinearAdd / Mul */
 
 /* ---- what a blocked micro-kernel does when it stores a tile (layout NCHW16c): add a residual
  * laid out like the output (res != NULL), then clamp to [lo, hi] when clip (ReLU, ReLU6 and

@@ -17,7 +17,7 @@
 /* ---- cffi: begin ---- */
 enum wl_kind { WL_RASTER = 1, WL_UNARY, WL_BINARY, WL_SELECT, WL_CAST, WL_REDUCE, WL_MATMUL,
                WL_CONV, WL_POOL, WL_GATHER, WL_SORT, WL_CHAIN, WL_LSTM_CELL, WL_SOFTMAX,
-               WL_QCONV, WL_QMATMUL, WL_KIND_COUNT };
+               WL_QCONV, WL_QMATMUL, WL_QLOOKUP, WL_QBINARY, WL_KIND_COUNT };
 enum wl_dtype { D_F32 = 0, D_F64, D_F16, D_I8, D_I16, D_I32, D_I64, D_U8, D_U16, D_U32, D_U64,
                 D_BOOL };
 
@@ -135,6 +135,14 @@ typedef struct {
 } wl_qconv_params;
 /* y (m x rows) = a (m x k) times the packed columns */
 typedef struct { int64_t m; } wl_qmatmul_params;
+/* 8-bit y[i] = table[x[i] ^ flip] (flip 0x80 for int8 x); aux holds the 256-byte table */
+typedef struct { int64_t n, flip; } wl_qlookup_params;
+/* 8-bit y = clamp(rint(f((a - a_zero) * ra, (b - b_zero) * rb)) + c_zero, lo, hi), f = + or *
+ * (mul), in float32, same-shape operands of n elements */
+typedef struct {
+    int64_t n, a_zero, b_zero, c_zero, lo, hi, a_signed, b_signed, mul;
+    double ra, rb;
+} wl_qbinary_params;
 
 typedef struct wl_op {
     int32_t kind, fn, dtype, dtype2, n_in, algo;
@@ -157,6 +165,8 @@ typedef struct wl_op {
         wl_lstm_params lstm;
         wl_qconv_params qconv;
         wl_qmatmul_params qmatmul;
+        wl_qlookup_params qlookup;
+        wl_qbinary_params qbinary;
     };
 } wl_op;
 

@@ -1,7 +1,8 @@
-"""int8 convolution and matrix product on the cpu backend (``qgemm.c``, ``qconv.c``): the
-``qlinear_conv`` and ``qlinear_matmul`` composites (``walle_core.decompose.quant_linear``) with
-constant weights, packed here once for the active int8 variant together with their zero points,
-bias and requantisation (the composite's attributes, documented in docs/quantization.md)."""
+"""The int8 composites on the cpu backend. ``qlinear_conv`` and ``qlinear_matmul``
+(``walle_core.decompose.quant_linear``; ``qgemm.c``, ``qconv.c``) with constant weights, packed
+here once for the active int8 variant together with their zero points, bias and requantisation
+(the composite's attributes, documented in docs/quantization.md); ``qlinear_lookup`` and
+``qlinear_binary`` (``walle_core.decompose.quant_ms``; ``qelementwise.c``) in one pass each."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from walle_core.backend import Algorithm, Cost
 from walle_cpu._native import FFI, LIB
 from walle_cpu.ops.kernel import Binder, OpKernel
 
-NAMES = frozenset({"qlinear_conv", "qlinear_matmul"})
+NAMES = frozenset({"qlinear_conv", "qlinear_matmul", "qlinear_lookup", "qlinear_binary"})
+ELEMENTWISE = frozenset({"qlinear_lookup", "qlinear_binary"})
 _BYTES = frozenset({np.dtype(np.uint8), np.dtype(np.int8)})
 _I32 = np.dtype(np.int32)
 _OUT = {np.dtype(np.uint8): 0, np.dtype(np.int8): 1, _I32: 2}  # enum wl_q_out
@@ -26,8 +28,20 @@ def is_depthwise(op: A.Composite) -> bool:
     return op.name == "qlinear_conv" and int(op.attrs["groups"]) == x.shape[1] == w.shape[0] > 1  # type: ignore[call-overload]
 
 
+def _elementwise_supported(op: A.Composite) -> bool:
+    if any(t.dtype not in _BYTES for t in (*op.inputs, op.out)):
+        return False
+    if op.name == "qlinear_lookup":
+        return len(op.inputs) == 1 and np.asarray(op.attrs["table"]).size == 256
+    return len(op.inputs) == 2 and op.inputs[0].shape == op.inputs[1].shape == op.out.shape
+
+
 def _supported(op: A.Op) -> bool:
-    if not isinstance(op, A.Composite) or op.name not in NAMES or len(op.inputs) != 2:
+    if not isinstance(op, A.Composite) or op.name not in NAMES:
+        return False
+    if op.name in ELEMENTWISE:
+        return _elementwise_supported(op)
+    if len(op.inputs) != 2:
         return False
     x, w = op.inputs
     if x.dtype not in _BYTES or w.dtype not in _BYTES or w.value is None or op.out.dtype not in _OUT:
@@ -44,11 +58,14 @@ def _cost(op: A.Op) -> Cost:
     at ~2.5x the fp32 GEMM's flop rate on AVX-512 VNNI, less the im2col packing; the direct
     depthwise kernel is bound by its int32 rows."""
     assert isinstance(op, A.Composite)
+    if op.name in ELEMENTWISE:
+        return Cost(op.flops(), op.bytes_moved(), 1, 0.5)
     eff = 0.4 if is_depthwise(op) else 1.6
     return Cost(op.flops(), op.bytes_moved(), 1, eff)
 
 
 INT8_GEMM = Algorithm("int8-gemm", _cost)
+INT8_DIRECT = Algorithm("int8-direct", _cost)
 
 
 def _weights(op: A.Composite) -> np.ndarray:
@@ -82,8 +99,29 @@ def _pack(op: A.Composite, b: Binder) -> Any:
     return q
 
 
+def _encode_elementwise(d: Any, op: A.Composite, b: Binder) -> None:
+    b.bind(d, op)
+    a = op.inputs[0]
+    if op.name == "qlinear_lookup":
+        d.kind = LIB.WL_QLOOKUP
+        d.aux = b.aux(np.asarray(op.attrs["table"]).view(np.uint8))
+        d.qlookup.n, d.qlookup.flip = a.size, 0x80 if a.dtype == np.int8 else 0
+        return
+    d.kind = LIB.WL_QBINARY
+    p = d.qbinary
+    lo, hi = np.iinfo(op.out.dtype).min, np.iinfo(op.out.dtype).max
+    p.n, p.lo, p.hi = a.size, int(lo), int(hi)
+    p.a_zero, p.b_zero, p.c_zero = (int(op.attrs[k]) for k in ("a_zero", "b_zero", "c_zero"))  # type: ignore[call-overload]
+    p.a_signed, p.b_signed = int(a.dtype == np.int8), int(op.inputs[1].dtype == np.int8)
+    p.mul = int(op.attrs["fn"] == "mul")
+    p.ra, p.rb = float(op.attrs["ra"]), float(op.attrs["rb"])  # type: ignore[arg-type]
+
+
 def _encode(d: Any, op: A.Op, algo: Algorithm, b: Binder) -> None:
     assert isinstance(op, A.Composite)
+    if op.name in ELEMENTWISE:
+        _encode_elementwise(d, op, b)
+        return
     x = op.inputs[0]
     b.bind(d, op, [x])  # the weights travel packed in aux
     d.aux = _pack(op, b)
@@ -104,4 +142,5 @@ def _encode(d: Any, op: A.Op, algo: Algorithm, b: Binder) -> None:
     p.groups = int(op.attrs["groups"])  # type: ignore[call-overload]
 
 
-QUANT = OpKernel((A.Composite,), _supported, _encode, lambda op: (INT8_GEMM,))
+QUANT = OpKernel((A.Composite,), _supported, _encode,
+                 lambda op: (INT8_DIRECT if getattr(op, "name", "") in ELEMENTWISE else INT8_GEMM,))

@@ -1,0 +1,59 @@
+/* Element-wise ops of int8 models, one pass each instead of a chain of casts and float ops:
+ * the qlinear_lookup composite (a 256-entry table: QLinearSigmoid, QLinearLeakyRelu, the QDQ
+ * rewrite's lookups) and qlinear_binary (QLinearAdd / QLinearMul of same-shape operands), in
+ * float32 exactly as their expansions compute (no fused multiply-add: plain C, no FMA target). */
+#include "internal.h"
+
+#define GRAIN 16384 /* elements per task */
+
+typedef struct {
+    const wl_op *op;
+    const uint8_t *a, *b;
+    uint8_t *y;
+} q_ew;
+
+static void lookup_task(void *vp, int64_t t) {
+    const q_ew *c = vp;
+    const wl_qlookup_params *p = &c->op->qlookup;
+    const uint8_t *table = c->op->aux, flip = (uint8_t)p->flip;
+    int64_t i0 = t * GRAIN, i1 = i0 + GRAIN < p->n ? i0 + GRAIN : p->n;
+    for (int64_t i = i0; i < i1; i++) c->y[i] = table[c->a[i] ^ flip];
+}
+
+int wl_qlookup_op(const wl_op *op, const wl_exec *ex) {
+    q_ew c = {op, (const uint8_t *)wl_in(op, ex, 0), NULL, (uint8_t *)wl_out(op, ex)};
+    wl_parallel_for((op->qlookup.n + GRAIN - 1) / GRAIN, lookup_task, &c, ex->nthreads);
+    return 0;
+}
+
+static inline float q_val(const uint8_t *x, int64_t i, int sgn) {
+    return sgn ? (float)(int8_t)x[i] : (float)x[i];
+}
+
+static void binary_task(void *vp, int64_t t) {
+    const q_ew *c = vp;
+    const wl_qbinary_params *p = &c->op->qbinary;
+    const float az = (float)p->a_zero, bz = (float)p->b_zero, cz = (float)p->c_zero;
+    const float ra = (float)p->ra, rb = (float)p->rb, magic = 12582912.0f;
+    /* clamped one past the output range before rounding (exact with the 1.5 * 2^23 trick);
+     * the final clamp gives the same integers as rounding first */
+    const float lo = (float)p->lo - cz - 1.0f, hi = (float)p->hi - cz + 1.0f;
+    const int as = (int)p->a_signed, bs = (int)p->b_signed, mul = (int)p->mul;
+    int64_t i0 = t * GRAIN, i1 = i0 + GRAIN < p->n ? i0 + GRAIN : p->n;
+    for (int64_t i = i0; i < i1; i++) {
+        float va = (q_val(c->a, i, as) - az) * ra;
+        float vb = (q_val(c->b, i, bs) - bz) * rb;
+        float v = mul ? va * vb : va + vb;
+        v = v < lo ? lo : v > hi ? hi : v;
+        float r = ((v + magic) - magic) + cz;
+        r = r < (float)p->lo ? (float)p->lo : r > (float)p->hi ? (float)p->hi : r;
+        c->y[i] = (uint8_t)(int32_t)r;
+    }
+}
+
+int wl_qbinary_op(const wl_op *op, const wl_exec *ex) {
+    q_ew c = {op, (const uint8_t *)wl_in(op, ex, 0), (const uint8_t *)wl_in(op, ex, 1),
+              (uint8_t *)wl_out(op, ex)};
+    wl_parallel_for((op->qbinary.n + GRAIN - 1) / GRAIN, binary_task, &c, ex->nthreads);
+    return 0;
+}
