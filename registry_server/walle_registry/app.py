@@ -34,7 +34,7 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
     """Build the app. ``admin_token`` seeds an admin credential (otherwise one is generated and
     written to ``data_dir/admin.token`` the first time, mode 0600)."""
     reg = registry or Registry(settings)
-    _write_admin_token(reg, settings, admin_token)
+    write_admin_token(reg, settings, admin_token)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -58,7 +58,7 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
     return app
 
 
-def _write_admin_token(reg: Registry, settings: Settings, admin_token: str | None) -> None:
+def write_admin_token(reg: Registry, settings: Settings, admin_token: str | None) -> None:
     secret = reg.credentials.bootstrap_admin(admin_token)
     if secret is not None and admin_token is None:
         path = settings.data_dir / "admin.token"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from walle_registry.auth import RateLimiter
-from walle_registry.blobs import BlobStore, LocalBlobStore
+from walle_registry.blobs import BlobStore, open_store
 from walle_registry.broker import InProcessBroker, PostgresBroker
 from walle_registry.cache import BlobCache
 from walle_registry.db import Database
@@ -44,7 +44,8 @@ class Registry:
         _remove_legacy_temp(settings)
         self.db = Database(settings.database_url)
         self.db.migrate()
-        self.blobs: BlobStore = blobs if blobs is not None else LocalBlobStore(settings.blob_dir, self.spool.dir)
+        self.blobs: BlobStore = blobs if blobs is not None else open_store(settings.blob_store, settings.blob_dir,
+                                                                           self.spool.dir)
         if broker is None:
             broker = PostgresBroker(self.db.url) if self.db.is_postgres else InProcessBroker()
         self.broker = broker

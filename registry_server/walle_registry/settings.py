@@ -29,6 +29,12 @@ class Settings:
     activity_flush_s: float = 0.25  # heartbeat write-behind interval (last_seen, check-in metrics, cursor)
     blob_cache_item_bytes: int = 1 << 20  # blobs up to this size are served from memory
     blob_cache_bytes: int = 64 << 20
+    # Behind nginx: authorised blob GETs answer with ``X-Accel-Redirect: <prefix>/ab/cd/<sha256>``
+    # and nginx sends the file (sendfile, Range) from an internal location over ``blob_dir``.
+    accel_redirect: str | None = None
+    # ``s3://bucket[/prefix]?endpoint=http://host:port&region=...`` keeps blobs in an
+    # S3-compatible store (credentials from boto3's usual sources); None = a folder under data_dir.
+    blob_store: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from walle_registry.context import Registry
+from walle_registry.delivery import blob_headers, hand_off
+from walle_registry.delivery import etag_match as etag_match  # publishing's manifest answers
 from walle_registry.errors import Invalid, TooLarge
 
 
@@ -41,14 +43,13 @@ def file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def etag_match(header: str, etag: str) -> bool:
-    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
-    return "*" in tags or etag in tags
-
-
 async def serve_blob(reg: Registry, sha256: str, request: Request, media_type: str,
                      filename: str | None) -> Response:
-    """Small blobs are answered from memory (content addressed, so never stale)."""
+    """Handed to nginx or a presigned URL when configured (:mod:`walle_registry.delivery`);
+    otherwise small blobs are answered from memory (content addressed, so never stale)."""
+    handed = hand_off(reg.settings, reg.blobs, sha256, request, media_type, filename)
+    if handed is not None:
+        return handed
     data = reg.blob_cache.get(sha256)
     if data is None:
         size = await run_in_threadpool(reg.publishing.blob_size, sha256)
@@ -56,13 +57,8 @@ async def serve_blob(reg: Registry, sha256: str, request: Request, media_type: s
             data = await run_in_threadpool(_read_blob, reg, sha256)
     else:
         size = len(data)
-    etag = f'"{sha256}"'
-    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=31536000, immutable"}
-    if filename:
-        headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-    inm = request.headers.get("if-none-match")
-    if inm and etag_match(inm, etag):
-        return Response(status_code=304, headers=headers)
+    headers = blob_headers(sha256, filename)
+    etag = headers["ETag"]
     start, end, status = 0, size - 1, 200
     rng = request.headers.get("range")
     if_range = request.headers.get("if-range")
