@@ -61,9 +61,7 @@ stamp=$( { sha256sum pyproject.toml; echo "torch==$TORCH_VERSION extras=$EXTRAS 
     | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp_file && $(cat "$stamp_file") == "$stamp" ]]; then
     log "python packages up to date (stamp matches pyproject.toml)"
-    exit 0
-fi
-
+else
 log "installing walle[$EXTRAS] (editable) and torch==$TORCH_VERSION into .venv"
 rm -f "$stamp_file"
 # setuptools>=70.1 builds wheels without the separate `wheel` package; the plugin tests build
@@ -77,3 +75,32 @@ if [[ ${installed_torch%%+*} != "$TORCH_VERSION" ]]; then
 fi
 echo "$stamp" >"$stamp_file"
 log "done: $(.venv/bin/walle version)"
+fi
+
+# Test data: the .tflite models MediaPipe's 0.10.21 wheel ships (later wheels carry none, and
+# that one needs numpy<2, so it is unpacked, not installed). Fetched here, never by the tests,
+# which only talk to 127.0.0.1.
+MEDIAPIPE_VERSION=0.10.21
+models_dir=.venv/share/walle/mediapipe-$MEDIAPIPE_VERSION
+if [[ ! -f $models_dir/.complete ]]; then
+    log "fetching MediaPipe $MEDIAPIPE_VERSION's .tflite models into $models_dir"
+    tmp=$(mktemp -d)
+    if .venv/bin/python -m pip download --no-deps --disable-pip-version-check -q \
+        --only-binary ':all:' -d "$tmp" "mediapipe==$MEDIAPIPE_VERSION"; then
+        mkdir -p "$models_dir"
+        .venv/bin/python - "$tmp" "$models_dir" <<'PY'
+import sys, zipfile
+from pathlib import Path
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+for whl in src.glob("mediapipe-*.whl"):
+    with zipfile.ZipFile(whl) as z:
+        for info in z.infolist():
+            if info.filename.startswith("mediapipe/modules/") and info.filename.endswith(".tflite"):
+                (dst / Path(info.filename).name).write_bytes(z.read(info))
+PY
+        ls "$models_dir"/*.tflite >/dev/null 2>&1 && echo "$MEDIAPIPE_VERSION" >"$models_dir/.complete"
+    else
+        log "could not fetch mediapipe==$MEDIAPIPE_VERSION (no package registry?); the MediaPipe model tests will skip" >&2
+    fi
+    rm -rf "$tmp"
+fi

@@ -2,8 +2,8 @@
 the importer's contracts: signatures, dynamic batch, layouts, errors, and .tflite in the CLI and
 in task bundles.
 
-The MediaPipe models come from the ``mediapipe`` wheel (an installed one, or the wheel fetched
-once with ``pip download`` into ``$WALLE_CACHE_DIR/tflite``); the int8 variants are made from
+The MediaPipe models come from the ``mediapipe`` wheel (an installed one, or the models that
+``scripts/setup.sh`` unpacked from it into ``.venv/share/walle``); the int8 variants are made from
 them by LiteRT's own calibrator. Float: Walle must match LiteRT to 3e-4 of each output's scale.
 Int8: integer kernels round differently from a float QDQ emulation, and the differences grow
 over 100+ layers; so Walle's difference from LiteRT must stay within the spread among LiteRT's
@@ -59,7 +59,7 @@ TRANSPOSES = {"face_landmark": 1, "iris_landmark": 1, "hand_landmark_lite": 1, "
 def zoo() -> Path:
     found = mediapipe_models()
     if found is None:
-        pytest.skip("MediaPipe's wheel (with its .tflite models) could not be found or fetched with pip")
+        pytest.skip("MediaPipe's .tflite models are not unpacked: run scripts/setup.sh (it fetches mediapipe==0.10.21 once)")
     return found
 
 

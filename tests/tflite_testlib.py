@@ -8,16 +8,12 @@ Generated models are written with the flatbuffers object API that ``ai-edge-lite
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from walle_core import flags
 
 MEDIAPIPE_VERSION = "0.10.21"  # the last release whose wheel carries mediapipe/modules/*.tflite
 VERSIONS = {"BROADCAST_TO": 2}  # builtin versions LiteRT needs above 1
@@ -336,8 +332,8 @@ def builtin_transpose_conv(model: bytes) -> bytes:
 
 def mediapipe_models() -> Path | None:
     """The folder of ``.tflite`` files MediaPipe's wheel ships (``mediapipe/modules``): an
-    installed ``mediapipe`` that carries them, else the wheel fetched once with pip (no other
-    network use) and unpacked under ``$WALLE_CACHE_DIR/tflite``. None when neither works."""
+    installed ``mediapipe`` that carries them, else the copy ``scripts/setup.sh`` unpacked into
+    the venv (tests never reach the network). None when neither is there."""
     try:
         import mediapipe  # type: ignore[import-not-found]
 
@@ -346,26 +342,8 @@ def mediapipe_models() -> Path | None:
             return modules
     except ImportError:
         pass
-    root = flags.cache_dir() / "tflite" / f"mediapipe-{MEDIAPIPE_VERSION}"
-    done = root / ".complete"
-    if done.is_file():
-        return root
-    wheels = root / "wheel"
-    wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-           "--only-binary", ":all:", "-d", str(wheels), f"mediapipe=={MEDIAPIPE_VERSION}"]
-    if subprocess.run(cmd, capture_output=True, timeout=600).returncode != 0:
-        return None
-    for whl in wheels.glob("mediapipe-*.whl"):
-        with zipfile.ZipFile(whl) as z:
-            for info in z.infolist():
-                if info.filename.startswith("mediapipe/modules/") and info.filename.endswith(".tflite"):
-                    (root / Path(info.filename).name).write_bytes(z.read(info))
-        whl.unlink()
-    if not any(root.glob("*.tflite")):
-        return None
-    done.write_text(MEDIAPIPE_VERSION)
-    return root
+    root = Path(sys.prefix) / "share" / "walle" / f"mediapipe-{MEDIAPIPE_VERSION}"
+    return root if (root / ".complete").is_file() else None
 
 
 def rel_error(got: np.ndarray, ref: np.ndarray) -> float:
