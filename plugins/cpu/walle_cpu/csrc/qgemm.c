@@ -38,6 +38,8 @@ typedef struct {
     int x_signed; /* activations packed as int8 (NEON sdot) instead of uint8 */
     q_tile_fn tile;
     q_store_fn store;
+    /* depthwise: acc[i] += x[i * sw] * w over n columns (x int8 when sgn) */
+    void (*dw_tap)(int32_t *acc, const uint8_t *row, int64_t n, int64_t sw, int32_t wv, int sgn);
 } q_isa;
 
 /* ------------------------------------------------------------------------------ variants */
@@ -240,20 +242,24 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) static void tile_sdot(
 #define STORE_ARGS const wl_qweights *, int64_t, int32_t, int32_t, const int32_t *, const int32_t *, \
                    int64_t, char *, int64_t
 static void store_row_generic(STORE_ARGS);
+#define DW_ARGS int32_t *, const uint8_t *, int64_t, int64_t, int32_t, int
+static void dw_tap_generic(DW_ARGS);
 #if defined(__x86_64__)
 static void store_row_avx512(STORE_ARGS);
 static void store_row_avx2(STORE_ARGS);
+static void dw_tap_avx512(DW_ARGS);
+static void dw_tap_avx2(DW_ARGS);
 #endif
 
-static const q_isa isa_scalar = {"scalar", 4, 1, 0, tile_scalar, store_row_generic};
+static const q_isa isa_scalar = {"scalar", 4, 1, 0, tile_scalar, store_row_generic, dw_tap_generic};
 #if defined(__x86_64__)
-static const q_isa isa_vnni512 = {"avx512vnni", 6, 2, 0, tile_vnni512, store_row_avx512};
-static const q_isa isa_vnni256 = {"avxvnni", 6, 1, 0, tile_vnni256, store_row_avx2};
-static const q_isa isa_avx2 = {"avx2", 3, 1, 0, tile_avx2, store_row_avx2};
+static const q_isa isa_vnni512 = {"avx512vnni", 6, 2, 0, tile_vnni512, store_row_avx512, dw_tap_avx512};
+static const q_isa isa_vnni256 = {"avxvnni", 6, 1, 0, tile_vnni256, store_row_avx2, dw_tap_avx2};
+static const q_isa isa_avx2 = {"avx2", 3, 1, 0, tile_avx2, store_row_avx2, dw_tap_avx2};
 #endif
 #if defined(__aarch64__)
-static const q_isa isa_sdot = {"neon-dot", 4, 1, 1, tile_sdot, store_row_generic};
-static const q_isa isa_neon_scalar = {"scalar", 4, 1, 1, tile_scalar_signed, store_row_generic};
+static const q_isa isa_sdot = {"neon-dot", 4, 1, 1, tile_sdot, store_row_generic, dw_tap_generic};
+static const q_isa isa_neon_scalar = {"scalar", 4, 1, 1, tile_scalar_signed, store_row_generic, dw_tap_generic};
 #endif
 
 static const q_isa *q_active;
@@ -572,51 +578,61 @@ static void pad_plane(void *ctx, int64_t t) {
     }
 }
 
-/* depthwise: one (image, channel) plane per task, int32 rows accumulated tap by tap */
+/* depthwise: one (image, channel) plane per task of the padded input, int32 rows accumulated
+ * tap by tap (the tap loop compiled per vector width: widen, multiply, add) */
 typedef struct {
     const wl_qconv_params *s;
     const wl_qweights *q;
-    const uint8_t *x;
+    const uint8_t *x; /* padded planes of hp x wp */
+    int64_t hp, wp;
     char *y;
     int failed;
 } dw_job;
+
+static inline __attribute__((always_inline)) void dw_tap_body(int32_t *acc, const uint8_t *row,
+                                                               int64_t n, int64_t sw, int32_t wv,
+                                                               int sgn) {
+    if (sw == 1 && sgn)
+        for (int64_t i = 0; i < n; i++) acc[i] += (int32_t)(int8_t)row[i] * wv;
+    else if (sw == 1)
+        for (int64_t i = 0; i < n; i++) acc[i] += (int32_t)row[i] * wv;
+    else if (sgn)
+        for (int64_t i = 0; i < n; i++) acc[i] += (int32_t)(int8_t)row[i * sw] * wv;
+    else
+        for (int64_t i = 0; i < n; i++) acc[i] += (int32_t)row[i * sw] * wv;
+}
+#define DW_TAP(NAME, ...)                                                                      \
+    __VA_ARGS__ static void NAME(int32_t *acc, const uint8_t *row, int64_t n, int64_t sw,       \
+                                 int32_t wv, int sgn) {                                         \
+        dw_tap_body(acc, row, n, sw, wv, sgn);                                                  \
+    }
+DW_TAP(dw_tap_generic)
+#if defined(__x86_64__)
+DW_TAP(dw_tap_avx512, __attribute__((target("avx512f,avx512bw,avx512vl"))))
+DW_TAP(dw_tap_avx2, __attribute__((target("avx2"))))
+#endif
 
 static void dw_plane(void *ctx, int64_t t) {
     dw_job *j = ctx;
     const wl_qconv_params *s = j->s;
     const wl_qweights *q = j->q;
     int64_t ch = t % s->c, ow = s->ow;
-    const uint8_t *x = j->x + t * s->h * s->w;
-    int x_signed = q->x_signed;
+    const uint8_t *x = j->x + t * j->hp * j->wp;
     int32_t *acc = wl_scratch(Q_SCRATCH, sizeof(int32_t) * (size_t)(ow + 16));
     if (!acc) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
+    const q_isa *a = isa();
     const int32_t *taps = q->taps + ch * s->kh * s->kw;
     int32_t base = q->dcomp[ch];
     for (int64_t oy = 0; oy < s->oh; oy++) {
         for (int64_t ox = 0; ox < ow; ox++) acc[ox] = base;
         for (int64_t i = 0; i < s->kh; i++) {
-            int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
-            for (int64_t jj = 0; jj < s->kw; jj++) {
-                int32_t wv = taps[i * s->kw + jj];
-                int64_t off = jj * s->dilation_w - s->pad_left;
-                /* out-of-range taps read the zero point: (xz - xz) * w adds nothing beyond the
-                 * -xz * w already in base, so they add xz * w here */
-                if (iy < 0 || iy >= s->h) {
-                    for (int64_t ox = 0; ox < ow; ox++) acc[ox] += q->x_zero_raw * wv;
-                    continue;
-                }
-                const uint8_t *row = x + iy * s->w;
-                for (int64_t ox = 0; ox < ow; ox++) {
-                    int64_t ix = ox * s->stride_w + off;
-                    int32_t v = (ix >= 0 && ix < s->w)
-                                    ? (x_signed ? (int32_t)(int8_t)row[ix] : (int32_t)row[ix])
-                                    : q->x_zero_raw;
-                    acc[ox] += v * wv;
-                }
-            }
+            const uint8_t *row = x + (oy * s->stride_h + i * s->dilation_h) * j->wp;
+            for (int64_t jj = 0; jj < s->kw; jj++)
+                a->dw_tap(acc, row + jj * s->dilation_w, ow, s->stride_w, taps[i * s->kw + jj],
+                          q->x_signed);
         }
         /* the depthwise constant is already in acc: no further offset */
         for (int64_t o0 = 0; o0 < ow; o0 += MAX_NP * PANEL)
@@ -627,11 +643,6 @@ static void dw_plane(void *ctx, int64_t t) {
 
 int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, void *y,
              int nthreads) {
-    if (s->groups == s->c && s->c == s->o && s->groups > 1) {
-        dw_job j = {s, q, x, y, 0};
-        wl_parallel_for(s->n * s->c, dw_plane, &j, nthreads);
-        return j.failed ? -1 : 0;
-    }
     /* every tap in bounds: the extent the last output's window reaches */
     int64_t hp = (s->oh - 1) * s->stride_h + (s->kh - 1) * s->dilation_h + 1;
     int64_t wp = (s->ow - 1) * s->stride_w + (s->kw - 1) * s->dilation_w + 1;
@@ -647,6 +658,11 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
     } else {
         hp = s->h;
         wp = s->w;
+    }
+    if (s->groups == s->c && s->c == s->o && s->groups > 1) {
+        dw_job j = {s, q, src, hp, wp, y, 0};
+        wl_parallel_for(s->n * s->c, dw_plane, &j, nthreads);
+        return j.failed ? -1 : 0;
     }
     int64_t P = s->oh * s->ow, chunks = (P + CHUNK * PANEL - 1) / (CHUNK * PANEL);
     int64_t tasks = s->n * s->groups * chunks, splits = 1;
