@@ -63,14 +63,22 @@ class Registry:
         self.plugin_deployments = PluginDeployments(self.db, self.publishing, self.credentials, self.devices)
         self.results = Results(self.db, self.devices.activity, self.grants)
 
+        self._lifespans = 0
         broker.on_control = self.credentials.on_control
         broker.on_notices = self.devices.observe_notices
 
     def start(self) -> None:
-        self.broker.start()
-        self.devices.start()
+        """Called by every app lifespan that serves this registry (an ASGI test client may run
+        a second one around the first); the last :meth:`close` shuts down."""
+        self._lifespans += 1
+        if self._lifespans == 1:
+            self.broker.start()
+            self.devices.start()
 
     def close(self) -> None:
+        self._lifespans -= 1
+        if self._lifespans > 0:
+            return
         self.devices.close()
         self.broker.close()
         self.db.dispose()
