@@ -4,10 +4,11 @@ version is revealed; error answers never show the server's paths."""
 from __future__ import annotations
 
 import gzip
+import time
 
 import pytest
 from test_registry_fixtures import *  # noqa: F403
-from test_registry_fixtures import Env, make_bundle, make_keys
+from test_registry_fixtures import ADMIN, Env, make_bundle, make_keys
 
 from walle_registry.client import ApiError, RegistryClient
 
@@ -67,3 +68,27 @@ def test_error_answers_never_show_server_paths(env: Env) -> None:
         assert 400 <= r.status_code < 500, r.text
         assert not any(root in r.text for root in roots), r.text
         assert "/tmp" not in r.text and "upload-" not in r.text and ".pub" not in r.text, r.text
+
+
+def test_revocations_hold_on_another_replica_at_once(env: Env) -> None:
+    """A second app over the same database (and data folder): a key or a token revoked on one
+    replica is refused on the other without waiting for a cache to expire."""
+    from fastapi.testclient import TestClient
+
+    from walle_registry.app import create_app
+
+    tok = env.admin.create_token("ci", ["publish"])
+    kid = env.admin.add_key(make_keys(env.tmp / "k2", "k2").pub_pem)["key_id"]
+    other_app = create_app(env.registry.settings, admin_token=ADMIN)
+    with TestClient(other_app) as other:
+        headers = {"Authorization": f"Bearer {tok['token']}"}
+        assert other.get("/v1/tasks", headers=headers).status_code == 200  # cached on the other replica now
+        assert kid in {k["key_id"] for k in other.get("/v1/keys", headers=headers).json()}
+        assert env.http.delete(f"/v1/keys/{kid}", headers=env.admin.headers).status_code == 204
+        assert kid not in {k["key_id"] for k in other.get("/v1/keys", headers=headers).json()}
+        assert env.http.delete(f"/v1/tokens/{tok['id']}", headers=env.admin.headers).status_code == 204
+        if env.registry.db.is_postgres:  # the replicas share a broker only on PostgreSQL
+            deadline = time.monotonic() + 5
+            while other.get("/v1/tasks", headers=headers).status_code != 401 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert other.get("/v1/tasks", headers=headers).status_code == 401
