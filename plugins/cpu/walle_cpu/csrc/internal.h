@@ -1,6 +1,6 @@
 /* Declarations shared between the kernel files (not part of the cffi ABI): the per-ISA kernel
  * table, the thread pool, the run context every op kernel gets, and the helpers one op's file
- * lends another (the GEMM driver to MatMul and the convolutions, the binary row to chains). */
+ * lends another (the GEMM driver to MatMul and the convolutions). */
 #ifndef WALLE_CPU_INTERNAL_H
 #define WALLE_CPU_INTERNAL_H
 
@@ -140,10 +140,6 @@ void wl_pack_b_parallel(const float *b, int64_t k, int64_t n, int64_t ldb, int t
                         int nthreads);
 /* unary.c: the scalar fp32 unary (the SIMD variants' fallback for rare functions) */
 void wl_unary_scalar_f32(int fn, const float *x, float *y, int64_t n, const double *prm);
-/* binary.c: y = a (fn) b over n elements of dtype dt at element strides sa, sb.
- * Returns 0 ok, 1 integer division by zero, 2 unsupported. */
-int wl_binary_row(int fn, int dt, const char *a, int64_t sa, const char *b, int64_t sb, char *y,
-                  int64_t n);
 /* Conv2D algorithms, picked by conv.c: x, w, bias (NULL: none), res (NULL: none), y. */
 int wl_conv_implicit(const wl_op *op, const wl_exec *ex, const float *x, const float *w,
                      const float *bias, const float *res, float *y);    /* conv_implicit.c */
