@@ -24,13 +24,15 @@ from walle_cli.commands.registry import registry_app, task_app
 from walle_cli.commands.results import results
 from walle_cli.commands.run import run
 from walle_cli.commands.search import calibrate, search
+from walle_cli.commands.tokens import tokens_app
 from walle_cli.console import out
 
 app = typer.Typer(
     name="walle",
     help="Walle: a device-cloud ML engine with pluggable compute backends.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion for bash, zsh, fish and PowerShell (docs/registry.md)
+    add_completion=True,
     # Bugs still show a traceback, but without dumping every local (weights can be huge).
     pretty_exceptions_show_locals=False,
 )
@@ -60,6 +62,7 @@ app.add_typer(task_app, name="task")
 task_commands.register(task_app)
 vm_commands.register(bench_app)
 app.add_typer(keys_app, name="keys")
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(devices_app, name="devices")
 app.add_typer(device_app, name="device")

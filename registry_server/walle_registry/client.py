@@ -60,12 +60,34 @@ class RegistryClient(_Base):
     def add_key(self, pem: str, name: str = "") -> dict[str, Any]:
         return dict(self._req("POST", "/v1/keys", json={"pem": pem, "name": name}).json())
 
+    def keys(self) -> list[dict[str, Any]]:
+        return list(self._req("GET", "/v1/keys").json())
+
+    def revoke_key(self, key_id: str) -> None:
+        self._req("DELETE", f"/v1/keys/{key_id}")
+
     def create_token(self, name: str, scopes: list[str]) -> dict[str, Any]:
         return dict(self._req("POST", "/v1/tokens", json={"name": name, "scopes": scopes}).json())
 
-    def publish(self, bundle: Path) -> dict[str, Any]:
-        data = Path(bundle).read_bytes()
-        resp = self._req("POST", "/v1/tasks", content=data, headers={"Content-Type": "application/octet-stream"})
+    def tokens(self) -> list[dict[str, Any]]:
+        return list(self._req("GET", "/v1/tokens").json())
+
+    def revoke_token(self, token_id: int) -> None:
+        self._req("DELETE", f"/v1/tokens/{token_id}")
+
+    def publish(self, bundle: Path, on_chunk: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Upload a signed bundle, streamed from disk; ``on_chunk(n)`` follows the bytes sent."""
+        size = Path(bundle).stat().st_size
+
+        def chunks() -> Iterator[bytes]:
+            with open(bundle, "rb") as f:
+                while block := f.read(1 << 20):
+                    if on_chunk is not None:
+                        on_chunk(len(block))
+                    yield block
+
+        resp = self._req("POST", "/v1/tasks", content=chunks(),
+                         headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
         return dict(resp.json())
 
     def publish_plugin(self, wheel: Path, private_key: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from walle_core.task.archive import (
     Limits,
     VerifiedBundle,
+    collect_files,
     extract_bundle,
     pack,
     read_manifest,
@@ -56,6 +57,7 @@ __all__ = [
     "UnsafeMemberError",
     "VerificationError",
     "VerifiedBundle",
+    "collect_files",
     "extract_bundle",
     "generate_key",
     "key_id",

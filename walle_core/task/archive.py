@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from walle_core.task.errors import (
     BundleError,
@@ -86,8 +86,24 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+Progress = Callable[[int], None]  # called with the payload bytes just written
+
+
+class _Counted:
+    """A file that reports the bytes read from it (progress of pack and sign)."""
+
+    def __init__(self, fh: IO[bytes], progress: Progress) -> None:
+        self.fh, self.progress = fh, progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.progress(len(data))
+        return data
+
+
 def _write_bundle(
-    out: Path, manifest_bytes: bytes, signature: bytes | None, payload: Iterator[tuple[str, int, IO[bytes]]]
+    out: Path, manifest_bytes: bytes, signature: bytes | None, payload: Iterator[tuple[str, int, IO[bytes]]],
+    progress: Progress | None = None,
 ) -> None:
     """Write atomically (temp file + rename) so a reader never sees half a bundle."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +116,7 @@ def _write_bundle(
             if signature is not None:
                 tar.addfile(_tarinfo(SIGNATURE_NAME, len(signature)), io.BytesIO(signature))
             for path, size, fh in payload:
-                tar.addfile(_tarinfo(PAYLOAD_PREFIX + path, size), fh)
+                tar.addfile(_tarinfo(PAYLOAD_PREFIX + path, size), fh if progress is None else cast(IO[bytes], _Counted(fh, progress)))
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -131,8 +147,9 @@ def collect_files(src: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(src).as_posix())
 
 
-def pack(src: Path, out: Path) -> Manifest:
-    """Pack task folder ``src`` (with its ``task.json``) into an unsigned bundle at ``out``."""
+def pack(src: Path, out: Path, progress: Progress | None = None) -> Manifest:
+    """Pack task folder ``src`` (with its ``task.json``) into an unsigned bundle at ``out``;
+    ``progress(n)`` follows the payload bytes written (their total is the manifest's file sizes)."""
     stub_path = src / SOURCE_MANIFEST
     try:
         stub: dict[str, Any] = json.loads(stub_path.read_text("utf-8"))
@@ -153,7 +170,7 @@ def pack(src: Path, out: Path) -> Manifest:
             with (src / entry.path).open("rb") as fh:
                 yield entry.path, entry.size, fh
 
-    _write_bundle(out, manifest_bytes, None, payload())
+    _write_bundle(out, manifest_bytes, None, payload(), progress)
     return manifest
 
 
@@ -384,7 +401,7 @@ def extract_bundle(bundle: Path, dest: Path, keys: KeyStore, limits: Limits | No
 
 
 def sign_bundle(bundle: Path, private: Ed25519PrivateKey, out: Path | None = None,
-                limits: Limits | None = None) -> VerifiedBundle:
+                limits: Limits | None = None, progress: Progress | None = None) -> VerifiedBundle:
     """(Re-)sign ``bundle``: check its files against its manifest, then rewrite it with a signature."""
     bundle = Path(bundle)
     out = Path(out) if out is not None else bundle
@@ -399,7 +416,7 @@ def sign_bundle(bundle: Path, private: Ed25519PrivateKey, out: Path | None = Non
                     yield entry.path, entry.size, fh
 
         signature = signature_document(private, checked.manifest_bytes)
-        _write_bundle(out, checked.manifest_bytes, signature, payload())
+        _write_bundle(out, checked.manifest_bytes, signature, payload(), progress)
     return VerifiedBundle(checked.manifest, checked.manifest_bytes, key_id(private.public_key()),
                           _sha256_file(out))
 

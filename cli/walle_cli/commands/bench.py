@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated
 
@@ -41,6 +42,7 @@ def bench_model(
     threads: Annotated[int, typer.Option(min=1, help="Threads for every engine.")] = 2,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per engine (median).")] = 30,
     backend: Annotated[str, typer.Option(help="Walle backend.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Latency of MODEL on Walle against peer engines (same process, same threads, batch 1)."""
     from walle_bench.compare import compare, header, resolve_model, table_rows
@@ -48,5 +50,10 @@ def bench_model(
     with walle_errors():
         name, path, feeds = resolve_model(model)
         res = compare(name, path, feeds, threads=threads, runs=runs, peers=vs, backend=backend)
+    if as_json:
+        ratios = {p: res.ratio(p) for p in res.peers}
+        typer.echo(json.dumps({**dataclasses.asdict(res), "path": str(path), "threads": threads, "runs": runs,
+                               "backend": backend, "walle_over_peer": ratios}, indent=2))
+        return
     for line in [*header(threads, runs), *table_rows([res], vs)]:
         typer.echo(line)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from walle_cli.commands.registry import JsonOpt, TokenOpt, UrlOpt, client
 from walle_cli.console import fail, out
+from walle_cli.timefmt import readable_time
 
 deploy_app = typer.Typer(help="Release task versions to devices.", no_args_is_help=True)
 
@@ -19,19 +20,55 @@ def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+# How a device's report counts in a stage: a device is in exactly one of these columns.
+_OK, _FAILED, _PENDING = ("installed", "running"), ("failed", "error"), ("notified", "downloading")
+
+
+def policy_lines(st: dict[str, Any]) -> list[str]:
+    """The deployment's policy in words: who it targets and how it widens."""
+    ids = st.get("device_ids")
+    who = "all devices" if ids is None else f"{len(ids)} listed device(s): " + ", ".join(ids[:5]) + (
+        ", ..." if len(ids) > 5 else "")
+    filters = ", ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in sorted(st["filters"].items()))
+    return [
+        f"policy: {who}" + (f" with {filters}" if filters else "") + f", {st['percentage']:g}% by hash "
+        f"(seed {st['seed']!r}), priority {st['priority']}",
+        "stages: " + " -> ".join(f"{p:g}%" for p in st["stages"]) + f"; a stage opens after {st['min_sample']} "
+        f"outcome(s) with success >= {st['success_threshold']:g}; halts at error rate > {st['error_threshold']:g}",
+        f"replaces: {st['previous_version'] or 'nothing'}",
+    ]
+
+
+def stage_table(st: dict[str, Any]) -> Table:
+    """Per stage: devices assigned, split into succeeded + failed + pending + other (removed, ...),
+    which add up to assigned, and a total row that adds the stages up."""
+    table = Table("stage", "percent", "targeted", "assigned", "succeeded", "failed", "pending", "other")
+    totals = [0] * 6
+    for p in st["progress"]:
+        counts = p["counts"]
+        ok, bad = sum(counts.get(k, 0) for k in _OK), sum(counts.get(k, 0) for k in _FAILED)
+        pending = sum(counts.get(k, 0) for k in _PENDING)
+        row = [p["targeted"], p["assigned"], ok, bad, pending, p["assigned"] - ok - bad - pending]
+        totals = [a + b for a, b in zip(totals, row, strict=True)]
+        mark = " *" if p["index"] == st["current_stage"] else ""
+        table.add_row(f"{p['index'] + 1}{mark}", f"{p['percentage']:g}%", *map(str, row))
+    table.add_section()
+    table.add_row("total", "", *map(str, totals))
+    return table
+
+
 def _print_status(st: dict[str, Any]) -> None:
     reason = f" ({st['reason']})" if st.get("reason") else ""
     out().print(escape(f"deployment {st['id']}: {st['task']} {st['version']} [{st['state']}]{reason}"))
+    for line in policy_lines(st):
+        out().print(escape(line))
     if "progress" not in st:
         return
-    table = Table("stage", "percent", "targeted", "reached", "succeeded", "failed")
-    for p in st["progress"]:
-        mark = "*" if p["index"] == st["current_stage"] else ""
-        table.add_row(f"{p['index'] + 1}{mark}", f"{p['percentage']:g}%", str(p["targeted"]), str(p["assigned"]),
-                      str(p["succeeded"]), str(p["failed"]))
-    out().print(table)
+    out().print(stage_table(st))
     for e in st.get("errors", [])[:5]:
-        out().print(escape(f"  error on {e['device']}: {e['error']}"))
+        out().print(escape(f"  {readable_time(e.get('at'))} error on {e['device']}: {e['error']}"))
+    for ev in st.get("events", [])[:5]:
+        out().print(escape(f"  {readable_time(ev['at'])} {ev['kind']}" + (f": {ev['detail']}" if ev["detail"] else "")))
 
 
 @deploy_app.command("create")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -57,11 +59,15 @@ def inspect(
     backend: Annotated[
         str, typer.Option("--backend", "-b", help="Backend to plan the decomposition for.")
     ] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
 ) -> None:
     """Show MODEL's inputs, outputs, op types, parameters and its atomic decomposition."""
     console = out()
     with walle_errors():
         info = walle_core.describe(model, backend=backend)
+    if as_json:
+        typer.echo(json.dumps({"model": str(model), **dataclasses.asdict(info)}, indent=2))
+        return
     console.print(
         f"[bold]{escape(str(model))}[/bold]: graph '{escape(info.name)}', opset {info.opset}, "
         f"{info.nodes} nodes"

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from walle_cli.console import fail, out
+from walle_cli.progress import byte_progress
 from walle_core import flags
 
 registry_app = typer.Typer(help="Run the Walle registry service.", no_args_is_help=True)
@@ -73,8 +74,8 @@ def publish(
     as_json: JsonOpt = False,
 ) -> None:
     """Upload a signed bundle; the registry verifies digests and signature first."""
-    with client(url, token) as c:
-        rel = c.publish(bundle)
+    with client(url, token) as c, byte_progress(f"publishing {bundle.name}", bundle.stat().st_size) as advance:
+        rel = c.publish(bundle, advance)
     if as_json:
         import json
 

@@ -6,10 +6,12 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from walle_cli.commands.registry import JsonOpt, TokenOpt, UrlOpt, client
 from walle_cli.console import out
+from walle_cli.timefmt import readable_time
 
 
 def results(
@@ -27,9 +29,9 @@ def results(
     if as_json:
         out().print_json(json.dumps(rows))
         return
-    table = Table("device", "seq", "version", "name", "key", "ts", "value")
+    table = Table("device", "seq", "version", "name", "key", "event time (UTC)", "received (UTC)", "value")
     for r in rows:
-        table.add_row(r["device"], str(r["seq"]), r["version"], r["name"], r["key"], f"{r['ts']:g}",
-                      json.dumps(r["value"])[:80])
+        table.add_row(escape(r["device"]), str(r["seq"]), escape(r["version"]), escape(r["name"]), escape(r["key"]),
+                      readable_time(r["ts"]), readable_time(r["received_at"]), escape(json.dumps(r["value"])[:80]))
     out().print(table)
     out().print(f"{len(rows)} result(s)")

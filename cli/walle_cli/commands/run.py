@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 import zipfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -16,6 +18,7 @@ import walle_core
 from walle_cli.console import fail, out, walle_errors
 
 PREVIEW = 6  # values shown per output
+JSON_VALUES = 10_000  # values --json prints per output before it gives only the first PREVIEW
 
 
 def parse_inputs(specs: list[str]) -> dict[str, np.ndarray]:
@@ -42,6 +45,15 @@ def preview(arr: np.ndarray) -> str:
     flat = arr.reshape(-1)
     text = np.array2string(flat[:PREVIEW], precision=5, separator=", ", max_line_width=10_000)
     return text[:-1] + ", ...]" if flat.size > PREVIEW else text
+
+
+def output_json(arr: np.ndarray) -> dict[str, Any]:
+    """An output as strict JSON: dtype, shape and values (non-finite floats as "nan"/"inf"/"-inf")."""
+    flat = arr.reshape(-1)
+    truncated = flat.size > JSON_VALUES
+    shown = flat[:PREVIEW] if truncated else flat
+    values = [v if not isinstance(v, float) or math.isfinite(v) else str(v) for v in shown.tolist()]
+    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "values": values, "truncated": truncated}
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -71,6 +83,8 @@ def run(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Save all outputs to this .npz file.")
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=f"Print the outputs as JSON (values in full up to "
+                                                         f"{JSON_VALUES:,} elements; --output for more).")] = False,
 ) -> None:
     """Run MODEL on numpy inputs and print its outputs (names, shapes, dtypes, first values)."""
     feeds = parse_inputs(inputs or [])
@@ -79,6 +93,17 @@ def run(
         start = time.perf_counter()
         results = loaded.run(feeds)
         elapsed_ms = (time.perf_counter() - start) * 1e3
+    if output is not None:
+        try:
+            save_npz(output, results)
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc}")
+    if as_json:
+        typer.echo(json.dumps({
+            "model": str(model), "backends": loaded.backend_names, "first_run_ms": elapsed_ms,
+            "outputs": {name: output_json(np.asarray(results[name])) for name in loaded.output_names},
+            "saved_to": None if output is None else str(output)}, indent=2, allow_nan=False))
+        return
     console = out()
     console.print(
         f"[bold]{escape(str(model))}[/bold] on {escape(', '.join(loaded.backend_names))}: "
@@ -92,8 +117,4 @@ def run(
         table.add_row(escape(name), str(arr.dtype), str(list(arr.shape)), escape(preview(arr)))
     console.print(table)
     if output is not None:
-        try:
-            save_npz(output, results)
-        except OSError as exc:
-            fail(f"cannot write {output}: {exc}")
         console.print(f"saved {len(results)} output(s) to {escape(str(output))}")

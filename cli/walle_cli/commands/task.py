@@ -13,13 +13,16 @@ from rich.markup import escape
 
 import walle_core
 from walle_cli.console import fail, out, walle_errors
+from walle_cli.progress import byte_progress
 from walle_core import flags
 from walle_core.task import (
     KeyStore,
+    collect_files,
     extract_bundle,
     load_private_key,
     load_public_key,
     pack,
+    read_manifest,
     sign_bundle,
     verify_bundle,
 )
@@ -44,7 +47,9 @@ def pack_cmd(
     """Pack a task folder into a deterministic, unsigned bundle."""
     with walle_errors(), tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "b.walle"
-        manifest = pack(src, staged)
+        total = sum(p.stat().st_size for p in collect_files(src))
+        with byte_progress(f"packing {src.name}", total) as advance:
+            manifest = pack(src, staged, advance)
         target = output or Path(f"{manifest.name}-{manifest.version}.walle")
         staged.replace(target)
     out().print(f"packed {manifest.name} {manifest.version} ({len(manifest.files)} files) -> "
@@ -58,7 +63,10 @@ def sign_cmd(
 ) -> None:
     """Sign a bundle's manifest with an Ed25519 key."""
     with walle_errors():
-        signed = sign_bundle(bundle, load_private_key(key), output)
+        private = load_private_key(key)
+        total = sum(f.size for f in read_manifest(bundle).files)
+        with byte_progress(f"signing {bundle.name}", total) as advance:
+            signed = sign_bundle(bundle, private, output, progress=advance)
     out().print(f"signed {signed.manifest.name} with key {signed.key_id} -> {escape(str(output or bundle))}")
 
 
