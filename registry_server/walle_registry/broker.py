@@ -23,6 +23,7 @@ log = logging.getLogger("walle_registry.broker")
 CHANNEL = "walle_notices"
 MAX_PAYLOAD = 7000  # PostgreSQL NOTIFY payloads must stay under 8000 bytes
 KEEPALIVE: dict[str, Any] = {"keepalive": True}  # queue marker: send an SSE comment
+RESYNC: dict[str, Any] = {"resync": True}  # queue marker: notices may have been missed, re-read the database
 
 
 class InProcessBroker:
@@ -63,6 +64,21 @@ class InProcessBroker:
             queues = [q for subs in self._subs.values() for q in subs if id(q) // 16 % parts == part]
         for q in queues:
             q.put_nowait(KEEPALIVE)
+
+    def resync(self) -> None:
+        """Tell every local stream to catch up from the database (thread-safe): called when the
+        notification channel was down, so live notices of that gap never arrived."""
+        with self._lock:
+            queues = [q for subs in self._subs.values() for q in subs]
+        if not queues or self._loop is None:
+            return
+
+        def put_all() -> None:
+            for q in queues:
+                q.put_nowait(RESYNC)
+
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self._loop.call_soon_threadsafe(put_all)
 
     def connected(self) -> int:
         with self._lock:
@@ -125,6 +141,8 @@ class PostgresBroker(InProcessBroker):
             try:
                 with psycopg.connect(self.dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    if self.ready.is_set():  # a reconnection: notices sent meanwhile were lost
+                        self.resync()
                     self.ready.set()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from walle_registry import schemas as S
-from walle_registry.broker import KEEPALIVE
+from walle_registry.broker import KEEPALIVE, RESYNC
 from walle_registry.context import Registry
 from walle_registry.errors import Forbidden
 from walle_registry.routes.deps import DeviceP, Enroller, Reader, Reg
@@ -109,9 +109,10 @@ async def _events(reg: Registry, device_id: str, cursor: int, queue: asyncio.Que
                   ) -> AsyncIterator[str]:
     seen: set[int] = set()
     last = cursor
-    try:
-        yield "retry: 2000\n: connected\n\n"
-        while True:  # catch up from the database, in pages
+
+    async def catch_up() -> AsyncIterator[str]:  # from the database, in pages
+        nonlocal last
+        while True:
             page = await run_in_threadpool(reg.devices.notices_after, device_id, last, PAGE)
             for n in page:
                 seen.add(n["seq"])
@@ -119,10 +120,19 @@ async def _events(reg: Registry, device_id: str, cursor: int, queue: asyncio.Que
                 yield _sse(n)
             if len(page) < PAGE:
                 break
+
+    try:
+        yield "retry: 2000\n: connected\n\n"
+        async for event in catch_up():
+            yield event
         while True:
             n = await queue.get()
             if n is KEEPALIVE:
                 yield ": keep-alive\n\n"
+                continue
+            if n is RESYNC:
+                async for event in catch_up():
+                    yield event
                 continue
             seq = int(n["seq"])
             if seq in seen or seq <= cursor:
