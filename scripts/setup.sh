@@ -13,7 +13,8 @@ APT_PACKAGES=(
     ocl-icd-libopencl1 pocl-opencl-icd     # OpenCL loader + a CPU OpenCL driver
     libvulkan1 mesa-vulkan-drivers glslc   # Vulkan loader + lavapipe + GLSL->SPIR-V compiler
     postgresql chromium                    # registry tests: PostgreSQL 15 server, console screenshot
-    gcc-aarch64-linux-gnu qemu-user        # cpu backend: NEON kernels cross-built, tested under qemu
+    nginx                                  # registry cluster: load balancer, X-Accel-Redirect blob delivery
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user  # cpu backend: NEON kernels cross-built (with aarch64 libc headers), tested under qemu
 )
 
 log() { printf '[setup] %s\n' "$*"; }
