@@ -177,7 +177,7 @@ class S3BlobStore:
                  region: str | None = None, presign_s: int = 0, client: Any = None) -> None:
         if client is None:
             try:
-                import boto3
+                import boto3  # type: ignore[import-untyped]
             except ImportError:
                 raise Invalid("an s3:// blob store needs boto3 (pip install 'walle[server]')") from None
             client = boto3.client("s3", endpoint_url=endpoint, region_name=region or "us-east-1")
@@ -206,7 +206,7 @@ class S3BlobStore:
         return self.prefix + blob_key(sha256)
 
     def _head(self, sha256: str) -> dict[str, Any] | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
         try:
             return dict(self.client.head_object(Bucket=self.bucket, Key=self._key(sha256)))
@@ -250,7 +250,7 @@ class S3BlobStore:
         return int(head["ContentLength"])
 
     def open_range(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
         rng = f"bytes={start}-{'' if end is None else end}"
         try:

@@ -9,11 +9,13 @@ from typing import Annotated, Any
 
 import typer
 
+from walle_cli.commands.cluster import cluster_app
 from walle_cli.console import fail, out
 from walle_cli.progress import byte_progress
 from walle_core import flags
 
 registry_app = typer.Typer(help="Run the Walle registry service.", no_args_is_help=True)
+registry_app.add_typer(cluster_app, name="cluster")
 task_app = typer.Typer(help="Task bundles in the registry.", no_args_is_help=True)
 
 UrlOpt = Annotated[str | None, typer.Option("--url", help="registry URL (default: $WALLE_REGISTRY_URL)")]
@@ -52,6 +54,7 @@ def serve(
     db: Annotated[str | None, typer.Option("--db", help="database URL, e.g. postgresql://user@host/db")] = None,
     admin_token: Annotated[str | None, typer.Option("--admin-token", help="seed this admin token")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="worker processes (more than 1 needs --db postgresql)")] = 1,
 ) -> None:
     """Serve the registry API (OpenAPI at /openapi.json, console at /console)."""
     try:
@@ -63,7 +66,12 @@ def serve(
     out().print(f"walle registry on http://{host}:{port} (data {data}, db {db or 'sqlite'})")
     if admin_token is None:
         out().print(f"admin token: {token_file} (created on first start)")
-    run(host, port, data, db, admin_token, log_level)
+    from walle_registry.errors import Invalid
+
+    try:
+        run(host, port, data, db, admin_token, log_level, workers=workers)
+    except Invalid as exc:
+        fail(exc.message)
 
 
 @task_app.command("publish")
