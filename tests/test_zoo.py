@@ -31,11 +31,7 @@ BACKENDS = ["reference", "cpu"]
 # The cpu backend fails to prepare its kernels for these (found by this zoo, reported to its
 # owners); the runtime then drops cpu and runs the whole model on reference, which must not
 # pass as a cpu result. Strict: a fix turns them into unexpected passes to remove from here.
-CPU_FAILS = {
-    "gpt2": "the tanh-GELU chain [pow+mul+add+mul+tanh+add] reads one buffer through two Tensor "
-            "objects: walle_cpu/ops/chain.py counts 5 operands by id, its encoder 6 by identity, "
-            "overflowing the 5 stride rows of wl_nd_params (IndexError)",
-}
+CPU_FAILS: dict[str, str] = {}
 
 
 def cases(names: list[str]) -> list[Any]:

@@ -43,11 +43,50 @@ def _fusable(op: A.Op) -> bool:
     return False
 
 
-def _n_operands(ops: list[A.Op]) -> int:
-    ids = {x.id for x in ops[0].inputs}
-    for k in range(1, len(ops)):
-        ids |= {x.id for x in ops[k].inputs if x is not ops[k - 1].out}
-    return len(ids)
+class _Operands:
+    """The chain's distinct operands, one stride row each: a tensor read twice under the same
+    strides (even through two Tensor objects of one buffer, so by id) takes one row. Both the
+    fusion's limit check and the encoder count through this, so they cannot disagree."""
+
+    def __init__(self) -> None:
+        self.tensors: list[A.Tensor] = []
+        self.strides: list[list[int]] = []
+
+    def index(self, t: A.Tensor, st: Sequence[int]) -> int:
+        for i, (o, s) in enumerate(zip(self.tensors, self.strides, strict=True)):
+            if o.id == t.id and s == list(st):
+                return i
+        self.tensors.append(t)
+        self.strides.append(list(st))
+        return len(self.tensors) - 1
+
+
+def _program(ops: list[A.Op]) -> tuple[_Operands, list[list[int]], list[list[float]]]:
+    """The chain as chain.c runs it: operands, steps (mode, fn, operand, 0) and their params."""
+    operands = _Operands()
+    first = ops[0]
+    if isinstance(first, A.Unary):
+        operands.index(first.inputs[0], contiguous(first.out.shape))
+    else:
+        assert isinstance(first, A.Binary)
+        operands.index(first.inputs[0], first.strides[0])
+    steps: list[list[int]] = []
+    params: list[list[float]] = []
+    prev: A.Tensor | None = None
+    for op in ops:  # the register starts as the first op's first operand
+        if isinstance(op, A.Unary):
+            steps.append([0, K.UNARY_FNS[op.fn], 0, 0])
+            params.append(list(op.params[:4]))
+        elif prev is None or op.inputs[0] is prev:  # reg = reg (fn) operand
+            assert isinstance(op, A.Binary)
+            steps.append([1, K.BINARY_FNS[op.fn], operands.index(op.inputs[1], op.strides[1]), 0])
+            params.append([])
+        else:  # reg = operand (fn) reg
+            assert isinstance(op, A.Binary)
+            steps.append([2, K.BINARY_FNS[op.fn], operands.index(op.inputs[0], op.strides[0]), 0])
+            params.append([])
+        prev = op.out
+    return operands, steps, params
 
 
 def fuse_chains(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> list[tuple[A.Op, Algorithm]]:
@@ -70,7 +109,7 @@ def fuse_chains(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> 
         if len(hits) != 1:
             return False
         return tuple(op.strides[hits[0]]) == tuple(contiguous(t.shape)) \
-            and _n_operands([*chain, op]) <= MAX_OPERANDS
+            and len(_program([*chain, op])[0].tensors) <= MAX_OPERANDS
 
     def flush() -> None:
         if len(chain) >= 2:
@@ -94,43 +133,10 @@ def fuse_chains(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> 
 
 def _encode(d: Any, ch: A.Op, algo: Algorithm, b: Binder) -> None:
     assert isinstance(ch, Chain)
-    first = ch.ops[0]
-    contig = contiguous(ch.out.shape)
-    operands: list[A.Tensor] = []
-    strides: list[list[int]] = []
-
-    def operand(t: A.Tensor, st: Sequence[int]) -> int:
-        for i, (o, s) in enumerate(zip(operands, strides, strict=True)):
-            if o is t and list(s) == list(st):
-                return i
-        operands.append(t)
-        strides.append(list(st))
-        return len(operands) - 1
-
-    steps: list[list[int]] = []
-    params: list[list[float]] = []
-    if isinstance(first, A.Unary):
-        operand(first.inputs[0], contig)
-    else:
-        assert isinstance(first, A.Binary)
-        operand(first.inputs[0], first.strides[0])
-    prev: A.Tensor | None = None
-    for op in ch.ops:  # the register starts as the first op's first operand
-        if isinstance(op, A.Unary):
-            steps.append([0, K.UNARY_FNS[op.fn], 0, 0])
-            params.append(list(op.params[:4]))
-        elif prev is None or op.inputs[0] is prev:  # reg = reg (fn) operand
-            assert isinstance(op, A.Binary)
-            steps.append([1, K.BINARY_FNS[op.fn], operand(op.inputs[1], op.strides[1]), 0])
-            params.append([])
-        else:  # reg = operand (fn) reg
-            assert isinstance(op, A.Binary)
-            steps.append([2, K.BINARY_FNS[op.fn], operand(op.inputs[0], op.strides[0]), 0])
-            params.append([])
-        prev = op.out
+    operands, steps, params = _program(ch.ops)
     d.kind = LIB.WL_CHAIN
-    b.bind(d, ch, operands)
-    set_nd(d.nd, ch.out.shape, strides)
+    b.bind(d, ch, operands.tensors)
+    set_nd(d.nd, ch.out.shape, operands.strides)
     d.nd.n_steps = len(steps)
     d.aux = b.aux(np.array(steps, dtype=np.int64))
     prm = np.zeros((len(steps), 4), np.float64)
