@@ -8,6 +8,12 @@ CPU seconds the server and the client spent in each phase (they share the machin
 
     python bench/bench_registry.py --devices 2000          # default
     python bench/bench_registry.py --devices 10000 --db postgresql://...
+    python bench/bench_registry.py --devices 10000 --replicas 3 [--kill-one]   # the cluster
+
+``--replicas N`` runs the cluster of :mod:`walle_registry.cluster` instead (a private PostgreSQL,
+N replicas, nginx in front; blobs sent by nginx after X-Accel-Redirect); ``--kill-one`` SIGKILLs
+one replica once half the devices have pulled: its devices' streams reconnect through nginx with
+``Last-Event-ID`` and their requests are retried, and every status report must still count.
 
 The server runs in a child process (``python -m walle_registry``: uvicorn with uvloop/httptools
 when installed), the simulated devices in this one: one asyncio loop (uvloop when installed),
@@ -19,9 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import random
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -32,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from walle_core.task import generate_key, pack, save_keypair, sign_bundle
+from walle_registry.cluster import Cluster
 
 ADMIN = "wpt_bench-admin-token"
 
@@ -114,7 +124,8 @@ class Conn:
 class Client:
     """A bounded pool of keep-alive connections; ``call`` waits for a free one."""
 
-    def __init__(self, port: int, size: int) -> None:
+    def __init__(self, port: int, size: int, retries: int = 1) -> None:
+        self.retries, self.retried = retries, 0
         self.idle: asyncio.LifoQueue[Conn] = asyncio.LifoQueue()
         for _ in range(size):
             self.idle.put_nowait(Conn(port))
@@ -122,19 +133,20 @@ class Client:
     async def call(self, method: str, path: str, token: str, body: Any = None, raw: bytes | None = None,
                    ok: tuple[int, ...] = (200, 201)) -> Any:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        conn = await self.idle.get()
-        try:
-            for attempt in range(2):
-                try:
-                    status, out = await conn.request(method, path, token, data,
-                                                     "application/octet-stream" if raw is not None else "application/json")
-                    break
-                except (ConnectionError, asyncio.IncompleteReadError):
-                    conn.close()
-                    if attempt:
-                        raise
-        finally:
-            self.idle.put_nowait(conn)
+        for attempt in range(self.retries + 1):
+            conn = await self.idle.get()
+            try:
+                status, out = await conn.request(method, path, token, data,
+                                                 "application/octet-stream" if raw is not None else "application/json")
+            except (ConnectionError, asyncio.IncompleteReadError):
+                conn.close()
+                status, out = 0, b"connection lost"
+            finally:
+                self.idle.put_nowait(conn)
+            if status not in (0, 502, 503, 504) or attempt == self.retries:
+                break
+            self.retried += 1  # a replica went away mid-request: retry (device calls are idempotent)
+            await asyncio.sleep(min(2.0, 0.05 * 2 ** attempt))
         if status not in ok:
             raise HttpError(f"{method} {path}: {status} {out[:200]!r}")
         return json.loads(out) if out and out[:1] in (b"{", b"[") else out
@@ -145,42 +157,64 @@ class Client:
 
 
 class Stream:
-    """One device's SSE connection over a raw socket."""
+    """One device's SSE connection over a raw socket; when the server side goes away it
+    reconnects (after a random back-off) from the last event id it saw, as a device does."""
 
     def __init__(self, port: int, token: str) -> None:
         self.port, self.token = port, token
         self.notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.writer: asyncio.StreamWriter | None = None
+        self.last_seq = 0
+        self.reconnects = 0
+        self.closed = False
 
     async def open(self) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         self.writer = writer
-        writer.write((f"GET /v1/device/stream?cursor=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        writer.write((f"GET /v1/device/stream?cursor={self.last_seq} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                       f"Authorization: Bearer {self.token}\r\nAccept: text/event-stream\r\n\r\n").encode())
         head = await reader.readuntil(b"\r\n\r\n")
         if b" 200 " not in head.split(b"\r\n", 1)[0]:
             raise RuntimeError(f"stream refused: {head[:100]!r}")
         asyncio.get_running_loop().create_task(self._read(reader))
 
+    async def _reopen(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(random.uniform(0.2, 2.0))  # spread the reconnect storm
+            try:
+                await self.open()
+                self.reconnects += 1
+                return
+            except (OSError, RuntimeError, asyncio.IncompleteReadError):
+                continue
+
     async def _read(self, reader: asyncio.StreamReader) -> None:
         # the body is chunked: only the event payload lines matter here
         with_data = b"\ndata:"
         buf = b""
         while True:
-            chunk = await reader.read(65536)
+            try:
+                chunk = await reader.read(65536)
+            except ConnectionError:
+                chunk = b""
             if not chunk:
+                if not self.closed:
+                    await self._reopen()
                 return
             buf += chunk
             while (i := buf.find(with_data)) >= 0:
                 j = buf.find(b"\n", i + 1)
                 if j < 0:
                     break
-                self.notices.put_nowait(json.loads(buf[i + len(with_data):j]))
+                notice = json.loads(buf[i + len(with_data):j])
+                self.last_seq = max(self.last_seq, int(notice["seq"]))
+                self.notices.put_nowait(notice)
                 buf = buf[j:]
             if len(buf) > 4096 and with_data not in buf:
                 buf = buf[-64:]
 
     def close(self) -> None:
+        self.closed = True
         if self.writer is not None:
             self.writer.close()
 
@@ -192,31 +226,65 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Phase:
-    """Wall time and CPU seconds of server and client over a phase."""
+def server_cpu(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a killed replica is gone
+            out[pid] = cpu_of(pid)
+    return out
 
-    def __init__(self, server_pid: int) -> None:
-        self.pid = server_pid
-        self.t, self.s, self.c = time.perf_counter(), cpu_of(server_pid), time.process_time()
+
+class Phase:
+    """Wall time and CPU seconds of the server processes and the client over a phase."""
+
+    def __init__(self, server_pids: list[int]) -> None:
+        self.pids = list(server_pids)
+        self.t, self.s, self.c = time.perf_counter(), server_cpu(self.pids), time.process_time()
 
     def done(self) -> dict[str, float]:
         wall = time.perf_counter() - self.t
-        return {"wall_s": round(wall, 2), "server_cpu_s": round(cpu_of(self.pid) - self.s, 2),
+        end = server_cpu(self.pids)
+        used = sum(end.get(pid, start) - start for pid, start in self.s.items())
+        return {"wall_s": round(wall, 2), "server_cpu_s": round(used, 2),
                 "client_cpu_s": round(time.process_time() - self.c, 2)}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="walle-bench-"))
-    port = free_port()
-    cmd = [sys.executable, "-m", "walle_registry", "--port", str(port), "--data", str(tmp / "data"),
-           "--admin-token", ADMIN]
-    if args.db:
-        cmd += ["--db", args.db]
-    server = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    http = Client(port, args.pool)
-    ctl = Client(port, 2)  # operator calls do not queue behind device traffic
+    server: subprocess.Popen[bytes] | None = None
+    cluster: Cluster | None = None
+    if args.replicas:
+        cluster = Cluster.up(tmp / "cluster", args.replicas, admin_token=ADMIN)
+        port = cluster.state.port
+        health_ports = list(cluster.state.replica_ports)
+        pids = cluster.state.replica_pids
+    else:
+        port = free_port()
+        cmd = [sys.executable, "-m", "walle_registry", "--port", str(port), "--data", str(tmp / "data"),
+               "--admin-token", ADMIN]
+        if args.db:
+            cmd += ["--db", args.db]
+        server = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        health_ports = [port]
+        pids = [server.pid]
+    http = Client(port, args.pool, retries=8 if cluster else 1)
+    ctl = Client(port, 2, retries=8 if cluster else 1)  # operator calls do not queue behind device traffic
     streams: list[Stream] = []
     phases: dict[str, dict[str, float]] = {}
+    killed: list[int] = []
+
+    async def connected_streams() -> int:
+        total = 0
+        for p in health_ports:
+            probe = Client(p, 1)
+            try:
+                total += int((await probe.call("GET", "/healthz", ADMIN))["streams"])
+            except (OSError, HttpError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                probe.close()
+        return total
+
     try:
         for _ in range(300):
             try:
@@ -233,16 +301,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "device_id": f"bench-{i:05d}", "attributes": {"os": "linux", "region": "eu"}})
             return str(c["device_id"]), str(c["token"])
 
-        ph = Phase(server.pid)
+        ph = Phase(pids)
         creds = await asyncio.gather(*(register(i) for i in range(args.devices)))
         phases["register"] = ph.done()
         print(f"registered {len(creds)} devices: {phases['register']}", flush=True)
-        ph = Phase(server.pid)
+        ph = Phase(pids)
         streams = [Stream(port, tok) for _, tok in creds]
         for i in range(0, len(streams), 500):
             await asyncio.gather(*(s.open() for s in streams[i:i + 500]))
         for _ in range(600):
-            if (await ctl.call("GET", "/healthz", ADMIN))["streams"] >= len(streams):
+            if await connected_streams() >= len(streams):
                 break
             await asyncio.sleep(0.1)
         phases["connect"] = ph.done()
@@ -256,17 +324,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async def device(did: str, tok: str, stream: Stream, t0: float) -> None:
             notice = await asyncio.wait_for(stream.notices.get(), args.timeout)
             notified.append(time.perf_counter() - t0)
+            if args.pull_jitter:
+                await asyncio.sleep(random.uniform(0, args.pull_jitter))  # no stampede on the blob tier
             await http.call("GET", f"/v1/releases/{notice['task']}/{notice['version']}/manifest", tok)
             for sha in files:
                 await http.call("GET", f"/v1/blobs/{sha}", tok)
             pulled.append(time.perf_counter() - t0)
+            if cluster is not None and args.kill_one and not killed and len(pulled) >= args.devices // 2:
+                killed.append(cluster.state.replica_pids[0])
+                os.killpg(killed[0], signal.SIGKILL)  # mid-rollout, without warning
+                print(f"killed replica 0 after {len(pulled)} pulls", flush=True)
             r = await http.call("POST", "/v1/device/reports", tok, {
                 "task": "bench", "version": "1.0.0", "status": "installed", "seq": 1,
                 "deployment_id": notice["deployment"]})
             if not r.get("accepted"):
                 lost.append(did)
 
-        ph = Phase(server.pid)
+        ph = Phase(pids)
         t0 = time.perf_counter()
         dep_task = asyncio.create_task(ctl.call("POST", "/v1/deployments", ADMIN, {
             "task": "bench", "version": "1.0.0", "min_sample": 1, "success_threshold": 1.0}))
@@ -295,13 +369,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 done += 1
                 i += args.pool
 
-        ph = Phase(server.pid)
+        ph = Phase(pids)
         await asyncio.gather(*(checker(w) for w in range(args.pool)))
         phases["checkin"] = ph.done()
         elapsed = phases["checkin"]["wall_s"]
         installed = status["counts"].get("installed", 0)
         return {
-            "devices": args.devices, "db": "postgresql" if args.db else "sqlite", "pool": args.pool,
+            "devices": args.devices, "db": "postgresql" if args.db or cluster else "sqlite", "pool": args.pool,
+            "replicas": args.replicas or 1, "load_balancer": "nginx" if cluster else None,
+            "killed_replica": bool(killed), "stream_reconnects": sum(st.reconnects for st in streams),
+            "retried_requests": http.retried, "every_device_finished": len(pulled) == args.devices,
             "notified": len(notified), "pulled": len(pulled), "errors": errors[:5], "n_errors": len(errors),
             "notify_s": {p: round(pct(notified, p), 3) for p in (50, 90, 99)},
             "pull_s": {p: round(pct(pulled, p), 3) for p in (50, 90, 99)},
@@ -318,11 +395,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             st.close()
         http.close()
         ctl.close()
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        if cluster is not None:
+            cluster.down()
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def main() -> None:
@@ -332,9 +412,16 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=64, help="concurrent HTTP requests from the clients")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--checkin-seconds", type=float, default=10.0)
+    ap.add_argument("--replicas", type=int, default=0,
+                    help="run a cluster (PostgreSQL, this many replicas, nginx) instead of one server")
+    ap.add_argument("--kill-one", action="store_true", help="SIGKILL one replica once half the devices pulled")
+    ap.add_argument("--pull-jitter", type=float, default=0.0, metavar="S",
+                    help="each device waits uniform(0, S) seconds after its notice before pulling")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = args.devices + args.pool + 256
+    if args.kill_one and args.replicas < 2:
+        ap.error("--kill-one needs --replicas 2 or more")
+    need = 2 * args.devices + args.pool + 256
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
     try:
