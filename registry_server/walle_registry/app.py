@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import walle_registry
-from walle_registry import console, schemas
+from walle_registry import apidocs, console, schemas
 from walle_registry.context import Registry
 from walle_registry.errors import RateLimited, RegistryError, Unauthorized, scrub_paths
 from walle_registry.routes import credentials, deployments, devices, publishing, results
@@ -47,13 +47,15 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
             ticker.cancel()
             reg.close()
 
+    # docs_url/redoc_url off: FastAPI's pages load their scripts from a CDN; apidocs serves both
+    # offline from the same OpenAPI description
     app = FastAPI(title="Walle registry", version=walle_registry.__version__, lifespan=lifespan,
-                  description=__doc__ or "", responses=ERRORS)
+                  description=__doc__ or "", responses=ERRORS, docs_url=None, redoc_url=None)
     app.state.registry = reg
     app.add_exception_handler(RegistryError, _registry_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.get("/healthz", tags=["misc"])(_healthz)
-    for module in (credentials, publishing, devices, results, deployments, console):
+    for module in (credentials, publishing, devices, results, deployments, console, apidocs):
         app.include_router(module.router)
     return app
 

@@ -1,7 +1,9 @@
-"""The web console: deployments with per-stage progress, device counts, errors, and buttons.
+"""The web console: deployments with per-stage progress, device counts, errors, and buttons;
+device pages (list, one device), releases and tasks, a deployment's history (console_pages.py,
+read through console_data.py).
 
 Server-rendered HTML (no JavaScript needed; the page refreshes itself every few seconds). Sign-in
-takes a publisher token once (``/console?token=...`` or the form) and keeps it in an HttpOnly,
+takes a publisher token once (``/console?token=...[&next=/console/devices]`` or the form) and keeps it in an HttpOnly,
 SameSite=Strict cookie; the buttons post forms that carry a CSRF value derived from that cookie.
 Reading needs any token, the buttons need the ``deploy`` scope.
 """
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -18,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from walle_registry import console_data, console_pages
 from walle_registry.auth import Principal
 from walle_registry.context import Registry
 from walle_registry.errors import Forbidden, RegistryError, Unauthorized
@@ -52,12 +57,13 @@ def _csrf(secret: str) -> str:
     return hashlib.sha256(("csrf:" + secret).encode()).hexdigest()[:32]
 
 
-def _page(title: str, body: str, refresh: bool = False) -> HTMLResponse:
+def _page(title: str, body: str, refresh: bool = False, section: str = "") -> HTMLResponse:
     meta = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if refresh else ""
+    menu = console_pages.nav(section) if section else ""
     return HTMLResponse(
         f"<!doctype html><html><head><meta charset='utf-8'>{meta}<title>{html.escape(title)}</title>"
-        f"<style>{CSS}</style></head><body><header>Walle registry<small>{html.escape(title)}</small></header>"
-        f"<main>{body}</main></body></html>")
+        f"<style>{CSS}{console_pages.CSS}</style></head><body><header>Walle registry<small>{html.escape(title)}"
+        f"</small></header>{menu}<main>{body}</main></body></html>")
 
 
 def _login(message: str = "") -> HTMLResponse:
@@ -94,12 +100,17 @@ def _buttons(dep_id: int, state: str, csrf: str) -> str:
     return "".join(out)
 
 
-def render(reg: Registry, csrf: str, can_deploy: bool) -> HTMLResponse:
+def device_tiles(reg: Registry) -> list[tuple[str, int]]:
+    """Devices in total, online, offline and by health: each device counted once (not once per
+    task or deployment it has)."""
     counts = reg.devices.status_counts()
-    tiles = [("devices", counts["total"]), ("online", counts["online"]), ("offline", counts["offline"])]
-    tiles += [(k.split(":", 1)[1], v) for k, v in sorted(counts.items()) if k.startswith("status:")]
-    body = ["<div class='tiles'>" + "".join(
-        f"<div class='tile'><b>{v}</b><span>{html.escape(k)}</span></div>" for k, v in tiles) + "</div>"]
+    health = console_data.health_counts(console_data.devices(reg, limit=1_000_000))
+    return [("devices", counts["total"]), ("online", counts["online"]), ("offline", counts["offline"]),
+            *health.items()]
+
+
+def render(reg: Registry, csrf: str, can_deploy: bool) -> HTMLResponse:
+    body = [console_pages.tiles(device_tiles(reg))]
     deps = reg.deployments.find()[:20]
     if not deps:
         body.append("<p>No deployments yet.</p>")
@@ -111,13 +122,14 @@ def render(reg: Registry, csrf: str, can_deploy: bool) -> HTMLResponse:
         counts_line = ", ".join(f"{k} {v}" for k, v in sorted(st["counts"].items())) or "no devices reached yet"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(st["created_at"]))
         body.append(
-            f"<div class='dep' id='dep-{dep.id}'><h2>#{dep.id} {html.escape(dep.task)} {html.escape(dep.version)}"
+            f"<div class='dep' id='dep-{dep.id}'><h2><a href='/console/deployments/{dep.id}'>#{dep.id} "
+            f"{html.escape(dep.task)} {html.escape(dep.version)}</a>"
             f"<span class='badge {dep.state}'>{dep.state.replace('_', ' ')}</span></h2>"
             f"<div class='meta'>from {html.escape(str(st['previous_version']))} · {st['percentage']:g}% of targeted · "
             f"priority {st['priority']} · created {when} UTC by {html.escape(st['created_by'])}{reason}</div>"
             f"{_stage_rows(st)}<div class='meta'>{html.escape(counts_line)}</div>{errors}"
             f"<div>{_buttons(dep.id, dep.state, csrf) if can_deploy else ''}</div></div>")
-    return _page("deployments", "".join(body), refresh=True)
+    return _page("deployments", "".join(body), refresh=True, section="deployments")
 
 
 def _who(reg: Registry, request: Request) -> tuple[Principal, str]:
@@ -134,9 +146,11 @@ def _publisher(reg: Registry, secret: str) -> Principal:
     return p
 
 
-def _signed_in(reg: Registry, secret: str) -> Response:
+def _signed_in(reg: Registry, secret: str, next_page: str = "/console") -> Response:
+    """Set the cookie and go on to ``next_page`` (a console page only: never another site)."""
     _publisher(reg, secret)
-    resp = RedirectResponse("/console", status_code=303)
+    target = next_page if re.fullmatch(r"/console(/[A-Za-z0-9._/-]*)?", next_page) and ".." not in next_page else "/console"
+    resp = RedirectResponse(target, status_code=303)
     resp.set_cookie(COOKIE, secret, httponly=True, samesite="strict", max_age=12 * 3600)
     return resp
 
@@ -149,11 +163,60 @@ def console(request: Request, reg: Reg) -> Response:
     token = request.query_params.get("token")
     try:
         if token:
-            return _signed_in(reg, token)
+            return _signed_in(reg, token, request.query_params.get("next", "/console"))
         p, secret = _who(reg, request)
     except RegistryError as exc:
         return _login(exc.message if token or request.cookies.get(COOKIE) else "")
     return render(reg, _csrf(secret), p.has("deploy"))
+
+
+def _signed_in_page(request: Request, reg: Reg, title: str, section: str,
+                    build: Callable[[Principal, str], str]) -> Response:
+    """A console page for a signed-in reader (else the sign-in form); ``build`` gets the
+    principal and the CSRF value and returns the body."""
+    try:
+        p, secret = _who(reg, request)
+        return _page(title, build(p, _csrf(secret)), refresh=True, section=section)
+    except RegistryError as exc:
+        if exc.status == 404:
+            return HTMLResponse(html.escape(exc.message), status_code=404)
+        return _login(exc.message if request.cookies.get(COOKIE) else "")
+
+
+@router.get("/console/devices", response_class=HTMLResponse)
+def devices_page(request: Request, reg: Reg) -> Response:
+    def build(_p: Principal, _csrf_value: str) -> str:
+        rows = console_data.devices(reg)
+        return console_pages.devices_page(rows, console_data.health_counts(rows), time.time())
+
+    return _signed_in_page(request, reg, "devices", "devices", build)
+
+
+@router.get("/console/devices/{device_id}", response_class=HTMLResponse)
+def device_page(device_id: str, request: Request, reg: Reg) -> Response:
+    def build(_p: Principal, _csrf_value: str) -> str:
+        return console_pages.device_page(console_data.device(reg, device_id), time.time())
+
+    return _signed_in_page(request, reg, f"device {device_id}", "devices", build)
+
+
+@router.get("/console/releases", response_class=HTMLResponse)
+def releases_page(request: Request, reg: Reg) -> Response:
+    def build(_p: Principal, _csrf_value: str) -> str:
+        rows = console_data.releases(reg)
+        return console_pages.releases_page(console_data.tasks(rows), rows)
+
+    return _signed_in_page(request, reg, "releases", "releases", build)
+
+
+@router.get("/console/deployments/{dep_id}", response_class=HTMLResponse)
+def history_page(dep_id: int, request: Request, reg: Reg) -> Response:
+    def build(p: Principal, csrf: str) -> str:
+        st = reg.deployments.status(dep_id)
+        buttons = _buttons(dep_id, st["state"], csrf) if p.has("deploy") else ""
+        return console_pages.history_page(st, _stage_rows(st), buttons)
+
+    return _signed_in_page(request, reg, f"deployment {dep_id}", "deployments", build)
 
 
 @router.post("/console/login")
