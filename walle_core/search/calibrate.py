@@ -27,6 +27,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
 from walle_core.search.timing import Timer
 
-SCHEMA = 8
+SCHEMA = 9
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 LEVELS = 7  # sizes per sweep; a sweep stops early once one op takes SWEEP_CAP_S
@@ -122,6 +123,9 @@ class Calibration:
     curves: dict[str, list[list[float]]] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)  # op_key -> flop/s at the largest size
     device_timed: bool = False  # kernel times came from the device's own timers
+    # measured / predicted time of a small whole network run as one program: what running ops
+    # together costs beyond their queued times (layout changes, caches, synchronisation)
+    program_factor: float = 1.0
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
@@ -149,6 +153,17 @@ class Calibration:
         same = same or [c for k, c in sorted(self._curves.items())
                         if k.split(":", 1)[0].split("/", 1)[0] == base]
         return same[0] if same else None
+
+    def op_seconds(self, op: A.Op, algo: Algorithm) -> float:
+        """Seconds of ``op`` queued in a program, from its bucket's fit (before the program
+        factor). Fits timed on the host clock include the op's launches; kernel times from the
+        device's own timers do not, and a launch never takes less than the launch overhead."""
+        flops, nbytes = demand(op, algo)
+        fit = self.curve(op_key(op, algo.name))
+        own = fit(flops, nbytes, items(op)) if fit is not None else nbytes / self.bandwidth_Bps
+        if self.device_timed:
+            own = max(own, self.op_overhead_s * max(algo.cost(op).launches, 1))
+        return own
 
     def upload(self, nbytes: float) -> float:
         return self.h2d_latency_s + nbytes / self.h2d_Bps
@@ -351,7 +366,53 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
         cal.rates[key] = max(op.flops(), 1.0) / max(t, 1e-12)
         if t > SWEEP_CAP_S or _saturated(points):
             stopped.add(key)
-    return Calibration(**asdict(cal))  # refits the curves from the points
+    cal = Calibration(**asdict(cal))  # refits the curves from the points
+    step("a whole program")
+    cal.program_factor = _program_factor(backend, timer, cal)
+    return cal
+
+
+def _network() -> tuple[list[A.Op], A.Tensor]:
+    """A small network of the common buckets (conv, depthwise, 1x1, activations, a residual
+    add, pooling, a reshape and a GEMM), and its input."""
+    b = _builder()
+    rng = np.random.default_rng(1)
+    f32 = np.float32
+    ch, hw = 32, 28
+    img = b.tensor((1, ch, hw, hw), f32)
+    x = img
+    for shape, groups, pads in (((ch, ch, 3, 3), 1, (1, 1, 1, 1)), ((ch, 1, 3, 3), ch, (1, 1, 1, 1)),
+                                ((ch, ch, 1, 1), 1, (0, 0, 0, 0))):
+        out = b.tensor((1, ch, hw, hw), f32)
+        b.emit(A.Conv2D([x, b.const(rng.standard_normal(shape).astype(f32))], [out], pads=pads,
+                        groups=groups))
+        x = b.unary("relu", out)
+    x = b.binary("add", x, img)
+    pooled = b.tensor((1, ch, hw // 2, hw // 2), f32)
+    b.emit(A.Pool2D([x], [pooled], fn="max", kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)))
+    flat = b.reshape(pooled, (ch, (hw // 2) ** 2))
+    b.matmul(flat, b.const(rng.standard_normal(((hw // 2) ** 2, 64)).astype(f32)))
+    return b.ops, img
+
+
+def _program_factor(backend: Backend, timer: Timer, cal: Calibration) -> float:
+    """Measured over predicted seconds of :func:`_network` as one program (1 when the backend
+    cannot run all of it), within [0.5, 8]."""
+    ops, img = _network()
+    picks: list[tuple[A.Op, Algorithm]] = []
+    for op in ops:
+        algos = backend.algorithms(op)
+        if not algos:
+            return 1.0
+        picks.append((op, min(algos, key=partial(cal.op_seconds, op))))
+    out = ops[-1].outputs
+    try:
+        measured = timer.program(Program(picks, [img], list(out)))
+    except Exception:  # a backend that cannot build it keeps the per-op costs as they are
+        return 1.0
+    predicted = (cal.program_overhead_s + sum(cal.op_seconds(op, alg) for op, alg in picks)
+                 + cal.upload(img.nbytes) + sum(cal.download(t.nbytes) for t in out))
+    return min(max(measured / predicted, 0.5), 8.0)
 
 
 def _saturated(points: list[list[float]]) -> bool:

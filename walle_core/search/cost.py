@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm
-from walle_core.search.calibrate import Calibration, demand, items, op_key
+from walle_core.search.calibrate import Calibration
 
 
 def op_signature(op: A.Op) -> str:
@@ -34,16 +34,10 @@ class CostModel:
         self.measured = measured or {}  # (op signature, "backend/algo") -> seconds
 
     def predict(self, op: A.Op, backend: str, algo: Algorithm) -> float:
-        """Seconds of ``op`` queued in a program of ``backend``, from the bucket's fit. Fits
-        timed on the host clock include the op's launches; kernel times from the device's own
-        timers do not, and a launch never takes less than the backend's launch overhead."""
+        """Seconds of ``op`` queued in a program of ``backend``: its bucket's fit, scaled by what
+        a whole program measured over its ops' predictions at calibration."""
         cal = self.cal[backend]
-        flops, nbytes = demand(op, algo)
-        curve = cal.curve(op_key(op, algo.name))
-        own = curve(flops, nbytes, items(op)) if curve is not None else nbytes / cal.bandwidth_Bps
-        if cal.device_timed:
-            own = max(own, cal.op_overhead_s * max(algo.cost(op).launches, 1))
-        return own
+        return cal.op_seconds(op, algo) * cal.program_factor
 
     def upload(self, backend: str, nbytes: float) -> float:
         return self.cal[backend].upload(nbytes)

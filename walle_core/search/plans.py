@@ -3,8 +3,9 @@ the best mixed plan, and the rule that picks between them.
 
 A mixed plan's extra costs (uploads, downloads, one program per run) are the least certain part
 of any prediction, and a wrong split costs far more than it can save. So a mixed plan must beat
-the best single-backend plan by its own predicted transfer and program costs once more: the
-search cannot predict itself into a plan worse than running everything on one backend.
+the best single-backend plan by its own predicted transfer and program costs once more, and by at
+least MIXED_GAIN of it: the search cannot predict itself into a plan worse than running
+everything on one backend.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from walle_core.search.assign import Decision, exact_cost, mixed_assignment, set
 from walle_core.search.cost import CostModel, PlanCost
 
 MIXED = "mixed"
+MIXED_GAIN = 0.1  # ... and save at least this share of it: smaller gains are within prediction error
 
 
 @dataclass
@@ -101,13 +103,13 @@ def predicted_choice(plans: Sequence[Plan]) -> tuple[Plan, str]:
     why = f"best single-backend plan ({best.label}, predicted {best.predicted_s * 1e6:.0f} µs)"
     if mixed is None:
         return best, why
-    margin = mixed.cost.transfer_s + mixed.cost.program_s
+    margin = max(mixed.cost.transfer_s + mixed.cost.program_s, MIXED_GAIN * best.predicted_s)
     if mixed.predicted_s + margin < best.predicted_s:
         return mixed, (f"mixed plan predicted {mixed.predicted_s * 1e6:.0f} µs beats {best.label} "
                        f"({best.predicted_s * 1e6:.0f} µs) by more than its transfers and programs "
                        f"({margin * 1e6:.0f} µs)")
     return best, why + (f"; mixed plan {mixed.predicted_s * 1e6:.0f} µs does not beat it by its "
-                        f"transfers and programs ({margin * 1e6:.0f} µs)")
+                        f"transfers and programs or {MIXED_GAIN:.0%} ({margin * 1e6:.0f} µs)")
 
 
 def distinct(plans: Sequence[Plan]) -> list[Plan]:

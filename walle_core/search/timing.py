@@ -167,9 +167,3 @@ class Timer:
         if w_hi > w_lo:
             return (w_hi - w_lo) / (hi - lo)
         return max(w_hi / hi, 1e-9)  # noise hid the difference: the mean is an upper bound
-
-
-def time_in_chain(backend: Backend, op: A.Op, alg: Algorithm, *, repeat: int = 5,
-                  seed: int = 0) -> float:
-    """Seconds of one ``op`` between ops like it (see :meth:`Timer.steady`)."""
-    return Timer(backend, clock_for([backend]), repeat=repeat, seed=seed).steady(op, alg)
