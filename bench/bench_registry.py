@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -235,18 +236,25 @@ def server_cpu(pids: list[int]) -> dict[int, float]:
 
 
 class Phase:
-    """Wall time and CPU seconds of the server processes and the client over a phase."""
+    """Wall time and CPU seconds of each server tier (one process, or the cluster's replicas,
+    postgres and nginx) and of the client over a phase."""
 
-    def __init__(self, server_pids: list[int]) -> None:
-        self.pids = list(server_pids)
-        self.t, self.s, self.c = time.perf_counter(), server_cpu(self.pids), time.process_time()
+    def __init__(self, tiers: Callable[[], dict[str, list[int]]]) -> None:
+        self.tiers = tiers  # read again at the end: PostgreSQL forks a backend per new connection
+        self.t, self.c = time.perf_counter(), time.process_time()
+        self.s = {name: server_cpu(pids) for name, pids in tiers().items()}
 
     def done(self) -> dict[str, float]:
         wall = time.perf_counter() - self.t
-        end = server_cpu(self.pids)
-        used = sum(end.get(pid, start) - start for pid, start in self.s.items())
-        return {"wall_s": round(wall, 2), "server_cpu_s": round(used, 2),
-                "client_cpu_s": round(time.process_time() - self.c, 2)}
+        out = {"wall_s": round(wall, 2)}
+        for name, pids in self.tiers().items():
+            start, end = self.s.get(name, {}), server_cpu(pids)
+            # a process that started during the phase counts whole; one that died keeps its start
+            used = sum(end.get(pid, t) - t for pid, t in start.items()) + sum(
+                c for pid, c in end.items() if pid not in start)
+            out["server_cpu_s" if name == "server" else f"{name}_cpu_s"] = round(used, 2)
+        out["client_cpu_s"] = round(time.process_time() - self.c, 2)
+        return out
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,7 +265,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cluster = Cluster.up(tmp / "cluster", args.replicas, admin_token=ADMIN)
         port = cluster.state.port
         health_ports = list(cluster.state.replica_ports)
-        pids = cluster.state.replica_pids
+        tiers = cluster.tier_pids
     else:
         port = free_port()
         cmd = [sys.executable, "-m", "walle_registry", "--port", str(port), "--data", str(tmp / "data"),
@@ -266,7 +274,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cmd += ["--db", args.db]
         server = subprocess.Popen(cmd, stderr=subprocess.PIPE)
         health_ports = [port]
-        pids = [server.pid]
+        pid = server.pid
+
+        def tiers() -> dict[str, list[int]]:
+            return {"server": [pid]}
     http = Client(port, args.pool, retries=8 if cluster else 1)
     ctl = Client(port, 2, retries=8 if cluster else 1)  # operator calls do not queue behind device traffic
     streams: list[Stream] = []
@@ -301,11 +312,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "device_id": f"bench-{i:05d}", "attributes": {"os": "linux", "region": "eu"}})
             return str(c["device_id"]), str(c["token"])
 
-        ph = Phase(pids)
+        ph = Phase(tiers)
         creds = await asyncio.gather(*(register(i) for i in range(args.devices)))
         phases["register"] = ph.done()
         print(f"registered {len(creds)} devices: {phases['register']}", flush=True)
-        ph = Phase(pids)
+        ph = Phase(tiers)
         streams = [Stream(port, tok) for _, tok in creds]
         for i in range(0, len(streams), 500):
             await asyncio.gather(*(s.open() for s in streams[i:i + 500]))
@@ -340,7 +351,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if not r.get("accepted"):
                 lost.append(did)
 
-        ph = Phase(pids)
+        ph = Phase(tiers)
         t0 = time.perf_counter()
         dep_task = asyncio.create_task(ctl.call("POST", "/v1/deployments", ADMIN, {
             "task": "bench", "version": "1.0.0", "min_sample": 1, "success_threshold": 1.0}))
@@ -369,7 +380,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 done += 1
                 i += args.pool
 
-        ph = Phase(pids)
+        ph = Phase(tiers)
         await asyncio.gather(*(checker(w) for w in range(args.pool)))
         phases["checkin"] = ph.done()
         elapsed = phases["checkin"]["wall_s"]
@@ -414,6 +425,7 @@ def main() -> None:
     ap.add_argument("--checkin-seconds", type=float, default=10.0)
     ap.add_argument("--replicas", type=int, default=0,
                     help="run a cluster (PostgreSQL, this many replicas, nginx) instead of one server")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here (bench/fleet_sim.py reads it)")
     ap.add_argument("--kill-one", action="store_true", help="SIGKILL one replica once half the devices pulled")
     ap.add_argument("--pull-jitter", type=float, default=0.0, metavar="S",
                     help="each device waits uniform(0, S) seconds after its notice before pulling")
@@ -432,6 +444,8 @@ def main() -> None:
         pass
     out = asyncio.run(run(args))
     print(json.dumps(out, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -228,6 +228,33 @@ class Cluster:
             time.sleep(0.1)
         raise Invalid(f"{url} not healthy after {timeout:.0f} s")
 
+    def tier_pids(self) -> dict[str, list[int]]:
+        """Process ids per tier (replicas with their workers, postgres, nginx) for CPU accounting."""
+        def family(root_pid: int) -> list[int]:
+            kids: dict[int, list[int]] = {}
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                    kids.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+            out, todo = [], [root_pid]
+            while todo:
+                pid = todo.pop()
+                out.append(pid)
+                todo += kids.get(pid, [])
+            return out
+
+        def pid_file(path: Path) -> int | None:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                return int(path.read_text().split()[0])
+            return None
+
+        tiers: dict[str, list[int]] = {"replicas": [p for r in self.state.replica_pids for p in family(r)]}
+        for name, path in (("postgres", Path(self.state.pg_dir) / "data" / "postmaster.pid"),
+                           ("nginx", self.root / "nginx.pid")):
+            pid = pid_file(path)
+            tiers[name] = family(pid) if pid is not None else []
+        return tiers
+
     # ------------------------------------------------------------------ nginx
 
     def _write_nginx_conf(self) -> None:
