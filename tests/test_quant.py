@@ -260,3 +260,24 @@ def test_convert_fp16_weights(models: dict[str, Path], tmp_path: Path, backend: 
     want = _ort_run(out, feeds)  # onnxruntime on the same rounded weights
     got = walle_core.load(out, backend=backend).run(feeds)["y"]
     assert np.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_qdq_move_op_with_new_parameters_requantizes(tmp_path: Path) -> None:
+    """DQ -> MaxPool -> Q whose output parameters differ from the input's: the pool runs on the
+    int8 tensor and a table requantizes (exactly what the float path computes)."""
+    x = h.make_tensor_value_info("x", TP.UINT8, [1, 2, 4, 4])
+    y = h.make_tensor_value_info("y", TP.UINT8, None)
+    inits = [nh.from_array(np.array(0.1, np.float32), "s"), nh.from_array(np.array(128, np.uint8), "z"),
+             nh.from_array(np.array(0.07, np.float32), "s2"), nh.from_array(np.array(120, np.uint8), "z2")]
+    nodes = [h.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"]),
+             h.make_node("MaxPool", ["xf"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("QuantizeLinear", ["p", "s2", "z2"], ["y"])]
+    path = tmp_path / "pool.onnx"
+    onnx.save(h.make_model(h.make_graph(nodes, "g", [x], [y], inits),
+                           opset_imports=[h.make_opsetid("", 17)]), path)
+    _, report = fuse_qdq(import_graph(path))
+    assert report.integer["MaxPool"] == 1
+    feeds = {"x": np.random.default_rng(0).integers(0, 256, (1, 2, 4, 4)).astype(np.uint8)}
+    want = _ort_run(path, feeds)
+    for backend in BACKENDS:
+        np.testing.assert_array_equal(walle_core.load(path, backend=backend).run(feeds)["y"], want)

@@ -64,6 +64,16 @@ static q_params params(const q_case *c, int64_t rows) {
     return p;
 }
 
+/* the weights packed for the case (mem: their arrays, freed by the caller) */
+static wl_qweights pack(const q_case *c, const q_params *p, const uint8_t *wt, int64_t rows,
+                        int64_t k, void **mem) {
+    wl_qweights q;
+    *mem = aligned_alloc(64, (size_t)((wl_q_weight_bytes(rows, k) + 63) / 64 * 64));
+    wl_q_pack_weights(&q, *mem, wt, c->w_signed, rows, k, p->wz, p->bias, p->xz, c->x_signed,
+                      c->out == Q_S32 ? NULL : p->scale, p->yz, p->lo, p->hi, c->out);
+    return q;
+}
+
 static void check(const char *what, const void *got, const int32_t *want, int64_t n, int out) {
     for (int64_t i = 0; i < n; i++) {
         int32_t g = out == Q_S32 ? ((const int32_t *)got)[i]
@@ -87,10 +97,8 @@ static void test_conv(const q_case *c, int64_t n, int64_t ch, int64_t h, int64_t
     fill_bytes(x, n * ch * h * w);
     fill_bytes(wt, o * K);
     q_params p = params(c, o);
-    void *mem = aligned_alloc(64, (size_t)((wl_q_weight_bytes(o, K) + 63) / 64 * 64));
-    wl_qweights q;
-    wl_q_pack_weights(&q, mem, wt, c->w_signed, o, K, p.wz, p.bias, p.xz, c->x_signed,
-                      c->out == Q_S32 ? NULL : p.scale, p.yz, p.lo, p.hi, c->out);
+    void *mem;
+    wl_qweights q = pack(c, &p, wt, o, K, &mem);
     int es = c->out == Q_S32 ? 4 : 1;
     void *y = malloc(n * o * P * es + 4);
     int32_t *want = malloc(sizeof(int32_t) * (n * o * P + 1));
@@ -129,10 +137,8 @@ static void test_matmul(const q_case *c, int64_t m, int64_t k, int64_t nn) {
     fill_bytes(a, m * k);
     fill_bytes(wt, nn * k); /* rows of q = columns of B: row j is B[:, j] */
     q_params p = params(c, nn);
-    void *mem = aligned_alloc(64, (size_t)((wl_q_weight_bytes(nn, k) + 63) / 64 * 64));
-    wl_qweights q;
-    wl_q_pack_weights(&q, mem, wt, c->w_signed, nn, k, p.wz, p.bias, p.xz, c->x_signed,
-                      c->out == Q_S32 ? NULL : p.scale, p.yz, p.lo, p.hi, c->out);
+    void *mem;
+    wl_qweights q = pack(c, &p, wt, nn, k, &mem);
     int es = c->out == Q_S32 ? 4 : 1;
     void *y = malloc(m * nn * es + 4);
     int32_t *want = malloc(sizeof(int32_t) * (m * nn + 1));

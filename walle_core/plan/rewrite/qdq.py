@@ -199,16 +199,20 @@ class _Rewriter:
         bias = self._bias(node.inputs[2] if len(node.inputs) > 2 else "", x, w)
         if bias is None:
             return False
+        self._linear(node, "QLinearConv", x, w, bias, found, dict(node.attrs))
+        return True
+
+    def _linear(self, node: Node, op: str, x: _DQ_, w: _DQ_, bias: str,
+                found: tuple[list[Node], Node], attrs: dict[str, object]) -> None:
+        """Replace ``node`` (+ activation + Q) by the walle-domain ``op`` with QLinearConv's
+        inputs (x, its scale and zero, w, its scale and zero, y scale and zero, int32 bias)."""
         acts, q = found
-        attrs: dict[str, object] = dict(node.attrs)
         clamp = self.clamp(acts, q)
         if clamp is not None:
             attrs["clamp"] = clamp
-        ins = [x.x, x.node.inputs[1], x.node.inputs[2] if len(x.node.inputs) > 2 else "",
-               w.x, w.node.inputs[1], w.node.inputs[2] if len(w.node.inputs) > 2 else "",
-               q.inputs[1], q.inputs[2], bias]
-        self.replace(node, [*acts, q], [Node("QLinearConv", ins, [q.outputs[0]], attrs, node.name, WALLE)], "Conv")
-        return True
+        ins = [x.x, *self._params(x), w.x, *self._params(w), q.inputs[1], q.inputs[2], bias]
+        self.replace(node, [*acts, q], [Node(op, ins, [q.outputs[0]], attrs, node.name, WALLE)],
+                     node.op_type)
 
     def _bias(self, name: str, x: _DQ_, w: _DQ_) -> str | None:
         """The int32 bias input: a DequantizeLinear of int32 used as is (as onnxruntime does),
@@ -245,16 +249,7 @@ class _Rewriter:
         bias = self._bias(node.inputs[2] if len(node.inputs) > 2 else "", a, w) if gemm else ""
         if bias is None:
             return False
-        acts, q = found
-        attrs: dict[str, object] = {"trans_b": int(trans_b)}
-        clamp = self.clamp(acts, q)
-        if clamp is not None:
-            attrs["clamp"] = clamp
-        ins = [a.x, a.node.inputs[1], a.node.inputs[2] if len(a.node.inputs) > 2 else "",
-               w.x, w.node.inputs[1], w.node.inputs[2] if len(w.node.inputs) > 2 else "",
-               q.inputs[1], q.inputs[2], bias]
-        self.replace(node, [*acts, q], [Node("QLinearMatMul", ins, [q.outputs[0]], attrs, node.name, WALLE)],
-                     node.op_type)
+        self._linear(node, "QLinearMatMul", a, w, bias, found, {"trans_b": int(trans_b)})
         return True
 
     def _params(self, d: _DQ_) -> list[str]:
@@ -334,7 +329,12 @@ class _Rewriter:
                      dict(node.attrs), node.name, node.domain)
         new = [moved]
         if not same:
-            table = self._table(_DQ_(x.node, x.x, x.scale, x.zero, x.dtype, x.axis), [], q)
+            from walle_core.decompose.quant_ms import table_of
+
+            assert x.dtype is not None
+            ys, yz = self.init[q.inputs[1]], self.init[q.inputs[2]]
+            table = table_of(lambda tb, t: t, x.dtype, *x.params, float(ys.reshape(-1)[0]),
+                             int(yz.reshape(-1)[0]), yz.dtype)  # requantisation only
             new.append(Node("QLinearLookup", [moved.outputs[0], self.add_const("table", table)],
                             [q.outputs[0]], {}, "", WALLE))
         self.replace(node, [q], new, node.op_type)
@@ -366,7 +366,7 @@ class _Rewriter:
                 done = self.lookup(node)
             elif op in _MOVE_OPS or op == "Resize":
                 done = self.move(node)
-            if not done and op not in _Q + _DQ and any(self.dq(i) for i in node.inputs if i):
+            if not done and op not in (*_Q, *_DQ, "Shape") and any(self.dq(i) for i in node.inputs if i):
                 self.report.float_ops[op] += 1
         if not self.pending:
             return self.g

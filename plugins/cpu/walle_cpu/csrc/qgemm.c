@@ -38,8 +38,10 @@ typedef struct {
     int x_signed; /* activations packed as int8 (NEON sdot) instead of uint8 */
     q_tile_fn tile;
     q_store_fn store;
-    /* depthwise: acc[i] += x[i * sw] * w over n columns (x int8 when sgn) */
-    void (*dw_tap)(int32_t *acc, const uint8_t *row, int64_t n, int64_t sw, int32_t wv, int sgn);
+    /* depthwise: one output row of channel ch (x: the first input row it reads) */
+    void (*dw_row)(const wl_qweights *q, int64_t ch, const uint8_t *x, int64_t wp, int64_t kh,
+                   int64_t kw, int64_t dh, int64_t dw, int64_t ow, int64_t sw, int sgn,
+                   const int32_t *taps, char *y);
 } q_isa;
 
 /* ------------------------------------------------------------------------------ variants */
@@ -242,24 +244,25 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) static void tile_sdot(
 #define STORE_ARGS const wl_qweights *, int64_t, int32_t, int32_t, const int32_t *, const int32_t *, \
                    int64_t, char *, int64_t
 static void store_row_generic(STORE_ARGS);
-#define DW_ARGS int32_t *, const uint8_t *, int64_t, int64_t, int32_t, int
-static void dw_tap_generic(DW_ARGS);
+#define DW_ARGS const wl_qweights *, int64_t, const uint8_t *, int64_t, int64_t, int64_t, int64_t, \
+                int64_t, int64_t, int64_t, int, const int32_t *, char *
+static void dw_row_generic(DW_ARGS);
 #if defined(__x86_64__)
 static void store_row_avx512(STORE_ARGS);
 static void store_row_avx2(STORE_ARGS);
-static void dw_tap_avx512(DW_ARGS);
-static void dw_tap_avx2(DW_ARGS);
+static void dw_row_avx512(DW_ARGS);
+static void dw_row_avx2(DW_ARGS);
 #endif
 
-static const q_isa isa_scalar = {"scalar", 4, 1, 0, tile_scalar, store_row_generic, dw_tap_generic};
+static const q_isa isa_scalar = {"scalar", 4, 1, 0, tile_scalar, store_row_generic, dw_row_generic};
 #if defined(__x86_64__)
-static const q_isa isa_vnni512 = {"avx512vnni", 6, 2, 0, tile_vnni512, store_row_avx512, dw_tap_avx512};
-static const q_isa isa_vnni256 = {"avxvnni", 6, 1, 0, tile_vnni256, store_row_avx2, dw_tap_avx2};
-static const q_isa isa_avx2 = {"avx2", 3, 1, 0, tile_avx2, store_row_avx2, dw_tap_avx2};
+static const q_isa isa_vnni512 = {"avx512vnni", 6, 2, 0, tile_vnni512, store_row_avx512, dw_row_avx512};
+static const q_isa isa_vnni256 = {"avxvnni", 6, 1, 0, tile_vnni256, store_row_avx2, dw_row_avx2};
+static const q_isa isa_avx2 = {"avx2", 3, 1, 0, tile_avx2, store_row_avx2, dw_row_avx2};
 #endif
 #if defined(__aarch64__)
-static const q_isa isa_sdot = {"neon-dot", 4, 1, 1, tile_sdot, store_row_generic, dw_tap_generic};
-static const q_isa isa_neon_scalar = {"scalar", 4, 1, 1, tile_scalar_signed, store_row_generic, dw_tap_generic};
+static const q_isa isa_sdot = {"neon-dot", 4, 1, 1, tile_sdot, store_row_generic, dw_row_generic};
+static const q_isa isa_neon_scalar = {"scalar", 4, 1, 1, tile_scalar_signed, store_row_generic, dw_row_generic};
 #endif
 
 static const q_isa *q_active;
@@ -589,56 +592,70 @@ typedef struct {
     int failed;
 } dw_job;
 
-static inline __attribute__((always_inline)) void dw_tap_body(int32_t *acc, const uint8_t *row,
-                                                               int64_t n, int64_t sw, int32_t wv,
-                                                               int sgn) {
-    if (sw == 1 && sgn)
-        for (int64_t i = 0; i < n; i++) acc[i] += (int32_t)(int8_t)row[i] * wv;
-    else if (sw == 1)
-        for (int64_t i = 0; i < n; i++) acc[i] += (int32_t)row[i] * wv;
-    else if (sgn)
-        for (int64_t i = 0; i < n; i++) acc[i] += (int32_t)(int8_t)row[i * sw] * wv;
-    else
-        for (int64_t i = 0; i < n; i++) acc[i] += (int32_t)row[i * sw] * wv;
-}
-#define DW_TAP(NAME, ...)                                                                      \
-    __VA_ARGS__ static void NAME(int32_t *acc, const uint8_t *row, int64_t n, int64_t sw,       \
-                                 int32_t wv, int sgn) {                                         \
-        dw_tap_body(acc, row, n, sw, wv, sgn);                                                  \
+/* One output row of a depthwise plane, 16 columns at a time held in registers across the
+ * taps (SW: the stride, a constant per instance so the loads vectorise), requantized in place. */
+#define DW_BLOCK 16
+static inline __attribute__((always_inline)) void dw_row_body(
+    const wl_qweights *q, int64_t ch, const uint8_t *x, int64_t wp, int64_t kh, int64_t kw,
+    int64_t dh, int64_t dw, int64_t ow, int64_t sw, int sgn, const int32_t *taps, char *y) {
+    const int32_t base = q->dcomp[ch];
+    for (int64_t o0 = 0; o0 < ow; o0 += DW_BLOCK) {
+        int32_t acc[DW_BLOCK];
+        for (int l = 0; l < DW_BLOCK; l++) acc[l] = base;
+        int64_t n = ow - o0 < DW_BLOCK ? ow - o0 : DW_BLOCK;
+        for (int64_t i = 0; i < kh; i++)
+            for (int64_t jj = 0; jj < kw; jj++) {
+                const uint8_t *r = x + i * dh * wp + jj * dw + o0 * sw;
+                const int32_t wv = taps[i * kw + jj];
+                if (n == DW_BLOCK) {
+                    if (sgn)
+                        for (int l = 0; l < DW_BLOCK; l++) acc[l] += (int32_t)(int8_t)r[l * sw] * wv;
+                    else
+                        for (int l = 0; l < DW_BLOCK; l++) acc[l] += (int32_t)r[l * sw] * wv;
+                } else {
+                    for (int64_t l = 0; l < n; l++)
+                        acc[l] += (sgn ? (int32_t)(int8_t)r[l * sw] : (int32_t)r[l * sw]) * wv;
+                }
+            }
+        store_row_body(q, ch, 0, 0, acc, NULL, n, y + o0 * (q->out == Q_S32 ? 4 : 1), 1);
     }
-DW_TAP(dw_tap_generic)
+}
+#define DW_ROW(NAME, SW, ...)                                                                  \
+    __VA_ARGS__ static void NAME(const wl_qweights *q, int64_t ch, const uint8_t *x, int64_t wp, \
+                                 int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ow,     \
+                                 int64_t sw, int sgn, const int32_t *taps, char *y) {            \
+        if (SW) dw_row_body(q, ch, x, wp, kh, kw, dh, dw, ow, SW, sgn, taps, y);                 \
+        else dw_row_body(q, ch, x, wp, kh, kw, dh, dw, ow, sw, sgn, taps, y);                    \
+    }
+#define DW_ROWS(PREFIX, ...)                                                                   \
+    DW_ROW(PREFIX##_s1, 1, __VA_ARGS__)                                                        \
+    DW_ROW(PREFIX##_s2, 2, __VA_ARGS__)                                                        \
+    DW_ROW(PREFIX##_sn, 0, __VA_ARGS__)                                                        \
+    static void PREFIX(const wl_qweights *q, int64_t ch, const uint8_t *x, int64_t wp,          \
+                       int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ow, int64_t sw,  \
+                       int sgn, const int32_t *taps, char *y) {                                 \
+        (sw == 1 ? PREFIX##_s1 : sw == 2 ? PREFIX##_s2 : PREFIX##_sn)(q, ch, x, wp, kh, kw, dh, \
+                                                                      dw, ow, sw, sgn, taps, y); \
+    }
+DW_ROWS(dw_row_generic)
 #if defined(__x86_64__)
-DW_TAP(dw_tap_avx512, __attribute__((target("avx512f,avx512bw,avx512vl"))))
-DW_TAP(dw_tap_avx2, __attribute__((target("avx2"))))
+DW_ROWS(dw_row_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
+DW_ROWS(dw_row_avx2, __attribute__((target("avx2,fma"))))
 #endif
 
 static void dw_plane(void *ctx, int64_t t) {
     dw_job *j = ctx;
     const wl_qconv_params *s = j->s;
     const wl_qweights *q = j->q;
-    int64_t ch = t % s->c, ow = s->ow;
+    int64_t ch = t % s->c;
     const uint8_t *x = j->x + t * j->hp * j->wp;
-    int32_t *acc = wl_scratch(Q_SCRATCH, sizeof(int32_t) * (size_t)(ow + 16));
-    if (!acc) {
-        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
     const q_isa *a = isa();
     const int32_t *taps = q->taps + ch * s->kh * s->kw;
-    int32_t base = q->dcomp[ch];
-    for (int64_t oy = 0; oy < s->oh; oy++) {
-        for (int64_t ox = 0; ox < ow; ox++) acc[ox] = base;
-        for (int64_t i = 0; i < s->kh; i++) {
-            const uint8_t *row = x + (oy * s->stride_h + i * s->dilation_h) * j->wp;
-            for (int64_t jj = 0; jj < s->kw; jj++)
-                a->dw_tap(acc, row + jj * s->dilation_w, ow, s->stride_w, taps[i * s->kw + jj],
-                          q->x_signed);
-        }
-        /* the depthwise constant is already in acc: no further offset */
-        for (int64_t o0 = 0; o0 < ow; o0 += MAX_NP * PANEL)
-            store_row(q, ch, 0, 0, acc + o0, NULL, ow - o0 < MAX_NP * PANEL ? ow - o0 : MAX_NP * PANEL,
-                      j->y + ((t * s->oh + oy) * ow + o0) * esize(q), 1);
-    }
+    int es = esize(q);
+    for (int64_t oy = 0; oy < s->oh; oy++)
+        a->dw_row(q, ch, x + oy * s->stride_h * j->wp, j->wp, s->kh, s->kw, s->dilation_h,
+                  s->dilation_w, s->ow, s->stride_w, q->x_signed, taps,
+                  j->y + ((t * s->oh + oy) * s->ow) * es);
 }
 
 int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, void *y,
