@@ -180,3 +180,40 @@ def test_int8_elementwise_matches_reference(op: str, n: int, signed: bool, seed:
     cpu = walle_core.load(data, backend="cpu")
     assert [s.backend for s in cpu.plan_for({"x": x}).stage.steps] == ["cpu"]
     np.testing.assert_array_equal(cpu.run({"x": x})["y"], ref)
+
+
+def _integer_node_cases() -> list[Any]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "onnx_node"))
+    import node_cases as nc
+
+    ops = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"}
+    return [pytest.param(c, id=c.name) for c in nc.load_cases()
+            if {n.op_type for n in c.model.graph.node} & ops]
+
+
+@pytest.mark.parametrize("case", _integer_node_cases())
+def test_onnx_integer_node_cases_run_on_the_int8_kernels(case: Any) -> None:
+    """ONNX's own node cases of the integer ops, with every input but the activation made a
+    constant (as in real models): the cpu backend runs them on its int8 kernels, with nothing
+    left for another backend, and gives the expected integers."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    g = model.graph
+    first = g.input[0].name
+    for vi, value in zip(list(g.input)[1:], case.inputs[1:], strict=True):
+        g.initializer.append(nh.from_array(np.asarray(value), vi.name))
+    keep = [vi for vi in g.input if vi.name == first]
+    del g.input[:]
+    g.input.extend(keep)
+    loaded = walle_core.load(model.SerializeToString(), backend="cpu")
+    feeds = {first: case.inputs[0]}
+    got = loaded.run(feeds)[loaded.output_names[0]]
+    np.testing.assert_array_equal(got, case.outputs[0])
+    batched_b = any(n.op_type == "QLinearMatMul" for n in g.node) and np.asarray(case.inputs[3]).ndim > 2
+    if not batched_b:  # a batched B is no constant matrix: the int32 expansion runs it
+        assert [s.backend for s in loaded.plan_for(feeds).stage.steps] == ["cpu"]
