@@ -187,7 +187,7 @@ def _integer_node_cases() -> list[Any]:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent / "onnx_node"))
-    import node_cases as nc
+    import node_cases as nc  # type: ignore[import-not-found]
 
     ops = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"}
     return [pytest.param(c, id=c.name) for c in nc.load_cases()
