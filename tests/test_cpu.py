@@ -199,6 +199,51 @@ def test_lstm_cells_run_as_one_fused_kernel(tmp_path, direction: str) -> None:  
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(("kind", "direction", "lbr", "initial"), [
+    ("LSTM", "bidirectional", 0, True), ("LSTM", "reverse", 0, False),
+    ("GRU", "bidirectional", 1, True), ("GRU", "forward", 0, True), ("GRU", "reverse", 0, False),
+])
+def test_full_length_recurrences_run_as_one_kernel_per_direction(
+        tmp_path, kind: str, direction: str, lbr: int, initial: bool) -> None:  # type: ignore[no-untyped-def]
+    """Every row at full length: each direction is one ``lstm_sequence`` / ``gru_sequence``
+    composite the cpu backend claims (recurrent.c), matching the unrolled reference."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import walle_core
+
+    rng = np.random.default_rng(11)
+    gates = 4 if kind == "LSTM" else 3
+    dirs, hid, inp, seq, batch = (2 if direction == "bidirectional" else 1), 20, 7, 9, 3
+    shapes = [("W", (dirs, gates * hid, inp)), ("R", (dirs, gates * hid, hid)),
+              ("B", (dirs, 2 * gates * hid))]
+    states = ["h0", "c0"][: 2 if kind == "LSTM" else 1] if initial else []
+    shapes += [(s, (dirs, batch, hid)) for s in states]
+    init = [numpy_helper.from_array(rng.uniform(-1, 1, shape).astype(np.float32), name)
+            for name, shape in shapes]
+    outs = ["Y", "Yh", "Yc"][: 3 if kind == "LSTM" else 2]
+    attrs = {"linear_before_reset": lbr} if kind == "GRU" else {}
+    node = helper.make_node(kind, ["X", "W", "R", "B", *([""] if states else []), *states], outs,
+                            hidden_size=hid, direction=direction, **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                                          (seq, batch, inp))],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs],
+                              init)
+    path = tmp_path / "rnn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    feeds = {"X": rng.uniform(-1, 1, (seq, batch, inp)).astype(np.float32)}
+    model = walle_core.load(path, backend="cpu")
+    ops, _ = model.atomic_ops(feeds)
+    name = f"{kind.lower()}_sequence"
+    assert sum(isinstance(op, A.Composite) and op.name == name for op in ops) == dirs
+    assert registry().get("cpu").claims(name)
+    got = model.run(feeds)
+    assert not model.dropped, model.dropped
+    want = walle_core.load(path, backend="reference").run(feeds)
+    for out in want:
+        np.testing.assert_allclose(got[out], want[out], rtol=1e-5, atol=1e-5)
+
+
 def test_unsupported_dtype_falls_back_with_no_algorithm() -> None:
     b = Builder(fold=lambda op: None)
     x = b.tensor((4,), np.float16)

@@ -5,6 +5,11 @@ adds the recurrent MatMul, splits the gates with Rasters and applies the gate ac
 Unary/Binary ops. ``sequence_lens`` that are not all full length are handled with masks
 (``Select``): past its length a batch row keeps its state and emits zeros, which also gives the
 per-row reversal the reverse direction needs.
+
+A plain LSTM or GRU direction (default activations, no clip, peepholes or coupled gates, every
+row at full length) is one ``lstm_sequence`` / ``gru_sequence`` composite over the whole
+sequence, whose expansion is the unrolled form: a backend may run it as one kernel, with the
+input projection still one MatMul ahead of it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from walle_core.decompose.elementwise import req
 
 Ins = list[A.Tensor | None]
 Act = Callable[[A.Tensor], A.Tensor]
+LSTM_ACTIVATIONS = ("Sigmoid", "Tanh", "Tanh")
+GRU_ACTIVATIONS = ("Sigmoid", "Tanh")
 
 # Activation name -> (number of alpha/beta parameters it consumes, default values).
 _ACT_PARAMS: dict[str, tuple[float, ...]] = {
@@ -179,19 +186,15 @@ def clipped(b: Builder, x: A.Tensor, clip: float | None) -> A.Tensor:
     return x if clip is None else b.unary("clip", x, -clip, clip)
 
 
-def finish(b: Builder, ctx: NodeContext, r: Recurrence, ys: list[list[A.Tensor]],
+def finish(b: Builder, ctx: NodeContext, r: Recurrence, ys: list[A.Tensor],
            finals: list[list[A.Tensor]]) -> list[A.Tensor]:
-    """Assemble Y (seq, dirs, batch, hidden) and the final states (dirs, batch, hidden)."""
+    """Assemble Y (seq, dirs, batch, hidden) from each direction's (seq, batch, hidden) and the
+    final states (dirs, batch, hidden)."""
     layout = int(ctx.attr("layout", 0))
     outs: list[A.Tensor] = []
     wanted = list(ctx.node.outputs)
     if wanted and wanted[0]:
-        parts = [b.reshape(ys[d][t], (1, 1, r.batch, r.hidden))
-                 for t in range(r.seq) for d in range(r.dirs)]
-        if parts:
-            y = b.reshape(b.concat(parts, 0), (r.seq, r.dirs, r.batch, r.hidden))
-        else:
-            y = b.const(np.zeros((0, r.dirs, r.batch, r.hidden), r.x.dtype))
+        y = b.concat([b.reshape(yd, (r.seq, 1, r.batch, r.hidden)) for yd in ys], 1)
         if layout == 1:
             y = b.transpose(y, (2, 0, 1, 3))
         outs.append(y)
@@ -212,12 +215,13 @@ def masked(b: Builder, mask: A.Tensor | None, new: A.Tensor, old: A.Tensor) -> A
     return new if mask is None else b.select(mask, new, old)
 
 
-def run_direction(
-    b: Builder, r: Recurrence, d: int, states: list[A.Tensor],
-    cell: Callable[[int, list[A.Tensor]], list[A.Tensor]],
-) -> tuple[list[A.Tensor], list[A.Tensor]]:
-    """Step ``cell(t, states) -> new states`` over the sequence; returns (Y per t, finals).
-    ``states[0]`` is the hidden state, which is also the step's output."""
+Cell = Callable[[int, list[A.Tensor]], list[A.Tensor]]
+
+
+def run_direction(b: Builder, r: Recurrence, d: int, states: list[A.Tensor], cell: Cell
+                  ) -> tuple[A.Tensor, list[A.Tensor]]:
+    """Step ``cell(t, states) -> new states`` over the sequence; returns (Y (seq, batch,
+    hidden), finals). ``states[0]`` is the hidden state, which is also the step's output."""
     order = range(r.seq - 1, -1, -1) if r.directions[d] else range(r.seq)
     ys: list[A.Tensor | None] = [None] * r.seq
     zero = b.const(np.zeros((r.batch, r.hidden), r.x.dtype))
@@ -226,7 +230,38 @@ def run_direction(
         m = r.mask[t]
         states = [masked(b, m, n, o) for n, o in zip(new, states, strict=True)]
         ys[t] = masked(b, m, new[0], zero)
-    return [y for y in ys if y is not None], states
+    if r.seq == 0:
+        return b.const(np.zeros((0, r.batch, r.hidden), r.x.dtype)), states
+    return b.concat([b.reshape(y, (1, r.batch, r.hidden)) for y in ys if y is not None], 0), states
+
+
+def default_activations(ctx: NodeContext, defaults: Sequence[str]) -> bool:
+    names = [a.lower() for a in (ctx.attr("activations") or [])]
+    plain = [a.lower() for a in defaults]
+    return names in ([], plain, plain * 2)
+
+
+def whole_sequence(r: Recurrence, ctx: NodeContext, defaults: Sequence[str]) -> bool:
+    """A direction is one sequence composite when its cell is the plain one (default
+    activations, no clip, float32) and every batch row runs the full length."""
+    return (r.seq > 0 and r.clip is None and r.x.dtype == np.float32
+            and all(m is None for m in r.mask) and default_activations(ctx, defaults))
+
+
+def sequence(b: Builder, r: Recurrence, d: int, composite: str | None, inputs: list[A.Tensor],
+             states: list[A.Tensor], cell: Cell, **attrs: object) -> tuple[A.Tensor, list[A.Tensor]]:
+    """One direction: unrolled, or (``composite`` named) wrapped as that whole-sequence
+    composite of ``inputs`` -> (Y, final states), the unrolled steps its expansion."""
+    if composite is None:
+        return run_direction(b, r, d, states, cell)
+
+    def expand() -> list[A.Tensor]:
+        y, fin = run_direction(b, r, d, states, cell)
+        return [y, *fin]
+
+    outs = b.composite(composite, inputs, expand, hidden=r.hidden, reverse=int(r.directions[d]),
+                       **attrs)
+    return outs[0], outs[1:]
 
 
 @register("LSTM")
@@ -238,15 +273,17 @@ def lstm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     h0 = initial_state(b, ins[5] if len(ins) > 5 else None, r, layout)
     c0 = initial_state(b, ins[6] if len(ins) > 6 else None, r, layout)
     peep = ins[7] if len(ins) > 7 else None
-    acts = activations(b, ctx, ("Sigmoid", "Tanh", "Tanh"), r.dirs)
+    acts = activations(b, ctx, LSTM_ACTIVATIONS, r.dirs)
     couple = bool(ctx.attr("input_forget", 0))
     hs = r.hidden
-    # the plain cell (default activations, no peepholes, clip or coupling) is a composite
-    # a backend may run as one kernel
-    names = [a.lower() for a in (ctx.attr("activations") or [])]
-    plain_cell = (peep is None and r.clip is None and not couple and r.x.dtype == np.float32
-                  and names in ([], ["sigmoid", "tanh", "tanh"], ["sigmoid", "tanh", "tanh"] * 2))
-    ys: list[list[A.Tensor]] = []
+    # the plain cell (default activations, no peepholes, clip or coupling) is a composite a
+    # backend may run as one kernel: over the whole sequence when every row runs its full
+    # length, else per step
+    plain = peep is None and not couple
+    whole = plain and whole_sequence(r, ctx, LSTM_ACTIVATIONS)
+    plain_cell = (plain and not whole and r.clip is None and r.x.dtype == np.float32
+                  and default_activations(ctx, LSTM_ACTIVATIONS))
+    ys: list[A.Tensor] = []
     finals: list[list[A.Tensor]] = []
     for d in range(r.dirs):
         wb, rb = bias_parts(b, bias, d, 4, hs)
@@ -283,7 +320,8 @@ def lstm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
                 return b.composite("lstm_cell", [gates, cp], tail, hidden=hs)
             return tail()
 
-        y, fin = run_direction(b, r, d, [h0[d], c0[d]], cell)
+        y, fin = sequence(b, r, d, "lstm_sequence" if whole else None, [xw, rt, h0[d], c0[d]],
+                          [h0[d], c0[d]], cell)
         ys.append(y)
         finals.append(fin)
     return finish(b, ctx, r, ys, finals)
@@ -296,10 +334,11 @@ def gru(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     bias = ins[3] if len(ins) > 3 else None
     layout = int(ctx.attr("layout", 0))
     h0 = initial_state(b, ins[5] if len(ins) > 5 else None, r, layout)
-    acts = activations(b, ctx, ("Sigmoid", "Tanh"), r.dirs)
+    acts = activations(b, ctx, GRU_ACTIVATIONS, r.dirs)
     lbr = bool(ctx.attr("linear_before_reset", 0))
     hs = r.hidden
-    ys: list[list[A.Tensor]] = []
+    whole = whole_sequence(r, ctx, GRU_ACTIVATIONS)
+    ys: list[A.Tensor] = []
     finals: list[list[A.Tensor]] = []
     for d in range(r.dirs):
         wb, rb = bias_parts(b, bias, d, 3, hs)
@@ -340,7 +379,9 @@ def gru(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
             # H = (1 - z) * hh + z * H_prev = hh + z * (H_prev - hh)
             return [b.binary("add", hh, b.binary("mul", z, b.binary("sub", hp, hh)))]
 
-        y, fin = run_direction(b, r, d, [h0[d]], cell)
+        extra = [] if rbh is None else [rbh]  # Rb of the h gate, kept apart from xw
+        y, fin = sequence(b, r, d, "gru_sequence" if whole else None, [xw, rt, h0[d], *extra],
+                          [h0[d]], cell, linear_before_reset=int(lbr))
         ys.append(y)
         finals.append(fin)
     return finish(b, ctx, r, ys, finals)
@@ -354,7 +395,7 @@ def rnn(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     layout = int(ctx.attr("layout", 0))
     h0 = initial_state(b, ins[5] if len(ins) > 5 else None, r, layout)
     acts = activations(b, ctx, ("Tanh",), r.dirs)
-    ys: list[list[A.Tensor]] = []
+    ys: list[A.Tensor] = []
     finals: list[list[A.Tensor]] = []
     for d in range(r.dirs):
         wb, rb = bias_parts(b, bias, d, 1, r.hidden)

@@ -11,7 +11,7 @@ static const wl_kernel kernels[WL_KIND_COUNT] = {
     [WL_GATHER] = wl_gather,   [WL_SORT] = wl_sort,     [WL_CHAIN] = wl_chain,
     [WL_LSTM_CELL] = wl_lstm_cell, [WL_SOFTMAX] = wl_softmax,
     [WL_QCONV] = wl_qconv_op,  [WL_QMATMUL] = wl_qmatmul_op,
-    [WL_QLOOKUP] = wl_qlookup_op, [WL_QBINARY] = wl_qbinary_op,
+    [WL_QLOOKUP] = wl_qlookup_op, [WL_QBINARY] = wl_qbinary_op, [WL_RECURRENT] = wl_recurrent,
 };
 
 /* Debug profiling (python -m walle_cpu.profile): when set, wl_run adds each op's wall time in

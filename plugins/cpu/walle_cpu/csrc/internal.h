@@ -59,6 +59,7 @@ int wl_gather(const wl_op *op, const wl_exec *ex);     /* gather.c: GatherScatte
 int wl_sort(const wl_op *op, const wl_exec *ex);       /* sort.c */
 int wl_softmax(const wl_op *op, const wl_exec *ex);    /* softmax.c */
 int wl_lstm_cell(const wl_op *op, const wl_exec *ex);  /* lstm_cell.c */
+int wl_recurrent(const wl_op *op, const wl_exec *ex);  /* recurrent.c: LSTM / GRU sequences */
 int wl_qconv_op(const wl_op *op, const wl_exec *ex);   /* qconv.c: int8 conv (qgemm.c) */
 int wl_qmatmul_op(const wl_op *op, const wl_exec *ex); /* qconv.c: int8 matmul (qgemm.c) */
 int wl_qlookup_op(const wl_op *op, const wl_exec *ex); /* qelementwise.c: 8-bit table */

@@ -17,7 +17,7 @@
 /* ---- cffi: begin ---- */
 enum wl_kind { WL_RASTER = 1, WL_UNARY, WL_BINARY, WL_SELECT, WL_CAST, WL_REDUCE, WL_MATMUL,
                WL_CONV, WL_POOL, WL_GATHER, WL_SORT, WL_CHAIN, WL_LSTM_CELL, WL_SOFTMAX,
-               WL_QCONV, WL_QMATMUL, WL_QLOOKUP, WL_QBINARY, WL_KIND_COUNT };
+               WL_QCONV, WL_QMATMUL, WL_QLOOKUP, WL_QBINARY, WL_RECURRENT, WL_KIND_COUNT };
 enum wl_dtype { D_F32 = 0, D_F64, D_F16, D_I8, D_I16, D_I32, D_I64, D_U8, D_U16, D_U32, D_U64,
                 D_BOOL };
 
@@ -109,6 +109,14 @@ typedef struct { int64_t outer, n, inner, log; } wl_softmax_params;
 /* LSTM cell: ins = (gates iofc, c_prev, c_out) -> h, each row of `batch`. */
 typedef struct { int64_t batch, hidden; } wl_lstm_params;
 
+/* A whole LSTM or GRU direction (recurrent.c): ins = (xw (seq, batch, gates*hidden): the input
+ * projection with its biases, rt (hidden, gates*hidden): R transposed, h0, then c0 (LSTM) or
+ * the h gate's recurrent bias (GRU with has_rbh), then the outputs after the first: h_final
+ * and (LSTM) c_final) -> Y (seq, batch, hidden). LSTM gates are i, o, f, c; GRU gates z, r, h. */
+typedef struct {
+    int64_t seq, batch, hidden, gru, reverse, linear_before_reset, has_rbh;
+} wl_recurrent_params;
+
 /* int8 convolution and matrix product (qgemm.c, qconv.c): ins = (8-bit activations); aux holds
  * the weights packed by wl_q_pack_weights (a wl_qweights followed by its arrays). The weights
  * are the rows of the GEMM: a conv's output channels, a matmul's output columns. */
@@ -163,6 +171,7 @@ typedef struct wl_op {
         wl_sort_params sort;
         wl_softmax_params softmax;
         wl_lstm_params lstm;
+        wl_recurrent_params recurrent;
         wl_qconv_params qconv;
         wl_qmatmul_params qmatmul;
         wl_qlookup_params qlookup;

@@ -1,5 +1,6 @@
 """The composites the cpu backend claims, each one kernel: softmax and log_softmax
-(``softmax.c``) and the LSTM cell (``lstm_cell.c``)."""
+(``softmax.c``), the LSTM cell (``lstm_cell.c``) and whole LSTM / GRU directions
+(``recurrent.c``)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,28 @@ def _encode(d: Any, op: A.Op, algo: Algorithm, b: Binder) -> None:
         b.bind(d, op, [*op.inputs, op.outputs[1]])
         d.lstm.batch, d.lstm.hidden = op.out.shape[0], int(op.attrs["hidden"])  # type: ignore[call-overload]
         return
+    if op.name in ("lstm_sequence", "gru_sequence"):
+        _encode_sequence(d, op, b)
+        return
     d.kind = LIB.WL_SOFTMAX  # softmax / log_softmax over one axis
     b.bind(d, op)
     shape, axis = op.inputs[0].shape, int(op.attrs["axis"])  # type: ignore[call-overload]
     s = d.softmax
     s.outer, s.n, s.inner = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
     s.log = int(op.name == "log_softmax")
+
+
+def _encode_sequence(d: Any, op: A.Composite, b: Binder) -> None:
+    """(xw, rt, h0, c0 | [rbh]) -> (Y, h_final[, c_final]); the outputs after Y travel as
+    operands after the inputs (a descriptor has one output)."""
+    d.kind = LIB.WL_RECURRENT
+    b.bind(d, op, [*op.inputs, *op.outputs[1:]])
+    r = d.recurrent
+    r.seq, r.batch, r.hidden = op.out.shape
+    r.gru = int(op.name == "gru_sequence")
+    r.reverse = int(op.attrs["reverse"])  # type: ignore[call-overload]
+    r.linear_before_reset = int(op.attrs.get("linear_before_reset", 0))  # type: ignore[call-overload]
+    r.has_rbh = int(r.gru and len(op.inputs) == 4)
 
 
 COMPOSITE = OpKernel((A.Composite,), _supported, _encode, lambda op: (FUSED,))

@@ -1,0 +1,119 @@
+/* A whole LSTM or GRU direction in one kernel (the lstm_sequence / gru_sequence composites).
+ *
+ * The input projection of every step (xw, with the biases that sit outside the reset gate) is
+ * one MatMul ahead of this op. Per step, the recurrent product h_prev @ R^T runs on the GEMM
+ * driver with R packed once per run (the LSTM adds xw[t] as the GEMM's residual), then the gate
+ * math runs over whole rows with the vector unary/binary kernels, in the order of operations of
+ * the expansion. The hidden state of step t is row t of Y, so the next step reads it there. */
+#include <string.h>
+
+#include "internal.h"
+
+static const double noprm[4] = {0, 0, 0, 0};
+
+typedef struct {
+    int64_t batch, hidden;
+    const float *rbh; /* GRU: Rb of the h gate, or NULL */
+    const float *pk;  /* R^T packed: all gates, or (GRU without linear_before_reset) z and r */
+    const float *pkh; /* GRU without linear_before_reset: the h gate's columns packed */
+    float *gates;     /* batch x gates*hidden */
+    float *tmp;       /* batch x hidden */
+    float *c;         /* LSTM cell state, batch x hidden */
+    int nthreads;
+    int lbr;
+} rec_ctx;
+
+/* y = a (fn) b over n floats */
+static void vec(int fn, const float *a, const float *b, float *y, int64_t n) {
+    wl_active->binary_f32(fn, a, 1, b, 1, y, n);
+}
+
+static void lstm_step(const rec_ctx *s, const float *xt, const float *hp, float *ht) {
+    int64_t B = s->batch, H = s->hidden;
+    wl_gemm(B, 4 * H, H, hp, H, s->pk, s->gates, 4 * H, NULL, BIAS_NONE, xt, U_IDENTITY, NULL,
+            s->nthreads);
+    for (int64_t b = 0; b < B; b++) {
+        float *g = s->gates + b * 4 * H, *c = s->c + b * H;
+        wl_active->unary_f32(U_SIGMOID, g, g, 3 * H, noprm); /* i, o, f */
+        wl_active->unary_f32(U_TANH, g + 3 * H, g + 3 * H, H, noprm);
+        for (int64_t j = 0; j < H; j++) c[j] = g[2 * H + j] * c[j] + g[j] * g[3 * H + j];
+        wl_active->unary_f32(U_TANH, c, s->tmp, H, noprm);
+        vec(B_MUL, g + H, s->tmp, ht + b * H, H);
+    }
+}
+
+static void gru_step(const rec_ctx *s, const float *xt, const float *hp, float *ht) {
+    int64_t B = s->batch, H = s->hidden, GH = 3 * H;
+    if (s->lbr) { /* n = tanh(xh + r * (h_prev @ Rh^T + Rbh)) */
+        wl_gemm(B, GH, H, hp, H, s->pk, s->gates, GH, NULL, BIAS_NONE, NULL, U_IDENTITY, NULL,
+                s->nthreads);
+        for (int64_t b = 0; b < B; b++) {
+            float *g = s->gates + b * GH;
+            const float *x = xt + b * GH;
+            vec(B_ADD, x, g, g, 2 * H);
+            wl_active->unary_f32(U_SIGMOID, g, g, 2 * H, noprm); /* z, r */
+            if (s->rbh) vec(B_ADD, g + 2 * H, s->rbh, g + 2 * H, H);
+            vec(B_MUL, g + H, g + 2 * H, g + 2 * H, H);
+            vec(B_ADD, x + 2 * H, g + 2 * H, g + 2 * H, H);
+        }
+    } else { /* n = tanh(xh + (r * h_prev) @ Rh^T + Rbh) */
+        wl_gemm(B, 2 * H, H, hp, H, s->pk, s->gates, GH, NULL, BIAS_NONE, xt, U_IDENTITY, NULL,
+                s->nthreads);
+        for (int64_t b = 0; b < B; b++) {
+            float *g = s->gates + b * GH;
+            wl_active->unary_f32(U_SIGMOID, g, g, 2 * H, noprm);
+            vec(B_MUL, g + H, hp + b * H, s->tmp + b * H, H);
+        }
+        wl_gemm(B, H, H, s->tmp, H, s->pkh, s->gates + 2 * H, GH, s->rbh,
+                s->rbh ? BIAS_COL : BIAS_NONE, NULL, U_IDENTITY, NULL, s->nthreads);
+        for (int64_t b = 0; b < B; b++)
+            vec(B_ADD, xt + b * GH + 2 * H, s->gates + b * GH + 2 * H, s->gates + b * GH + 2 * H, H);
+    }
+    for (int64_t b = 0; b < B; b++) { /* h = n + z * (h_prev - n) */
+        float *g = s->gates + b * GH, *n = g + 2 * H, *h = ht + b * H;
+        wl_active->unary_f32(U_TANH, n, n, H, noprm);
+        vec(B_SUB, hp + b * H, n, h, H);
+        vec(B_MUL, g, h, h, H);
+        vec(B_ADD, n, h, h, H);
+    }
+}
+
+int wl_recurrent(const wl_op *op, const wl_exec *ex) {
+    const wl_recurrent_params *p = &op->recurrent;
+    int64_t T = p->seq, B = p->batch, H = p->hidden, G = p->gru ? 3 : 4;
+    const float *xw = (const float *)wl_in(op, ex, 0), *rt = (const float *)wl_in(op, ex, 1);
+    const float *h0 = (const float *)wl_in(op, ex, 2);
+    int64_t k = 3;
+    const float *c0 = p->gru ? NULL : (const float *)wl_in(op, ex, k++);
+    const float *rbh = p->has_rbh ? (const float *)wl_in(op, ex, k++) : NULL;
+    float *h_final = (float *)wl_in(op, ex, k++);
+    float *c_final = p->gru ? NULL : (float *)wl_in(op, ex, k++);
+    float *y = (float *)wl_out(op, ex);
+    int split = p->gru && !p->linear_before_reset; /* z, r and h packed apart */
+    int64_t pk_n = split ? wl_packed_b_floats(H, 2 * H) + wl_packed_b_floats(H, H)
+                         : wl_packed_b_floats(H, G * H);
+    size_t floats = (size_t)(pk_n + B * G * H + 2 * B * H) + 16;
+    float *mem = wl_scratch(2, sizeof(float) * floats);
+    if (!mem) return wl_fail(ex, "out of memory in a recurrent sequence");
+    rec_ctx s = {B, H, rbh, mem, NULL, mem + pk_n, mem + pk_n + B * G * H,
+                 mem + pk_n + B * G * H + B * H, ex->nthreads, (int)p->linear_before_reset};
+    if (split) {
+        s.pkh = mem + wl_packed_b_floats(H, 2 * H);
+        wl_pack_b_parallel(rt, H, 2 * H, G * H, 0, mem, ex->nthreads);
+        wl_pack_b_parallel(rt + 2 * H, H, H, G * H, 0, (float *)s.pkh, ex->nthreads);
+    } else {
+        wl_pack_b_parallel(rt, H, G * H, G * H, 0, mem, ex->nthreads);
+    }
+    if (c0) memcpy(s.c, c0, sizeof(float) * (size_t)(B * H));
+    const float *hp = h0;
+    for (int64_t i = 0; i < T; i++) {
+        int64_t t = p->reverse ? T - 1 - i : i;
+        float *ht = y + t * B * H;
+        if (p->gru) gru_step(&s, xw + t * B * G * H, hp, ht);
+        else lstm_step(&s, xw + t * B * G * H, hp, ht);
+        hp = ht;
+    }
+    memcpy(h_final, hp, sizeof(float) * (size_t)(B * H));
+    if (c_final) memcpy(c_final, s.c, sizeof(float) * (size_t)(B * H));
+    return 0;
+}
