@@ -137,7 +137,7 @@ class Outcome:
     notify_s: dict[str, float] = field(default_factory=dict)
     deliver_s: dict[str, float] = field(default_factory=dict)
     peak_per_s: dict[str, float] = field(default_factory=dict)
-    checkins_per_s: float = 0.0
+    checkins_per_s: float | None = None  # loopback only: what the measured cores answer
     stage_opened_s: list[float] = field(default_factory=list)
 
 
@@ -186,7 +186,15 @@ def simulate(fleet: Fleet, plant: Plant, costs: Costs, sample: int = 20_000, see
     out = Outcome()
     stage_of = [next(i for i, p in enumerate(fleet.stages) if b < p) for b in bucket]
     waiting = [0] * len(fleet.stages)  # online assigned devices of a stage that have not reported
+    online_in = [sum(1 for d in range(s) if stage_of[d] == st and start_online[d]) for st in range(len(fleet.stages))]
     stage = -1
+    gate_passed: set[int] = set()
+
+    def spread(tier: str, t0: float, t1: float, amount: float) -> None:
+        """Count ``amount`` events evenly over ``[t0, t1]`` (per-second bins)."""
+        first, last = int(t0), max(int(t0), int(t1))
+        for sec in range(first, last + 1):
+            rate[tier][sec] += amount / (last - first + 1)
 
     def open_stage(t: float) -> None:
         nonlocal stage
@@ -195,9 +203,12 @@ def simulate(fleet: Fleet, plant: Plant, costs: Costs, sample: int = 20_000, see
         members = [d for d in range(s) if stage_of[d] == stage]
         k = len(members) * w
         t_db = db.take(t, k * costs.notify.get("postgres", 0.0))
-        rate["db_writes"][int(t)] += 2 * k  # assignment + notice rows (targets ride along)
-        per_replica = k if plant.broker == "broadcast" else k / max(1, plant.replicas)
-        listen_s = per_replica * costs.listen / plant.replica_cores
+        spread("db_writes", t, t_db, 2 * k)  # assignment + notice rows (targets ride along)
+        # every worker process has its own LISTEN thread (one core at most): broadcast makes each
+        # parse every notice, sharded channels only those of its own streams
+        workers = max(1, round(plant.replicas * plant.replica_cores))
+        per_worker = k if plant.broker == "broadcast" else k / workers
+        listen_s = per_worker * costs.listen
         fan_cost = costs.notify.get("replicas", 0.0) + (costs.notify.get("nginx", 0.0) if shared else 0.0)
         t_fan = replicas.take(t_db, k * fan_cost)
         # the stage's transaction and NOTIFY go out together; listeners then parse the notices at
@@ -236,9 +247,9 @@ def simulate(fleet: Fleet, plant: Plant, costs: Costs, sample: int = 20_000, see
             if start_online[d]:
                 st = stage_of[d]
                 waiting[st] -= 1
-                if st == stage and stage + 1 < len(fleet.stages) and waiting[st] <= (1 - fleet.gate) * max(
-                        1, sum(1 for x in range(s) if stage_of[x] == st and start_online[x])):
-                    waiting[st] = -10**9  # gate passed once
+                if (st == stage and st not in gate_passed and stage + 1 < len(fleet.stages)
+                        and waiting[st] <= (1 - fleet.gate) * max(1, online_in[st])):
+                    gate_passed.add(st)
                     push(done + fleet.bake_s, "open", -1)
         elif kind == "open":
             open_stage(t)
