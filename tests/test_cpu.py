@@ -6,6 +6,8 @@ import math
 import subprocess
 import sys
 import threading
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -204,7 +206,7 @@ def test_lstm_cells_run_as_one_fused_kernel(tmp_path, direction: str) -> None:  
     ("GRU", "bidirectional", 1, True), ("GRU", "forward", 0, True), ("GRU", "reverse", 0, False),
 ])
 def test_full_length_recurrences_run_as_one_kernel_per_direction(
-        tmp_path, kind: str, direction: str, lbr: int, initial: bool) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, kind: str, direction: str, lbr: int, initial: bool) -> None:
     """Every row at full length: each direction is one ``lstm_sequence`` / ``gru_sequence``
     composite the cpu backend claims (recurrent.c), matching the unrolled reference."""
     import onnx
@@ -222,7 +224,7 @@ def test_full_length_recurrences_run_as_one_kernel_per_direction(
     init = [numpy_helper.from_array(rng.uniform(-1, 1, shape).astype(np.float32), name)
             for name, shape in shapes]
     outs = ["Y", "Yh", "Yc"][: 3 if kind == "LSTM" else 2]
-    attrs = {"linear_before_reset": lbr} if kind == "GRU" else {}
+    attrs: dict[str, Any] = {"linear_before_reset": lbr} if kind == "GRU" else {}
     node = helper.make_node(kind, ["X", "W", "R", "B", *([""] if states else []), *states], outs,
                             hidden_size=hid, direction=direction, **attrs)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
