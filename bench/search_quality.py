@@ -92,7 +92,7 @@ def model_report(name: str, path: Path, feeds: dict[str, np.ndarray],
     for d in decisions:
         timed = []
         for backend, algo in all_candidates(d):
-            t = time_ops(backend, [(d.op, algo)], repeat=5, budget_s=0.2, best=True)
+            t = time_ops(backend, [(d.op, algo)], repeat=5, budget_s=0.2)
             pairs.append((cal.predict(d.op, backend.name, algo), t))
             timed.append((t, backend, algo))
         t, backend, algo = min(timed, key=lambda x: x[0])
