@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_registry import ADMIN, Client, Stream, cpu_of, free_port, make_bundle
+from bench_registry import ADMIN, Client, HttpError, Stream, cpu_of, free_port, make_bundle
 
 
 def rss_mib(pid: int) -> float:
@@ -44,7 +44,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 await http.call("GET", "/healthz", ADMIN)
                 break
-            except OSError:
+            except (OSError, HttpError):
                 await asyncio.sleep(0.1)
         bundle, pub = make_bundle(tmp)
         await http.call("POST", "/v1/keys", ADMIN, {"pem": pub})

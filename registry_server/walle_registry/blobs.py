@@ -206,12 +206,10 @@ class S3BlobStore:
         return self.prefix + blob_key(sha256)
 
     def _head(self, sha256: str) -> dict[str, Any] | None:
-        from botocore.exceptions import ClientError  # type: ignore[import-untyped]
-
         try:
             return dict(self.client.head_object(Bucket=self.bucket, Key=self._key(sha256)))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        except _client_error() as exc:
+            if _not_found(exc):
                 return None
             raise
 
@@ -250,13 +248,11 @@ class S3BlobStore:
         return int(head["ContentLength"])
 
     def open_range(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        from botocore.exceptions import ClientError  # type: ignore[import-untyped]
-
         rng = f"bytes={start}-{'' if end is None else end}"
         try:
             obj = self.client.get_object(Bucket=self.bucket, Key=self._key(sha256), Range=rng)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+        except _client_error() as exc:
+            if _not_found(exc):
                 raise NotFound(f"blob {sha256} not found") from None
             raise
         body = obj["Body"]
@@ -277,6 +273,18 @@ class S3BlobStore:
         return str(self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(sha256)},
             ExpiresIn=expires_s or self.presign_s or 300))
+
+
+def _client_error() -> type[Exception]:
+    from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+
+    return ClientError
+
+
+def _not_found(exc: Exception) -> bool:
+    """A botocore error for a missing object (HEAD answers a bare 404, GET ``NoSuchKey``)."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code in ("404", "NoSuchKey", "NotFound")
 
 
 def open_store(url: str | None, root: Path, tmp: Path) -> BlobStore:
