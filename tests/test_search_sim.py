@@ -340,3 +340,25 @@ def test_searcher_reports_every_candidate_plan(profiles):
         assert p.predicted_s == pytest.approx(p.cost.compute_s + p.cost.transfer_s + p.cost.program_s)
         assert all(d.chosen.backend.name == p.label for d in p.decisions) or p.label == MIXED
     assert model.program("simgpu") > model.program("simcpu")
+
+
+def test_walle_search_shows_every_candidate_plan(profiles, tmp_path):
+    """``walle search --measure --json`` lists each single-backend plan and the chosen one with
+    predicted and measured whole-plan times."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from walle_cli.app import app
+
+    profiles("h200")
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(mlp())
+    result = CliRunner().invoke(app, ["search", str(path), "--shape", "x=256,1024", "--measure", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    plans = {p["plan"]: p for p in report["plans"]}
+    assert {"simcpu", "simgpu"} <= set(plans)
+    assert [p["plan"] for p in report["plans"] if p["chosen"]] == ["simgpu"]
+    assert all(p["predicted_us"] > 0 and p["measured_us"] > 0 for p in plans.values())
+    assert report["summary"]["why"]
