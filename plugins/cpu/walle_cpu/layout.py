@@ -107,6 +107,30 @@ def from_blocked(src: A.Tensor, plain: Sequence[int], dst: A.Tensor) -> A.Raster
     return A.Raster([src], [dst], regions=_regions(n, c, h * w, False))
 
 
+def _strides(op: A.Op) -> list[tuple[int, ...]]:
+    """Per-input element strides over the output (a Unary reads its input densely), 0 along
+    the output's size-1 axes (where a stride never matters)."""
+    shape = op.out.shape
+    given = op.strides if isinstance(op, A.Binary | A.Select) else [_dense(shape)]
+    return [tuple(0 if n == 1 else st for st, n in zip(s, shape, strict=True)) for s in given]
+
+
+def _dense(shape: Sequence[int]) -> list[int]:
+    """Contiguous strides, 0 along size-1 axes (as ``_strides`` gives them)."""
+    out, acc = [], 1
+    for n in reversed(shape):
+        out.append(0 if n == 1 else acc)
+        acc *= n
+    return out[::-1]
+
+
+def _channel_vector(t: A.Tensor, strides: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """``t`` is a constant per-channel vector broadcast over N, H and W (PRelu's slope, a
+    bias): stride 1 along C, 0 (or a size-1 axis) elsewhere."""
+    return t.value is not None and t.size == shape[1] > 1 and strides[1] == 1 \
+        and not any(st for k, st in enumerate(strides) if k != 1)
+
+
 def _pools_blocked(op: A.Op) -> bool:
     return isinstance(op, A.Pool2D) and op.fn in ("max", "avg") and op.out.dtype == np.float32 \
         and len(op.inputs[0].shape) == 4
@@ -173,11 +197,12 @@ class _Rewriter:
 
     def feeds_blocked_conv(self, t: A.Tensor, depth: int = 4) -> bool:
         """Whether ``t`` reaches a blocked conv through readers that keep it blocked (pools,
-        block-moving rasters): only then does changing its layout once pay."""
+        block-moving rasters, element-wise ops): only then does changing its layout once pay."""
         for op, algo in self.readers.get(t.id, ()):
             if isinstance(op, A.Conv2D) and algo.name == NCHWC and op.inputs[1] is not t:
                 return True
-            through = _pools_blocked(op) or (isinstance(op, A.Raster) and len(op.out.shape) == 4)
+            through = _pools_blocked(op) or (type(op) in (A.Raster, A.Unary, A.Binary, A.Select)
+                                             and len(op.out.shape) == 4)
             if through and depth > 0 and self.feeds_blocked_conv(op.out, depth - 1):
                 return True
         return False
@@ -241,6 +266,46 @@ class _Rewriter:
         self.produced(op.out, yb, plain)
         return True
 
+    def elementwise(self, op: A.Op) -> bool:
+        """A Unary, Binary or Select over a blocked value runs on the blocked tensors when every
+        other operand is blocked too, a scalar, or a constant per-channel vector (padded to
+        whole blocks): PRelu and the activations no epilogue took stay in the layout. Padding
+        channels compute values no kernel reads into real channels."""
+        shp = op.out.shape
+        if type(op) not in (A.Unary, A.Binary, A.Select) or len(shp) != 4 or \
+                not any(t.id in self.pending for t in op.inputs):
+            return False
+        plain_out = (shp[0], shp[1], shp[2], shp[3])
+        nb = blocks(shp[1]) * BLK
+        dense_b = tuple(_dense(blocked_shape(plain_out)))
+        ins: list[A.Tensor] = []
+        strides: list[tuple[int, ...]] = []
+        for t, st in zip(op.inputs, _strides(op), strict=True):
+            got = self.blocked.get(t.id)
+            if t.shape == shp and st == tuple(_dense(shp)) and got is not None and got[1] == shp:
+                ins.append(got[0])
+                strides.append(dense_b)
+            elif not any(st):
+                ins.append(t)
+                strides.append((0,) * 5)
+            elif _channel_vector(t, st, shp):
+                assert t.value is not None
+                padded = np.zeros(nb, t.dtype)
+                padded[:shp[1]] = np.asarray(t.value).reshape(-1)
+                ins.append(A.Tensor((nb,), t.dtype, value=padded, name=f"{t.name}:nchw16c",
+                                    id=self.new_id()))
+                strides.append((0, BLK, 0, 0, 1))
+            else:
+                return False
+        yb = self.tensor(plain_out, op.out)
+        if isinstance(op, A.Unary):
+            self.out.append((dataclasses.replace(op, inputs=ins, outputs=[yb]), _DIRECT))
+        else:
+            self.out.append((dataclasses.replace(op, inputs=ins, outputs=[yb], strides=strides),
+                             _DIRECT))
+        self.produced(op.out, yb, plain_out)
+        return True
+
     def run(self, items: Sequence[tuple[A.Op, Algorithm]]) -> list[tuple[A.Op, Algorithm]]:
         for op, algo in items:
             for t in op.inputs:
@@ -253,7 +318,7 @@ class _Rewriter:
                 algo = self.fallback(op)
             elif (isinstance(op, A.Reduce) and self.spatial_reduce(op)) or \
                     (isinstance(op, A.Pool2D) and self.pool(op)) or \
-                    (isinstance(op, A.Raster) and self.raster(op)):
+                    (isinstance(op, A.Raster) and self.raster(op)) or self.elementwise(op):
                 continue
             for t in op.inputs:
                 self.as_plain(t)
