@@ -298,11 +298,10 @@ class _Rewriter:
             else:
                 return False
         yb = self.tensor(plain_out, op.out)
-        if isinstance(op, A.Unary):
-            self.out.append((dataclasses.replace(op, inputs=ins, outputs=[yb]), _DIRECT))
-        else:
-            self.out.append((dataclasses.replace(op, inputs=ins, outputs=[yb], strides=strides),
-                             _DIRECT))
+        new: A.Op = dataclasses.replace(op, inputs=ins, outputs=[yb])
+        if isinstance(new, A.Binary | A.Select):
+            new.strides = strides
+        self.out.append((new, _DIRECT))
         self.produced(op.out, yb, plain_out)
         return True
 
