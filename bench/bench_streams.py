@@ -78,7 +78,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             s.close()
         http.close()
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def main() -> None:
@@ -87,7 +91,10 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=20.0, help="seconds to measure idle CPU over")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.streams + 1024)), hard))
+    if args.streams + 512 > hard:
+        ap.error(f"{args.streams} streams need more file descriptors than this machine's per-process "
+                 f"limit ({hard}) leaves to the client and to the replica")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.streams + 512)), hard))
     try:
         import uvloop
 

@@ -55,6 +55,10 @@ def serve(
     admin_token: Annotated[str | None, typer.Option("--admin-token", help="seed this admin token")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     workers: Annotated[int, typer.Option("--workers", min=1, help="worker processes (more than 1 needs --db postgresql)")] = 1,
+    accel_redirect: Annotated[str | None, typer.Option(
+        "--accel-redirect", help="behind nginx: hand blob downloads over with X-Accel-Redirect to this prefix")] = None,
+    blob_store: Annotated[str | None, typer.Option(
+        "--blob-store", help="an S3-compatible store: s3://BUCKET/PREFIX?endpoint=URL&presign=SECONDS (default: a folder under --data)")] = None,
 ) -> None:
     """Serve the registry API (OpenAPI at /openapi.json, console at /console)."""
     try:
@@ -69,7 +73,10 @@ def serve(
     from walle_registry.errors import Invalid
 
     try:
-        run(host, port, data, db, admin_token, log_level, workers=workers)
+        from walle_registry.settings import Settings
+
+        settings = Settings(data_dir=data, db_url=db, accel_redirect=accel_redirect, blob_store=blob_store)
+        run(host, port, data, db, admin_token, log_level, workers=workers, settings=settings)
     except Invalid as exc:
         fail(exc.message)
 
