@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +45,12 @@ def table_rows(text: str) -> list[list[str]]:
 
 
 @pytest.fixture
-def live(sqlite_env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Env:
+def live(sqlite_env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Env]:
     srv = ThreadServer(sqlite_env.app).__enter__()
     monkeypatch.setenv("WALLE_REGISTRY_URL", srv.url)
     monkeypatch.setenv("WALLE_REGISTRY_TOKEN", ADMIN)
     monkeypatch.setenv("WALLE_KEYS_DIR", str(tmp_path / "trusted"))
-    yield sqlite_env  # type: ignore[misc]
+    yield sqlite_env
     srv.__exit__()
 
 
@@ -119,11 +123,14 @@ def test_results_show_readable_times(live: Env) -> None:
     live.publish("res", "1.0.0")
     dev = live.device("res-dev", os="linux")
     live.deploy(task="res", version="1.0.0")
-    dev.upload_results([{"seq": 1, "name": "score", "value": 0.5, "ts": 1_767_225_600_000}],  # 2026-01-01, in ms
+    run = {"trigger": "res/t", "kind": "match", "user": {"task": "res", "status": "ok", "outputs": {"dwell_ms": 5}}}
+    dev.upload_results([{"seq": 1, "name": "score", "value": 0.5, "ts": 1_767_225_600_000},  # 2026-01-01, in ms
+                        {"seq": 2, "name": "res/t", "value": run, "ts": 1_767_225_601}],  # in seconds
                        task="res", version="1.0.0")
     rows = table_rows(cli("results", "res"))
-    assert rows[0][0] == "res-dev" and rows[0][5] == "2026-01-01 00:00:00"
+    assert rows[0][0] == "res-dev" and rows[0][5] == "2026-01-01 00:00:00" and rows[0][7] == "0.5"
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", rows[0][6])
+    assert rows[1][4] == "ok" and rows[1][5] == "2026-01-01 00:00:01" and rows[1][7] == '{"dwell_ms": 5}'
     assert readable_time(1_767_225_600) == "2026-01-01 00:00:00" and readable_time(0) == "-"
 
 
@@ -148,9 +155,15 @@ def test_json_on_run_inspect_and_bench_model(tmp_path: Path) -> None:
     assert bench["walle_ms"] > 0 and "nosuchpeer" in bench["skipped"] and bench["runs"] == 2
 
 
-def test_shell_completion_is_offered() -> None:
-    text = cli("--show-completion", "bash")
-    assert "_walle_completion" in text and "complete " in text
+@pytest.mark.parametrize("shell, marker", [("bash", "complete -o default -F _walle_completion walle"),
+                                           ("zsh", "#compdef walle"), ("fish", "complete --command walle")])
+def test_shell_completion_is_offered(shell: str, marker: str) -> None:
+    walle = Path(sys.executable).parent / "walle"  # the installed console script, as a user runs it
+    # Typer detects the user's shell; its own test switch makes the shell an argument instead
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    proc = subprocess.run([str(walle), "--show-completion", shell], capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert proc.returncode == 0 and marker in proc.stdout, proc.stdout + proc.stderr
     assert "--install-completion" in cli("--help")
 
 
@@ -172,3 +185,19 @@ def test_pack_sign_progress_covers_every_payload_byte(tmp_path: Path) -> None:
     with byte_progress("packing small", 1000, Console(file=quiet, force_terminal=True)) as advance:
         advance(1000)
     assert quiet.getvalue() == ""  # small bundles: no bar
+
+
+def test_pack_refuses_a_trigger_devices_would_refuse(tmp_path: Path) -> None:
+    """A bad trigger used to pack, sign and publish fine, and every device then stayed at
+    'downloading' (the spec only failed when the device activated it)."""
+    src = tmp_path / "t"
+    src.mkdir()
+    (src / "main.py").write_text("x = 1\n")
+    trigger = {"id": "v", "pattern": [{"name": "a", "event": "page_enter",
+                                       "where": [{"field": "page", "op": "eq", "value": "item"}]}]}
+    (src / "task.json").write_text(json.dumps({"name": "t", "version": "1.0.0", "entry": "main.py", "trigger": trigger}))
+    out = cli("task", "pack", str(src), "-o", str(tmp_path / "t.walle"), code=2)
+    assert "TriggerSpecError" in out and "unknown op 'eq'" in out and not (tmp_path / "t.walle").exists()
+    trigger["pattern"][0]["where"][0]["op"] = "=="
+    (src / "task.json").write_text(json.dumps({"name": "t", "version": "1.0.0", "entry": "main.py", "trigger": trigger}))
+    assert "packed t 1.0.0" in cli("task", "pack", str(src), "-o", str(tmp_path / "t.walle"))

@@ -1,5 +1,5 @@
 """docs/registry.md's shell transcript (a fresh registry run with the CLI only: keys, tokens,
-publish, deploy, pause, rollback, revoke), executed as written against a registry on 127.0.0.1
+publish, deploy, simulated devices, results, pause, rollback, revoke), executed as written against a registry on 127.0.0.1
 and checked line by line against the output the page shows (issue 15, finding 9)."""
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def test_the_documented_cli_path_runs_as_shown(tmp_path: Path) -> None:
     for step in steps:
         step.command = step.command.replace("8700", port)
     bindir = str(Path(sys.executable).parent)  # the venv's `walle`
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "COLUMNS": "120", "HOME": str(tmp_path),
-           "WALLE_KEYS_DIR": str(tmp_path / "trusted"), "WALLE_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "COLUMNS": "120",
+           "WALLE_KEYS_DIR": str(tmp_path / "trusted")}
     for name in ("WALLE_REGISTRY_URL", "WALLE_REGISTRY_TOKEN"):
         env.pop(name, None)
     outputs = transcript.run(steps, tmp_path, env, timeout=600)

@@ -1,7 +1,8 @@
 """Shell transcripts in the docs, run for real: ``$ command`` lines (with ``\\`` continuations and
 here-documents) are executed in order by one bash process; the lines shown after a command are
-its expected output, where ``…`` stands for any text (ids, digests, times). Every shown line must
-appear in the command's real output, in order; the docs may leave lines out, never invent them.
+its expected output, where ``…`` stands for any text (ids, digests, times) and runs of blanks
+count as one. Every shown line must appear in the command's real output, in order; the docs may
+leave lines out, never invent them.
 """
 
 from __future__ import annotations
@@ -79,16 +80,21 @@ def run(steps: list[Step], cwd: Path, env: dict[str, str], timeout: float) -> li
     return outputs
 
 
+def squeeze(line: str) -> str:
+    """A line with runs of blanks as one space: table columns widen with their content."""
+    return re.sub(r"\s+", " ", line.strip())
+
+
 def pattern(shown: str) -> re.Pattern[str]:
-    """A shown line as a regex: ``…`` is any text, surrounding blanks are not significant."""
-    return re.compile(".*?".join(re.escape(part) for part in shown.strip().split("…")))
+    """A shown line as a regex over a squeezed line: ``…`` is any text."""
+    return re.compile(".*?".join(re.escape(part) for part in squeeze(shown).split("…")))
 
 
 def mismatches(steps: list[Step], outputs: list[str]) -> list[str]:
     """For each step, the shown lines not found (in order) in its real output."""
     problems: list[str] = []
     for step, output in zip(steps, outputs, strict=True):
-        actual = [line.strip() for line in output.splitlines()]
+        actual = [squeeze(line) for line in output.splitlines()]
         pos = 0
         for shown in step.expected:
             regex = pattern(shown)

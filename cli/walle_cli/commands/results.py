@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -12,6 +12,15 @@ from rich.table import Table
 from walle_cli.commands.registry import JsonOpt, TokenOpt, UrlOpt, client
 from walle_cli.console import out
 from walle_cli.timefmt import readable_time
+
+
+def task_outputs(value: Any) -> tuple[str, Any]:
+    """(run status, what to show) for one uploaded row: a device's trigger match carries the task
+    run under ``user`` (status and outputs); anything else is shown as it is."""
+    run = value.get("user") if isinstance(value, dict) else None
+    if isinstance(run, dict) and "outputs" in run:
+        return str(run.get("status", "")), run["outputs"] if run.get("status") == "ok" else run.get("error", run["outputs"])
+    return "", value
 
 
 def results(
@@ -29,9 +38,13 @@ def results(
     if as_json:
         out().print_json(json.dumps(rows))
         return
-    table = Table("device", "seq", "version", "name", "key", "event time (UTC)", "received (UTC)", "value")
+    table = Table("device", "seq", "version", "name", "status")
+    for col in ("event time (UTC)", "received (UTC)"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("outputs", overflow="ellipsis", no_wrap=True)
     for r in rows:
-        table.add_row(escape(r["device"]), str(r["seq"]), escape(r["version"]), escape(r["name"]), escape(r["key"]),
-                      readable_time(r["ts"]), readable_time(r["received_at"]), escape(json.dumps(r["value"])[:80]))
+        status, shown = task_outputs(r["value"])
+        table.add_row(escape(r["device"]), str(r["seq"]), escape(r["version"]), escape(r["name"]), status,
+                      readable_time(r["ts"]), readable_time(r["received_at"]), escape(json.dumps(shown)[:200]))
     out().print(table)
     out().print(f"{len(rows)} result(s)")

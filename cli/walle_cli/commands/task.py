@@ -15,6 +15,7 @@ import walle_core
 from walle_cli.console import fail, out, walle_errors
 from walle_cli.progress import byte_progress
 from walle_core import flags
+from walle_core.pipeline import compile_spec
 from walle_core.task import (
     KeyStore,
     collect_files,
@@ -50,6 +51,8 @@ def pack_cmd(
         total = sum(p.stat().st_size for p in collect_files(src))
         with byte_progress(f"packing {src.name}", total) as advance:
             manifest = pack(src, staged, advance)
+        if manifest.trigger:  # devices compile it at install: refuse a trigger they would refuse
+            compile_spec(manifest.trigger)
         target = output or Path(f"{manifest.name}-{manifest.version}.walle")
         staged.replace(target)
     out().print(f"packed {manifest.name} {manifest.version} ({len(manifest.files)} files) -> "
