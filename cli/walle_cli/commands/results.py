@@ -38,13 +38,20 @@ def results(
     if as_json:
         out().print_json(json.dumps(rows))
         return
-    table = Table("device", "seq", "version", "name", "status")
-    for col in ("event time (UTC)", "received (UTC)"):
+    # Ids and times stay whole on one line; a long name or output is cut short. A narrow terminal
+    # leaves out the time the registry received a row (--json has everything).
+    wide = out().width >= 110
+    table = Table()
+    table.add_column("device", no_wrap=True)
+    for col in ("seq", "version", "name", "status"):
+        table.add_column(col)
+    for col in ("event time (UTC)", "received (UTC)")[: 2 if wide else 1]:
         table.add_column(col, no_wrap=True)
     table.add_column("outputs", overflow="ellipsis", no_wrap=True)
     for r in rows:
         status, shown = task_outputs(r["value"])
+        times = [readable_time(r["ts"]), readable_time(r["received_at"])][: 2 if wide else 1]
         table.add_row(escape(r["device"]), str(r["seq"]), escape(r["version"]), escape(r["name"]), status,
-                      readable_time(r["ts"]), readable_time(r["received_at"]), escape(json.dumps(shown)[:200]))
+                      *times, escape(json.dumps(shown)[:200]))
     out().print(table)
     out().print(f"{len(rows)} result(s)")
