@@ -91,8 +91,9 @@ def test_a_conv_run_stays_blocked_with_layout_changes_only_at_its_edges() -> Non
 
 @pytest.mark.parametrize("c", [20, 32])
 def test_element_wise_ops_between_blocked_convs_stay_blocked(c: int) -> None:
-    """PRelu as it lowers (x < 0, x * per-channel slope, select) between blocked convs runs on
-    the blocked tensors, the slope padded to whole blocks: no layout change inside the run."""
+    """PRelu as it lowers (x < 0, x * per-channel slope, select) and SiLU as a fused chain
+    (x * sigmoid(x)) between blocked convs run on the blocked tensors, the slope padded to
+    whole blocks: no layout change inside the run."""
     rng = np.random.default_rng(4)
     b = Builder(fold=lambda op: None)
     x = b.tensor((1, 3, 19, 17), F32)
@@ -100,12 +101,14 @@ def test_element_wise_ops_between_blocked_convs_stay_blocked(c: int) -> None:
     slope = b.const(rng.uniform(0.05, 0.5, (c, 1, 1)).astype(F32))
     h = b.select(b.binary("lt", h, b.scalar(0, h)), b.binary("mul", h, slope), h)  # PRelu
     h = _conv(b, rng, h, c, depthwise=True)
+    h = b.binary("mul", h, b.unary("sigmoid", h))  # SiLU, a chain
     h = _conv(b, rng, h, c, k=1, p=0)
     feeds = [rng.uniform(-1, 1, x.shape).astype(F32)]
     labels = _check(b.ops, [x], [h], feeds)
     assert sum("nchwc" in lb for lb in labels) == 3, labels
     assert len([lb for lb in labels if lb.startswith("Raster layout")]) == 1, labels
     assert any(lb.startswith("Select direct [1, 2, 19, 17, 16]") for lb in labels), labels
+    assert any(lb.startswith("chain[sigmoid+mul] [1, 2, 19, 17, 16]") for lb in labels), labels
 
 
 @pytest.mark.parametrize("c1", [16, 32, 8])

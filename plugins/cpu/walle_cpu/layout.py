@@ -22,8 +22,10 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm
+from walle_core.decompose.builder import contiguous
 from walle_core.plan.rewrite.fused import ConvRes
 from walle_cpu.blocked_raster import blocked_regions
+from walle_cpu.ops.chain import Chain, fits
 
 BLK = 16
 PLAIN_INPUT_MAX = 4  # a conv reads a plain input this narrow directly (the RGB stem)
@@ -147,6 +149,7 @@ class _Rewriter:
         # plain id -> (blocked tensor, logical NCHW shape); `pending`: no plain copy made yet
         self.blocked: dict[int, tuple[A.Tensor, tuple[int, int, int, int]]] = {}
         self.pending: set[int] = set()
+        self.vectors: dict[int, A.Tensor] = {}  # constant channel vector id -> padded copy
 
     def tensor(self, plain: Sequence[int], like: A.Tensor) -> A.Tensor:
         return A.Tensor(blocked_shape(plain), like.dtype, name=f"{like.name}:nchw16c",
@@ -201,8 +204,8 @@ class _Rewriter:
         for op, algo in self.readers.get(t.id, ()):
             if isinstance(op, A.Conv2D) and algo.name == NCHWC and op.inputs[1] is not t:
                 return True
-            through = _pools_blocked(op) or (type(op) in (A.Raster, A.Unary, A.Binary, A.Select)
-                                             and len(op.out.shape) == 4)
+            through = _pools_blocked(op) or (
+                type(op) in (A.Raster, A.Unary, A.Binary, A.Select, Chain) and len(op.out.shape) == 4)
             if through and depth > 0 and self.feeds_blocked_conv(op.out, depth - 1):
                 return True
         return False
@@ -266,44 +269,73 @@ class _Rewriter:
         self.produced(op.out, yb, plain)
         return True
 
-    def elementwise(self, op: A.Op) -> bool:
-        """A Unary, Binary or Select over a blocked value runs on the blocked tensors when every
-        other operand is blocked too, a scalar, or a constant per-channel vector (padded to
-        whole blocks): PRelu and the activations no epilogue took stay in the layout. Padding
-        channels compute values no kernel reads into real channels."""
+    def elementwise(self, op: A.Op, algo: Algorithm) -> bool:
+        """A Unary, Binary, Select or fused chain of them over a blocked value runs on the
+        blocked tensors when every other operand is blocked too, a scalar, or a constant
+        per-channel vector (padded to whole blocks): PRelu and the activations no epilogue took
+        (SiLU as x * sigmoid(x)) stay in the layout. Padding channels compute values no kernel
+        reads into real channels."""
         shp = op.out.shape
-        if type(op) not in (A.Unary, A.Binary, A.Select) or len(shp) != 4 or \
+        steps = op.ops if isinstance(op, Chain) else [op]
+        if not all(type(s) in (A.Unary, A.Binary, A.Select) for s in steps) or len(shp) != 4 or \
                 not any(t.id in self.pending for t in op.inputs):
             return False
         plain_out = (shp[0], shp[1], shp[2], shp[3])
+        yb = self.tensor(plain_out, op.out)
+        local: dict[int, A.Tensor] = {}  # a chain's intermediates, blocked (never stored)
+        new_steps: list[A.Op] = []
+        for k, step in enumerate(steps):
+            out = yb if k == len(steps) - 1 else \
+                A.Tensor(yb.shape, step.out.dtype, name=f"{step.out.name}:nchw16c", id=self.new_id())
+            new = self._blocked_step(step, out, local)
+            if new is None:
+                return False
+            local[step.out.id] = out
+            new_steps.append(new)
+        if isinstance(op, Chain) and not fits(new_steps):
+            return False
+        self.out.append((Chain(new_steps) if isinstance(op, Chain) else new_steps[0], algo))
+        self.produced(op.out, yb, plain_out)
+        return True
+
+    def padded_vector(self, t: A.Tensor, nb: int) -> A.Tensor:
+        """The constant channel vector ``t`` zero-padded to ``nb`` channels (one per constant)."""
+        got = self.vectors.get(t.id)
+        if got is None:
+            padded = np.zeros(nb, t.dtype)
+            padded[:t.size] = np.asarray(t.value).reshape(-1)
+            got = A.Tensor((nb,), t.dtype, value=padded, name=f"{t.name}:nchw16c", id=self.new_id())
+            self.vectors[t.id] = got
+        return got
+
+    def _blocked_step(self, op: A.Op, out: A.Tensor, local: dict[int, A.Tensor]) -> A.Op | None:
+        """``op`` (same 4-D output shape) rewritten to write ``out`` from blocked operands."""
+        shp = op.out.shape
         nb = blocks(shp[1]) * BLK
-        dense_b = tuple(_dense(blocked_shape(plain_out)))
+        dense_b = tuple(contiguous(out.shape))
         ins: list[A.Tensor] = []
         strides: list[tuple[int, ...]] = []
         for t, st in zip(op.inputs, _strides(op), strict=True):
             got = self.blocked.get(t.id)
-            if t.shape == shp and st == tuple(_dense(shp)) and got is not None and got[1] == shp:
+            dense = t.shape == shp and st == tuple(_dense(shp))
+            if dense and t.id in local:
+                ins.append(local[t.id])
+                strides.append(dense_b)
+            elif dense and got is not None and got[1] == shp:
                 ins.append(got[0])
                 strides.append(dense_b)
             elif not any(st):
                 ins.append(t)
                 strides.append((0,) * 5)
             elif _channel_vector(t, st, shp):
-                assert t.value is not None
-                padded = np.zeros(nb, t.dtype)
-                padded[:shp[1]] = np.asarray(t.value).reshape(-1)
-                ins.append(A.Tensor((nb,), t.dtype, value=padded, name=f"{t.name}:nchw16c",
-                                    id=self.new_id()))
+                ins.append(self.padded_vector(t, nb))
                 strides.append((0, BLK, 0, 0, 1))
             else:
-                return False
-        yb = self.tensor(plain_out, op.out)
-        new: A.Op = dataclasses.replace(op, inputs=ins, outputs=[yb])
+                return None
+        new: A.Op = dataclasses.replace(op, inputs=ins, outputs=[out])
         if isinstance(new, A.Binary | A.Select):
             new.strides = strides
-        self.out.append((new, _DIRECT))
-        self.produced(op.out, yb, plain_out)
-        return True
+        return new
 
     def run(self, items: Sequence[tuple[A.Op, Algorithm]]) -> list[tuple[A.Op, Algorithm]]:
         for op, algo in items:
@@ -317,7 +349,7 @@ class _Rewriter:
                 algo = self.fallback(op)
             elif (isinstance(op, A.Reduce) and self.spatial_reduce(op)) or \
                     (isinstance(op, A.Pool2D) and self.pool(op)) or \
-                    (isinstance(op, A.Raster) and self.raster(op)) or self.elementwise(op):
+                    (isinstance(op, A.Raster) and self.raster(op)) or self.elementwise(op, algo):
                 continue
             for t in op.inputs:
                 self.as_plain(t)

@@ -89,6 +89,11 @@ def _program(ops: list[A.Op]) -> tuple[_Operands, list[list[int]], list[list[flo
     return operands, steps, params
 
 
+def fits(ops: list[A.Op]) -> bool:
+    """Whether the kernel's operand rows hold the chain ``ops``."""
+    return len(_program(ops)[0].tensors) <= MAX_OPERANDS
+
+
 def fuse_chains(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> list[tuple[A.Op, Algorithm]]:
     """Merge runs of fusable ops, each reading the previous one's output (its only reader, dense)."""
     uses: dict[int, int] = {}
@@ -109,7 +114,7 @@ def fuse_chains(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> 
         if len(hits) != 1:
             return False
         return tuple(op.strides[hits[0]]) == tuple(contiguous(t.shape)) \
-            and len(_program([*chain, op])[0].tensors) <= MAX_OPERANDS
+            and fits([*chain, op])
 
     def flush() -> None:
         if len(chain) >= 2:
