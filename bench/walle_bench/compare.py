@@ -93,7 +93,12 @@ def walle_runner(path: Path, feeds: dict[str, np.ndarray], threads: int, backend
 
     model = walle_core.load(path, backend=backend, threads=threads)
     names = model.output_names
-    return lambda: [model.run(feeds)[n] for n in names]
+
+    def run() -> list[np.ndarray]:
+        out = model.run(feeds)  # once per call, whatever the number of outputs
+        return [out[n] for n in names]
+
+    return run
 
 
 def ort_runner(path: Path, feeds: dict[str, np.ndarray], threads: int) -> Runner:
