@@ -179,6 +179,9 @@ int main(int argc, char **argv) {
         test_conv(c, 1, 5, 9, 9, 7, 3, 1, 2, 2, 1);     /* dilated, wide padding */
         test_conv(c, 1, 24, 9, 11, 24, 3, 1, 1, 1, 24); /* depthwise */
         test_conv(c, 1, 8, 10, 10, 8, 5, 2, 2, 1, 8);   /* depthwise 5x5 stride 2 */
+        test_conv(c, 2, 6, 5, 37, 6, 3, 1, 0, 1, 6);    /* depthwise, no padding, partial block */
+        test_conv(c, 1, 4, 11, 40, 4, 3, 3, 1, 2, 4);   /* depthwise stride 3, dilated */
+        test_conv(c, 1, 4, 9, 45, 4, 3, 2, 1, 1, 4);    /* depthwise stride 2, ow over a block */
         test_matmul(c, 37, 21, 45);
         test_matmul(c, 5, 64, 17);
         test_matmul(c, 70, 130, 9);

@@ -607,15 +607,12 @@ static inline __attribute__((always_inline)) void dw_row_body(
             for (int64_t jj = 0; jj < kw; jj++) {
                 const uint8_t *r = x + i * dh * wp + jj * dw + o0 * sw;
                 const int32_t wv = taps[i * kw + jj];
-                if (n == DW_BLOCK) {
-                    if (sgn)
-                        for (int l = 0; l < DW_BLOCK; l++) acc[l] += (int32_t)(int8_t)r[l * sw] * wv;
-                    else
-                        for (int l = 0; l < DW_BLOCK; l++) acc[l] += (int32_t)r[l * sw] * wv;
-                } else {
-                    for (int64_t l = 0; l < n; l++)
-                        acc[l] += (sgn ? (int32_t)(int8_t)r[l * sw] : (int32_t)r[l * sw]) * wv;
-                }
+                /* a partial block computes all lanes too (the padded input has slack after
+                 * its last plane), keeping every block on the vector path */
+                if (sgn)
+                    for (int l = 0; l < DW_BLOCK; l++) acc[l] += (int32_t)(int8_t)r[l * sw] * wv;
+                else
+                    for (int l = 0; l < DW_BLOCK; l++) acc[l] += (int32_t)r[l * sw] * wv;
             }
         store_row_body(q, ch, 0, 0, acc, NULL, n, y + o0 * (q->out == Q_S32 ? 4 : 1), 1);
     }
@@ -639,8 +636,59 @@ static inline __attribute__((always_inline)) void dw_row_body(
     }
 DW_ROWS(dw_row_generic)
 #if defined(__x86_64__)
-DW_ROWS(dw_row_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
-DW_ROWS(dw_row_avx2, __attribute__((target("avx2,fma"))))
+/* x86: the same blocks written with intrinsics (gcc left the generic body scalar: one imul per
+ * lane). LOAD(r) widens the block's 16 input bytes (r[l * sw]) to int32 lanes; stride 1 reads
+ * 16 bytes, stride 2 widens 32 bytes to 16-bit lanes and keeps the low half of each pair (an
+ * even byte), other strides gather through a small buffer. */
+#define DW_X86_ROW(NAME, TARGET, VEC, LANES, SET1, ADD, MUL, STORE, LOAD_S1, LOAD_S2)             \
+    TARGET static VEC NAME##_load(const uint8_t *r, int64_t sw, int sgn) {                      \
+        if (sw == 1) return LOAD_S1;                                                            \
+        if (sw == 2) return LOAD_S2;                                                            \
+        uint8_t g[LANES];                                                                       \
+        for (int l = 0; l < LANES; l++) g[l] = r[l * sw];                                       \
+        r = g;                                                                                  \
+        return LOAD_S1;                                                                         \
+    }                                                                                           \
+    TARGET static void NAME##_block(const wl_qweights *q, int64_t ch, const uint8_t *x, int64_t wp, \
+                                    int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t n,  \
+                                    int64_t sw, int sgn, const int32_t *taps, char *y) {        \
+        VEC acc[DW_BLOCK / LANES];                                                              \
+        for (int h = 0; h < DW_BLOCK / LANES; h++) acc[h] = SET1(q->dcomp[ch]);                 \
+        for (int64_t i = 0; i < kh; i++)                                                        \
+            for (int64_t jj = 0; jj < kw; jj++) {                                               \
+                const uint8_t *r = x + i * dh * wp + jj * dw;                                   \
+                VEC wv = SET1(taps[i * kw + jj]);                                               \
+                for (int h = 0; h < DW_BLOCK / LANES; h++)                                      \
+                    acc[h] = ADD(acc[h], MUL(NAME##_load(r + h * LANES * sw, sw, sgn), wv));    \
+            }                                                                                   \
+        int32_t out[DW_BLOCK];                                                                  \
+        for (int h = 0; h < DW_BLOCK / LANES; h++) STORE(out + h * LANES, acc[h]);              \
+        store_row_body(q, ch, 0, 0, out, NULL, n, y, 1);                                        \
+    }                                                                                           \
+    TARGET static void NAME(const wl_qweights *q, int64_t ch, const uint8_t *x, int64_t wp,     \
+                            int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ow,          \
+                            int64_t sw, int sgn, const int32_t *taps, char *y) {                \
+        int es = q->out == Q_S32 ? 4 : 1;                                                       \
+        for (int64_t o0 = 0; o0 < ow; o0 += DW_BLOCK)                                           \
+            NAME##_block(q, ch, x + o0 * sw, wp, kh, kw, dh, dw,                                \
+                         ow - o0 < DW_BLOCK ? ow - o0 : DW_BLOCK, sw, sgn, taps, y + o0 * es);  \
+    }
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define T256 __attribute__((target("avx2,fma")))
+#define LD16(r) _mm_loadu_si128((const __m128i *)(r))
+#define LD32(r) _mm256_loadu_si256((const __m256i *)(r))
+DW_X86_ROW(dw_row_avx512, T512, __m512i, 16, _mm512_set1_epi32, _mm512_add_epi32,
+           _mm512_mullo_epi32, _mm512_storeu_si512,
+           sgn ? _mm512_cvtepi8_epi32(LD16(r)) : _mm512_cvtepu8_epi32(LD16(r)),
+           sgn ? _mm512_srai_epi32(_mm512_slli_epi32(_mm512_cvtepi8_epi16(LD32(r)), 16), 16)
+               : _mm512_and_si512(_mm512_cvtepu8_epi16(LD32(r)), _mm512_set1_epi32(0xffff)))
+#define ST256(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+DW_X86_ROW(dw_row_avx2, T256, __m256i, 8, _mm256_set1_epi32, _mm256_add_epi32,
+           _mm256_mullo_epi32, ST256,
+           sgn ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)r))
+               : _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)r)),
+           sgn ? _mm256_srai_epi32(_mm256_slli_epi32(_mm256_cvtepi8_epi16(LD16(r)), 16), 16)
+               : _mm256_and_si256(_mm256_cvtepu8_epi16(LD16(r)), _mm256_set1_epi32(0xffff)))
 #endif
 
 static void dw_plane(void *ctx, int64_t t) {
@@ -664,11 +712,16 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
     int64_t hp = (s->oh - 1) * s->stride_h + (s->kh - 1) * s->dilation_h + 1;
     int64_t wp = (s->ow - 1) * s->stride_w + (s->kw - 1) * s->dilation_w + 1;
     const uint8_t *src = x;
-    if (s->pad_top || s->pad_left || hp > s->h || wp > s->w) {
+    int depthwise = s->groups == s->c && s->c == s->o && s->groups > 1;
+    /* depthwise always reads a padded copy: its last block may read up to a block past the
+     * last row */
+    if (depthwise || s->pad_top || s->pad_left || hp > s->h || wp > s->w) {
         if (hp < s->h + s->pad_top) hp = s->h + s->pad_top;
         if (wp < s->w + s->pad_left) wp = s->w + s->pad_left;
-        uint8_t *xp = wl_scratch(Q_PAD_SCRATCH, (size_t)(s->n * s->c * hp * wp + 64));
+        size_t body = (size_t)(s->n * s->c * hp * wp), slack = (size_t)(DW_BLOCK * s->stride_w);
+        uint8_t *xp = wl_scratch(Q_PAD_SCRATCH, body + slack + 64);
         if (!xp) return -1;
+        memset(xp + body, 0, slack);
         pad_job pj = {s, x, xp, hp, wp, (uint8_t)q->x_zero_raw};
         wl_parallel_for(s->n * s->c, pad_plane, &pj, nthreads);
         src = xp;
@@ -676,7 +729,7 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
         hp = s->h;
         wp = s->w;
     }
-    if (s->groups == s->c && s->c == s->o && s->groups > 1) {
+    if (depthwise) {
         dw_job j = {s, q, src, hp, wp, y, 0};
         wl_parallel_for(s->n * s->c, dw_plane, &j, nthreads);
         return j.failed ? -1 : 0;
