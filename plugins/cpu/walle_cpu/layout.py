@@ -25,7 +25,6 @@ from walle_core.backend import Algorithm
 from walle_core.decompose.builder import contiguous
 from walle_core.plan.rewrite.fused import ConvRes
 from walle_cpu.blocked_raster import blocked_regions
-from walle_cpu.ops.chain import Chain, fits
 
 BLK = 16
 PLAIN_INPUT_MAX = 4  # a conv reads a plain input this narrow directly (the RGB stem)
@@ -133,6 +132,12 @@ def _channel_vector(t: A.Tensor, strides: tuple[int, ...], shape: tuple[int, ...
         and not any(st for k, st in enumerate(strides) if k != 1)
 
 
+def _is_chain(op: A.Op) -> bool:
+    from walle_cpu.ops.chain import Chain  # walle_cpu.ops imports this module
+
+    return isinstance(op, Chain)
+
+
 def _pools_blocked(op: A.Op) -> bool:
     return isinstance(op, A.Pool2D) and op.fn in ("max", "avg") and op.out.dtype == np.float32 \
         and len(op.inputs[0].shape) == 4
@@ -205,7 +210,8 @@ class _Rewriter:
             if isinstance(op, A.Conv2D) and algo.name == NCHWC and op.inputs[1] is not t:
                 return True
             through = _pools_blocked(op) or (
-                type(op) in (A.Raster, A.Unary, A.Binary, A.Select, Chain) and len(op.out.shape) == 4)
+                (type(op) in (A.Raster, A.Unary, A.Binary, A.Select) or _is_chain(op))
+                and len(op.out.shape) == 4)
             if through and depth > 0 and self.feeds_blocked_conv(op.out, depth - 1):
                 return True
         return False
@@ -275,6 +281,8 @@ class _Rewriter:
         per-channel vector (padded to whole blocks): PRelu and the activations no epilogue took
         (SiLU as x * sigmoid(x)) stay in the layout. Padding channels compute values no kernel
         reads into real channels."""
+        from walle_cpu.ops.chain import Chain, fits  # walle_cpu.ops imports this module
+
         shp = op.out.shape
         steps = op.ops if isinstance(op, Chain) else [op]
         if not all(type(s) in (A.Unary, A.Binary, A.Select) for s in steps) or len(shp) != 4 or \
