@@ -17,6 +17,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from walle_core.plugins import registry
+from walle_core.search import calibration_for
 from walle_demo import scenario
 from walle_demo.demo import Stack
 
@@ -28,6 +30,15 @@ def intent_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = scenario.train(data, 11, epochs=200)
     assert model.test_auc > 0.8, model.test_auc  # it learned something real
     return scenario.export_onnx(model, tmp_path_factory.mktemp("model") / "intent.onnx")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def calibrated_backends() -> None:
+    """A device calibrates each backend once, at its first install (tens of seconds on a fresh
+    2-core machine, then cached); done up front here so the time limits of these tests measure
+    rollouts and reconnects, not a first calibration."""
+    for backend in registry().available():
+        calibration_for(backend)
 
 
 @pytest.fixture
@@ -60,4 +71,4 @@ def ok_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in results if r["value"].get("user", {}).get("status") == "ok"]
 
 
-__all__ = ["intent_model", "ok_results", "publish", "stack", "wait_for"]
+__all__ = ["calibrated_backends", "intent_model", "ok_results", "publish", "stack", "wait_for"]

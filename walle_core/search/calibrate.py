@@ -19,11 +19,13 @@ What is measured (all on :func:`walle_core.search.clock.clock_for`'s clock):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
 import json
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -443,13 +445,32 @@ def _transfers(backend: Backend, timer: Timer, t1: float, bw: float) -> tuple[Li
     return (Linear.fit(ups) if len(ups) > 1 else fallback, Linear.fit(downs) if len(downs) > 1 else fallback)
 
 
+_CALIBRATING = threading.Lock()
+
+
 def calibration_for(backend: Backend, *, refresh: bool = False,
                     progress: Callable[[str], None] | None = None) -> Calibration:
-    """The cached calibration, or a fresh one (then cached) when missing, stale or corrupt."""
+    """The cached calibration, or a fresh one (then cached) when missing, stale or corrupt.
+
+    One calibration at a time per process and per cache file across processes: many models
+    loading at once (a device installing several tasks, a fleet simulated in one process) wait
+    for the first calibration and read its result instead of each timing the backend again,
+    which would also skew every one of their measurements."""
     if not refresh:
         cached = load_cached(backend)
         if cached is not None:
             return cached
-    cal = calibrate(backend, progress)
-    save(cal, backend)
-    return cal
+    path = cache_path(backend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _CALIBRATING, open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not refresh:
+                cached = load_cached(backend)  # another thread or process finished it meanwhile
+                if cached is not None:
+                    return cached
+            cal = calibrate(backend, progress)
+            save(cal, backend)
+            return cal
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
