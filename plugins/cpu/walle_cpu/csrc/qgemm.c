@@ -640,7 +640,7 @@ DW_ROWS(dw_row_generic)
  * lane). LOAD(r) widens the block's 16 input bytes (r[l * sw]) to int32 lanes; stride 1 reads
  * 16 bytes, stride 2 widens 32 bytes to 16-bit lanes and keeps the low half of each pair (an
  * even byte), other strides gather through a small buffer. */
-#define DW_X86_ROW(NAME, TARGET, VEC, LANES, SET1, ADD, MUL, STORE, LOAD_S1, LOAD_S2)             \
+#define DW_X86_ROW(NAME, TARGET, VEC, LANES, SET1, ADD, MUL, EPILOGUE, LOAD_S1, LOAD_S2)          \
     TARGET static VEC NAME##_load(const uint8_t *r, int64_t sw, int sgn) {                      \
         if (sw == 1) return LOAD_S1;                                                            \
         if (sw == 2) return LOAD_S2;                                                            \
@@ -661,9 +661,7 @@ DW_ROWS(dw_row_generic)
                 for (int h = 0; h < DW_BLOCK / LANES; h++)                                      \
                     acc[h] = ADD(acc[h], MUL(NAME##_load(r + h * LANES * sw, sw, sgn), wv));    \
             }                                                                                   \
-        int32_t out[DW_BLOCK];                                                                  \
-        for (int h = 0; h < DW_BLOCK / LANES; h++) STORE(out + h * LANES, acc[h]);              \
-        store_row_body(q, ch, 0, 0, out, NULL, n, y, 1);                                        \
+        EPILOGUE(q, ch, acc, n, y);                                                             \
     }                                                                                           \
     TARGET static void NAME(const wl_qweights *q, int64_t ch, const uint8_t *x, int64_t wp,     \
                             int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ow,          \
@@ -675,16 +673,38 @@ DW_ROWS(dw_row_generic)
     }
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define T256 __attribute__((target("avx2,fma")))
+/* The block's requantisation in one vector (store_row_body's arithmetic, the same float32
+ * operations in the same order), written with a lane mask: no trip through memory */
+T512 static void dw_store_avx512(const wl_qweights *q, int64_t ch, const __m512i *acc, int64_t n,
+                                 char *y) {
+    __mmask16 m = (__mmask16)((1u << n) - 1);
+    if (q->out == Q_S32) {
+        _mm512_mask_storeu_epi32(y, m, acc[0]);
+        return;
+    }
+    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[0]), _mm512_set1_ps(q->scale[ch]));
+    f = _mm512_max_ps(f, _mm512_set1_ps((float)(q->lo - q->y_zero)));
+    f = _mm512_min_ps(f, _mm512_set1_ps((float)(q->hi - q->y_zero)));
+    f = _mm512_sub_ps(_mm512_add_ps(f, magic), magic);
+    __m512i o = _mm512_add_epi32(_mm512_cvttps_epi32(f), _mm512_set1_epi32(q->y_zero));
+    _mm512_mask_cvtepi32_storeu_epi8(y, m, o); /* in the type's range: truncation is exact */
+}
+T256 static void dw_store_avx2(const wl_qweights *q, int64_t ch, const __m256i *acc, int64_t n,
+                               char *y) {
+    int32_t out[DW_BLOCK];
+    for (int h = 0; h < DW_BLOCK / 8; h++) _mm256_storeu_si256((__m256i *)(out + 8 * h), acc[h]);
+    store_row_body(q, ch, 0, 0, out, NULL, n, y, 1);
+}
 #define LD16(r) _mm_loadu_si128((const __m128i *)(r))
 #define LD32(r) _mm256_loadu_si256((const __m256i *)(r))
 DW_X86_ROW(dw_row_avx512, T512, __m512i, 16, _mm512_set1_epi32, _mm512_add_epi32,
-           _mm512_mullo_epi32, _mm512_storeu_si512,
+           _mm512_mullo_epi32, dw_store_avx512,
            sgn ? _mm512_cvtepi8_epi32(LD16(r)) : _mm512_cvtepu8_epi32(LD16(r)),
            sgn ? _mm512_srai_epi32(_mm512_slli_epi32(_mm512_cvtepi8_epi16(LD32(r)), 16), 16)
                : _mm512_and_si512(_mm512_cvtepu8_epi16(LD32(r)), _mm512_set1_epi32(0xffff)))
-#define ST256(p, v) _mm256_storeu_si256((__m256i *)(p), v)
 DW_X86_ROW(dw_row_avx2, T256, __m256i, 8, _mm256_set1_epi32, _mm256_add_epi32,
-           _mm256_mullo_epi32, ST256,
+           _mm256_mullo_epi32, dw_store_avx2,
            sgn ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)r))
                : _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)r)),
            sgn ? _mm256_srai_epi32(_mm256_slli_epi32(_mm256_cvtepi8_epi16(LD16(r)), 16), 16)
