@@ -60,25 +60,33 @@ def devices(reg: Registry, limit: int = 500, only: str | None = None) -> list[De
     health and newest error."""
     reg.devices.flush_activity()  # heartbeats are written behind: show them
     cutoff = now() - reg.settings.online_window_s
-    query = select(Device).order_by(Device.last_seen.desc(), Device.id).limit(limit)
+    chosen = select(Device.id).order_by(Device.last_seen.desc(), Device.id).limit(limit)
+    if only is not None:
+        chosen = chosen.where(Device.id == only)
+    # the chosen ids as a subquery, not a list of parameters: a fleet outnumbers SQLite's variables
+    ids = chosen.subquery().c.id
     with reg.db.read() as s:
-        devs = list(s.scalars(query if only is None else query.where(Device.id == only)))
-        ids = [d.id for d in devs]
+        devs = list(s.scalars(select(Device).where(Device.id.in_(select(ids)))
+                              .order_by(Device.last_seen.desc(), Device.id)))
         versions: dict[str, dict[str, str | None]] = defaultdict(dict)
-        for t in s.scalars(select(DeviceTarget).where(DeviceTarget.device_id.in_(ids))):
+        for t in s.scalars(select(DeviceTarget).where(DeviceTarget.device_id.in_(select(ids)))):
             versions[t.device_id][t.task] = t.version
         open_statuses: dict[str, set[str]] = defaultdict(set)
         for device_id, status in s.execute(select(Assignment.device_id, Assignment.status)
                                            .join(Deployment, Deployment.id == Assignment.deployment_id)
-                                           .where(Assignment.device_id.in_(ids),
+                                           .where(Assignment.device_id.in_(select(ids)),
                                                   Deployment.state != "rolled_back")):
             open_statuses[device_id].add(status)
+        # the newest report per device and task, and the newest error per device
+        newest = select(func.max(Report.id)).where(Report.device_id.in_(select(ids))).group_by(Report.device_id,
+                                                                                                 Report.task)
         latest: dict[str, dict[str, str]] = defaultdict(dict)
-        errors: dict[str, Report] = {}
-        for r in s.scalars(select(Report).where(Report.device_id.in_(ids)).order_by(Report.id)):
+        for r in s.scalars(select(Report).where(Report.id.in_(newest))):
             latest[r.device_id][r.task] = r.status
-            if r.status in ERROR_STATUSES:
-                errors[r.device_id] = r
+        last_error = (select(func.max(Report.id)).where(Report.device_id.in_(select(ids)),
+                                                        Report.status.in_(ERROR_STATUSES))
+                      .group_by(Report.device_id))
+        errors = {r.device_id: r for r in s.scalars(select(Report).where(Report.id.in_(last_error)))}
     return [DeviceRow(d.id, dict(d.attributes), d.registered_at, d.last_seen, d.last_seen >= cutoff,
                       versions[d.id], _health(latest[d.id], open_statuses[d.id]),
                       errors[d.id].error if d.id in errors else "",
