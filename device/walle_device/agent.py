@@ -36,7 +36,7 @@ import httpx
 
 import walle_core
 from walle_core import WalleError
-from walle_core.pipeline import BatchReport, Match, Pipeline, UploadError
+from walle_core.pipeline import BatchReport, Match, Pipeline, UploadError, compile_spec
 from walle_core.task import BundleError, KeyStore, Manifest
 from walle_core.vm import TaskResult, TaskSpec, run_once
 from walle_device.installer import Installer
@@ -370,7 +370,12 @@ class DeviceAgent:
             except WalleError as exc:
                 self._queue_report(task, version, "error", target.deployment, error=f"model: {exc}")
                 return
-        await asyncio.to_thread(self._locked, self._activate, manifest, target)
+        try:
+            await asyncio.to_thread(self._locked, self._activate, manifest, target)
+        except WalleError as exc:  # e.g. a trigger this device cannot compile: report, keep the old one
+            log.warning("device %s: %s %s not activated: %s", self.device_id, task, version, exc)
+            self._queue_report(task, version, "error", target.deployment, error=f"{type(exc).__name__}: {exc}")
+            return
         self.stats.installs += 1
         if not manifest.trigger:  # nothing will ever fire it: installed is all there is to report
             self._queue_report(task, version, "installed", target.deployment)
@@ -466,10 +471,12 @@ class DeviceAgent:
         assert self.pipeline is not None
         task = manifest.name
         old = self.state.tasks.get(task)
+        spec = self._trigger_spec(manifest)
+        if spec is not None:
+            compile_spec(spec)  # refuse a trigger this device cannot run before dropping the old one
         if old is not None and old.version is not None:
             self.pipeline.remove_trigger(self._trigger_id(self.installer.manifest(task, old.version)))
         after = self._last_seq()
-        spec = self._trigger_spec(manifest)
         if spec is not None:
             self.pipeline.add_trigger(spec, self._user_function(manifest, after))
         previous = old.previous if old is not None else None
