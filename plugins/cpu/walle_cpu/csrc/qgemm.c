@@ -499,6 +499,21 @@ static void pack_conv(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t 
                     }
                 }
             }
+            /* stride 1, runs shorter than 16 (rows of 14 or 28 columns): 4 columns at a time
+             * from 32-bit loads, the 4 words stored one by one (they may straddle a panel) */
+            if (sw == 1 && full) {
+                const __m128i fl = _mm_set1_epi32((int)flip);
+                for (; r + 4 <= run; r += 4, p += 4, o += 4) {
+                    __m128i a = _mm_cvtsi32_si128((int)load4((const int8_t *)src[0] + o));
+                    __m128i bb = _mm_cvtsi32_si128((int)load4((const int8_t *)src[1] + o));
+                    __m128i cc = _mm_cvtsi32_si128((int)load4((const int8_t *)src[2] + o));
+                    __m128i d = _mm_cvtsi32_si128((int)load4((const int8_t *)src[3] + o));
+                    __m128i g = _mm_unpacklo_epi16(_mm_unpacklo_epi8(a, bb), _mm_unpacklo_epi8(cc, d));
+                    uint32_t wd[4];
+                    _mm_storeu_si128((__m128i *)wd, _mm_xor_si128(g, fl));
+                    for (int e = 0; e < 4; e++) dst[((p + e) >> 4) * ldw + ((p + e) & 15)] = wd[e];
+                }
+            }
 #endif
             for (; r < run; r++, p++, o += sw) {
                 uint32_t v = (uint32_t)src[0][o] | (uint32_t)src[1][o] << 8 |
