@@ -182,6 +182,32 @@ def test_float_fallback_is_reported(tmp_path: Path) -> None:
     assert got.tolist() == [138, 138, 138, 138]  # 1.0 / 0.1 + 128
 
 
+def test_relu6_with_quantized_constant_bounds_is_integer(tmp_path: Path) -> None:
+    """Conv -> Clip whose bounds are Constant nodes (as exporters write ReLU6): ``walle quantize``
+    puts QuantizeLinear -> DequantizeLinear on the bounds too; the rewrite reads them as the
+    float values they stand for and fuses the clamp into the integer conv, matching onnxruntime."""
+    from walle_core.tools.quantize import QuantizeOptions, quantize
+
+    rng = np.random.default_rng(5)
+    x = h.make_tensor_value_info("x", TP.FLOAT, [1, 3, 9, 9])
+    y = h.make_tensor_value_info("y", TP.FLOAT, [1, 4, 9, 9])
+    nodes = [h.make_node("Constant", [], ["lo"], value=nh.from_array(np.array(0.0, np.float32))),
+             h.make_node("Constant", [], ["hi"], value=nh.from_array(np.array(6.0, np.float32))),
+             h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             h.make_node("Clip", ["c", "lo", "hi"], ["y"])]
+    inits = [nh.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             nh.from_array(rng.standard_normal(4).astype(np.float32), "b")]
+    model = h.make_model(h.make_graph(nodes, "relu6", [x], [y], inits), opset_imports=[h.make_opsetid("", 17)])
+    batches = [{"x": (3 * rng.standard_normal((1, 3, 9, 9))).astype(np.float32)} for _ in range(4)]
+    path = tmp_path / "relu6_int8.onnx"
+    onnx.save(quantize(model, batches, QuantizeOptions("minmax", True), "cpu").model, path)
+    _, report = fuse_qdq(import_graph(path))
+    assert report.integer["Conv"] == 1 and not report.float_ops, report.describe()
+    for feeds in batches:
+        got = walle_core.load(path, backend="cpu").run(feeds)["y"]
+        assert np.abs(got - _ort_run(path, feeds)).max() <= _output_step(path) * 1.001
+
+
 def test_dynamic_quantization_matches_onnxruntime(models: dict[str, Path], tmp_path: Path) -> None:
     """quantize_dynamic: DynamicQuantizeLinear + MatMulInteger (+ Cast/Mul) or the fused
     com.microsoft DynamicQuantizeMatMul / MatMulIntegerToFloat."""

@@ -86,6 +86,9 @@ class _Rewriter:
                 if i:
                     self.readers.setdefault(i, []).append(n)
         self.outputs = {v.name for v in graph.outputs}
+        # Constant nodes' tensors: exporters write Clip's bounds (ReLU6) that way
+        self.constants = {n.outputs[0]: n.attrs["value"] for n in graph.nodes
+                          if n.op_type == "Constant" and isinstance(n.attrs.get("value"), np.ndarray)}
         self.report = QdqReport()
         self.replaced: set[int] = set()  # ids of nodes that are replaced or absorbed
         self.pending: dict[int, list[Node]] = {}  # id(first replaced node) -> its replacement
@@ -95,6 +98,32 @@ class _Rewriter:
 
     def const(self, name: str) -> np.ndarray | None:
         return self.init.get(name) if name else None
+
+    def bound(self, name: str) -> np.ndarray | None:
+        """A Clip bound: an initializer, a Constant node's tensor, or a constant behind
+        [QuantizeLinear ->] DequantizeLinear (``walle quantize`` quantizes ReLU6's bounds), as
+        the float32 value the float graph computes for it."""
+        v = self.const(name) if name else None
+        if v is not None or not name:
+            return v
+        d = self.dq(name)
+        if d is None or d.scale.size != 1:
+            return self.constants.get(name)
+        q = self.const(d.x)
+        zero = np.float32(0 if d.zero is None else d.zero.reshape(-1)[0])
+        scale = d.scale.astype(np.float32).reshape(())
+        qn = self.producer.get(d.x)
+        if q is None and qn is not None and qn.op_type in _Q and d.zero is not None:
+            f = self.bound(qn.inputs[0])
+            info = np.iinfo(d.zero.dtype)
+            same = [self.const(i) for i in qn.inputs[1:3]]
+            if f is None or any(c is None or c.size != 1 for c in same) \
+                    or float(same[0].reshape(())) != float(scale) or float(same[1].reshape(())) != zero:
+                return None
+            q = np.clip(np.rint(f.astype(np.float32) / scale) + zero, info.min, info.max)
+        if q is None:
+            return None
+        return (q.astype(np.float32) - zero) * scale
 
     def dq(self, name: str) -> _DQ_ | None:
         node = self.producer.get(name)
@@ -143,10 +172,14 @@ class _Rewriter:
         act = self.sole_reader(name)
         if act is None or act.op_type not in _ACTIVATIONS or act.domain not in ("", "ai.onnx"):
             return None
-        if act.op_type == "Clip" and any(i and self.const(i) is None for i in act.inputs[1:]):
+        if act.op_type == "Clip" and any(i and self.bound(i) is None for i in act.inputs[1:]):
             return None
         q = self.q_after(act.outputs[0])
         return ([act], q) if q is not None else None
+
+    def _bound_value(self, name: str, default: float) -> float:
+        v = self.bound(name)
+        return default if v is None else float(v.reshape(-1)[0])
 
     def clamp(self, acts: list[Node], q: Node) -> list[float] | None:
         """A fused Relu / Clip as bounds in the output's quantized units (None: no activation)."""
@@ -159,8 +192,8 @@ class _Rewriter:
             lo, hi = 0.0, np.inf
         else:
             ins = [*act.inputs, "", ""]
-            lo = float(self.init[ins[1]].reshape(-1)[0]) if ins[1] else float(act.attrs.get("min", -np.inf))
-            hi = float(self.init[ins[2]].reshape(-1)[0]) if ins[2] else float(act.attrs.get("max", np.inf))
+            lo = float(self._bound_value(ins[1], act.attrs.get("min", -np.inf)))
+            hi = float(self._bound_value(ins[2], act.attrs.get("max", np.inf)))
         f = np.float32
 
         def q_of(v: float) -> float:
