@@ -31,7 +31,14 @@
         case B_SUB: BLOOP(T, av - bv)                                                           \
         case B_MUL: BLOOP(T, av * bv)                                                           \
         case B_DIV: BLOOP(T, av / bv)                                                           \
-        case B_POW: BLOOP(T, POW(av, bv))                                                       \
+        case B_POW: /* a constant exponent 2 (variances, squared errors) is one multiply, as numpy's \
+                     * power computes it: the product is exact to one rounding, like powf's */ \
+            if (sb == 0 && pb[0] == (T)2) {                                                     \
+                T *py = (T *)y;                                                                 \
+                for (int64_t i = 0; i < n; i++) { T av = pa[i * sa]; py[i] = av * av; }        \
+                return 0;                                                                       \
+            }                                                                                   \
+            BLOOP(T, POW(av, bv))                                                               \
         case B_MAX: BLOOP(T, (av > bv || av != av) ? av : bv)                                   \
         case B_MIN: BLOOP(T, (av < bv || av != av) ? av : bv)                                   \
         case B_FMOD: BLOOP(T, FMOD(av, bv))                                                     \
