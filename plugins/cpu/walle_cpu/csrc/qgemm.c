@@ -403,7 +403,36 @@ static inline __attribute__((always_inline)) void store_row_body(
     }
 STORE_ROW(store_row_generic)
 #if defined(__x86_64__)
-STORE_ROW(store_row_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
+STORE_ROW(store_row_avx512_body, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
+
+/* up to 16 int32 sums of row r requantized in one vector (store_row_body's float32 operations
+ * in the same order) and stored as 8-bit through a lane mask */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline void requant16_avx512(
+    const wl_qweights *q, int64_t r, __m512i v, __mmask16 m, char *y) {
+    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(q->scale[r]));
+    f = _mm512_max_ps(f, _mm512_set1_ps((float)(q->lo - q->y_zero)));
+    f = _mm512_min_ps(f, _mm512_set1_ps((float)(q->hi - q->y_zero)));
+    f = _mm512_sub_ps(_mm512_add_ps(f, magic), magic);
+    __m512i o = _mm512_add_epi32(_mm512_cvttps_epi32(f), _mm512_set1_epi32(q->y_zero));
+    _mm512_mask_cvtepi32_storeu_epi8(y, m, o); /* in the type's range: truncation is exact */
+}
+
+/* a conv's panel row (contiguous, at most 16 columns) in one vector; other shapes (the matmul's
+ * strided columns, int32 output) through the loops */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void store_row_avx512(
+    const wl_qweights *q, int64_t r, int32_t comp, int32_t wz, const int32_t *acc,
+    const int32_t *colsum, int64_t n, char *y, int64_t cs) {
+    if (cs != 1 || n > 16 || q->out == Q_S32) {
+        store_row_avx512_body(q, r, comp, wz, acc, colsum, n, y, cs);
+        return;
+    }
+    __mmask16 m = (__mmask16)((1u << n) - 1);
+    __m512i v = _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, acc), _mm512_set1_epi32(comp));
+    if (colsum)
+        v = _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_set1_epi32(wz), _mm512_maskz_loadu_epi32(m, colsum)));
+    requant16_avx512(q, r, v, m, y);
+}
 STORE_ROW(store_row_avx2, __attribute__((target("avx2,fma"))))
 #endif
 
@@ -693,17 +722,8 @@ DW_ROWS(dw_row_generic)
 T512 static void dw_store_avx512(const wl_qweights *q, int64_t ch, const __m512i *acc, int64_t n,
                                  char *y) {
     __mmask16 m = (__mmask16)((1u << n) - 1);
-    if (q->out == Q_S32) {
-        _mm512_mask_storeu_epi32(y, m, acc[0]);
-        return;
-    }
-    const __m512 magic = _mm512_set1_ps(12582912.0f);
-    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[0]), _mm512_set1_ps(q->scale[ch]));
-    f = _mm512_max_ps(f, _mm512_set1_ps((float)(q->lo - q->y_zero)));
-    f = _mm512_min_ps(f, _mm512_set1_ps((float)(q->hi - q->y_zero)));
-    f = _mm512_sub_ps(_mm512_add_ps(f, magic), magic);
-    __m512i o = _mm512_add_epi32(_mm512_cvttps_epi32(f), _mm512_set1_epi32(q->y_zero));
-    _mm512_mask_cvtepi32_storeu_epi8(y, m, o); /* in the type's range: truncation is exact */
+    if (q->out == Q_S32) _mm512_mask_storeu_epi32(y, m, acc[0]);
+    else requant16_avx512(q, ch, acc[0], m, y);
 }
 T256 static void dw_store_avx2(const wl_qweights *q, int64_t ch, const __m256i *acc, int64_t n,
                                char *y) {
