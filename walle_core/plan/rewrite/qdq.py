@@ -116,9 +116,10 @@ class _Rewriter:
         if q is None and qn is not None and qn.op_type in _Q and d.zero is not None:
             f = self.bound(qn.inputs[0])
             info = np.iinfo(d.zero.dtype)
-            same = [self.const(i) for i in qn.inputs[1:3]]
-            if f is None or any(c is None or c.size != 1 for c in same) \
-                    or float(same[0].reshape(())) != float(scale) or float(same[1].reshape(())) != zero:
+            qs, qz = (self.const(i) for i in (*qn.inputs[1:3], "")[:2])
+            # the QuantizeLinear must use the DequantizeLinear's parameters (a plain round trip)
+            if f is None or qs is None or qz is None or qs.size != 1 or qz.size != 1 \
+                    or float(qs.reshape(())) != float(scale) or float(qz.reshape(())) != zero:
                 return None
             q = np.clip(np.rint(f.astype(np.float32) / scale) + zero, info.min, info.max)
         if q is None:
