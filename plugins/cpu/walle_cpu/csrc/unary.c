@@ -58,7 +58,7 @@
         case U_CELU:                                                                              \
             UL(v != v ? v : (v > 0 ? v : (T)0) + (p0 * EXPM1((v < 0 ? v : (T)0) / p0) < 0         \
                                           ? p0 * EXPM1((v < 0 ? v : (T)0) / p0) : (T)0))          \
-        case U_CLIP: UL(v <= p0 ? p0 : (v > p1 ? p1 : v))                                         \
+        case U_CLIP: UL(v < p0 ? p0 : (v > p1 ? p1 : v))                                          \
         case U_MISH: UL(v * TANH(v > 20 ? v : LOG1P(EXP(v))))                                     \
         case U_THRESHOLDED_RELU: UL(v > p0 ? v : (T)0)                                            \
         default: return;                                                                          \
