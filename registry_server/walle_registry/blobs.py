@@ -92,12 +92,7 @@ class LocalBlobStore:
             raise
 
     def put_file(self, path: Path, expected_sha256: str | None = None) -> BlobInfo:
-        def chunks() -> Iterator[bytes]:
-            with Path(path).open("rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    yield chunk
-
-        return self.put(chunks(), expected_sha256)
+        return self.put(_file_chunks(path), expected_sha256)
 
     def exists(self, sha256: str) -> bool:
         return self._path(sha256).is_file()
@@ -143,6 +138,13 @@ def blob_key(sha256: str) -> str:
     """``ab/cd/<sha256>``: the layout of both stores (and of nginx's internal blob location)."""
     check_sha(sha256)
     return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    """The file at `path`, read lazily in CHUNK-sized pieces."""
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            yield chunk
 
 
 def _hash_to_temp(chunks: Iterable[bytes], tmp: Path, max_bytes: int | None) -> tuple[Path, str, int]:
@@ -231,12 +233,7 @@ class S3BlobStore:
             path.unlink(missing_ok=True)
 
     def put_file(self, path: Path, expected_sha256: str | None = None) -> BlobInfo:
-        def chunks() -> Iterator[bytes]:
-            with Path(path).open("rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    yield chunk
-
-        return self.put(chunks(), expected_sha256)
+        return self.put(_file_chunks(path), expected_sha256)
 
     def exists(self, sha256: str) -> bool:
         return self._head(sha256) is not None
