@@ -92,17 +92,23 @@ def _float_param_defines(t: str, params: tuple[float, ...]) -> tuple[list[int], 
     return words, "\n".join(decls)
 
 
+def _float_entry(table: dict[str, tuple[str, tuple[str, ...], bool]], kind: str, fn: str, t: str,
+                 caps: Caps) -> tuple[str, tuple[str, ...], str]:
+    """(expression, helpers, output type) for float op `fn` from `table`; raises when missing or needing f64 math."""
+    if fn not in table:
+        raise Unsupported(f"{kind} {fn} on {t}")
+    expr, helpers, math_ = table[fn]
+    if math_ and t == "f64" and not caps.f64_math:
+        raise Unsupported(f"{fn} needs float64 math")
+    return expr, helpers, t
+
+
 def unary_expr(fn: str, t: str, caps: Caps, is_bool: bool = False) -> tuple[str, tuple[str, ...], str]:
     """(expression in x, helpers, output type) for a unary kind on type ``t``."""
     if t in FLOAT_TAGS:
         if fn in FLOAT_PREDICATES:
             return FLOAT_PREDICATES[fn], (), "u8"
-        if fn not in FLOAT_UNARY:
-            raise Unsupported(f"unary {fn} on {t}")
-        expr, helpers, math_ = FLOAT_UNARY[fn]
-        if math_ and t == "f64" and not caps.f64_math:
-            raise Unsupported(f"{fn} needs float64 math")
-        return expr, helpers, t
+        return _float_entry(FLOAT_UNARY, "unary", fn, t, caps)
     if fn == "not" or (is_bool and fn in BOOL_UNARY):
         return BOOL_UNARY[fn], (), "u8"
     if fn in INT_UNARY:
@@ -152,12 +158,7 @@ def binary_expr(fn: str, t: str, caps: Caps, is_bool: bool) -> tuple[str, tuple[
     if fn in ("and", "or", "xor"):
         return BOOL_BINARY[fn], (), "u8"
     if t in FLOAT_TAGS:
-        if fn not in FLOAT_BINARY:
-            raise Unsupported(f"binary {fn} on {t}")
-        expr, helpers, math_ = FLOAT_BINARY[fn]
-        if math_ and t == "f64" and not caps.f64_math:
-            raise Unsupported(f"{fn} needs float64 math")
-        return expr, helpers, t
+        return _float_entry(FLOAT_BINARY, "binary", fn, t, caps)
     if fn not in INT_BINARY:
         raise Unsupported(f"binary {fn} on {t}")
     expr, helpers = INT_BINARY[fn]
