@@ -196,19 +196,21 @@ def fingerprint(backend: Backend) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def cache_path(backend: Backend) -> Path:
-    return flags.cache_dir() / "calibration" / f"{backend.name}-{fingerprint(backend)}.json"
+def cache_path(backend: Backend, fp: str | None = None) -> Path:
+    """Where ``backend``'s calibration is cached; ``fp``: its :func:`fingerprint`, when known."""
+    return flags.cache_dir() / "calibration" / f"{backend.name}-{fp or fingerprint(backend)}.json"
 
 
 def load_cached(backend: Backend) -> Calibration | None:
     """The cached calibration, or None when missing, corrupt or made for another version."""
-    path = cache_path(backend)
+    fp = fingerprint(backend)
+    path = cache_path(backend, fp)
     try:
         raw = json.loads(path.read_text())
         cal = Calibration(**raw)
     except (OSError, ValueError, TypeError, KeyError):
         return None
-    if cal.schema != SCHEMA or cal.version != backend.version or cal.fingerprint != fingerprint(backend):
+    if cal.schema != SCHEMA or cal.version != backend.version or cal.fingerprint != fp:
         return None
     if not all(np.isfinite(v) and v > 0 for v in cal.rates.values()):
         return None
