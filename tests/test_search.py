@@ -186,3 +186,22 @@ def test_calibration_prefers_device_timings_when_the_backend_reports_them(cache)
 
     cal = calibration_for(TimedBackend())
     assert cal.rates and all(abs(r - 1e9) / 1e9 < 1e-6 for r in cal.rates.values()), cal.rates
+
+
+@pytest.mark.parametrize("zoo_model", ["efficientnet_lite", "regnet", "gru_speech"])
+def test_a_single_backend_plan_is_the_named_backends_plan(zoo_model):
+    """Where the search keeps a graph on one backend, it runs exactly what naming that backend
+    runs: same ops, same algorithms (the cpu's blocked convs keep their layout run)."""
+    from tests.zoo.export import export, inputs
+    from walle_core.plan.planner import fixed_preference
+
+    reg = walle_core.plugins.registry()
+    backends = [reg.get("cpu"), reg.get("reference")]
+    model = walle_core.load(export(zoo_model), backend="cpu")
+    ops, keep = model.atomic_ops(inputs(zoo_model))
+    result = Searcher(backends).search(ops, keep)
+    cpu_plan = result.plan("cpu")
+    assert cpu_plan is not None and result.chosen is cpu_plan, result.why
+    forced = fixed_preference(backends)(ops, keep)
+    assert [(id(op), b.name, a.name) for op, b, a in forced] == \
+        [(id(op), b.name, a.name) for op, b, a in cpu_plan.assignment]

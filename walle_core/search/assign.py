@@ -1,9 +1,10 @@
 """Per-op candidates and the mixed (several-backend) assignment of one op list.
 
 Method (documented in docs/architecture.md):
-1. Candidates: every available backend offers algorithms for an op; each (backend, algorithm)
-   gets a predicted time from the calibrated cost model, or its measured time from the tuning
-   cache when measure mode has timed it. Per backend only the best algorithm survives.
+1. Candidates: one per available backend that runs the op: the backend's own algorithm (the one
+   the planner runs when that backend is named), with a predicted time from the calibrated cost
+   model, or another algorithm of the backend once measure mode has timed both and it measured
+   faster.
 2. Dynamic programming over the topological order with the backend of the previous op as state,
    charging each op's cost, a program's fixed cost when the backend changes, and uploads and
    downloads on the edge from the previous op and from graph inputs.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend
+from walle_core.plan.planner import choose
 from walle_core.search.cost import CostModel, PlanCost, op_signature, plan_cost, programs_of
 
 HOST = "host"
@@ -74,19 +76,32 @@ def candidates(op: A.Op, backends: Sequence[Backend], model: CostModel) -> Decis
         if not algos:
             skipped[backend.name] = f"no algorithm for {op.kind.value}"
             continue
-        best: Candidate | None = None
-        for algo in algos:
-            c = Candidate(backend, algo, model.predict(op, backend.name, algo),
-                          model.measured.get((sig, f"{backend.name}/{algo.name}")))
-            if best is None or c.seconds < best.seconds:
-                best = c
-        assert best is not None
-        found.append(best)
+        found.append(_backend_candidate(op, backend, algos, model, sig))
     if not found:
         why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
         raise ValueError(f"no backend can run {op.kind.value} {op.outputs}: {why}")
     found.sort(key=lambda c: c.seconds)
     return Decision(op, found[0], found, skipped=skipped)
+
+
+def _backend_candidate(op: A.Op, backend: Backend, algos: Sequence[Algorithm], model: CostModel,
+                       sig: str) -> Candidate:
+    """The backend's own algorithm for ``op`` (what the planner runs when the backend is named),
+    unless measure mode timed it and another algorithm of the backend measured faster.
+
+    A backend's preference sees what an op timed alone cannot: the layout a run of its ops keeps
+    (the cpu's blocked convs), the epilogues it fuses. Calibrated per-op predictions of the other
+    algorithms would split that run for gains that vanish once it is compiled."""
+    own = Candidate(backend, choose(op, [backend])[1], 0.0)
+    own.predicted_s = model.predict(op, backend.name, own.algorithm)
+    own.measured_s = model.measured.get((sig, own.label))
+    if own.measured_s is None:
+        return own
+    for algo in algos:
+        t = model.measured.get((sig, f"{backend.name}/{algo.name}"))
+        if t is not None and t < own.seconds:
+            own = Candidate(backend, algo, model.predict(op, backend.name, algo), t)
+    return own
 
 
 class _Graph:
