@@ -98,6 +98,20 @@ def shrink(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
 @register("PRelu")
 def prelu(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     x, slope = req(ins[0]), req(ins[1], "slope")
+    s = b.maybe_value(slope)
+    if s is not None and s.size and dtypes.is_float(x.dtype) and np.all(np.isfinite(s) & (s != 0)):
+        # Constant slopes: max(a*x, x) is PRelu where a <= 1 and min(a*x, x) where a >= 1 (both
+        # give x on ties, so x's zero sign and NaNs survive); channels on both sides of 1 take
+        # the max pass with a clipped to <= 1, then the min pass with a clipped to >= 1. Each
+        # pass is a Mul and a Max/Min that fuse into one element-wise chain, where the compare,
+        # Mul and Select were three full passes.
+        if np.all(s <= 1):
+            return [b.binary("max", b.binary("mul", x, slope), x)]
+        if np.all(s >= 1):
+            return [b.binary("min", b.binary("mul", x, slope), x)]
+        lo, hi = b.const(np.minimum(s, 1).astype(s.dtype)), b.const(np.maximum(s, 1).astype(s.dtype))
+        y = b.binary("max", b.binary("mul", x, lo), x)
+        return [b.binary("min", b.binary("mul", y, hi), y)]
     neg = b.binary("lt", x, b.scalar(0, x))
     return [b.select(neg, b.binary("mul", x, slope), x)]
 
