@@ -99,15 +99,11 @@ def model_report(name: str, path: Path, feeds: dict[str, np.ndarray],
         best_picks.append((backend, algo))
     variants: dict[str, walle_core.Model] = {"searched": m,
                                              "per-op measured best": forced_model(path, best_picks, feeds)}
-    for backend in m.backends:
-        picks: list[Pick] = []
-        for d in decisions:
-            algos = backend.algorithms(d.op)
-            if not algos:
-                break
-            picks.append((backend, min(algos, key=lambda a: cal.predict(d.op, backend.name, a))))
-        else:
-            variants[f"all {backend.name}"] = forced_model(path, picks, feeds)
+    for backend in m.backends:  # each backend named, as a user would force it
+        if all(backend.algorithms(d.op) for d in decisions):
+            forced = walle_core.load(path, backend=backend.name)
+            forced.run(feeds)
+            variants[f"all {backend.name}"] = forced
     # Slow single-backend plans get one turn: they cannot be the best anyway.
     quick = {k: v for k, v in variants.items() if k in ("searched", "per-op measured best", "all cpu")}
     plans = interleaved({k: (lambda mm=v: mm.run(feeds)) for k, v in quick.items()})
