@@ -182,6 +182,12 @@ int main(int argc, char **argv) {
         test_conv(c, 2, 6, 5, 37, 6, 3, 1, 0, 1, 6);    /* depthwise, no padding, partial block */
         test_conv(c, 1, 4, 11, 40, 4, 3, 3, 1, 2, 4);   /* depthwise stride 3, dilated */
         test_conv(c, 1, 4, 9, 45, 4, 3, 2, 1, 1, 4);    /* depthwise stride 2, ow over a block */
+        test_conv(c, 2, 16, 7, 7, 16, 3, 1, 1, 1, 16);  /* depthwise, small planes (flattened blocks) */
+        test_conv(c, 1, 8, 14, 14, 8, 3, 2, 1, 1, 8);   /* depthwise stride 2, 7 columns */
+        test_conv(c, 1, 6, 28, 28, 6, 3, 2, 1, 1, 6);   /* depthwise stride 2, 14 columns */
+        test_conv(c, 1, 5, 14, 14, 5, 5, 1, 2, 1, 5);   /* depthwise 5x5, small planes */
+        test_conv(c, 1, 3, 6, 41, 3, 5, 1, 2, 1, 3);    /* depthwise 5x5, padded row blocks */
+        test_conv(c, 1, 3, 12, 12, 3, 7, 1, 3, 1, 3);   /* depthwise 7x7 */
         test_matmul(c, 37, 21, 45);
         test_matmul(c, 5, 64, 17);
         test_matmul(c, 70, 130, 9);

@@ -363,8 +363,10 @@ void wl_q_pack_weights(wl_qweights *q, void *mem, const void *w, int w_signed, i
         dcomp[r] = b - x_zero * tapsum;
         any_wz |= zs != 0;
     }
+    int taps_s8 = 1;
+    for (int64_t i = 0; i < rows * k; i++) taps_s8 &= taps[i] >= -128 && taps[i] <= 127;
     *q = (wl_qweights){rows, k, kp, wp, comp, any_wz ? wz : NULL, taps, dcomp, scale, xz, x_zero,
-                       flip, x_signed, a->x_signed, y_zero, lo, hi, out};
+                       flip, x_signed, a->x_signed, y_zero, lo, hi, out, taps_s8};
 }
 
 /* ------------------------------------------------------------------------------ epilogue */
@@ -611,17 +613,26 @@ typedef struct {
     uint8_t *xp;
     int64_t hp, wp;
     uint8_t pad;
+    uint8_t flip; /* xor applied to every copied byte (int8 read as uint8 by the VNNI depthwise) */
 } pad_job;
+
+static void flip_copy(uint8_t *restrict d, const uint8_t *restrict src, int64_t n, uint8_t flip) {
+    for (int64_t i = 0; i < n; i++) d[i] = src[i] ^ flip;
+}
 
 static void pad_plane(void *ctx, int64_t t) {
     const pad_job *j = ctx;
     const wl_qconv_params *s = j->s;
     uint8_t *dst = j->xp + t * j->hp * j->wp;
     const uint8_t *src = j->x + t * s->h * s->w;
-    memset(dst, j->pad, (size_t)(j->hp * j->wp));
+    memset(dst, j->pad ^ j->flip, (size_t)(j->hp * j->wp));
     for (int64_t y = 0; y < s->h && y + s->pad_top < j->hp; y++) {
         int64_t n = s->w < j->wp - s->pad_left ? s->w : j->wp - s->pad_left;
-        memcpy(dst + (y + s->pad_top) * j->wp + s->pad_left, src + y * s->w, (size_t)n);
+        uint8_t *d = dst + (y + s->pad_top) * j->wp + s->pad_left;
+        if (j->flip)
+            flip_copy(d, src + y * s->w, n, j->flip);
+        else
+            memcpy(d, src + y * s->w, (size_t)n);
     }
 }
 
@@ -634,6 +645,7 @@ typedef struct {
     int64_t hp, wp;
     char *y;
     int failed;
+    const struct dw_vbmi_plan *vbmi; /* the AVX-512 VBMI + VNNI kernel's plan, or NULL */
 } dw_job;
 
 /* One output row of a depthwise plane, 16 columns at a time held in registers across the
@@ -746,8 +758,195 @@ DW_X86_ROW(dw_row_avx2, T256, __m256i, 8, _mm256_set1_epi32, _mm256_add_epi32,
                : _mm256_and_si256(_mm256_cvtepu8_epi16(LD16(r)), _mm256_set1_epi32(0xffff)))
 #endif
 
+/* Depthwise with AVX-512 VBMI + VNNI: an output's taps along a kernel row are consecutive bytes
+ * of the input (stride and dilation apart), so one vpermb gathers, for 16 outputs, 4 taps'
+ * bytes into each 32-bit lane from a 64-byte load, and one vpdpbusd multiplies them by the
+ * channel's 4 weights (int8) and adds: a 3x3 kernel is 3 loads, 3 vpermb and 3 vpdpbusd per
+ * 16 outputs. Needs the taps (w - w_zero) in int8 and uint8 input (int8 input is flipped by
+ * the padding copy, the constant corrected by 128 * sum(taps)). Rows of 16 or more outputs run
+ * in blocks along the row (one index vector); narrower planes run in blocks of 16 consecutive
+ * outputs of the flattened plane (a block spans rows) when each block's reads fit 64 bytes,
+ * with per-block index vectors made once per call. */
+#define DW_VBMI_BLOCKS 16 /* flattened blocks per plane, at most */
+struct dw_vbmi_plan {
+    int groups;   /* 4-tap groups per kernel row: (kw + 3) / 4, at most 2 */
+    int flat;     /* blocks over the flattened plane */
+    int64_t nblk; /* flat: blocks per plane */
+    uint8_t idx[DW_VBMI_BLOCKS][2][64];  /* flat: per block; rows: idx[0] */
+    int64_t base[DW_VBMI_BLOCKS];        /* flat: the block's first input byte in the plane */
+    int64_t need[DW_VBMI_BLOCKS];        /* flat: bytes read from there */
+};
+
+static int dw_vbmi_setup(const wl_qconv_params *s, const wl_qweights *q, int64_t wp,
+                         struct dw_vbmi_plan *pl) {
+#if defined(__x86_64__)
+    if (isa() != &isa_vnni512 || !__builtin_cpu_supports("avx512vbmi") || !q->taps_s8) return 0;
+    int64_t kw = s->kw, G = (kw + 3) / 4, span = s->dilation_w * (kw - 1);
+    int64_t P = s->oh * s->ow, sw = s->stride_w;
+    if (G > 2 || s->kh * G > 16) return 0;
+    pl->groups = (int)G;
+    if (s->ow < 16 && P <= 16 * DW_VBMI_BLOCKS) {
+        int ok = 1;
+        pl->nblk = (P + 15) / 16;
+        for (int64_t b = 0; b < pl->nblk && ok; b++) {
+            int64_t p0 = 16 * b, base = (p0 / s->ow) * s->stride_h * wp + (p0 % s->ow) * sw, top = 0;
+            for (int64_t l = 0; l < 16; l++) {
+                int64_t p = p0 + l, d = 0;
+                if (p < P) d = (p / s->ow) * s->stride_h * wp + (p % s->ow) * sw - base;
+                if (d + span > 63) ok = 0;
+                top = d > top ? d : top;
+                for (int64_t g = 0; g < G; g++)
+                    for (int64_t e = 0; e < 4; e++)
+                        pl->idx[b][g][4 * l + e] =
+                            (uint8_t)(p < P && 4 * g + e < kw && ok ? d + s->dilation_w * (4 * g + e) : 0);
+            }
+            pl->base[b] = base;
+            pl->need[b] = top + span + 1;
+        }
+        if (ok) {
+            pl->flat = 1;
+            return 1;
+        }
+    }
+    if (15 * sw + span > 63) return 0;
+    pl->flat = 0;
+    for (int64_t l = 0; l < 16; l++)
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t e = 0; e < 4; e++)
+                pl->idx[0][g][4 * l + e] = (uint8_t)(4 * g + e < kw ? sw * l + s->dilation_w * (4 * g + e) : 0);
+    return 1;
+#else
+    (void)s, (void)q, (void)wp, (void)pl;
+    return 0;
+#endif
+}
+
+#if defined(__x86_64__)
+#define TVBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi")))
+TVBMI static inline __mmask64 dw_vbmi_mask(int64_t need) {
+    return need >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << need) - 1);
+}
+
+/* the requantisation of requant16_avx512 with the channel's constants in registers */
+typedef struct {
+    __m512 s, lo, hi;
+    __m512i yz;
+    int out;
+} dw_rq;
+
+TVBMI static inline __attribute__((always_inline)) void dw_vbmi_store(const dw_rq *r, __m512i acc,
+                                                                     int64_t n, char *y) {
+    __mmask16 m = (__mmask16)((1u << n) - 1);
+    if (r->out == Q_S32) {
+        _mm512_mask_storeu_epi32(y, m, acc);
+        return;
+    }
+    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), r->s);
+    f = _mm512_min_ps(_mm512_max_ps(f, r->lo), r->hi);
+    f = _mm512_sub_ps(_mm512_add_ps(f, magic), magic);
+    _mm512_mask_cvtepi32_storeu_epi8(y, m, _mm512_add_epi32(_mm512_cvttps_epi32(f), r->yz));
+}
+
+/* one plane; KH / G constant in the instances the compiler unrolls (3x3), else the call's */
+TVBMI static inline __attribute__((always_inline)) void dw_plane_vbmi_body(
+    const dw_job *j, int64_t t, const int64_t KH, const int64_t G, const int SGN) {
+    const wl_qconv_params *s = j->s;
+    const wl_qweights *q = j->q;
+    const struct dw_vbmi_plan *pl = j->vbmi;
+    int64_t ch = t % s->c, kw = s->kw, wp = j->wp, P = s->oh * s->ow;
+    const uint8_t *x = j->x + t * j->hp * wp;
+    int es = esize(q);
+    char *y = j->y + t * P * es;
+    const int32_t *taps = q->taps + ch * KH * kw;
+    __m512i wv[16];
+    int32_t tapsum = 0;
+    for (int64_t i = 0; i < KH; i++)
+        for (int64_t g = 0; g < G; g++) {
+            uint32_t word = 0;
+            for (int64_t e = 0; e < 4 && 4 * g + e < kw; e++) {
+                int32_t tv = taps[i * kw + 4 * g + e];
+                word |= (uint32_t)(uint8_t)(int8_t)tv << (8 * e);
+                tapsum += tv;
+            }
+            wv[i * G + g] = _mm512_set1_epi32((int32_t)word);
+        }
+    const __m512i c0 = _mm512_set1_epi32(q->dcomp[ch] - (q->x_signed ? 128 * tapsum : 0));
+    dw_rq rq = {_mm512_set1_ps(q->out == Q_S32 ? 0.0f : q->scale[ch]),
+                _mm512_set1_ps((float)(q->lo - q->y_zero)), _mm512_set1_ps((float)(q->hi - q->y_zero)),
+                _mm512_set1_epi32(q->y_zero), q->out};
+    if (!pl->flat) { /* the input unpadded: bytes outside it are the zero point (masked loads) */
+        const __m512i pm0 = _mm512_loadu_si512(pl->idx[0][0]), pm1 = _mm512_loadu_si512(pl->idx[0][1]);
+        const __m512i zraw = _mm512_set1_epi8((char)q->x_zero_raw);
+        const __m512i fl = _mm512_set1_epi8(q->x_signed ? (char)0x80 : 0);
+        int64_t sw = s->stride_w, span = s->dilation_w * (kw - 1), H = s->h, W = s->w;
+        int64_t rstep = s->dilation_h * W;
+        for (int64_t oy = 0; oy < s->oh; oy++) {
+            char *yr = y + oy * s->ow * es;
+            int64_t iy0 = oy * s->stride_h - s->pad_top;
+            /* the kernel rows inside the input (others read the zero point) */
+            int inside[16];
+            for (int64_t i = 0; i < KH; i++) {
+                int64_t iy = iy0 + i * s->dilation_h;
+                inside[i] = iy >= 0 && iy < H;
+            }
+            const uint8_t *xr = x + iy0 * W;
+            for (int64_t o0 = 0; o0 < s->ow; o0 += 16) {
+                int64_t n = s->ow - o0 < 16 ? s->ow - o0 : 16, need = sw * (n - 1) + span + 1;
+                int64_t ix0 = o0 * sw - s->pad_left, lo = ix0 < 0 ? -ix0 : 0;
+                int64_t hi = W - ix0 < need ? W - ix0 : need;
+                __mmask64 lm = hi > lo ? dw_vbmi_mask(hi) & ~dw_vbmi_mask(lo) : 0;
+                __m512i acc = c0;
+                for (int64_t i = 0; i < KH; i++) {
+                    __m512i v = inside[i] ? _mm512_mask_loadu_epi8(zraw, lm, xr + i * rstep + ix0) : zraw;
+                    if (SGN) v = _mm512_xor_si512(v, fl);
+                    acc = _mm512_dpbusd_epi32(acc, _mm512_permutexvar_epi8(pm0, v), wv[i * G]);
+                    if (G > 1)
+                        acc = _mm512_dpbusd_epi32(acc, _mm512_permutexvar_epi8(pm1, v), wv[i * G + 1]);
+                }
+                dw_vbmi_store(&rq, acc, n, yr + o0 * es);
+            }
+        }
+        return;
+    }
+    int64_t rstep = s->dilation_h * wp;
+    for (int64_t b = 0; b < pl->nblk; b++) {
+        int64_t p0 = 16 * b, n = P - p0 < 16 ? P - p0 : 16;
+        const __m512i ix0 = _mm512_loadu_si512(pl->idx[b][0]), ix1 = _mm512_loadu_si512(pl->idx[b][1]);
+        __mmask64 lm = dw_vbmi_mask(pl->need[b]);
+        const uint8_t *xb = x + pl->base[b];
+        __m512i acc = c0;
+        for (int64_t i = 0; i < KH; i++) {
+            __m512i v = _mm512_maskz_loadu_epi8(lm, xb + i * rstep);
+            acc = _mm512_dpbusd_epi32(acc, _mm512_permutexvar_epi8(ix0, v), wv[i * G]);
+            if (G > 1) acc = _mm512_dpbusd_epi32(acc, _mm512_permutexvar_epi8(ix1, v), wv[i * G + 1]);
+        }
+        dw_vbmi_store(&rq, acc, n, y + p0 * es);
+    }
+}
+
+TVBMI static void dw_plane_vbmi(const dw_job *j, int64_t t) {
+    int64_t G = j->vbmi->groups;
+    int sgn = j->q->x_signed && !j->vbmi->flat; /* the flat planes are flipped when padded */
+    if (j->s->kh == 3 && G == 1) {
+        if (sgn) dw_plane_vbmi_body(j, t, 3, 1, 1);
+        else dw_plane_vbmi_body(j, t, 3, 1, 0);
+    } else if (j->s->kh == 5 && G == 2) {
+        dw_plane_vbmi_body(j, t, 5, 2, sgn);
+    } else {
+        dw_plane_vbmi_body(j, t, j->s->kh, G, sgn);
+    }
+}
+#endif
+
 static void dw_plane(void *ctx, int64_t t) {
     dw_job *j = ctx;
+#if defined(__x86_64__)
+    if (j->vbmi) {
+        dw_plane_vbmi(j, t);
+        return;
+    }
+#endif
     const wl_qconv_params *s = j->s;
     const wl_qweights *q = j->q;
     int64_t ch = t % s->c;
@@ -768,8 +967,19 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
     int64_t wp = (s->ow - 1) * s->stride_w + (s->kw - 1) * s->dilation_w + 1;
     const uint8_t *src = x;
     int depthwise = s->groups == s->c && s->c == s->o && s->groups > 1;
+    struct dw_vbmi_plan plan;
+    int vbmi = 0;
     /* depthwise always reads a padded copy: its last block may read up to a block past the
      * last row */
+    if (depthwise) {
+        int64_t wpad = wp < s->w + s->pad_left ? s->w + s->pad_left : wp;
+        vbmi = dw_vbmi_setup(s, q, wpad, &plan);
+    }
+    if (vbmi && !plan.flat) { /* reads the input as it is */
+        dw_job j = {s, q, x, s->h, s->w, y, 0, &plan};
+        wl_parallel_for(s->n * s->c, dw_plane, &j, nthreads);
+        return 0;
+    }
     if (depthwise || s->pad_top || s->pad_left || hp > s->h || wp > s->w) {
         if (hp < s->h + s->pad_top) hp = s->h + s->pad_top;
         if (wp < s->w + s->pad_left) wp = s->w + s->pad_left;
@@ -777,7 +987,7 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
         uint8_t *xp = wl_scratch(Q_PAD_SCRATCH, body + slack + 64);
         if (!xp) return -1;
         memset(xp + body, 0, slack);
-        pad_job pj = {s, x, xp, hp, wp, (uint8_t)q->x_zero_raw};
+        pad_job pj = {s, x, xp, hp, wp, (uint8_t)q->x_zero_raw, (uint8_t)(vbmi && q->x_signed ? 0x80 : 0)};
         wl_parallel_for(s->n * s->c, pad_plane, &pj, nthreads);
         src = xp;
     } else {
@@ -785,7 +995,7 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
         wp = s->w;
     }
     if (depthwise) {
-        dw_job j = {s, q, src, hp, wp, y, 0};
+        dw_job j = {s, q, src, hp, wp, y, 0, vbmi ? &plan : NULL};
         wl_parallel_for(s->n * s->c, dw_plane, &j, nthreads);
         return j.failed ? -1 : 0;
     }

@@ -135,6 +135,7 @@ typedef struct {
     int32_t x_signed;     /* the activations are int8 (else uint8) */
     int32_t x_packed_signed; /* panels hold int8 (NEON sdot) rather than uint8 */
     int32_t y_zero, lo, hi, out; /* requantisation: zero point, clamp bounds, enum wl_q_out */
+    int32_t taps_s8;      /* every tap fits int8 (the VNNI depthwise kernel's condition) */
 } wl_qweights;
 /* NCHW conv of x (n, c, h, w) into y (n, o, oh, ow); rows = o, k = c / groups * kh * kw */
 typedef struct {
