@@ -151,6 +151,24 @@ def test_long_rows_of_a_fused_chain_are_split_across_threads(shape: tuple[int, .
     np.testing.assert_allclose(exe.run([xv, bv])[0], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", [(2, 3, 700, 16), (1, 2, 45, 24), (4, 33, 8)])
+def test_short_rows_of_a_fused_chain_run_in_groups(shape: tuple[int, ...], threads: int) -> None:
+    """Short rows (a blocked layout's 16 channels) with a vector repeated on every row (a
+    per-channel slope) run many rows per block, the vector tiled: row counts that are not a
+    whole number of blocks, several vectors, threads; the same numbers as numpy."""
+    b = Builder(fold=lambda op: None)
+    vshape = (*shape[:-2], 1, shape[-1])
+    x, a, c = b.tensor(shape, np.float32), b.tensor(vshape, np.float32), b.tensor(vshape, np.float32)
+    y = b.binary("add", b.binary("max", b.binary("mul", x, a), x), c)
+    exe = _compile(b.ops, [x, a, c], [y], threads=threads)
+    assert exe._n_ops == 1
+    rng = np.random.default_rng(6)
+    xv = rng.standard_normal(shape).astype(np.float32)
+    av, cv = (rng.standard_normal(vshape).astype(np.float32) for _ in range(2))
+    np.testing.assert_array_equal(exe.run([xv, av, cv])[0], np.maximum(xv * av, xv) + cv)
+
+
 @pytest.mark.parametrize("fn", ["sum", "max", "min"])
 def test_long_contiguous_reductions_match_numpy_with_nan_and_inf(fn: str) -> None:
     """The vectorised fp32 path (sum in double lanes, NaN-propagating max/min)."""
