@@ -37,10 +37,15 @@ class Candidate:
     algorithm: Algorithm
     predicted_s: float
     measured_s: float | None = None
+    chained_s: float = math.inf  # predicted when fed by its producer's pass (element-wise ops)
 
     @property
     def seconds(self) -> float:
         return self.measured_s if self.measured_s is not None else self.predicted_s
+
+    @property
+    def chained_seconds(self) -> float:
+        return min(self.seconds, self.chained_s)
 
     @property
     def label(self) -> str:
@@ -92,15 +97,18 @@ def _backend_candidate(op: A.Op, backend: Backend, algos: Sequence[Algorithm], m
     A backend's preference sees what an op timed alone cannot: the layout a run of its ops keeps
     (the cpu's blocked convs), the epilogues it fuses. Calibrated per-op predictions of the other
     algorithms would split that run for gains that vanish once it is compiled."""
-    own = Candidate(backend, choose(op, [backend])[1], 0.0)
-    own.predicted_s = model.predict(op, backend.name, own.algorithm)
-    own.measured_s = model.measured.get((sig, own.label))
+    def candidate(algo: Algorithm) -> Candidate:
+        return Candidate(backend, algo, model.predict(op, backend.name, algo),
+                         model.measured.get((sig, f"{backend.name}/{algo.name}")),
+                         model.predict(op, backend.name, algo, chained=True))
+
+    own = candidate(choose(op, [backend])[1])
     if own.measured_s is None:
         return own
     for algo in algos:
         t = model.measured.get((sig, f"{backend.name}/{algo.name}"))
         if t is not None and t < own.seconds:
-            own = Candidate(backend, algo, model.predict(op, backend.name, algo), t)
+            own = candidate(algo)
     return own
 
 
@@ -144,15 +152,16 @@ def _switch_cost(i: int, where: list[str], model: CostModel) -> float:
     return 0.0
 
 
-def _cost_on(d: Decision, backend: str) -> float:
+def _cost_on(d: Decision, backend: str, *, chained: bool = False) -> float:
     c = d.on(backend)
-    return math.inf if c is None else c.seconds
+    return math.inf if c is None else c.chained_seconds if chained else c.seconds
 
 
 def exact_cost(decisions: Sequence[Decision], where: Sequence[str], keep: set[int],
                model: CostModel) -> PlanCost:
-    return plan_cost([d.op for d in decisions], where,
-                     [_cost_on(d, b) for d, b in zip(decisions, where, strict=True)], keep, model)
+    pairs = list(zip(decisions, where, strict=True))
+    return plan_cost([d.op for d in decisions], where, [_cost_on(d, b) for d, b in pairs], keep, model,
+                     [_cost_on(d, b, chained=True) for d, b in pairs])
 
 
 def _dynamic_programme(decisions: list[Decision], g: _Graph, model: CostModel) -> list[str]:

@@ -27,7 +27,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -41,9 +41,9 @@ from walle_core.decompose.builder import Builder
 from walle_core.hostinfo import cpu_model
 from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
-from walle_core.search.timing import Timer
+from walle_core.search.timing import Timer, repeated
 
-SCHEMA = 9
+SCHEMA = 10
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 LEVELS = 7  # sizes per sweep; a sweep stops early once one op takes SWEEP_CAP_S
@@ -53,6 +53,8 @@ BUDGET_S = 6.0  # host seconds of sweeps per backend; larger sizes are then extr
 TRANSFER_BYTES = (1 << 14, 1 << 18, 1 << 22)
 MV_ROWS = 4  # a MatMul with at most this many rows per batch is a matrix-vector product
 REDUCED = 64  # length of the reduced axis in the Reduce probes (a typical pooled or normed axis)
+ELEMENTWISE = (A.Unary, A.Binary, A.Select, A.Cast)
+CHAINED = "~chained"  # bucket-key suffix: an element-wise op fed by the op before it (fusable)
 
 
 def op_key(op: A.Op, algo: str) -> str:
@@ -78,9 +80,33 @@ def items(op: A.Op) -> float:
 
 
 def demand(op: A.Op, algo: Algorithm) -> tuple[float, float]:
-    """(arithmetic at the algorithm's declared efficiency, bytes moved) of ``op``."""
+    """(arithmetic at the algorithm's declared efficiency, bytes moved) of ``op``. A gather or
+    a raster reads only what it copies, however large its source (an embedding table)."""
     cost = algo.cost(op)
-    return cost.flops / max(cost.efficiency, 1e-6), cost.bytes
+    nbytes = cost.bytes
+    if isinstance(op, A.GatherScatter | A.Raster):
+        touched = 2.0 * sum(t.nbytes for t in op.outputs) + sum(t.nbytes for t in op.inputs[1:])
+        nbytes = min(nbytes, touched)
+    return cost.flops / max(cost.efficiency, 1e-6), nbytes
+
+
+def chain_followers(ops: Sequence[A.Op], external: set[int]) -> set[int]:
+    """Indices of the element-wise ops of one program that read a value only they read, made by
+    an earlier op of the program and not handed out (``external``): what a backend can fuse
+    into its producer's pass (an epilogue, an element-wise chain). Calibration times them
+    chained: on a backend that fuses, a fraction of a lone op; on one that does not, the same."""
+    made: set[int] = set()
+    readers: dict[int, int] = {}
+    for op in ops:
+        for t in op.inputs:
+            readers[t.id] = readers.get(t.id, 0) + 1
+    found: set[int] = set()
+    for i, op in enumerate(ops):
+        if isinstance(op, ELEMENTWISE) and any(
+                t.id in made and readers[t.id] == 1 and t.id not in external for t in op.inputs):
+            found.add(i)
+        made.update(t.id for t in op.outputs)
+    return found
 
 
 def work(flops: float, nbytes: float, balance: float) -> float:
@@ -107,6 +133,11 @@ class BucketFit:
 
     def __call__(self, flops: float, nbytes: float, items: float) -> float:
         return max(self.floor_s, work(flops, nbytes, self.balance) / self.rate(items))
+
+    def at_peak(self, flops: float, nbytes: float) -> float:
+        """Seconds at the best rate of the sweep, without the floor: work inside a fused kernel
+        that pays no launch of its own."""
+        return work(flops, nbytes, self.balance) / max(y for _, y in self.rate.points)
 
 
 @dataclass
@@ -150,28 +181,55 @@ class Calibration:
             return found
         kind, _, algo = key.partition("/")
         base = kind.split(":", 1)[0]
-        same = [c for k, c in sorted(self._curves.items()) if k.split("/", 1)[1] == algo
+        plain = sorted((k, c) for k, c in self._curves.items() if not k.endswith(CHAINED))
+        same = [c for k, c in plain if k.split("/", 1)[1] == algo
                 and k.split(":", 1)[0].split("/", 1)[0] == base]
-        same = same or [c for k, c in sorted(self._curves.items())
-                        if k.split(":", 1)[0].split("/", 1)[0] == base]
+        same = same or [c for k, c in plain if k.split(":", 1)[0].split("/", 1)[0] == base]
         return same[0] if same else None
 
-    def op_seconds(self, op: A.Op, algo: Algorithm) -> float:
+    def op_seconds(self, op: A.Op, algo: Algorithm, *, chained: bool = False) -> float:
         """Seconds of ``op`` queued in a program, from its bucket's fit (before the program
-        factor). Fits timed on the host clock include the op's launches; kernel times from the
-        device's own timers do not, and a launch never takes less than the launch overhead."""
+        factor); ``chained``: an element-wise op fed by its producer's pass (see
+        :func:`chain_followers`). Fits timed on the host clock include the op's launches; kernel
+        times from the device's own timers do not, and a launch never takes less than the
+        launch overhead. A composite without a bucket of its own costs its expansion."""
         flops, nbytes = demand(op, algo)
-        fit = self.curve(op_key(op, algo.name))
+        key = op_key(op, algo.name)
+        fit = (self._curves.get(key + CHAINED) if chained else None) or self.curve(key)
+        if fit is None and isinstance(op, A.Composite) and op.expansion:
+            return self._fused(op)
         own = fit(flops, nbytes, items(op)) if fit is not None else nbytes / self.bandwidth_Bps
         if self.device_timed:
             own = max(own, self.op_overhead_s * max(algo.cost(op).launches, 1))
         return own
+
+    def _fused(self, op: A.Composite) -> float:
+        """A composite the backend runs as one kernel, without a bucket of its own: its
+        expansion's work at each bucket's best rate (no launches, no copies), plus one launch."""
+        total, floor = 0.0, 0.0
+        for inner in op.expansion:
+            if isinstance(inner, A.Raster):
+                continue  # the fused kernel indexes in place
+            if isinstance(inner, A.Composite):
+                total += self._fused(inner)
+                continue
+            flops, nbytes = demand(inner, _EXPANDED)
+            fit = self.curve(op_key(inner, _EXPANDED.name))
+            if fit is None:
+                total += nbytes / self.bandwidth_Bps
+            else:
+                total += fit.at_peak(flops, nbytes)
+                floor = max(floor, fit.floor_s)
+        return total + floor
 
     def upload(self, nbytes: float) -> float:
         return self.h2d_latency_s + nbytes / self.h2d_Bps
 
     def download(self, nbytes: float) -> float:
         return self.d2h_latency_s + nbytes / self.d2h_Bps
+
+
+_EXPANDED = Algorithm("expanded")  # the ops of a composite's expansion: their kind's buckets
 
 
 def _build_stamp(backend: Backend) -> str:
@@ -301,9 +359,11 @@ def _fan_out(outputs: int, algo: Algorithm) -> Program:
     return Program([(op, algo) for op in b.ops], [x], ys)
 
 
-def _sweep(backend: Backend) -> Iterator[tuple[int, A.Op, Algorithm]]:
-    """(level, op, algorithm) for every bucket and algorithm, smallest sizes first; the first
-    probe of a bucket (at a level) is its representative."""
+def _sweep(backend: Backend) -> Iterator[tuple[int, A.Op, Algorithm, bool]]:
+    """(level, op, algorithm, chained) for every bucket and algorithm, smallest sizes first; the
+    first probe of a bucket (at a level) is its representative. Element-wise buckets are swept
+    twice: a lone op (its own pass over memory) and chained copies (fused where the backend
+    fuses); other ops only chained."""
     for level in range(LEVELS):
         seen: set[str] = set()
         for op in _probes(level):
@@ -311,7 +371,9 @@ def _sweep(backend: Backend) -> Iterator[tuple[int, A.Op, Algorithm]]:
                 key = op_key(op, alg.name)
                 if key not in seen:
                     seen.add(key)
-                    yield level, op, alg
+                    if isinstance(op, ELEMENTWISE):
+                        yield level, op, alg, False
+                    yield level, op, alg, True
 
 
 def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -> Calibration:
@@ -323,12 +385,13 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     clock: Clock = clock_for([backend])
     timer = Timer(backend, clock, repeat=3)
     step("dispatch overhead")
-    one, many = _tiny_chain(1), _tiny_chain(33)
+    one = _tiny_chain(1)
     if not backend.algorithms(one[0]):
         raise ValueError(f"backend {backend.name} cannot run a Unary op; nothing to calibrate")
     algo = backend.algorithms(one[0])[0]
     t1 = timer.ops([(one[0], algo)])
-    op_over = max((timer.ops([(o, algo) for o in many]) - t1) / 32, 1e-8)
+    # copies on the same input: a backend that fuses element-wise chains cannot merge them
+    op_over = max((timer.ops([(o, algo) for o in repeated(one[0], 33)]) - t1) / 32, 1e-8)
 
     step("program inputs and outputs")
     # One more input (output) costs what a wide program costs over a narrow one doing the same.
@@ -336,14 +399,14 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     wide, narrow = _fan_in(backend, 8, 7), _fan_in(backend, 2, 7)
     if wide is not None and narrow is not None:
         lat_h = max((timer.program(wide) - timer.program(narrow)) / 6, 0.0)
-    chain8 = [(o, algo) for o in _tiny_chain(8)]
-    lat_d = max((timer.program(_fan_out(8, algo)) - timer.ops(chain8)) / 7, 0.0)
+    lone8 = [(o, algo) for o in repeated(one[0], 8)]  # the same ops, one output
+    lat_d = max((timer.program(_fan_out(8, algo)) - timer.ops(lone8)) / 7, 0.0)
     prog_over = max(t1 - op_over - lat_h - lat_d, 1e-8)
 
     step("memory bandwidth")
     big = _builder()
     big.unary("relu", big.tensor((1 << 22,), np.float32))
-    steady = timer.steady(big.ops[0], algo)
+    steady = timer.steady(big.ops[0], algo, chain=False)
     bw = big.ops[0].bytes_moved() / max(steady, 1e-9)
 
     step("host transfers")
@@ -353,13 +416,13 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
                       lat_h, h2d.Bps, lat_d, d2h.Bps, device_timed=timer.device_timed)
     stopped: set[str] = set()
     deadline = time.perf_counter() + BUDGET_S
-    for level, op, alg in _sweep(backend):
-        key = op_key(op, alg.name)
+    for level, op, alg, chain in _sweep(backend):
+        key = op_key(op, alg.name) + (CHAINED if chain and isinstance(op, ELEMENTWISE) else "")
         if key in stopped or (level > 1 and not clock.noiseless and time.perf_counter() > deadline):
             continue
         step(f"{key} size {level + 1}/{LEVELS}")
         try:
-            t = timer.steady(op, alg)
+            t = timer.steady(op, alg, chain=chain)
         except Exception:  # a size the backend cannot run (memory, limits): the sweep ends here
             stopped.add(key)
             continue
@@ -414,7 +477,10 @@ def _program_factor(backend: Backend, timer: Timer, cal: Calibration) -> float:
         measured = timer.program(Program(picks, [img], list(out)))
     except Exception:  # a backend that cannot build it keeps the per-op costs as they are
         return 1.0
-    predicted = (cal.program_overhead_s + sum(cal.op_seconds(op, alg) for op, alg in picks)
+    out_ids = {t.id for t in out}
+    fused = chain_followers(ops, out_ids)
+    predicted = (cal.program_overhead_s
+                 + sum(cal.op_seconds(op, alg, chained=i in fused) for i, (op, alg) in enumerate(picks))
                  + cal.upload(img.nbytes) + sum(cal.download(t.nbytes) for t in out))
     return min(max(measured / predicted, 0.5), 8.0)
 

@@ -4,7 +4,9 @@ A plan is what the planner will build from an assignment: consecutive ops on one
 program; a program pays its fixed cost, each of its ops (queued: a launch never costs less than
 the backend's per-launch overhead), an upload per input and a download per output that another
 program or the host reads. :func:`plan_cost` follows the planner's partition exactly, so the
-prediction is of the plan that will run, not a sum of ops timed alone.
+prediction is of the plan that will run, not a sum of ops timed alone: an element-wise op that
+reads what only it reads from an earlier op of its program costs what calibration measured for
+it chained (a fraction of a lone op's pass on a backend that fuses such chains).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm
-from walle_core.search.calibrate import Calibration
+from walle_core.search.calibrate import Calibration, chain_followers
 
 
 def op_signature(op: A.Op) -> str:
@@ -33,11 +35,12 @@ class CostModel:
         self.cal = calibrations
         self.measured = measured or {}  # (op signature, "backend/algo") -> seconds
 
-    def predict(self, op: A.Op, backend: str, algo: Algorithm) -> float:
+    def predict(self, op: A.Op, backend: str, algo: Algorithm, *, chained: bool = False) -> float:
         """Seconds of ``op`` queued in a program of ``backend``: its bucket's fit, scaled by what
-        a whole program measured over its ops' predictions at calibration."""
+        a whole program measured over its ops' predictions at calibration; ``chained``: fed by
+        its producer's pass (:func:`~walle_core.search.calibrate.chain_followers`)."""
         cal = self.cal[backend]
-        return cal.op_seconds(op, algo) * cal.program_factor
+        return cal.op_seconds(op, algo, chained=chained) * cal.program_factor
 
     def upload(self, backend: str, nbytes: float) -> float:
         return self.cal[backend].upload(nbytes)
@@ -76,8 +79,9 @@ def programs_of(where: Sequence[str]) -> list[tuple[int, int]]:
 
 
 def plan_cost(ops: Sequence[A.Op], where: Sequence[str], own_s: Sequence[float], keep: set[int],
-              model: CostModel) -> PlanCost:
-    """The cost of running ``ops[i]`` on backend ``where[i]`` (taking ``own_s[i]``), partitioned
+              model: CostModel, chained_s: Sequence[float] | None = None) -> PlanCost:
+    """The cost of running ``ops[i]`` on backend ``where[i]`` (taking ``own_s[i]``, or
+    ``chained_s[i]`` where the op follows its producer's pass inside its program), partitioned
     as the planner does: a program's inputs are what it reads and does not produce; its outputs
     are what it produces and the host (``keep``) or another program reads."""
     runs = programs_of(where)
@@ -90,20 +94,24 @@ def plan_cost(ops: Sequence[A.Op], where: Sequence[str], own_s: Sequence[float],
             if t.value is None:
                 read_by.setdefault(t.id, set()).add(group[i])
     transfer = 0.0
+    compute = 0.0
     for g, (s, e) in enumerate(runs):
         b = where[s]
         produced: dict[int, float] = {}
         for op in ops[s:e]:
             for t in op.outputs:
                 produced[t.id] = t.nbytes
+        handed_out = {tid for tid in produced if tid in keep or any(r != g for r in read_by.get(tid, ()))}
+        fused = chain_followers(ops[s:e], handed_out) if chained_s is not None else set()
+        compute += sum(min(own_s[i], chained_s[i]) if chained_s is not None and i - s in fused
+                       else own_s[i] for i in range(s, e))
         seen: set[int] = set()
         for op in ops[s:e]:
             for t in op.inputs:
                 if t.value is None and t.id not in produced and t.id not in seen:
                     seen.add(t.id)
                     transfer += model.upload(b, t.nbytes)
-        for tid, nbytes in produced.items():
-            if tid in keep or any(r != g for r in read_by.get(tid, ())):
-                transfer += model.download(b, nbytes)
+        for tid in handed_out:
+            transfer += model.download(b, produced[tid])
     overhead = sum(model.program(where[s]) for s, _ in runs)
-    return PlanCost(sum(own_s), transfer, overhead, len(runs), tuple(dict.fromkeys(where)))
+    return PlanCost(compute, transfer, overhead, len(runs), tuple(dict.fromkeys(where)))

@@ -151,12 +151,15 @@ class Timer:
                 break
         return best, device if timed else None
 
-    def steady(self, op: A.Op, alg: Algorithm) -> float:
+    def steady(self, op: A.Op, alg: Algorithm, *, chain: bool = True) -> float:
         """Seconds of one ``op`` among queued ops like it: (4 copies - 2 copies) / 2, chained
-        through its output where it can be, else repeated on the same inputs. What a backend does
-        at a program's edges (transfers, layout changes, synchronisation) cancels out."""
+        through its output where it can be (unless ``chain`` is False), else repeated on the same
+        inputs. What a backend does at a program's edges (transfers, layout changes,
+        synchronisation) cancels out. A backend that fuses chains of element-wise ops runs a
+        chained copy for a fraction of a lone op's pass over memory: ``chain=False`` times the
+        lone op."""
         lo, hi = (1, 2) if self.clock.noiseless else (2, 4)  # exact clocks need no averaging
-        short, long = chained(op, lo), chained(op, hi)
+        short, long = (chained(op, lo), chained(op, hi)) if chain else (None, None)
         if short is None or long is None:
             short, long = repeated(op, lo), repeated(op, hi)
         w_lo, d_lo = self._queued(short, alg)

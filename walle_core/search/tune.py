@@ -102,7 +102,8 @@ def measure(decisions: Sequence[Decision], cache: TuningCache, *, budget_s: floa
             if c.label in cache.entries.get(sig, {}):
                 continue
             timer = Timer(c.backend, clock_for([c.backend]), budget_s=0.2)
-            cache.record(sig, c.label, timer.steady(d.op, c.algorithm))
+            # a lone op (an element-wise one fused into a chain is priced from calibration)
+            cache.record(sig, c.label, timer.steady(d.op, c.algorithm, chain=False))
             taken += 1
     cache.save()
     return taken
