@@ -30,6 +30,7 @@ BLK = 16
 PLAIN_INPUT_MAX = 4  # a conv reads a plain input this narrow directly (the RGB stem)
 NCHWC = "nchwc"
 _DIRECT = Algorithm("direct")
+_BLOCKED = Algorithm(NCHWC)
 LAYOUT = Algorithm("layout")  # the Raster ops that change layout (a label for profiles)
 _REDUCE_FNS = frozenset({"sum", "prod", "max", "min"})
 
@@ -245,6 +246,17 @@ class _Rewriter:
             return True
         return self.feeds_blocked_conv(op.out)
 
+    def stays_blocked(self, op: A.Conv2D) -> bool:
+        """A conv that picked a plain algorithm runs blocked anyway when its input is a blocked
+        value with no plain copy yet: the per-op costs do not see the layout changes that the
+        plain kernel would need around it (a whole-tensor transpose in, and another back out
+        when its readers are blocked), which cost more than computing a narrow output's padding
+        channels (8 outputs as 16)."""
+        x = op.inputs[0]
+        got = self.blocked.get(x.id)
+        return offers_blocked(op) and op.out.dtype == np.float32 and x.id in self.pending \
+            and got is not None and got[1] == x.shape
+
     def pool(self, op: A.Pool2D) -> bool:
         x = op.inputs[0]
         got = self.blocked.get(x.id)
@@ -355,6 +367,9 @@ class _Rewriter:
                     self.conv(op, algo)
                     continue
                 algo = self.fallback(op)
+            elif isinstance(op, A.Conv2D) and self.stays_blocked(op):
+                self.conv(op, _BLOCKED)
+                continue
             elif (isinstance(op, A.Reduce) and self.spatial_reduce(op)) or \
                     (isinstance(op, A.Pool2D) and self.pool(op)) or \
                     (isinstance(op, A.Raster) and self.raster(op)) or self.elementwise(op, algo):
