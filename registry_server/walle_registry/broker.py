@@ -37,6 +37,7 @@ class InProcessBroker:
         # through PostgreSQL, the others'); ``on_control`` gets control messages of other replicas.
         self.on_notices: Callable[[Sequence[dict[str, Any]]], None] | None = None
         self.on_control: Callable[[dict[str, Any]], None] | None = None
+        self.on_resync: Callable[[], None] | None = None  # notices may have been missed
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -68,6 +69,8 @@ class InProcessBroker:
     def resync(self) -> None:
         """Tell every local stream to catch up from the database (thread-safe): called when the
         notification channel was down, so live notices of that gap never arrived."""
+        if self.on_resync is not None:
+            self.on_resync()
         with self._lock:
             queues = [q for subs in self._subs.values() for q in subs]
         if not queues or self._loop is None:

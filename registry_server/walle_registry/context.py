@@ -17,7 +17,7 @@ from walle_registry.broker import InProcessBroker, PostgresBroker
 from walle_registry.cache import BlobCache
 from walle_registry.db import Database
 from walle_registry.services.credentials import Credentials
-from walle_registry.services.deployments import Deployments
+from walle_registry.services.deployments import Deployments, ReportQueue
 from walle_registry.services.devices import Devices
 from walle_registry.services.grants import Grants
 from walle_registry.services.plugin_deployments import PluginDeployments
@@ -62,10 +62,12 @@ class Registry:
         self.deployments = Deployments(self.db, rollout, self.publishing, self.devices.activity)
         self.plugin_deployments = PluginDeployments(self.db, self.publishing, self.credentials, self.devices)
         self.results = Results(self.db, self.devices.activity, self.grants)
+        self.reports = ReportQueue(self.deployments, self.publish_notices)
 
         self._lifespans = 0
         broker.on_control = self.credentials.on_control
         broker.on_notices = self.devices.observe_notices
+        broker.on_resync = self.devices.forget_latest
 
     def start(self) -> None:
         """Called by every app lifespan that serves this registry (an ASGI test client may run

@@ -68,8 +68,12 @@ class Database:
             if parsed.drivername == "postgresql":
                 url = str(parsed.set(drivername="postgresql+psycopg"))
                 self.url = url
-            self.read_engine = self.write_engine = create_engine(
-                url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+            # No pre-ping (a round trip per checkout): a connection broken by a server restart
+            # fails its statement once and SQLAlchemy then invalidates the whole pool. Reads run
+            # in autocommit: under READ COMMITTED every statement takes its own snapshot anyway,
+            # and BEGIN/ROLLBACK around a read cost two round trips for nothing.
+            self.write_engine = create_engine(url, pool_size=20, max_overflow=20)
+            self.read_engine = self.write_engine.execution_options(isolation_level="AUTOCOMMIT")
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
 

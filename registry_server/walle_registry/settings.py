@@ -25,6 +25,7 @@ class Settings:
     max_results_bytes: int = 16 << 20  # one results batch, decompressed
     stream_keepalive_s: float = 15.0
     online_window_s: float = 120.0  # a device seen this recently counts as online
+    device_cache_ttl_s: float = 300.0  # per-device cursor / newest notice seq (PostgreSQL: a backstop)
     auth_cache_ttl_s: float = 30.0  # cached credentials (revocation on this replica is immediate)
     activity_flush_s: float = 0.25  # heartbeat write-behind interval (last_seen, check-in metrics, cursor)
     blob_cache_item_bytes: int = 1 << 20  # blobs up to this size are served from memory

@@ -19,6 +19,7 @@ from walle_registry.broker import KEEPALIVE, RESYNC
 from walle_registry.context import Registry
 from walle_registry.errors import Forbidden
 from walle_registry.routes.deps import DeviceP, Enroller, Reader, Reg
+from walle_registry.services.deployments import DeviceReport
 
 router = APIRouter()
 PAGE = 1000  # notices per catch-up query of a stream
@@ -98,10 +99,10 @@ async def stream(p: DeviceP, reg: Reg, cursor: Annotated[int | None, Query(ge=0,
 
 
 @router.post("/v1/device/reports", tags=["device"])
-def report(body: S.ReportIn, p: DeviceP, reg: Reg) -> S.ReportOut:
-    dup, dep_id, notices = reg.deployments.report(p.name, body.task, body.version, body.status,
-                                                  body.deployment_id, body.error, body.metrics, body.seq)
-    reg.publish_notices(notices)
+async def report(body: S.ReportIn, p: DeviceP, reg: Reg) -> S.ReportOut:
+    """Answered once the report committed; concurrent reports share one transaction."""
+    dup, dep_id = await reg.reports.submit(DeviceReport(p.name, body.task, body.version, body.status,
+                                                        body.deployment_id, body.error, body.metrics, body.seq))
     return S.ReportOut(accepted=not dup, duplicate=dup, deployment_id=dep_id)
 
 

@@ -36,11 +36,15 @@ log = logging.getLogger("walle_registry.devices")
 class Devices:
     def __init__(self, db: Database, settings: Settings, credentials: Credentials, rollout: Rollout) -> None:
         self.db, self.settings, self.credentials, self.rollout = db, settings, credentials, rollout
-        # With PostgreSQL other replicas may write too, so the per-device integers are re-read
-        # after a few seconds; SQLite has a single writer process.
+        # With PostgreSQL other replicas write too. Every committed notice reaches every replica
+        # through the broker (``observe_notices``), and a replica whose LISTEN connection dropped
+        # forgets them all (``forget_latest``), so the newest seq stays exact; the TTL is only a
+        # backstop. A cursor acknowledged on another replica is seen here late, which at worst
+        # answers a check-in with an older cursor than the device sent elsewhere (harmless: the
+        # device's own cursor rules). SQLite has a single writer process.
         shared = db.is_postgres
-        self.latest = MonotoneMap(ttl=5.0 if shared else None)  # device -> newest notice seq
-        self.cursors = MonotoneMap(ttl=5.0 if shared else None)  # device -> acknowledged cursor
+        self.latest = MonotoneMap(ttl=settings.device_cache_ttl_s if shared else None)  # device -> newest notice seq
+        self.cursors = MonotoneMap(ttl=settings.device_cache_ttl_s if shared else None)  # device -> acknowledged cursor
         self.activity = DeviceActivity()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
@@ -49,6 +53,10 @@ class Devices:
     def observe_notices(self, notices: Sequence[dict[str, Any]]) -> None:
         for n in notices:
             self.latest.raise_to(str(n["device"]), int(n["seq"]))
+
+    def forget_latest(self) -> None:
+        """Notices may have been missed (the broker's channel was down): re-read on next use."""
+        self.latest.clear()
 
     # ------------------------------------------------------------------ heartbeat write-behind
 

@@ -261,41 +261,52 @@ class Rollout:
         auto-pause it from the outcomes counted so far (``check_errors=False``: an operator's
         resume overrides the error gate until the next outcome)."""
         notices: Notices = []
-        while dep.state in JOINABLE_STATES:
-            counts = self.counts(s, dep)
-            total = sum(counts.values())
-            ok = sum(counts[k] for k in OK_STATUSES)
-            bad = sum(counts[k] for k in ERROR_STATUSES)
-            done = ok + bad
-            last = dep.current_stage + 1 >= len(dep.stages)
-            if total == 0:  # nobody matched yet: nothing to count, nothing opens
-                break
-            need = max(1, min(dep.min_sample, total))
-            too_many_errors = done >= need and bad / done > dep.error_threshold
-            if check_errors and too_many_errors:
-                dep.state = "paused"
-                dep.reason = (f"auto-paused: {bad} of {done} reports failed "
-                              f"({bad / done:.0%} > error threshold {dep.error_threshold:.0%})")
-                dep.updated_at = now()
-                self.event(s, dep.id, "auto_paused", dep.reason)
-                break
-            passing = done >= need and ok / total >= dep.success_threshold
-            if not last:
-                if not passing:
-                    break
-                notices += self._advance(s, dep, f"{ok} of {total} succeeded")
+        while (step := self.gate(dep, self.counts(s, dep), check_errors)) is not None:
+            action, detail = step
+            if action == "advance":
+                notices += self._advance(s, dep, detail)
                 continue
-            pending = sum(counts[k] for k in PENDING_STATUSES)
-            finished = passing and pending == 0 and ok > 0 and not too_many_errors
-            if finished and dep.state == "running":
-                dep.state, dep.reason, dep.updated_at = "completed", "", now()
-                self.event(s, dep.id, "completed", f"{ok} of {total} devices succeeded")
-            elif not finished and dep.state == "completed":
-                dep.state, dep.updated_at = "running", now()
-                dep.reason = f"reopened: {pending} of {total} devices without an outcome, {bad} failed"
-                self.event(s, dep.id, "reopened", dep.reason)
+            dep.updated_at = now()
+            if action == "pause":
+                dep.state, dep.reason = "paused", detail
+                self.event(s, dep.id, "auto_paused", detail)
+            elif action == "complete":
+                dep.state, dep.reason = "completed", ""
+                self.event(s, dep.id, "completed", detail)
+            else:  # reopen
+                dep.state, dep.reason = "running", detail
+                self.event(s, dep.id, "reopened", detail)
             break
         return notices
+
+    @staticmethod
+    def gate(dep: Deployment, counts: Counter[str], check_errors: bool = True) -> tuple[str, str] | None:
+        """What :meth:`evaluate` does next given the status counts: ``(action, detail)`` with action
+        pause / advance / complete / reopen, or None when the gates leave the deployment as it is
+        (batched reports use this to skip the database round trips of a gate that stays shut)."""
+        if dep.state not in JOINABLE_STATES:
+            return None
+        total = sum(counts.values())
+        if total == 0:  # nobody matched yet: nothing to count, nothing opens
+            return None
+        ok = sum(counts[k] for k in OK_STATUSES)
+        bad = sum(counts[k] for k in ERROR_STATUSES)
+        done = ok + bad
+        need = max(1, min(dep.min_sample, total))
+        too_many_errors = done >= need and bad / done > dep.error_threshold
+        if check_errors and too_many_errors:
+            return "pause", (f"auto-paused: {bad} of {done} reports failed "
+                             f"({bad / done:.0%} > error threshold {dep.error_threshold:.0%})")
+        passing = done >= need and ok / total >= dep.success_threshold
+        if dep.current_stage + 1 < len(dep.stages):
+            return ("advance", f"{ok} of {total} succeeded") if passing else None
+        pending = sum(counts[k] for k in PENDING_STATUSES)
+        finished = passing and pending == 0 and ok > 0 and not too_many_errors
+        if finished and dep.state == "running":
+            return "complete", f"{ok} of {total} devices succeeded"
+        if not finished and dep.state == "completed":
+            return "reopen", f"reopened: {pending} of {total} devices without an outcome, {bad} failed"
+        return None
 
     def _advance(self, s: Session, dep: Deployment, why: str) -> Notices:
         dep.current_stage += 1
