@@ -31,6 +31,8 @@ from walle_core.search.cost import op_signature
 from walle_core.search.plans import Plan
 from walle_core.search.timing import Timer, feeds_for, time_call
 
+TURN_S = 0.02  # host seconds of timed runs per plan and round, beyond its first
+
 
 class TuningCache:
     def __init__(self, path: Path) -> None:
@@ -135,7 +137,8 @@ def measure_plans(plans: Sequence[Plan], keep: set[int], *, budget_s: float,
                   graph: str = "", rounds: int = 5, within: float | None = None) -> None:
     """Set ``measured_s`` of each plan, in the given order, while the budget lasts: compiled
     exactly as the planner will run it, warm, best of ``rounds`` taken in turns so that load on
-    a shared machine hits every plan alike. With ``within``, a plan predicted slower than that
+    a shared machine hits every plan alike (each turn warms its plan once more first: a large
+    plan timed before it leaves the caches cold). With ``within``, a plan predicted slower than that
     many times the first plan's prediction is not timed (on a slow device one run can outlast
     the budget). A plan that fails to build or run gets a ``note``."""
     deadline = time.perf_counter() + budget_s
@@ -160,7 +163,9 @@ def measure_plans(plans: Sequence[Plan], keep: set[int], *, budget_s: float,
             plan.note = f"failed to run: {exc}"
     for _ in range(rounds):
         for i, runner in runners.items():
-            t = time_call(runner, runner.clock, repeat=1, warmup=False)
+            # warm again in its turn (the plan before it evicted its weights from the caches),
+            # then the best of a few runs while they stay short
+            t = time_call(runner, runner.clock, repeat=3, budget_s=TURN_S)
             prev = plans[i].measured_s
             plans[i].measured_s = t if prev is None else min(prev, t)
         if time.perf_counter() > deadline or all(r.clock.noiseless for r in runners.values()):
