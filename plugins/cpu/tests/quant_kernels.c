@@ -191,6 +191,9 @@ int main(int argc, char **argv) {
         test_matmul(c, 37, 21, 45);
         test_matmul(c, 5, 64, 17);
         test_matmul(c, 70, 130, 9);
+        test_matmul(c, 1, 300, 70);  /* matrix-vector: masked depth, partial row blocks */
+        test_matmul(c, 3, 64, 130);
+        test_matmul(c, 4, 7, 17);
     }
     if (failures) {
         printf("%d FAILED\n", failures);

@@ -1017,11 +1017,14 @@ typedef struct {
     const uint8_t *a;
     char *y;
     int failed;
+    int64_t row_splits; /* tasks per chunk of A's rows, each a share of the weight rows */
 } mm_job;
 
 static void mm_chunk(void *ctx, int64_t t) {
     mm_job *j = ctx;
     const wl_qweights *q = j->q;
+    int64_t split = t % j->row_splits;
+    t /= j->row_splits;
     int64_t m0 = t * CHUNK * PANEL, mn = j->m - m0 < CHUNK * PANEL ? j->m - m0 : CHUNK * PANEL;
     int64_t npan = (mn + PANEL - 1) / PANEL, kp = q->kp, K = q->k;
     uint8_t *b = wl_scratch(Q_SCRATCH, (size_t)(npan * kp * PANEL + 4 * CHUNK * PANEL + 64));
@@ -1055,11 +1058,121 @@ static void mm_chunk(void *ctx, int64_t t) {
             colsum[i] = sum;
         }
     }
-    gemm_panels(q, b, colsum, npan, mn, j->y + m0 * q->rows * esize(q), 1, q->rows);
+    /* this split's share of the weight rows (whole tiles) */
+    int64_t mr = isa()->mr, tiles = (q->rows + mr - 1) / mr;
+    int64_t r0 = tiles * split / j->row_splits * mr, r1 = tiles * (split + 1) / j->row_splits * mr;
+    if (r1 > q->rows) r1 = q->rows;
+    if (r0 >= r1) return;
+    wl_qweights sub = *q;
+    sub.rows = r1 - r0;
+    sub.w += r0 * kp;
+    sub.comp += r0;
+    if (sub.wz) sub.wz += r0;
+    if (sub.scale) sub.scale += r0;
+    gemm_panels(&sub, b, colsum, npan, mn, j->y + (m0 * q->rows + r0) * esize(q), 1, q->rows);
+}
+
+/* ---------------------------------------------------------------- matrix-vector (few rows of A)
+ * AVX-512 VNNI: each of A's m <= GEMV_M rows (flipped to uint8 once) against 4 weight rows at a
+ * time, 64 bytes of depth a step (masked at the end), the sums reduced per row and requantized
+ * 16 weight rows (contiguous outputs) at a time; tasks take blocks of weight rows. The panels
+ * would waste 15 of 16 columns on a single row. */
+#define GEMV_M 4
+#define GEMV_ROWS 64 /* weight rows per task */
+typedef struct {
+    int64_t m;
+    const wl_qweights *q;
+    const uint8_t *a; /* m rows of kp bytes, flipped, padded with 0 */
+    const int32_t *colsum;
+    char *y;
+} gemv_job;
+
+#if defined(__x86_64__)
+#define TGEMV __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+TGEMV static void gemv_task(void *ctx, int64_t t) {
+    const gemv_job *j = ctx;
+    const wl_qweights *q = j->q;
+    int64_t r0 = t * GEMV_ROWS, r1 = q->rows - r0 < GEMV_ROWS ? q->rows : r0 + GEMV_ROWS;
+    int64_t kp = q->kp, m = j->m;
+    int es = esize(q);
+    int32_t sums[GEMV_M][GEMV_ROWS];
+    for (int64_t r = r0; r < r1; r += 4) {
+        int nr = (int)(r1 - r < 4 ? r1 - r : 4);
+        __m512i acc[GEMV_M][4];
+        for (int i = 0; i < GEMV_M; i++)
+            for (int w = 0; w < 4; w++) acc[i][w] = _mm512_setzero_si512();
+        for (int64_t k0 = 0; k0 < kp; k0 += 64) {
+            __mmask64 lm = kp - k0 >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (kp - k0)) - 1);
+            __m512i wv[4];
+            for (int w = 0; w < 4; w++)
+                wv[w] = w < nr ? _mm512_maskz_loadu_epi8(lm, q->w + (r + w) * kp + k0) : _mm512_setzero_si512();
+            for (int i = 0; i < GEMV_M && i < m; i++) {
+                __m512i xv = _mm512_maskz_loadu_epi8(lm, j->a + i * kp + k0);
+                for (int w = 0; w < 4; w++) acc[i][w] = _mm512_dpbusd_epi32(acc[i][w], xv, wv[w]);
+            }
+        }
+        for (int i = 0; i < GEMV_M && i < m; i++)
+            for (int w = 0; w < nr; w++) sums[i][r - r0 + w] = _mm512_reduce_add_epi32(acc[i][w]);
+    }
+    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    const __m512 lo = _mm512_set1_ps((float)(q->lo - q->y_zero)), hi = _mm512_set1_ps((float)(q->hi - q->y_zero));
+    const __m512i yz = _mm512_set1_epi32(q->y_zero);
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t r = r0; r < r1; r += 16) {
+            int64_t n = r1 - r < 16 ? r1 - r : 16;
+            __mmask16 m16 = (__mmask16)((1u << n) - 1);
+            __m512i v = _mm512_add_epi32(_mm512_maskz_loadu_epi32(m16, sums[i] + (r - r0)),
+                                         _mm512_maskz_loadu_epi32(m16, q->comp + r));
+            if (q->wz)
+                v = _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m16, q->wz + r),
+                                                           _mm512_set1_epi32(j->colsum[i])));
+            char *yo = j->y + (i * q->rows + r) * es;
+            if (q->out == Q_S32) {
+                _mm512_mask_storeu_epi32(yo, m16, v);
+                continue;
+            }
+            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_maskz_loadu_ps(m16, q->scale + r));
+            f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
+            f = _mm512_sub_ps(_mm512_add_ps(f, magic), magic);
+            _mm512_mask_cvtepi32_storeu_epi8(yo, m16, _mm512_add_epi32(_mm512_cvttps_epi32(f), yz));
+        }
+}
+#endif
+
+static int gemv(int64_t m, const wl_qweights *q, const uint8_t *a, void *y, int nthreads) {
+#if defined(__x86_64__)
+    if (m > GEMV_M || isa() != &isa_vnni512) return 1;
+    int64_t kp = q->kp, K = q->k;
+    uint8_t *buf = wl_scratch(Q_PAD_SCRATCH, (size_t)(m * kp + 64));
+    if (!buf) return -1;
+    int32_t colsum[GEMV_M];
+    uint8_t flip = (uint8_t)q->x_flip;
+    for (int64_t i = 0; i < m; i++) {
+        int32_t sum = 0;
+        for (int64_t kk = 0; kk < kp; kk++) {
+            uint8_t v = kk < K ? a[i * K + kk] ^ flip : 0;
+            buf[i * kp + kk] = v;
+            sum += v;
+        }
+        colsum[i] = sum;
+    }
+    gemv_job j = {m, q, buf, colsum, y};
+    wl_parallel_for((q->rows + GEMV_ROWS - 1) / GEMV_ROWS, gemv_task, &j, nthreads);
+    return 0;
+#else
+    (void)m, (void)q, (void)a, (void)y, (void)nthreads;
+    return 1;
+#endif
 }
 
 int wl_qmatmul(int64_t m, const wl_qweights *q, const uint8_t *a, void *y, int nthreads) {
-    mm_job j = {m, q, a, y, 0};
-    wl_parallel_for((m + CHUNK * PANEL - 1) / (CHUNK * PANEL), mm_chunk, &j, nthreads);
+    int g = gemv(m, q, a, y, nthreads);
+    if (g <= 0) return g;
+    int64_t chunks = (m + CHUNK * PANEL - 1) / (CHUNK * PANEL), splits = 1;
+    /* few rows of A (a transformer's tokens): split the weight rows too */
+    int64_t tiles = (q->rows + isa()->mr - 1) / isa()->mr;
+    while (chunks * splits < 2 * nthreads && splits < tiles) splits++;
+    mm_job j = {m, q, a, y, 0, splits};
+    wl_parallel_for(chunks * splits, mm_chunk, &j, nthreads);
     return j.failed ? -1 : 0;
 }
