@@ -177,6 +177,8 @@ int main(int argc, char **argv) {
         test_conv(c, 2, 16, 7, 9, 19, 1, 1, 0, 1, 1);   /* 1x1, rows not a tile multiple */
         test_conv(c, 1, 12, 15, 10, 10, 3, 2, 1, 1, 2); /* strided, grouped */
         test_conv(c, 1, 5, 9, 9, 7, 3, 1, 2, 2, 1);     /* dilated, wide padding */
+        test_conv(c, 1, 5, 9, 40, 7, 3, 2, 1, 1, 1);    /* stride 2, rows of 20 columns */
+        test_conv(c, 1, 4, 5, 33, 6, 3, 2, 0, 1, 1);    /* stride 2 unpadded: reads end at the last byte */
         test_conv(c, 1, 24, 9, 11, 24, 3, 1, 1, 1, 24); /* depthwise */
         test_conv(c, 1, 8, 10, 10, 8, 5, 2, 2, 1, 8);   /* depthwise 5x5 stride 2 */
         test_conv(c, 2, 6, 5, 37, 6, 3, 1, 0, 1, 6);    /* depthwise, no padding, partial block */

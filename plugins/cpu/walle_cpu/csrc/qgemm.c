@@ -131,6 +131,54 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_vnni512_
     V512_STORE(0) V512_STORE(1) V512_STORE(2) V512_STORE(3) V512_STORE(4) V512_STORE(5)
 }
 
+/* The full 6 x 2 tile of a conv requantized from its registers into 8-bit output rows (row r
+ * of the tile at y + r * rs, nj <= 32 valid columns): the epilogue of store_row_body, the same
+ * float32 operations in order (x * scale, clamp, round half to even by the conversion's
+ * default rounding, + zero point), without the trip through memory and the call per row. */
+typedef struct {
+    const int32_t *comp, *wz, *colsum; /* this tile's first row; colsum: its first column */
+    const float *scale;
+    float lo, hi;
+    int32_t yz;
+} q_rq;
+#define V512_RQ(i)                                                                             \
+    {                                                                                          \
+        __m512i cv = _mm512_set1_epi32(e->comp[i]);                                            \
+        __m512 sv = _mm512_set1_ps(e->scale[i]);                                               \
+        __m512i a0 = _mm512_add_epi32(c##i##0, cv), a1 = _mm512_add_epi32(c##i##1, cv);        \
+        if (e->wz) {                                                                           \
+            __m512i z = _mm512_set1_epi32(e->wz[i]);                                           \
+            a0 = _mm512_sub_epi32(a0, _mm512_mullo_epi32(z, cs0));                             \
+            a1 = _mm512_sub_epi32(a1, _mm512_mullo_epi32(z, cs1));                             \
+        }                                                                                      \
+        __m512 f0 = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a0), sv), lo), hi); \
+        __m512 f1 = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a1), sv), lo), hi); \
+        a0 = _mm512_add_epi32(_mm512_cvt_roundps_epi32(f0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), yz); \
+        a1 = _mm512_add_epi32(_mm512_cvt_roundps_epi32(f1, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), yz); \
+        _mm512_mask_cvtepi32_storeu_epi8(y + i * rs, m0, a0);                                  \
+        _mm512_mask_cvtepi32_storeu_epi8(y + i * rs + PANEL, m1, a1);                          \
+    }
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_vnni512_full_rq(
+    int64_t k4, const int8_t *w, int64_t ldw, const uint8_t *b, int64_t ldb, const q_rq *e,
+    int64_t nj, char *y, int64_t rs) {
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m512i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (int64_t kk = 0; kk < k4; kk++) {
+        __m512i x0 = _mm512_loadu_si512(b + kk * 64), x1 = _mm512_loadu_si512(b + ldb + kk * 64);
+        V512_ROW(0) V512_ROW(1) V512_ROW(2) V512_ROW(3) V512_ROW(4) V512_ROW(5)
+    }
+    __mmask16 m0 = nj >= 16 ? 0xffff : (__mmask16)((1u << nj) - 1);
+    __mmask16 m1 = nj >= 32 ? 0xffff : nj <= 16 ? 0 : (__mmask16)((1u << (nj - 16)) - 1);
+    __m512i cs0 = _mm512_setzero_si512(), cs1 = cs0;
+    if (e->wz) {
+        cs0 = _mm512_maskz_loadu_epi32(m0, e->colsum);
+        cs1 = _mm512_maskz_loadu_epi32(m1, e->colsum + PANEL);
+    }
+    const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
+    const __m512i yz = _mm512_set1_epi32(e->yz);
+    V512_RQ(0) V512_RQ(1) V512_RQ(2) V512_RQ(3) V512_RQ(4) V512_RQ(5)
+}
+
 static void tile_vnni512(int mr, int np, int64_t k4, const int8_t *w, int64_t ldw,
                          const uint8_t *b, int64_t ldb, int32_t *c) {
     if (mr == 6 && np == 2) tile_vnni512_full(k4, w, ldw, b, ldb, c);
@@ -458,6 +506,15 @@ static void gemm_panels(const wl_qweights *q, const uint8_t *b, const int32_t *c
         int64_t j0 = p0 * PANEL, nj = ncols - j0 < np * PANEL ? ncols - j0 : np * PANEL;
         for (int64_t r0 = 0; r0 < q->rows; r0 += a->mr) {
             int mr = (int)(q->rows - r0 < a->mr ? q->rows - r0 : a->mr);
+#if defined(__x86_64__)
+            if (a == &isa_vnni512 && mr == 6 && np == 2 && cs == 1 && q->out != Q_S32) {
+                q_rq e = {q->comp + r0, q->wz ? q->wz + r0 : NULL, colsum ? colsum + j0 : NULL,
+                          q->scale + r0, (float)(q->lo - q->y_zero), (float)(q->hi - q->y_zero), q->y_zero};
+                tile_vnni512_full_rq(k4, q->w + r0 * q->kp, q->kp, b + p0 * ldb, ldb, &e, nj,
+                                     y + r0 * rs + j0, rs);
+                continue;
+            }
+#endif
             a->tile(mr, np, k4, q->w + r0 * q->kp, q->kp, b + p0 * ldb, ldb, c);
             for (int r = 0; r < mr; r++)
                 for (int p = 0; p < np; p++) {
@@ -484,6 +541,17 @@ typedef struct {
     int64_t row_splits;       /* tasks per chunk, each a share of the rows (few columns) */
     int failed;               /* a task found no scratch memory */
 } conv_job;
+
+#if defined(__x86_64__)
+/* 16 bytes at stride 1 or 2 (p[0], p[2], ..., p[30]: the even bytes of p[0..15] and the odd
+ * ones of p[15..30], as 16-bit lanes packed; nothing past p[30] is read) */
+static inline __m128i load16_strided(const uint8_t *p, int64_t sw) {
+    __m128i a = _mm_loadu_si128((const __m128i *)p);
+    if (sw == 1) return a;
+    __m128i b = _mm_srli_epi16(_mm_loadu_si128((const __m128i *)(p + 15)), 8);
+    return _mm_packus_epi16(_mm_and_si128(a, _mm_set1_epi16(0xff)), b);
+}
+#endif
 
 /* im2col of one chunk of output columns into panels: per group of 4 depth indices (c, i, j)
  * and column, one 32-bit word of the 4 input bytes (the top bits flipped for the packed
@@ -512,13 +580,11 @@ static void pack_conv(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t 
 #if defined(__x86_64__)
             /* stride 1: 16 columns of the 4 rows interleaved with SSE2 unpacks into four
              * groups of 4 columns x 4 bytes (a 4-aligned group never straddles a panel) */
-            if (sw == 1 && full && !(p & 3)) {
+            if ((sw == 1 || sw == 2) && full && !(p & 3)) {
                 const __m128i fl = _mm_set1_epi32((int)flip);
-                for (; r + 16 <= run; r += 16, p += 16, o += 16) {
-                    __m128i a = _mm_loadu_si128((const __m128i *)(src[0] + o));
-                    __m128i bb = _mm_loadu_si128((const __m128i *)(src[1] + o));
-                    __m128i cc = _mm_loadu_si128((const __m128i *)(src[2] + o));
-                    __m128i d = _mm_loadu_si128((const __m128i *)(src[3] + o));
+                for (; r + 16 <= run; r += 16, p += 16, o += 16 * sw) {
+                    __m128i a = load16_strided(src[0] + o, sw), bb = load16_strided(src[1] + o, sw);
+                    __m128i cc = load16_strided(src[2] + o, sw), d = load16_strided(src[3] + o, sw);
                     __m128i ablo = _mm_unpacklo_epi8(a, bb), abhi = _mm_unpackhi_epi8(a, bb);
                     __m128i cdlo = _mm_unpacklo_epi8(cc, d), cdhi = _mm_unpackhi_epi8(cc, d);
                     __m128i g[4] = {_mm_unpacklo_epi16(ablo, cdlo), _mm_unpackhi_epi16(ablo, cdlo),
