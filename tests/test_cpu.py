@@ -418,3 +418,28 @@ def test_header_codes_name_the_atomic_functions() -> None:
     assert set(codes.REDUCE_FNS) == A.REDUCE_KINDS
     assert set(codes.POOL_FNS) == {"max", "avg", "lp"}
     assert len(set(codes.DTYPES.values())) == len(codes.DTYPES) == 12
+
+
+@pytest.mark.parametrize(("groups", "og", "stride", "dilation", "size"),
+                         [(9, 8, 1, 1, 6), (23, 8, 2, 1, 7), (3, 5, 1, 2, 9), (4, 6, 2, 1, 12), (2, 3, 1, 1, 5)])
+def test_grouped_convs_run_as_implicit_gemm_and_match_the_reference(
+        groups: int, og: int, stride: int, dilation: int, size: int) -> None:
+    """Grouped convs (RegNet's 8-channel groups) on im2col+gemm: groups of 4 or more outputs take
+    the implicit GEMM with micro-tile rows cut at group edges (odd group sizes, strides by
+    phases, dilation), fewer outputs per group the im2col path; both match the reference."""
+    cg, k, pad = 8, 3, dilation
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((2, groups * cg, size, size), np.float32)
+    out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    y = b.tensor((2, groups * og, out, out), np.float32)
+    rng = np.random.default_rng(groups)
+    w = b.const(rng.uniform(-0.5, 0.5, (groups * og, cg, k, k)).astype(np.float32))
+    bias = b.const(rng.uniform(-0.5, 0.5, groups * og).astype(np.float32))
+    b.emit(A.Conv2D([x, w, bias], [y], strides=(stride, stride), pads=(pad,) * 4,
+                    dilations=(dilation, dilation), groups=groups, act=A.Activation("relu")))
+    xv = rng.standard_normal(x.shape).astype(np.float32)
+    ref = registry().get("reference")
+    want = ref.compile(Program([(op, ref.algorithms(op)[0]) for op in b.ops], [x], [y])).run([xv])[0]
+    exe = _compile(b.ops, [x], [y])
+    assert exe._labels[0].startswith("Conv2D+relu im2col+gemm"), exe._labels
+    np.testing.assert_allclose(exe.run([xv])[0], want, rtol=1e-4, atol=1e-5)

@@ -1,7 +1,8 @@
 /* Conv2D: picks the kernel of the descriptor's algorithm, and runs the two GEMM ones itself:
  * 1x1-gemm (the input planes are the GEMM's B) and im2col+gemm (pixel panels gathered into
- * scratch). Stride-1 (or dilation-1) im2col convs with one group run as implicit GEMM
- * (conv_implicit.c); the others live in winograd.c, depthwise.c and conv_blocked.c. */
+ * scratch). Stride-1 (or dilation-1) im2col convs run as implicit GEMM (conv_implicit.c), one
+ * group or groups of 4 or more outputs; the others live in winograd.c, depthwise.c and
+ * conv_blocked.c. */
 #include <string.h>
 
 #include "internal.h"
@@ -128,7 +129,9 @@ int wl_conv(const wl_op *op, const wl_exec *ex) {
     case C_WINOGRAD: return wl_conv_winograd(op, ex, x, bias, res, y);
     case C_IM2COL:
         /* strided 1x1 stays on im2col: its gather is already a single small copy */
-        if (cp->groups == 1 && cp->c > 0 &&
+        /* grouped too, when a group has outputs enough to fill micro-tile rows (RegNet's,
+         * ResNeXt's 8-channel groups); few per group (depthwise-like) stay on im2col */
+        if ((cp->groups == 1 || cp->o / cp->groups >= 4) && cp->c > 0 &&
             ((cp->stride_h == 1 && cp->stride_w == 1) ||
              (cp->dilation_h == 1 && cp->dilation_w == 1 && cp->kh * cp->kw > 1)))
             return wl_conv_implicit(op, ex, x, w, bias, res, y);

@@ -1,6 +1,6 @@
-/* Conv2D by implicit GEMM (algorithm im2col+gemm with one group and stride 1, or dilation 1 and
- * a kernel wider than 1x1): no im2col matrix, the GEMM tiles read shifted views of a padded
- * copy of the input (the ISA's conv_tile in isa/gemm.inc). */
+/* Conv2D by implicit GEMM (algorithm im2col+gemm with stride 1, or dilation 1 and a kernel wider
+ * than 1x1; one group, or groups of several outputs): no im2col matrix, the GEMM tiles read
+ * shifted views of a padded copy of the input (the ISA's conv_tile in isa/gemm.inc). */
 #include <string.h>
 
 #include "internal.h"
@@ -16,7 +16,8 @@ typedef struct {
     const float *xp, *w, *bias, *res;
     float *y;
     const int64_t *off;
-    int64_t wp, tiles, chunk, K;
+    int64_t wp, tiles, chunk, K; /* K: one group's reduction (cg * KH * KW) */
+    int64_t og, gstride;          /* outputs per group; floats from one group's planes to the next */
     int64_t ttasks, ob; /* task t: tile chunk t % ttasks, output rows [ob * (t / ttasks), +ob) */
     int failed;
 } igemm_ctx;
@@ -40,9 +41,12 @@ static void igemm_task(void *vp, int64_t t) {
     for (int64_t tile = t0; tile < t1; tile++) {
         int64_t i0 = tile * nr;
         int64_t nv = total - i0 < nr ? total - i0 : nr;
-        for (int64_t r = o0; r < o1; r += mr) {
-            int rows = (int)(o1 - r < mr ? o1 - r : mr);
-            isa->conv_tile(rows, ic->K, ic->w + r * ic->K, ic->K, ic->xp + i0, ic->off, tmp);
+        for (int64_t r = o0, rows; r < o1; r += rows) {
+            /* a micro-tile's rows never cross a group: the group picks the input planes */
+            int64_t g = r / ic->og, end = (g + 1) * ic->og < o1 ? (g + 1) * ic->og : o1;
+            rows = end - r < mr ? end - r : mr;
+            isa->conv_tile((int)rows, ic->K, ic->w + r * ic->K, ic->K, ic->xp + g * ic->gstride + i0,
+                           ic->off, tmp);
             /* epilogue in the tile buffer: bias (+ residual) per valid segment, then one
              * activation call over the whole tile (short per-segment calls cost more than the
              * few wasted lanes), then the valid pixels are copied out */
@@ -163,14 +167,14 @@ int wl_conv_implicit(const wl_op *op, const wl_exec *ex, const float *x, const f
     }
     /* a kernel narrower than the stride leaves phases unread (1x1 stride 2: only (0, 0)) */
     int64_t psh = KH < sh ? KH : sh, psw = KW < sw ? KW : sw;
-    int64_t K = C * KH * KW, plane = hp * wp, planes = C * psh * psw;
+    int64_t G = cp->groups, cg = C / G, K = cg * KH * KW, plane = hp * wp, planes = C * psh * psw;
     size_t xfloats = (size_t)(planes * plane + nr + wp + 64);
     float *xp = wl_scratch(2, sizeof(float) * xfloats);
     int64_t *off = wl_scratch(3, sizeof(int64_t) * (size_t)K);
     if (!xp || !off) {
         return wl_fail(ex, "out of memory in Conv2D");
     }
-    for (int64_t c = 0, k = 0; c < C; c++)
+    for (int64_t c = 0, k = 0; c < cg; c++) /* group 0's; group g's are g * cg planes on */
         for (int64_t ky = 0; ky < KH; ky++)
             for (int64_t kx = 0; kx < KW; kx++)
                 off[k++] = strided ? (((ky % sh) * psw + kx % sw) * C + c) * plane + (ky / sh) * wp + kx / sw
@@ -188,7 +192,7 @@ int wl_conv_implicit(const wl_op *op, const wl_exec *ex, const float *x, const f
         }
         memset(xp + planes * plane, 0, sizeof(float) * (xfloats - (size_t)(planes * plane)));
         igemm_ctx ic = {op, xp, w, bias, res ? res + n * O * OH * OW : NULL, y + n * O * OH * OW,
-                        off, wp, tiles, 1, K, 1, O, 0};
+                        off, wp, tiles, 1, K, O / G, cg * plane, 1, O, 0};
         int nt = O * OH * OW * K < 65536 ? 1 : nthreads;
         int64_t want = nt > 1 ? nt * 8 : 1;
         int64_t ntask = want > tiles ? tiles : want;
