@@ -254,6 +254,24 @@ def test_resize_policies_crop_antialias(mode: str) -> None:
             resize((2, 3, 10, 12), sc, mode=mode, antialias=1, exclude_outside=1)
 
 
+@pytest.mark.parametrize("coord", ["half_pixel", "asymmetric", "align_corners"])
+@pytest.mark.parametrize("factor", [2, 4])
+def test_integer_linear_upsampling_moves_data_without_gathers(coord: str, factor: int) -> None:
+    """Linear upsampling by an integer factor takes both taps as Rasters of a few strided runs
+    and blends them in one fused pass: no index gather, multiply and tap sum; same numbers."""
+    from walle_core import atomic as A
+
+    x = RNG.standard_normal((1, 3, 6, 9)).astype(np.float32)
+    inits = [NH.from_array(np.array([1, 1, factor, factor], np.float32), "scales")]
+    m = model([H.make_node("Resize", ["X", "", "scales"], ["Y"], mode="linear", coordinate_transformation_mode=coord)],
+              [vi("X", list(x.shape))], [vi("Y", None)], inits, 19)
+    compare(m, {"X": x})
+    cpu = walle_core.load(m, backend="cpu")
+    check(cpu.run({"X": x}), ort_run(m, {"X": x}), 1e-5)
+    kinds = {type(op) for op in cpu.atomic_ops({"X": x})[0]}
+    assert A.GatherScatter not in kinds and A.Reduce not in kinds, kinds
+
+
 def test_resize_opset10() -> None:
     resize((2, 3, 5, 7), [1, 1, 2, 2], mode="nearest", opset=10)
     resize((2, 3, 5, 7), [1, 1, 0.5, 0.7], mode="nearest", opset=10)

@@ -2,9 +2,11 @@
 
 For each resized axis the source coordinate of every output position is computed at plan time
 in numpy, and turned into a tap table: ``idx[out, K]`` source indices (clamped: edge padding)
-and ``w[out, K]`` weights. The axis is then resized by one row gather of the K taps, a multiply
-by the weights and a sum over the taps (``GatherScatter`` + ``Binary`` + ``Reduce``). Tables
-that are plain strided patterns (nearest-neighbour integer up/down-sampling) become one Raster.
+and ``w[out, K]`` weights. An index column that cuts into a few strided runs (integer-factor
+up/down-sampling, edges clamped) is taken by one Raster; linear interpolation's two taps then
+combine as ``g0 + w1 * (g1 - g0)`` (one fused element-wise pass). Other tables resize the axis
+by one row gather of the K taps, a multiply by the weights and a sum over the taps
+(``GatherScatter`` + ``Binary`` + ``Reduce``).
 ``tf_crop_and_resize`` positions outside the input take ``extrapolation_value`` via ``Select``.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.decompose import NodeContext, register
-from walle_core.decompose.builder import Builder, DecomposeError, normalize_axis
+from walle_core.decompose.builder import Builder, DecomposeError, contiguous, normalize_axis, strided_regions
 from walle_core.decompose.elementwise import req
 
 Ins = list[A.Tensor | None]
@@ -26,6 +28,8 @@ Ins = list[A.Tensor | None]
 # Gathers along an inner axis use a flat (outer * out * K) index table up to this many entries;
 # beyond it the axis is moved to the front instead (two Rasters, a tiny table).
 _FLAT_INDEX_LIMIT = 1 << 16
+# A constant index column cut into at most this many strided runs is taken by one Raster.
+_MAX_SEGMENTS = 8
 
 
 @dataclass
@@ -169,6 +173,92 @@ def _strided_pattern(idx: np.ndarray, n_in: int) -> tuple[list[int], list[int], 
     return None
 
 
+def _segments(col: np.ndarray) -> list[tuple[int, list[int], list[int]]]:
+    """An index column cut into the fewest runs that are strided views, as (start, sizes, index
+    strides): ``col[s + j] = col[s] + j * step`` (step >= 0) or ``col[s] + j // r`` (whole groups
+    of r equal values). Half-pixel 2x upsampling's taps are 3 runs: an edge, pairs, an edge."""
+    n = col.size
+    vals = [int(v) for v in col]
+    arith = [1] * n  # longest arithmetic run from s
+    equal = [1] * n  # equal values from s
+    for s in range(n - 2, -1, -1):
+        if vals[s + 1] == vals[s]:
+            equal[s] = equal[s + 1] + 1
+        step = vals[s + 1] - vals[s]
+        if step >= 0:
+            arith[s] = 2 if s + 2 >= n or vals[s + 2] - vals[s + 1] != step else arith[s + 1] + 1
+    cost = [0] * (n + 1)
+    pick: list[tuple[list[int], list[int], int]] = [([], [], 0)] * n
+    for s in range(n - 1, -1, -1):
+        best: tuple[int, list[int], list[int], int] = (cost[s + 1] + 1, [1], [0], 1)
+        a = arith[s]
+        if a > 1 and cost[s + a] + 1 < best[0]:
+            best = (cost[s + a] + 1, [a], [vals[s + 1] - vals[s]], a)
+        r, g = equal[s], 0
+        if r > 1:
+            while s + (g + 1) * r <= n and vals[s + g * r] == vals[s] + g and equal[s + g * r] >= r:
+                g += 1
+            if g > 1 and cost[s + g * r] + 1 < best[0]:
+                best = (cost[s + g * r] + 1, [g, r], [1, 0], g * r)
+        cost[s], pick[s] = best[0], (best[1], best[2], best[3])
+    out: list[tuple[int, list[int], list[int]]] = []
+    s = 0
+    while s < n:
+        sizes, steps, length = pick[s]
+        out.append((s, sizes, steps))
+        s += length
+    return out
+
+
+def _take(b: Builder, x: A.Tensor, axis: int, col: np.ndarray) -> A.Tensor | None:
+    """``x`` indexed along ``axis`` by the constant column ``col`` as one Raster of a few
+    strided regions (a gather by a constant index table is a data move), or None when the
+    column does not cut into a few strided runs."""
+    shape = x.shape
+    n_in, n_out = shape[axis], col.size
+    if n_out == n_in and np.array_equal(col, np.arange(n_in)):
+        return x
+    segs = _segments(col)
+    if len(segs) > _MAX_SEGMENTS:
+        return None
+    outer = math.prod(shape[:axis])
+    inner = math.prod(shape[axis + 1 :])
+    out_shape = (*shape[:axis], n_out, *shape[axis + 1 :])
+    if len(segs) == 1:
+        _, sizes, steps = segs[0]
+        view = b.strided(x, [outer, *sizes, inner], [n_in * inner, *(t * inner for t in steps), 1],
+                         int(col[0]) * inner)
+        return b.reshape(view, out_shape)
+    out = b.tensor(out_shape, x.dtype)
+    regions: list[A.Region] = []
+    for start, sizes, steps in segs:
+        dst = contiguous([outer, *sizes, inner])
+        dst[0] = n_out * inner
+        regions += strided_regions(0, int(col[start]) * inner, [n_in * inner, *(t * inner for t in steps), 1],
+                                   start * inner, dst, [outer, *sizes, inner])
+    b.emit(A.Raster([x], [out], regions=regions))
+    return out
+
+
+def _lerp_axis(b: Builder, x: A.Tensor, axis: int, idx: np.ndarray, w: np.ndarray) -> A.Tensor | None:
+    """Two taps whose weights sum to 1 (linear interpolation): ``g0 + w1 * (g1 - g0)`` over the
+    two taps taken as Rasters, three float ops that fuse into one element-wise pass (the gather
+    of both taps, a multiply and a sum over the taps moved twice the output)."""
+    if idx.shape[1] != 2 or not np.allclose(w.sum(axis=1), 1.0, rtol=0, atol=1e-9) or x.dtype.kind != "f":
+        return None
+    g0 = _take(b, x, axis, idx[:, 0])
+    if g0 is None:
+        return None
+    w1 = w[:, 1]
+    if not w1.any():
+        return g0
+    g1 = _take(b, x, axis, idx[:, 1])
+    if g1 is None:
+        return None
+    wt = b.const(w1.astype(x.dtype).reshape((-1,) + (1,) * (len(x.shape) - axis - 1)))
+    return b.binary("add", b.binary("mul", b.binary("sub", g1, g0), wt), g0)
+
+
 def resize_axis(b: Builder, x: A.Tensor, axis: int, idx: np.ndarray, w: np.ndarray) -> A.Tensor:
     shape = x.shape
     n_in = shape[axis]
@@ -177,14 +267,13 @@ def resize_axis(b: Builder, x: A.Tensor, axis: int, idx: np.ndarray, w: np.ndarr
     inner = math.prod(shape[axis + 1 :])
     out_shape = (*shape[:axis], n_out, *shape[axis + 1 :])
     if k == 1 and np.all(w == 1):
-        if n_out == n_in and np.array_equal(idx[:, 0], np.arange(n_in)):
-            return x
-        pattern = _strided_pattern(idx, n_in)
-        if pattern is not None:
-            sizes, steps, off = pattern
-            view = b.strided(x, [outer, *sizes, inner],
-                             [n_in * inner, *(s * inner for s in steps), 1], off * inner)
-            return b.reshape(view, out_shape)
+        taken = _take(b, x, axis, idx[:, 0])
+        if taken is not None:
+            return taken
+    elif k == 2:
+        lerp = _lerp_axis(b, x, axis, idx, w)
+        if lerp is not None:
+            return lerp
     flat_idx = idx.reshape(-1)
     if outer == 1:
         rows = b.gather_rows(x, b.const(flat_idx), n_in, inner)
