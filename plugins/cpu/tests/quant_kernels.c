@@ -196,6 +196,10 @@ int main(int argc, char **argv) {
         test_matmul(c, 1, 300, 70);  /* matrix-vector: masked depth, partial row blocks */
         test_matmul(c, 3, 64, 130);
         test_matmul(c, 4, 7, 17);
+        /* large enough to run on 2 threads: rows split across tasks */
+        test_conv(c, 1, 64, 7, 7, 70, 3, 1, 1, 1, 1);
+        test_matmul(c, 24, 200, 300);
+        test_matmul(c, 2, 1000, 200);
     }
     if (failures) {
         printf("%d FAILED\n", failures);

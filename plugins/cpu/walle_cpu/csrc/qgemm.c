@@ -1026,8 +1026,17 @@ static void dw_plane(void *ctx, int64_t t) {
                   j->y + ((t * s->oh + oy) * s->ow) * es);
 }
 
+/* Threads for an op of about `ns` nanoseconds on one thread: waking a helper thread costs
+ * microseconds, so small ops (late layers of small models, squeeze-excitation convs) run on the
+ * calling thread. */
+#define Q_PARALLEL_NS 6000.0
+static int q_threads(double ns, int nthreads) { return ns < Q_PARALLEL_NS ? 1 : nthreads; }
+
 int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, void *y,
              int nthreads) {
+    /* ~100 int8 MACs per ns in the GEMM, ~20 in the depthwise kernel (measured on AVX-512) */
+    double macs = (double)s->n * s->o * s->oh * s->ow * (double)q->k;
+    nthreads = q_threads(macs / (s->groups == s->c && s->groups > 1 ? 20.0 : 100.0), nthreads);
     /* every tap in bounds: the extent the last output's window reaches */
     int64_t hp = (s->oh - 1) * s->stride_h + (s->kh - 1) * s->dilation_h + 1;
     int64_t wp = (s->ow - 1) * s->stride_w + (s->kw - 1) * s->dilation_w + 1;
@@ -1208,6 +1217,7 @@ TGEMV static void gemv_task(void *ctx, int64_t t) {
 static int gemv(int64_t m, const wl_qweights *q, const uint8_t *a, void *y, int nthreads) {
 #if defined(__x86_64__)
     if (m > GEMV_M || isa() != &isa_vnni512) return 1;
+    nthreads = q_threads((double)m * q->rows * q->kp / 30.0, nthreads);
     int64_t kp = q->kp, K = q->k;
     uint8_t *buf = wl_scratch(Q_PAD_SCRATCH, (size_t)(m * kp + 64));
     if (!buf) return -1;
@@ -1234,6 +1244,7 @@ static int gemv(int64_t m, const wl_qweights *q, const uint8_t *a, void *y, int 
 int wl_qmatmul(int64_t m, const wl_qweights *q, const uint8_t *a, void *y, int nthreads) {
     int g = gemv(m, q, a, y, nthreads);
     if (g <= 0) return g;
+    nthreads = q_threads((double)m * q->rows * q->k / 100.0, nthreads);
     int64_t chunks = (m + CHUNK * PANEL - 1) / (CHUNK * PANEL), splits = 1;
     /* few rows of A (a transformer's tokens): split the weight rows too */
     int64_t tiles = (q->rows + isa()->mr - 1) / isa()->mr;
