@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,9 @@ from walle_core import atomic as A
 from walle_core import flags
 from walle_core.backend import Algorithm, Backend, Program
 from walle_core.decompose.builder import Builder
+from walle_core.decompose.norm import softmax_axis
 from walle_core.hostinfo import cpu_model
+from walle_core.plan.planner import choose
 from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
 from walle_core.search.timing import Timer, repeated
@@ -48,8 +49,10 @@ CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "cei
                          "leaky_relu", "bitwise_not", "round"})
 LEVELS = 7  # sizes per sweep; a sweep stops early once one op takes SWEEP_CAP_S
 SWEEP_CAP_S = 0.01
+SATURATION_MIN_S = 5e-5  # ... between sizes that each take at least this long
 SATURATED = 0.15  # a sweep also stops once throughput changes less than this between sizes
 BUDGET_S = 6.0  # host seconds of sweeps per backend; larger sizes are then extrapolated
+REPEAT = 5  # runs per timing (the best counts: noise on a shared machine only adds time)
 TRANSFER_BYTES = (1 << 14, 1 << 18, 1 << 22)
 MV_ROWS = 4  # a MatMul with at most this many rows per batch is a matrix-vector product
 REDUCED = 64  # length of the reduced axis in the Reduce probes (a typical pooled or normed axis)
@@ -67,10 +70,13 @@ def op_key(op: A.Op, algo: str) -> str:
     elif isinstance(op, A.Reduce):
         kind += ":rows" if op.inner == 1 else ":cols"  # contiguous runs vs strided lanes
     elif isinstance(op, A.MatMul):
-        kind += ":mv" if op.m <= MV_ROWS else ""  # matrix-vector: bound by reading the matrix
+        # matrix-vector: bound by reading the matrix; both operands computed (attention's
+        # products): nothing packed ahead of the run
+        kind += ":mv" if op.m <= MV_ROWS else ":dyn" if op.inputs[1].value is None else ""
     elif isinstance(op, A.Conv2D):
         w = op.inputs[1].shape
-        kind += ":dw" if op.groups > 1 and w[1] == 1 else ":1x1" if w[2] == w[3] == 1 else ":kxk"
+        kind += (":dw" if op.groups > 1 and w[1] == 1 else ":grp" if op.groups > 1
+                 else ":1x1" if w[2] == w[3] == 1 else ":kxk")
     return f"{kind}/{algo}"
 
 
@@ -134,10 +140,8 @@ class BucketFit:
     def __call__(self, flops: float, nbytes: float, items: float) -> float:
         return max(self.floor_s, work(flops, nbytes, self.balance) / self.rate(items))
 
-    def at_peak(self, flops: float, nbytes: float) -> float:
-        """Seconds at the best rate of the sweep, without the floor: work inside a fused kernel
-        that pays no launch of its own."""
-        return work(flops, nbytes, self.balance) / max(y for _, y in self.rate.points)
+    def work(self, flops: float, nbytes: float) -> float:
+        return work(flops, nbytes, self.balance)
 
 
 @dataclass
@@ -181,6 +185,8 @@ class Calibration:
             return found
         kind, _, algo = key.partition("/")
         base = kind.split(":", 1)[0]
+        if base == A.Kind.COMPOSITE.value:
+            return None  # one composite says nothing of another: see Calibration._fused
         plain = sorted((k, c) for k, c in self._curves.items() if not k.endswith(CHAINED))
         same = [c for k, c in plain if k.split("/", 1)[1] == algo
                 and k.split(":", 1)[0].split("/", 1)[0] == base]
@@ -203,22 +209,27 @@ class Calibration:
             own = max(own, self.op_overhead_s * max(algo.cost(op).launches, 1))
         return own
 
-    def _fused(self, op: A.Composite) -> float:
+    def _fused(self, op: A.Composite, parallel: float = 0.0) -> float:
         """A composite the backend runs as one kernel, without a bucket of its own: its
-        expansion's work at each bucket's best rate (no launches, no copies), plus one launch."""
-        total, floor = 0.0, 0.0
+        expansion's work, each op at its bucket's rate for the composite's parallel items (one
+        kernel over the whole output, however small its steps), no launches and no copies of
+        its own, plus one launch. Constant operands (a recurrence's weights) are read once for
+        the kernel, not once per step: they stay in cache between its steps."""
+        parallel = parallel or items(op)
+        total, floor = sum(t.nbytes for t in op.inputs if t.value is not None) / self.bandwidth_Bps, 0.0
         for inner in op.expansion:
             if isinstance(inner, A.Raster):
                 continue  # the fused kernel indexes in place
             if isinstance(inner, A.Composite):
-                total += self._fused(inner)
+                total += self._fused(inner, parallel)
                 continue
             flops, nbytes = demand(inner, _EXPANDED)
+            nbytes -= sum(t.nbytes for t in inner.inputs if t.value is not None)
             fit = self.curve(op_key(inner, _EXPANDED.name))
             if fit is None:
                 total += nbytes / self.bandwidth_Bps
             else:
-                total += fit.at_peak(flops, nbytes)
+                total += fit.work(flops, nbytes) / fit.rate(parallel)
                 floor = max(floor, fit.floor_s)
         return total + floor
 
@@ -310,16 +321,20 @@ def _probes(level: int) -> list[A.Op]:
     b.cast(x, np.int32)
     b.reduce_axis(b.tensor((lanes, REDUCED), f32), 1, "sum")
     b.reduce_axis(b.tensor((REDUCED, lanes), f32), 0, "sum")
+    softmax_axis(b, b.tensor((lanes, REDUCED), f32), 1, False)  # a composite backends claim
     b.transpose(b.tensor((side, side), f32), (1, 0))
     mm = 16 << level  # 16 ... 1024
     b.matmul(b.tensor((mm, mm), f32), b.const(np.ones((mm, mm), f32)))
     b.matmul(b.tensor((1, mm), f32), b.const(np.ones((mm, mm), f32)))
+    heads = max(64 // mm, 1)  # batched products of two computed operands, as attention's
+    b.matmul(b.tensor((heads, mm, 64), f32), b.tensor((heads, 64, mm), f32))
     imgs, ch, hw = ((1, 4, 8), (1, 8, 14), (1, 16, 28), (1, 32, 28), (1, 32, 56), (4, 32, 56),
                     (16, 32, 56))[level]
     img = b.tensor((imgs, ch, hw, hw), f32)
     rng = np.random.default_rng(0)
     for shape, groups, pads in (((ch, ch, 3, 3), 1, (1, 1, 1, 1)), ((ch, ch, 1, 1), 1, (0, 0, 0, 0)),
-                                ((ch, 1, 3, 3), ch, (1, 1, 1, 1))):
+                                ((ch, 1, 3, 3), ch, (1, 1, 1, 1)),
+                                ((ch, 4, 3, 3), ch // 4, (1, 1, 1, 1))):  # grouped, 4 per group
         out = b.tensor((imgs, ch, hw, hw), f32)
         w = b.const(rng.standard_normal(shape).astype(f32))
         b.emit(A.Conv2D([img, w], [out], pads=pads, groups=groups))
@@ -383,7 +398,7 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
             progress(msg)
 
     clock: Clock = clock_for([backend])
-    timer = Timer(backend, clock, repeat=3)
+    timer = Timer(backend, clock, repeat=REPEAT)
     step("dispatch overhead")
     one = _tiny_chain(1)
     if not backend.algorithms(one[0]):
@@ -471,7 +486,7 @@ def _program_factor(backend: Backend, timer: Timer, cal: Calibration) -> float:
         algos = backend.algorithms(op)
         if not algos:
             return 1.0
-        picks.append((op, min(algos, key=partial(cal.op_seconds, op))))
+        picks.append((op, choose(op, [backend])[1]))  # as the search's candidates run it
     out = ops[-1].outputs
     try:
         measured = timer.program(Program(picks, [img], list(out)))
@@ -487,8 +502,9 @@ def _program_factor(backend: Backend, timer: Timer, cal: Calibration) -> float:
 
 def _saturated(points: list[list[float]]) -> bool:
     """Throughput (work per second) of the last two sizes within SATURATED of each other: the
-    device is full, larger sizes scale linearly."""
-    if len(points) < 3:
+    device is full, larger sizes scale linearly. Sizes that take a few launches' time do not
+    count: their throughput is the launch cost (and its noise), not the device filling up."""
+    if len(points) < 3 or points[-2][3] < SATURATION_MIN_S:
         return False
     (f0, b0, _, t0), (f1, b1, _, t1) = points[-2], points[-1]
     return abs(((f1 + b1) / t1) / ((f0 + b0) / t0) - 1.0) < SATURATED
