@@ -111,6 +111,25 @@ def test_element_wise_ops_between_blocked_convs_stay_blocked(c: int) -> None:
     assert any(lb.startswith("chain[sigmoid+mul] [1, 2, 19, 17, 16]") for lb in labels), labels
 
 
+@pytest.mark.parametrize(("n", "c"), [(1, 24), (2, 32)])
+def test_squeeze_excite_gate_multiplies_blocked_values(n: int, c: int) -> None:
+    """x * sigmoid(conv(mean(x))), the gate (N, C, 1, 1) broadcast over H and W, reads both the
+    activations and the gate blocked: no layout change between the convs (batches, a channel
+    count that is not a whole number of blocks)."""
+    rng = np.random.default_rng(7)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((n, 3, 12, 10), F32)
+    h = _conv(b, rng, x, c)
+    pooled = b.tensor((n, c, 1, 1), F32)
+    b.emit(A.Reduce([h], [pooled], fn="sum", outer=n * c, n=12 * 10, inner=1))
+    gate = _conv(b, rng, pooled, c, k=1, p=0, act=A.Activation("sigmoid"))
+    h = _conv(b, rng, b.binary("mul", h, gate), c, k=1, p=0)
+    feeds = [rng.uniform(-1, 1, x.shape).astype(F32)]
+    labels = _check(b.ops, [x], [h], feeds)
+    assert len([lb for lb in labels if lb.startswith("Raster layout")]) == 1, labels
+    assert any(lb.startswith(f"Binary/mul direct [{n}, 2, 12, 10, 16]") for lb in labels), labels
+
+
 @pytest.mark.parametrize("c1", [16, 32, 8])
 def test_channel_concat_and_interleave_run_blocked_when_they_move_whole_blocks(c1: int) -> None:
     """U-Net's skip concat and ConvTranspose's phase interleave stay blocked when every block

@@ -133,6 +133,12 @@ def _channel_vector(t: A.Tensor, strides: tuple[int, ...], shape: tuple[int, ...
         and not any(st for k, st in enumerate(strides) if k != 1)
 
 
+def _pixel_vector(t: A.Tensor, strides: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """``t`` is one channel vector per image, (N, C, 1, 1), broadcast over H and W."""
+    n, c = shape[0], shape[1]
+    return t.shape == (n, c, 1, 1) and c > 1 and strides == (c if n > 1 else 0, 1, 0, 0)
+
+
 def _is_chain(op: A.Op) -> bool:
     from walle_cpu.ops.chain import Chain  # walle_cpu.ops imports this module
 
@@ -289,9 +295,10 @@ class _Rewriter:
 
     def elementwise(self, op: A.Op, algo: Algorithm) -> bool:
         """A Unary, Binary, Select or fused chain of them over a blocked value runs on the
-        blocked tensors when every other operand is blocked too, a scalar, or a constant
-        per-channel vector (padded to whole blocks): PRelu and the activations no epilogue took
-        (SiLU as x * sigmoid(x)) stay in the layout. Padding channels compute values no kernel
+        blocked tensors when every other operand is blocked too, a scalar, a constant
+        per-channel vector (padded to whole blocks) or a blocked (N, C, 1, 1) value: PRelu, the
+        activations no epilogue took (SiLU as x * sigmoid(x)) and squeeze-excite's gating
+        multiply stay in the layout. Padding channels compute values no kernel
         reads into real channels."""
         from walle_cpu.ops.chain import Chain, fits  # walle_cpu.ops imports this module
 
@@ -350,6 +357,10 @@ class _Rewriter:
             elif _channel_vector(t, st, shp):
                 ins.append(self.padded_vector(t, nb))
                 strides.append((0, BLK, 0, 0, 1))
+            elif _pixel_vector(t, st, shp) and got is not None and got[1] == t.shape:
+                # a blocked (N, C, 1, 1) value broadcast over H and W: squeeze-excite's gate
+                ins.append(got[0])
+                strides.append((nb if shp[0] > 1 else 0, BLK, 0, 0, 1))
             else:
                 return None
         new: A.Op = dataclasses.replace(op, inputs=ins, outputs=[out])
