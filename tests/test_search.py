@@ -205,3 +205,19 @@ def test_a_single_backend_plan_is_the_named_backends_plan(zoo_model):
     forced = fixed_preference(backends)(ops, keep)
     assert [(id(op), b.name, a.name) for op, b, a in forced] == \
         [(id(op), b.name, a.name) for op, b, a in cpu_plan.assignment]
+
+
+@pytest.mark.parametrize("zoo_model", ["mobilenetv3", "vit_tiny", "gru_speech", "ctr"])
+def test_the_cpu_plan_is_predicted_within_a_loose_bound_of_its_run(zoo_model):
+    """The calibrated cost of the whole chosen plan against the plan run on this machine's cpu.
+    The bound is loose (3x): a shared CI machine's load moves both sides; the simulated devices
+    (tests/test_search_sim.py) hold every plan to 25%."""
+    from tests.zoo.export import export, inputs
+
+    reg = walle_core.plugins.registry()
+    feeds = inputs(zoo_model)
+    model = walle_core.load(export(zoo_model), backend="cpu")
+    ops, keep = model.atomic_ops(feeds)
+    predicted = Searcher([reg.get("cpu"), reg.get("reference")]).search(ops, keep).chosen.predicted_s
+    measured = min(model.time_run(feeds, repeat=10) for _ in range(3))
+    assert measured / 3 < predicted < measured * 3, (predicted, measured)
