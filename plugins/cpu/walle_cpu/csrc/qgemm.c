@@ -179,6 +179,59 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_vnni512_
     V512_RQ(0) V512_RQ(1) V512_RQ(2) V512_RQ(3) V512_RQ(4) V512_RQ(5)
 }
 
+/* any tile up to 6 x 2 with constant MR / NP (fully unrolled: the accumulators stay in
+ * registers) */
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static inline __attribute__((always_inline)) void
+tile_vnni512_rq_body(int64_t k4, const int8_t *w, int64_t ldw, const uint8_t *b, int64_t ldb,
+                     const q_rq *e, int64_t nj, char *y, int64_t rs, const int MR, const int NP) {
+    __m512i acc[6][2];
+    for (int r = 0; r < MR; r++)
+        for (int p = 0; p < NP; p++) acc[r][p] = _mm512_setzero_si512();
+    for (int64_t kk = 0; kk < k4; kk++) {
+        __m512i xv[2];
+        for (int p = 0; p < NP; p++) xv[p] = _mm512_loadu_si512(b + p * ldb + kk * 64);
+        for (int r = 0; r < MR; r++) {
+            __m512i wv = _mm512_set1_epi32(load4(w + r * ldw + kk * 4));
+            for (int p = 0; p < NP; p++) acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], xv[p], wv);
+        }
+    }
+    __mmask16 mk[2];
+    __m512i cs[2];
+    for (int p = 0; p < NP; p++) {
+        int64_t n = nj - p * PANEL;
+        mk[p] = n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+        cs[p] = e->wz ? _mm512_maskz_loadu_epi32(mk[p], e->colsum + p * PANEL) : _mm512_setzero_si512();
+    }
+    const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
+    const __m512i yz = _mm512_set1_epi32(e->yz);
+    for (int r = 0; r < MR; r++) {
+        __m512i cv = _mm512_set1_epi32(e->comp[r]);
+        __m512 sv = _mm512_set1_ps(e->scale[r]);
+        for (int p = 0; p < NP; p++) {
+            __m512i a = _mm512_add_epi32(acc[r][p], cv);
+            if (e->wz) a = _mm512_sub_epi32(a, _mm512_mullo_epi32(_mm512_set1_epi32(e->wz[r]), cs[p]));
+            __m512 f = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), sv), lo), hi);
+            a = _mm512_add_epi32(_mm512_cvt_roundps_epi32(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), yz);
+            _mm512_mask_cvtepi32_storeu_epi8(y + r * rs + p * PANEL, mk[p], a);
+        }
+    }
+}
+#define RQ_TILE(MR, NP)                                                                        \
+    __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_vnni512_rq_##MR##_##NP( \
+        int64_t k4, const int8_t *w, int64_t ldw, const uint8_t *b, int64_t ldb, const q_rq *e, \
+        int64_t nj, char *y, int64_t rs) {                                                      \
+        tile_vnni512_rq_body(k4, w, ldw, b, ldb, e, nj, y, rs, MR, NP);                         \
+    }
+RQ_TILE(1, 1) RQ_TILE(2, 1) RQ_TILE(3, 1) RQ_TILE(4, 1) RQ_TILE(5, 1) RQ_TILE(6, 1)
+RQ_TILE(1, 2) RQ_TILE(2, 2) RQ_TILE(3, 2) RQ_TILE(4, 2) RQ_TILE(5, 2)
+typedef void (*q_rq_tile_fn)(int64_t, const int8_t *, int64_t, const uint8_t *, int64_t,
+                             const q_rq *, int64_t, char *, int64_t);
+static const q_rq_tile_fn rq_tiles[2][6] = {
+    {tile_vnni512_rq_1_1, tile_vnni512_rq_2_1, tile_vnni512_rq_3_1, tile_vnni512_rq_4_1,
+     tile_vnni512_rq_5_1, tile_vnni512_rq_6_1},
+    {tile_vnni512_rq_1_2, tile_vnni512_rq_2_2, tile_vnni512_rq_3_2, tile_vnni512_rq_4_2,
+     tile_vnni512_rq_5_2, NULL}}; /* 6 x 2: tile_vnni512_full_rq */
+
 static void tile_vnni512(int mr, int np, int64_t k4, const int8_t *w, int64_t ldw,
                          const uint8_t *b, int64_t ldb, int32_t *c) {
     if (mr == 6 && np == 2) tile_vnni512_full(k4, w, ldw, b, ldb, c);
@@ -507,11 +560,15 @@ static void gemm_panels(const wl_qweights *q, const uint8_t *b, const int32_t *c
         for (int64_t r0 = 0; r0 < q->rows; r0 += a->mr) {
             int mr = (int)(q->rows - r0 < a->mr ? q->rows - r0 : a->mr);
 #if defined(__x86_64__)
-            if (a == &isa_vnni512 && mr == 6 && np == 2 && cs == 1 && q->out != Q_S32) {
+            if (a == &isa_vnni512 && cs == 1 && q->out != Q_S32) {
                 q_rq e = {q->comp + r0, q->wz ? q->wz + r0 : NULL, colsum ? colsum + j0 : NULL,
                           q->scale + r0, (float)(q->lo - q->y_zero), (float)(q->hi - q->y_zero), q->y_zero};
-                tile_vnni512_full_rq(k4, q->w + r0 * q->kp, q->kp, b + p0 * ldb, ldb, &e, nj,
-                                     y + r0 * rs + j0, rs);
+                if (mr == 6 && np == 2)
+                    tile_vnni512_full_rq(k4, q->w + r0 * q->kp, q->kp, b + p0 * ldb, ldb, &e, nj,
+                                         y + r0 * rs + j0, rs);
+                else
+                    rq_tiles[np - 1][mr - 1](k4, q->w + r0 * q->kp, q->kp, b + p0 * ldb, ldb, &e,
+                                             nj, y + r0 * rs + j0, rs);
                 continue;
             }
 #endif
