@@ -620,14 +620,23 @@ static void pack_conv(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t 
     int64_t kp = q->kp, K = q->k, khw = s->kh * s->kw, hw = j->hp * j->wp;
     int64_t ldw = kp * PANEL / 4; /* words between panels */
     uint32_t flip = (uint32_t)q->x_flip * 0x01010101u;
+    int64_t c = 0, i = 0, jj = 0; /* depth index 4 * k4 + e as (channel, kernel row, column) */
+    (void)khw;
     for (int64_t k4 = 0; k4 < kp / 4; k4++) {
         uint32_t *dst = (uint32_t *)(b + k4 * 64);
         const uint8_t *src[4];
         int full = 4 * k4 + 3 < K;
         for (int e = 0; e < 4; e++) {
-            int64_t kk = 4 * k4 + e < K ? 4 * k4 + e : K - 1;
-            int64_t c = kk / khw, i = (kk % khw) / s->kw, jj = kk % s->kw;
-            src[e] = xg + c * hw + i * s->dilation_h * j->wp + jj * s->dilation_w;
+            /* past K (depth padding, masked to 0 below): the last element again */
+            src[e] = 4 * k4 + e < K ? xg + c * hw + i * s->dilation_h * j->wp + jj * s->dilation_w
+                                    : src[e - 1];
+            if (++jj == s->kw) {
+                jj = 0;
+                if (++i == s->kh) {
+                    i = 0;
+                    c++;
+                }
+            }
         }
         int64_t p = 0, oy = p0 / s->ow, ox = p0 % s->ow;
         while (p < pn) {
