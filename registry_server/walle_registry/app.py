@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -50,14 +51,22 @@ def create_app(settings: Settings, registry: Registry | None = None, admin_token
     # docs_url/redoc_url off: FastAPI's pages load their scripts from a CDN; apidocs serves both
     # offline from the same OpenAPI description
     app = FastAPI(title="Walle registry", version=walle_registry.__version__, lifespan=lifespan,
-                  description=__doc__ or "", responses=ERRORS, docs_url=None, redoc_url=None)
+                  description=__doc__ or "", responses=ERRORS, docs_url=None, redoc_url=None, **_NO_TELEMETRY)
     app.state.registry = reg
     app.add_exception_handler(RegistryError, _registry_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.get("/healthz", tags=["misc"])(_healthz)
-    for module in (credentials, publishing, devices, results, deployments, console, apidocs):
+    # routes match in order: the device hot paths (check-ins, reports, pulls) first
+    for module in (devices, publishing, credentials, results, deployments, console, apidocs):
         app.include_router(module.router)
     return app
+
+
+# FastAPI versions with native OpenTelemetry look the global providers up on every request
+# (environment reads included); the registry exports no traces, so that is switched off.
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
 
 
 def write_admin_token(reg: Registry, settings: Settings, admin_token: str | None) -> None:

@@ -38,6 +38,8 @@ class InProcessBroker:
         self.on_notices: Callable[[Sequence[dict[str, Any]]], None] | None = None
         self.on_control: Callable[[dict[str, Any]], None] | None = None
         self.on_resync: Callable[[], None] | None = None  # notices may have been missed
+        # the database connection broke (e.g. the server restarted): pooled connections are stale
+        self.on_disconnect: Callable[[], None] | None = None
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -174,6 +176,8 @@ class PostgresBroker(InProcessBroker):
                 if self._stop.is_set():
                     return
                 log.warning("LISTEN connection failed (%s); retrying", exc)
+                if self.on_disconnect is not None:
+                    self.on_disconnect()
                 self._stop.wait(1.0)
 
     def publish(self, notices: Sequence[dict[str, Any]]) -> None:

@@ -10,7 +10,9 @@ nginx's configuration, logs and ``cluster.json`` (ports and process ids, read by
 the fault operations the tests use: :meth:`Cluster.kill_replica`, :meth:`Cluster.restart_postgres`,
 :meth:`Cluster.reload_balancer`).
 
-nginx balances by least connections (device streams are long-lived), keeps idle upstream
+nginx balances by a consistent hash of the credential, so a device's stream, check-ins and pulls
+land on the same replica and its cached credential, cursor and grants are found there (a replica
+that goes away hands its share to the others, and they fill their caches once); it keeps idle upstream
 connections, does not buffer server-sent events, and serves authorised blob downloads itself from
 an internal location over the blob folder (:mod:`walle_registry.delivery`). The replicas share
 nothing but PostgreSQL and the blob folder, so a device may reconnect to any of them.
@@ -283,7 +285,7 @@ http {{
     keepalive_requests 100000;
     map $uri $blob_sha {{ "~/(?<sha>[0-9a-f]{{64}})$" $sha; }}
     upstream walle {{
-        least_conn;
+        hash $http_authorization consistent;
 {servers}
         keepalive 512;
     }}

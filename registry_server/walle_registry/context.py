@@ -66,8 +66,9 @@ class Registry:
 
         self._lifespans = 0
         broker.on_control = self.credentials.on_control
-        broker.on_notices = self.devices.observe_notices
-        broker.on_resync = self.devices.forget_latest
+        broker.on_notices = self._observe_notices
+        broker.on_resync = self._resync
+        broker.on_disconnect = self.db.recycle
 
     def start(self) -> None:
         """Called by every app lifespan that serves this registry (an ASGI test client may run
@@ -86,8 +87,19 @@ class Registry:
         self.db.dispose()
         self.spool.close()
 
+    def _observe_notices(self, notices: Sequence[dict[str, Any]]) -> None:
+        """Every committed notice, this replica's or another's: it moves the device's newest seq,
+        and an install notice grants the device that release (no query on its first pull here)."""
+        self.devices.observe_notices(notices)
+        self.grants.observe_notices(notices)
+
+    def _resync(self) -> None:
+        """The broker's channel was down: notices and revocations of that gap were missed."""
+        self.devices.forget_latest()
+        self.credentials.auth_cache.clear()
+
     def publish_notices(self, notices: Sequence[dict[str, Any]]) -> None:
         """Hand committed notices to the broker (this replica's check-ins see them at once)."""
         if notices:
-            self.devices.observe_notices(notices)
+            self._observe_notices(notices)
             self.broker.publish(notices)

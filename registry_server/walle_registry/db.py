@@ -68,8 +68,10 @@ class Database:
             if parsed.drivername == "postgresql":
                 url = str(parsed.set(drivername="postgresql+psycopg"))
                 self.url = url
-            # No pre-ping (a round trip per checkout): a connection broken by a server restart
-            # fails its statement once and SQLAlchemy then invalidates the whole pool. Reads run
+            # No pre-ping (a round trip per checkout): the broker's LISTEN connection sees the
+            # server go away and recycles the pool (:meth:`recycle`); otherwise a connection
+            # broken by a restart fails its statement once and SQLAlchemy then invalidates the
+            # whole pool. Reads run
             # in autocommit: under READ COMMITTED every statement takes its own snapshot anyway,
             # and BEGIN/ROLLBACK around a read cost two round trips for nothing.
             self.write_engine = create_engine(url, pool_size=20, max_overflow=20)
@@ -116,6 +118,14 @@ class Database:
         finally:
             if lock is not None:
                 lock.release()
+
+    def recycle(self) -> None:
+        """Drop the pooled connections (the broker saw the server go away): the next checkout
+        connects afresh instead of failing once on a dead socket. Connections in use are closed
+        when they come back."""
+        self.write_engine.dispose()
+        if not self.is_postgres:  # SQLite's read engine has a pool of its own
+            self.read_engine.dispose()
 
     def dispose(self) -> None:
         self.read_engine.dispose()

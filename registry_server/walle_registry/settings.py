@@ -26,7 +26,9 @@ class Settings:
     stream_keepalive_s: float = 15.0
     online_window_s: float = 120.0  # a device seen this recently counts as online
     device_cache_ttl_s: float = 300.0  # per-device cursor / newest notice seq (PostgreSQL: a backstop)
-    auth_cache_ttl_s: float = 30.0  # cached credentials (revocation on this replica is immediate)
+    # cached credentials: a revocation or re-key drops them at once on every replica (broker control
+    # messages; a replica whose LISTEN connection dropped clears its cache), so the TTL is a backstop
+    auth_cache_ttl_s: float = 300.0
     activity_flush_s: float = 0.25  # heartbeat write-behind interval (last_seen, check-in metrics, cursor)
     blob_cache_item_bytes: int = 1 << 20  # blobs up to this size are served from memory
     blob_cache_bytes: int = 64 << 20

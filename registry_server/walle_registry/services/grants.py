@@ -8,6 +8,8 @@ the grants (one joined query) before refusing.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 
@@ -36,6 +38,16 @@ class Grants:
             self._grants.clear()
         self._grants[device_id] = merged
         return merged
+
+    def observe_notices(self, notices: Sequence[dict[str, Any]]) -> None:
+        """An install notice exists only for a release a deployment assigned to the device (its
+        target), so it is a grant; the rest of the device's grants load on a miss as before."""
+        for n in notices:
+            if n.get("action") == "install" and n.get("version"):
+                did, key = str(n["device"]), (str(n["task"]), str(n["version"]))
+                have = self._grants.get(did)
+                if have is None or key not in have:
+                    self._grants[did] = (have or frozenset()) | {key}
 
     def can_read_release_cached(self, device_id: str, task: str, version: str) -> bool:
         return (task, version) in self._grants.get(device_id, ())
