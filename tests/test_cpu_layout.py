@@ -130,6 +130,20 @@ def test_squeeze_excite_gate_multiplies_blocked_values(n: int, c: int) -> None:
     assert any(lb.startswith(f"Binary/mul direct [{n}, 2, 12, 10, 16]") for lb in labels), labels
 
 
+def test_a_narrow_head_leaves_the_layout_before_its_element_wise_tail() -> None:
+    """A one-channel map (a mask head) that no blocked conv reads again is unblocked right after
+    its conv: the element-wise tail runs over one plane, not over 16 lanes of a block."""
+    rng = np.random.default_rng(8)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((1, 3, 20, 18), F32)
+    h = _conv(b, rng, _conv(b, rng, x, 16), 16)
+    m = _conv(b, rng, h, 1, k=1, p=0)
+    y = b.binary("mul", m, b.unary("sigmoid", m))  # m read twice: no conv epilogue takes it
+    labels = _check(b.ops, [x], [y], [rng.uniform(-1, 1, x.shape).astype(F32)])
+    tail = [lb for lb in labels if not lb.startswith(("Conv2D", "Raster layout"))]
+    assert tail and all("[1, 1, 20, 18, 16]" not in lb for lb in tail), labels
+
+
 @pytest.mark.parametrize("c1", [16, 32, 8])
 def test_channel_concat_and_interleave_run_blocked_when_they_move_whole_blocks(c1: int) -> None:
     """U-Net's skip concat and ConvTranspose's phase interleave stay blocked when every block

@@ -210,6 +210,12 @@ class _Rewriter:
         self.out.append((BlockedConv(**fields), algo))
         self.produced(op.out, yb, plain_out)
 
+    def wasteful(self, out: A.Tensor) -> bool:
+        """A value of at most a quarter block of channels (a one-channel mask or logit map)
+        that no blocked conv reads later is cheaper plain: blocked, every pixel moves and
+        computes all 16 lanes; one change of layout reads them once."""
+        return out.shape[1] * 4 <= BLK and not self.feeds_blocked_conv(out)
+
     def feeds_blocked_conv(self, t: A.Tensor, depth: int = 4) -> bool:
         """Whether ``t`` reaches a blocked conv through readers that keep it blocked (pools,
         block-moving rasters, element-wise ops): only then does changing its layout once pay."""
@@ -226,7 +232,8 @@ class _Rewriter:
     def raster(self, op: A.Raster) -> bool:
         """A raster moving whole channel blocks of a blocked value runs blocked."""
         if not any(t.id in self.pending for t in op.inputs) or len(op.out.shape) != 4 or \
-                op.out.dtype != np.float32 or any(len(t.shape) != 4 for t in op.inputs):
+                op.out.dtype != np.float32 or any(len(t.shape) != 4 for t in op.inputs) or \
+                self.wasteful(op.out):
             return False
         plains = [(t.shape[0], t.shape[1], t.shape[2], t.shape[3]) for t in op.inputs]
         regions = blocked_regions(op, plains)
@@ -305,7 +312,7 @@ class _Rewriter:
         shp = op.out.shape
         steps = op.ops if isinstance(op, Chain) else [op]
         if not all(type(s) in (A.Unary, A.Binary, A.Select) for s in steps) or len(shp) != 4 or \
-                not any(t.id in self.pending for t in op.inputs):
+                not any(t.id in self.pending for t in op.inputs) or self.wasteful(op.out):
             return False
         plain_out = (shp[0], shp[1], shp[2], shp[3])
         yb = self.tensor(plain_out, op.out)
