@@ -144,6 +144,24 @@ def test_a_narrow_head_leaves_the_layout_before_its_element_wise_tail() -> None:
     assert tail and all("[1, 1, 20, 18, 16]" not in lb for lb in tail), labels
 
 
+@pytest.mark.parametrize(("before", "after"), [((0, 0, 0, 0), (0, 16, 0, 0)), ((0, 0, 1, 2), (0, 0, 2, 1)),
+                                               ((0, 0, 0, 0), (0, 7, 0, 0)), ((0, 8, 0, 0), (0, 0, 0, 0))])
+def test_pads_of_whole_blocks_run_blocked(before: tuple[int, ...], after: tuple[int, ...]) -> None:
+    """A zero pad between blocked convs (channels widened after the last block, as TFLite
+    residuals do, or a spatial border) stays blocked with its fill; channels padded in front
+    shift the blocks by half a block and do not."""
+    rng = np.random.default_rng(9)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((2, 3, 9, 11), F32)
+    h = _conv(b, rng, _conv(b, rng, x, 16), 16)
+    p = b.pad(h, before, after, 0.0)
+    y = _conv(b, rng, p, 8, k=1, p=0)
+    labels = _check(b.ops, [x], [y], [rng.uniform(-1, 1, x.shape).astype(F32)])
+    pad = [lb for lb in labels if lb.startswith("Raster direct")]
+    blocked = pad == ["Raster direct [2, 1, 9, 11, 16] -> " + str([2, -(-p.shape[1] // 16), *p.shape[2:], 16])]
+    assert blocked == (before[1] % 16 == 0), labels
+
+
 @pytest.mark.parametrize("c1", [16, 32, 8])
 def test_channel_concat_and_interleave_run_blocked_when_they_move_whole_blocks(c1: int) -> None:
     """U-Net's skip concat and ConvTranspose's phase interleave stay blocked when every block

@@ -1,8 +1,9 @@
 """Raster ops that move whole 16-channel blocks, rewritten to run on blocked tensors.
 
-A channel concat, a stride-2 interleave (ConvTranspose's phases) or a spatial slice of NCHW
-tensors moves every channel the same way, shifted by a whole number of blocks. Such a raster
-runs on the NCHW16c tensors directly as copies of 16-float pixel vectors, so a run of blocked
+A channel concat, a stride-2 interleave (ConvTranspose's phases), a spatial slice or a pad
+(spatial, or of whole channel blocks: a residual widened with zero channels) of NCHW tensors
+moves every channel the same way, shifted by a whole number of blocks, and fills the rest with
+one value. Such a raster runs on the NCHW16c tensors directly as copies of 16-float pixel vectors, so a run of blocked
 convs does not leave the blocked layout around it. The test is exact: the raster is evaluated
 on index codes and the element map is checked, not guessed from the regions' shapes.
 """
@@ -22,7 +23,8 @@ _SHIFT = 40  # index code: input number << _SHIFT | flat element index
 
 
 def _element_map(op: A.Raster) -> np.ndarray | None:
-    """For every output element its source code; None when some element is filled."""
+    """For every output element its source code, -1 where ``fill`` is written; None when some
+    element is left undefined (no fill)."""
     out = np.full(op.out.size, -1, np.int64)
     for r in op.regions:
         src = op.inputs[r.src]
@@ -30,7 +32,7 @@ def _element_map(op: A.Raster) -> np.ndarray | None:
         view = as_strided(codes[r.src_offset:], r.size, [s * 8 for s in r.src_strides])
         dst = as_strided(out[r.dst_offset:], r.size, [s * 8 for s in r.dst_strides])
         dst[...] = view
-    return None if (out < 0).any() else out
+    return None if op.fill is None and (out < 0).any() else out
 
 
 def _lattice(vals: np.ndarray) -> tuple[int, int, int] | None:
@@ -48,7 +50,7 @@ def blocked_regions(op: A.Raster, plains: Sequence[tuple[int, int, int, int]]
                     ) -> list[A.Region] | None:
     """Regions over blocked tensors (inputs and output NCHW16c, ``plains`` the inputs' NCHW
     shapes) doing what ``op`` does, or None when ``op`` does not move whole blocks."""
-    if len(op.out.shape) != 4 or op.fill is not None or len(plains) != len(op.inputs):
+    if len(op.out.shape) != 4 or len(plains) != len(op.inputs):
         return None
     codes = _element_map(op)
     if codes is None:
@@ -57,14 +59,14 @@ def blocked_regions(op: A.Raster, plains: Sequence[tuple[int, int, int, int]]
     k = (codes >> _SHIFT).reshape(n, c, h, w)
     flat = (codes & ((1 << _SHIFT) - 1)).reshape(n, c, h, w)
     cb_out = -(-c // BLK)
-    # source coordinates, per input shape
-    sn, sc, sy, sx = (np.empty_like(flat) for _ in range(4))
+    # source coordinates, per input shape (0 where the fill is written: k == -1)
+    sn, sc, sy, sx = (np.zeros_like(flat) for _ in range(4))
     for i, (_, pc, ph, pw) in enumerate(plains):
         m = k == i
         f = flat[m]
         sn[m], sc[m], sy[m], sx[m] = f // (pc * ph * pw), f // (ph * pw) % pc, f // pw % ph, f % pw
     chan = np.arange(c).reshape(1, c, 1, 1)
-    delta = sc - chan
+    delta = np.where(k < 0, 0, sc - chan)
     # every lane of an output block: the same source, pixel and block shift as its lane 0
     lane0 = (chan // BLK) * BLK
     for arr in (k, sn, sy, sx, delta):
@@ -79,6 +81,8 @@ def blocked_regions(op: A.Raster, plains: Sequence[tuple[int, int, int, int]]
             ch = cb * BLK
             kk, dd = k[img, ch], delta[img, ch]
             for src in np.unique(kk):
+                if src < 0:
+                    continue  # filled pixels: the raster's fill writes them
                 m = kk == src
                 ly, lx = _lattice(ys[m]), _lattice(xs[m])
                 if ly is None or lx is None or ly[2] * lx[2] != int(m.sum()):

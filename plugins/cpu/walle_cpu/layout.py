@@ -243,7 +243,7 @@ class _Rewriter:
         shp = op.out.shape
         plain_out = (shp[0], shp[1], shp[2], shp[3])
         yb = self.tensor(plain_out, op.out)
-        self.out.append((A.Raster(ins, [yb], regions=regions), _DIRECT))
+        self.out.append((A.Raster(ins, [yb], regions=regions, fill=op.fill), _DIRECT))
         self.produced(op.out, yb, plain_out)
         return True
 
