@@ -180,6 +180,10 @@ def test_float_fallback_is_reported(tmp_path: Path) -> None:
     assert report.float_ops["Div"] == 1 and not report.integer
     got = walle_core.load(path, backend="cpu").run({"x": np.array([129, 130, 200, 250], np.uint8)})["y"]
     assert got.tolist() == [138, 138, 138, 138]  # 1.0 / 0.1 + 128
+    shown = CliRunner().invoke(app, ["inspect", str(path)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "0 integer, 1 fall back to float" in shown.output
+    assert any("Div" in line and "float" in line for line in shown.output.splitlines())
 
 
 def test_relu6_with_quantized_constant_bounds_is_integer(tmp_path: Path) -> None:

@@ -54,6 +54,26 @@ def _decomposition(info: walle_core.ModelInfo) -> None:
     _section(f"decomposed: {sum(plan.kinds.values())} atomic ops by kind, {plan.flops / 1e9:.3f} GFLOPs", table)
 
 
+def _quantized(model: Path, info: walle_core.ModelInfo) -> None:
+    """For a QDQ model: which DequantizeLinear -> op -> QuantizeLinear islands run as integer
+    ops and which op types stay float between dequantized tensors (docs/quantization.md)."""
+    if "DequantizeLinear" not in info.op_types:
+        return
+    from walle_core.tools import integer_report
+
+    report = integer_report(model)
+    table = Table()
+    table.add_column("op type")
+    table.add_column("runs as", overflow="fold")
+    table.add_column("count", justify="right")
+    for op, n in sorted(report.integer.items()):
+        table.add_row(escape(op), "integer", str(n))
+    for op, n in sorted(report.float_ops.items()):
+        table.add_row(escape(op), "[yellow]float (dequantized)[/yellow]", str(n))
+    floats = sum(report.float_ops.values())
+    _section(f"quantized islands: {sum(report.integer.values())} integer, {floats} fall back to float", table)
+
+
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     backend: Annotated[
@@ -83,4 +103,5 @@ def inspect(
     for op, n in info.op_types.items():
         ops.add_row(escape(op), str(n))
     _section(f"op types ({len(info.op_types)})", ops)
+    _quantized(model, info)
     _decomposition(info)
