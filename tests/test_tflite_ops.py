@@ -86,6 +86,16 @@ def _strided(b: ModelBuilder, path: str, shrink: int) -> list[int]:
                 beginMask=4, endMask=4, shrinkAxisMask=shrink)
 
 
+def _sliced(begin: tuple[int, ...], end: tuple[int, ...], strides: tuple[int, ...],
+            **masks: int) -> Callable[[ModelBuilder, str], list[int]]:
+    """STRIDED_SLICE with a sparse spec: ellipses, new axes, fewer entries than the rank."""
+    def build(b: ModelBuilder, path: str) -> list[int]:
+        return b.op("STRIDED_SLICE", [source(b, path), b.const(i32(*begin)), b.const(i32(*end)),
+                                       b.const(i32(*strides))], "StridedSliceOptions", **masks)
+
+    return build
+
+
 def positive(b: ModelBuilder, path: str) -> int:
     """|x| + 0.5: an input for logarithms, roots and powers."""
     (a,) = b.op("ABS", [source(b, path)])
@@ -166,6 +176,12 @@ CASES: dict[str, Callable[[ModelBuilder, str], list[int]]] = {
         "SPLIT_V", [source(b, p), b.const(i32(3, -1)), b.const(i32(1))], "SplitVOptions", n_out=2, numSplits=2),
     "strided_slice_masks": lambda b, p: _strided(b, p, 0),
     "strided_slice_shrink": lambda b, p: _strided(b, p, 1),
+    "strided_slice_ellipsis_first": _sliced((0, 1), (0, 4), (1, 2), ellipsisMask=1),  # x[..., 1:4:2]
+    "strided_slice_ellipsis_middle": _sliced((0, 0, 3), (1, 0, 1), (1, 1, -1), ellipsisMask=2),  # x[0:1, ..., 3:1:-1]
+    "strided_slice_new_axis": _sliced((0, 0, 2), (0, 1, 6), (1, 1, 1), newAxisMask=1),  # x[None, 0:1, 2:6]
+    "strided_slice_ellipsis_new_axis_shrink": _sliced((0, 0, 2), (0, 0, 3), (1, 1, 1), ellipsisMask=1,
+                                                      newAxisMask=2, shrinkAxisMask=4),  # x[..., None, 2]
+    "strided_slice_short_spec": _sliced((0, 2), (1, 7), (1, 2)),  # x[0:1, 2:7:2], the rest whole
     "slice": lambda b, p: b.op("SLICE", [source(b, p), b.const(i32(0, 2, 1, 1)), b.const(i32(1, 4, -1, 2))]),
     "pad_folded_into_conv": lambda b, p: [conv(b, b.op(
         "PAD", [source(b, p), b.const(i32(0, 0, 1, 2, 0, 1, 0, 0).reshape(4, 2))])[0], 5, 3, 1, 2, 1)],
@@ -183,6 +199,14 @@ CASES: dict[str, Callable[[ModelBuilder, str], list[int]]] = {
     "transpose": lambda b, p: b.op("TRANSPOSE", [source(b, p), b.const(i32(0, 2, 1, 3))]),
     "transpose_to_nchw": lambda b, p: b.op("TRANSPOSE", [source(b, p), b.const(i32(0, 3, 1, 2))]),
     "gather_channels": lambda b, p: b.op("GATHER", [source(b, p), b.const(i32(3, 0, 1))], "GatherOptions", axis=3),
+    "gather_batch_dims": lambda b, p: b.op("GATHER", [source(b, p), b.const(RNG.integers(0, 8, (1, 5)).astype(np.int32))],
+                                           "GatherOptions", axis=1, batchDims=1),
+    "gather_batch_dims_inner_axis": lambda b, p: b.op(
+        "GATHER", [b.input([2, 3, 6, 4]), b.const(RNG.integers(0, 6, (2, 3, 2)).astype(np.int32))],
+        "GatherOptions", axis=-2, batchDims=-1),  # batch over (2, 3), indices (2, 3, 2)
+    "gather_batch_dims_middle": lambda b, p: b.op(
+        "GATHER", [b.input([2, 3, 5, 4]), b.const(RNG.integers(0, 5, (2, 2, 3)).astype(np.int32))],
+        "GatherOptions", axis=2, batchDims=1),  # an axis between the batch and the gathered one
     "gather_nd": lambda b, p: b.op("GATHER_ND", [source(b, p), b.const(i32(0, 1, 0, 3, 0, 7).reshape(3, 2))]),
     "softmax_beta": unary("SOFTMAX", "SoftmaxOptions", beta=0.5),
     "log_softmax": unary("LOG_SOFTMAX"),

@@ -134,41 +134,70 @@ def slice_(c: OpContext) -> None:
     c.out(y, layout, stored=stored)
 
 
-@maps("STRIDED_SLICE")
-def strided_slice(c: OpContext) -> None:
+def _dense_slice(c: OpContext, rank: int) -> tuple[list[tuple[int, int, int]], list[int], list[int]]:
+    """STRIDED_SLICE's sparse spec (begin/end/strides with masks, possibly shorter than the rank,
+    one ellipsis, new axes) as TensorFlow expands it: (start, end, step) for every input axis,
+    the input axes removed (shrink) and the output positions of new size-1 axes."""
     begin, end, strides = c.ints(1, "begin"), c.ints(2, "end"), c.ints(3, "strides")
+    if not len(begin) == len(end) == len(strides):
+        raise c.fail(f"begin, end and strides have {len(begin)}, {len(end)} and {len(strides)} values")
     bm, em = int(c.opt("BeginMask", 0)), int(c.opt("EndMask", 0))
     ellipsis, new_axis, shrink = int(c.opt("EllipsisMask", 0)), int(c.opt("NewAxisMask", 0)), int(c.opt("ShrinkAxisMask", 0))
-    if ellipsis or new_axis:
-        raise c.fail("ellipsis_mask and new_axis_mask are not supported")
     if c.opt("Offset", False):
         end = [b + e for b, e in zip(begin, end, strict=True)]
-    rank = c.rank(0)
-    if len(begin) != rank:
-        raise c.fail(f"{len(begin)} begin values for rank {rank}")
-    starts, ends = [], []
-    for a in range(rank):
-        step = strides[a]
+    n = len(begin)
+    dots = [i for i in range(n) if ellipsis >> i & 1]
+    if len(dots) > 1:
+        raise c.fail(f"ellipsis_mask {ellipsis} marks {len(dots)} ellipses")
+    new = [i not in dots and bool(new_axis >> i & 1) for i in range(n)]
+    consumed = sum(1 for i in range(n) if i not in dots and not new[i])
+    if consumed > rank:
+        raise c.fail(f"{consumed} sliced axes for an input of rank {rank}")
+    full = (0, INT64_MAX, 1)
+    spec: list[tuple[int, int, int]] = []
+    removed: list[int] = []
+    added: list[int] = []
+    out_pos = 0
+    for i in range(n):
+        if i in dots:  # the ellipsis takes every axis the entries after it do not name
+            spec += [full] * (rank - consumed)
+            out_pos += rank - consumed
+            continue
+        if new[i]:
+            added.append(out_pos)
+            out_pos += 1
+            continue
+        lo, hi, step = begin[i], end[i], strides[i]
         if step == 0:
-            raise c.fail("stride 0")
-        lo, hi = begin[a], end[a]
-        if shrink >> a & 1:
+            raise c.fail(f"stride 0 at entry {i}")
+        if shrink >> i & 1:
             hi, step = (INT64_MAX if lo == -1 else lo + 1), 1
+            removed.append(len(spec))
         else:
-            if bm >> a & 1:
+            if bm >> i & 1:
                 lo = 0 if step > 0 else INT64_MAX
-            if em >> a & 1:
+            if em >> i & 1:
                 hi = INT64_MAX if step > 0 else INT64_MIN
-        starts.append(lo)
-        ends.append(hi)
-        strides[a] = step
-    layout = _layout(c) if not shrink else NATIVE
+            out_pos += 1
+        spec.append((lo, hi, step))
+    spec += [full] * (rank - len(spec))  # without an ellipsis, the axes after the last entry stay whole
+    return spec, removed, added
+
+
+@maps("STRIDED_SLICE")
+def strided_slice(c: OpContext) -> None:
+    rank = c.rank(0)
+    spec, removed, added = _dense_slice(c, rank)
+    layout = _layout(c) if not removed and not added else NATIVE
     stored = c.same_quant(0)
+    starts, ends, steps = ([e[k] for e in spec] for k in range(3))
     y = c.one("Slice", [c.data(0, layout, stored), c.ints_init(_per_axis(starts, layout)),
                         c.ints_init(_per_axis(ends, layout)), c.ints_init(list(range(rank))),
-                        c.ints_init(_per_axis(strides, layout))])
-    if shrink:
-        y = c.one("Squeeze", [y, c.ints_init([a for a in range(rank) if shrink >> a & 1])])
+                        c.ints_init(_per_axis(steps, layout))])
+    if removed:
+        y = c.one("Squeeze", [y, c.ints_init(removed)])
+    if added:
+        y = c.one("Unsqueeze", [y, c.ints_init(added)])
     c.out(y, layout, stored=stored)
 
 
@@ -228,12 +257,36 @@ def mirror_pad(c: OpContext) -> None:
     c.out(x, layout, stored=stored)
 
 
+def _batched_gather(c: OpContext, axis: int, batch: int, stored: bool) -> None:
+    """GATHER with batch_dims: params [B, M, A, R] and indices [B, J] give [B, M, J, R]. The
+    gathered axis moves next to the batch axes, GatherND (batch_dims) takes one index per entry,
+    and the index axes move back behind M."""
+    rank, irank = c.rank(0), c.rank(1)
+    if not 0 <= batch <= min(axis, irank) or not batch <= axis < rank:
+        raise c.fail(f"batch_dims {batch} with axis {axis}, params of rank {rank}, indices of rank {irank}")
+    params = c.data(0, NATIVE, stored)
+    middle = list(range(batch, axis))
+    if middle:
+        params = c.one("Transpose", [params], perm=[*range(batch), axis, *middle, *range(axis + 1, rank)])
+    idx = c.one("Unsqueeze", [c.one("Cast", [c.stored(1)], to=7), c.ints_init([irank])])
+    y = c.one("GatherND", [params, idx], batch_dims=batch)
+    if middle:
+        j = irank - batch  # index axes, now right after the batch axes
+        rest = list(range(batch + j + len(middle), rank - 1 + j))
+        y = c.one("Transpose", [y], perm=[*range(batch), *range(batch + j, batch + j + len(middle)),
+                                         *range(batch, batch + j), *rest])
+    c.out(y, stored=stored)
+
+
 @maps("GATHER")
 def gather(c: OpContext) -> None:
-    if int(c.opt("BatchDims", 0)) != 0:
-        raise c.fail("batch_dims other than 0 is not supported")
     axis = int(c.opt("Axis", 0))
     stored = c.same_quant(0)
+    batch = int(c.opt("BatchDims", 0))
+    if batch:
+        rank, irank = c.rank(0), c.rank(1)
+        _batched_gather(c, axis + rank if axis < 0 else axis, batch + irank if batch < 0 else batch, stored)
+        return
     layout = _layout(c) if c.rank(1) == 1 else NATIVE
     a = c.nchw_axis(axis, c.rank(0), layout)
     c.out(c.one("Gather", [c.data(0, layout, stored), c.stored(1)], axis=a), layout, stored=stored)
