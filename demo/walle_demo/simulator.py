@@ -39,6 +39,7 @@ class FleetConfig:
     upload_interval_s: float = 0.5
     heartbeat_s: float = 15.0
     backoff_max_s: float = 3.0
+    pull_jitter_s: float = 0.5  # each device pulls a pushed release after uniform(0, this)
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Fleet:
                           keys=self.cfg.keys, enroll_token=self.cfg.enroll_token,
                           attributes=profile.attributes(), device_id=profile.device_id, backend=self.cfg.backend,
                           upload_interval_s=self.cfg.upload_interval_s, heartbeat_s=self.cfg.heartbeat_s,
-                          backoff_max_s=self.cfg.backoff_max_s)
+                          backoff_max_s=self.cfg.backoff_max_s, pull_jitter_s=self.cfg.pull_jitter_s)
         did = profile.device_id
         hook = (lambda r: self.on_run(did, r)) if self.on_run is not None else None  # type: ignore[misc]
         return DeviceAgent(cfg, self.http, on_run=hook)

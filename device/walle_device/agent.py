@@ -3,7 +3,8 @@
 Lifecycle (one asyncio task each, all restartable):
 
 * **push** — keeps ``/v1/device/stream`` open; reconnects with jittered exponential back-off.
-  Every notice (and every reconnect) marks the desired state dirty.
+  Every notice (and every reconnect) marks the desired state dirty; a notice's pull starts after
+  ``uniform(0, pull_jitter_s)`` so a stage's devices do not stampede the registry.
 * **reconcile** — reads the full desired state (``/v1/device/targets``) and converges: pulls the
   signed manifest, verifies it, downloads the bundle (resumed with ``Range`` after a cut),
   verifies and installs it atomically, then swaps the task's trigger in the pipeline. The
@@ -61,6 +62,9 @@ class AgentConfig:
     heartbeat_s: float = 15.0
     backoff_base_s: float = 0.2
     backoff_max_s: float = 5.0
+    # A pushed notice starts the pull after uniform(0, pull_jitter_s): a rollout reaches a whole
+    # stage at once, and the spread keeps its devices from hitting the registry in the same second.
+    pull_jitter_s: float = 1.0
     plugins: bool = True  # pull the backend plugins the registry targets at this device
 
 
@@ -91,9 +95,10 @@ class AgentStats:
     reports_sent: int = 0
     last_error: str = ""
     runs: list[RunRecord] = field(default_factory=list)
+    pull_waits: list[float] = field(default_factory=list)  # jitter before each pushed pull (s)
 
     def metrics(self) -> dict[str, Any]:
-        out = {k: v for k, v in vars(self).items() if k not in ("runs", "last_error")}
+        out = {k: v for k, v in vars(self).items() if k not in ("runs", "last_error", "pull_waits")}
         recent = self.runs[-50:]
         if recent:
             out["run_ms_mean"] = round(sum(r.run_ms for r in recent) / len(recent), 3)
@@ -166,6 +171,7 @@ class DeviceAgent:
         self._backend_of: dict[str, str] = {}  # task -> backend label of its active version
         self._rejected_wheels: set[str] = set()  # sha256 + signature of wheels that failed verification
         self._stopping = False
+        self._pushed = False  # a notice (not a reconnect) woke the reconcile loop
 
     @property
     def device_id(self) -> str:
@@ -538,9 +544,11 @@ class DeviceAgent:
                         attempt = 0
                         self.connected = True
                         self.stats.connects += 1
-                    elif int(notice.get("seq", 0)) > self.state.cursor:
-                        with self._slock:
-                            self.state.cursor = int(notice["seq"])
+                    else:
+                        if int(notice.get("seq", 0)) > self.state.cursor:
+                            with self._slock:
+                                self.state.cursor = int(notice["seq"])
+                        self._pushed = True  # the reconcile it wakes waits its jitter first
                     self._dirty.set()
             except LinkDown as exc:
                 self.stats.last_error = str(exc)[:300]
@@ -559,6 +567,13 @@ class DeviceAgent:
         attempt = 0
         while True:
             await self._dirty.wait()
+            if self._pushed and self.cfg.pull_jitter_s > 0:
+                self._pushed = False
+                wait = random.uniform(0, self.cfg.pull_jitter_s)
+                self.stats.pull_waits.append(round(wait, 4))
+                del self.stats.pull_waits[:-100]
+                await asyncio.sleep(wait)  # notices arriving meanwhile join this reconcile
+            self._pushed = False
             self._dirty.clear()
             try:
                 await self.reconcile()
