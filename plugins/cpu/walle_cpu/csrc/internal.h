@@ -113,6 +113,8 @@ typedef struct wl_isa {
                        float *y, float scale);
     /* fn in R_SUM (double lanes), R_MAX, R_MIN (NaN wins) over n contiguous floats */
     double (*reduce_f32)(int fn, const float *x, int64_t n);
+    /* softmax (log: log_softmax) of n contiguous floats; e: n floats of scratch for log */
+    void (*softmax_f32)(const float *x, float *y, int64_t n, int log, float *e);
 } wl_isa;
 
 extern const wl_isa *wl_active;

@@ -16,18 +16,7 @@ typedef struct {
 
 /* e: n floats of scratch for log_softmax's exponentials (NULL for softmax) */
 static void softmax_line(float *e, const float *x, float *y, int64_t n) {
-    static const double noprm[4] = {0, 0, 0, 0};
-    float m = (float)wl_active->reduce_f32(R_MAX, x, n);
-    wl_active->binary_f32(B_SUB, x, 1, &m, 0, y, n);
-    if (e) {
-        wl_active->unary_f32(U_EXP, y, e, n, noprm);
-        float l = logf((float)wl_active->reduce_f32(R_SUM, e, n));
-        wl_active->binary_f32(B_SUB, y, 1, &l, 0, y, n);
-        return;
-    }
-    wl_active->unary_f32(U_EXP, y, y, n, noprm);
-    float s = (float)wl_active->reduce_f32(R_SUM, y, n);
-    wl_active->binary_f32(B_DIV, y, 1, &s, 0, y, n);
+    wl_active->softmax_f32(x, y, n, e != NULL, e);
 }
 
 static void softmax_task(void *vp, int64_t t) {
