@@ -233,11 +233,12 @@ def test_unsupported_op_and_option_name_operator_index_and_code() -> None:
     with pytest.raises(UnsupportedOpError, match=r"'CUMSUM'.*operator #1 of subgraph 0.*op code 128"):
         import_model(b.build())
     b = ModelBuilder()
-    x = b.input([2, 3, 4], name="x")
-    (y,) = b.op("GATHER", [x, b.const(np.zeros((2, 1), np.int32))], "GatherOptions", axis=1, batchDims=1)
+    x = b.input([2, 8], name="x")
+    (y,) = b.op("FULLY_CONNECTED", [x, b.const(np.zeros((4, 8), np.float32))], "FullyConnectedOptions",
+                weightsFormat=1, out_shapes=[[2, 4]])
     b.output(y)
-    with pytest.raises(UnsupportedOpError, match=r"'GATHER'.*operator #0.*op code 36.*batch_dims"):
-        import_model(b.build())
+    with pytest.raises(UnsupportedOpError, match=r"'FULLY_CONNECTED'.*operator #0.*op code 9.*shuffled"):
+        import_model(b.pack())
 
 
 def test_corrupt_and_truncated_files_raise_model_load_error(tmp_path: Path) -> None:
@@ -369,6 +370,62 @@ def test_while_between_subgraphs(start: int) -> None:
     got = run_walle(data, feeds)
     np.testing.assert_array_equal(got[0], ref[0])
     assert rel_error(got[1], ref[1]) <= 1e-6
+
+
+def variable_model(init: str = "const", assign_in_main: bool = False) -> bytes:
+    """x + w, w a resource variable that CALL_ONCE's subgraph 1 assigns: a constant (``const``),
+    an fp16 constant behind DEQUANTIZE (``fp16``) or a value computed by an op (``computed``);
+    ``assign_in_main`` also assigns it in the main graph."""
+    b = ModelBuilder()
+    resource = b.S.TensorType.RESOURCE
+
+    def handle() -> int:
+        (h,) = b.op("VAR_HANDLE", [], "VarHandleOptions", container="c", sharedName="w", out_shapes=[[]])
+        b.tensors[h].type = resource
+        return h
+
+    x = b.input([2, 4], name="x")
+    b.op("CALL_ONCE", [], "CallOnceOptions", n_out=0, initSubgraphIndex=1)
+    h = handle()
+    if assign_in_main:
+        b.op("ASSIGN_VARIABLE", [h, x], n_out=0)
+    (v,) = b.op("READ_VARIABLE", [h], out_shapes=[[2, 4] if assign_in_main else [4]])
+    (y,) = b.op("ADD", [x, v], "AddOptions")
+    b.output(y)
+    b.subgraph()
+    h1 = handle()
+    w = np.array([1.5, -2.0, 0.25, 4.0], np.float32)
+    if init == "fp16":
+        (val,) = b.op("DEQUANTIZE", [b.const(w.astype(np.float16))], out_shapes=[[4]])
+    elif init == "computed":
+        (val,) = b.op("ADD", [b.const(w), b.const(w)], "AddOptions", out_shapes=[[4]])
+    else:
+        val = b.const(w)
+    b.op("ASSIGN_VARIABLE", [h1, val], n_out=0)
+    b.use(0)
+    return b.build()
+
+
+@pytest.mark.parametrize("init", ["const", "fp16"])
+def test_resource_variable_initialised_once_reads_as_a_constant(init: str) -> None:
+    data = variable_model(init)
+    graph = import_model(data)
+    assert {n.op_type for n in graph.nodes} == {"Add"}, [n.op_type for n in graph.nodes]
+    feeds = [np.random.default_rng(2).uniform(-1, 1, (2, 4)).astype(np.float32)]
+    ref = litert_run(data, feeds)
+    model = walle_core.load(data, backend="reference")
+    for _ in range(2):  # the same in every run, as in LiteRT after its one initialisation
+        got = model.run(dict(zip(model.input_names, feeds, strict=True)))
+        assert rel_error(got[model.output_names[0]], ref[0]) <= 1e-6
+
+
+def test_resource_variables_that_change_at_run_time_are_refused_at_load() -> None:
+    with pytest.raises(UnsupportedOpError, match=r"'ASSIGN_VARIABLE'.*operator #2 of subgraph 0.*op code 144"
+                                                 r".*'c/w' at run time"):
+        import_model(variable_model(assign_in_main=True))
+    with pytest.raises(UnsupportedOpError, match=r"'ADD'.*operator #1 of subgraph 1.*op code 0"
+                                                 r".*initialisation subgraph 1"):
+        import_model(variable_model("computed"))
 
 
 @pytest.mark.parametrize(("io", "activations"), [("uint8", "int8"), ("float", "int8"), ("int16", "int16")])

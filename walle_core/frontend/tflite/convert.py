@@ -69,6 +69,12 @@ class Emitter:
         self.consts: dict[int, Const] = {}
         self.skipped: set[int] = set()  # operators folded away at load
         self.folded_pads: dict[int, tuple[int, list[int]]] = {}  # PAD output -> (input, conv pads)
+        # resource variables: one store per model (shared with nested and inlined subgraphs),
+        # filled by CALL_ONCE's initialisation; handles are per subgraph (tensor -> variable)
+        shared = into if into is not None else parent
+        self.variables: dict[str, Const] = shared.variables if shared is not None else {}
+        self.initialised: set[int] = shared.initialised if shared is not None else set()
+        self.handles: dict[int, str] = {}
         for t in sub.tensors:
             if t.data is not None and t.sparsity is None:
                 self.consts[t.index] = self._const_of(t.data, t.quant)

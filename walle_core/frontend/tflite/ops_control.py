@@ -1,7 +1,9 @@
 """Control flow between TFLite subgraphs: IF -> ONNX If (branches as nested graphs reading the
 operands from the enclosing scope), WHILE -> ONNX Loop (the condition subgraph is inlined once
-before the loop and once at the end of the body), CALL_ONCE is not mapped (it initialises
-resource variables, which Walle does not hold)."""
+before the loop and once at the end of the body), and resource variables: CALL_ONCE's
+initialisation subgraph is evaluated at load (it may only assign constants), so that
+READ_VARIABLE reads a constant. A variable assigned anywhere else would carry a value from one
+run to the next, which Walle's runs (pure functions of their inputs) do not keep: refused."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import numpy as np
 
 from walle_core.errors import ModelLoadError
 from walle_core.frontend.tflite.context import OpContext, maps, run_operators
-from walle_core.frontend.tflite.convert import OPSET, Emitter, tensor_type
+from walle_core.frontend.tflite.convert import OPSET, Emitter, op_error, tensor_type
+from walle_core.frontend.tflite.reader import TflOperator
 from walle_core.ir.graph import Graph, Node, TensorType, ValueInfo
 
 
@@ -82,3 +85,70 @@ def while_(c: OpContext) -> None:
     outs = c.node("Loop", ["", _scalar_bool(c.em, cond0), *start], n, body=graph)
     for j, name in enumerate(outs):
         c.out(name, j=j, stored=True)
+
+
+def _variable_key(op: TflOperator) -> str:
+    """A resource variable's identity: VAR_HANDLE's container and shared name."""
+    def text(v: object) -> str:
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or "")
+
+    opts = op.options or {}
+    return f"{text(opts.get('Container'))}/{text(opts.get('SharedName'))}"
+
+
+@maps("CALL_ONCE")
+def call_once(c: OpContext) -> None:
+    """Runs the initialisation subgraph once per model (as LiteRT does once per interpreter), at
+    load: VAR_HANDLEs and ASSIGN_VARIABLEs of constants (fp16 / sparse constants included)."""
+    index = int(c.opt("InitSubgraphIndex", -1))
+    if index in c.em.initialised:
+        return
+    em = _subgraph_emitter(c, index, None)
+    if em.sub.inputs or em.sub.outputs:
+        raise c.fail(f"initialisation subgraph {index} has inputs or outputs")
+    em.fold_constants()
+    for op in em.sub.operators:
+        if op.index in em.skipped:
+            continue
+        if op.name == "VAR_HANDLE" and len(op.outputs) == 1:
+            em.handles[op.outputs[0]] = _variable_key(op)
+        elif op.name == "ASSIGN_VARIABLE" and len(op.inputs) == 2:
+            handle, value = op.inputs
+            if handle not in em.handles:
+                raise op_error(op, em.sub, "assigns through a tensor that is not a VAR_HANDLE")
+            if value not in em.consts:
+                raise op_error(op, em.sub, "assigns a value computed at run time; Walle evaluates "
+                                           "initialisation subgraphs at load and takes constants only")
+            em.variables[em.handles[handle]] = em.consts[value]
+        else:
+            raise op_error(op, em.sub, f"in initialisation subgraph {index}: only VAR_HANDLE and "
+                                       "ASSIGN_VARIABLE of constants are evaluated at load")
+    c.em.initialised.add(index)
+
+
+@maps("VAR_HANDLE")
+def var_handle(c: OpContext) -> None:
+    c.em.handles[c.op.outputs[0]] = _variable_key(c.op)
+
+
+@maps("READ_VARIABLE")
+def read_variable(c: OpContext) -> None:
+    key = c.em.handles.get(c.op.inputs[0]) if c.op.inputs else None
+    if key is None:
+        raise c.fail("reads through a tensor that is not a VAR_HANDLE")
+    value = c.em.variables.get(key)
+    if value is None:
+        raise c.fail(f"reads resource variable {key!r}, which no CALL_ONCE initialisation assigns")
+    out = c.out_t()
+    if (out.dtype is not None and out.dtype != value.raw.dtype) or \
+            (out.shape and tuple(out.shape) != value.raw.shape):
+        raise c.fail(f"reads {value.raw.dtype}{list(value.raw.shape)} from variable {key!r} "
+                     f"into {out.type_name}{list(out.shape)}")
+    c.em.consts[c.op.outputs[0]] = value
+
+
+@maps("ASSIGN_VARIABLE")
+def assign_variable(c: OpContext) -> None:
+    key = c.em.handles.get(c.op.inputs[0], "?") if c.op.inputs else "?"
+    raise c.fail(f"assigns resource variable {key!r} at run time: the value would carry over to "
+                 "the next run, and Walle's runs are pure functions of their inputs")

@@ -136,7 +136,7 @@ class TflModel:
     signatures: list[TflSignature] = field(default_factory=list)
 
 
-_NOT_FIELDS = ("Init",)
+_NOT_FIELDS = ("Init",)  # the table's own initialiser (InitSubgraphIndex is a field)
 
 
 def _option_values(table: Any) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def _option_values(table: Any) -> dict[str, Any]:
     values: dict[str, Any] = {}
     cls = type(table)
     for name in dir(cls):
-        if name.startswith(("_", *_NOT_FIELDS)) or name.endswith(("AsNumpy", "Length", "IsNone")):
+        if name.startswith("_") or name in _NOT_FIELDS or name.endswith(("AsNumpy", "Length", "IsNone")):
             continue
         if isinstance(inspect.getattr_static(cls, name), classmethod | staticmethod):
             continue  # GetRootAs..., ...BufferHasIdentifier: not fields
