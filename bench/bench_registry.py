@@ -355,6 +355,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         dep_task = asyncio.create_task(ctl.call("POST", "/v1/deployments", ADMIN, {
             "task": "bench", "version": "1.0.0", "min_sample": 1, "success_threshold": 1.0}))
+        created: list[float] = []  # the fan-out's transaction committed (its notices go out after)
+        dep_task.add_done_callback(lambda _t: created.append(time.perf_counter() - t0))
         results = await asyncio.gather(*(device(d, tok, s, t0) for (d, tok), s in zip(creds, streams, strict=True)),
                                        return_exceptions=True)
         dep = await dep_task
@@ -391,6 +393,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "killed_replica": bool(killed), "stream_reconnects": sum(st.reconnects for st in streams),
             "retried_requests": http.retried, "every_device_finished": len(pulled) == args.devices,
             "notified": len(notified), "pulled": len(pulled), "errors": errors[:5], "n_errors": len(errors),
+            "deploy_create_s": round(created[0], 3) if created else None,
             "notify_s": {p: round(pct(notified, p), 3) for p in (50, 90, 99)},
             "pull_s": {p: round(pct(pulled, p), 3) for p in (50, 90, 99)},
             "installed_counted_by_server": installed,

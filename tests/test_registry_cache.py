@@ -194,3 +194,12 @@ def test_read_grants_widen_when_a_device_is_targeted_later(env: Env) -> None:
     assert get(f"/v1/blobs/{model}") == 404  # still refused: 2.0.0 is not deployed to it
     env.deploy(task="grant", version="2.0.0")
     assert get(f"/v1/blobs/{model}") == 200
+
+
+def test_monotone_map_raise_many_only_grows_and_is_a_floor_until_loaded() -> None:
+    m = MonotoneMap()
+    m.raise_to("a", 5, loaded=True)
+    m.raise_many([("a", 3), ("b", 7), ("a", 9), ("b", 2)])
+    assert m.get("a") == 9  # merged with max, still loaded
+    assert m.get("b") is None  # a floor: not authoritative until a load
+    assert m.raise_to("b", 4, loaded=True) == 7

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
@@ -102,6 +102,19 @@ class MonotoneMap:
             best = max(hit[0], value)
             self._data[key] = (best, self.clock() if loaded else hit[1])
             return best
+
+    def raise_many(self, items: Iterable[tuple[str, int]]) -> None:
+        """:meth:`raise_to` (not loaded) for many keys under one lock acquisition (a broker batch)."""
+        data = self._data
+        with self._lock:
+            for key, value in items:
+                hit = data.get(key)
+                if hit is None:
+                    if len(data) >= self.max_entries:
+                        data.clear()
+                    data[key] = (value, None)
+                elif value > hit[0]:
+                    data[key] = (value, hit[1])
 
     def clear(self) -> None:
         with self._lock:

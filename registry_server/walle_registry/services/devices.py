@@ -51,8 +51,7 @@ class Devices:
         self._flusher: threading.Thread | None = None
 
     def observe_notices(self, notices: Sequence[dict[str, Any]]) -> None:
-        for n in notices:
-            self.latest.raise_to(str(n["device"]), int(n["seq"]))
+        self.latest.raise_many((str(n["device"]), int(n["seq"])) for n in notices)
 
     def forget_latest(self) -> None:
         """Notices may have been missed (the broker's channel was down): re-read on next use."""

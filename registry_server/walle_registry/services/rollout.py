@@ -35,7 +35,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from walle_registry import policy
@@ -52,7 +52,7 @@ from walle_registry.models import (
     Release,
     Report,
 )
-from walle_registry.services.common import Notices, chunks, now
+from walle_registry.services.common import Notices, chunks, insert_rows, now
 
 OK_STATUSES = ("installed", "running")
 ERROR_STATUSES = ("failed", "error")
@@ -136,8 +136,8 @@ class Rollout:
         if not devices:
             return
         t = now()
-        s.execute(insert(Assignment), [{"deployment_id": dep_id, "device_id": did, "stage": stage,
-                                        "status": "notified", "error": "", "updated_at": t} for did in devices])
+        insert_rows(s, Assignment, [{"deployment_id": dep_id, "device_id": did, "stage": stage,
+                                     "status": "notified", "error": "", "updated_at": t} for did in devices])
         self.bump(s, dep_id, Counter({(stage, "notified"): len(devices)}))
 
     # ------------------------------------------------------------------ counters
@@ -228,15 +228,15 @@ class Rollout:
             fresh.append({"device_id": did, "task": task, "version": version, "manifest_digest": digest,
                           "deployment_id": dep_id, "action": "install" if version else "remove", "created_at": t})
         if added:
-            s.execute(insert(DeviceTarget), added)
+            insert_rows(s, DeviceTarget, added)
         if changed:
             s.execute(update(DeviceTarget), changed)  # bulk UPDATE by primary key (device_id, task)
         if not fresh:
             return []
-        seqs = s.execute(insert(Notice).returning(Notice.seq, sort_by_parameter_order=True), fresh).scalars().all()
-        return [{"seq": int(q), "device": n["device_id"], "task": task, "version": n["version"],
+        seq_of = {did: int(q) for q, did in insert_rows(s, Notice, fresh, (Notice.seq, Notice.device_id))}
+        return [{"seq": seq_of[n["device_id"]], "device": n["device_id"], "task": task, "version": n["version"],
                  "digest": n["manifest_digest"], "deployment": n["deployment_id"], "action": n["action"]}
-                for q, n in zip(seqs, fresh, strict=True)]
+                for n in sorted(fresh, key=lambda n: seq_of[n["device_id"]])]
 
     @staticmethod
     def _failed_versions(s: Session, task: str, devices: Iterable[str]) -> dict[str, set[str]]:
