@@ -261,14 +261,18 @@ class _Rewriter:
 
     def stays_blocked(self, op: A.Conv2D) -> bool:
         """A conv that picked a plain algorithm runs blocked anyway when its input is a blocked
-        value with no plain copy yet: the per-op costs do not see the layout changes that the
-        plain kernel would need around it (a whole-tensor transpose in, and another back out
-        when its readers are blocked), which cost more than computing a narrow output's padding
-        channels (8 outputs as 16)."""
+        value with no plain copy yet, and either its output goes on to a blocked conv or the
+        padding channels it would compute (8 outputs as 16) cost less than moving its input
+        out of the layout (~32 flops per element moved): the per-op costs do not see the
+        layout changes a plain kernel needs around it."""
         x = op.inputs[0]
         got = self.blocked.get(x.id)
-        return offers_blocked(op) and op.out.dtype == np.float32 and x.id in self.pending \
-            and got is not None and got[1] == x.shape
+        if not (offers_blocked(op) and op.out.dtype == np.float32 and x.id in self.pending
+                and got is not None and got[1] == x.shape):
+            return False
+        o = op.out.shape[1]
+        wasted = op.flops() * (blocks(o) * BLK - o) / max(o, 1)
+        return wasted <= 32 * x.size or self.feeds_blocked_conv(op.out)
 
     def pool(self, op: A.Pool2D) -> bool:
         x = op.inputs[0]
