@@ -87,7 +87,12 @@ def _run_worker(settings: Settings, admin_token: str | None, opts: ServeOptions,
     from walle_registry.app import create_app
 
     app = create_app(settings, admin_token=admin_token)
-    config = uvicorn.Config(app, host=host, port=port, log_level=opts.log_level, backlog=opts.backlog,
+    asgi: Any = app
+    if settings.device_fast_path:
+        from walle_registry.fastpath import DeviceFastPath
+
+        asgi = DeviceFastPath(app, app.state.registry)
+    config = uvicorn.Config(asgi, host=host, port=port, log_level=opts.log_level, backlog=opts.backlog,
                             timeout_keep_alive=75, limit_concurrency=opts.limit_concurrency, access_log=False,
                             loop=_best("uvloop", "asyncio"), http=_best("httptools", "h11"))
     server = uvicorn.Server(config)

@@ -38,6 +38,9 @@ class Settings:
     # ``s3://bucket[/prefix]?endpoint=http://host:port&region=...`` keeps blobs in an
     # S3-compatible store (credentials from boto3's usual sources); None = a folder under data_dir.
     blob_store: str | None = None
+    # device check-ins, reports, manifests and blob hand-offs answered from the replica's caches
+    # ahead of FastAPI when they can be (:mod:`walle_registry.fastpath`); the server enables it
+    device_fast_path: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
