@@ -505,19 +505,51 @@ def test_unidirectional_sequence_lstm(time_major: bool, peepholes: bool) -> None
     assert rel_error(run_walle(data, feeds)[0], ref[0]) <= 1e-5
 
 
-def test_cifg_lstm_is_refused_at_load() -> None:
+LSTM_VARIANTS = {
+    "cifg": {"cifg": True},
+    "cifg_peepholes_time_major": {"cifg": True, "peepholes": True, "time_major": True},
+    "projection": {"projection": True},
+    "projection_bias_clipped": {"projection": True, "proj_bias": True, "cellClip": 0.8, "projClip": 0.5},
+    "layer_norm": {"layer_norm": True, "peepholes": True},
+    "layer_norm_cifg_projection": {"layer_norm": True, "cifg": True, "projection": True},
+    "relu_cell_clip": {"cellClip": 1.5, "act": 1},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(LSTM_VARIANTS))
+def test_lstm_variants_beyond_onnx_unrolled(variant: str) -> None:
+    """CIFG, projection (bias, clipping), layer-normalised gates, cell clipping: the recurrence
+    unrolled step by step in the IR, against LiteRT."""
+    v = LSTM_VARIANTS[variant]
+    rng = np.random.default_rng(6)
+    batch, steps, n_in, cells, n_out = 2, 5, 3, 6, (4 if v.get("projection") else 6)
     b = ModelBuilder()
-    x = b.input([2, 4, 3], name="x")
-    w = [b.const(np.ones((5, 3), np.float32)) for _ in range(3)]
-    r = [b.const(np.ones((5, 5), np.float32)) for _ in range(3)]
-    bias = [b.const(np.zeros(5, np.float32)) for _ in range(3)]
-    state = [b.tensor([2, 5], variable=True) for _ in range(2)]
-    ins = [x, -1, *w, -1, *r, -1, -1, -1, -1, *bias, -1, -1, *state]
+    time_major = bool(v.get("time_major"))
+    x = b.input([steps, batch, n_in] if time_major else [batch, steps, n_in], name="x")
+
+    def weights(*shape: int) -> int:
+        return b.const((rng.normal(size=shape) * 0.5).astype(np.float32))
+
+    cifg = bool(v.get("cifg"))
+    ins = [x] + [-1 if cifg and g == 0 else weights(cells, n_in) for g in range(4)]
+    ins += [-1 if cifg and g == 0 else weights(cells, n_out) for g in range(4)]
+    ins += [weights(cells) if v.get("peepholes") and not (cifg and k == 0) else -1 for k in range(3)]
+    ins += [-1 if cifg and g == 0 else weights(cells) for g in range(4)]
+    ins += [weights(n_out, cells) if v.get("projection") else -1, weights(n_out) if v.get("proj_bias") else -1]
+    ins += [b.tensor([batch, n_out], variable=True), b.tensor([batch, cells], variable=True)]
+    if v.get("layer_norm"):
+        ins += [-1 if cifg and g == 0 else b.const((1 + rng.normal(size=cells) * 0.2).astype(np.float32))
+                for g in range(4)]
     (y,) = b.op("UNIDIRECTIONAL_SEQUENCE_LSTM", ins, "UnidirectionalSequenceLSTMOptions",
-                fusedActivationFunction=4, out_shapes=[[2, 4, 5]])
+                fusedActivationFunction=int(v.get("act", 4)), timeMajor=time_major,
+                cellClip=float(v.get("cellClip", 0.0)), projClip=float(v.get("projClip", 0.0)))
     b.output(y)
-    with pytest.raises(UnsupportedOpError, match=r"UNIDIRECTIONAL_SEQUENCE_LSTM.*operator #0.*op code 44.*CIFG"):
-        import_model(b.pack())
+    data = b.build()
+    assert "LSTM" not in [n.op_type for n in import_model(data).nodes]
+    feeds = random_feeds(data, lo=-2.0, hi=2.0)
+    ref = litert_run(data, feeds)
+    assert rel_error(run_walle(data, feeds)[0], ref[0]) <= 1e-5
+    assert rel_error(run_walle(data, feeds, backend=backend_or_skip("cpu"))[0], ref[0]) <= 1e-5
 
 
 def test_a_value_read_by_a_branch_and_output_keeps_one_name() -> None:

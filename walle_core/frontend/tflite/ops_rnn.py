@@ -1,4 +1,7 @@
-"""TFLite's fused sequence LSTM -> ONNX LSTM (one direction).
+"""TFLite's fused sequence LSTM -> ONNX LSTM (one direction), or, for the variants ONNX's LSTM
+cannot express (coupled input and forget gates, a projection, layer-normalised gates, cell or
+projection clipping), the recurrence unrolled over the (static) time steps in ONNX ops, as
+TFLite's kernel computes it.
 
 Its state tensors are TFLite *variables*: LiteRT carries them from one invocation to the next,
 while a Walle run always starts from their initial contents (zeros unless the file holds values),
@@ -19,17 +22,76 @@ OUTPUT_STATE, CELL_STATE = 18, 19
 ACTIVATIONS = {4: ["Sigmoid", "Tanh", "Tanh"], 1: ["Sigmoid", "Relu", "Relu"]}
 
 
+PROJECTION, PROJECTION_BIAS, NORMS = 16, 17, 20
+INPUT, FORGET, CELL, OUTPUT = range(4)  # TFLite's gate order
+PEEPHOLE = {INPUT: 9, FORGET: 10, OUTPUT: 11}
+
+
+def _unrolled(c: OpContext, act: str, batch_first: bool) -> None:
+    """The LSTM step by step: gates = x W + h R (+ peephole * c) -> layer norm * coefficient +
+    bias (or + bias) -> sigmoid / activation; the input gate is 1 - forget with CIFG;
+    c = f * c + i * g (clipped); h = o * act(c), projected (+ bias, clipped)."""
+    shape = c.t(0).shape
+    time_axis = 1 if batch_first else 0
+    if len(shape) != 3 or time_axis in c.t(0).dynamic_axes():
+        raise c.fail(f"an unrolled LSTM needs a 3-D input with a static time axis, got {list(shape)}")
+    gates = [g for g in range(4) if g != INPUT or c.has(INPUT_WEIGHTS)]
+    cells = c.t(INPUT_WEIGHTS + FORGET).shape[0]
+    norm = c.has(NORMS + FORGET)
+    if any(c.has(NORMS + g) != norm for g in gates):
+        raise c.fail("layer-norm coefficients for some gates only")
+
+    def stacked(first: int) -> str:  # (inputs, gates * cells): every gate's weights, transposed at load
+        return c.one("Concat", [c.weight(first + g, (1, 0)) for g in gates], axis=1)
+
+    xw = c.one("MatMul", [c.x(0), stacked(INPUT_WEIGHTS)])
+    if not norm:  # the biases go in once for all steps; with layer norm they follow the norm
+        xw = c.one("Add", [xw, c.one("Concat", [c.x(BIASES + g) for g in gates], axis=0)])
+    recurrent = stacked(RECURRENT_WEIGHTS)
+    h, cell = c.x(OUTPUT_STATE), c.x(CELL_STATE)
+    cell_clip, proj_clip = float(c.opt("CellClip", 0.0)), float(c.opt("ProjClip", 0.0))
+    steps = []
+    for t in range(shape[time_axis]):
+        xt = c.one("Squeeze", [c.one("Gather", [xw, c.ints_init([t])], axis=time_axis), c.ints_init([time_axis])])
+        z = c.one("Add", [xt, c.one("MatMul", [h, recurrent])])
+        parts = dict(zip(gates, c.node("Split", [z, c.ints_init([cells] * len(gates))], len(gates), axis=1),
+                         strict=True))
+
+        def gate(g: int, state: str | None, parts: dict[int, str] = parts) -> str:
+            v = parts[g]
+            if state is not None and g in PEEPHOLE and c.has(PEEPHOLE[g]):
+                v = c.one("Add", [v, c.one("Mul", [c.x(PEEPHOLE[g]), state])])
+            if norm:
+                v = c.one("LayerNormalization", [v, c.x(NORMS + g), c.x(BIASES + g)], axis=-1, epsilon=1e-8)
+            return v
+
+        f = c.one("Sigmoid", [gate(FORGET, cell)])
+        i = c.one("Sub", [c.scalar(1.0), f]) if INPUT not in gates else c.one("Sigmoid", [gate(INPUT, cell)])
+        cell = c.one("Add", [c.one("Mul", [f, cell]), c.one("Mul", [i, c.one(act, [gate(CELL, None)])])])
+        if cell_clip > 0:
+            cell = c.one("Clip", [cell, c.scalar(-cell_clip), c.scalar(cell_clip)])
+        o = c.one("Sigmoid", [gate(OUTPUT, cell)])
+        h = c.one("Mul", [o, c.one(act, [cell])])
+        if c.has(PROJECTION):
+            h = c.one("MatMul", [h, c.weight(PROJECTION, (1, 0))])
+            if c.has(PROJECTION_BIAS):
+                h = c.one("Add", [h, c.x(PROJECTION_BIAS)])
+            if proj_clip > 0:
+                h = c.one("Clip", [h, c.scalar(-proj_clip), c.scalar(proj_clip)])
+        steps.append(c.one("Unsqueeze", [h, c.ints_init([time_axis])]))
+    c.out(c.one("Concat", steps, axis=time_axis) if len(steps) > 1 else steps[0])
+
+
 @maps("UNIDIRECTIONAL_SEQUENCE_LSTM")
 def unidirectional_sequence_lstm(c: OpContext) -> None:
-    if not c.has(INPUT_WEIGHTS):
-        raise c.fail("coupled input and forget gates (CIFG) are not supported")
-    if any(c.has(i) for i in PROJECTION_AND_NORMS):
-        raise c.fail("projection and layer-normalised LSTMs are not supported")
-    if float(c.opt("CellClip", 0.0)) or float(c.opt("ProjClip", 0.0)):
-        raise c.fail("cell and projection clipping are not supported")
     act = int(c.opt("FusedActivationFunction", 4))
     if act not in ACTIVATIONS:
         raise c.fail(f"fused activation {act} (only TANH and RELU)")
+    batch_first = not c.opt("TimeMajor", False)
+    if not c.has(INPUT_WEIGHTS) or any(c.has(i) for i in PROJECTION_AND_NORMS) or \
+            float(c.opt("CellClip", 0.0)) or float(c.opt("ProjClip", 0.0)):
+        _unrolled(c, ACTIVATIONS[act][1], batch_first)  # beyond what ONNX's LSTM expresses
+        return
     hidden = c.t(INPUT_WEIGHTS + 1).shape[0]
 
     def stacked(first: int, gates: tuple[int, ...] = IOFC) -> str:
@@ -44,7 +106,6 @@ def unidirectional_sequence_lstm(c: OpContext) -> None:
     ins += [c.one("Unsqueeze", [c.x(i), c.ints_init([0])]) for i in (OUTPUT_STATE, CELL_STATE)]
     if c.has(PEEPHOLES):
         ins.append(stacked(PEEPHOLES, (0, 2, 1)))  # ONNX peepholes: input, output, forget
-    batch_first = not c.opt("TimeMajor", False)
     (y,) = c.node("LSTM", ins, 1, hidden_size=hidden, layout=int(batch_first),
                   activations=ACTIVATIONS[act])
     # Y is (batch, seq, 1, hidden) batch-first, else (seq, 1, batch, hidden): drop the direction
