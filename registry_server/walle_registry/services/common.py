@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import any_, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 from sqlalchemy.types import ARRAY
 
@@ -66,3 +66,20 @@ def insert_rows(s: Session, model: Any, rows: list[dict[str, Any]], returning: S
         return list(s.execute(stmt.returning(*returning)))
     s.execute(stmt)
     return []
+
+
+def id_chunks(s: Session, ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    """``ids`` in pieces for :func:`member_of`: all at once on PostgreSQL (one array parameter),
+    ``IN_CHUNK`` at a time on SQLite (bound-parameter limit)."""
+    if s.get_bind().dialect.name == "postgresql":
+        return [ids] if ids else []
+    return chunks(ids)
+
+
+def member_of(s: Session, column: Any, values: Sequence[Any]) -> Any:
+    """``column IN values``; on PostgreSQL ``column = ANY(:array)``: one parameter and one cached
+    plan whatever the length (a 500-item ``IN`` list over rows inserted in the same transaction
+    took 0.1 s a query: a deployment's fan-out to 10,000 devices spent 2 s in them)."""
+    if s.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, value=list(values), type_=ARRAY(column.type)))
+    return column.in_(values)

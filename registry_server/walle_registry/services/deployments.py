@@ -27,7 +27,7 @@ from walle_registry.models import (
     Report,
 )
 from walle_registry.schemas import DeploymentCreate
-from walle_registry.services.common import Notices, chunks, now
+from walle_registry.services.common import Notices, id_chunks, member_of, now
 from walle_registry.services.publishing import Publishing
 from walle_registry.services.rollout import ERROR_STATUSES, JOINABLE_STATES, OK_STATUSES, Rollout
 
@@ -193,17 +193,18 @@ class Deployments:
             stored: set[tuple[str, int]] = set()
             targets: dict[tuple[str, str], int | None] = {}
             assigned: dict[tuple[int, str], list[Any]] = {}  # (deployment, device) -> [stage, status]
-            for chunk in chunks(devs):
+            for chunk in id_chunks(s, devs):
                 if seqs:
                     stored.update((d, int(q or 0)) for d, q in conn.execute(
-                        select(Report.device_id, Report.seq).where(Report.device_id.in_(chunk), Report.seq.in_(seqs))))
+                        select(Report.device_id, Report.seq).where(member_of(s, Report.device_id, chunk),
+                                                                   Report.seq.in_(seqs))))
                 for d, task, dep_id in conn.execute(select(DeviceTarget.device_id, DeviceTarget.task,
                                                            DeviceTarget.deployment_id)
-                                                    .where(DeviceTarget.device_id.in_(chunk))):
+                                                    .where(member_of(s, DeviceTarget.device_id, chunk))):
                     targets[(d, task)] = dep_id
                 for dep_id, d, stage, status in conn.execute(select(
                         Assignment.deployment_id, Assignment.device_id, Assignment.stage, Assignment.status)
-                        .where(Assignment.device_id.in_(chunk))):
+                        .where(member_of(s, Assignment.device_id, chunk))):
                     assigned[(int(dep_id), d)] = [int(stage), status]
             dep_ids = sorted({r.deployment_id for r in reports if r.deployment_id is not None} |
                              {v for v in targets.values() if v is not None})

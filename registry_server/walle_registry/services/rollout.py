@@ -52,7 +52,7 @@ from walle_registry.models import (
     Release,
     Report,
 )
-from walle_registry.services.common import Notices, chunks, insert_rows, now
+from walle_registry.services.common import Notices, chunks, id_chunks, insert_rows, member_of, now
 
 OK_STATUSES = ("installed", "running")
 ERROR_STATUSES = ("failed", "error")
@@ -185,13 +185,13 @@ class Rollout:
         winners: dict[str, Deployment] = {}
         ranked: dict[str, list[Deployment]] = defaultdict(list)
         current: dict[str, tuple[str | None, int | None]] = {}
-        for chunk in chunks(list(dict.fromkeys(device_ids))):
+        for chunk in id_chunks(s, list(dict.fromkeys(device_ids))):
             for did, assigned_to in s.execute(select(Assignment.device_id, Assignment.deployment_id).where(
-                    Assignment.device_id.in_(chunk), Assignment.deployment_id.in_(list(deps)))):
+                    member_of(s, Assignment.device_id, chunk), Assignment.deployment_id.in_(list(deps)))):
                 ranked[did].append(deps[assigned_to])
             for did, ver, target_dep in s.execute(select(DeviceTarget.device_id, DeviceTarget.version,
                                                          DeviceTarget.deployment_id).where(
-                    DeviceTarget.device_id.in_(chunk), DeviceTarget.task == task)):
+                    member_of(s, DeviceTarget.device_id, chunk), DeviceTarget.task == task)):
                 current[did] = (ver, target_dep)
         failed = self._failed_versions(s, task, ranked) if any(
             d.state == "rolled_back" for d in deps.values()) else {}
