@@ -326,7 +326,7 @@ def _probes(level: int) -> list[A.Op]:
     mm = 16 << level  # 16 ... 1024
     b.matmul(b.tensor((mm, mm), f32), b.const(np.ones((mm, mm), f32)))
     b.matmul(b.tensor((1, mm), f32), b.const(np.ones((mm, mm), f32)))
-    heads = max(64 // mm, 1)  # batched products of two computed operands, as attention's
+    heads = max(1024 // mm, 1)  # batched products of two computed operands: attention's heads
     b.matmul(b.tensor((heads, mm, 64), f32), b.tensor((heads, 64, mm), f32))
     imgs, ch, hw = ((1, 4, 8), (1, 8, 14), (1, 16, 28), (1, 32, 28), (1, 32, 56), (4, 32, 56),
                     (16, 32, 56))[level]
@@ -334,7 +334,7 @@ def _probes(level: int) -> list[A.Op]:
     rng = np.random.default_rng(0)
     for shape, groups, pads in (((ch, ch, 3, 3), 1, (1, 1, 1, 1)), ((ch, ch, 1, 1), 1, (0, 0, 0, 0)),
                                 ((ch, 1, 3, 3), ch, (1, 1, 1, 1)),
-                                ((ch, 4, 3, 3), ch // 4, (1, 1, 1, 1))):  # grouped, 4 per group
+                                ((ch, 8, 3, 3), ch // 8, (1, 1, 1, 1))):  # grouped, 8 per group
         out = b.tensor((imgs, ch, hw, hw), f32)
         w = b.const(rng.standard_normal(shape).astype(f32))
         b.emit(A.Conv2D([img, w], [out], pads=pads, groups=groups))
@@ -419,10 +419,13 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     prog_over = max(t1 - op_over - lat_h - lat_d, 1e-8)
 
     step("memory bandwidth")
-    big = _builder()
-    big.unary("relu", big.tensor((1 << 22,), np.float32))
-    steady = timer.steady(big.ops[0], algo, chain=False)
-    bw = big.ops[0].bytes_moved() / max(steady, 1e-9)
+    # one lone pass over 1 MB (a CPU's caches: where a model's activations live) and over
+    # 16 MB (a GPU's device memory, which small passes leave launch-bound): the faster counts
+    bw = 0.0
+    for n in (1 << 18, 1 << 22):
+        big = _builder()
+        big.unary("relu", big.tensor((n,), np.float32))
+        bw = max(bw, big.ops[0].bytes_moved() / max(timer.steady(big.ops[0], algo, chain=False), 1e-9))
 
     step("host transfers")
     h2d, d2h = _transfers(backend, timer, t1, bw)
