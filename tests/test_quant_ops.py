@@ -217,3 +217,41 @@ def test_onnx_integer_node_cases_run_on_the_int8_kernels(case: Any) -> None:
     batched_b = any(n.op_type == "QLinearMatMul" for n in g.node) and np.asarray(case.inputs[3]).ndim > 2
     if not batched_b:  # a batched B is no constant matrix: the int32 expansion runs it
         assert [s.backend for s in loaded.plan_for(feeds).stage.steps] == ["cpu"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(op=st.sampled_from(["QLinearAdd", "QLinearMul"]), c=st.integers(1, 40), hw=st.integers(1, 23),
+       form=st.sampled_from(["nc11", "c11", "scalar", "same"]), swap=st.booleans(),
+       signed=st.booleans(), seed=st.integers(0, 2**31))
+def test_int8_broadcast_binary_matches_reference(op: str, c: int, hw: int, form: str, swap: bool,
+                                                 signed: bool, seed: int) -> None:
+    """QLinearAdd / QLinearMul with one operand broadcast along the other's trailing axes (a
+    squeeze-excitation scale (N, C, 1, 1) times (N, C, H, W)), either operand first: one
+    ``qlinear_binary`` pass on the cpu backend, the reference's integers."""
+    from walle_cpu.compiler import CpuExecutable
+
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(np.int8 if signed else np.uint8)
+    full = (2, c, hw, hw)
+    part = {"nc11": (2, c, 1, 1), "c11": (c, 1, 1), "scalar": (), "same": full}[form]
+    feeds = {"x": _rand(rng, dtype, full), "s": _rand(rng, dtype, part)}
+
+    def scale(name: str) -> Any:
+        return nh.from_array(np.array(rng.uniform(0.005, 0.2), np.float32), name)
+
+    inits = [scale("xs"), nh.from_array(_rand(rng, dtype, ()), "xz"), scale("ss"),
+             nh.from_array(_rand(rng, dtype, ()), "sz"), scale("ys"), nh.from_array(_rand(rng, dtype, ()), "yz")]
+    first, second = (["s", "ss", "sz"], ["x", "xs", "xz"]) if swap else (["x", "xs", "xz"], ["s", "ss", "sz"])
+    node = h.make_node(op, [*first, *second, "ys", "yz"], ["y"], domain="com.microsoft")
+    g = h.make_graph([node], "q", [h.make_tensor_value_info(n, _TYPES[dtype], list(v.shape)) for n, v in feeds.items()],
+                     [h.make_tensor_value_info("y", _TYPES[dtype], list(full))], inits)
+    data = h.make_model(g, opset_imports=[h.make_opsetid("", 21), h.make_opsetid("com.microsoft", 1)]).SerializeToString()
+    ref = walle_core.load(data, backend="reference").run(feeds)["y"]
+    cpu = walle_core.load(data, backend="cpu")
+    np.testing.assert_array_equal(cpu.run(feeds)["y"], ref)
+    node_plan = cpu.plan_for(feeds)
+    (step,) = node_plan.stage.steps
+    assert isinstance(step.executable, CpuExecutable)
+    ins = [feeds[name] for name, tid in sorted(node_plan.input_ids.items(), key=lambda kv: step.inputs.index(kv[1]))]
+    labels = [label for label, _ in step.executable.profile(ins, 1)]
+    assert sum("int8-direct" in label for label in labels) == 1 and len(labels) == 1, labels

@@ -13,6 +13,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 
 from walle_core import atomic as A
@@ -138,8 +141,9 @@ def walle_lookup(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
 def _binary(b: Builder, ins: Ins, fn: str) -> A.Tensor:
     """QLinearAdd: ``rint((a - az) * (as / cs) + (b - bz) * (bs / cs)) + cz`` (onnxruntime's
     form); QLinearMul: ``rint((a - az) * ((b - bz) * (as * bs / cs))) + cz``; float32, saturated.
-    Same-shape operands form a ``qlinear_binary`` composite (attributes ``fn``, the zero points
-    and the two float32 factors ``ra``, ``rb``)."""
+    Same-shape operands, or one broadcast along the other's trailing axes, form a
+    ``qlinear_binary`` composite (attributes ``fn``, the zero points, the two float32 factors
+    ``ra``, ``rb``, and ``inner``: elements of the first input per element of the second)."""
     a, bb = req(ins[0]), req(ins[3])
     a_s, a_z = _scalar(b, req(ins[1])), _scalar(b, _opt(ins, 2))
     b_s, b_z = _scalar(b, req(ins[4])), _scalar(b, _opt(ins, 5))
@@ -155,10 +159,39 @@ def _binary(b: Builder, ins: Ins, fn: str) -> A.Tensor:
         y = b.binary(fn, dequant(b, a, ra, a_z), dequant(b, bb, rb, b_z))
         return [quant(b, y, 1.0, c_z, out)]
 
-    if a.shape != bb.shape or a.dtype.itemsize != 1 or bb.dtype.itemsize != 1:
+    if a.dtype.itemsize != 1 or bb.dtype.itemsize != 1:
         return build()[0]
-    return composite(b, "qlinear_binary", [a, bb], build, fn=fn, a_zero=int(a_z), b_zero=int(b_z),
-                     c_zero=int(c_z), ra=ra, rb=rb)
+    inner = _inner(a.shape, bb.shape)
+    if inner is not None:
+        return composite(b, "qlinear_binary", [a, bb], build, fn=fn, a_zero=int(a_z), b_zero=int(b_z),
+                         c_zero=int(c_z), ra=ra, rb=rb, inner=inner)
+    inner = _inner(bb.shape, a.shape)
+    if inner is not None:  # a broadcasts: the operands swap (f is commutative in float32)
+        return composite(b, "qlinear_binary", [bb, a], build, fn=fn, a_zero=int(b_z), b_zero=int(a_z),
+                         c_zero=int(c_z), ra=rb, rb=ra, inner=inner)
+    return build()[0]
+
+
+def _inner(full: Sequence[int], part: Sequence[int]) -> int | None:
+    """How many consecutive elements of ``full`` share one element of ``part`` when ``part``
+    broadcasts to ``full`` as ``part[(i // inner) % part.size]`` (``part`` holds some of
+    ``full``'s middle axes, 1s around them: a squeeze-excitation scale (N, C, 1, 1) or a
+    per-channel (C, 1, 1) against (N, C, H, W)); 1 for the same shape; None otherwise."""
+    if len(part) > len(full):
+        return None
+    p = (1,) * (len(full) - len(part)) + tuple(part)
+    if any(f == 1 and q != 1 for f, q in zip(full, p, strict=True)):
+        return None
+    pairs = [(f, q) for f, q in zip(full, p, strict=True) if f != 1]  # axes of 1 do not matter
+    k = len(pairs)
+    while k > 0 and pairs[k - 1][1] == 1:
+        k -= 1
+    j = 0  # leading axes it repeats along (a per-channel (C, 1, 1) against (N, C, H, W))
+    while j < k and pairs[j][1] == 1:
+        j += 1
+    if any(f != q for f, q in pairs[j:k]):
+        return None
+    return math.prod(f for f, _ in pairs[k:])
 
 
 @register("QLinearAdd", domain=MS)

@@ -1,6 +1,7 @@
 /* Element-wise ops of int8 models, one pass each instead of a chain of casts and float ops:
  * the qlinear_lookup composite (a 256-entry table: QLinearSigmoid, QLinearLeakyRelu, the QDQ
- * rewrite's lookups) and qlinear_binary (QLinearAdd / QLinearMul of same-shape operands), in
+ * rewrite's lookups) and qlinear_binary (QLinearAdd / QLinearMul of same-shape operands, or b
+ * broadcast: one b per run of `inner` elements, b[(i / inner) % nb]), in
  * float32 exactly as their expansions compute (no fused multiply-add: plain C, no FMA target). */
 #include "internal.h"
 
@@ -49,14 +50,32 @@ binary_avx512(const q_ew *c, int64_t i0, int64_t i1, float lo, float hi) {
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
     const __m512 olo = _mm512_set1_ps((float)p->lo), ohi = _mm512_set1_ps((float)p->hi);
     const int as = (int)p->a_signed, bs = (int)p->b_signed, mul = (int)p->mul;
-    for (int64_t i = i0; i < i1; i += 16) {
-        __mmask16 m = i1 - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (i1 - i)) - 1);
-        __m512 va = Q_LOAD16(c->a + i, m, as, az, ra), vb = Q_LOAD16(c->b + i, m, bs, bz, rb);
-        __m512 v = mul ? _mm512_mul_ps(va, vb) : _mm512_add_ps(va, vb);
-        v = _mm512_min_ps(_mm512_max_ps(v, vlo), vhi);
-        __m512 r = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), cz);
-        r = _mm512_min_ps(_mm512_max_ps(r, olo), ohi);
-        _mm512_mask_cvtepi32_storeu_epi8(c->y + i, m, _mm512_cvttps_epi32(r));
+    const int64_t inner = p->inner, nb = p->nb;
+    for (int64_t i = i0; i < i1;) {
+        /* same shape: the whole range; b repeated (inner 1): up to the end of b, read from
+         * b + i % nb; b broadcast: the run of a's elements sharing b[(i / inner) % nb] */
+        int64_t end = i1;
+        int64_t boff = 0; /* b's element for a's element i is b[i - boff] (inner 1) */
+        __m512 vbb = _mm512_setzero_ps();
+        if (inner > 1) {
+            int64_t jb = i / inner;
+            end = (jb + 1) * inner < i1 ? (jb + 1) * inner : i1;
+            vbb = _mm512_set1_ps((q_val(c->b, jb % nb, bs) - (float)p->b_zero) * (float)p->rb);
+        } else if (nb != p->n) {
+            end = i + (nb - i % nb) < i1 ? i + (nb - i % nb) : i1;
+            boff = i - i % nb;
+        }
+        for (; i < end; i += 16) {
+            __mmask16 m = end - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (end - i)) - 1);
+            __m512 va = Q_LOAD16(c->a + i, m, as, az, ra);
+            __m512 vb = inner > 1 ? vbb : Q_LOAD16(c->b + (i - boff), m, bs, bz, rb);
+            __m512 v = mul ? _mm512_mul_ps(va, vb) : _mm512_add_ps(va, vb);
+            v = _mm512_min_ps(_mm512_max_ps(v, vlo), vhi);
+            __m512 r = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), cz);
+            r = _mm512_min_ps(_mm512_max_ps(r, olo), ohi);
+            _mm512_mask_cvtepi32_storeu_epi8(c->y + i, m, _mm512_cvttps_epi32(r));
+        }
+        i = end;
     }
 }
 #endif
@@ -79,7 +98,7 @@ static void binary_task(void *vp, int64_t t) {
 #endif
     for (int64_t i = i0; i < i1; i++) {
         float va = (q_val(c->a, i, as) - az) * ra;
-        float vb = (q_val(c->b, i, bs) - bz) * rb;
+        float vb = (q_val(c->b, (i / p->inner) % p->nb, bs) - bz) * rb;
         float v = mul ? va * vb : va + vb;
         v = v < lo ? lo : v > hi ? hi : v;
         float r = ((v + magic) - magic) + cz;

@@ -147,9 +147,10 @@ typedef struct { int64_t m; } wl_qmatmul_params;
 /* 8-bit y[i] = table[x[i] ^ flip] (flip 0x80 for int8 x); aux holds the 256-byte table */
 typedef struct { int64_t n, flip; } wl_qlookup_params;
 /* 8-bit y = clamp(rint(f((a - a_zero) * ra, (b - b_zero) * rb)) + c_zero, lo, hi), f = + or *
- * (mul), in float32, same-shape operands of n elements */
+ * (mul), in float32; a and y have n elements, b nb, read as b[(i / inner) % nb] (inner 1 and
+ * nb n for the same shape) */
 typedef struct {
-    int64_t n, a_zero, b_zero, c_zero, lo, hi, a_signed, b_signed, mul;
+    int64_t n, a_zero, b_zero, c_zero, lo, hi, a_signed, b_signed, mul, inner, nb;
     double ra, rb;
 } wl_qbinary_params;
 

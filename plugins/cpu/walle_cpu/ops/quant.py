@@ -33,7 +33,9 @@ def _elementwise_supported(op: A.Composite) -> bool:
         return False
     if op.name == "qlinear_lookup":
         return len(op.inputs) == 1 and np.asarray(op.attrs["table"]).size == 256
-    return len(op.inputs) == 2 and op.inputs[0].shape == op.inputs[1].shape == op.out.shape
+    a, b = op.inputs
+    inner = int(op.attrs.get("inner", 1))  # type: ignore[call-overload]
+    return a.shape == op.out.shape and a.size % (b.size * inner) == 0
 
 
 def _supported(op: A.Op) -> bool:
@@ -114,6 +116,8 @@ def _encode_elementwise(d: Any, op: A.Composite, b: Binder) -> None:
     p.a_zero, p.b_zero, p.c_zero = (int(op.attrs[k]) for k in ("a_zero", "b_zero", "c_zero"))  # type: ignore[call-overload]
     p.a_signed, p.b_signed = int(a.dtype == np.int8), int(op.inputs[1].dtype == np.int8)
     p.mul = int(op.attrs["fn"] == "mul")
+    p.inner = int(op.attrs.get("inner", 1))  # type: ignore[call-overload]
+    p.nb = op.inputs[1].size
     p.ra, p.rb = float(op.attrs["ra"]), float(op.attrs["rb"])  # type: ignore[arg-type]
 
 
