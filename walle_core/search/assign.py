@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend
-from walle_core.plan.planner import choose
 from walle_core.search.cost import CostModel, PlanCost, op_signature, plan_cost, programs_of
 
 HOST = "host"
@@ -91,7 +90,8 @@ def candidates(op: A.Op, backends: Sequence[Backend], model: CostModel) -> Decis
 
 def _backend_candidate(op: A.Op, backend: Backend, algos: Sequence[Algorithm], model: CostModel,
                        sig: str) -> Candidate:
-    """The backend's own algorithm for ``op`` (what the planner runs when the backend is named),
+    """The backend's own algorithm for ``op`` (what the planner runs when the backend is named:
+    :func:`~walle_core.plan.planner.choose`'s pick among ``algos``),
     unless measure mode timed it and another algorithm of the backend measured faster.
 
     A backend's preference sees what an op timed alone cannot: the layout a run of its ops keeps
@@ -102,7 +102,7 @@ def _backend_candidate(op: A.Op, backend: Backend, algos: Sequence[Algorithm], m
                          model.measured.get((sig, f"{backend.name}/{algo.name}")),
                          model.predict(op, backend.name, algo, chained=True))
 
-    own = candidate(choose(op, [backend])[1])
+    own = candidate(min(algos, key=lambda a: (a.cost(op).flops / a.cost(op).efficiency, a.name)))
     if own.measured_s is None:
         return own
     for algo in algos:
