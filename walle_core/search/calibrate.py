@@ -334,7 +334,7 @@ def _probes(level: int) -> list[A.Op]:
     rng = np.random.default_rng(0)
     for shape, groups, pads in (((ch, ch, 3, 3), 1, (1, 1, 1, 1)), ((ch, ch, 1, 1), 1, (0, 0, 0, 0)),
                                 ((ch, 1, 3, 3), ch, (1, 1, 1, 1)),
-                                ((ch, 8, 3, 3), ch // 8, (1, 1, 1, 1))):  # grouped, 8 per group
+                                ((ch, min(ch, 8), 3, 3), max(ch // 8, 1), (1, 1, 1, 1))):  # 8 per group
         out = b.tensor((imgs, ch, hw, hw), f32)
         w = b.const(rng.standard_normal(shape).astype(f32))
         b.emit(A.Conv2D([img, w], [out], pads=pads, groups=groups))
