@@ -221,3 +221,18 @@ def test_the_cpu_plan_is_predicted_within_a_loose_bound_of_its_run(zoo_model):
     predicted = Searcher([reg.get("cpu"), reg.get("reference")]).search(ops, keep).chosen.predicted_s
     measured = min(model.time_run(feeds, repeat=10) for _ in range(3))
     assert measured / 3 < predicted < measured * 3, (predicted, measured)
+
+
+def test_every_calibration_probe_is_a_valid_op_for_every_backend():
+    """A malformed probe (a conv with no groups) made GPU backends' lowering raise, so their
+    whole calibration failed and auto dropped them."""
+    from walle_core.search.calibrate import LEVELS, _probes
+
+    backends = walle_core.plugins.registry().available()
+    for level in range(LEVELS):
+        for op in _probes(level):
+            if isinstance(op, A.Conv2D):
+                x, w = op.inputs[0], op.inputs[1]
+                assert op.groups >= 1 and w.shape[1] * op.groups == x.shape[1], (level, op.groups)
+            for backend in backends:
+                backend.algorithms(op)  # lists without raising
