@@ -88,16 +88,20 @@ class Model:
         self._defaults = {
             vi.name for vi in graph.inputs if vi.name in graph.initializers
         }
+        # read on every run: built once (run's per-call Python cost shows on small models)
+        self._declared = {vi.name: vi for vi in graph.inputs}
+        self._input_names = [vi.name for vi in graph.inputs if vi.name not in self._defaults]
+        self._output_names = [vi.name for vi in graph.outputs]
 
     # ------------------------------------------------------------------ introspection
 
     @property
     def input_names(self) -> list[str]:
-        return [vi.name for vi in self.graph.inputs if vi.name not in self._defaults]
+        return list(self._input_names)
 
     @property
     def output_names(self) -> list[str]:
-        return [vi.name for vi in self.graph.outputs]
+        return list(self._output_names)
 
     @property
     def inputs(self) -> dict[str, str]:
@@ -111,11 +115,11 @@ class Model:
     # ------------------------------------------------------------------ running
 
     def _signature(self, feeds: Mapping[str, np.ndarray]) -> tuple[Signature, dict[str, np.ndarray]]:
-        declared = {vi.name: vi for vi in self.graph.inputs}
-        unknown = sorted(set(feeds) - set(declared))
-        if unknown:
+        declared = self._declared
+        if any(name not in declared for name in feeds):
+            unknown = sorted(set(feeds) - set(declared))
             raise InputError(f"unknown input(s) {unknown}; the model takes {self.input_names}")
-        missing = [n for n in self.input_names if n not in feeds]
+        missing = [n for n in self._input_names if n not in feeds]
         if missing:
             raise InputError(f"missing input(s) {missing}")
         arrays: dict[str, np.ndarray] = {}
@@ -205,12 +209,12 @@ class Model:
                     child = self._build(sig, {**node.known, **values}, node.lowered_ops)
                     node.children[key] = child
             node = child
-        inputs = set(node.input_ids.values())
+        inputs = node.input_ids.values()
         return {
             # Never hand back a caller's own array or a plan constant: callers may mutate results.
             name: (t.value.copy() if t.value is not None
                    else table[t.id].copy() if t.id in inputs else table[t.id])
-            for name, t in zip(self.output_names, node.outputs, strict=True)
+            for name, t in zip(self._output_names, node.outputs, strict=True)
         }
 
     # ------------------------------------------------------------------ describing and timing

@@ -30,6 +30,8 @@ from walle_cpu.ops.chain import label as chain_label
 from walle_cpu.ops.conv import plain_algorithm
 from walle_cpu.ops.raster import encode_empty
 
+_PTR_BYTES = FFI.sizeof("char*") if FFI is not None else 8
+
 
 class KernelError(WalleError):
     """A C kernel met data it cannot process (out-of-range index, integer division by zero)."""
@@ -150,7 +152,7 @@ class CpuExecutable(Executable):
             raise InputError(f"program takes {len(prog.inputs)} inputs, got {len(inputs)}")
         ffi = FFI
         slots = ffi.new("char*[]", self._nslots)
-        ffi.memmove(slots, self._template, self._nslots * ffi.sizeof("char*"))
+        ffi.memmove(slots, self._template, self._nslots * _PTR_BYTES)
         keep: list[Any] = []
         arena = self._arena()
         slots[0] = ffi.from_buffer(arena)
@@ -170,7 +172,9 @@ class CpuExecutable(Executable):
             o = np.empty(t.shape, t.dtype)
             outs.append(o)
             slots[s] = ffi.from_buffer(o.reshape(-1) if o.size else np.zeros(1, t.dtype))
-        err = ffi.new("char[]", 256)
+        err = getattr(self._local, "err", None)  # one message buffer per thread, kept
+        if err is None:
+            err = self._local.err = ffi.new("char[]", 256)
         prof = getattr(self._local, "profile", None)
         if prof is not None:
             LIB.wl_set_profile(prof)
