@@ -162,6 +162,10 @@ def test_qdq_rewrite_makes_the_cnn_integer(models: dict[str, Path], tmp_path: Pa
     names = [getattr(op, "name", "") for op in ops]
     assert names.count("qlinear_conv") == 3 and names.count("qlinear_matmul") == 1
     assert not any(isinstance(op, A.Conv2D | A.MatMul) for op in ops)
+    # SiLU (Sigmoid, then Mul by the same tensor) is one table; the Add is the one binary pass
+    graph, _ = fuse_qdq(import_graph(q))
+    kinds = [n.op_type for n in graph.nodes]
+    assert kinds.count("QLinearLookup") == 1 and "QLinearMul" not in kinds and kinds.count("QLinearAdd") == 1
 
 
 def test_float_fallback_is_reported(tmp_path: Path) -> None:

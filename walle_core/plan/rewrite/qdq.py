@@ -294,9 +294,30 @@ class _Rewriter:
         q = self.q_after(node.outputs[0])
         if a is None or b is None or q is None:
             return False
+        if self.gated(node, q, a, b) or self.gated(node, q, b, a):
+            return True
         ins = [a.x, *self._params(a), b.x, *self._params(b), q.inputs[1], q.inputs[2]]
         self.replace(node, [q], [Node(f"QLinear{node.op_type}", ins, [q.outputs[0]], {}, node.name, MS)],
                      node.op_type)
+        return True
+
+    def gated(self, node: Node, q: Node, a: _DQ_, b: _DQ_) -> bool:
+        """``a op DQ(Q(f(a)))`` with ``f`` a one-input map of the same 8-bit tensor (SiLU is
+        ``x * sigmoid(x)``, HardSwish ``x * hardsigmoid(x)``): every operand is a function of one
+        8-bit value, so the island is one table (the float graph's arithmetic on all 256 values)
+        instead of a lookup and a binary pass."""
+        q1 = self.producer.get(b.x)
+        f = self.producer.get(q1.inputs[0]) if q1 is not None and q1.op_type in _Q else None
+        if q1 is None or f is None or f.op_type not in _LOOKUP_OPS \
+                or any(i and self.const(i) is None for i in f.inputs[1:]):
+            return False
+        fa = self.act8(f.inputs[0])
+        if fa is None or fa.x != a.x or fa.params != a.params or fa.dtype != a.dtype:
+            return False
+        body = [n for n in (fa.node, f, q1, b.node, node) if n is not a.node]
+        table = self._table(a, body, q)
+        self.replace(node, [q], [Node("QLinearLookup", [a.x, self.add_const("table", table)],
+                                      [q.outputs[0]], {}, node.name, WALLE)], node.op_type)
         return True
 
     def concat(self, node: Node) -> bool:
