@@ -52,6 +52,7 @@ SWEEP_CAP_S = 0.01
 SATURATION_MIN_S = 5e-5  # ... between sizes that each take at least this long
 SATURATED = 0.15  # a sweep also stops once throughput changes less than this between sizes
 BUDGET_S = 6.0  # host seconds of sweeps per backend; larger sizes are then extrapolated
+ALL_ALGORITHMS_BELOW = 3  # sweep levels at which every algorithm is timed (cheap sizes)
 REPEAT = 5  # runs per timing (the best counts: noise on a shared machine only adds time)
 TRANSFER_BYTES = (1 << 14, 1 << 18, 1 << 22)
 MV_ROWS = 4  # a MatMul with at most this many rows per batch is a matrix-vector product
@@ -378,13 +379,17 @@ def _sweep(backend: Backend) -> Iterator[tuple[int, A.Op, Algorithm, bool]]:
     """(level, op, algorithm, chained) for every bucket and algorithm, smallest sizes first; the
     first probe of a bucket (at a level) is its representative. Element-wise buckets are swept
     twice: a lone op (its own pass over memory) and chained copies (fused where the backend
-    fuses); other ops only chained."""
+    fuses); other ops only chained. Beyond the small sizes only the algorithm the backend picks
+    for the probe is swept: the search runs a backend's own pick (another algorithm only once
+    measure mode timed it), so the large sizes of the others would only cost time."""
     for level in range(LEVELS):
         seen: set[str] = set()
         for op in _probes(level):
-            for alg in backend.algorithms(op):
+            algos = backend.algorithms(op)
+            own = choose(op, [backend])[1].name if algos else ""
+            for alg in algos:
                 key = op_key(op, alg.name)
-                if key not in seen:
+                if key not in seen and (level < ALL_ALGORITHMS_BELOW or alg.name == own):
                     seen.add(key)
                     if isinstance(op, ELEMENTWISE):
                         yield level, op, alg, False
