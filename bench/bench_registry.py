@@ -337,6 +337,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async def device(did: str, tok: str, stream: Stream, t0: float) -> None:
             notice = await asyncio.wait_for(stream.notices.get(), args.timeout)
             notified.append(time.perf_counter() - t0)
+            if len(notified) == args.devices:  # the fan-out's CPU (and the few pulls begun meanwhile)
+                phases["fanout"] = fan.done()
             if args.pull_jitter:
                 await asyncio.sleep(random.uniform(0, args.pull_jitter))  # no stampede on the blob tier
             await http.call("GET", f"/v1/releases/{notice['task']}/{notice['version']}/manifest", tok)
@@ -354,6 +356,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 lost.append(did)
 
         ph = Phase(tiers)
+        fan = Phase(tiers)
         t0 = time.perf_counter()
         dep_task = asyncio.create_task(ctl.call("POST", "/v1/deployments", ADMIN, {
             "task": "bench", "version": "1.0.0", "min_sample": 1, "success_threshold": 1.0}))

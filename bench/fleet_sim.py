@@ -65,11 +65,16 @@ class Costs:
         roll, chk = run["phases"]["rollout"], run["phases"]["checkin"]
         tiers = [k.removesuffix("_cpu_s") for k in roll if k.endswith("_cpu_s") and k != "client_cpu_s"]
         total = sum(roll[f"{t}_cpu_s"] for t in tiers)
-        # the fan-out finished when the last device was notified; the rest of the rollout was pulls
-        share = min(1.0, run["notify_s"]["99"] / roll["wall_s"])
         checkins = max(1.0, run["checkins_per_s"] * chk["wall_s"])
-        return cls(notify={t: roll[f"{t}_cpu_s"] * share / n for t in tiers},
-                   pull={t: roll[f"{t}_cpu_s"] * (1 - share) / n for t in tiers},
+        fan = run["phases"].get("fanout")
+        if fan is not None:  # CPU measured from the create until the last device was notified
+            notify = {t: min(fan[f"{t}_cpu_s"], roll[f"{t}_cpu_s"]) / n for t in tiers}
+            pull = {t: max(0.0, roll[f"{t}_cpu_s"] - fan[f"{t}_cpu_s"]) / n for t in tiers}
+        else:  # older runs: split the rollout's CPU by the share of its wall time until notified
+            share = min(1.0, run["notify_s"]["99"] / roll["wall_s"])
+            notify = {t: roll[f"{t}_cpu_s"] * share / n for t in tiers}
+            pull = {t: roll[f"{t}_cpu_s"] * (1 - share) / n for t in tiers}
+        return cls(notify=notify, pull=pull,
                    checkin={t: chk[f"{t}_cpu_s"] / checkins for t in tiers},
                    listen=listen, cores=total / roll["wall_s"],
                    checkin_cores=sum(chk[f"{t}_cpu_s"] for t in tiers) / chk["wall_s"], source=str(path))

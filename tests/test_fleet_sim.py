@@ -53,3 +53,22 @@ def test_sampling_weight_does_not_change_the_answer_much() -> None:
     fine = simulate(fleet, plant, COSTS, sample=20_000)
     coarse = simulate(fleet, Plant(replicas=3, shared_cores=2.0, cdn_gbit=1e3), COSTS, sample=2_000)
     assert coarse.deliver_s["p99"] == pytest.approx(fine.deliver_s["p99"], rel=0.02)
+
+
+def test_costs_split_by_the_measured_fanout_phase(tmp_path: Path) -> None:
+    import json
+
+    def tiers(cpu: float) -> dict[str, float]:
+        return {"replicas_cpu_s": cpu, "postgres_cpu_s": cpu / 4, "nginx_cpu_s": cpu / 10, "client_cpu_s": 1.0}
+
+    run = {"devices": 1000, "checkins_per_s": 500.0, "notify_s": {"99": 9.0},
+           "phases": {"rollout": {"wall_s": 10.0, **tiers(8.0)}, "fanout": {"wall_s": 2.0, **tiers(2.0)},
+                      "checkin": {"wall_s": 10.0, **tiers(5.0)}}}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    costs = Costs.from_bench(path, listen=1e-6)
+    assert costs.notify["replicas"] == pytest.approx(2.0 / 1000)  # the fan-out phase, not the wall share
+    assert costs.pull["replicas"] == pytest.approx(6.0 / 1000)
+    assert costs.pull["postgres"] == pytest.approx(1.5 / 1000)
+    assert "client" not in costs.notify  # the bench client is not a server tier
+    assert costs.cores == pytest.approx((8.0 + 2.0 + 0.8) / 10.0)

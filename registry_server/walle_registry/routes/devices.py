@@ -124,8 +124,13 @@ async def _events(reg: Registry, device_id: str, cursor: int, queue: asyncio.Que
 
     try:
         yield "retry: 2000\n: connected\n\n"
-        async for event in catch_up():
-            yield event
+        # The queue was subscribed before this read: a notice missing from ``latest`` now reaches
+        # the queue later, so a device already at the newest seq needs no catch-up query (the
+        # common reconnect, e.g. a replica's devices moving to the others after it died).
+        newest = reg.devices.latest.get(device_id)
+        if newest is None or newest > cursor:
+            async for event in catch_up():
+                yield event
         while True:
             n = await queue.get()
             if n is KEEPALIVE:
