@@ -13,17 +13,44 @@ typedef struct {
     uint8_t *y;
 } q_ew;
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* 64 bytes a step: the 256-entry table in four registers, two vpermi2b (entries 0-127 and
+ * 128-255, by the low 7 bits) and a blend by the top bit */
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) static void lookup_vbmi(
+    const uint8_t *table, const uint8_t *a, uint8_t *y, int64_t n, uint8_t flip) {
+    const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
+    const __m512i t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
+    const __m512i fl = _mm512_set1_epi8((char)flip);
+    for (int64_t i = 0; i < n; i += 64) {
+        __mmask64 m = n - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (n - i)) - 1);
+        __m512i x = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, a + i), fl);
+        __m512i lo = _mm512_permutex2var_epi8(t0, x, t1), hi = _mm512_permutex2var_epi8(t2, x, t3);
+        _mm512_mask_storeu_epi8(y + i, m, _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), lo, hi));
+    }
+}
+#endif
+
 static void lookup_task(void *vp, int64_t t) {
     const q_ew *c = vp;
     const wl_qlookup_params *p = &c->op->qlookup;
     const uint8_t *table = c->op->aux, flip = (uint8_t)p->flip;
     int64_t i0 = t * GRAIN, i1 = i0 + GRAIN < p->n ? i0 + GRAIN : p->n;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw")) {
+        lookup_vbmi(table, c->a + i0, c->y + i0, i1 - i0, flip);
+        return;
+    }
+#endif
     for (int64_t i = i0; i < i1; i++) c->y[i] = table[c->a[i] ^ flip];
 }
 
 int wl_qlookup_op(const wl_op *op, const wl_exec *ex) {
     q_ew c = {op, (const uint8_t *)wl_in(op, ex, 0), NULL, (uint8_t *)wl_out(op, ex)};
-    wl_parallel_for((op->qlookup.n + GRAIN - 1) / GRAIN, lookup_task, &c, ex->nthreads);
+    /* ~64 bytes per few cycles: waking a helper thread only pays for large tensors */
+    wl_parallel_for((op->qlookup.n + GRAIN - 1) / GRAIN, lookup_task, &c,
+                    op->qlookup.n < (1 << 18) ? 1 : ex->nthreads);
     return 0;
 }
 
@@ -32,8 +59,6 @@ static inline float q_val(const uint8_t *x, int64_t i, int sgn) {
 }
 
 #if defined(__x86_64__)
-#include <immintrin.h>
-
 /* 16 elements a step (the tail under a lane mask), the scalar loop's float32 operations in the
  * same order; fp-contract off: no fused multiply-add may change a result of the expansion */
 #define Q_LOAD16(X, M, SGN, Z, R)                                                               \
@@ -110,6 +135,7 @@ static void binary_task(void *vp, int64_t t) {
 int wl_qbinary_op(const wl_op *op, const wl_exec *ex) {
     q_ew c = {op, (const uint8_t *)wl_in(op, ex, 0), (const uint8_t *)wl_in(op, ex, 1),
               (uint8_t *)wl_out(op, ex)};
-    wl_parallel_for((op->qbinary.n + GRAIN - 1) / GRAIN, binary_task, &c, ex->nthreads);
+    wl_parallel_for((op->qbinary.n + GRAIN - 1) / GRAIN, binary_task, &c,
+                    op->qbinary.n < (1 << 16) ? 1 : ex->nthreads);
     return 0;
 }

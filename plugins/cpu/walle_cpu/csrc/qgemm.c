@@ -628,8 +628,9 @@ static void pack_conv(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t 
         int full = 4 * k4 + 3 < K;
         for (int e = 0; e < 4; e++) {
             /* past K (depth padding, masked to 0 below): the last element again */
-            src[e] = 4 * k4 + e < K ? xg + c * hw + i * s->dilation_h * j->wp + jj * s->dilation_w
-                                    : src[e - 1];
+            src[e] = 4 * k4 + e < K || e == 0
+                         ? xg + c * hw + i * s->dilation_h * j->wp + jj * s->dilation_w
+                         : src[e - 1];
             if (++jj == s->kw) {
                 jj = 0;
                 if (++i == s->kh) {
