@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 FILTER_KEYS = ("os", "app_version", "model", "region", "groups", "backends")
@@ -97,6 +97,8 @@ def bucket(seed: str, device_id: str, salt: str = "") -> int:
 
 
 def in_percentage(seed: str, device_id: str, percentage: float) -> bool:
+    if percentage >= 100:  # every bucket is below 10,000: no hash needed
+        return True
     return bucket(seed, device_id) < round(percentage * 100)
 
 
@@ -120,7 +122,7 @@ def stage_quota(percentage: float, population: int) -> int:
     return min(population, math.ceil(round(percentage * population, 6) / 100))
 
 
-def targeted(device_id: str, attrs: Mapping[str, Any], device_ids: Sequence[str] | None,
+def targeted(device_id: str, attrs: Mapping[str, Any], device_ids: Collection[str] | None,
              filters: Mapping[str, Any], seed: str, percentage: float) -> bool:
     """Whether a deployment's population includes the device (before stages)."""
     if device_ids is not None and device_id not in device_ids:

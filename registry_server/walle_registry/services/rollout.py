@@ -85,12 +85,13 @@ class Rollout:
         """Every registered device the deployment's policy matches."""
         q = select(Device.id, Device.attributes)
         rows: Iterable[Any]
+        ids = set(dep.device_ids) if dep.device_ids is not None else None  # membership per device: a set
         if dep.device_ids is not None:
             rows = [r for chunk in chunks(dep.device_ids) for r in s.execute(q.where(Device.id.in_(chunk)))]
         else:
             rows = s.execute(q)
         return [did for did, attrs in rows
-                if policy.targeted(did, attrs or {}, dep.device_ids, dep.filters, dep.seed, dep.percentage)]
+                if policy.targeted(did, attrs or {}, ids, dep.filters, dep.seed, dep.percentage)]
 
     def assign_stage(self, s: Session, dep: Deployment) -> Notices:
         """Recount the population and fill the current stage's quota, lowest stage bucket first."""
