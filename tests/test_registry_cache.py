@@ -203,3 +203,19 @@ def test_monotone_map_raise_many_only_grows_and_is_a_floor_until_loaded() -> Non
     assert m.get("a") == 9  # merged with max, still loaded
     assert m.get("b") is None  # a floor: not authoritative until a load
     assert m.raise_to("b", 4, loaded=True) == 7
+
+
+def test_activity_flush_merges_metrics_and_only_raises_the_cursor(env: Env) -> None:
+    env.device("fl-1", os="linux")
+    env.device("fl-2", os="linux")
+    devs = env.registry.devices
+    devs.activity.note("fl-1", 100.0, {"a": 1, "b": {"x": 1}}, 7)
+    devs.activity.note("fl-2", 101.0)
+    devs.flush_activity()
+    devs.activity.note("fl-1", 102.0, {"b": 2, "c": 3}, 5)  # an older cursor does not lower it
+    devs.flush_activity()
+    with env.registry.db.read() as s:
+        one, two = s.get(Device, "fl-1"), s.get(Device, "fl-2")
+        assert one is not None and two is not None
+        assert (one.last_seen, one.cursor, one.metrics) == (102.0, 7, {"a": 1, "b": 2, "c": 3})
+        assert (two.last_seen, two.cursor, two.metrics) == (101.0, 0, {})

@@ -9,6 +9,7 @@ answered without a query.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
@@ -16,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from walle_registry import auth
@@ -86,6 +87,9 @@ class Devices:
             if not seen:
                 return
             try:
+                if self.db.is_postgres:
+                    self._flush_postgres(seen, metrics, cursor)
+                    return
                 with self.db.write() as s:
                     ids = sorted(seen)
                     conn = s.connection()  # Core executemany (the ORM would bulk-update by primary key)
@@ -106,6 +110,22 @@ class Devices:
             except BaseException:
                 self.activity.give_back(seen, metrics, cursor)
                 raise
+
+    def _flush_postgres(self, seen: dict[str, float], metrics: dict[str, dict[str, Any]],
+                        cursor: dict[str, int]) -> None:
+        """One ``UPDATE ... FROM json_to_recordset(:rows)`` for the whole batch: last_seen set,
+        the cursor raised, the metrics merged key by key (``jsonb ||``, as ``{**old, **new}``).
+        The per-row statements cost ~10 µs of Python each, which at thousands of distinct devices
+        per flush was a sizeable share of a check-in."""
+        rows = [{"did": d, "t": t, "cur": cursor.get(d), "m": metrics.get(d)} for d, t in sorted(seen.items())]
+        with self.db.write() as s:
+            s.execute(text(
+                "UPDATE devices AS d SET last_seen = x.t, "
+                "cursor = CASE WHEN x.cur IS NOT NULL AND x.cur > d.cursor THEN x.cur ELSE d.cursor END, "
+                "metrics = CASE WHEN x.m IS NULL THEN d.metrics "
+                "ELSE (COALESCE(d.metrics::jsonb, '{}'::jsonb) || x.m::jsonb)::json END "
+                "FROM json_to_recordset(CAST(:rows AS json)) AS x(did varchar, t float, cur bigint, m json) "
+                "WHERE d.id = x.did"), {"rows": json.dumps(rows, separators=(",", ":"))})
 
     # ------------------------------------------------------------------ registration
 
