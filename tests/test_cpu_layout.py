@@ -216,6 +216,19 @@ def test_wide_maps_give_border_pixels_their_own_taps(k: int, s: int, p: int) -> 
     _check(b.ops, [x], [y], [rng.uniform(-1, 1, x.shape).astype(F32)])
 
 
+@pytest.mark.parametrize(("k", "s", "p"), [(3, 1, 1), (3, 2, 1), (5, 1, 2), (5, 2, 2), (7, 1, 3)])
+def test_small_map_depthwise_convs_match_with_or_without_a_padded_copy(k: int, s: int, p: int) -> None:
+    """Depthwise convs on maps under 32 wide: 3x3 keeps its border taps (three tap windows
+    per row stay cached), 5x5 and 7x7 (five and seven) read a zero-bordered copy."""
+    rng = np.random.default_rng(k * 10 + s)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((2, 36, 9, 11), F32)
+    h = _conv(b, rng, _conv(b, rng, x, 40, 1, 1, 0), 40, k, s, p, depthwise=True,
+              act=A.Activation("relu"))
+    y = _conv(b, rng, h, 24, 1, 1, 0)
+    _check(b.ops, [x], [y], [rng.uniform(-1, 1, x.shape).astype(F32)])
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_threads_give_the_same_blocked_result(threads: int) -> None:
     rng = np.random.default_rng(3)

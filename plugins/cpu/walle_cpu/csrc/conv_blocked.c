@@ -122,7 +122,13 @@ int wl_nc_prepare(nc_ctx *c, const wl_op *op, const wl_exec *ex, const float *x,
     int64_t cbn = ceil_div(C, WL_BLK), e = blocked ? WL_BLK : 1, planes = blocked ? cbn : C;
     c->borders = c->pt || c->pl || (OH - 1) * c->sh + (c->KH - 1) * c->dh >= H ||
                  (OW - 1) * c->sw + (c->KW - 1) * c->dw >= W;
-    if (!depthwise && c->borders && OW < 32) {
+    int64_t lo, hi;
+    interior(c, &lo, &hi);
+    /* depthwise rows walk their pixels in order, so their tap windows (interior and each
+     * border column's) stay cached unless a row has more than the cache holds (5x5 pad 2:
+     * five), when every pixel would rebuild its table */
+    int windows_fit = 1 + lo + (OW - hi) <= NC_TABLES - 1;
+    if (c->borders && OW < 32 && (!depthwise || !windows_fit)) {
         /* small maps: a zero-bordered copy, so that every output pixel reads all its taps and
          * tiles span rows (large maps keep the input and give border pixels their own taps) */
         c->borders = 0;
