@@ -12,7 +12,9 @@
 #include "internal.h"
 
 /* (the helpers below are static: each kernel file gets its own copy, inlined as before) */
-#define NC_TABLES 4 /* tap windows cached per task: interior, the two borders, one spare */
+/* tap windows cached per task: a row's interior and border columns (7x7 pad 3: seven), and
+ * the previous row's while the next one starts */
+#define NC_TABLES 8
 
 typedef struct {
     const wl_op *op;

@@ -124,11 +124,11 @@ int wl_nc_prepare(nc_ctx *c, const wl_op *op, const wl_exec *ex, const float *x,
                  (OW - 1) * c->sw + (c->KW - 1) * c->dw >= W;
     int64_t lo, hi;
     interior(c, &lo, &hi);
-    /* depthwise rows walk their pixels in order, so their tap windows (interior and each
-     * border column's) stay cached unless a row has more than the cache holds (5x5 pad 2:
-     * five), when every pixel would rebuild its table */
-    int windows_fit = 1 + lo + (OW - hi) <= NC_TABLES - 1;
-    if (c->borders && OW < 32 && (!depthwise || !windows_fit)) {
+    /* depthwise rows on a small map keep their border taps when a row has one border column
+     * per side (3x3); with more (5x5 pad 2: two per side) most pixels of a small map are
+     * border pixels, one-pixel tiles, and the padded copy lets them run as interior tiles */
+    int few_borders = 1 + lo + (OW - hi) <= 3;
+    if (c->borders && OW < 32 && (!depthwise || !few_borders)) {
         /* small maps: a zero-bordered copy, so that every output pixel reads all its taps and
          * tiles span rows (large maps keep the input and give border pixels their own taps) */
         c->borders = 0;
