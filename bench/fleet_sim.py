@@ -57,27 +57,63 @@ class Costs:
     cores: float  # cores the server processes actually used during the measured rollout
     checkin_cores: float  # ... and during the check-in phase
     source: str = ""
+    # CPU seconds a rollout costs whatever its size (first requests filling caches, the create's
+    # fixed statements), fitted when runs of two or more sizes calibrate the model
+    notify_fixed: dict[str, float] = field(default_factory=dict)
+    pull_fixed: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_bench(cls, path: Path, listen: float) -> Costs:
-        run = json.loads(path.read_text())
-        n = run["devices"]
-        roll, chk = run["phases"]["rollout"], run["phases"]["checkin"]
-        tiers = [k.removesuffix("_cpu_s") for k in roll if k.endswith("_cpu_s") and k != "client_cpu_s"]
-        total = sum(roll[f"{t}_cpu_s"] for t in tiers)
-        checkins = max(1.0, run["checkins_per_s"] * chk["wall_s"])
-        fan = run["phases"].get("fanout")
-        if fan is not None:  # CPU measured from the create until the last device was notified
-            notify = {t: min(fan[f"{t}_cpu_s"], roll[f"{t}_cpu_s"]) / n for t in tiers}
-            pull = {t: max(0.0, roll[f"{t}_cpu_s"] - fan[f"{t}_cpu_s"]) / n for t in tiers}
-        else:  # older runs: split the rollout's CPU by the share of its wall time until notified
-            share = min(1.0, run["notify_s"]["99"] / roll["wall_s"])
-            notify = {t: roll[f"{t}_cpu_s"] * share / n for t in tiers}
-            pull = {t: roll[f"{t}_cpu_s"] * (1 - share) / n for t in tiers}
-        return cls(notify=notify, pull=pull,
-                   checkin={t: chk[f"{t}_cpu_s"] / checkins for t in tiers},
-                   listen=listen, cores=total / roll["wall_s"],
-                   checkin_cores=sum(chk[f"{t}_cpu_s"] for t in tiers) / chk["wall_s"], source=str(path))
+        return cls.fit([path], listen)
+
+    @classmethod
+    def fit(cls, paths: list[Path], listen: float) -> Costs:
+        """Costs from one or more ``bench_registry.py --out`` runs. Per tier, the fan-out's and the
+        pulls' CPU are fitted as ``fixed + per_device * devices`` (least squares; with one run, or
+        when the fit gives a negative fixed part, proportional to the devices); check-in costs and
+        the cores the servers got are the runs' means."""
+        runs = [json.loads(p.read_text()) for p in paths]
+        tiers = [k.removesuffix("_cpu_s") for k in runs[0]["phases"]["rollout"]
+                 if k.endswith("_cpu_s") and k != "client_cpu_s"]
+        ns = [float(r["devices"]) for r in runs]
+        fan_cpu: dict[str, list[float]] = defaultdict(list)
+        pull_cpu: dict[str, list[float]] = defaultdict(list)
+        checkin: dict[str, list[float]] = defaultdict(list)
+        cores, checkin_cores = [], []
+        for run in runs:
+            roll, chk = run["phases"]["rollout"], run["phases"]["checkin"]
+            fan = run["phases"].get("fanout")
+            # without a fan-out phase (older runs): split by the share of the wall time until notified
+            share = None if fan is not None else min(1.0, run["notify_s"]["99"] / roll["wall_s"])
+            checkins = max(1.0, run["checkins_per_s"] * chk["wall_s"])
+            for t in tiers:
+                total = roll[f"{t}_cpu_s"]
+                f = min(fan[f"{t}_cpu_s"], total) if fan is not None else total * (share or 0.0)
+                fan_cpu[t].append(f)
+                pull_cpu[t].append(max(0.0, total - f))
+                checkin[t].append(chk[f"{t}_cpu_s"] / checkins)
+            cores.append(sum(roll[f"{t}_cpu_s"] for t in tiers) / roll["wall_s"])
+            checkin_cores.append(sum(chk[f"{t}_cpu_s"] for t in tiers) / chk["wall_s"])
+        notify, notify_fixed = _fit_lines(ns, fan_cpu)
+        pull, pull_fixed = _fit_lines(ns, pull_cpu)
+        return cls(notify=notify, pull=pull, checkin={t: sum(v) / len(v) for t, v in checkin.items()},
+                   listen=listen, cores=sum(cores) / len(cores), checkin_cores=sum(checkin_cores) / len(checkin_cores),
+                   source=", ".join(str(p) for p in paths), notify_fixed=notify_fixed, pull_fixed=pull_fixed)
+
+
+def _fit_lines(ns: list[float], cpu: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per tier: (per-device slope, fixed intercept) of CPU over devices."""
+    per, fixed = {}, {}
+    mean_n = sum(ns) / len(ns)
+    var = sum((n - mean_n) ** 2 for n in ns)
+    for t, ys in cpu.items():
+        mean_y = sum(ys) / len(ys)
+        slope = sum((n - mean_n) * (y - mean_y) for n, y in zip(ns, ys, strict=True)) / var if var else 0.0
+        icpt = mean_y - slope * mean_n
+        if not var or icpt < 0 or slope < 0:
+            slope, icpt = sum(ys) / sum(ns), 0.0
+        per[t], fixed[t] = slope, icpt
+    return per, fixed
 
 
 def measure_listen_cost(notices: int = 20_000) -> float:
@@ -207,7 +243,9 @@ def simulate(fleet: Fleet, plant: Plant, costs: Costs, sample: int = 20_000, see
         out.stage_opened_s.append(t)
         members = [d for d in range(s) if stage_of[d] == stage]
         k = len(members) * w
-        t_db = db.take(t, k * costs.notify.get("postgres", 0.0))
+        once = stage == 0  # a rollout's fixed costs come with its first stage
+        t_db = db.take(t, k * costs.notify.get("postgres", 0.0) + (costs.notify_fixed.get("postgres", 0.0) if once
+                                                                   else 0.0))
         spread("db_writes", t, t_db, 2 * k)  # assignment + notice rows (targets ride along)
         # every worker process has its own LISTEN thread (one core at most): broadcast makes each
         # parse every notice, sharded channels only those of its own streams
@@ -215,7 +253,8 @@ def simulate(fleet: Fleet, plant: Plant, costs: Costs, sample: int = 20_000, see
         per_worker = k if plant.broker == "broadcast" else k / workers
         listen_s = per_worker * costs.listen
         fan_cost = costs.notify.get("replicas", 0.0) + (costs.notify.get("nginx", 0.0) if shared else 0.0)
-        t_fan = replicas.take(t_db, k * fan_cost)
+        fan_fixed = costs.notify_fixed.get("replicas", 0.0) + (costs.notify_fixed.get("nginx", 0.0) if shared else 0.0)
+        t_fan = replicas.take(t_db, k * fan_cost + (fan_fixed if once else 0.0))
         # the stage's transaction and NOTIFY go out together; listeners then parse the notices at
         # their own pace and write each to its stream
         rng.shuffle(members)
@@ -228,6 +267,7 @@ def simulate(fleet: Fleet, plant: Plant, costs: Costs, sample: int = 20_000, see
             rate["broker_notices"][int(at)] += w
             push(at, "notice", d)
 
+    pull_fixed = [dict(costs.pull_fixed)]
     open_stage(0.0)
     t_end = 0.0
     while events:
@@ -239,10 +279,11 @@ def simulate(fleet: Fleet, plant: Plant, costs: Costs, sample: int = 20_000, see
             push(t + jitter, "pull", d)
         elif kind == "pull":
             rate["api_requests"][int(t)] += 3 * w  # manifest, bundle/blob authorisation, report
+            fixed = pull_fixed.pop() if pull_fixed else {}  # the rollout's fixed pull work, with the first pull
             if shared is not None:  # one pool: the device's whole pull is one piece of its work
-                push(pool.take(t, w * sum(costs.pull.values())), "report", d)
+                push(pool.take(t, w * sum(costs.pull.values()) + sum(fixed.values())), "report", d)
             else:
-                t_api = replicas.take(t, w * costs.pull.get("replicas", 0.0))
+                t_api = replicas.take(t, w * costs.pull.get("replicas", 0.0) + fixed.get("replicas", 0.0))
                 push(max(cdn.take(t_api, w * bundle), t_api + bundle / bw[d]), "report", d)
                 rate["cdn_bytes"][int(t_api)] += w * bundle
         elif kind == "report":
@@ -285,10 +326,24 @@ def plan(fleet: Fleet, costs: Costs, streams_per_replica: int, replica_cores: fl
                  db_nodes=max(1, math.ceil(db_load / (db_cores * utilisation))), db_cores=db_cores)
 
 
+def compare(pred: Outcome, run: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Predicted, measured and the prediction's error (predicted / measured - 1) per figure."""
+    pairs = {"notified_p50_s": (pred.notify_s["p50"], run["notify_s"]["50"]),
+             "notified_p99_s": (pred.notify_s["p99"], run["notify_s"]["99"]),
+             "pulled_p50_s": (pred.deliver_s["p50"], run["pull_s"]["50"]),
+             "pulled_p99_s": (pred.deliver_s["p99"], run["pull_s"]["99"]),
+             "checkins_per_s": (pred.checkins_per_s or float("nan"), run["checkins_per_s"])}
+    return {k: {"predicted": p, "measured": m, "error": round(p / m - 1, 3) if m else float("nan")}
+            for k, (p, m) in pairs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calibrate", type=Path, required=True, help="bench_registry.py --replicas N --out JSON")
+    ap.add_argument("--calibrate", type=Path, required=True, nargs="+",
+                    help="bench_registry.py --replicas N --out JSON (runs of two sizes also fit fixed costs)")
     ap.add_argument("--predict", type=int, default=0, help="model the loopback benchmark with this many devices")
+    ap.add_argument("--measured", type=Path, default=None,
+                    help="with --predict: a bench_registry.py --out JSON of that run, printed next to the prediction")
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--sizes", default="1e6,1e8,1e9")
     ap.add_argument("--sample", type=int, default=20_000)
@@ -305,13 +360,16 @@ def main() -> None:
     ap.add_argument("--db-cores", type=float, default=32.0)
     ap.add_argument("--broker", choices=["broadcast", "sharded"], default="broadcast")
     args = ap.parse_args()
-    costs = Costs.from_bench(args.calibrate, measure_listen_cost())
+    costs = Costs.fit(args.calibrate, measure_listen_cost())
     report: dict[str, Any] = {"costs": asdict(costs)}
     if args.predict:
         fleet = Fleet(args.predict, online=1.0, bundle_mb=0.07, stages=(100.0,), bake_s=0.0, jitter_s=0.0,
                       bandwidth_mbit=1e5)
         plant = Plant(replicas=args.replicas, shared_cores=costs.cores, cdn_gbit=1e3)
-        report["prediction"] = {"devices": args.predict, **asdict(simulate(fleet, plant, costs, args.sample))}
+        pred = simulate(fleet, plant, costs, args.sample)
+        report["prediction"] = {"devices": args.predict, **asdict(pred)}
+        if args.measured:
+            report["versus_measured"] = compare(pred, json.loads(args.measured.read_text()))
     else:
         rows = []
         for size in (int(float(x)) for x in args.sizes.split(",")):
