@@ -255,3 +255,36 @@ def test_int8_broadcast_binary_matches_reference(op: str, c: int, hw: int, form:
     ins = [feeds[name] for name, tid in sorted(node_plan.input_ids.items(), key=lambda kv: step.inputs.index(kv[1]))]
     labels = [label for label, _ in step.executable.profile(ins, 1)]
     assert sum("int8-direct" in label for label in labels) == 1 and len(labels) == 1, labels
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.integers(1, 4), m=st.integers(1, 30), k=st.integers(1, 70), n=st.integers(1, 40),
+       a_dtype=st.sampled_from([np.dtype(np.uint8), np.dtype(np.int8)]),
+       b_dtype=st.sampled_from([np.dtype(np.uint8), np.dtype(np.int8)]), seed=st.integers(0, 2**31))
+def test_int8_matmul_of_two_activations_matches_reference(batch: int, m: int, k: int, n: int, a_dtype: np.dtype,
+                                                          b_dtype: np.dtype, seed: int) -> None:
+    """QLinearMatMul of two 8-bit inputs (attention's Q K^T and scores x V): the
+    ``qlinear_bmm`` composite, B packed per run by the cpu kernel, the reference's integers."""
+    from walle_cpu.compiler import CpuExecutable
+
+    rng = np.random.default_rng(seed)
+    feeds = {"a": _rand(rng, a_dtype, (batch, m, k)), "b": _rand(rng, b_dtype, (batch, k, n))}
+    inits = [nh.from_array(np.array(rng.uniform(0.005, 0.05), np.float32), "as"),
+             nh.from_array(_rand(rng, a_dtype, ()), "az"),
+             nh.from_array(np.array(rng.uniform(0.005, 0.05), np.float32), "bs"),
+             nh.from_array(_rand(rng, b_dtype, ()), "bz"),
+             nh.from_array(np.array(rng.uniform(0.05, 2.0), np.float32), "ys"),
+             nh.from_array(_rand(rng, a_dtype, ()), "yz")]
+    node = h.make_node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"])
+    g = h.make_graph([node], "q", [h.make_tensor_value_info(k_, _TYPES[v.dtype], list(v.shape)) for k_, v in feeds.items()],
+                     [h.make_tensor_value_info("y", _TYPES[a_dtype], [batch, m, n])], inits)
+    data = h.make_model(g, opset_imports=[h.make_opsetid("", 21)]).SerializeToString()
+    ref = walle_core.load(data, backend="reference").run(feeds)["y"]
+    cpu = walle_core.load(data, backend="cpu")
+    np.testing.assert_array_equal(cpu.run(feeds)["y"], ref)
+    plan = cpu.plan_for(feeds)
+    (step,) = plan.stage.steps
+    assert isinstance(step.executable, CpuExecutable)
+    ins = [feeds[name] for name, _ in sorted(plan.input_ids.items(), key=lambda kv: step.inputs.index(kv[1]))]
+    labels = [label for label, _ in step.executable.profile(ins, 1)]
+    assert len(labels) == 1 and "int8-gemm" in labels[0], labels

@@ -304,6 +304,35 @@ def matmul_integer(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     return [b.matmul(a32, w32)]
 
 
+def _qbmm(b: Builder, a: A.Tensor, w: A.Tensor, a_zp: A.Tensor | None, w_zp: A.Tensor | None,
+          y_zp: A.Tensor | None, scales: list[np.ndarray | None], out: np.dtype, bias: A.Tensor | None,
+          trans_b: bool, clamp: Sequence[float] | None) -> A.Tensor | None:
+    """Two 8-bit activations (attention's Q K^T, scores x V) with per-tensor constant
+    parameters and the same batch dims: the ``qlinear_bmm`` composite (attributes ``x_zero``,
+    ``w_zero``, ``trans_b`` and the requantisation's), expanded as int32 MatMul + requantisation."""
+    azv, wzv = _const(b, a_zp), _const(b, w_zp)
+    a_zero = None if a_zp is not None and azv is None else _scalar_int(azv)
+    w_zero = None if w_zp is not None and wzv is None else _scalar_int(wzv)
+    if a_zero is None or w_zero is None or bias is not None or (y_zp is not None and scales[3] is None) \
+            or any(s is None or s.size != 1 for s in scales[:3]):
+        return None
+    if a.dtype.itemsize != 1 or w.dtype.itemsize != 1 or out.itemsize != 1 or len(a.shape) < 2 \
+            or len(a.shape) != len(w.shape) or a.shape[:-2] != w.shape[:-2] \
+            or a.shape[-1] != w.shape[-1 if trans_b else -2]:
+        return None
+    rq = Requant.of(scales[0], scales[1], scales[2], _scalar_int(scales[3]) or 0, out, clamp)  # type: ignore[arg-type]
+
+    def build() -> list[A.Tensor]:
+        ai = b.binary("sub", b.cast(a, np.int32), b.const(np.array(a_zero, np.int32)))
+        wt = b.transpose(w, (*range(len(w.shape) - 2), len(w.shape) - 1, len(w.shape) - 2)) if trans_b else w
+        wi = b.binary("sub", b.cast(wt, np.int32), b.const(np.array(w_zero, np.int32)))
+        return [requantize(b, b.matmul(ai, wi), rq, -1)]
+
+    return composite(b, "qlinear_bmm", [a, w], build, **_attrs_of(rq, a_zero, np.array(w_zero, np.int32),
+                                                                   np.zeros(1, np.int32)),
+                     trans_b=int(trans_b))
+
+
 @register("QLinearMatMul")
 @register("QLinearMatMul", domain=WALLE)
 def qlinear_matmul(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
@@ -323,6 +352,9 @@ def qlinear_matmul(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
         rq = Requant.of(scales[0], scales[1], scales[2], _scalar_int(scales[3]) or 0, out,  # type: ignore[arg-type]
                         ctx.attr("clamp"))
         return [qmatmul(b, a, found[0], found[1], found[2], bv, rq)]
+    two = _qbmm(b, a, w, a_zp, w_zp, y_zp, scales, np.dtype(out), bias, trans_b, ctx.attr("clamp"))
+    if two is not None:
+        return [two]
     ai = b.cast(a, np.int32)
     if a_zp is not None:
         zp = b.cast(a_zp, np.int32)

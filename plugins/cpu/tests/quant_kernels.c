@@ -160,6 +160,39 @@ static void test_matmul(const q_case *c, int64_t m, int64_t k, int64_t nn) {
     free(p.wz); free(p.bias); free(p.scale);
 }
 
+/* both operands inputs (attention's Q K^T and scores x V): per-tensor parameters, b (k, n) or
+ * transposed (n, k), batched */
+static void test_matmul_dyn(const q_case *c, int64_t batch, int64_t m, int64_t k, int64_t nn, int trans_b) {
+    uint8_t *a = malloc(batch * m * k + 1), *bm = malloc(batch * k * nn + 1);
+    fill_bytes(a, batch * m * k);
+    fill_bytes(bm, batch * k * nn);
+    q_params p = params(c, 1);
+    wl_qmatmul_params d = {m, 1, batch, k, nn, trans_b, c->x_signed, c->w_signed, p.xz, p.wz[0],
+                           p.yz, p.lo, p.hi, c->out, p.scale[0]};
+    int es = c->out == Q_S32 ? 4 : 1;
+    void *y = malloc(batch * m * nn * es + 4);
+    int32_t *want = malloc(sizeof(int32_t) * (batch * m * nn + 1));
+    if (wl_qmatmul_dyn(&d, a, bm, y, 2)) failures++;
+    for (int64_t t = 0; t < batch; t++)
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < nn; j++) {
+                int64_t acc = 0;
+                for (int64_t kk = 0; kk < k; kk++) {
+                    int64_t bi = t * k * nn + (trans_b ? j * k + kk : kk * nn + j);
+                    acc += (int64_t)(xval(a, (t * m + i) * k + kk, c->x_signed) - p.xz) *
+                           (xval(bm, bi, c->w_signed) - p.wz[0]);
+                }
+                want[(t * m + i) * nn + j] = c->out == Q_S32 ? (int32_t)acc : requant(acc, p.scale[0], p.yz, p.lo, p.hi);
+            }
+    char name[120];
+    snprintf(name, sizeof name, "matmul2 %lldx%lldx%lldx%lld t%d x%c w%c out%d wz%d", (long long)batch,
+             (long long)m, (long long)k, (long long)nn, trans_b, c->x_signed ? 's' : 'u',
+             c->w_signed ? 's' : 'u', c->out, c->wz_nonzero);
+    check(name, y, want, batch * m * nn, c->out);
+    free(a); free(bm); free(y); free(want);
+    free(p.wz); free(p.bias); free(p.scale);
+}
+
 int main(int argc, char **argv) {
     const char *isa = argc > 1 ? argv[1] : "auto";
     if (wl_q_set_isa(isa) != 0) {
@@ -200,6 +233,9 @@ int main(int argc, char **argv) {
         test_conv(c, 1, 64, 7, 7, 70, 3, 1, 1, 1, 1);
         test_matmul(c, 24, 200, 300);
         test_matmul(c, 2, 1000, 200);
+        test_matmul_dyn(c, 3, 7, 13, 9, 0);
+        test_matmul_dyn(c, 2, 24, 32, 24, 1);
+        test_matmul_dyn(c, 1, 2, 40, 33, 0);
     }
     if (failures) {
         printf("%d FAILED\n", failures);

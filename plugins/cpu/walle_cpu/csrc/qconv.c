@@ -10,6 +10,12 @@ int wl_qconv_op(const wl_op *op, const wl_exec *ex) {
 }
 
 int wl_qmatmul_op(const wl_op *op, const wl_exec *ex) {
+    if (op->qmatmul.dyn) {
+        if (wl_qmatmul_dyn(&op->qmatmul, (const uint8_t *)wl_in(op, ex, 0),
+                           (const uint8_t *)wl_in(op, ex, 1), wl_out(op, ex), ex->nthreads))
+            return wl_fail(ex, "int8 matmul: out of scratch memory");
+        return 0;
+    }
     if (wl_qmatmul(op->qmatmul.m, (const wl_qweights *)op->aux, (const uint8_t *)wl_in(op, ex, 0),
                    wl_out(op, ex), ex->nthreads))
         return wl_fail(ex, "int8 matmul: out of scratch memory");

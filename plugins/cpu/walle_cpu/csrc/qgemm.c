@@ -1320,3 +1320,40 @@ int wl_qmatmul(int64_t m, const wl_qweights *q, const uint8_t *a, void *y, int n
     wl_parallel_for(chunks * splits, mm_chunk, &j, nthreads);
     return j.failed ? -1 : 0;
 }
+
+/* ------------------------------------------------------------------------------ two inputs */
+
+#define Q_DYN_SCRATCH 1 /* the calling thread's: b's rows and their packing (wl_qmatmul uses 0, 4) */
+
+int wl_qmatmul_dyn(const wl_qmatmul_params *p, const uint8_t *a, const uint8_t *b, void *y,
+                   int nthreads) {
+    int64_t M = p->m, K = p->k, N = p->n;
+    int es = p->out == Q_S32 ? 4 : 1;
+    size_t rows_bytes = (size_t)align64(N * K), par = (size_t)align64(8 * N);
+    size_t wbytes = (size_t)wl_q_weight_bytes(N, K);
+    char *buf = wl_scratch(Q_DYN_SCRATCH, rows_bytes + par + wbytes + 128);
+    if (!buf) return -1;
+    uint8_t *rows = (uint8_t *)buf;
+    int32_t *wz = (int32_t *)(buf + rows_bytes);
+    float *scale = (float *)(wz + N);
+    char *mem = buf + rows_bytes + par;
+    mem += (64 - ((uintptr_t)mem & 63)) & 63;
+    for (int64_t r = 0; r < N; r++) {
+        wz[r] = (int32_t)p->w_zero;
+        scale[r] = p->scale;
+    }
+    for (int64_t t = 0; t < p->batch; t++) {
+        const uint8_t *bt = b + t * K * N, *w = bt;
+        if (!p->trans_b) { /* (k, n) -> the rows (n, k) */
+            for (int64_t kk = 0; kk < K; kk++)
+                for (int64_t r = 0; r < N; r++) rows[r * K + kk] = bt[kk * N + r];
+            w = rows;
+        }
+        wl_qweights q;
+        wl_q_pack_weights(&q, mem, w, (int)p->w_signed, N, K, wz, NULL, (int32_t)p->x_zero,
+                          (int)p->x_signed, p->out == Q_S32 ? NULL : scale, (int32_t)p->y_zero,
+                          (int32_t)p->lo, (int32_t)p->hi, (int)p->out);
+        if (wl_qmatmul(M, &q, a + t * M * K, (char *)y + t * M * N * es, nthreads)) return -1;
+    }
+    return 0;
+}

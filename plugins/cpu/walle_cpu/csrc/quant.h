@@ -22,5 +22,8 @@
 int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, void *y,
              int nthreads);
 int wl_qmatmul(int64_t m, const wl_qweights *q, const uint8_t *a, void *y, int nthreads);
+/* both operands 8-bit inputs (wl_qmatmul_params with dyn): b packed per run and batch */
+int wl_qmatmul_dyn(const wl_qmatmul_params *p, const uint8_t *a, const uint8_t *b, void *y,
+                   int nthreads);
 
 #endif

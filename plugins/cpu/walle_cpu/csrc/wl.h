@@ -142,8 +142,13 @@ typedef struct {
     int64_t n, c, h, w, o, oh, ow, kh, kw;
     int64_t stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups;
 } wl_qconv_params;
-/* y (m x rows) = a (m x k) times the packed columns */
-typedef struct { int64_t m; } wl_qmatmul_params;
+/* y (m x rows) = a (m x k) times the packed columns. dyn: both operands are inputs (ins = (a,
+ * b): a (batch, m, k), b (batch, k, n) or (batch, n, k) with trans_b), per-tensor parameters
+ * here instead of packed weights, b packed per run */
+typedef struct {
+    int64_t m, dyn, batch, k, n, trans_b, x_signed, w_signed, x_zero, w_zero, y_zero, lo, hi, out;
+    float scale;
+} wl_qmatmul_params;
 /* 8-bit y[i] = table[x[i] ^ flip] (flip 0x80 for int8 x); aux holds the 256-byte table */
 typedef struct { int64_t n, flip; } wl_qlookup_params;
 /* 8-bit y = clamp(rint(f((a - a_zero) * ra, (b - b_zero) * rb)) + c_zero, lo, hi), f = + or *

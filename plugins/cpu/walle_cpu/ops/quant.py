@@ -16,7 +16,7 @@ from walle_core.backend import Algorithm, Cost
 from walle_cpu._native import FFI, LIB
 from walle_cpu.ops.kernel import Binder, OpKernel
 
-NAMES = frozenset({"qlinear_conv", "qlinear_matmul", "qlinear_lookup", "qlinear_binary"})
+NAMES = frozenset({"qlinear_conv", "qlinear_matmul", "qlinear_lookup", "qlinear_binary", "qlinear_bmm"})
 ELEMENTWISE = frozenset({"qlinear_lookup", "qlinear_binary"})
 _BYTES = frozenset({np.dtype(np.uint8), np.dtype(np.int8)})
 _I32 = np.dtype(np.int32)
@@ -45,6 +45,10 @@ def _supported(op: A.Op) -> bool:
         return _elementwise_supported(op)
     if len(op.inputs) != 2:
         return False
+    if op.name == "qlinear_bmm":  # two 8-bit inputs, per-tensor parameters, equal batch dims
+        a, w = op.inputs
+        return all(t.dtype in _BYTES for t in (a, w, op.out)) and len(a.shape) == len(w.shape) >= 2 \
+            and a.shape[:-2] == w.shape[:-2]
     x, w = op.inputs
     if x.dtype not in _BYTES or w.dtype not in _BYTES or w.value is None or op.out.dtype not in _OUT:
         return False
@@ -121,12 +125,34 @@ def _encode_elementwise(d: Any, op: A.Composite, b: Binder) -> None:
     p.ra, p.rb = float(op.attrs["ra"]), float(op.attrs["rb"])  # type: ignore[arg-type]
 
 
+def _encode_bmm(d: Any, op: A.Composite, b: Binder) -> None:
+    """Both operands are inputs: the per-tensor parameters travel in the descriptor and the C
+    kernel packs B per run."""
+    x, w = op.inputs
+    b.bind(d, op)
+    d.kind = LIB.WL_QMATMUL
+    p = d.qmatmul
+    trans_b = bool(op.attrs.get("trans_b", 0))
+    p.dyn, p.trans_b = 1, int(trans_b)
+    p.batch, p.m, p.k = math.prod(x.shape[:-2]), x.shape[-2], x.shape[-1]
+    p.n = w.shape[-2] if trans_b else w.shape[-1]
+    p.x_signed, p.w_signed = int(x.dtype == np.int8), int(w.dtype == np.int8)
+    p.x_zero = int(op.attrs["x_zero"])  # type: ignore[call-overload]
+    p.w_zero = int(np.asarray(op.attrs["w_zero"]).reshape(-1)[0])
+    p.y_zero, p.lo, p.hi = (int(op.attrs[k]) for k in ("y_zero", "lo", "hi"))  # type: ignore[call-overload]
+    p.out = _OUT[op.out.dtype]
+    p.scale = float(np.asarray(op.attrs["scale"], np.float32).reshape(-1)[0])
+
+
 def _encode(d: Any, op: A.Op, algo: Algorithm, b: Binder) -> None:
     assert isinstance(op, A.Composite)
     if op.name in ELEMENTWISE:
         _encode_elementwise(d, op, b)
         return
     x = op.inputs[0]
+    if op.name == "qlinear_bmm":
+        _encode_bmm(d, op, b)
+        return
     b.bind(d, op, [x])  # the weights travel packed in aux
     d.aux = _pack(op, b)
     if op.name == "qlinear_matmul":
