@@ -39,7 +39,7 @@ from walle_core.backend import Algorithm, Backend, Program
 from walle_core.decompose.builder import Builder
 from walle_core.decompose.norm import softmax_axis
 from walle_core.hostinfo import cpu_model
-from walle_core.plan.planner import choose
+from walle_core.plan.planner import choose, expand_composites
 from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
 from walle_core.search.timing import Timer, repeated
@@ -73,7 +73,9 @@ def op_key(op: A.Op, algo: str) -> str:
     elif isinstance(op, A.MatMul):
         # matrix-vector: bound by reading the matrix; both operands computed (attention's
         # products): nothing packed ahead of the run
-        kind += ":mv" if op.m <= MV_ROWS else ":dyn" if op.inputs[1].value is None else ""
+        # (the rows of every batch read one matrix when it is broadcast)
+        rows = op.m * (op.batch if op.b_batch_stride == 0 else 1)
+        kind += ":mv" if rows <= MV_ROWS else ":dyn" if op.inputs[1].value is None else ""
     elif isinstance(op, A.Conv2D):
         w = op.inputs[1].shape
         kind += (":dw" if op.groups > 1 and w[1] == 1 else ":grp" if op.groups > 1
@@ -485,27 +487,57 @@ def _network() -> tuple[list[A.Op], A.Tensor]:
     return b.ops, img
 
 
+def _attention_block() -> tuple[list[A.Op], A.Tensor]:
+    """A small transformer block (projections, attention with softmax, residual, a norm's
+    reductions, an MLP with a tanh), and its input: the other family of networks."""
+    b = _builder()
+    rng = np.random.default_rng(2)
+    tokens, d = 32, 128
+
+    def w(*shape: int) -> A.Tensor:
+        return b.const((rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32))
+
+    x = b.tensor((tokens, d), np.float32)
+    q, k, v = b.matmul(x, w(d, d)), b.matmul(x, w(d, d)), b.matmul(x, w(d, d))
+    att = softmax_axis(b, b.matmul(q, b.transpose(k, (1, 0))), 1, False)
+    h = b.binary("add", b.matmul(b.matmul(att, v), w(d, d)), x)
+    mean = b.reduce_axis(h, 1, "sum")
+    h = b.binary("sub", h, mean)
+    b.matmul(b.unary("tanh", b.matmul(h, w(d, 4 * d))), w(4 * d, d))
+    return b.ops, x
+
+
 def _program_factor(backend: Backend, timer: Timer, cal: Calibration) -> float:
-    """Measured over predicted seconds of :func:`_network` as one program (1 when the backend
-    cannot run all of it), within [0.5, 8]."""
-    ops, img = _network()
+    """Measured over predicted seconds of whole programs, :func:`_network` and
+    :func:`_attention_block` (their geometric mean: one network's few buckets would carry their
+    noise into every prediction), within [0.5, 8]; 1 when the backend runs neither."""
+    ratios = [r for net in (_network, _attention_block) if (r := _measured_over_predicted(
+        backend, timer, cal, *net())) is not None]
+    if not ratios:
+        return 1.0
+    return min(max(float(np.exp(np.mean(np.log(ratios)))), 0.5), 8.0)
+
+
+def _measured_over_predicted(backend: Backend, timer: Timer, cal: Calibration, ops: list[A.Op],
+                             img: A.Tensor) -> float | None:
+    ops = expand_composites(ops, backend)  # those it does not claim, as the planner would
     picks: list[tuple[A.Op, Algorithm]] = []
     for op in ops:
         algos = backend.algorithms(op)
         if not algos:
-            return 1.0
+            return None
         picks.append((op, choose(op, [backend])[1]))  # as the search's candidates run it
     out = ops[-1].outputs
     try:
         measured = timer.program(Program(picks, [img], list(out)))
     except Exception:  # a backend that cannot build it keeps the per-op costs as they are
-        return 1.0
+        return None
     out_ids = {t.id for t in out}
     fused = chain_followers(ops, out_ids)
     predicted = (cal.program_overhead_s
                  + sum(cal.op_seconds(op, alg, chained=i in fused) for i, (op, alg) in enumerate(picks))
                  + cal.upload(img.nbytes) + sum(cal.download(t.nbytes) for t in out))
-    return min(max(measured / predicted, 0.5), 8.0)
+    return measured / predicted
 
 
 def _saturated(points: list[list[float]]) -> bool:
