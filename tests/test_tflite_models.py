@@ -228,10 +228,10 @@ def test_unsupported_op_and_option_name_operator_index_and_code() -> None:
     b = ModelBuilder()
     x = b.input([2, 3], name="x")
     (y,) = b.op("RELU", [x])
-    (z,) = b.op("CUMSUM", [y, b.const(np.int32(1))], "CumsumOptions")
+    (z,) = b.op("SEGMENT_SUM", [y, b.const(np.int32([0, 0]))], out_shapes=[[1, 3]])
     b.output(z)
-    with pytest.raises(UnsupportedOpError, match=r"'CUMSUM'.*operator #1 of subgraph 0.*op code 128"):
-        import_model(b.build())
+    with pytest.raises(UnsupportedOpError, match=r"'SEGMENT_SUM'.*operator #1 of subgraph 0.*op code 125"):
+        import_model(b.pack())
     b = ModelBuilder()
     x = b.input([2, 8], name="x")
     (y,) = b.op("FULLY_CONNECTED", [x, b.const(np.zeros((4, 8), np.float32))], "FullyConnectedOptions",
@@ -500,6 +500,24 @@ def test_unidirectional_sequence_lstm(time_major: bool, peepholes: bool) -> None
     data = b.build()
     graph = import_model(data)
     assert [n.op_type for n in graph.nodes].count("LSTM") == 1
+    feeds = random_feeds(data)
+    ref = litert_run(data, feeds)
+    assert rel_error(run_walle(data, feeds)[0], ref[0]) <= 1e-5
+
+
+@pytest.mark.parametrize(("time_major", "act"), [(False, 4), (True, 1)])
+def test_unidirectional_sequence_rnn(time_major: bool, act: int) -> None:
+    rng = np.random.default_rng(8)
+    batch, steps, n_in, units = 2, 5, 3, 4
+    b = ModelBuilder()
+    x = b.input([steps, batch, n_in] if time_major else [batch, steps, n_in], name="x")
+    ins = [x, *(b.const((rng.normal(size=s) * 0.5).astype(np.float32)) for s in ((units, n_in), (units, units), (units,))),
+           b.tensor([batch, units], variable=True)]
+    (y,) = b.op("UNIDIRECTIONAL_SEQUENCE_RNN", ins, "SequenceRNNOptions", fusedActivationFunction=act,
+                timeMajor=time_major)
+    b.output(y)
+    data = b.build()
+    assert [n.op_type for n in import_model(data).nodes].count("RNN") == 1
     feeds = random_feeds(data)
     ref = litert_run(data, feeds)
     assert rel_error(run_walle(data, feeds)[0], ref[0]) <= 1e-5

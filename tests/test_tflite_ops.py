@@ -278,10 +278,26 @@ CASES: dict[str, Callable[[ModelBuilder, str], list[int]]] = {
     "fill": lambda b, p: b.op("FILL", [b.const(i32(2, 3)), b.const(np.float32(1.25))]),
     "zeros_like": unary("ZEROS_LIKE"),
     "broadcast_to": lambda b, p: b.op("BROADCAST_TO", [source(b, p), b.const(i32(2, 8, 8, 4))]),
+    "cumsum_channels": lambda b, p: b.op("CUMSUM", [source(b, p), b.const(i32(3))], "CumsumOptions"),
+    "cumsum_rows_exclusive_reverse": lambda b, p: b.op("CUMSUM", [source(b, p), b.const(i32(1))], "CumsumOptions",
+                                                       exclusive=True, reverse=True),
+    "reverse_v2": lambda b, p: b.op("REVERSE_V2", [source(b, p), b.const(i32(1, 2))]),
+    "range": lambda b, p: b.op("RANGE", [b.const(np.float32(-1.0)), b.const(np.float32(2.0)), b.const(np.float32(0.25))],
+                               out_shapes=[[12]]),
+    "one_hot": lambda b, p: b.op("ONE_HOT", [b.const(i32(0, 3, 1, 4, 2).reshape(5, 1)), b.const(np.int32(4)),
+                                              b.const(np.float32(2.5)), b.const(np.float32(-1.0))], "OneHotOptions",
+                                 axis=1),
+    "reduce_any_all": lambda b, p: [
+        b.op(op, [b.op("GREATER", [source(b, p), b.const(np.float32(0.3))], out_dtype=np.bool_)[0], b.const(i32(1, 2))],
+             "ReducerOptions", out_dtype=np.bool_, keepDims=keep)[0]
+        for op, keep in (("REDUCE_ANY", False), ("REDUCE_ALL", True))],
+    "scatter_nd": lambda b, p: b.op("SCATTER_ND", [b.const(i32(1, 0, 3, 1).reshape(4, 1)), b.input([4, 3]),
+                                                   b.const(i32(5, 3))], out_shapes=[[5, 3]]),
 }
 # LiteRT's calibrator does not quantise these ops (CAST, DIV, ADD_N, TOPK_V2, ...), leaves PADV2's
 # pad value float (which LiteRT's own int8 PADV2 then refuses), or the model has no float input.
-FLOAT_ONLY = {"fill", "add_n", "top_k", "embedding_lookup", "local_response_normalization", "zeros_like",
+FLOAT_ONLY = {"range", "one_hot", "reduce_any_all", "scatter_nd", "cumsum_channels", "cumsum_rows_exclusive_reverse",
+              "fill", "add_n", "top_k", "embedding_lookup", "local_response_normalization", "zeros_like",
               "transpose_conv_computed_shape", "cast", "div_const", "padv2_value", "arg_min_rows", "ceil", "cos", "elu", "floor", "floor_div",
               "l2_pool", "logical", "neg", "pow", "relu_0_to_1", "round", "select_v2", "sign", "sin", "square"}
 

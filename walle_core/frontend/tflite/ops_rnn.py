@@ -110,3 +110,22 @@ def unidirectional_sequence_lstm(c: OpContext) -> None:
                   activations=ACTIVATIONS[act])
     # Y is (batch, seq, 1, hidden) batch-first, else (seq, 1, batch, hidden): drop the direction
     c.out(c.one("Squeeze", [y, c.ints_init([2 if batch_first else 1])]))
+
+
+RNN_ACTIVATIONS = {1: "Relu", 4: "Tanh", 6: "Sigmoid"}  # TFLite's fused activation codes
+
+
+@maps("UNIDIRECTIONAL_SEQUENCE_RNN")
+def unidirectional_sequence_rnn(c: OpContext) -> None:
+    """h_t = act(x_t W^T + h_(t-1) R^T + b) -> ONNX RNN (one direction; TFLite has one bias)."""
+    act = int(c.opt("FusedActivationFunction", 4))
+    if act not in RNN_ACTIVATIONS:
+        raise c.fail(f"fused activation {act} (only RELU, TANH and SIGMOID)")
+    units = c.t(1).shape[0]
+    batch_first = not c.opt("TimeMajor", False)
+    zero_bias = c.em.init(np.zeros(units, np.float32), c.hint + ":recurrent_bias")
+    ins = [c.x(0), c.one("Unsqueeze", [c.x(1), c.ints_init([0])]), c.one("Unsqueeze", [c.x(2), c.ints_init([0])]),
+           c.one("Unsqueeze", [c.one("Concat", [c.x(3), zero_bias], axis=0), c.ints_init([0])]), "",
+           c.one("Unsqueeze", [c.x(4), c.ints_init([0])])]
+    (y,) = c.node("RNN", ins, 1, hidden_size=units, layout=int(batch_first), activations=[RNN_ACTIVATIONS[act]])
+    c.out(c.one("Squeeze", [y, c.ints_init([2 if batch_first else 1])]))

@@ -300,7 +300,9 @@ def gather_nd(c: OpContext) -> None:
 
 
 REDUCERS = {"MEAN": "ReduceMean", "SUM": "ReduceSum", "REDUCE_MAX": "ReduceMax",
-            "REDUCE_MIN": "ReduceMin", "REDUCE_PROD": "ReduceProd"}
+            "REDUCE_MIN": "ReduceMin", "REDUCE_PROD": "ReduceProd", "REDUCE_ANY": "ReduceMax",
+            "REDUCE_ALL": "ReduceMin"}
+LOGICAL_REDUCERS = ("REDUCE_ANY", "REDUCE_ALL")
 
 
 @maps(*REDUCERS)
@@ -311,8 +313,60 @@ def reduce(c: OpContext) -> None:
     kept = [a for a in range(rank) if a not in axes]
     layout = NCHW if rank == 4 and c.has_nchw(0) and (keep or _keeps_order(kept)) else NATIVE
     mapped = sorted(c.nchw_axis(a, rank, layout) for a in axes)
-    y = c.one(REDUCERS[c.op.name], [c.x(0, layout), c.ints_init(mapped)], keepdims=int(keep))
+    x = c.x(0, layout)
+    if c.op.name in LOGICAL_REDUCERS:  # any / all of booleans: max / min of 0/1 integers
+        x = c.one("Cast", [x], to=dtypes.to_onnx(np.dtype(np.int32)))
+    y = c.one(REDUCERS[c.op.name], [x, c.ints_init(mapped)], keepdims=int(keep))
+    if c.op.name in LOGICAL_REDUCERS:
+        y = c.one("Cast", [y], to=dtypes.to_onnx(np.dtype(np.bool_)))
     c.out(y, layout if keep else NATIVE)
+
+
+@maps("CUMSUM")
+def cumsum(c: OpContext) -> None:
+    (axis,) = c.ints(1, "axis")
+    layout = c.pick_layout([0])
+    a = c.nchw_axis(axis, c.rank(0), layout)
+    y = c.one("CumSum", [c.x(0, layout), c.ints_init([a])], exclusive=int(bool(c.opt("Exclusive", False))),
+              reverse=int(bool(c.opt("Reverse", False))))
+    c.out(y, layout)
+
+
+@maps("REVERSE_V2")
+def reverse_v2(c: OpContext) -> None:
+    rank = c.rank(0)
+    axes = sorted({a % rank for a in c.ints(1, "axes")})
+    layout = _layout(c)
+    stored = c.same_quant(0)
+    mapped = [c.nchw_axis(a, rank, layout) for a in axes]
+    big = INT64_MAX
+    y = c.one("Slice", [c.data(0, layout, stored), c.ints_init([-1] * len(axes)), c.ints_init([-big] * len(axes)),
+                        c.ints_init(mapped), c.ints_init([-1] * len(axes))])
+    c.out(y, layout, stored=stored)
+
+
+@maps("RANGE")
+def range_(c: OpContext) -> None:
+    c.out(c.one("Range", [c.one("Reshape", [c.stored(i), c.ints_init([])]) for i in range(3)]), stored=True)
+
+
+@maps("ONE_HOT")
+def one_hot(c: OpContext) -> None:
+    values = c.one("Concat", [c.one("Reshape", [c.stored(i), c.ints_init([1])]) for i in (3, 2)], axis=0)
+    y = c.one("OneHot", [c.stored(0), c.one("Reshape", [c.stored(1), c.ints_init([])]), values],
+              axis=int(c.opt("Axis", -1)))
+    c.out(y, stored=True)
+
+
+@maps("SCATTER_ND")
+def scatter_nd(c: OpContext) -> None:
+    """Updates summed into zeros of the given shape (TFLite adds duplicate indices)."""
+    shape = c.one("Cast", [c.stored(2)], to=7)
+    out = c.out_t().dtype
+    assert out is not None
+    zeros = c.one("ConstantOfShape", [shape], value=np.zeros(1, out))
+    idx = c.one("Cast", [c.stored(0)], to=7)
+    c.out(c.one("ScatterND", [zeros, idx, c.stored(1)], reduction="add"), stored=True)
 
 
 @maps("ARG_MAX", "ARG_MIN")
