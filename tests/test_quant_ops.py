@@ -219,6 +219,21 @@ def test_onnx_integer_node_cases_run_on_the_int8_kernels(case: Any) -> None:
         assert [s.backend for s in loaded.plan_for(feeds).stage.steps] == ["cpu"]
 
 
+def _same_as_reference(data: bytes, feeds: dict[str, np.ndarray]) -> list[str]:
+    """Assert the cpu backend gives the reference's integers for output ``y``; the labels of
+    the ops its one cpu step runs (an int8 op claimed whole is one label)."""
+    from walle_cpu.compiler import CpuExecutable
+
+    ref = walle_core.load(data, backend="reference").run(feeds)["y"]
+    cpu = walle_core.load(data, backend="cpu")
+    np.testing.assert_array_equal(cpu.run(feeds)["y"], ref)
+    plan = cpu.plan_for(feeds)
+    (step,) = plan.stage.steps
+    assert isinstance(step.executable, CpuExecutable)
+    ins = [feeds[name] for name, _ in sorted(plan.input_ids.items(), key=lambda kv: step.inputs.index(kv[1]))]
+    return [label for label, _ in step.executable.profile(ins, 1)]
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(op=st.sampled_from(["QLinearAdd", "QLinearMul"]), c=st.integers(1, 40), hw=st.integers(1, 23),
        form=st.sampled_from(["nc11", "c11", "scalar", "same"]), swap=st.booleans(),
@@ -228,8 +243,6 @@ def test_int8_broadcast_binary_matches_reference(op: str, c: int, hw: int, form:
     """QLinearAdd / QLinearMul with one operand broadcast along the other's trailing axes (a
     squeeze-excitation scale (N, C, 1, 1) times (N, C, H, W)), either operand first: one
     ``qlinear_binary`` pass on the cpu backend, the reference's integers."""
-    from walle_cpu.compiler import CpuExecutable
-
     rng = np.random.default_rng(seed)
     dtype = np.dtype(np.int8 if signed else np.uint8)
     full = (2, c, hw, hw)
@@ -246,15 +259,8 @@ def test_int8_broadcast_binary_matches_reference(op: str, c: int, hw: int, form:
     g = h.make_graph([node], "q", [h.make_tensor_value_info(n, _TYPES[dtype], list(v.shape)) for n, v in feeds.items()],
                      [h.make_tensor_value_info("y", _TYPES[dtype], list(full))], inits)
     data = h.make_model(g, opset_imports=[h.make_opsetid("", 21), h.make_opsetid("com.microsoft", 1)]).SerializeToString()
-    ref = walle_core.load(data, backend="reference").run(feeds)["y"]
-    cpu = walle_core.load(data, backend="cpu")
-    np.testing.assert_array_equal(cpu.run(feeds)["y"], ref)
-    node_plan = cpu.plan_for(feeds)
-    (step,) = node_plan.stage.steps
-    assert isinstance(step.executable, CpuExecutable)
-    ins = [feeds[name] for name, tid in sorted(node_plan.input_ids.items(), key=lambda kv: step.inputs.index(kv[1]))]
-    labels = [label for label, _ in step.executable.profile(ins, 1)]
-    assert sum("int8-direct" in label for label in labels) == 1 and len(labels) == 1, labels
+    labels = _same_as_reference(data, feeds)
+    assert len(labels) == 1 and "int8-direct" in labels[0], labels
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -265,8 +271,6 @@ def test_int8_matmul_of_two_activations_matches_reference(batch: int, m: int, k:
                                                           b_dtype: np.dtype, seed: int) -> None:
     """QLinearMatMul of two 8-bit inputs (attention's Q K^T and scores x V): the
     ``qlinear_bmm`` composite, B packed per run by the cpu kernel, the reference's integers."""
-    from walle_cpu.compiler import CpuExecutable
-
     rng = np.random.default_rng(seed)
     feeds = {"a": _rand(rng, a_dtype, (batch, m, k)), "b": _rand(rng, b_dtype, (batch, k, n))}
     inits = [nh.from_array(np.array(rng.uniform(0.005, 0.05), np.float32), "as"),
@@ -279,12 +283,5 @@ def test_int8_matmul_of_two_activations_matches_reference(batch: int, m: int, k:
     g = h.make_graph([node], "q", [h.make_tensor_value_info(k_, _TYPES[v.dtype], list(v.shape)) for k_, v in feeds.items()],
                      [h.make_tensor_value_info("y", _TYPES[a_dtype], [batch, m, n])], inits)
     data = h.make_model(g, opset_imports=[h.make_opsetid("", 21)]).SerializeToString()
-    ref = walle_core.load(data, backend="reference").run(feeds)["y"]
-    cpu = walle_core.load(data, backend="cpu")
-    np.testing.assert_array_equal(cpu.run(feeds)["y"], ref)
-    plan = cpu.plan_for(feeds)
-    (step,) = plan.stage.steps
-    assert isinstance(step.executable, CpuExecutable)
-    ins = [feeds[name] for name, _ in sorted(plan.input_ids.items(), key=lambda kv: step.inputs.index(kv[1]))]
-    labels = [label for label, _ in step.executable.profile(ins, 1)]
+    labels = _same_as_reference(data, feeds)
     assert len(labels) == 1 and "int8-gemm" in labels[0], labels
