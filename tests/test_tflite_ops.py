@@ -291,12 +291,19 @@ CASES: dict[str, Callable[[ModelBuilder, str], list[int]]] = {
         b.op(op, [b.op("GREATER", [source(b, p), b.const(np.float32(0.3))], out_dtype=np.bool_)[0], b.const(i32(1, 2))],
              "ReducerOptions", out_dtype=np.bool_, keepDims=keep)[0]
         for op, keep in (("REDUCE_ANY", False), ("REDUCE_ALL", True))],
+    "segment_sum": lambda b, p: b.op("SEGMENT_SUM", [b.input([4, 3]), b.const(i32(0, 0, 1, 1))]),
+    **{f"unsorted_segment_{k}": (lambda op: lambda b, p: b.op(op, [b.input([2, 3, 4]), b.const(i32(1, 0, 3, 1, 0, 1).reshape(2, 3)),
+                                                                   b.const(np.int32(5))]))(f"UNSORTED_SEGMENT_{k.upper()}")
+       for k in ("sum", "prod", "max", "min")},
+    "where": lambda b, p: b.op("WHERE", [b.op("GREATER", [source(b, p), b.const(np.float32(0.0))], out_dtype=np.bool_)[0]],
+                               out_dtype=np.int64),
     "scatter_nd": lambda b, p: b.op("SCATTER_ND", [b.const(i32(1, 0, 3, 1).reshape(4, 1)), b.input([4, 3]),
                                                    b.const(i32(5, 3))], out_shapes=[[5, 3]]),
 }
 # LiteRT's calibrator does not quantise these ops (CAST, DIV, ADD_N, TOPK_V2, ...), leaves PADV2's
 # pad value float (which LiteRT's own int8 PADV2 then refuses), or the model has no float input.
-FLOAT_ONLY = {"range", "one_hot", "reduce_any_all", "scatter_nd", "cumsum_channels", "cumsum_rows_exclusive_reverse",
+FLOAT_ONLY = {"range", "one_hot", "reduce_any_all", "scatter_nd", "segment_sum", "unsorted_segment_sum",
+              "unsorted_segment_prod", "unsorted_segment_max", "unsorted_segment_min", "where", "cumsum_channels", "cumsum_rows_exclusive_reverse",
               "fill", "add_n", "top_k", "embedding_lookup", "local_response_normalization", "zeros_like",
               "transpose_conv_computed_shape", "cast", "div_const", "padv2_value", "arg_min_rows", "ceil", "cos", "elu", "floor", "floor_div",
               "l2_pool", "logical", "neg", "pow", "relu_0_to_1", "round", "select_v2", "sign", "sin", "square"}

@@ -358,6 +358,48 @@ def one_hot(c: OpContext) -> None:
     c.out(y, stored=True)
 
 
+SEGMENT_REDUCTIONS = {"SEGMENT_SUM": "add", "UNSORTED_SEGMENT_SUM": "add", "UNSORTED_SEGMENT_PROD": "mul",
+                      "UNSORTED_SEGMENT_MAX": "max", "UNSORTED_SEGMENT_MIN": "min"}
+
+
+@maps(*SEGMENT_REDUCTIONS)
+def segment_reduce(c: OpContext) -> None:
+    """Rows of the data reduced into their segment's row: ScatterND with the reduction over a
+    tensor holding its identity (TFLite's empty segments: 0, 1, the lowest or highest value)."""
+    reduction = SEGMENT_REDUCTIONS[c.op.name]
+    if c.op.name == "SEGMENT_SUM":
+        segments = max(c.ints(1, "segment_ids"), default=-1) + 1
+    else:
+        (segments,) = c.ints(2, "num_segments")
+    data, out = c.t(0), c.out_t().dtype
+    if out is None or data.dtype != out:
+        raise c.fail(f"segment reduction of {data.type_name} into {c.out_t().type_name}")
+    info = np.finfo(out) if out.kind == "f" else np.iinfo(out)
+    identity = {"add": 0, "mul": 1, "max": info.min, "min": info.max}[reduction]
+    rows = len(c.t(1).shape)
+    shape = c.one("Concat", [c.ints_init([segments]),
+                             c.one("Slice", [c.one("Shape", [c.x(0)]), c.ints_init([rows]), c.ints_init([INT64_MAX])])],
+                  axis=0)
+    base = c.one("ConstantOfShape", [shape], value=np.full(1, identity, out))
+    idx = c.one("Unsqueeze", [c.one("Cast", [c.stored(1)], to=7), c.ints_init([rows])])
+    c.out(c.one("ScatterND", [base, idx, c.x(0)], reduction=reduction))
+
+
+@maps("WHERE")
+def where(c: OpContext) -> None:
+    """The coordinates of the true elements, one row each (ONNX NonZero gives one column each)."""
+    if len(c.op.inputs) != 1:
+        raise c.fail("WHERE with x and y (use SELECT_V2)")
+    cond = c.stored(0)
+    if c.t(0).dtype != np.bool_:
+        cond = c.one("Cast", [cond], to=dtypes.to_onnx(np.dtype(np.bool_)))
+    y = c.one("Transpose", [c.one("NonZero", [cond])], perm=[1, 0])
+    out = c.out_t().dtype
+    if out is not None and out != np.int64:
+        y = c.one("Cast", [y], to=dtypes.to_onnx(out))
+    c.out(y, stored=True)
+
+
 @maps("SCATTER_ND")
 def scatter_nd(c: OpContext) -> None:
     """Updates summed into zeros of the given shape (TFLite adds duplicate indices)."""
