@@ -523,6 +523,36 @@ def test_unidirectional_sequence_rnn(time_major: bool, act: int) -> None:
     assert rel_error(run_walle(data, feeds)[0], ref[0]) <= 1e-5
 
 
+@pytest.mark.parametrize("op", ["FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"])
+def test_dynamic_range_quantised_weights(op: str) -> None:
+    """int8 weights with float activations (the converter's default "dynamic range" mode):
+    Walle dequantises the weights and computes in float; LiteRT quantises each input row to int8
+    on the fly, so the two agree to that rounding (~1/127 of the input's range), not to 1e-5."""
+    rng = np.random.default_rng(9)
+    b = ModelBuilder()
+
+    def weights(shape: tuple[int, ...], axis: int) -> int:
+        n = shape[axis]
+        return b.const(rng.integers(-127, 128, shape).astype(np.int8), quant=(np.linspace(0.005, 0.02, n), np.zeros(n), axis))
+
+    if op == "FULLY_CONNECTED":
+        x = b.input([3, 16], name="x")
+        (y,) = b.op(op, [x, weights((8, 16), 0), b.const(np.zeros(8, np.float32))], "FullyConnectedOptions")
+    elif op == "CONV_2D":
+        x = b.input([1, 6, 6, 4], name="x")
+        (y,) = b.op(op, [x, weights((5, 3, 3, 4), 0), b.const(np.zeros(5, np.float32))], "Conv2DOptions",
+                    padding=0, strideW=1, strideH=1, dilationWFactor=1, dilationHFactor=1)
+    else:
+        x = b.input([1, 6, 6, 4], name="x")
+        (y,) = b.op(op, [x, weights((1, 3, 3, 4), 3), b.const(np.zeros(4, np.float32))], "DepthwiseConv2DOptions",
+                    padding=0, strideW=1, strideH=1, depthMultiplier=1, dilationWFactor=1, dilationHFactor=1)
+    b.output(y)
+    data = b.build()
+    feeds = random_feeds(data)
+    ref = litert_run(data, feeds)
+    assert rel_error(run_walle(data, feeds)[0], ref[0]) <= 2e-2
+
+
 LSTM_VARIANTS = {
     "cifg": {"cifg": True},
     "cifg_peepholes_time_major": {"cifg": True, "peepholes": True, "time_major": True},
