@@ -72,3 +72,12 @@ def test_costs_split_by_the_measured_fanout_phase(tmp_path: Path) -> None:
     assert costs.pull["postgres"] == pytest.approx(1.5 / 1000)
     assert "client" not in costs.notify  # the bench client is not a server tier
     assert costs.cores == pytest.approx((8.0 + 2.0 + 0.8) / 10.0)
+
+
+def test_runs_of_two_sizes_fit_a_fixed_and_a_per_device_cost() -> None:
+    from fleet_sim import _fit_lines
+
+    per, fixed = _fit_lines([2000.0, 5000.0], {"replicas": [0.5 + 2000 * 1e-4, 0.5 + 5000 * 1e-4]})
+    assert per["replicas"] == pytest.approx(1e-4) and fixed["replicas"] == pytest.approx(0.5)
+    per, fixed = _fit_lines([2000.0, 5000.0], {"replicas": [0.9, 0.6]})  # less work for more devices: noise
+    assert fixed["replicas"] == 0.0 and per["replicas"] == pytest.approx(1.5 / 7000)

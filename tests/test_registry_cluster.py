@@ -160,7 +160,7 @@ def test_blobs_are_sent_by_nginx_after_the_replica_authorises(cluster: Cluster, 
 def test_replica_killed_mid_rollout_loses_no_report(cluster: Cluster, admin: RegistryClient,
                                                     fleet: list[Device]) -> None:
     before = streams_per_replica(cluster)
-    assert before[0] > 0, before  # least_conn spread the streams, so the victim holds some
+    assert before[0] > 0, before  # the credential hash spread the streams, so the victim holds some
     reconnects = sum(d.reconnects for d in fleet)
     status = rollout(admin, fleet, "2.0.0", during=lambda: cluster.kill_replica(0))
     assert status["counts"].get("installed") == len(fleet), status["counts"]
@@ -171,7 +171,7 @@ def test_replica_killed_mid_rollout_loses_no_report(cluster: Cluster, admin: Reg
 
 def test_postgres_restart_is_survived(cluster: Cluster, admin: RegistryClient, fleet: list[Device]) -> None:
     cluster.restart_postgres()
-    # the replicas' pools reconnect (pre-ping) and their LISTEN threads resubscribe
+    # the LISTEN threads see the restart, recycle their pools and resubscribe
     wait_for(lambda: _ok(lambda: admin.register("after-restart", region="eu")), 20, "a write after the restart")
     status = rollout(admin, fleet, "3.0.0")
     assert status["counts"].get("installed") == len(fleet), status["counts"]
