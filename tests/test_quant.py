@@ -168,6 +168,17 @@ def test_qdq_rewrite_makes_the_cnn_integer(models: dict[str, Path], tmp_path: Pa
     assert kinds.count("QLinearLookup") == 1 and "QLinearMul" not in kinds and kinds.count("QLinearAdd") == 1
 
 
+def test_qoperator_silu_is_one_table(models: dict[str, Path], tmp_path: Path) -> None:
+    """onnxruntime's QOperator SiLU, QLinearMul(x, QLinearSigmoid(x)), becomes one table of x;
+    the model stays within one step of onnxruntime."""
+    q = _ort_quantize(models["cnn"], tmp_path / "qop.onnx", "qop", True, "u8")
+    kinds = [n.op_type for n in fuse_qdq(import_graph(q))[0].nodes]
+    assert "QLinearMul" not in kinds and "QLinearSigmoid" not in kinds and kinds.count("QLinearLookup") == 1
+    feeds = _inputs(models["cnn"], 1, 5)[0]
+    got = walle_core.load(q, backend="cpu").run(feeds)["y"]
+    assert np.abs(got - _ort_run(q, feeds)).max() <= _output_step(q) * 1.001
+
+
 def test_float_fallback_is_reported(tmp_path: Path) -> None:
     """An op without an integer form (here Erf between DQ and Q is a lookup, but a float Div
     with two activations is not) keeps DequantizeLinear -> float op -> QuantizeLinear."""

@@ -355,16 +355,19 @@ class _Rewriter:
 
     def _table(self, x: _DQ_, body: list[Node], q: Node) -> np.ndarray:
         """``Q(body(DQ(v)))`` for every 8-bit ``v``, computed by the engine's own lowering."""
+        assert x.dtype is not None
+        return self._evaluate(x.x, x.dtype, [x.node, *body, q])
+
+    def _evaluate(self, x: str, dtype: np.dtype, nodes: list[Node]) -> np.ndarray:
+        """The last node's output of ``nodes`` for every 8-bit value of ``x``: a 256-entry table."""
         from walle_core.decompose.quant_ms import domain_values
         from walle_core.plan.lower import Lowering
 
-        assert x.dtype is not None
-        inits = {k: self.init[k] for n in [x.node, *body, q] for k in n.inputs if k in self.init}
-        inits[x.x] = domain_values(x.dtype)
-        sub = Graph([x.node, *body, q], [], [ValueInfo(q.outputs[0], None)],  # type: ignore[arg-type]
+        inits = {k: self.init[k] for n in nodes for k in n.inputs if k in self.init}
+        inits[x] = domain_values(dtype)
+        sub = Graph(nodes, [], [ValueInfo(nodes[-1].outputs[0], None)],  # type: ignore[arg-type]
                     inits, self.g.opset, "qdq-table")
-        lowered = Lowering(sub, fold, {}, qdq=False).run({})
-        value = lowered.outputs[0].value
+        value = Lowering(sub, fold, {}, qdq=False).run({}).outputs[0].value
         assert value is not None, "a table's inputs are all constants"
         return np.ascontiguousarray(value.reshape(256))
 
@@ -397,8 +400,38 @@ class _Rewriter:
 
     # ------------------------------------------------------------------ driver
 
+    def gated_qop(self, node: Node) -> bool:
+        """The QOperator form of :meth:`gated`: ``QLinearMul(x, Q(f(DQ(x))))`` or
+        ``QLinearMul(x, QLinearSigmoid(x))`` (onnxruntime's quantizer writes HardSwish and SiLU so)
+        is one table of the 8-bit ``x``."""
+        if len(node.inputs) < 8 or any(i and self.const(i) is None for i in (*node.inputs[1:3], *node.inputs[4:8])):
+            return False
+        for xi, bi in ((0, 3), (3, 0)):
+            x, q1 = node.inputs[xi], self.producer.get(node.inputs[bi])
+            if q1 is not None and q1.domain == MS and q1.op_type in ("QLinearSigmoid", "QLinearLeakyRelu") \
+                    and q1.inputs[0] == x and all(self.const(i) is not None for i in q1.inputs[1:] if i):
+                zero = self.const(q1.inputs[2]) if len(q1.inputs) > 2 and q1.inputs[2] else None
+                if zero is not None:  # x's type: its zero point's
+                    table = self._evaluate(x, zero.dtype, [q1, node])
+                    self.replace(node, [], [Node("QLinearLookup", [x, self.add_const("table", table)],
+                                                 list(node.outputs), {}, node.name, WALLE)], node.op_type)
+                    return True
+            f = self.producer.get(q1.inputs[0]) if q1 is not None and q1.op_type in _Q else None
+            fa = self.act8(f.inputs[0]) if f is not None and f.op_type in _LOOKUP_OPS else None
+            if q1 is None or f is None or fa is None or fa.x != x or fa.dtype is None \
+                    or any(i and self.const(i) is None for i in (*f.inputs[1:], *q1.inputs[1:])):
+                continue
+            table = self._evaluate(x, fa.dtype, [fa.node, f, q1, node])
+            self.replace(node, [], [Node("QLinearLookup", [x, self.add_const("table", table)],
+                                         list(node.outputs), {}, node.name, WALLE)], node.op_type)
+            return True
+        return False
+
     def run(self) -> Graph:
         for node in self.g.nodes:
+            if id(node) not in self.replaced and node.domain == MS and node.op_type in ("QLinearMul", "QLinearAdd"):
+                self.gated_qop(node)
+                continue
             if id(node) in self.replaced or node.domain not in ("", "ai.onnx"):
                 continue
             op = node.op_type
