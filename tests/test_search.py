@@ -219,7 +219,7 @@ def test_the_cpu_plan_is_predicted_within_a_loose_bound_of_its_run(zoo_model):
     model = walle_core.load(export(zoo_model), backend="cpu")
     ops, keep = model.atomic_ops(feeds)
     predicted = Searcher([reg.get("cpu"), reg.get("reference")]).search(ops, keep).chosen.predicted_s
-    measured = min(model.time_run(feeds, repeat=10) for _ in range(3))
+    measured = min(model.time_run(feeds, repeat=1) for _ in range(30))  # load only adds time
     assert measured / 3 < predicted < measured * 3, (predicted, measured)
 
 
