@@ -223,6 +223,10 @@ int main(int argc, char **argv) {
         test_conv(c, 1, 5, 14, 14, 5, 5, 1, 2, 1, 5);   /* depthwise 5x5, small planes */
         test_conv(c, 1, 3, 6, 41, 3, 5, 1, 2, 1, 3);    /* depthwise 5x5, padded row blocks */
         test_conv(c, 1, 3, 12, 12, 3, 7, 1, 3, 1, 3);   /* depthwise 7x7 */
+        test_conv(c, 2, 9, 3, 3, 9, 5, 1, 2, 1, 9);     /* depthwise 5x5 on 3x3 planes (one 64-byte plane) */
+        test_conv(c, 1, 7, 6, 6, 7, 3, 2, 1, 1, 7);     /* depthwise stride 2 on 6x6 */
+        test_conv(c, 1, 5, 8, 8, 5, 3, 1, 1, 1, 5);     /* depthwise on 8x8: 64 bytes exactly */
+        test_conv(c, 1, 4, 5, 9, 4, 3, 1, 2, 2, 4);     /* depthwise dilated on 5x9, wide padding */
         test_matmul(c, 37, 21, 45);
         test_matmul(c, 5, 64, 17);
         test_matmul(c, 70, 130, 9);

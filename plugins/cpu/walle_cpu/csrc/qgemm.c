@@ -901,8 +901,12 @@ DW_X86_ROW(dw_row_avx2, T256, __m256i, 8, _mm256_set1_epi32, _mm256_add_epi32,
  * outputs of the flattened plane (a block spans rows) when each block's reads fit 64 bytes,
  * with per-block index vectors made once per call. */
 #define DW_VBMI_BLOCKS 16 /* flattened blocks per plane, at most */
+#define DW_TINY_VECS 64 /* tiny planes: index vectors (blocks x kernel rows x groups), at most */
 struct dw_vbmi_plan {
     int groups;   /* 4-tap groups per kernel row: (kw + 3) / 4, at most 2 */
+    int tiny;     /* the unpadded plane fits one 64-byte load: per (block, kernel row, group) an
+                   * index vector into it, 64 (vpermi2b's second table: the zero point) outside */
+    uint8_t tidx[DW_TINY_VECS][64];
     int flat;     /* blocks over the flattened plane */
     int64_t nblk; /* flat: blocks per plane */
     uint8_t idx[DW_VBMI_BLOCKS][2][64];  /* flat: per block; rows: idx[0] */
@@ -918,6 +922,28 @@ static int dw_vbmi_setup(const wl_qconv_params *s, const wl_qweights *q, int64_t
     int64_t P = s->oh * s->ow, sw = s->stride_w;
     if (G > 2 || s->kh * G > 16) return 0;
     pl->groups = (int)G;
+    pl->tiny = 0;
+    if (s->h * s->w <= 64 && (P + 15) / 16 * s->kh * G <= DW_TINY_VECS) {
+        pl->tiny = 1;
+        pl->flat = 0;
+        pl->nblk = (P + 15) / 16;
+        for (int64_t b = 0; b < pl->nblk; b++)
+            for (int64_t i = 0; i < s->kh; i++)
+                for (int64_t g = 0; g < G; g++) {
+                    uint8_t *ix = pl->tidx[(b * s->kh + i) * G + g];
+                    for (int64_t l = 0; l < 16; l++)
+                        for (int64_t e = 0; e < 4; e++) {
+                            int64_t p = 16 * b + l, t = 4 * g + e, v = 64;
+                            if (p < P && t < kw) {
+                                int64_t iy = (p / s->ow) * s->stride_h - s->pad_top + i * s->dilation_h;
+                                int64_t ix2 = (p % s->ow) * sw - s->pad_left + t * s->dilation_w;
+                                if (iy >= 0 && iy < s->h && ix2 >= 0 && ix2 < s->w) v = iy * s->w + ix2;
+                            }
+                            ix[4 * l + e] = (uint8_t)v;
+                        }
+                }
+        return 1;
+    }
     if (s->ow < 16 && P <= 16 * DW_VBMI_BLOCKS) {
         int ok = 1;
         pl->nblk = (P + 15) / 16;
@@ -1008,6 +1034,23 @@ TVBMI static inline __attribute__((always_inline)) void dw_plane_vbmi_body(
     dw_rq rq = {_mm512_set1_ps(q->out == Q_S32 ? 0.0f : q->scale[ch]),
                 _mm512_set1_ps((float)(q->lo - q->y_zero)), _mm512_set1_ps((float)(q->hi - q->y_zero)),
                 _mm512_set1_epi32(q->y_zero), q->out};
+    if (pl->tiny) { /* the whole unpadded plane in one register, the zero point in another */
+        const __m512i v = _mm512_maskz_loadu_epi8(dw_vbmi_mask(s->h * s->w), x);
+        const __m512i zraw = _mm512_set1_epi8((char)q->x_zero_raw);
+        const __m512i fl = _mm512_set1_epi8((char)0x80);
+        for (int64_t b = 0; b < pl->nblk; b++) {
+            int64_t p0 = 16 * b, n = P - p0 < 16 ? P - p0 : 16;
+            __m512i acc = c0;
+            for (int64_t i = 0; i < KH; i++)
+                for (int64_t g = 0; g < G; g++) {
+                    __m512i r = _mm512_permutex2var_epi8(v, _mm512_loadu_si512(pl->tidx[(b * KH + i) * G + g]), zraw);
+                    if (q->x_signed) r = _mm512_xor_si512(r, fl);
+                    acc = _mm512_dpbusd_epi32(acc, r, wv[i * G + g]);
+                }
+            dw_vbmi_store(&rq, acc, n, y + p0 * es);
+        }
+        return;
+    }
     if (!pl->flat) { /* the input unpadded: bytes outside it are the zero point (masked loads) */
         const __m512i pm0 = _mm512_loadu_si512(pl->idx[0][0]), pm1 = _mm512_loadu_si512(pl->idx[0][1]);
         const __m512i zraw = _mm512_set1_epi8((char)q->x_zero_raw);
@@ -1060,7 +1103,8 @@ TVBMI static inline __attribute__((always_inline)) void dw_plane_vbmi_body(
 
 TVBMI static void dw_plane_vbmi(const dw_job *j, int64_t t) {
     int64_t G = j->vbmi->groups;
-    int sgn = j->q->x_signed && !j->vbmi->flat; /* the flat planes are flipped when padded */
+    int sgn = j->q->x_signed && !j->vbmi->flat; /* the flat planes are flipped when padded (tiny
+                                                     * ones flip what they gather) */
     if (j->s->kh == 3 && G == 1) {
         if (sgn) dw_plane_vbmi_body(j, t, 3, 1, 1);
         else dw_plane_vbmi_body(j, t, 3, 1, 0);
@@ -1117,7 +1161,7 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
         int64_t wpad = wp < s->w + s->pad_left ? s->w + s->pad_left : wp;
         vbmi = dw_vbmi_setup(s, q, wpad, &plan);
     }
-    if (vbmi && !plan.flat) { /* reads the input as it is */
+    if (vbmi && (plan.tiny || !plan.flat)) { /* reads the input as it is */
         dw_job j = {s, q, x, s->h, s->w, y, 0, &plan};
         wl_parallel_for(s->n * s->c, dw_plane, &j, nthreads);
         return 0;
