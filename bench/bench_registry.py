@@ -337,8 +337,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async def device(did: str, tok: str, stream: Stream, t0: float) -> None:
             notice = await asyncio.wait_for(stream.notices.get(), args.timeout)
             notified.append(time.perf_counter() - t0)
-            if len(notified) == args.devices:  # the fan-out's CPU (and the few pulls begun meanwhile)
-                phases["fanout"] = fan.done()
+            if len(notified) == args.devices:  # the fan-out's CPU (and the pulls done meanwhile)
+                phases["fanout"] = {**fan.done(), "pulled": len(pulled)}
             if args.pull_jitter:
                 await asyncio.sleep(random.uniform(0, args.pull_jitter))  # no stampede on the blob tier
             await http.call("GET", f"/v1/releases/{notice['task']}/{notice['version']}/manifest", tok)

@@ -86,9 +86,16 @@ class Costs:
             # without a fan-out phase (older runs): split by the share of the wall time until notified
             share = None if fan is not None else min(1.0, run["notify_s"]["99"] / roll["wall_s"])
             checkins = max(1.0, run["checkins_per_s"] * chk["wall_s"])
+            # devices that had pulled before the last notice went out: their pulls ran inside the
+            # fan-out phase, so each takes a pull's share (the rollout's average) back out of it
+            early = fan.get("pulled", 0) if fan is not None else 0
+            n_run = float(run["devices"])
             for t in tiers:
                 total = roll[f"{t}_cpu_s"]
                 f = min(fan[f"{t}_cpu_s"], total) if fan is not None else total * (share or 0.0)
+                if early and n_run > early:
+                    per_pull = (total - f) / (n_run - early)
+                    f = max(0.0, f - early * per_pull)
                 fan_cpu[t].append(f)
                 pull_cpu[t].append(max(0.0, total - f))
                 checkin[t].append(chk[f"{t}_cpu_s"] / checkins)
