@@ -72,6 +72,13 @@ def test_costs_split_by_the_measured_fanout_phase(tmp_path: Path) -> None:
     assert costs.pull["postgres"] == pytest.approx(1.5 / 1000)
     assert "client" not in costs.notify  # the bench client is not a server tier
     assert costs.cores == pytest.approx((8.0 + 2.0 + 0.8) / 10.0)
+    # 200 devices had already pulled when the last notice arrived: their pulls leave the fan-out
+    run["phases"]["fanout"]["pulled"] = 200
+    path.write_text(json.dumps(run))
+    costs = Costs.from_bench(path, listen=1e-6)
+    per_pull = 6.0 / 800
+    assert costs.notify["replicas"] == pytest.approx((2.0 - 200 * per_pull) / 1000)
+    assert costs.pull["replicas"] == pytest.approx((6.0 + 200 * per_pull) / 1000)
 
 
 def test_runs_of_two_sizes_fit_a_fixed_and_a_per_device_cost() -> None:
