@@ -553,6 +553,38 @@ def test_dynamic_range_quantised_weights(op: str) -> None:
     assert rel_error(run_walle(data, feeds)[0], ref[0]) <= 2e-2
 
 
+@pytest.mark.parametrize(("time_major", "merge", "peepholes"), [(False, True, False), (True, False, True),
+                                                          (True, True, False)])
+def test_bidirectional_sequence_lstm(time_major: bool, merge: bool, peepholes: bool) -> None:
+    rng = np.random.default_rng(10)
+    batch, steps, n_in, hidden = 2, 4, 3, 5
+    b = ModelBuilder()
+    x = b.input([steps, batch, n_in] if time_major else [batch, steps, n_in], name="x")
+
+    def weights(*shape: int) -> int:
+        return b.const((rng.normal(size=shape) * 0.5).astype(np.float32))
+
+    def direction() -> list[int]:
+        ins = [*(weights(hidden, n_in) for _ in range(4)), *(weights(hidden, hidden) for _ in range(4))]
+        ins += [weights(hidden) if peepholes else -1 for _ in range(3)]
+        return ins + [weights(hidden) for _ in range(4)] + [-1, -1]
+
+    ins = [x, *direction(), *direction()]
+    ins += [b.tensor([batch, hidden], variable=True) for _ in range(4)] + [-1] * 9
+    shape = [steps, batch] if time_major else [batch, steps]
+    outs = b.op("BIDIRECTIONAL_SEQUENCE_LSTM", ins, "BidirectionalSequenceLSTMOptions", n_out=1 if merge else 2,
+                out_shapes=[[*shape, 2 * hidden]] if merge else [[*shape, hidden]] * 2,
+                fusedActivationFunction=4, timeMajor=time_major, mergeOutputs=merge)
+    b.output(*outs)
+    data = b.build()
+    assert [n.op_type for n in import_model(data).nodes].count("LSTM") == 1
+    feeds = random_feeds(data)
+    ref = litert_run(data, feeds)
+    for backend in ("reference", backend_or_skip("cpu")):
+        for got, want in zip(run_walle(data, feeds, backend=backend), ref, strict=True):
+            assert rel_error(got, want) <= 1e-5, backend
+
+
 LSTM_VARIANTS = {
     "cifg": {"cifg": True},
     "cifg_peepholes_time_major": {"cifg": True, "peepholes": True, "time_major": True},

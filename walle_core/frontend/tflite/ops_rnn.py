@@ -92,24 +92,72 @@ def unidirectional_sequence_lstm(c: OpContext) -> None:
             float(c.opt("CellClip", 0.0)) or float(c.opt("ProjClip", 0.0)):
         _unrolled(c, ACTIVATIONS[act][1], batch_first)  # beyond what ONNX's LSTM expresses
         return
-    hidden = c.t(INPUT_WEIGHTS + 1).shape[0]
-
-    def stacked(first: int, gates: tuple[int, ...] = IOFC) -> str:
-        """Gate tensors ``first + k`` stacked in ONNX order under a leading direction axis."""
-        return c.one("Unsqueeze", [c.one("Concat", [c.x(first + k) for k in gates], axis=0), c.ints_init([0])])
-
-    ins = [c.x(0), stacked(INPUT_WEIGHTS), stacked(RECURRENT_WEIGHTS)]
-    recurrent_bias = c.em.init(np.zeros(4 * hidden, np.float32), c.hint + ":recurrent_bias")  # TFLite has one bias
-    bias = c.one("Concat", [c.x(BIASES + k) for k in IOFC] + [recurrent_bias], axis=0)
-    ins.append(c.one("Unsqueeze", [bias, c.ints_init([0])]))
-    ins.append("")  # sequence_lens: every sequence runs its full length
-    ins += [c.one("Unsqueeze", [c.x(i), c.ints_init([0])]) for i in (OUTPUT_STATE, CELL_STATE)]
-    if c.has(PEEPHOLES):
-        ins.append(stacked(PEEPHOLES, (0, 2, 1)))  # ONNX peepholes: input, output, forget
-    (y,) = c.node("LSTM", ins, 1, hidden_size=hidden, layout=int(batch_first),
-                  activations=ACTIVATIONS[act])
+    y = _onnx_lstm(c, [(INPUT_WEIGHTS, RECURRENT_WEIGHTS, PEEPHOLES, BIASES, OUTPUT_STATE, CELL_STATE)],
+                   ACTIVATIONS[act], batch_first)
     # Y is (batch, seq, 1, hidden) batch-first, else (seq, 1, batch, hidden): drop the direction
     c.out(c.one("Squeeze", [y, c.ints_init([2 if batch_first else 1])]))
+
+
+def _onnx_lstm(c: OpContext, directions: list[tuple[int, int, int, int, int, int]], activations: list[str],
+               batch_first: bool) -> str:
+    """ONNX LSTM over TFLite's per-gate tensors; ``directions``: per direction the first input
+    index of its input weights, recurrent weights, peepholes, biases, and its two states."""
+    hidden = c.t(directions[0][0] + 1).shape[0]
+
+    def per_direction(tensors: list[str]) -> str:
+        """One tensor per direction stacked under the leading direction axis."""
+        return c.one("Concat", [c.one("Unsqueeze", [t, c.ints_init([0])]) for t in tensors], axis=0)
+
+    def gates(first: int, order: tuple[int, ...] = IOFC) -> str:
+        return c.one("Concat", [c.x(first + k) for k in order], axis=0)
+
+    recurrent_bias = c.em.init(np.zeros(4 * hidden, np.float32), c.hint + ":recurrent_bias")  # TFLite has one bias
+    ins = [c.x(0), per_direction([gates(d[0]) for d in directions]), per_direction([gates(d[1]) for d in directions]),
+           per_direction([c.one("Concat", [gates(d[3]), recurrent_bias], axis=0) for d in directions]),
+           "",  # sequence_lens: every sequence runs its full length
+           per_direction([c.x(d[4]) for d in directions]), per_direction([c.x(d[5]) for d in directions])]
+    peepholes = [c.has(d[2]) for d in directions]
+    if any(peepholes):
+        if not all(peepholes):
+            raise c.fail("peepholes in one direction only")
+        ins.append(per_direction([gates(d[2], (0, 2, 1)) for d in directions]))  # ONNX: input, output, forget
+    (y,) = c.node("LSTM", ins, 1, hidden_size=hidden, layout=int(batch_first), activations=activations * len(directions),
+                  direction="bidirectional" if len(directions) == 2 else "forward")
+    return y
+
+
+# BIDIRECTIONAL_SEQUENCE_LSTM's inputs: (input weights, recurrent weights, peepholes, biases,
+# projection weights, projection bias) of the forward, then the backward direction; the four
+# states; an auxiliary input with its weights (not supported).
+FW, BW = (1, 5, 9, 12, 35, 36), (18, 22, 26, 29, 37, 38)
+BIDI_PROJECTIONS, AUX = (16, 17, 33, 34), range(39, 48)
+
+
+@maps("BIDIRECTIONAL_SEQUENCE_LSTM")
+def bidirectional_sequence_lstm(c: OpContext) -> None:
+    """Both directions as one bidirectional ONNX LSTM; merged outputs are the two directions'
+    hidden states side by side (forward first), else one output per direction."""
+    act = int(c.opt("FusedActivationFunction", 4))
+    if act not in ACTIVATIONS:
+        raise c.fail(f"fused activation {act} (only TANH and RELU)")
+    if not c.has(FW[0]) or not c.has(BW[0]):
+        raise c.fail("coupled input and forget gates (CIFG) are not supported in bidirectional LSTMs")
+    if any(c.has(i) for i in (*BIDI_PROJECTIONS, *AUX)):
+        raise c.fail("projections and auxiliary inputs are not supported in bidirectional LSTMs")
+    if float(c.opt("CellClip", 0.0)) or float(c.opt("ProjClip", 0.0)):
+        raise c.fail("cell and projection clipping are not supported in bidirectional LSTMs")
+    batch_first = not c.opt("TimeMajor", False)
+    y = _onnx_lstm(c, [FW, BW], ACTIVATIONS[act], batch_first)
+    # Y: (batch, seq, 2, hidden) batch-first, else (seq, 2, batch, hidden)
+    hidden = c.t(FW[0] + 1).shape[0]
+    if c.opt("MergeOutputs", False):
+        if not batch_first:
+            y = c.one("Transpose", [y], perm=[0, 2, 1, 3])
+        c.out(c.one("Reshape", [y, c.ints_init([0, 0, 2 * hidden])]))
+        return
+    axis = 2 if batch_first else 1
+    for j, half in enumerate(c.node("Split", [y, c.ints_init([1, 1])], 2, axis=axis)):
+        c.out(c.one("Squeeze", [half, c.ints_init([axis])]), j=j)
 
 
 RNN_ACTIVATIONS = {1: "Relu", 4: "Tanh", 6: "Sigmoid"}  # TFLite's fused activation codes
