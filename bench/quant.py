@@ -1,6 +1,6 @@
 """int8 inference: Walle against onnxruntime on the same quantized models, and against Walle fp32.
 
-    python bench/quant.py [--threads 2] [--runs 20] [--repeat 1] [--models resnet18,yolov8,...] [--calib 8]
+    python bench/quant.py [--threads 2] [--runs 20] [--repeat 1] [--cpu-time] [--models resnet18,...] [--calib 8]
 
 Every model (CNNs from ``tests/models`` and ``tests/zoo``, and a transformer) is quantized three
 ways: by onnxruntime's ``quantize_static`` in the QDQ and the QOperator formats (uint8
@@ -9,7 +9,10 @@ min/max). For each quantized model, in one process at the same thread count, Wal
 backend) and onnxruntime run it and Walle runs the float model, interleaved in blocks
 (``walle_bench.compare.interleaved_medians``; with ``--repeat R`` that whole interleaved timing
 runs R times and each engine keeps its lowest median: on a shared, loaded machine a burst of
-load that lands on one engine's blocks would otherwise decide a row). Columns: medians, Walle int8 / onnxruntime int8,
+load that lands on one engine's blocks would otherwise decide a row). ``--cpu-time`` times the
+process's CPU time per run instead of wall time, at one thread: the work each engine does,
+whatever else the machine runs (a check of the wall-clock table on a busy machine, not a
+replacement: it leaves out multithreading). Columns: medians, Walle int8 / onnxruntime int8,
 Walle fp32 / Walle int8 (the speed-up of quantizing), and the largest difference between
 Walle's and onnxruntime's int8 outputs in units of the output's quantisation step. The summary
 gives the geometric means (targets: int8 ratio <= 1.0; fp32/int8 >= 1.8 on the CNNs).
@@ -21,7 +24,7 @@ import argparse
 import math
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +108,23 @@ class Row:
         return self.ms[a] / self.ms[b]
 
 
-def bench(name: str, threads: int, runs: int, n_calib: int, repeat: int = 1) -> list[Row]:
+def cpu_medians(engines: Mapping[str, Callable[[], object]], runs: int, block: int = 5) -> dict[str, float]:
+    """Median milliseconds of process CPU time per run, the engines taking turns in blocks."""
+    import statistics
+    import time
+
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    while min(len(v) for v in times.values()) < runs:
+        for key, fn in engines.items():
+            fn()  # untimed: caches and the engine's state warm again after the other's turn
+            for _ in range(min(block, runs - len(times[key]))):
+                t0 = time.process_time()
+                fn()
+                times[key].append(time.process_time() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def bench(name: str, threads: int, runs: int, n_calib: int, repeat: int = 1, cpu_time: bool = False) -> list[Row]:
     from walle_bench.compare import interleaved_medians, max_diff, ort_runner, walle_runner, warm_up
 
     src, feeds = model_and_inputs(name)
@@ -131,7 +150,8 @@ def bench(name: str, threads: int, runs: int, n_calib: int, repeat: int = 1) -> 
         if skipped:
             print(f"  {name} {variant}: {skipped}")
             continue
-        rounds = [interleaved_medians(engines, runs) for _ in range(max(1, repeat))]
+        timing = cpu_medians if cpu_time else interleaved_medians
+        rounds = [timing(engines, runs) for _ in range(max(1, repeat))]
         ms = {k: min(r[k] for r in rounds) for k in engines}
         steps = max_diff(first["walle int8"], first["ort int8"]) / output_step(q)
         rows.append(Row(name, variant, ms, steps))
@@ -165,10 +185,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--calib", type=int, default=8, help="calibration inputs per model")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="process CPU time per run at one thread instead of wall time")
     ap.add_argument("--repeat", type=int, default=1,
                     help="interleaved timings per model; each engine keeps its lowest median")
     ap.add_argument("--models", default=",".join(CNNS + TRANSFORMERS))
     args = ap.parse_args()
+    if args.cpu_time:
+        args.threads = 1
     from walle_bench.compare import header
 
     print("\n".join(header(args.threads, args.runs)))
@@ -178,7 +202,7 @@ def main() -> None:
         print(f"walle int8 kernels: {_native.FFI.string(_native.LIB.wl_q_isa_name()).decode()}")
     rows: list[Row] = []
     for name in args.models.split(","):
-        rows += bench(name.strip(), args.threads, args.runs, args.calib, args.repeat)
+        rows += bench(name.strip(), args.threads, args.runs, args.calib, args.repeat, args.cpu_time)
     print("\n".join(report(rows)))
 
 
