@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -348,7 +347,7 @@ class ReportQueue:
             batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
             items = [r for r, _ in batch]
             try:
-                outcomes, notices = await run_in_threadpool(self.deployments.report_many, items)
+                outcomes, notices = await asyncio.to_thread(self.deployments.report_many, items)
             except Exception as exc:
                 if len(batch) == 1:
                     _settle(batch[0][1], exc)
@@ -364,7 +363,7 @@ class ReportQueue:
 
     async def _one(self, report: DeviceReport, fut: asyncio.Future[tuple[bool, int | None]]) -> None:
         try:
-            outcomes, notices = await run_in_threadpool(self.deployments.report_many, [report])
+            outcomes, notices = await asyncio.to_thread(self.deployments.report_many, [report])
         except Exception as exc:
             _settle(fut, exc)
             return
