@@ -87,10 +87,13 @@ def items(op: A.Op) -> float:
     """Parallel items of an op: the output elements a device spreads over its lanes. A grouped
     convolution (not depthwise) is ``groups`` small convolutions, each of its own few channels:
     its efficiency is that of one group's outputs (a backend runs, tiles or packs per group;
-    regnet's 23 groups of 8 channels on a 3x3 map run at the rate of 72 outputs, not 1656)."""
+    regnet's 23 groups of 8 channels on a 3x3 map run at the rate of 72 outputs, not 1656), and
+    a batched MatMul of computed operands (attention's heads) that of one batch's product."""
     n = float(max(sum(t.size for t in op.outputs), 1))
     if isinstance(op, A.Conv2D) and op.groups > 1 and op.inputs[1].shape[1] > 1:
         n = max(n / op.groups, 1.0)
+    elif isinstance(op, A.MatMul) and op.batch > 1 and op.b_batch_stride != 0:
+        n = float(op.m * op.n)  # likewise a product per batch, each of its own matrix (heads)
     return n
 
 
