@@ -103,9 +103,13 @@ def test_search_routes_around_a_slow_backend(cache, registry_with):
 
 
 def test_search_finds_a_mix_of_backends(cache, registry_with):
-    # "mm" is slow at everything but MatMul, "ew" only at MatMul: the best plan uses both.
-    registry_with(sleepy_backend("mm", set(A.Kind) - {A.Kind.MATMUL}),
-                  sleepy_backend("ew", {A.Kind.MATMUL}), only="mm,ew")
+    # "mm" is slow at everything but MatMul, "ew" only at MatMul: the best plan uses both. The
+    # mixed plan pays five more programs and their transfers, each calibrated from a few short
+    # timings that a loaded machine (load average 12 on 2 cores) can delay by a few ms; a slow
+    # op's delay is kept well above that.
+    delay = 0.006
+    registry_with(sleepy_backend("mm", set(A.Kind) - {A.Kind.MATMUL}, delay),
+                  sleepy_backend("ew", {A.Kind.MATMUL}, delay), only="mm,ew")
     m = walle_core.load(mlp())
     x = np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32)
     y = m.run({"x": x})
