@@ -100,6 +100,24 @@ class ModelCache:
             self._idle.clear()
 
 
+def calibrate_for(spec: Any) -> None:
+    """Read (or, on a device's first run, make) the calibrations an ``auto`` model's search needs.
+
+    Calibration is the device's one-time cost, not the task's: made inside a run it counts against
+    the task's wall time (tens of seconds on a cold cache) and, in process mode, its address-space
+    quota, where its timing buffers fail to allocate and the search has no backend left."""
+    if spec.model is None or spec.backend != "auto":
+        return
+    from walle_core.plugins import registry
+    from walle_core.search import calibration_for
+
+    for backend in registry().available():
+        try:
+            calibration_for(backend)
+        except Exception:  # the search records and skips a backend it cannot calibrate
+            continue
+
+
 def _load(path: Path, backend: str, threads: int | None) -> Any:
     import walle_core  # the engine's public API, loaded lazily: many tasks have no model
 

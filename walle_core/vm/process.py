@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from walle_core import flags
+from walle_core.vm.models import calibrate_for
 from walle_core.vm.vm import FAILED, MEMORY, TIMEOUT, Events, TaskResult, TaskSpec
 
 KILL_GRACE_S = 20.0  # start-up (imports) plus unwinding, before the parent kills the child
@@ -47,8 +48,7 @@ def _child_env(sandbox: Path) -> dict[str, str]:
 
 
 def run_in_process(spec: TaskSpec, events: Events = (), *, python: str | None = None) -> TaskResult:
-    if spec.model is not None and spec.backend == "auto":
-        _calibrate_backends()  # before the clock starts: the child then reads the shared cache
+    calibrate_for(spec)  # in the parent, before the clock starts: the child reads the shared cache
     t0 = time.perf_counter()
     sandbox = Path(tempfile.mkdtemp(prefix=f"walle-{spec.name}-"))
     job = json.dumps({"spec": spec.to_dict(), "events": list(map(dict, events))})
@@ -118,21 +118,6 @@ def _limit(which: int, value: int) -> None:
     _, hard = resource.getrlimit(which)
     value = value if hard == resource.RLIM_INFINITY else min(value, hard)
     resource.setrlimit(which, (value, value))
-
-
-def _calibrate_backends() -> None:
-    """Read (or, on a device's first run, make) every backend's calibration in the parent.
-
-    Calibration is the device's one-time cost, not the task's: made in the child, under the task's
-    address-space quota and wall time, its timing buffers fail to allocate or the run is killed."""
-    from walle_core.plugins import registry
-    from walle_core.search import calibration_for
-
-    for backend in registry().available():
-        try:
-            calibration_for(backend)
-        except Exception:  # the search records and skips a backend it cannot calibrate
-            continue
 
 
 def _child_main() -> int:
