@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from walle_core import flags
+
 Key = tuple[str, int, int, int, str, int | None]
 
 
@@ -100,22 +102,27 @@ class ModelCache:
             self._idle.clear()
 
 
-def calibrate_for(spec: Any) -> None:
+_calibrated: set[Path] = set()  # cache folders read once in this process: later runs skip the reads
+
+
+def calibrate_for(model: str | None, backend: str) -> None:
     """Read (or, on a device's first run, make) the calibrations an ``auto`` model's search needs.
 
     Calibration is the device's one-time cost, not the task's: made inside a run it counts against
     the task's wall time (tens of seconds on a cold cache) and, in process mode, its address-space
     quota, where its timing buffers fail to allocate and the search has no backend left."""
-    if spec.model is None or spec.backend != "auto":
+    cache = flags.cache_dir()
+    if model is None or backend != "auto" or cache in _calibrated:
         return
     from walle_core.plugins import registry
     from walle_core.search import calibration_for
 
-    for backend in registry().available():
+    for available in registry().available():
         try:
-            calibration_for(backend)
+            calibration_for(available)
         except Exception:  # the search records and skips a backend it cannot calibrate
             continue
+    _calibrated.add(cache)
 
 
 def _load(path: Path, backend: str, threads: int | None) -> Any:

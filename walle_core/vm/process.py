@@ -48,7 +48,7 @@ def _child_env(sandbox: Path) -> dict[str, str]:
 
 
 def run_in_process(spec: TaskSpec, events: Events = (), *, python: str | None = None) -> TaskResult:
-    calibrate_for(spec)  # in the parent, before the clock starts: the child reads the shared cache
+    calibrate_for(spec.model, spec.backend)  # in the parent, before the clock starts: the child reads the shared cache
     t0 = time.perf_counter()
     sandbox = Path(tempfile.mkdtemp(prefix=f"walle-{spec.name}-"))
     job = json.dumps({"spec": spec.to_dict(), "events": list(map(dict, events))})

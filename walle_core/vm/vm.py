@@ -202,7 +202,7 @@ class ThreadVM:
 
     def run(self) -> TaskResult:
         if self.mode != "process":  # a process-mode child's parent did it, outside its limits
-            calibrate_for(self.spec)  # the device's one-time cost, outside the task's clock
+            calibrate_for(self.spec.model, self.spec.backend)  # the device's one-time cost, outside the task's clock
         t0 = time.perf_counter()
         spec = self.spec
         ctx = TaskContext(spec.name, spec.version, spec.root, spec.model, self.events, spec.quotas,
