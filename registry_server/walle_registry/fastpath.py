@@ -18,9 +18,9 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from walle_registry import schemas as S
 from walle_registry.auth import DEVICE_PREFIX, Principal
@@ -37,6 +37,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 64 << 10  # device check-ins and reports are small; larger bodies take the full path
 JSON_TYPE = (b"content-type", b"application/json")
+M = TypeVar("M", bound=BaseModel)
 
 
 class DeviceFastPath:
@@ -109,14 +110,21 @@ class DeviceFastPath:
         except ValueError:
             return None
 
-    async def _checkin(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes],
-                       p: Principal) -> bool:
+    async def _validated(self, model: type[M], scope: Scope, receive: Receive,
+                         headers: dict[bytes, bytes]) -> M | None:
+        """The body as ``model``, or None for the full path (no body, too large, not valid)."""
         data = await self._body(scope, receive, headers)
         if data is None:
-            return False
+            return None
         try:
-            body = S.CheckIn.model_validate(data)
+            return model.model_validate(data)
         except ValidationError:
+            return None
+
+    async def _checkin(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes],
+                       p: Principal) -> bool:
+        body = await self._validated(S.CheckIn, scope, receive, headers)
+        if body is None:
             return False
         if self.reg.devices.cursors.get(p.name) is None or self.reg.devices.latest.get(p.name) is None:
             return False  # the full path loads them in a thread
@@ -130,12 +138,8 @@ class DeviceFastPath:
 
     async def _report(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes],
                       p: Principal) -> bool:
-        data = await self._body(scope, receive, headers)
-        if data is None:
-            return False
-        try:
-            body = S.ReportIn.model_validate(data)
-        except ValidationError:
+        body = await self._validated(S.ReportIn, scope, receive, headers)
+        if body is None:
             return False
         if not self._allowed(p):
             return False
