@@ -29,15 +29,19 @@ static double now_s(void) {
 int wl_run(const wl_op *ops, int n_ops, char **slots, int nthreads, char *err, int errlen) {
     wl_exec ex = {slots, nthreads < 1 ? 1 : nthreads, err, errlen};
     double *pb = prof;
-    for (int oi = 0; oi < n_ops; oi++) {
+    unsigned long fp = wl_fp_flush_enter();
+    int rc = 0;
+    for (int oi = 0; oi < n_ops && !rc; oi++) {
         const wl_op *op = &ops[oi];
         double t0 = pb ? now_s() : 0.0;
         if (op->kind <= 0 || op->kind >= WL_KIND_COUNT || !kernels[op->kind]) {
             wl_fail(&ex, "unknown op kind %d", op->kind);
-            return oi + 1;
+            rc = oi + 1;
+        } else if (kernels[op->kind](op, &ex)) {
+            rc = oi + 1;
         }
-        if (kernels[op->kind](op, &ex)) return oi + 1;
-        if (pb) pb[oi] += now_s() - t0;
+        if (pb && !rc) pb[oi] += now_s() - t0;
     }
-    return 0;
+    wl_fp_restore(fp);
+    return rc;
 }

@@ -130,6 +130,9 @@ extern const wl_isa wl_isa_neon;
 /* ---- thread pool (threadpool.c) */
 typedef void (*wl_task)(void *ctx, int64_t i);
 void wl_parallel_for(int64_t n, wl_task fn, void *ctx, int nthreads);
+/* flush-to-zero and denormals-are-zero on (returns the thread's mode before), and back */
+unsigned long wl_fp_flush_enter(void);
+void wl_fp_restore(unsigned long saved);
 void *wl_scratch(int which, size_t bytes); /* per-thread, grows, kept between runs */
 /* Tasks for n items of at least `grain` each, at most 4 per thread; *chunk items per task. */
 int64_t wl_chunks(int64_t n, int64_t grain, int nthreads, int64_t *chunk);
