@@ -8,7 +8,13 @@
 * regret on small graphs where every backend assignment is enumerated and timed;
 * search cost of a 1,000-node graph with a warm calibration cache.
 
+``--zoo`` instead checks the cost model on whole plans: for every zoo model (``tests/zoo``, or
+the ones ``--zoo`` names) the cpu plan's predicted time (what the search charges for it) next to
+the plan's measured time (``Model.run``, the best of interleaved rounds: load only adds time),
+and how many are within 25%. ``--recalibrate`` times a fresh calibration first.
+
 Usage: python bench/search_quality.py [--models mobilenet_v2,resnet18,...] [--json]
+       python bench/search_quality.py --zoo [yolov5,swin,...] [--rounds 5] [--recalibrate] [--json]
 """
 
 from __future__ import annotations
@@ -220,12 +226,69 @@ def search_cost(searcher: Searcher) -> float:
     return time.perf_counter() - t0
 
 
+ZOO_WITHIN = 0.25  # issue #16's target: every whole plan predicted within this share
+
+
+def zoo_report(names: Sequence[str], rounds: int, recalibrate: bool) -> dict[str, Any]:
+    """Predicted vs measured whole cpu plan of each zoo model, measured in interleaved rounds."""
+    from tests.zoo.export import export, inputs
+    from walle_core.search.calibrate import calibration_for
+
+    reg = walle_core.plugins.registry()
+    backends = [reg.get("cpu"), reg.get("reference")]
+    if recalibrate:
+        calibration_for(backends[0], refresh=True)
+    searcher = Searcher(backends)
+    predicted: dict[str, float] = {}
+    runs: dict[str, Callable[[], object]] = {}
+    for name in names:
+        feeds = inputs(name)
+        model = walle_core.load(export(name), backend="cpu")
+        ops, keep = model.atomic_ops(feeds)
+        predicted[name] = searcher.search(ops, keep).chosen.predicted_s
+        runs[name] = runner(model, feeds)
+    measured = interleaved(runs, rounds=rounds)
+    errors = [predicted[n] / measured[n] - 1.0 for n in names]
+    rows: list[dict[str, Any]] = [{"model": n, "predicted_ms": predicted[n] * 1e3, "measured_ms": measured[n] * 1e3,
+                                   "error": e} for n, e in zip(names, errors, strict=True)]
+    cal = searcher.calibrations["cpu"]
+    return {"models": rows, "within": sum(abs(e) <= ZOO_WITHIN for e in errors),
+            "median_error": float(np.median(errors)), "worst": max(rows, key=lambda r: abs(r["error"])),
+            "program_factor": cal.program_factor}
+
+
+def print_zoo(result: dict[str, Any]) -> None:
+    print(f"{'model':>17} {'predicted ms':>12} {'measured ms':>12} {'error':>7}")
+    for r in result["models"]:
+        flag = "" if abs(r["error"]) <= ZOO_WITHIN else "  *"
+        print(f"{r['model']:>17} {r['predicted_ms']:12.3f} {r['measured_ms']:12.3f} "
+              f"{r['error'] * 100:+6.0f}%{flag}")
+    n = len(result["models"])
+    print(f"within {ZOO_WITHIN:.0%}: {result['within']}/{n}; median error {result['median_error'] * 100:+.0f}%; "
+          f"worst {result['worst']['model']} {result['worst']['error'] * 100:+.0f}%; "
+          f"cpu program factor {result['program_factor']:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="mobilenet_v2,resnet18,bert,lstm,unet")
     ap.add_argument("--synthetic", type=int, default=12)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--zoo", nargs="?", const="all", default=None,
+                    help="predicted vs measured whole cpu plan per zoo model (all, or a comma list)")
+    ap.add_argument("--rounds", type=int, default=5, help="--zoo: interleaved timing rounds")
+    ap.add_argument("--recalibrate", action="store_true", help="--zoo: a fresh cpu calibration first")
     args = ap.parse_args()
+    if args.zoo is not None:
+        from tests.zoo import ZOO
+
+        names = ZOO if args.zoo == "all" else [n for n in args.zoo.split(",") if n]
+        zoo = zoo_report(names, args.rounds, args.recalibrate)
+        if args.json:
+            print(json.dumps(zoo, indent=1))
+        else:
+            print_zoo(zoo)
+        return
     from importlib import import_module
 
     from tests.models.common import export
