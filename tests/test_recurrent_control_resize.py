@@ -318,6 +318,23 @@ def test_conv_transpose_variants() -> None:
     single("ConvTranspose", (1, 4, 5, 5), (4, 3, 3, 3), strides=[2, 2], pads=[2, 2, 2, 2])
 
 
+@pytest.mark.parametrize(("k", "s", "p", "group"), [(2, 2, 0, 1), (4, 2, 1, 2), (3, 3, 0, 1), (6, 3, 1, 1)])
+def test_strided_conv_transpose_is_one_conv_and_a_depth_to_space(k: int, s: int, p: int, group: int) -> None:
+    """Every output phase of a strided ConvTranspose comes from one conv (phases as channels)
+    followed by one interleaving Raster, not one conv per phase; same numbers as onnxruntime."""
+    from walle_core import atomic as A
+
+    x = RNG.standard_normal((2, 4, 5, 6)).astype(np.float32)
+    inits = [NH.from_array(RNG.standard_normal((4, 3, k, k)).astype(np.float32), "W"),
+             NH.from_array(RNG.standard_normal(3 * group).astype(np.float32), "B")]
+    m = model([H.make_node("ConvTranspose", ["X", "W", "B"], ["Y"], group=group, strides=[s, s],
+                           pads=[p] * 4)], [vi("X", list(x.shape))], [vi("Y", None)], inits, 17)
+    cpu = walle_core.load(m, backend="cpu")
+    check(cpu.run({"X": x}), ort_run(m, {"X": x}), 1e-5)
+    kinds = [type(op) for op in cpu.atomic_ops({"X": x})[0]]
+    assert kinds.count(A.Conv2D) == 1 and kinds.count(A.Raster) == 1, kinds
+
+
 @pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
 def test_pool_variants(op: str) -> None:
     single(op, (1, 3, 9, 9), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
