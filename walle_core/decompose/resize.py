@@ -12,6 +12,7 @@ by one row gather of the K taps, a multiply by the weights and a sum over the ta
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -304,6 +305,34 @@ def resize_axis(b: Builder, x: A.Tensor, axis: int, idx: np.ndarray, w: np.ndarr
     return b.reshape(y, out_shape)
 
 
+# A pass along an axis moves runs of the product of the later axes' sizes; a run this short
+# costs about as much again per element (a single-element gather along the last axis, a copy
+# that cannot vectorise), so shorter runs count (1 + _SHORT_RUN / run) per element written.
+_SHORT_RUN = 8
+
+
+def axis_order(shape: Sequence[int], specs: dict[int, AxisSpec], opt: Options) -> list[int]:
+    """The order to resize the axes in (separable: any order gives the same values up to
+    rounding). Interpolating modes take the order that writes the fewest (run-weighted)
+    elements: upsampling the last axis first, on the small input, leaves the large final pass
+    copying whole rows (16x bilinear: 9x96x8 -> 9x96x128 gathered single floats twice, 4x slower
+    than the same size moved as 128-float rows). Nearest keeps axis order (its passes are often
+    strided views that cost nothing)."""
+    axes = sorted(specs)
+    if opt.mode == "nearest" or len(axes) < 2 or len(axes) > 4:
+        return axes
+
+    def cost(order: list[int]) -> float:
+        cur, total = list(shape), 0.0
+        for a in order:
+            cur[a] = specs[a].size_out
+            run = math.prod(cur[a + 1:])
+            total += math.prod(cur) * (1.0 + _SHORT_RUN / max(run, 1))
+        return total
+
+    return min((list(p) for p in itertools.permutations(axes)), key=cost)
+
+
 def resize(b: Builder, x: A.Tensor, specs: dict[int, AxisSpec], opt: Options) -> A.Tensor:
     rank = len(x.shape)
     src = x
@@ -312,7 +341,7 @@ def resize(b: Builder, x: A.Tensor, specs: dict[int, AxisSpec], opt: Options) ->
         src = b.cast(x, np.float32)
     y = src
     masks: list[tuple[int, np.ndarray]] = []
-    for axis in sorted(specs):
+    for axis in axis_order(x.shape, specs, opt):
         spec = specs[axis]
         if spec.size_out == 0:
             return b.const(np.zeros((*y.shape[:axis], 0, *y.shape[axis + 1:]), x.dtype))
