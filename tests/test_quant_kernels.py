@@ -4,7 +4,7 @@ depthwise) and matrix products on odd shapes with uint8/int8 activations and wei
 and per-channel zero points and scales, fused clamps and int32 output, and compares them exactly
 with naive loops.
 
-* x86: built natively and run once per variant this CPU supports (AVX-512 VNNI, AVX-VNNI, AVX2,
+* x86: built natively and run once per variant this CPU supports (AMX-INT8, AVX-512 VNNI, AVX-VNNI, AVX2,
   scalar); a variant the CPU lacks is skipped.
 * NEON (``sdot``) and the portable loops: cross-compiled for aarch64 and run under
   ``qemu-aarch64``, like the fp32 kernels in ``test_cpu_neon.py``.
@@ -50,7 +50,7 @@ def native(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 variants only")
-@pytest.mark.parametrize("isa", ["avx512vnni", "avxvnni", "avx2", "scalar"])
+@pytest.mark.parametrize("isa", ["amx", "avx512vnni", "avxvnni", "avx2", "scalar"])
 def test_x86_int8_kernels(native: Path, isa: str) -> None:
     _check([str(native), isa], isa)
 

@@ -240,6 +240,13 @@ int main(int argc, char **argv) {
         test_matmul_dyn(c, 3, 7, 13, 9, 0);
         test_matmul_dyn(c, 2, 24, 32, 24, 1);
         test_matmul_dyn(c, 1, 2, 40, 33, 0);
+        /* depths the AMX variant packs for its tiles (multiples of 64 after padding): rows
+         * over one 32-row block, an odd number of panels, groups whose rows are not tiles */
+        test_conv(c, 1, 64, 9, 11, 48, 1, 1, 0, 1, 1);
+        test_conv(c, 1, 32, 8, 8, 40, 3, 1, 1, 1, 2);
+        test_conv(c, 1, 24, 13, 13, 70, 3, 2, 1, 1, 1);
+        test_matmul(c, 50, 128, 33);
+        test_matmul_dyn(c, 2, 20, 128, 18, 1);
     }
     if (failures) {
         printf("%d FAILED\n", failures);

@@ -6,6 +6,8 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 #if defined(__aarch64__)
 #include <arm_neon.h>
@@ -360,6 +362,9 @@ static const q_isa isa_scalar = {"scalar", 4, 1, 0, tile_scalar, store_row_gener
 static const q_isa isa_vnni512 = {"avx512vnni", 6, 2, 0, tile_vnni512, store_row_avx512, dw_row_avx512};
 static const q_isa isa_vnni256 = {"avxvnni", 6, 1, 0, tile_vnni256, store_row_avx2, dw_row_avx2};
 static const q_isa isa_avx2 = {"avx2", 3, 1, 0, tile_avx2, store_row_avx2, dw_row_avx2};
+/* AMX-INT8: the AVX-512 VNNI variant whose GEMMs run on tiles (gemm_amx) where the weights were
+ * packed for them (depth a multiple of 64); rows are split across tasks 16 at a time */
+static const q_isa isa_amx = {"amx", 16, 2, 0, tile_vnni512, store_row_avx512, dw_row_avx512};
 #endif
 #if defined(__aarch64__)
 static const q_isa isa_sdot = {"neon-dot", 4, 1, 1, tile_sdot, store_row_generic, dw_row_generic};
@@ -368,10 +373,30 @@ static const q_isa isa_neon_scalar = {"scalar", 4, 1, 1, tile_scalar_signed, sto
 
 static const q_isa *q_active;
 
+#if defined(__x86_64__)
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+/* AMX-TILE and AMX-INT8 (CPUID.(7,0):EDX bits 24, 25), with the kernel's permission to use the
+ * tile data (Linux grants it per process on request; refused by kernels or VMs without it) */
+static int amx_usable(void) {
+    static int usable = -1;
+    int u = __atomic_load_n(&usable, __ATOMIC_ACQUIRE);
+    if (u >= 0) return u;
+    unsigned a, b, c, d;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+    u = (d >> 24 & 1) && (d >> 25 & 1) &&
+        syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    __atomic_store_n(&usable, u, __ATOMIC_RELEASE);
+    return u;
+}
+#endif
+
 static const q_isa *q_best(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) return &isa_vnni512;
+    int vnni512 = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+    if (vnni512 && amx_usable()) return &isa_amx;
+    if (vnni512) return &isa_vnni512;
     if (__builtin_cpu_supports("avxvnni")) return &isa_vnni256;
     if (__builtin_cpu_supports("avx2")) return &isa_avx2;
 #endif
@@ -393,13 +418,22 @@ static const q_isa *isa(void) {
 
 const char *wl_q_isa_name(void) { return isa()->name; }
 
+/* the AVX-512 VNNI kernels (also the AMX variant's, outside its tile GEMM) */
+#if defined(__x86_64__)
+static int avx512_family(const q_isa *a) { return a == &isa_vnni512 || a == &isa_amx; }
+#endif
+
 int wl_q_set_isa(const char *name) {
     const q_isa *best = q_best(), *pick = NULL;
     if (!strcmp(name, "auto")) pick = best;
 #if defined(__x86_64__)
     /* the fp32 variant names map onto the int8 ones: avx512 -> VNNI when present */
-    else if (!strcmp(name, "avx512vnni") || !strcmp(name, "avx512"))
-        pick = best == &isa_vnni512 ? best : !strcmp(name, "avx512") ? best : NULL;
+    else if (!strcmp(name, "avx512"))
+        pick = best;
+    else if (!strcmp(name, "avx512vnni"))
+        pick = best == &isa_vnni512 || best == &isa_amx ? &isa_vnni512 : NULL;
+    else if (!strcmp(name, "amx"))
+        pick = best == &isa_amx ? best : NULL;
     else if (!strcmp(name, "avxvnni"))
         pick = __builtin_cpu_supports("avxvnni") ? &isa_vnni256 : NULL;
     else if (!strcmp(name, "avx2"))
@@ -423,9 +457,21 @@ int wl_q_set_isa(const char *name) {
 
 static int64_t round4(int64_t k) { return (k + 3) & ~(int64_t)3; }
 static int64_t align64(int64_t n) { return (n + 63) & ~(int64_t)63; }
+static int64_t round16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
+/* The packed depth: k rounded up to 4, or for the AMX tiles (64 bytes of depth a step) to 64
+ * where that adds at most half again (k = 27 stays 28 on the VNNI loops). */
+static int64_t packed_depth(const q_isa *a, int64_t k) {
+#if defined(__x86_64__)
+    if (a == &isa_amx && align64(k) * 2 <= round4(k) * 3) return align64(k);
+#endif
+    (void)a;
+    return round4(k);
+}
+
+/* weight rows are allocated (and zeroed) up to a multiple of 16: a tile reads 16 rows */
 int64_t wl_q_weight_bytes(int64_t rows, int64_t k) {
-    return align64(rows * round4(k)) + 3 * align64(4 * rows) + align64(4 * rows * k);
+    return align64(round16(rows) * align64(k)) + 3 * align64(4 * rows) + align64(4 * rows * k);
 }
 
 void wl_q_pack_weights(wl_qweights *q, void *mem, const void *w, int w_signed, int64_t rows,
@@ -433,10 +479,11 @@ void wl_q_pack_weights(wl_qweights *q, void *mem, const void *w, int w_signed, i
                        int x_signed, const float *scale, int32_t y_zero, int32_t lo, int32_t hi,
                        int out) {
     const q_isa *a = isa();
-    int64_t kp = round4(k);
+    int64_t kp = packed_depth(a, k);
     char *m = mem;
     int8_t *wp = (int8_t *)m;
-    int32_t *comp = (int32_t *)(m + align64(rows * kp));
+    memset(wp + rows * kp, 0, (size_t)((round16(rows) - rows) * kp));
+    int32_t *comp = (int32_t *)(m + align64(round16(rows) * kp));
     int32_t *wz = comp + align64(4 * rows) / 4;
     int32_t *dcomp = wz + align64(4 * rows) / 4;
     int32_t *taps = dcomp + align64(4 * rows) / 4;
@@ -546,11 +593,107 @@ static void store_row(const wl_qweights *q, int64_t r, int32_t comp, int32_t wz,
 
 static int esize(const wl_qweights *q) { return q->out == Q_S32 ? 4 : 1; }
 
+/* ------------------------------------------------------------------------------ AMX-INT8 */
+#if defined(__x86_64__)
+/* Weights packed for the tiles: the AMX variant active and the depth a multiple of 64. */
+static int amx_layout(const wl_qweights *q) { return isa() == &isa_amx && q->kp % 64 == 0; }
+#else
+static int amx_layout(const wl_qweights *q) { (void)q; return 0; }
+#endif
+
+/* rows per share when a GEMM's rows are split across tasks: whole tiles */
+static int64_t split_rows(const wl_qweights *q) { return amx_layout(q) ? 16 : isa()->mr; }
+
+#if defined(__x86_64__)
+/* Tiles of 16 rows x 64 bytes: the weights (A: 16 weight rows, 64 bytes of depth, signed) and a
+ * panel's 16 depth groups (B: [16 groups][16 columns][4 bytes], unsigned: exactly the packed
+ * panel, 1 KB contiguous a step) into 16 x 16 int32 sums (tdpbsud). tmm0-3: the sums of a
+ * 32-row x 2-panel block (rows r, r + 16 x panels p, p + 1), tmm4-5: weights, tmm6-7: panels. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+#define TAMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-int8")))
+#define AMX_DP(R2, P2)                                                                          \
+    for (int64_t s = 0; s < ks; s++) {                                                         \
+        _tile_loadd(4, w + s * 64, kp);                                                         \
+        _tile_loadd(6, b + s * 1024, 64);                                                       \
+        if (P2) _tile_loadd(7, b + ldb + s * 1024, 64);                                         \
+        if (R2) _tile_loadd(5, w + 16 * kp + s * 64, kp);                                       \
+        _tile_dpbsud(0, 4, 6);                                                                  \
+        if (P2) _tile_dpbsud(1, 4, 7);                                                          \
+        if (R2) _tile_dpbsud(2, 5, 6);                                                          \
+        if (R2 && P2) _tile_dpbsud(3, 5, 7);                                                    \
+    }
+
+/* one block's sums into c: [tile: r/16 * 2 + p][16 rows][16 columns] */
+TAMX static void amx_block(int r2, int p2, int64_t ks, const int8_t *w, int64_t kp,
+                           const uint8_t *b, int64_t ldb, int32_t *c) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    if (r2 && p2) AMX_DP(1, 1)
+    else if (r2) AMX_DP(1, 0)
+    else if (p2) AMX_DP(0, 1)
+    else AMX_DP(0, 0)
+    _tile_stored(0, c, 64);
+    if (p2) _tile_stored(1, c + 256, 64);
+    if (r2) _tile_stored(2, c + 512, 64);
+    if (r2 && p2) _tile_stored(3, c + 768, 64);
+}
+
+/* every tile 16 rows x 64 bytes; a static object (gcc dropped the stores to a local one: it
+ * does not see ldtilecfg read the whole 64 bytes) */
+static const amx_config amx_cfg __attribute__((aligned(64))) = {
+    1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+TAMX static void amx_begin(void) { _tile_loadconfig(&amx_cfg); }
+
+TAMX static void amx_end(void) { _tile_release(); }
+
+/* gemm_panels on the tiles: blocks of 32 rows x 2 panels, each requantized from its sums */
+static void gemm_amx(const wl_qweights *q, const uint8_t *b, const int32_t *colsum,
+                     int64_t np_total, int64_t ncols, char *y, int64_t rs, int64_t cs) {
+    int64_t ldb = q->kp * PANEL, ks = q->kp / 64;
+    int32_t c[4 * 256] __attribute__((aligned(64)));
+    int es = esize(q);
+    amx_begin();
+    for (int64_t p0 = 0; p0 < np_total; p0 += 2) {
+        int p2 = np_total - p0 >= 2;
+        int64_t j0 = p0 * PANEL, nj = ncols - j0 < (p2 + 1) * PANEL ? ncols - j0 : (p2 + 1) * PANEL;
+        for (int64_t r0 = 0; r0 < q->rows; r0 += 32) {
+            int64_t mr = q->rows - r0 < 32 ? q->rows - r0 : 32;
+            amx_block(mr > 16, p2, ks, q->w + r0 * q->kp, q->kp, b + p0 * ldb, ldb, c);
+            for (int64_t r = 0; r < mr; r++)
+                for (int p = 0; p <= p2; p++) {
+                    int64_t jj = j0 + p * PANEL, n = nj - p * PANEL < PANEL ? nj - p * PANEL : PANEL;
+                    if (n <= 0) break;
+                    store_row_avx512(q, r0 + r, q->comp[r0 + r], q->wz ? q->wz[r0 + r] : 0,
+                                     c + ((r >> 4) * 2 + p) * 256 + (r & 15) * 16,
+                                     colsum ? colsum + jj : NULL, n,
+                                     y + ((r0 + r) * rs + jj * cs) * es, cs);
+                }
+        }
+    }
+    amx_end();
+}
+#endif
+
 /* All rows times `np_total` packed panels (ncols real columns), output (row r, column j) at
  * y + (r * rs + j * cs) elements. */
 static void gemm_panels(const wl_qweights *q, const uint8_t *b, const int32_t *colsum,
                         int64_t np_total, int64_t ncols, char *y, int64_t rs, int64_t cs) {
     const q_isa *a = isa();
+#if defined(__x86_64__)
+    if (amx_layout(q)) {
+        gemm_amx(q, b, colsum, np_total, ncols, y, rs, cs);
+        return;
+    }
+    if (a == &isa_amx) a = &isa_vnni512; /* depth not packed for the tiles */
+#endif
     int64_t ldb = q->kp * PANEL, k4 = q->kp / 4;
     int32_t c[MAX_MR * MAX_NP * PANEL];
     int es = esize(q);
@@ -560,7 +703,7 @@ static void gemm_panels(const wl_qweights *q, const uint8_t *b, const int32_t *c
         for (int64_t r0 = 0; r0 < q->rows; r0 += a->mr) {
             int mr = (int)(q->rows - r0 < a->mr ? q->rows - r0 : a->mr);
 #if defined(__x86_64__)
-            if (a == &isa_vnni512 && cs == 1 && q->out != Q_S32) {
+            if (avx512_family(a) && cs == 1 && q->out != Q_S32) {
                 q_rq e = {q->comp + r0, q->wz ? q->wz + r0 : NULL, colsum ? colsum + j0 : NULL,
                           q->scale + r0, (float)(q->lo - q->y_zero), (float)(q->hi - q->y_zero), q->y_zero};
                 if (mr == 6 && np == 2)
@@ -624,6 +767,10 @@ static void pack_conv(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t 
     (void)khw;
     for (int64_t k4 = 0; k4 < kp / 4; k4++) {
         uint32_t *dst = (uint32_t *)(b + k4 * 64);
+        if (4 * k4 >= K) { /* the AMX depth padding: whole groups of 0 */
+            for (int64_t p = 0; p < npan * PANEL; p++) dst[(p >> 4) * ldw + (p & 15)] = 0;
+            continue;
+        }
         const uint8_t *src[4];
         int full = 4 * k4 + 3 < K;
         for (int e = 0; e < 4; e++) {
@@ -716,14 +863,14 @@ static void conv_chunk(void *ctx, int64_t t) {
         for (int64_t p = 0; p < pn; p++) {
             int32_t sum = 0;
             const uint8_t *col = b + (p / PANEL) * kp * PANEL + (p % PANEL) * 4;
-            for (int64_t k4 = 0; k4 < kp / 4; k4++)
+            for (int64_t k4 = 0; k4 < (q->k + 3) / 4; k4++)
                 for (int e = 0; e < 4; e++)
                     sum += q->x_packed_signed ? (int8_t)col[k4 * 64 + e] : col[k4 * 64 + e];
             colsum[p] = sum;
         }
     }
     /* this group's rows, and of them this split's share (whole tiles) */
-    int64_t mr = isa()->mr, tiles = (og + mr - 1) / mr;
+    int64_t mr = split_rows(q), tiles = (og + mr - 1) / mr;
     int64_t r0 = tiles * split / j->row_splits * mr, r1 = tiles * (split + 1) / j->row_splits * mr;
     if (r1 > og) r1 = og;
     if (r0 >= r1) return;
@@ -917,7 +1064,7 @@ struct dw_vbmi_plan {
 static int dw_vbmi_setup(const wl_qconv_params *s, const wl_qweights *q, int64_t wp,
                          struct dw_vbmi_plan *pl) {
 #if defined(__x86_64__)
-    if (isa() != &isa_vnni512 || !__builtin_cpu_supports("avx512vbmi") || !q->taps_s8) return 0;
+    if (!avx512_family(isa()) || !__builtin_cpu_supports("avx512vbmi") || !q->taps_s8) return 0;
     int64_t kw = s->kw, G = (kw + 3) / 4, span = s->dilation_w * (kw - 1);
     int64_t P = s->oh * s->ow, sw = s->stride_w;
     if (G > 2 || s->kh * G > 16) return 0;
@@ -1188,7 +1335,7 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
     int64_t P = s->oh * s->ow, chunks = (P + CHUNK * PANEL - 1) / (CHUNK * PANEL);
     int64_t tasks = s->n * s->groups * chunks, splits = 1;
     /* few columns (late layers): split the rows too, each task packing its columns again */
-    int64_t tiles = (s->o / s->groups + isa()->mr - 1) / isa()->mr;
+    int64_t tiles = (s->o / s->groups + split_rows(q) - 1) / split_rows(q);
     while (tasks * splits < 2 * nthreads && splits < tiles) splits++;
     conv_job j = {s, q, src, hp, wp, y, chunks, splits, 0};
     wl_parallel_for(tasks * splits, conv_chunk, &j, nthreads);
@@ -1235,6 +1382,7 @@ static void mm_chunk(void *ctx, int64_t t) {
             for (int64_t e = 0; e < K - 4 * kw4; e++) v |= (uint32_t)(row[4 * kw4 + e] ^ (flip & 0xff)) << (8 * e);
             dst[kw4 * 16] = v;
         }
+        for (int64_t k4 = (K + 3) / 4; k4 < kp / 4; k4++) dst[k4 * 16] = 0; /* AMX depth padding */
         if (colsum) {
             int32_t sum = 0;
             for (int64_t kk = 0; kk < K; kk++) {
@@ -1245,7 +1393,7 @@ static void mm_chunk(void *ctx, int64_t t) {
         }
     }
     /* this split's share of the weight rows (whole tiles) */
-    int64_t mr = isa()->mr, tiles = (q->rows + mr - 1) / mr;
+    int64_t mr = split_rows(q), tiles = (q->rows + mr - 1) / mr;
     int64_t r0 = tiles * split / j->row_splits * mr, r1 = tiles * (split + 1) / j->row_splits * mr;
     if (r1 > q->rows) r1 = q->rows;
     if (r0 >= r1) return;
@@ -1327,7 +1475,7 @@ TGEMV static void gemv_task(void *ctx, int64_t t) {
 
 static int gemv(int64_t m, const wl_qweights *q, const uint8_t *a, void *y, int nthreads) {
 #if defined(__x86_64__)
-    if (m > GEMV_M || isa() != &isa_vnni512) return 1;
+    if (m > GEMV_M || !avx512_family(isa())) return 1;
     nthreads = q_threads((double)m * q->rows * q->kp / 30.0, nthreads);
     int64_t kp = q->kp, K = q->k;
     uint8_t *buf = wl_scratch(Q_PAD_SCRATCH, (size_t)(m * kp + 64));
@@ -1358,7 +1506,7 @@ int wl_qmatmul(int64_t m, const wl_qweights *q, const uint8_t *a, void *y, int n
     nthreads = q_threads((double)m * q->rows * q->k / 100.0, nthreads);
     int64_t chunks = (m + CHUNK * PANEL - 1) / (CHUNK * PANEL), splits = 1;
     /* few rows of A (a transformer's tokens): split the weight rows too */
-    int64_t tiles = (q->rows + isa()->mr - 1) / isa()->mr;
+    int64_t tiles = (q->rows + split_rows(q) - 1) / split_rows(q);
     while (chunks * splits < 2 * nthreads && splits < tiles) splits++;
     mm_job j = {m, q, a, y, 0, splits};
     wl_parallel_for(chunks * splits, mm_chunk, &j, nthreads);
