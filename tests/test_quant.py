@@ -326,3 +326,29 @@ def test_qdq_move_op_with_new_parameters_requantizes(tmp_path: Path) -> None:
     want = _ort_run(path, feeds)
     for backend in BACKENDS:
         np.testing.assert_array_equal(walle_core.load(path, backend=backend).run(feeds)["y"], want)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("channels_last", [0, 1])
+def test_qlinear_global_average_pool_is_exact(tmp_path: Path, dtype: type, channels_last: int) -> None:
+    """com.microsoft QLinearGlobalAveragePool (on the cpu backend: a qlinear_matmul of the planes by
+    a column of ones) equals onnxruntime's integer results exactly, odd plane sizes included."""
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype)
+    shape = [2, 7, 9, 5] if channels_last else [2, 5, 7, 9]
+    out_shape = [2, 1, 1, 5] if channels_last else [2, 5, 1, 1]
+    elem = TP.UINT8 if dtype == np.uint8 else TP.INT8
+    zx, zy = (131, 118) if dtype == np.uint8 else (-7, 4)
+    inits = [nh.from_array(np.array(0.037, np.float32), "xs"), nh.from_array(np.array(zx, dtype), "xz"),
+             nh.from_array(np.array(0.011, np.float32), "ys"), nh.from_array(np.array(zy, dtype), "yz")]
+    node = h.make_node("QLinearGlobalAveragePool", ["x", "xs", "xz", "ys", "yz"], ["y"],
+                       domain="com.microsoft", channels_last=channels_last)
+    g = h.make_graph([node], "gap", [h.make_tensor_value_info("x", elem, shape)],
+                     [h.make_tensor_value_info("y", elem, out_shape)], inits)
+    path = tmp_path / "gap.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)]), path)
+    x = rng.integers(info.min, info.max + 1, shape).astype(dtype)
+    want = _ort_run(path, {"x": x})
+    for backend in BACKENDS:
+        m = walle_core.load(path, backend=backend)
+        np.testing.assert_array_equal(m.run({"x": x})[m.output_names[0]], want, err_msg=backend)

@@ -243,17 +243,23 @@ def _from_channels_first(b: Builder, y: A.Tensor, ctx: NodeContext) -> A.Tensor:
 @register("QLinearGlobalAveragePool", domain=MS)
 def qlinear_global_average_pool(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     """int32 sum of each plane minus ``n * x_zero``, requantized by ``x_scale / (y_scale * n)``
-    (onnxruntime's arithmetic)."""
+    (onnxruntime's arithmetic): the planes as the rows of a ``qlinear_matmul`` by a column of
+    ones (an 8-bit input; the same int32 sums and requantisation, on the int8 kernels)."""
     x = _to_channels_first(b, req(ins[0]), ctx)
     xs, xz = _scalar(b, req(ins[1])), _scalar(b, _opt(ins, 2))
     ys, yz = _scalar(b, req(ins[3])), _scalar(b, _opt(ins, 4))
     out = ins[4].dtype if _opt(ins, 4) is not None else x.dtype  # type: ignore[union-attr]
     n = int(np.prod(x.shape[2:]))
-    acc = b.reduce(b.cast(x, np.int32), list(range(2, len(x.shape))), "sum", True)
-    acc = b.binary("sub", acc, b.const(np.array(int(xz) * n, np.int32)))
     f = np.float32
     lo, hi = int_range(out)
     rq = Requant(np.array([f(xs) / (f(ys) * f(n))], f), int(yz), np.dtype(out), lo, hi)
+    kept = (*x.shape[:2], *(1 for _ in x.shape[2:]))
+    if x.dtype.itemsize == 1 and len(x.shape) > 2 and n > 0:
+        rows = b.reshape(x, (int(np.prod(x.shape[:2])), n))
+        y = qmatmul(b, rows, np.ones((n, 1), np.int8), int(xz), None, None, rq)
+        return [_from_channels_first(b, b.reshape(y, kept), ctx)]
+    acc = b.reduce(b.cast(x, np.int32), list(range(2, len(x.shape))), "sum", True)
+    acc = b.binary("sub", acc, b.const(np.array(int(xz) * n, np.int32)))
     return [_from_channels_first(b, requantize(b, acc, rq, 1), ctx)]
 
 
