@@ -17,7 +17,8 @@
 /* ---- cffi: begin ---- */
 enum wl_kind { WL_RASTER = 1, WL_UNARY, WL_BINARY, WL_SELECT, WL_CAST, WL_REDUCE, WL_MATMUL,
                WL_CONV, WL_POOL, WL_GATHER, WL_SORT, WL_CHAIN, WL_LSTM_CELL, WL_SOFTMAX,
-               WL_QCONV, WL_QMATMUL, WL_QLOOKUP, WL_QBINARY, WL_RECURRENT, WL_KIND_COUNT };
+               WL_QCONV, WL_QMATMUL, WL_QLOOKUP, WL_QBINARY, WL_RECURRENT, WL_LAYER_NORM,
+               WL_KIND_COUNT };
 enum wl_dtype { D_F32 = 0, D_F64, D_F16, D_I8, D_I16, D_I32, D_I64, D_U8, D_U16, D_U32, D_U64,
                 D_BOOL };
 
@@ -81,11 +82,13 @@ typedef struct {
 /* Conv2D (NCHW, or NCHW16c with algo C_NCHWC); ins = (x, w, [bias], [residual]). `residual`
  * as for MatMul. Winograd: aux holds the transformed weights for GEMM panels of packed_nr.
  * Blocked: aux the packed weights, aux2 the bias padded to whole blocks, blocked_input 0 when
- * the input is a plain NCHW tensor of few channels, filter_blocks per packed weight group. */
+ * the input is a plain NCHW tensor of few channels, filter_blocks per packed weight group;
+ * with prelu, aux2 goes on with the per-channel PRelu slopes padded to whole blocks, applied
+ * last in the epilogue (the activation is then the identity). */
 typedef struct {
     int64_t n, c, h, w, o, oh, ow, kh, kw;
     int64_t stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups, has_bias;
-    int64_t residual, packed_nr, blocked_input, filter_blocks;
+    int64_t residual, packed_nr, blocked_input, filter_blocks, prelu;
     wl_act act;
 } wl_conv_params;
 
@@ -105,6 +108,9 @@ typedef struct { int64_t outer, n, inner, descending; } wl_sort_params;
 
 /* softmax or (log) log_softmax along the middle axis of (outer, n, inner). */
 typedef struct { int64_t outer, n, inner, log; } wl_softmax_params;
+
+/* layer norm over the last n floats of each of `rows` rows: ins = (x, scale (n), [bias (n)]) */
+typedef struct { int64_t rows, n, has_bias; double eps; } wl_layer_norm_params;
 
 /* LSTM cell: ins = (gates iofc, c_prev, c_out) -> h, each row of `batch`. */
 typedef struct { int64_t batch, hidden; } wl_lstm_params;
@@ -177,6 +183,7 @@ typedef struct wl_op {
         wl_gather_params gather;
         wl_sort_params sort;
         wl_softmax_params softmax;
+        wl_layer_norm_params layer_norm;
         wl_lstm_params lstm;
         wl_recurrent_params recurrent;
         wl_qconv_params qconv;
