@@ -155,8 +155,11 @@ typedef struct {
     int64_t m, dyn, batch, k, n, trans_b, x_signed, w_signed, x_zero, w_zero, y_zero, lo, hi, out;
     float scale;
 } wl_qmatmul_params;
-/* 8-bit y[i] = table[x[i] ^ flip] (flip 0x80 for int8 x); aux holds the 256-byte table */
-typedef struct { int64_t n, flip; } wl_qlookup_params;
+/* The 8-bit element-wise maps (qelementwise.c), by mode: 0: 8-bit y[i] = table[x[i] ^ flip]
+ * (flip 0x80 for int8 x; aux holds the 256-byte table); 1 (QuantizeLinear): 8-bit y =
+ * clamp(rint(x / scale) + zero, lo, hi) of float32 x; 2 (DequantizeLinear): float32 y =
+ * (float)(x - zero) * scale of 8-bit x (int8 when flip) */
+typedef struct { int64_t n, flip, mode, zero, lo, hi; float scale; } wl_qlookup_params;
 /* 8-bit y = clamp(rint(f((a - a_zero) * ra, (b - b_zero) * rb)) + c_zero, lo, hi), f = + or *
  * (mul), in float32; a and y have n elements, b nb, read as b[(i / inner) % nb] (inner 1 and
  * nb n for the same shape) */
