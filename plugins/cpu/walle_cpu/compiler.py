@@ -25,7 +25,7 @@ from walle_core.plan.rewrite.fused import ConvRes, MatMulRes
 from walle_cpu import layout
 from walle_cpu._native import FFI, LIB
 from walle_cpu.ops import kernel_for
-from walle_cpu.ops.chain import Chain, fuse_chains
+from walle_cpu.ops.chain import Chain, PreluConv, fuse_chains, fuse_prelu
 from walle_cpu.ops.chain import label as chain_label
 from walle_cpu.ops.conv import plain_algorithm
 from walle_cpu.ops.raster import encode_empty
@@ -60,7 +60,7 @@ class CpuExecutable(Executable):
         ops = fuse_chains(apply_rewrites(program.ops, external, rewrites), external)
         last_id = max((t.id for op, _ in program.ops for t in (*op.inputs, *op.outputs)), default=0)
         fresh = itertools.count(last_id + 1)
-        ops = layout.apply(ops, external, lambda: next(fresh), plain_algorithm)
+        ops = fuse_prelu(layout.apply(ops, external, lambda: next(fresh), plain_algorithm), external)
         # fusion and the layout change lifetimes and add tensors: the arena is planned on the
         # final list
         arena = plan_arena([op for op, _ in ops],
@@ -214,5 +214,7 @@ def _label(op: A.Op, algo: Algorithm) -> str:
     act = getattr(op, "act", None)
     if isinstance(act, A.Activation) and act.fn != "identity":
         extra += f"+{act.fn}"
+    if isinstance(op, PreluConv):
+        extra += "+prelu"
     return (f"{op.kind.value}{'/' + fn if isinstance(fn, str) and fn else ''}{extra} {algo.name} {ins}"
             f" -> {list(op.out.shape)}")

@@ -39,6 +39,7 @@ static void conv_task(void *vp, int64_t t) {
     if (kcb < 1) kcb = 1;
     int pmax = wl_active->nc_p[fb];
     nc_epi e = c->epi;
+    if (e.slope) e.slope += ob0 * WL_BLK;
     for (int64_t k0 = 0; k0 < c->ncb; k0 += kcb) {
         int64_t k1 = k0 + kcb < c->ncb ? k0 + kcb : c->ncb;
         e.load = k0 > 0;
@@ -119,6 +120,7 @@ int wl_nc_prepare(nc_ctx *c, const wl_op *op, const wl_exec *ex, const float *x,
         c->pass_act = act != U_IDENTITY;
     }
     c->ob = ceil_div(O, WL_BLK);
+    if (p->prelu) c->epi.slope = c->bias + c->ob * WL_BLK; /* block 0's; tasks move it on */
     int64_t cbn = ceil_div(C, WL_BLK), e = blocked ? WL_BLK : 1, planes = blocked ? cbn : C;
     c->borders = c->pt || c->pl || (OH - 1) * c->sh + (c->KH - 1) * c->dh >= H ||
                  (OW - 1) * c->sw + (c->KW - 1) * c->dw >= W;

@@ -47,6 +47,7 @@ static void dw_task(void *vp, int64_t t) {
     interior(c, &lo, &hi);
     nc_epi e = c->epi;
     e.final = 1;
+    if (e.slope) e.slope += (cb % c->ob) * WL_BLK;
     for (int64_t oy = ci * c->chunk; oy < c->OH && oy < (ci + 1) * c->chunk; oy++) {
         int64_t iy = oy * c->sh - c->pt, ky0, ky1;
         valid_taps(iy, c->dh, c->KH, c->H, &ky0, &ky1);

@@ -67,11 +67,13 @@ int wl_qbinary_op(const wl_op *op, const wl_exec *ex); /* qelementwise.c: QLinea
 
 /* ---- what a blocked micro-kernel does when it stores a tile (layout NCHW16c): add a residual
  * laid out like the output (res != NULL), then clamp to [lo, hi] when clip (ReLU, ReLU6 and
- * clips). Other activations run as a pass over the finished row. */
+ * clips), or PRelu with per-channel slopes (slope != NULL: the tile's first filter block's 16,
+ * block f's at slope + 16 f). Other activations run as a pass over the finished row. */
 typedef struct {
     const float *res;
     int clip;
     float lo, hi;
+    const float *slope;
     int load, final; /* reduction slices: start from y (not the bias); last slice (epilogue) */
 } nc_epi;
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm
-from walle_cpu.ops.chain import CHAIN
+from walle_cpu.ops.chain import CHAIN, PRELU_CONV
 from walle_cpu.ops.composite import COMPOSITE
 from walle_cpu.ops.conv import CONV
 from walle_cpu.ops.elementwise import BINARY, CAST, UNARY
@@ -21,8 +21,8 @@ from walle_cpu.ops.raster import RASTER
 from walle_cpu.ops.reduce import REDUCE
 from walle_cpu.ops.sort import SORT
 
-KERNELS: tuple[OpKernel, ...] = (COMPOSITE, RASTER, UNARY, BINARY, CAST, REDUCE, MATMUL, CONV, POOL2D,
-                                 GATHER, SORT, CHAIN)
+KERNELS: tuple[OpKernel, ...] = (COMPOSITE, RASTER, UNARY, BINARY, CAST, REDUCE, MATMUL, PRELU_CONV, CONV,
+                                 POOL2D, GATHER, SORT, CHAIN)
 
 
 def kernel_for(op: A.Op) -> OpKernel | None:
