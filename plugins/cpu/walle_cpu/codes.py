@@ -48,4 +48,5 @@ POOL_FNS = _enum("wl_pool_fn", "P_")
 SCATTER_REDUCTIONS = _enum("wl_scatter_reduction", "S_")
 # composites the cpu backend runs as one kernel (walle_core.decompose builds them)
 COMPOSITES = frozenset({"lstm_cell", "lstm_sequence", "gru_sequence", "softmax", "log_softmax",
-                        "qlinear_conv", "qlinear_matmul", "qlinear_lookup", "qlinear_binary", "qlinear_bmm"})
+                        "qlinear_conv", "qlinear_matmul", "qlinear_lookup", "qlinear_binary", "qlinear_bmm",
+                        "quantize_linear", "dequantize_linear"})
