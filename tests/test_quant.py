@@ -160,7 +160,9 @@ def test_qdq_rewrite_makes_the_cnn_integer(models: dict[str, Path], tmp_path: Pa
     assert not report.float_ops
     ops = Lowering(import_graph(q), fold, {}).run({"x": ((1, 3, 19, 17), np.dtype(np.float32))}).ops
     names = [getattr(op, "name", "") for op in ops]
-    assert names.count("qlinear_conv") == 3 and names.count("qlinear_matmul") == 1
+    # the Gemm and the global average pool (its planes times a column of ones)
+    assert names.count("qlinear_conv") == 3 and names.count("qlinear_matmul") == 2
+    assert names.count("quantize_linear") == 1 and names.count("dequantize_linear") == 1  # in, out
     assert not any(isinstance(op, A.Conv2D | A.MatMul) for op in ops)
     # SiLU (Sigmoid, then Mul by the same tensor) is one table; the Add is the one binary pass
     graph, _ = fuse_qdq(import_graph(q))

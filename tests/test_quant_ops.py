@@ -285,3 +285,33 @@ def test_int8_matmul_of_two_activations_matches_reference(batch: int, m: int, k:
     data = h.make_model(g, opset_imports=[h.make_opsetid("", 21)]).SerializeToString()
     labels = _same_as_reference(data, feeds)
     assert len(labels) == 1 and "int8-gemm" in labels[0], labels
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.one_of(st.integers(1, 300), st.just(70001)), signed=st.booleans(),
+       zero=st.integers(-128, 255), scale=st.floats(1e-3, 2.0), seed=st.integers(0, 2**31 - 1))
+def test_quantize_dequantize_match_reference(n: int, signed: bool, zero: int, scale: float, seed: int) -> None:
+    """Per-tensor QuantizeLinear of float32 (ties, values past the range, infinities) and
+    DequantizeLinear back run on the cpu backend's kernels with the reference's integers and
+    floats exactly."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(np.int8 if signed else np.uint8)
+    info = np.iinfo(dtype)
+    zero = int(np.clip(zero, info.min, info.max))
+    s = np.float32(scale)
+    x = (rng.standard_normal(n) * 100 * s).astype(np.float32)
+    x[::7] = ((rng.integers(-300, 300, x[::7].size) + 0.5) * s).astype(np.float32)  # ties
+    x[:3] = np.array([np.inf, -np.inf, 1e30], np.float32)[: min(3, n)]
+    inits = [nh.from_array(np.array(s, np.float32), "s"), nh.from_array(np.array(zero, dtype), "z")]
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             h.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    g = h.make_graph(nodes, "qdq", [h.make_tensor_value_info("x", TP.FLOAT, [n])],
+                     [h.make_tensor_value_info("q", _TYPES[dtype], [n]), h.make_tensor_value_info("y", TP.FLOAT, [n])],
+                     inits)
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 21)]).SerializeToString()
+    want = walle_core.load(model, backend="reference").run({"x": x})
+    cpu_model = walle_core.load(model, backend="cpu")
+    got = cpu_model.run({"x": x})
+    assert [st_.backend for st_ in cpu_model.plan_for({"x": x}).stage.steps] == ["cpu"]
+    np.testing.assert_array_equal(got["q"], want["q"])
+    np.testing.assert_array_equal(got["y"], want["y"])

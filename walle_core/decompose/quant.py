@@ -73,10 +73,44 @@ def quantize_linear(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     work = dtypes.from_onnx(int(precision)) if precision else np.dtype(np.float32)
     if not precision and x.dtype == np.float64:
         work = x.dtype
+    sv, zv = _per_tensor(b, scale), _per_tensor(b, zp)
+    if x.dtype == np.float32 and work == np.float32 and out.itemsize == 1 and block <= 0 \
+            and x.value is None and sv is not None and (zp is None or zv is not None):
+        return [_quantize_composite(b, x, np.float32(sv), int(zv or 0), out)]
     s = per_axis(b, b.cast(scale, work), x, axis, block)
     y = b.binary("div", b.cast(x, work), s)
     z = per_axis(b, zp, x, axis, block) if zp is not None else None
     return [saturate_round(b, y, z, out)]
+
+
+def _per_tensor(b: Builder, t: A.Tensor | None) -> float | None:
+    """A constant one-element quantisation parameter's value, else None."""
+    v = b.maybe_value(t)
+    return float(np.asarray(v).reshape(-1)[0]) if v is not None and np.asarray(v).size == 1 else None
+
+
+def _quantize_composite(b: Builder, x: A.Tensor, scale: np.float32, zero: int, out: np.dtype) -> A.Tensor:
+    """Per-tensor QuantizeLinear of a float32 tensor to 8 bits: a ``quantize_linear`` composite
+    (attributes ``scale``, ``zero``) whose expansion is the arithmetic above."""
+    from walle_core.decompose.quant_linear import composite
+
+    def build() -> list[A.Tensor]:
+        y = b.binary("div", x, b.const(np.array(scale, np.float32)))
+        return [saturate_round(b, y, b.const(np.array(zero, out)), out)]
+
+    return composite(b, "quantize_linear", [x], build, scale=scale, zero=zero)
+
+
+def _dequantize_composite(b: Builder, x: A.Tensor, scale: np.float32, zero: int) -> A.Tensor:
+    """Per-tensor DequantizeLinear of an 8-bit tensor to float32: a ``dequantize_linear``
+    composite (attributes ``scale``, ``zero``) whose expansion is the arithmetic below."""
+    from walle_core.decompose.quant_linear import composite
+
+    def build() -> list[A.Tensor]:
+        xi = b.binary("sub", b.cast(x, np.int32), b.const(np.array(zero, np.int32)))
+        return [b.binary("mul", b.cast(xi, np.float32), b.const(np.array(scale, np.float32)))]
+
+    return composite(b, "dequantize_linear", [x], build, scale=scale, zero=zero)
 
 
 @register("DequantizeLinear")
@@ -88,6 +122,10 @@ def dequantize_linear(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     axis, block = int(ctx.attr("axis", 1)), int(ctx.attr("block_size", 0))
     code = ctx.attr("output_dtype", 0)
     out = dtypes.from_onnx(int(code)) if code else scale.dtype
+    sv, zv = _per_tensor(b, scale), _per_tensor(b, zp)
+    if x.dtype.itemsize == 1 and out == np.float32 and scale.dtype == np.float32 and block <= 0 \
+            and x.value is None and sv is not None and (zp is None or zv is not None):
+        return [_dequantize_composite(b, x, np.float32(sv), int(zv or 0))]
     xi = b.cast(x, np.int32)
     if zp is not None:
         xi = b.binary("sub", xi, b.cast(per_axis(b, zp, x, axis, block), np.int32))

@@ -1,5 +1,6 @@
 /* Element-wise ops of int8 models, one pass each instead of a chain of casts and float ops:
- * the qlinear_lookup composite (a 256-entry table: QLinearSigmoid, QLinearLeakyRelu, the QDQ
+ * per-tensor QuantizeLinear / DequantizeLinear (the quantize_linear / dequantize_linear
+ * composites, WL_QLOOKUP modes 1 and 2), the qlinear_lookup composite (a 256-entry table: QLinearSigmoid, QLinearLeakyRelu, the QDQ
  * rewrite's lookups) and qlinear_binary (QLinearAdd / QLinearMul of same-shape operands, or b
  * broadcast: one b per run of `inner` elements, b[(i / inner) % nb]), in
  * float32 exactly as their expansions compute (no fused multiply-add: plain C, no FMA target). */
@@ -46,7 +47,76 @@ static void lookup_task(void *vp, int64_t t) {
     for (int64_t i = i0; i < i1; i++) c->y[i] = table[c->a[i] ^ flip];
 }
 
+/* QuantizeLinear / DequantizeLinear of one tensor with per-tensor parameters (modes 1, 2):
+ * the expansion's float32 operations (x / scale; (float)(x - zero) * scale), rounding half to
+ * even; clamped before rounding to the output range less the zero point (the same integers as
+ * rounding, adding the zero point and clamping; NaN gives lo) */
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) static void
+convert_avx512(const wl_qlookup_params *p, const void *x, void *y, int64_t i0, int64_t i1) {
+    const __m512 s = _mm512_set1_ps(p->scale), magic = _mm512_set1_ps(12582912.0f);
+    const __m512i z = _mm512_set1_epi32((int)p->zero);
+    if (p->mode == 1) {
+        const __m512 lo = _mm512_set1_ps((float)(p->lo - p->zero)), hi = _mm512_set1_ps((float)(p->hi - p->zero));
+        for (int64_t i = i0; i < i1; i += 16) {
+            __mmask16 m = i1 - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (i1 - i)) - 1);
+            __m512 f = _mm512_div_ps(_mm512_maskz_loadu_ps(m, (const float *)x + i), s);
+            f = _mm512_min_ps(_mm512_max_ps(f, lo), hi); /* maxps(NaN, lo) is lo */
+            f = _mm512_sub_ps(_mm512_add_ps(f, magic), magic);
+            _mm512_mask_cvtepi32_storeu_epi8((uint8_t *)y + i, m, _mm512_add_epi32(_mm512_cvttps_epi32(f), z));
+        }
+        return;
+    }
+    for (int64_t i = i0; i < i1; i += 16) {
+        __mmask16 m = i1 - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (i1 - i)) - 1);
+        __m128i b = _mm_maskz_loadu_epi8(m, (const uint8_t *)x + i);
+        __m512i v = p->flip ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b);
+        _mm512_mask_storeu_ps((float *)y + i, m, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, z)), s));
+    }
+}
+#endif
+
+typedef struct {
+    const wl_qlookup_params *p;
+    const void *x;
+    void *y;
+} q_convert;
+
+__attribute__((optimize("fp-contract=off"))) static void convert_task(void *vp, int64_t t) {
+    const q_convert *c = vp;
+    const wl_qlookup_params *p = c->p;
+    int64_t i0 = t * GRAIN, i1 = i0 + GRAIN < p->n ? i0 + GRAIN : p->n;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
+        convert_avx512(p, c->x, c->y, i0, i1);
+        return;
+    }
+#endif
+    const float s = p->scale, magic = 12582912.0f;
+    const int32_t z = (int32_t)p->zero;
+    if (p->mode == 1) {
+        const float lo = (float)(p->lo - p->zero), hi = (float)(p->hi - p->zero);
+        for (int64_t i = i0; i < i1; i++) {
+            float f = ((const float *)c->x)[i] / s;
+            f = f >= lo ? f : lo;
+            f = f <= hi ? f : hi;
+            ((uint8_t *)c->y)[i] = (uint8_t)((int32_t)((f + magic) - magic) + z);
+        }
+        return;
+    }
+    for (int64_t i = i0; i < i1; i++) {
+        int32_t v = p->flip ? ((const int8_t *)c->x)[i] : ((const uint8_t *)c->x)[i];
+        ((float *)c->y)[i] = (float)(v - z) * s;
+    }
+}
+
 int wl_qlookup_op(const wl_op *op, const wl_exec *ex) {
+    if (op->qlookup.mode) {
+        q_convert c = {&op->qlookup, wl_in(op, ex, 0), wl_out(op, ex)};
+        wl_parallel_for((op->qlookup.n + GRAIN - 1) / GRAIN, convert_task, &c,
+                        op->qlookup.n < (1 << 16) ? 1 : ex->nthreads);
+        return 0;
+    }
     q_ew c = {op, (const uint8_t *)wl_in(op, ex, 0), NULL, (uint8_t *)wl_out(op, ex)};
     /* ~64 bytes per few cycles: waking a helper thread only pays for large tensors */
     wl_parallel_for((op->qlookup.n + GRAIN - 1) / GRAIN, lookup_task, &c,

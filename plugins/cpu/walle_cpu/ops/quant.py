@@ -16,8 +16,9 @@ from walle_core.backend import Algorithm, Cost
 from walle_cpu._native import FFI, LIB
 from walle_cpu.ops.kernel import Binder, OpKernel
 
-NAMES = frozenset({"qlinear_conv", "qlinear_matmul", "qlinear_lookup", "qlinear_binary", "qlinear_bmm"})
-ELEMENTWISE = frozenset({"qlinear_lookup", "qlinear_binary"})
+CONVERT = frozenset({"quantize_linear", "dequantize_linear"})
+NAMES = frozenset({"qlinear_conv", "qlinear_matmul", "qlinear_lookup", "qlinear_binary", "qlinear_bmm"}) | CONVERT
+ELEMENTWISE = frozenset({"qlinear_lookup", "qlinear_binary"}) | CONVERT
 _BYTES = frozenset({np.dtype(np.uint8), np.dtype(np.int8)})
 _I32 = np.dtype(np.int32)
 _OUT = {np.dtype(np.uint8): 0, np.dtype(np.int8): 1, _I32: 2}  # enum wl_q_out
@@ -29,6 +30,10 @@ def is_depthwise(op: A.Composite) -> bool:
 
 
 def _elementwise_supported(op: A.Composite) -> bool:
+    if op.name in CONVERT:  # float32 <-> 8 bits, one input
+        (x,) = op.inputs
+        low, high = (op.out, x) if op.name == "quantize_linear" else (x, op.out)
+        return low.dtype in _BYTES and high.dtype == np.float32 and x.size == op.out.size
     if any(t.dtype not in _BYTES for t in (*op.inputs, op.out)):
         return False
     if op.name == "qlinear_lookup":
@@ -108,10 +113,19 @@ def _pack(op: A.Composite, b: Binder) -> Any:
 def _encode_elementwise(d: Any, op: A.Composite, b: Binder) -> None:
     b.bind(d, op)
     a = op.inputs[0]
+    if op.name in CONVERT:  # WL_QLOOKUP modes 1 (quantize) and 2 (dequantize)
+        d.kind = LIB.WL_QLOOKUP
+        q = d.qlookup
+        low = op.out if op.name == "quantize_linear" else a
+        info = np.iinfo(low.dtype)
+        q.n, q.flip, q.mode = a.size, 0x80 if low.dtype == np.int8 else 0, 1 if op.name == "quantize_linear" else 2
+        q.zero, q.lo, q.hi = int(op.attrs["zero"]), int(info.min), int(info.max)  # type: ignore[call-overload]
+        q.scale = float(op.attrs["scale"])  # type: ignore[arg-type]
+        return
     if op.name == "qlinear_lookup":
         d.kind = LIB.WL_QLOOKUP
         d.aux = b.aux(np.asarray(op.attrs["table"]).view(np.uint8))
-        d.qlookup.n, d.qlookup.flip = a.size, 0x80 if a.dtype == np.int8 else 0
+        d.qlookup.n, d.qlookup.flip, d.qlookup.mode = a.size, 0x80 if a.dtype == np.int8 else 0, 0
         return
     d.kind = LIB.WL_QBINARY
     p = d.qbinary
