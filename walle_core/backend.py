@@ -127,3 +127,8 @@ class Backend(ABC):
 
     @abstractmethod
     def compile(self, program: Program, *, threads: int | None = None) -> Executable: ...
+
+    def added_ops(self, program: Program) -> list[tuple[Op, Algorithm]]:
+        """Ops that compiling ``program`` adds to its own (layout changes between the layouts
+        of its kernels), so that the search's cost model prices them; none by default."""
+        return []

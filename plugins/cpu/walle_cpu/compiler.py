@@ -37,6 +37,20 @@ class KernelError(WalleError):
     """A C kernel met data it cannot process (out-of-range index, integer division by zero)."""
 
 
+def lowered(program: Program, rewrites: Rewrites) -> list[tuple[A.Op, Algorithm]]:
+    """The op list a program runs as: rewrites, fused element-wise chains, blocked layout."""
+    external = {t.id for t in program.outputs}
+    ops = fuse_chains(apply_rewrites(program.ops, external, rewrites), external)
+    last_id = max((t.id for op, _ in program.ops for t in (*op.inputs, *op.outputs)), default=0)
+    fresh = itertools.count(last_id + 1)
+    return fuse_prelu(layout.apply(ops, external, lambda: next(fresh), plain_algorithm), external)
+
+
+def layout_changes(program: Program, rewrites: Rewrites) -> list[tuple[A.Op, Algorithm]]:
+    """The layout conversions (``Raster`` ops) :func:`lowered` adds to ``program``."""
+    return [(op, algo) for op, algo in lowered(program, rewrites) if algo is layout.LAYOUT]
+
+
 class CpuExecutable(Executable):
     def __init__(self, program: Program, threads: int, rewrites: Rewrites) -> None:
         if LIB is None or FFI is None:  # pragma: no cover - guarded by availability()
@@ -56,11 +70,7 @@ class CpuExecutable(Executable):
                 self._output_slots.append(-1)
                 continue
             self._output_slots.append(self._new_slot(t))
-        external = {t.id for t in program.outputs}
-        ops = fuse_chains(apply_rewrites(program.ops, external, rewrites), external)
-        last_id = max((t.id for op, _ in program.ops for t in (*op.inputs, *op.outputs)), default=0)
-        fresh = itertools.count(last_id + 1)
-        ops = fuse_prelu(layout.apply(ops, external, lambda: next(fresh), plain_algorithm), external)
+        ops = lowered(program, rewrites)
         # fusion and the layout change lifetimes and add tensors: the arena is planned on the
         # final list
         arena = plan_arena([op for op, _ in ops],

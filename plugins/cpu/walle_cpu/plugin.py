@@ -18,7 +18,7 @@ from walle_core.errors import BackendUnavailableError
 from walle_core.hookspecs import hookimpl
 from walle_core.hostinfo import cpu_model
 from walle_cpu import _native, codes, ops
-from walle_cpu.compiler import CpuExecutable
+from walle_cpu.compiler import CpuExecutable, layout_changes
 
 _INTERESTING = ("avx512f", "avx512_vnni", "avx512_bf16", "avx2", "fma", "neon", "asimd", "sse4_2")
 
@@ -94,6 +94,12 @@ class CpuBackend(Backend):
         if _native.LIB is None:
             raise BackendUnavailableError(f"cpu backend is unavailable: {_native.LOAD_ERROR}")
         return CpuExecutable(program, threads or default_threads(), self.rewrites)
+
+    def added_ops(self, program: Program) -> list[tuple[A.Op, Algorithm]]:
+        """The blocked layout's conversions compiling ``program`` inserts (see :mod:`layout`)."""
+        if _native.LIB is None:
+            return []
+        return layout_changes(program, self.rewrites)
 
 
 @hookimpl
