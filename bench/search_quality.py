@@ -254,7 +254,8 @@ def zoo_report(names: Sequence[str], rounds: int, recalibrate: bool) -> dict[str
     cal = searcher.calibrations["cpu"]
     return {"models": rows, "within": sum(abs(e) <= ZOO_WITHIN for e in errors),
             "median_error": float(np.median(errors)), "worst": max(rows, key=lambda r: abs(r["error"])),
-            "program_factor": cal.program_factor}
+            "program_factor": cal.program_factor, "run_overhead_us": cal.run_overhead_s * 1e6,
+            "unary_weights": cal.unary_weights}
 
 
 def print_zoo(result: dict[str, Any]) -> None:
@@ -266,7 +267,7 @@ def print_zoo(result: dict[str, Any]) -> None:
     n = len(result["models"])
     print(f"within {ZOO_WITHIN:.0%}: {result['within']}/{n}; median error {result['median_error'] * 100:+.0f}%; "
           f"worst {result['worst']['model']} {result['worst']['error'] * 100:+.0f}%; "
-          f"cpu program factor {result['program_factor']:.2f}")
+          f"cpu program factor {result['program_factor']:.2f}, run overhead {result['run_overhead_us']:.1f} µs")
 
 
 def main() -> None:
@@ -276,7 +277,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--zoo", nargs="?", const="all", default=None,
                     help="predicted vs measured whole cpu plan per zoo model (all, or a comma list)")
-    ap.add_argument("--rounds", type=int, default=5, help="--zoo: interleaved timing rounds")
+    ap.add_argument("--rounds", type=int, default=10, help="--zoo: interleaved timing rounds")
     ap.add_argument("--recalibrate", action="store_true", help="--zoo: a fresh cpu calibration first")
     args = ap.parse_args()
     if args.zoo is not None:

@@ -337,7 +337,8 @@ def test_searcher_reports_every_candidate_plan(profiles):
     assert result.chosen in result.plans and result.why
     model = CostModel(s.calibrations)
     for p in result.plans:
-        assert p.predicted_s == pytest.approx(p.cost.compute_s + p.cost.transfer_s + p.cost.program_s)
+        assert p.predicted_s == pytest.approx(p.cost.compute_s + p.cost.transfer_s + p.cost.program_s
+                                              + p.cost.run_s)
         assert all(d.chosen.backend.name == p.label for d in p.decisions) or p.label == MIXED
     assert model.program("simgpu") > model.program("simcpu")
 

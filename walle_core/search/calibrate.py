@@ -44,7 +44,7 @@ from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
 from walle_core.search.timing import Timer, repeated
 
-SCHEMA = 11
+SCHEMA = 13
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 LEVELS = 7  # sizes per sweep; a sweep stops early once one op takes SWEEP_CAP_S
@@ -54,6 +54,7 @@ SATURATED = 0.15  # a sweep also stops once throughput changes less than this be
 BUDGET_S = 6.0  # host seconds of sweeps per backend; larger sizes are then extrapolated
 ALL_ALGORITHMS_BELOW = 3  # sweep levels at which every algorithm is timed (cheap sizes)
 REPEAT = 5  # runs per timing (the best counts: noise on a shared machine only adds time)
+PROGRAM_RUNS = 40  # runs of each whole program that sets the program factor (within 0.5 s)
 TRANSFER_BYTES = (1 << 14, 1 << 18, 1 << 22)
 MV_ROWS = 4  # a MatMul with at most this many rows per batch is a matrix-vector product
 REDUCED = 64  # length of the reduced axis in the Reduce probes (a typical pooled or normed axis)
@@ -70,6 +71,9 @@ def op_key(op: A.Op, algo: str) -> str:
         kind += f":{op.name}"
     elif isinstance(op, A.Reduce):
         kind += ":rows" if op.inner == 1 else ":cols"  # contiguous runs vs strided lanes
+    elif isinstance(op, A.Raster) and op.regions and all(
+            r.src_strides[2] == 1 and r.dst_strides[2] == 1 and r.size[2] > 1 for r in op.regions):
+        kind += ":copy"  # rows copied whole (reshape, slice, concat): a transpose is far slower
     elif isinstance(op, A.MatMul):
         # matrix-vector: bound by reading the matrix; both operands computed (attention's
         # products): nothing packed ahead of the run
@@ -175,6 +179,11 @@ class Calibration:
     # measured / predicted time of a small whole network run as one program: what running ops
     # together costs beyond their queued times (layout changes, caches, synchronisation)
     program_factor: float = 1.0
+    # a math function's lone pass over its probe's time for exp (``Unary:math`` is swept with
+    # exp; erf, tanh or sqrt cost up to 10x apart at the same size)
+    unary_weights: dict[str, float] = field(default_factory=dict)
+    # host seconds a model's run costs beyond its programs (checking feeds, handing back outputs)
+    run_overhead_s: float = 0.0
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
@@ -217,6 +226,7 @@ class Calibration:
         if fit is None and isinstance(op, A.Composite) and op.expansion:
             return self._fused(op)
         own = fit(flops, nbytes, items(op)) if fit is not None else nbytes / self.bandwidth_Bps
+        own *= self.weight(op)
         if self.device_timed:
             own = max(own, self.op_overhead_s * max(algo.cost(op).launches, 1))
         return own
@@ -241,9 +251,13 @@ class Calibration:
             if fit is None:
                 total += nbytes / self.bandwidth_Bps
             else:
-                total += fit.work(flops, nbytes) / fit.rate(parallel)
+                total += fit.work(flops, nbytes) / fit.rate(parallel) * self.weight(inner)
                 floor = max(floor, fit.floor_s)
         return total + floor
+
+    def weight(self, op: A.Op) -> float:
+        """How much more (or less) a math function costs than its bucket's probe (exp)."""
+        return self.unary_weights.get(op.fn, 1.0) if isinstance(op, A.Unary) else 1.0
 
     def upload(self, nbytes: float) -> float:
         return self.h2d_latency_s + nbytes / self.h2d_Bps
@@ -335,6 +349,7 @@ def _probes(level: int) -> list[A.Op]:
     b.reduce_axis(b.tensor((REDUCED, lanes), f32), 0, "sum")
     softmax_axis(b, b.tensor((lanes, REDUCED), f32), 1, False)  # a composite backends claim
     b.transpose(b.tensor((side, side), f32), (1, 0))
+    b.strided(b.tensor((side, side + 16), f32), (side, side), (side + 16, 1))  # rows of a slice
     mm = 16 << level  # 16 ... 1024
     b.matmul(b.tensor((mm, mm), f32), b.const(np.ones((mm, mm), f32)))
     b.matmul(b.tensor((1, mm), f32), b.const(np.ones((mm, mm), f32)))
@@ -472,10 +487,90 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
         cal.rates[key] = max(op.flops(), 1.0) / max(t, 1e-12)
         if t > SWEEP_CAP_S or _saturated(points):
             stopped.add(key)
+    step("math functions")
+    cal.unary_weights = _unary_weights(backend, timer)
+    step("a model's run")
+    cal.run_overhead_s = _run_overhead(backend, timer)
     cal = Calibration(**asdict(cal))  # refits the curves from the points
     step("a whole program")
     cal.program_factor = _program_factor(backend, timer, cal)
     return cal
+
+
+WEIGHT_ELEMENTS = 1 << 16  # size at which math functions are timed against exp
+
+
+def _unary_weights(backend: Backend, timer: Timer) -> dict[str, float]:
+    """Each math function's lone pass over exp's at WEIGHT_ELEMENTS, within [0.05, 50]: one
+    ``Unary:math`` bucket is swept (with exp), the functions in it differ by up to 10x."""
+    def lone(fn: str) -> float | None:
+        b = _builder()
+        b.unary(fn, b.tensor((WEIGHT_ELEMENTS,), np.float32))
+        op = b.ops[0]
+        algos = backend.algorithms(op)
+        if not algos:
+            return None
+        try:
+            return timer.steady(op, choose(op, [backend])[1], chain=False)
+        except Exception:  # a function this backend lowers differently or cannot run
+            return None
+
+    base = lone("exp")
+    if base is None:
+        return {}
+    weights: dict[str, float] = {}
+    for fn in sorted(A.UNARY_KINDS - CHEAP_UNARY - {"exp"}):
+        t = lone(fn)
+        if t is not None:
+            weights[fn] = min(max(t / base, 0.05), 50.0)
+    return weights
+
+
+def _run_overhead(backend: Backend, timer: Timer) -> float:
+    """Host seconds a model's :meth:`~walle_core.Model.run` of one one-op program costs beyond
+    running the program: feeds checked, the plan looked up, outputs handed back. Timed on a
+    one-node graph on ``backend`` when it is the registry's backend of its name, interleaved
+    with its program's own runs (best of each); 0 on a device clock (it times no host work)."""
+    if timer.clock.noiseless:
+        return 0.0
+    from walle_core.ir.graph import Graph, Node, TensorType, ValueInfo
+    from walle_core.plugins import registry
+    from walle_core.runtime.model import Model
+
+    try:
+        if registry().get(backend.name) is not backend:
+            return 0.0
+        vt = TensorType(np.dtype(np.float32), (16,))
+        graph = Graph([Node("Relu", ["x"], ["y"])], [ValueInfo("x", vt)], [ValueInfo("y", vt)])
+        model = Model(graph, backend=backend.name)
+        feeds = {"x": np.ones(16, np.float32)}
+        model.run(feeds)
+        steps = model.plan_for(feeds).stage.steps
+        if len(steps) != 1:
+            return 0.0
+        exe, x = steps[0].executable, [feeds["x"]]
+        whole, alone = _interleaved_best(lambda: model.run(feeds), lambda: exe.run(x))
+    except Exception:  # no registry entry, or a backend that cannot run Relu: nothing to add
+        return 0.0
+    return max(whole - alone, 0.0)
+
+
+def _interleaved_best(*fns: Callable[[], object], rounds: int = 15, per: int = 20,
+                      budget_s: float = 1.0) -> list[float]:
+    """Best mean seconds of ``per`` calls of each function, taking turns for ``rounds`` rounds
+    (fewer once ``budget_s`` is spent: a slow device): load on a shared machine then hits every
+    function alike."""
+    best = [float("inf")] * len(fns)
+    start = time.perf_counter()
+    for r in range(rounds):
+        if r >= 2 and time.perf_counter() - start > budget_s:
+            break
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(per):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t0) / per)
+    return best
 
 
 def _network() -> tuple[list[A.Op], A.Tensor]:
@@ -543,7 +638,8 @@ def _measured_over_predicted(backend: Backend, timer: Timer, cal: Calibration, o
         picks.append((op, choose(op, [backend])[1]))  # as the search's candidates run it
     out = ops[-1].outputs
     try:
-        measured = timer.program(Program(picks, [img], list(out)))
+        # many runs: one program's best of five still swung 0.8-1.1x of its prediction under load
+        measured = Timer(backend, timer.clock, repeat=PROGRAM_RUNS).program(Program(picks, [img], list(out)))
     except Exception:  # a backend that cannot build it keeps the per-op costs as they are
         return None
     out_ids = {t.id for t in out}

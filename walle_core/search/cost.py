@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from walle_core import atomic as A
-from walle_core.backend import Algorithm
+from walle_core.backend import Algorithm, Backend, Program
 from walle_core.search.calibrate import Calibration, chain_followers
 
 
@@ -51,6 +51,10 @@ class CostModel:
     def program(self, backend: str) -> float:
         return self.cal[backend].program_overhead_s
 
+    def run(self, backend: str) -> float:
+        """Host seconds of a model's run beyond its programs, as calibrated with ``backend``."""
+        return self.cal[backend].run_overhead_s
+
 
 @dataclass(frozen=True)
 class PlanCost:
@@ -61,10 +65,11 @@ class PlanCost:
     program_s: float
     programs: int
     backends: tuple[str, ...]
+    run_s: float = 0.0  # the run's own host cost (feeds, outputs): the same for every plan
 
     @property
     def total_s(self) -> float:
-        return self.compute_s + self.transfer_s + self.program_s
+        return self.compute_s + self.transfer_s + self.program_s + self.run_s
 
 
 def programs_of(where: Sequence[str]) -> list[tuple[int, int]]:
@@ -114,4 +119,33 @@ def plan_cost(ops: Sequence[A.Op], where: Sequence[str], own_s: Sequence[float],
         for tid in handed_out:
             transfer += model.download(b, produced[tid])
     overhead = sum(model.program(where[s]) for s, _ in runs)
-    return PlanCost(compute, transfer, overhead, len(runs), tuple(dict.fromkeys(where)))
+    run = max((model.run(b) for b in set(where)), default=0.0)
+    return PlanCost(compute, transfer, overhead, len(runs), tuple(dict.fromkeys(where)), run)
+
+
+def added_cost(assignment: Sequence[tuple[A.Op, Backend, Algorithm]], keep: set[int],
+               model: CostModel) -> float:
+    """Seconds of the ops each program's backend adds when it compiles the program
+    (:meth:`~walle_core.backend.Backend.added_ops`: layout changes between its kernels), at
+    their buckets' rates: the planner's programs, with the inputs and outputs it gives them."""
+    where = [b.name for _, b, _ in assignment]
+    runs = programs_of(where)
+    group = [g for g, (s, e) in enumerate(runs) for _ in range(s, e)]
+    read_by: dict[int, set[int]] = {}
+    for i, (op, _, _) in enumerate(assignment):
+        for t in op.inputs:
+            read_by.setdefault(t.id, set()).add(group[i])
+    total = 0.0
+    for g, (s, e) in enumerate(runs):
+        backend = assignment[s][1]
+        picks = [(op, algo) for op, _, algo in assignment[s:e]]
+        made = {t.id: t for op, _ in picks for t in op.outputs}
+        inputs = list({t.id: t for op, _ in picks for t in op.inputs
+                       if t.value is None and t.id not in made}.values())
+        outputs = [t for tid, t in made.items() if tid in keep or read_by.get(tid, set()) - {g}]
+        try:
+            extra = backend.added_ops(Program(picks, inputs, outputs))
+        except Exception:  # a backend that cannot lower this program prices nothing extra
+            extra = []
+        total += sum(model.predict(op, backend.name, algo) for op, algo in extra)
+    return total

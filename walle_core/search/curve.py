@@ -22,19 +22,27 @@ class Curve:
 
     @classmethod
     def fit(cls, samples: Sequence[tuple[float, float]]) -> Curve:
-        """A non-decreasing curve through ``samples`` (x, y): equal x is averaged, and y never
-        falls as x grows (more parallel work never lowers throughput; a dip is noise)."""
+        """The non-decreasing curve nearest ``samples`` (x, y) in log y (least squares: the
+        pool-adjacent-violators fit). Equal x is averaged; more parallel work never lowers
+        throughput, so a point above a later one is noise, and so may the later one be: both
+        are pooled to their geometric mean. (Keeping a running maximum instead carried every
+        high outlier, a difference of two timings that noise made small, to all larger sizes.)"""
         by_x: dict[float, list[float]] = {}
         for x, y in samples:
             if x > 0 and y > 0 and math.isfinite(x) and math.isfinite(y):
                 by_x.setdefault(x, []).append(y)
         if not by_x:
             raise ValueError("a curve needs at least one positive sample")
-        pts: list[tuple[float, float]] = []
-        for x in sorted(by_x):
-            y = float(np.median(by_x[x]))
-            pts.append((x, max(y, pts[-1][1]) if pts else y))
-        return cls(tuple(pts))
+        xs = sorted(by_x)
+        blocks: list[list[float]] = []  # [sum of log y, count] per pooled run of points
+        for x in xs:
+            blocks.append([math.log(float(np.median(by_x[x]))), 1.0])
+            while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+                total, n = blocks.pop()
+                blocks[-1][0] += total
+                blocks[-1][1] += n
+        ys = [math.exp(total / n) for total, n in blocks for _ in range(int(n))]
+        return cls(tuple(zip(xs, ys, strict=True)))
 
     def __call__(self, x: float) -> float:
         pts = self.points

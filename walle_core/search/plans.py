@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend
 from walle_core.search.assign import Decision, exact_cost, mixed_assignment, settle
-from walle_core.search.cost import CostModel, PlanCost
+from walle_core.search.cost import CostModel, PlanCost, added_cost
 
 MIXED = "mixed"
 MIXED_GAIN = 0.1  # ... and save at least this share of it: smaller gains are within prediction error
@@ -74,7 +74,9 @@ def _plan(label: str, decisions: Sequence[Decision], where: list[str], keep: set
           model: CostModel) -> Plan:
     own = [dataclasses.replace(d) for d in decisions]  # each plan picks its own ``chosen``
     settle(own, where, label)
-    return Plan(label, own, exact_cost(own, where, keep, model))
+    cost = exact_cost(own, where, keep, model)
+    added = added_cost([(d.op, d.chosen.backend, d.chosen.algorithm) for d in own], keep, model)
+    return Plan(label, own, dataclasses.replace(cost, compute_s=cost.compute_s + added))
 
 
 def single_plan(backend: str, decisions: Sequence[Decision], keep: set[int],

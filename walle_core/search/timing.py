@@ -139,33 +139,40 @@ class Timer:
     def ops(self, ops: Sequence[tuple[A.Op, Algorithm]]) -> float:
         return self.program(program_for(ops))
 
-    def _queued(self, ops: list[A.Op], alg: Algorithm, *,
-                every_output: bool = False) -> tuple[float, float | None]:
-        """(best seconds on the clock, best summed device kernel seconds or None when the
-        backend does not time its kernels); ``every_output``: every op's outputs are program
-        outputs (copies that nothing reads would otherwise be dead code a backend drops)."""
-        program = program_for([(o, alg) for o in ops])
-        if every_output:
-            program = Program(program.ops, program.inputs, [t for o in ops for t in o.outputs])
-        exe, feeds = self._prepared(program)
+    def _queued(self, lists: Sequence[tuple[list[A.Op], bool]],
+                alg: Algorithm) -> list[tuple[float, float | None]]:
+        """For each (ops, every_output) program: (best seconds on the clock, best summed device
+        kernel seconds or None when the backend does not time its kernels); ``every_output``:
+        every op's outputs are program outputs (copies that nothing reads would otherwise be
+        dead code a backend drops). The programs' runs take turns: a load that comes and goes
+        on a shared machine slows each alike, where their difference is the measurement."""
+        prepared = []
+        for ops, every_output in lists:
+            program = program_for([(o, alg) for o in ops])
+            if every_output:
+                program = Program(program.ops, program.inputs, [t for o in ops for t in o.outputs])
+            prepared.append(self._prepared(program))
         if not self.clock.noiseless:
-            exe.run(feeds)  # warm-up
-        timed = None
-        best, device = float("inf"), float("inf")
+            for exe, feeds in prepared:
+                exe.run(feeds)  # warm-up
+        timed: list[bool | None] = [None] * len(prepared)
+        best = [float("inf")] * len(prepared)
+        device = [float("inf")] * len(prepared)
         start = time.perf_counter()
         runs = 0
         while runs < (1 if self.clock.noiseless else self.repeat * SHORT_RUNS):
-            t0 = self.clock.now()
-            exe.run(feeds)
-            best = min(best, self.clock.now() - t0)
+            for i, (exe, feeds) in enumerate(prepared):
+                t0 = self.clock.now()
+                exe.run(feeds)
+                best[i] = min(best[i], self.clock.now() - t0)
+                timed[i] = bool(exe.last_timings()) if timed[i] is None else timed[i]
+                if timed[i]:
+                    device[i] = min(device[i], sum(s for _, s in exe.last_timings()))
             runs += 1
-            timed = bool(exe.last_timings()) if timed is None else timed
-            if timed:
-                device = min(device, sum(s for _, s in exe.last_timings()))
             spent = time.perf_counter() - start
-            if spent > self.budget_s or (runs >= self.repeat and spent > SHORT_SPAN_S):
+            if spent > self.budget_s * len(prepared) or (runs >= self.repeat and spent > SHORT_SPAN_S * len(prepared)):
                 break
-        return best, device if timed else None
+        return [(b, d if t else None) for b, d, t in zip(best, device, timed, strict=True)]
 
     def output_s(self, nbytes: int) -> float:
         """Host seconds one more program output of ``nbytes`` costs (the backend hands it to the
@@ -180,8 +187,7 @@ class Timer:
                 self._outputs[key] = 0.0
             else:
                 alg = algos[0]
-                last, _ = self._queued(ops, alg)
-                every, _ = self._queued(ops, alg, every_output=True)
+                (last, _), (every, _) = self._queued([(ops, False), (ops, True)], alg)
                 self._outputs[key] = max((every - last) / 3, 0.0)
         return self._outputs[key]
 
@@ -198,8 +204,7 @@ class Timer:
         pair = (chained(op, lo), chained(op, hi)) if chain else (None, None)
         every = pair[0] is None or pair[1] is None
         short, long = (repeated(op, lo), repeated(op, hi)) if every else (pair[0] or [], pair[1] or [])
-        w_lo, d_lo = self._queued(short, alg, every_output=every)
-        w_hi, d_hi = self._queued(long, alg, every_output=every)
+        (w_lo, d_lo), (w_hi, d_hi) = self._queued([(short, every), (long, every)], alg)
         if d_lo is not None and d_hi is not None and d_hi > d_lo:
             self.device_timed = True
             return (d_hi - d_lo) / (hi - lo)
