@@ -227,6 +227,37 @@ def test_the_cpu_plan_is_predicted_within_a_loose_bound_of_its_run(zoo_model):
     assert measured / 3 < predicted < measured * 3, (predicted, measured)
 
 
+def test_whole_cpu_plans_of_the_zoo_are_predicted_without_bias():
+    """Every zoo model's cpu plan, predicted against its run (best of interleaved rounds): the
+    median ratio within [0.6, 1.5] and three models in four within 2x. A shared CI machine's
+    load inflates single runs by up to 2x (``bench/search_quality.py --zoo`` prints the table;
+    on a quiet machine the target is 25% for every model), so the bound is on the zoo as a
+    whole: a cost model that misprices a kind of op or the runs themselves moves the median."""
+    from tests.zoo import ZOO
+    from tests.zoo.export import export, inputs
+
+    reg = walle_core.plugins.registry()
+    searcher = Searcher([reg.get("cpu"), reg.get("reference")])
+    predicted, runs = {}, {}
+    for name in ZOO:
+        feeds = inputs(name)
+        model = walle_core.load(export(name), backend="cpu")
+        ops, keep = model.atomic_ops(feeds)
+        predicted[name] = searcher.search(ops, keep).chosen.predicted_s
+        model.run(feeds)
+        runs[name] = (model, feeds)
+    best = dict.fromkeys(ZOO, float("inf"))
+    for _ in range(5):  # in turns: load that comes and goes hits every model alike
+        for name, (model, feeds) in runs.items():
+            for _ in range(3):
+                t0 = time.perf_counter()
+                model.run(feeds)
+                best[name] = min(best[name], time.perf_counter() - t0)
+    ratios = {n: predicted[n] / best[n] for n in ZOO}
+    assert 0.6 <= float(np.median(list(ratios.values()))) <= 1.5, ratios
+    assert sum(0.5 <= r <= 2.0 for r in ratios.values()) >= 0.75 * len(ZOO), ratios
+
+
 def test_every_calibration_probe_is_a_valid_op_for_every_backend():
     """A malformed probe (a conv with no groups) made GPU backends' lowering raise, so their
     whole calibration failed and auto dropped them."""
