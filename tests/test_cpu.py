@@ -169,6 +169,24 @@ def test_short_rows_of_a_fused_chain_run_in_groups(shape: tuple[int, ...], threa
     np.testing.assert_array_equal(exe.run([xv, av, cv])[0], np.maximum(xv * av, xv) + cv)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", [(256, 24, 24), (3, 45, 7), (2, 5, 33, 16)])
+def test_short_rows_with_a_value_per_row_run_in_groups(shape: tuple[int, ...], threads: int) -> None:
+    """A bilinear resize's blend along the height, a + (b - a) * w with one weight per row
+    (broadcast along the row), also runs many short rows per block, each row's weight repeated
+    in a tile: partial blocks, threads; the same numbers as numpy."""
+    b = Builder(fold=lambda op: None)
+    wshape = (*shape[:-1], 1)
+    x0, x1, w = b.tensor(shape, np.float32), b.tensor(shape, np.float32), b.tensor(wshape, np.float32)
+    y = b.binary("add", x0, b.binary("mul", b.binary("sub", x1, x0), w))
+    exe = _compile(b.ops, [x0, x1, w], [y], threads=threads)
+    assert exe._n_ops == 1
+    rng = np.random.default_rng(8)
+    v0, v1 = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    wv = rng.uniform(0, 1, wshape).astype(np.float32)
+    np.testing.assert_array_equal(exe.run([v0, v1, wv])[0], v0 + (v1 - v0) * wv)
+
+
 @pytest.mark.parametrize("fn", ["sum", "max", "min"])
 def test_long_contiguous_reductions_match_numpy_with_nan_and_inf(fn: str) -> None:
     """The vectorised fp32 path (sum in double lanes, NaN-propagating max/min)."""

@@ -75,22 +75,30 @@ static void chain_task(void *vp, int64_t t) {
         /* Blocks of `group` consecutive rows of one axis-(nd-2) run: an operand that moves on
          * with the rows (stride last) is read straight; one that repeats every row (a channel
          * vector under a blocked layout) is read from a tile of `group` copies, remade only
-         * when its row changes. */
+         * when its row changes; one that holds one value per row (a bilinear resize's weight
+         * along the height) from a tile of each row's value repeated, made per block. */
         int64_t m = op->nd.shape[nd - 2], g = c->group, per = (m + g - 1) / g;
         float tile[WL_MAX_OPERANDS][CHAIN_BLOCK];
         const float *tiled[WL_MAX_OPERANDS] = {0};
         int64_t str[WL_MAX_OPERANDS];
         for (int64_t u = r0; u < r1; u++) {
             int64_t k = u % per, first = (u / per) * m + k * g;
-            int64_t n = (m - k * g < g ? m - k * g : g) * last;
+            int64_t nr = m - k * g < g ? m - k * g : g, n = nr * last;
             row_bases(op, c->slots, first, base);
             for (int i = 0; i < nin; i++) {
-                if (op->nd.strides[i][nd - 2] != 0 || s[i] == 0) {
+                int64_t rs = op->nd.strides[i][nd - 2];
+                if ((rs != 0 && s[i] != 0) || (rs == 0 && s[i] == 0)) { /* rows, or a scalar */
                     ptr[i] = base[i];
                     str[i] = s[i];
                     continue;
                 }
-                if (tiled[i] != base[i]) {
+                if (rs != 0) { /* a value per row */
+                    for (int64_t q = 0; q < nr; q++) {
+                        float v = base[i][q * rs];
+                        for (int64_t j = 0; j < last; j++) tile[i][q * last + j] = v;
+                    }
+                    tiled[i] = NULL;
+                } else if (tiled[i] != base[i]) {
                     for (int64_t j = 0; j < last; j++) tile[i][j] = base[i][j * s[i]];
                     for (int64_t q = 1; q < g; q++) memcpy(tile[i] + q * last, tile[i], (size_t)last * 4);
                     tiled[i] = base[i];
@@ -116,7 +124,8 @@ static void chain_task(void *vp, int64_t t) {
 }
 
 /* Rows of `last` elements can run `group` at a time when every operand either continues with
- * the next row (element stride 1, row stride last) or repeats the same row (row stride 0). */
+ * the next row (element stride 1, row stride last), repeats the same row (row stride 0) or
+ * holds one value per row (element stride 0). */
 static int64_t row_group(const wl_op *op) {
     int nd = (int)op->nd.ndim;
     if (nd < 2) return 0;
@@ -124,7 +133,7 @@ static int64_t row_group(const wl_op *op) {
     if (last <= 0 || 2 * last > CHAIN_BLOCK || m < 2) return 0;
     for (int i = 0; i < op->n_in; i++) {
         int64_t p = op->nd.strides[i][nd - 2], s = op->nd.strides[i][nd - 1];
-        if (p != 0 && !(s == 1 && p == last)) return 0;
+        if (p != 0 && s != 0 && !(s == 1 && p == last)) return 0;
     }
     return CHAIN_BLOCK / last;
 }
