@@ -183,6 +183,26 @@ def test_channel_concat_and_interleave_run_blocked_when_they_move_whole_blocks(c
     assert len(layout) == (1 if c1 % 16 == 0 else 2), labels
 
 
+@pytest.mark.parametrize(("c", "scale", "coord"), [(16, 2, "asymmetric"), (24, 2, "half_pixel"),
+                                               (32, 3, "asymmetric"), (20, 1.5, "asymmetric")])
+def test_nearest_upsampling_between_blocked_convs_stays_blocked(c: int, scale: float, coord: str) -> None:
+    """Nearest upsampling of H and W (a YOLO / FPN top-down path) is one Raster that runs on
+    the blocked tensors, one region per pixel phase (1.5x: 3x3 phases reading 2x2 pixels): no
+    layout change around it; same numbers."""
+    from walle_core.decompose.resize import AxisSpec, Options, resize
+
+    rng = np.random.default_rng(c)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((2, 3, 7, 10), F32)
+    h = _conv(b, rng, x, c)
+    opt = Options("nearest", coord, "round_prefer_floor", -0.75, False, 0.0, False)
+    up = resize(b, h, {a: AxisSpec(h.shape[a], int(h.shape[a] * scale), scale, (0.0, 1.0)) for a in (2, 3)}, opt)
+    y = _conv(b, rng, up, 16)
+    labels = _check(b.ops, [x], [y], [rng.uniform(-1, 1, x.shape).astype(F32)])
+    layout = [lb for lb in labels if lb.startswith("Raster layout")]
+    assert len(layout) == 1, labels
+
+
 def test_a_lone_conv_between_plain_ops_runs_plain() -> None:
     """Two layout changes around one kernel do not pay: the conv gets its NCHW algorithm."""
     rng = np.random.default_rng(1)

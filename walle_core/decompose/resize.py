@@ -21,7 +21,14 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.decompose import NodeContext, register
-from walle_core.decompose.builder import Builder, DecomposeError, contiguous, normalize_axis, strided_regions
+from walle_core.decompose.builder import (
+    Builder,
+    DecomposeError,
+    _merge_dims,
+    contiguous,
+    normalize_axis,
+    strided_regions,
+)
 from walle_core.decompose.elementwise import req
 
 Ins = list[A.Tensor | None]
@@ -241,6 +248,59 @@ def _take(b: Builder, x: A.Tensor, axis: int, col: np.ndarray) -> A.Tensor | Non
     return out
 
 
+def _regions(soff: int, sst: list[int], doff: int, dst: list[int], sizes: list[int]) -> list[A.Region]:
+    """Regions of an N-D strided copy with the innermost (merged) axis and the two largest
+    others inside each region, so the copy is a few large regions, not one per row of an outer
+    axis (a copy may run in any axis order: every destination element is written once)."""
+    n, a, d = _merge_dims(sizes, sst, dst)
+    if len(n) > 3:
+        inner = [*sorted(sorted(range(len(n) - 1), key=lambda i: -n[i])[:2]), len(n) - 1]
+        order = [i for i in range(len(n)) if i not in inner] + inner
+        n, a, d = [n[i] for i in order], [a[i] for i in order], [d[i] for i in order]
+    return strided_regions(0, soff, a, doff, d, n)
+
+
+# A joint take over several axes emits at most this many regions (segment combinations).
+_MAX_JOINT = 64
+
+
+def take_all(b: Builder, x: A.Tensor, cols: dict[int, np.ndarray]) -> A.Tensor | None:
+    """``x`` indexed along several axes at once by constant columns, as ONE Raster: nearest
+    resampling of H and W in one pass over the output (not a pass per axis), with a 4-D
+    NCHW output a backend's channel-blocked layout can run on directly. None when a column
+    does not cut into a few strided runs."""
+    axes = sorted(cols)
+    segs = {a: _segments(cols[a]) for a in axes}
+    if any(len(sg) > _MAX_SEGMENTS for sg in segs.values()) or math.prod(len(sg) for sg in segs.values()) > _MAX_JOINT:
+        return None
+    shape = list(x.shape)
+    out_shape = [cols[i].size if i in cols else n for i, n in enumerate(shape)]
+    xs, os = contiguous(shape), contiguous(out_shape)
+    out = b.tensor(tuple(out_shape), x.dtype)
+    regions: list[A.Region] = []
+    for combo in itertools.product(*(segs[a] for a in axes)):
+        pick = dict(zip(axes, combo, strict=True))
+        sizes: list[int] = []
+        sst: list[int] = []
+        dst: list[int] = []
+        soff = doff = 0
+        for i, n in enumerate(shape):
+            if i not in pick:
+                sizes.append(n)
+                sst.append(xs[i])
+                dst.append(os[i])
+                continue
+            start, szs, steps = pick[i]
+            soff += int(cols[i][start]) * xs[i]
+            doff += start * os[i]
+            sizes += szs
+            sst += [t * xs[i] for t in steps]
+            dst += [szs[1] * os[i], os[i]] if len(szs) == 2 else [os[i]]
+        regions += _regions(soff, sst, doff, dst, sizes)
+    b.emit(A.Raster([x], [out], regions=regions))
+    return out
+
+
 def _lerp_axis(b: Builder, x: A.Tensor, axis: int, idx: np.ndarray, w: np.ndarray) -> A.Tensor | None:
     """Two taps whose weights sum to 1 (linear interpolation): ``g0 + w1 * (g1 - g0)`` over the
     two taps taken as Rasters, three float ops that fuse into one element-wise pass (the gather
@@ -341,11 +401,17 @@ def resize(b: Builder, x: A.Tensor, specs: dict[int, AxisSpec], opt: Options) ->
         src = b.cast(x, np.float32)
     y = src
     masks: list[tuple[int, np.ndarray]] = []
+    tables = {axis: tap_table(specs[axis], opt) for axis in specs}
+    if opt.mode == "nearest" and len(specs) > 1 and all(t[2] is None for t in tables.values()) \
+            and any(sp.size_out > sp.size_in for sp in specs.values()) and all(sp.size_out for sp in specs.values()):
+        joint = take_all(b, y, {axis: t[0][:, 0] for axis, t in tables.items()})
+        if joint is not None:
+            return joint
     for axis in axis_order(x.shape, specs, opt):
         spec = specs[axis]
         if spec.size_out == 0:
             return b.const(np.zeros((*y.shape[:axis], 0, *y.shape[axis + 1:]), x.dtype))
-        idx, w, outside = tap_table(spec, opt)
+        idx, w, outside = tables[axis]
         y = resize_axis(b, y, axis, idx, w)
         if outside is not None:
             masks.append((axis, outside))

@@ -1,9 +1,9 @@
 """Raster ops that move whole 16-channel blocks, rewritten to run on blocked tensors.
 
-A channel concat, a stride-2 interleave (ConvTranspose's phases), a spatial slice or a pad
-(spatial, or of whole channel blocks: a residual widened with zero channels) of NCHW tensors
-moves every channel the same way, shifted by a whole number of blocks, and fills the rest with
-one value. Such a raster runs on the NCHW16c tensors directly as copies of 16-float pixel vectors, so a run of blocked
+A channel concat, a stride-2 interleave (ConvTranspose's phases), a spatial slice, a pad
+(spatial, or of whole channel blocks: a residual widened with zero channels) or a nearest
+upsampling (one region per pixel phase) of NCHW tensors moves every channel the same way,
+shifted by a whole number of blocks, and fills the rest with one value. Such a raster runs on the NCHW16c tensors directly as copies of 16-float pixel vectors, so a run of blocked
 convs does not leave the blocked layout around it. The test is exact: the raster is evaluated
 on index codes and the element map is checked, not guessed from the regions' shapes.
 """
@@ -83,23 +83,51 @@ def blocked_regions(op: A.Raster, plains: Sequence[tuple[int, int, int, int]]
             for src in np.unique(kk):
                 if src < 0:
                     continue  # filled pixels: the raster's fill writes them
-                m = kk == src
-                ly, lx = _lattice(ys[m]), _lattice(xs[m])
-                if ly is None or lx is None or ly[2] * lx[2] != int(m.sum()):
-                    return None
                 _, pc, ph, pw = plains[int(src)]
-                # source pixel must be linear in the lattice indices (i, j)
-                i_idx = (ys[m] - ly[0]) // ly[1]
-                j_idx = (xs[m] - lx[0]) // lx[1]
-                spix = (sn[img, ch][m] * (-(-pc // BLK)) + (ch + dd[m]) // BLK) * ph * pw \
-                    + sy[img, ch][m] * pw + sx[img, ch][m]
-                base = int(spix[(i_idx == 0) & (j_idx == 0)][0])
-                si = int(spix[(i_idx == 1) & (j_idx == 0)][0]) - base if ly[2] > 1 else 0
-                sj = int(spix[(i_idx == 0) & (j_idx == 1)][0]) - base if lx[2] > 1 else 0
-                if not (spix == base + i_idx * si + j_idx * sj).all():
+                # source pixel of every output pixel (block index times the plane, plus y, x)
+                spix = (sn[img, ch] * (-(-pc // BLK)) + (ch + dd) // BLK) * ph * pw + sy[img, ch] * pw + sx[img, ch]
+                m = kk == src
+                for step_y, step_x in _PHASES:
+                    got = _phase_regions(m, ys, xs, spix, step_y, step_x)
+                    if got is not None:
+                        break
+                else:
                     return None
-                dpix = ((img * cb_out + cb) * h + ly[0]) * w + lx[0]
-                regions.append(A.Region(int(src), base * BLK, (si * BLK, sj * BLK, 1),
-                                        dpix * BLK, (ly[1] * w * BLK, lx[1] * BLK, 1),
-                                        (ly[2], lx[2], BLK)))
+                dbase = (img * cb_out + cb) * h * w
+                for y0, sy_, ny, x0, sx_, nx, base, si, sj in got:
+                    regions.append(A.Region(int(src), base * BLK, (si * BLK, sj * BLK, 1),
+                                            (dbase + y0 * w + x0) * BLK, (sy_ * w * BLK, sx_ * BLK, 1),
+                                            (ny, nx, BLK)))
     return regions if math.prod(op.out.shape) else None
+
+
+# Pixel phases tried, fewest first: (1, 1) is the whole set as one lattice (a concat, slice,
+# pad or interleave); (2, 2) splits it by (y % 2, x % 2) (nearest 2x upsampling, whose source
+# pixel is y // 2, x // 2: linear on each phase's lattice, not on the whole set).
+_PHASES = sorted(((a, c) for a in range(1, 5) for c in range(1, 5)), key=lambda t: (t[0] * t[1], t))
+
+
+def _phase_regions(m: np.ndarray, ys: np.ndarray, xs: np.ndarray, spix: np.ndarray, step_y: int,
+                   step_x: int) -> list[tuple[int, ...]] | None:
+    """The output pixels ``m`` split by (y % step_y, x % step_x) into lattices whose source
+    pixel is linear in the lattice indices, as (y0, y step, ny, x0, x step, nx, source pixel at
+    (y0, x0), its step per lattice row, per lattice column); None when some part is not."""
+    out: list[tuple[int, ...]] = []
+    for py in range(step_y):
+        for px in range(step_x):
+            part = m & (ys % step_y == py) & (xs % step_x == px)
+            if not part.any():
+                continue
+            py_, px_, sp = ys[part], xs[part], spix[part]
+            ly, lx = _lattice(py_), _lattice(px_)
+            if ly is None or lx is None or ly[2] * lx[2] != int(part.sum()):
+                return None
+            i_idx = (py_ - ly[0]) // ly[1]
+            j_idx = (px_ - lx[0]) // lx[1]
+            base = int(sp[(i_idx == 0) & (j_idx == 0)][0])
+            si = int(sp[(i_idx == 1) & (j_idx == 0)][0]) - base if ly[2] > 1 else 0
+            sj = int(sp[(i_idx == 0) & (j_idx == 1)][0]) - base if lx[2] > 1 else 0
+            if not (sp == base + i_idx * si + j_idx * sj).all():
+                return None
+            out.append((ly[0], ly[1], ly[2], lx[0], lx[1], lx[2], base, si, sj))
+    return out

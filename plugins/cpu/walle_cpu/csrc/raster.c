@@ -48,6 +48,22 @@ static void transpose_tile(const uint32_t *s, int64_t ss, uint32_t *d, int64_t d
     }
 }
 
+/* d[(y - y0) * r + x] = s[y * ss] for x < r: each element repeated r times; twice as two
+ * vectors of four interleaved with themselves */
+static void repeat32(const uint32_t *s, int64_t ss, uint32_t *d, int64_t y0, int64_t y1, int64_t r) {
+    int64_t y = y0;
+    if (r == 2 && ss == 1)
+        for (; y + 4 <= y1; y += 4, d += 8) {
+            u32x4 v = *(const u32x4u *)(s + y);
+            *(u32x4u *)d = __builtin_shuffle(v, (u32x4){0, 0, 1, 1});
+            *(u32x4u *)(d + 4) = __builtin_shuffle(v, (u32x4){2, 2, 3, 3});
+        }
+    for (; y < y1; y++) {
+        uint32_t v = s[y * ss];
+        for (int64_t x = 0; x < r; x++) *d++ = v;
+    }
+}
+
 /* y contiguous in the source, x in the destination, 32-bit elements: run as a transpose. */
 static int is_transpose(const int64_t *r, int64_t es) {
     return es == 4 && r[3] == 1 && r[4] != 1 && r[8] == 1 && r[10] >= 8 && r[11] >= 8;
@@ -62,6 +78,20 @@ static void raster_rows(const int64_t *r, const char *src, char *dst, int64_t es
     if (q0 >= q1) return;
     /* rows q = z * n1 + y, walked without a division per row */
     int64_t z = q0 / n1, yy = q0 % n1;
+    if (ss2 == 0 && ds2 == 1 && ds1 == n2 && n2 > 1) {
+        /* every source element repeated n2 times into contiguous output (nearest upsampling
+         * of the last axis): rows of y written whole */
+        for (int64_t zz = z; zz * n1 < q1; zz++) {
+            int64_t ylo = zz == z ? yy : 0, yhi = (zz + 1) * n1 <= q1 ? n1 : q1 - zz * n1;
+            const char *sz = src + zz * ss0 * es;
+            char *dz = dst + (zz * ds0 + ylo * n2) * es;
+            if (es == 4) repeat32((const uint32_t *)sz, ss1, (uint32_t *)dz, ylo, yhi, n2);
+            else
+                for (int64_t y = ylo; y < yhi; y++)
+                    for (int64_t x = 0; x < n2; x++, dz += es) memcpy(dz, sz + y * ss1 * es, (size_t)es);
+        }
+        return;
+    }
     int swap = n2 < 8 && n1 >= 4 * n2 && ds1 != 0 && ds2 != 0;       /* short rows */
     int tr = is_transpose(r, es);
     if (swap || tr) {
@@ -110,7 +140,10 @@ static void raster_rows(const int64_t *r, const char *src, char *dst, int64_t es
         char *d = dst + (z * ds0 + yy * ds1) * es;
         if (++yy == n1) { yy = 0; z++; }
         if (ss2 == 1 && ds2 == 1) {
-            memcpy(d, s, (size_t)(n2 * es));
+            /* one pixel of a 16-float block (the blocked layout's unit): a fixed-size copy
+             * the compiler inlines, not a library call per pixel */
+            if (n2 * es == 64) memcpy(d, s, 64);
+            else memcpy(d, s, (size_t)(n2 * es));
             continue;
         }
         switch (es) {
