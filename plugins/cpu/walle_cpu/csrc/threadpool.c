@@ -83,11 +83,22 @@ static int64_t mono_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void drain(wl_task fn, void *ctx, int64_t n) {
+/* Items are claimed `job_batch` at a time: a job of one row (or plane) per item would send
+ * every thread to the shared counter once per tiny item, and two threads contending for its
+ * cache line took longer than the rows (a 576-row pad: 40.7 -> 16.3 us by hand-chunking it).
+ * With at most CLAIMS_PER_THREAD claims per thread, the last claim leaves at most that share of
+ * the job unbalanced; callers that already chunk (n <= that many per thread) claim one each. */
+#ifndef CLAIMS_PER_THREAD
+#define CLAIMS_PER_THREAD 8
+#endif
+static int64_t job_batch;
+
+static void drain(wl_task fn, void *ctx, int64_t n, int64_t batch) {
     for (;;) {
-        int64_t i = __atomic_fetch_add(&job_next, 1, __ATOMIC_RELAXED);
+        int64_t i = __atomic_fetch_add(&job_next, batch, __ATOMIC_RELAXED);
         if (i >= n) break;
-        fn(ctx, i);
+        int64_t end = i + batch < n ? i + batch : n;
+        for (; i < end; i++) fn(ctx, i);
     }
 }
 
@@ -126,7 +137,7 @@ static void *worker_main(void *arg) {
          * other job field, so the caller may post the next job without waiting for it */
         if (id >= (int)(g & 0xffff)) continue;
         if (__atomic_fetch_add(&job_gate, 1, __ATOMIC_ACQ_REL) & GATE_CLOSED) continue;
-        drain(job_fn, job_ctx, job_n);
+        drain(job_fn, job_ctx, job_n, job_batch);
         __atomic_fetch_add(&job_finished, 1, __ATOMIC_ACQ_REL);
     }
     return NULL;
@@ -151,6 +162,8 @@ void wl_parallel_for(int64_t n, wl_task fn, void *ctx, int nthreads) {
     job_fn = fn;
     job_ctx = ctx;
     job_n = n;
+    int64_t batch = n / ((int64_t)(helpers + 1) * CLAIMS_PER_THREAD);
+    job_batch = batch > 1 ? batch : 1;
     __atomic_store_n(&job_next, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&job_finished, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&job_gate, 0, __ATOMIC_RELEASE);
@@ -159,7 +172,7 @@ void wl_parallel_for(int64_t n, wl_task fn, void *ctx, int nthreads) {
     pthread_mutex_unlock(&mu);
 
     in_region = 1;
-    drain(fn, ctx, n);
+    drain(fn, ctx, n, job_batch);
     in_region = 0;
 
     int joined = __atomic_fetch_or(&job_gate, GATE_CLOSED, __ATOMIC_ACQ_REL) & ~GATE_CLOSED;
