@@ -2,9 +2,11 @@
  * from here with per-ISA micro-kernels in isa/conv_blocked.inc (depthwise ones: depthwise.c).
  *
  * A direct convolution whose inner step is one broadcast input value times 16 output channels,
- * over register tiles of up to 4 filter blocks x 12 output pixels. A padded input is first
- * copied into a zero-bordered buffer, so every output pixel reads the same taps and a tile may
- * span rows (small maps fill whole tiles). The reduction (channels x taps) runs over one table
+ * over register tiles of up to 4 filter blocks x 12 output pixels. A padded input of a small
+ * map (under 32 wide) is first copied into a zero-bordered buffer, so every output pixel reads
+ * the same taps and a tile may span rows (small maps fill whole tiles); wide maps keep their
+ * input, tiles stay in one row, and a tile at a row's edge runs in passes over the column taps
+ * its pixels share (border_tile). The reduction (channels x taps) runs over one table
  * of (input offset, weight offset) pairs, cut into slices whose weights stay in the L2 cache
  * while a task's pixels pass over them.
  *
