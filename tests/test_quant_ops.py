@@ -315,3 +315,30 @@ def test_quantize_dequantize_match_reference(n: int, signed: bool, zero: int, sc
     assert [st_.backend for st_ in cpu_model.plan_for({"x": x}).stage.steps] == ["cpu"]
     np.testing.assert_array_equal(got["q"], want["q"])
     np.testing.assert_array_equal(got["y"], want["y"])
+
+
+_LARGE_CONVS = [  # over a million multiply-adds: on AMX machines the weights are packed for the tiles
+    {"n": 1, "c": 40, "o": 72, "groups": 1, "k": 3, "h": 15, "w": 15, "stride": 1, "dil": 1, "pad": 1,
+     "x_dtype": np.dtype(np.uint8), "w_dtype": np.dtype(np.int8), "per_channel": True, "w_zero": False,
+     "integer": False, "bias": True, "seed": 1},
+    {"n": 1, "c": 64, "o": 96, "groups": 1, "k": 1, "h": 15, "w": 13, "stride": 1, "dil": 1, "pad": 0,
+     "x_dtype": np.dtype(np.int8), "w_dtype": np.dtype(np.uint8), "per_channel": False, "w_zero": True,
+     "integer": False, "bias": False, "seed": 2},
+    {"n": 2, "c": 48, "o": 64, "groups": 2, "k": 3, "h": 12, "w": 13, "stride": 2, "dil": 1, "pad": 1,
+     "x_dtype": np.dtype(np.uint8), "w_dtype": np.dtype(np.int8), "per_channel": True, "w_zero": True,
+     "integer": True, "bias": False, "seed": 3},
+]
+
+
+@pytest.mark.parametrize("case", _LARGE_CONVS, ids=["3x3", "1x1-wzero", "grouped-int32"])
+def test_large_int8_conv_matches_reference(case: dict[str, Any]) -> None:
+    """Products large enough for the AMX tile kernel where the CPU has one (the hypothesis cases
+    above are small and run the VNNI loops there)."""
+    test_int8_conv_matches_reference.hypothesis.inner_test(case)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_large_int8_matmul_matches_reference(integer: bool) -> None:
+    test_int8_matmul_matches_reference.hypothesis.inner_test(  # type: ignore[attr-defined]
+        m=37, k=200, n=150, batch=2, x_dtype=np.dtype(np.uint8), w_dtype=np.dtype(np.int8),
+        per_channel=True, integer=integer, seed=4)

@@ -70,7 +70,7 @@ static wl_qweights pack(const q_case *c, const q_params *p, const uint8_t *wt, i
     wl_qweights q;
     *mem = aligned_alloc(64, (size_t)((wl_q_weight_bytes(rows, k) + 63) / 64 * 64));
     wl_q_pack_weights(&q, *mem, wt, c->w_signed, rows, k, p->wz, p->bias, p->xz, c->x_signed,
-                      c->out == Q_S32 ? NULL : p->scale, p->yz, p->lo, p->hi, c->out);
+                      c->out == Q_S32 ? NULL : p->scale, p->yz, p->lo, p->hi, c->out, 0);
     return q;
 }
 

@@ -460,12 +460,19 @@ static int64_t align64(int64_t n) { return (n + 63) & ~(int64_t)63; }
 static int64_t round16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
 /* The packed depth: k rounded up to 4, or for the AMX tiles (64 bytes of depth a step) to 64
- * where that adds at most half again (k = 27 stays 28 on the VNNI loops). */
-static int64_t packed_depth(const q_isa *a, int64_t k) {
+ * where that adds at most half again (k = 27 stays 28 on the VNNI loops), there are rows
+ * enough for the tiles to pay for their packing and the trip of their sums through memory
+ * (measured: 16 rows of 3x3 x 16 channels ran 1.3x slower on the tiles) and the product is
+ * large (cols unknown: 0): in a model, small products between other ops ran slower on the
+ * tiles than on the VNNI loops (a 1x1 conv of 48 -> 288 channels on 3x3: 2.6 -> 4.4 us) */
+#define AMX_MIN_MACS 1000000.0
+static int64_t packed_depth(const q_isa *a, int64_t k, int64_t rows, int64_t cols) {
 #if defined(__x86_64__)
-    if (a == &isa_amx && align64(k) * 2 <= round4(k) * 3) return align64(k);
+    if (a == &isa_amx && rows >= 32 && align64(k) * 2 <= round4(k) * 3 &&
+        (cols == 0 || (double)rows * (double)cols * (double)k >= AMX_MIN_MACS))
+        return align64(k);
 #endif
-    (void)a;
+    (void)a, (void)rows, (void)cols;
     return round4(k);
 }
 
@@ -477,9 +484,9 @@ int64_t wl_q_weight_bytes(int64_t rows, int64_t k) {
 void wl_q_pack_weights(wl_qweights *q, void *mem, const void *w, int w_signed, int64_t rows,
                        int64_t k, const int32_t *w_zero, const int32_t *bias, int32_t x_zero,
                        int x_signed, const float *scale, int32_t y_zero, int32_t lo, int32_t hi,
-                       int out) {
+                       int out, int64_t cols) {
     const q_isa *a = isa();
-    int64_t kp = packed_depth(a, k);
+    int64_t kp = packed_depth(a, k, rows, cols);
     char *m = mem;
     int8_t *wp = (int8_t *)m;
     memset(wp + rows * kp, 0, (size_t)((round16(rows) - rows) * kp));
@@ -654,12 +661,41 @@ TAMX static void amx_begin(void) { _tile_loadconfig(&amx_cfg); }
 
 TAMX static void amx_end(void) { _tile_release(); }
 
+/* A block's sums requantized into 8-bit rows of a conv's output (y + r * rs + j, contiguous
+ * columns): store_row_body's float32 operations per 16 columns, the row's constants in
+ * registers and no call per row (the tile sums come back through memory) */
+TAMX static void amx_requant(const wl_qweights *q, int64_t r0, int64_t mr, int p2, int64_t nj,
+                             const int32_t *c, const int32_t *colsum, char *y, int64_t rs) {
+    __mmask16 mk[2];
+    __m512i cs[2];
+    for (int p = 0; p <= p2; p++) {
+        int64_t n = nj - p * PANEL;
+        mk[p] = n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+        cs[p] = colsum ? _mm512_maskz_loadu_epi32(mk[p], colsum + p * PANEL) : _mm512_setzero_si512();
+    }
+    const __m512 lo = _mm512_set1_ps((float)(q->lo - q->y_zero)), hi = _mm512_set1_ps((float)(q->hi - q->y_zero));
+    const __m512i yz = _mm512_set1_epi32(q->y_zero);
+    for (int64_t r = 0; r < mr; r++) {
+        const __m512i cv = _mm512_set1_epi32(q->comp[r0 + r]);
+        const __m512 sv = _mm512_set1_ps(q->scale[r0 + r]);
+        const __m512i zv = _mm512_set1_epi32(q->wz ? q->wz[r0 + r] : 0);
+        for (int p = 0; p <= p2; p++) {
+            __m512i a = _mm512_add_epi32(_mm512_load_si512(c + ((r >> 4) * 2 + p) * 256 + (r & 15) * 16), cv);
+            if (colsum) a = _mm512_sub_epi32(a, _mm512_mullo_epi32(zv, cs[p]));
+            __m512 f = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), sv), lo), hi);
+            a = _mm512_add_epi32(_mm512_cvt_roundps_epi32(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), yz);
+            _mm512_mask_cvtepi32_storeu_epi8(y + r * rs + p * PANEL, mk[p], a);
+        }
+    }
+}
+
 /* gemm_panels on the tiles: blocks of 32 rows x 2 panels, each requantized from its sums */
 static void gemm_amx(const wl_qweights *q, const uint8_t *b, const int32_t *colsum,
                      int64_t np_total, int64_t ncols, char *y, int64_t rs, int64_t cs) {
     int64_t ldb = q->kp * PANEL, ks = q->kp / 64;
     int32_t c[4 * 256] __attribute__((aligned(64)));
     int es = esize(q);
+    int fast = cs == 1 && q->out != Q_S32;
     amx_begin();
     for (int64_t p0 = 0; p0 < np_total; p0 += 2) {
         int p2 = np_total - p0 >= 2;
@@ -667,6 +703,10 @@ static void gemm_amx(const wl_qweights *q, const uint8_t *b, const int32_t *cols
         for (int64_t r0 = 0; r0 < q->rows; r0 += 32) {
             int64_t mr = q->rows - r0 < 32 ? q->rows - r0 : 32;
             amx_block(mr > 16, p2, ks, q->w + r0 * q->kp, q->kp, b + p0 * ldb, ldb, c);
+            if (fast) {
+                amx_requant(q, r0, mr, p2, nj, c, colsum ? colsum + j0 : NULL, y + r0 * rs + j0, rs);
+                continue;
+            }
             for (int64_t r = 0; r < mr; r++)
                 for (int p = 0; p <= p2; p++) {
                     int64_t jj = j0 + p * PANEL, n = nj - p * PANEL < PANEL ? nj - p * PANEL : PANEL;
@@ -688,11 +728,13 @@ static void gemm_panels(const wl_qweights *q, const uint8_t *b, const int32_t *c
                         int64_t np_total, int64_t ncols, char *y, int64_t rs, int64_t cs) {
     const q_isa *a = isa();
 #if defined(__x86_64__)
-    if (amx_layout(q)) {
+    /* a share of rows under a tile's, or a few outputs (a squeeze-excitation conv on 1x1: the
+     * tiles' fixed costs outweigh them): the VNNI loops (any depth a multiple of 4) */
+    if (amx_layout(q) && q->rows >= 16 && q->rows * ncols >= 1024) {
         gemm_amx(q, b, colsum, np_total, ncols, y, rs, cs);
         return;
     }
-    if (a == &isa_amx) a = &isa_vnni512; /* depth not packed for the tiles */
+    if (a == &isa_amx) a = &isa_vnni512; /* or the depth not packed for the tiles */
 #endif
     int64_t ldb = q->kp * PANEL, k4 = q->kp / 4;
     int32_t c[MAX_MR * MAX_NP * PANEL];
@@ -1544,7 +1586,7 @@ int wl_qmatmul_dyn(const wl_qmatmul_params *p, const uint8_t *a, const uint8_t *
         wl_qweights q;
         wl_q_pack_weights(&q, mem, w, (int)p->w_signed, N, K, wz, NULL, (int32_t)p->x_zero,
                           (int)p->x_signed, p->out == Q_S32 ? NULL : scale, (int32_t)p->y_zero,
-                          (int32_t)p->lo, (int32_t)p->hi, (int)p->out);
+                          (int32_t)p->lo, (int32_t)p->hi, (int)p->out, M);
         if (wl_qmatmul(M, &q, a + t * M * K, (char *)y + t * M * N * es, nthreads)) return -1;
     }
     return 0;

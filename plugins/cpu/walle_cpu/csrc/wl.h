@@ -128,7 +128,7 @@ typedef struct {
  * are the rows of the GEMM: a conv's output channels, a matmul's output columns. */
 enum wl_q_out { Q_U8 = 0, Q_S8 = 1, Q_S32 = 2 };
 typedef struct {
-    int64_t rows, k, kp;  /* kp: k rounded up to a multiple of 4 */
+    int64_t rows, k, kp;  /* kp: k rounded up to a multiple of 4 (of 64 for the AMX tiles) */
     const int8_t *w;      /* rows x kp, signed */
     const int32_t *comp;  /* rows: bias - xz * rowsum(w) + k * xz * wz (packed domain) */
     const int32_t *wz;    /* rows: weight zero points (packed domain); NULL when all 0 */
@@ -208,10 +208,12 @@ void wl_pool_shutdown(void);
 void wl_set_profile(double *buf);
 /* int8 weights: bytes of the arrays for rows x k, and the packing (see qgemm.c) */
 int64_t wl_q_weight_bytes(int64_t rows, int64_t k);
+/* cols: the columns a run multiplies (a conv's n * oh * ow, a matmul's rows of A; 0 unknown),
+ * for the choice of the packed depth (AMX tiles pay only on large products) */
 void wl_q_pack_weights(wl_qweights *q, void *mem, const void *w, int w_signed, int64_t rows,
                        int64_t k, const int32_t *w_zero, const int32_t *bias, int32_t x_zero,
                        int x_signed, const float *scale, int32_t y_zero, int32_t lo, int32_t hi,
-                       int out);
+                       int out, int64_t cols);
 /* the int8 variant ("avx512vnni", "avxvnni", "avx2", "neon-dot", "scalar"); forcing one takes
  * those names or the fp32 variants' (avx512: the best int8 one) */
 const char *wl_q_isa_name(void);

@@ -106,7 +106,7 @@ def _pack(op: A.Composite, b: Binder) -> Any:
         FFI.cast("int32_t*", FFI.from_buffer(wz)), FFI.cast("int32_t*", FFI.from_buffer(bias)),
         int(op.attrs["x_zero"]), int(x.dtype == np.int8), scale_ptr,  # type: ignore[call-overload]
         int(op.attrs.get("y_zero", 0)), int(op.attrs.get("lo", 0)), int(op.attrs.get("hi", 0)),  # type: ignore[call-overload]
-        _OUT[op.out.dtype])
+        _OUT[op.out.dtype], op.out.size // rows)  # columns: a conv's n*oh*ow, a matmul's m
     return q
 
 
