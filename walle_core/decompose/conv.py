@@ -14,6 +14,7 @@ from walle_core import atomic as A
 from walle_core.decompose import NodeContext, register
 from walle_core.decompose.builder import Builder, DecomposeError, contiguous, strided_regions
 from walle_core.decompose.elementwise import req
+from walle_core.decompose.movement import compact_regions
 
 Ins = list[A.Tensor | None]
 
@@ -301,8 +302,8 @@ def conv_transpose_subpixel(
     y = b.tensor((n, m, *outs), x.dtype)
     dst = contiguous(y.shape)
     src = contiguous(u.shape)
-    regions: list[A.Region] = []
-    for j, p in enumerate(phases):
+    regions = _interleave_regions(phases, src, dst, strides, o, n, groups, mg)
+    for j, p in enumerate(phases if not regions else []):
         # (n, group, channel, j, k) of phase p -> y[n, g*mg + c, r0 + s0*j, r1 + s1*k]
         shift = [-p.pb[i] - o[i] for i in range(2)]
         regions += strided_regions(
@@ -312,6 +313,35 @@ def conv_transpose_subpixel(
             [n, groups, mg, p.cnt[0], p.cnt[1]])
     b.emit(A.Raster([u], [y], regions=regions))
     return y
+
+
+def _interleave_regions(phases: list[_Phase], src: Sequence[int], dst: Sequence[int], strides: Sequence[int],
+                        o: Sequence[int], n: int, groups: int, mg: int) -> list[A.Region]:
+    """The depth-to-space of every phase at once, phases innermost: (n, group, channel, j,
+    phase row, k, phase column), so each destination row is written contiguously from the
+    phases' rows interleaved. Needs every phase's count equal and each phase's read offset a
+    step per phase row / column (always so for two phases an axis); else [] (then a region set
+    per phase)."""
+    p0 = 1 + max(p.r[0] for p in phases)
+    p1 = 1 + max(p.r[1] for p in phases)
+    if len(phases) != p0 * p1 or any(p.cnt != phases[0].cnt for p in phases):
+        return []
+    shift = {p.r: [-p.pb[i] - o[i] for i in range(2)] for p in phases}
+    s0 = [shift[(r, 0)][0] for r in range(p0)]
+    s1 = [shift[(0, c)][1] for c in range(p1)]
+    if any(shift[(r, c)] != [s0[r], s1[c]] for r in range(p0) for c in range(p1)):
+        return []
+    d0 = s0[1] - s0[0] if p0 > 1 else 0
+    d1 = s1[1] - s1[0] if p1 > 1 else 0
+    if s0 != [s0[0] + r * d0 for r in range(p0)] or s1 != [s1[0] + c * d1 for c in range(p1)]:
+        return []
+    cnt = phases[0].cnt
+    npx = p0 * p1
+    return compact_regions(
+        0, s0[0] * src[2] + s1[0],
+        [src[0], npx * mg * src[1], src[1], src[2], p1 * mg * src[1] + d0 * src[2], src[3], mg * src[1] + d1],
+        0, [dst[0], mg * dst[1], dst[1], strides[0] * dst[2], dst[2], strides[1], 1],
+        [n, groups, mg, cnt[0], p0, cnt[1], p1])
 
 
 def conv_transpose_phases(

@@ -9,10 +9,30 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.decompose import NodeContext, register
-from walle_core.decompose.builder import Builder, DecomposeError, contiguous, normalize_axis
+from walle_core.decompose.builder import (
+    Builder,
+    DecomposeError,
+    _merge_dims,
+    contiguous,
+    normalize_axis,
+    strided_regions,
+)
 from walle_core.decompose.elementwise import req
 
 Ins = list[A.Tensor | None]
+
+
+def compact_regions(src: int, soff: int, sst: Sequence[int], doff: int, dst: Sequence[int],
+                    sizes: Sequence[int]) -> list[A.Region]:
+    """Regions of an N-D strided copy with the innermost (merged) axis and the two largest
+    others inside each region, so the copy is a few large regions, not one per row of an outer
+    axis (a copy may run in any axis order: every destination element is written once)."""
+    n, a, d = _merge_dims(list(sizes), list(sst), list(dst))
+    if len(n) > 3:
+        inner = [*sorted(sorted(range(len(n) - 1), key=lambda i: -n[i])[:2]), len(n) - 1]
+        order = [i for i in range(len(n)) if i not in inner] + inner
+        n, a, d = [n[i] for i in order], [a[i] for i in order], [d[i] for i in order]
+    return strided_regions(src, soff, a, doff, d, n)
 
 
 def ints(b: Builder, t: A.Tensor | None) -> list[int] | None:

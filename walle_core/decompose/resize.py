@@ -21,15 +21,9 @@ import numpy as np
 
 from walle_core import atomic as A
 from walle_core.decompose import NodeContext, register
-from walle_core.decompose.builder import (
-    Builder,
-    DecomposeError,
-    _merge_dims,
-    contiguous,
-    normalize_axis,
-    strided_regions,
-)
+from walle_core.decompose.builder import Builder, DecomposeError, contiguous, normalize_axis, strided_regions
 from walle_core.decompose.elementwise import req
+from walle_core.decompose.movement import compact_regions
 
 Ins = list[A.Tensor | None]
 
@@ -248,18 +242,6 @@ def _take(b: Builder, x: A.Tensor, axis: int, col: np.ndarray) -> A.Tensor | Non
     return out
 
 
-def _regions(soff: int, sst: list[int], doff: int, dst: list[int], sizes: list[int]) -> list[A.Region]:
-    """Regions of an N-D strided copy with the innermost (merged) axis and the two largest
-    others inside each region, so the copy is a few large regions, not one per row of an outer
-    axis (a copy may run in any axis order: every destination element is written once)."""
-    n, a, d = _merge_dims(sizes, sst, dst)
-    if len(n) > 3:
-        inner = [*sorted(sorted(range(len(n) - 1), key=lambda i: -n[i])[:2]), len(n) - 1]
-        order = [i for i in range(len(n)) if i not in inner] + inner
-        n, a, d = [n[i] for i in order], [a[i] for i in order], [d[i] for i in order]
-    return strided_regions(0, soff, a, doff, d, n)
-
-
 # A joint take over several axes emits at most this many regions (segment combinations).
 _MAX_JOINT = 64
 
@@ -296,7 +278,7 @@ def take_all(b: Builder, x: A.Tensor, cols: dict[int, np.ndarray]) -> A.Tensor |
             sizes += szs
             sst += [t * xs[i] for t in steps]
             dst += [szs[1] * os[i], os[i]] if len(szs) == 2 else [os[i]]
-        regions += _regions(soff, sst, doff, dst, sizes)
+        regions += compact_regions(0, soff, sst, doff, dst, sizes)
     b.emit(A.Raster([x], [out], regions=regions))
     return out
 

@@ -64,6 +64,22 @@ static void repeat32(const uint32_t *s, int64_t ss, uint32_t *d, int64_t y0, int
     }
 }
 
+/* d[y * r + x] = s[y + x * ss] for y0 <= y < y1, x < r (2, 3 or 4 rows interleaved): two rows
+ * as vectors unpacked pairwise, four as 4x4 transposes */
+static void zip32(const uint32_t *s, int64_t ss, uint32_t *d, int64_t y0, int64_t y1, int64_t r) {
+    int64_t y = y0;
+    if (r == 2)
+        for (; y + 4 <= y1; y += 4) {
+            u32x4 a = *(const u32x4u *)(s + y), b = *(const u32x4u *)(s + y + ss);
+            *(u32x4u *)(d + 2 * y) = __builtin_shuffle(a, b, (u32x4){0, 4, 1, 5});
+            *(u32x4u *)(d + 2 * y + 4) = __builtin_shuffle(a, b, (u32x4){2, 6, 3, 7});
+        }
+    else if (r == 4)
+        for (; y + 4 <= y1; y += 4) transpose4(s + y, ss, d + 4 * y, 4);
+    for (; y < y1; y++)
+        for (int64_t x = 0; x < r; x++) d[y * r + x] = s[y + x * ss];
+}
+
 /* y contiguous in the source, x in the destination, 32-bit elements: run as a transpose. */
 static int is_transpose(const int64_t *r, int64_t es) {
     return es == 4 && r[3] == 1 && r[4] != 1 && r[8] == 1 && r[10] >= 8 && r[11] >= 8;
@@ -89,6 +105,15 @@ static void raster_rows(const int64_t *r, const char *src, char *dst, int64_t es
             else
                 for (int64_t y = ylo; y < yhi; y++)
                     for (int64_t x = 0; x < n2; x++, dz += es) memcpy(dz, sz + y * ss1 * es, (size_t)es);
+        }
+        return;
+    }
+    if (es == 4 && ss1 == 1 && ds2 == 1 && ds1 == n2 && n2 >= 2 && n2 <= 4 && ss2 != 1) {
+        /* n2 source rows zipped into one contiguous destination (an interleave: ConvTranspose's
+         * or PixelShuffle's phases innermost): d[y * n2 + x] = s[y + x * ss2] */
+        for (int64_t zz = z; zz * n1 < q1; zz++) {
+            int64_t ylo = zz == z ? yy : 0, yhi = (zz + 1) * n1 <= q1 ? n1 : q1 - zz * n1;
+            zip32((const uint32_t *)(src + zz * ss0 * es), ss2, (uint32_t *)(dst + zz * ds0 * es), ylo, yhi, n2);
         }
         return;
     }
