@@ -106,6 +106,8 @@ def layer_norm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
         stats.extend([mean, inv])
         return [y]
 
+    if any(ctx.node.outputs[1:]):  # Mean / InvStdDev are read: they exist only expanded
+        return [*build(), *stats]
     inputs = [x, scale] + ([bias] if bias is not None else [])
     (y,) = b.composite("layer_norm", inputs, build, axis=axis, epsilon=eps)
     return [y, *stats]

@@ -58,6 +58,7 @@ int wl_pool2d_8bit(const wl_op *op, const wl_exec *ex); /* pool8.c: max of int8 
 int wl_gather(const wl_op *op, const wl_exec *ex);     /* gather.c: GatherScatter */
 int wl_sort(const wl_op *op, const wl_exec *ex);       /* sort.c */
 int wl_softmax(const wl_op *op, const wl_exec *ex);    /* softmax.c */
+int wl_layer_norm(const wl_op *op, const wl_exec *ex); /* layer_norm.c */
 int wl_lstm_cell(const wl_op *op, const wl_exec *ex);  /* lstm_cell.c */
 int wl_recurrent(const wl_op *op, const wl_exec *ex);  /* recurrent.c: LSTM / GRU sequences */
 int wl_qconv_op(const wl_op *op, const wl_exec *ex);   /* qconv.c: int8 conv (qgemm.c) */
@@ -117,6 +118,12 @@ typedef struct wl_isa {
     double (*reduce_f32)(int fn, const float *x, int64_t n);
     /* softmax (log: log_softmax) of n contiguous floats; e: n floats of scratch for log */
     void (*softmax_f32)(const float *x, float *y, int64_t n, int log, float *e);
+    /* row kernels of isa/reduce.inc: softmax (log: log_softmax) of n contiguous floats; layer
+     * norm of one row (g, b: n floats each, b may be NULL); erf GELU (x == y allowed) */
+    void (*softmax_row)(const float *x, float *y, int64_t n, int log);
+    void (*layer_norm_row)(const float *x, const float *g, const float *b, float *y, int64_t n,
+                           float eps);
+    void (*gelu_f32)(const float *x, float *y, int64_t n);
 } wl_isa;
 
 extern const wl_isa *wl_active;

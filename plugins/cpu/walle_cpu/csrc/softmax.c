@@ -4,8 +4,9 @@
 #include "internal.h"
 
 /* x viewed as (outer, n, inner), over n: y = exp(x - max) / sum, or (x - max) - log(sum), with
- * the kernels (and order of operations) of the expansion: max and sum as Reduce computes
- * them, exp as Unary does. A line with inner > 1 is gathered into a scratch row first. */
+ * the arithmetic of the expansion (max and sum as Reduce computes them, exp as Unary does) in
+ * one explicit-vector row kernel (isa/reduce.inc: two passes over a line for log_softmax,
+ * three for softmax). A line with inner > 1 is gathered into a scratch row first. */
 typedef struct {
     const wl_op *op;
     const float *x;
@@ -14,18 +15,12 @@ typedef struct {
     int failed;
 } softmax_ctx;
 
-/* e: n floats of scratch for log_softmax's exponentials (NULL for softmax) */
-static void softmax_line(float *e, const float *x, float *y, int64_t n) {
-    wl_active->softmax_f32(x, y, n, e != NULL, e);
-}
-
 static void softmax_task(void *vp, int64_t t) {
     softmax_ctx *c = vp;
     const wl_softmax_params *p = &c->op->softmax;
     int64_t n = p->n, inner = p->inner, lines = p->outer * inner;
     float *row = inner > 1 ? wl_scratch(1, sizeof(float) * (size_t)(2 * n)) : NULL;
-    float *e = p->log ? wl_scratch(2, sizeof(float) * (size_t)(n > 0 ? n : 1)) : NULL;
-    if ((inner > 1 && !row) || (p->log && !e)) {
+    if (inner > 1 && !row) {
         __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
         return;
     }
@@ -34,11 +29,11 @@ static void softmax_task(void *vp, int64_t t) {
         const float *x = c->x + o * n * inner + i;
         float *y = c->y + o * n * inner + i;
         if (inner == 1) {
-            softmax_line(e, x, y, n);
+            wl_active->softmax_row(x, y, n, (int)p->log);
             continue;
         }
         for (int64_t j = 0; j < n; j++) row[j] = x[j * inner];
-        softmax_line(e, row, row + n, n);
+        wl_active->softmax_row(row, row + n, n, (int)p->log);
         for (int64_t j = 0; j < n; j++) y[j * inner] = row[n + j];
     }
 }
