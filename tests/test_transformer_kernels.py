@@ -175,3 +175,41 @@ def test_softmax_rows_match_the_expansion(rows: int, n: int, log: bool, seed: in
     want = REF.compile(Program([(op, REF.algorithms(op)[0]) for op in rops], [x], [y])).run([xv])[0]
     np.testing.assert_allclose(exe.run([xv])[0], want, rtol=1e-5, atol=1e-6)
 
+
+@SETTINGS
+@given(batch=st.integers(1, 6), m=st.integers(1, 40), n=st.integers(1, 130), k=st.integers(1, 70),
+       seed=st.integers(0, 2**16))
+def test_products_of_computed_operands_match_numpy(batch: int, m: int, n: int, k: int, seed: int) -> None:
+    """A batched MatMul of two computed operands (attention's Q K^T and scores x V) reads a
+    small B in place (isa/matmul.inc: no packing per head), any m, n, k and vector tail."""
+    rng = np.random.default_rng(seed)
+    b = Builder(fold=lambda op: None)
+    x, w = b.tensor((batch, m, k), np.dtype(np.float32)), b.tensor((batch, k, n), np.dtype(np.float32))
+    y = b.matmul(x, w)
+    ops = prepare(b.ops, CPU, {y.id})
+    exe = CPU.compile(Program([(op, CPU.algorithms(op)[0]) for op in ops], [x, w], [y]), threads=2)
+    xv = rng.standard_normal((batch, m, k)).astype(np.float32)
+    wv = rng.standard_normal((batch, k, n)).astype(np.float32)
+    want = np.matmul(xv.astype(np.float64), wv.astype(np.float64))
+    np.testing.assert_allclose(exe.run([xv, wv])[0], want, rtol=1e-4, atol=1e-4 * max(1.0, float(np.sqrt(k))))
+
+
+@SETTINGS
+@given(m=st.integers(1, 30), n=st.integers(1, 200), k=st.integers(1, 50), seed=st.integers(0, 2**16))
+def test_matmul_with_gelu_matches_the_expansion(m: int, n: int, k: int, seed: int) -> None:
+    """MatMul + erf GELU (the exported x * 0.5 * (1 + erf(x / sqrt 2)), folded into the
+    MatMul): the GELU runs as one pass of the row kernel after the GEMM."""
+    rng = np.random.default_rng(seed)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((1, m, k), np.dtype(np.float32))
+    h = b.matmul(x, b.const((rng.standard_normal((k, n)) * 0.5).astype(np.float32)))
+    e = b.unary("erf", b.binary("div", h, b.scalar(float(np.sqrt(2.0)), h)))
+    y = b.binary("mul", b.binary("mul", h, b.binary("add", e, b.scalar(1.0, e))), b.scalar(0.5, h))
+    ops = prepare(b.ops, CPU, {y.id})
+    exe = CPU.compile(Program([(op, CPU.algorithms(op)[0]) for op in ops], [x], [y]), threads=2)
+    rops = prepare(b.ops, REF, {y.id})
+    ref = REF.compile(Program([(op, REF.algorithms(op)[0]) for op in rops], [x], [y]))
+    xv = rng.standard_normal((1, m, k)).astype(np.float32)
+    labels = [label for label, _ in exe.profile([xv], runs=1)]  # type: ignore[attr-defined]
+    assert labels == [f"MatMul+gelu packed-gemm {[1, m, k]} {[1, k, n]} -> {[1, m, n]}"]
+    _close(exe.run([xv])[0], ref.run([xv])[0], 2e-5)

@@ -124,6 +124,9 @@ typedef struct wl_isa {
     void (*layer_norm_row)(const float *x, const float *g, const float *b, float *y, int64_t n,
                            float eps);
     void (*gelu_f32)(const float *x, float *y, int64_t n);
+    /* isa/matmul.inc: C (m x n, row stride ldc) = A (m x k, lda) @ B (k x n, ldb), B unpacked */
+    void (*matmul_direct)(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                          const float *b, int64_t ldb, float *c, int64_t ldc);
 } wl_isa;
 
 extern const wl_isa *wl_active;

@@ -1,7 +1,14 @@
 /* MatMul: batched (m x k) @ (k x n) on the GEMM driver (gemm.c), with an optional bias (per
  * column, or full), residual and activation in the GEMM's epilogue. Constant B comes packed by
- * the compiler (op->matmul.packed); otherwise each batch packs its B into scratch first. */
+ * the compiler (op->matmul.packed); otherwise each batch packs its B into scratch first.
+ * The erf GELU runs after the GEMM instead, as one pass of the row kernel over the whole
+ * output in large chunks: the epilogue applies it per tile row of a panel's 32 columns, and
+ * at that grain the calls cost more than the function (whisper's 100x384 MLP: ~40 us). */
 #include "internal.h"
+
+/* a computed B of at most this many floats (an attention head's K^T or V) is read in place
+ * by the direct kernel (isa/matmul.inc) instead of being packed for every batch */
+#define DIRECT_B_FLOATS 16384
 
 typedef struct {
     const wl_op *op;
@@ -19,6 +26,11 @@ static void mm_batch(void *vp, int64_t bi) {
     const float *a = c->a + bi * p->a_batch_stride;
     const float *bsrc = c->b + bi * p->b_batch_stride;
     const float *bp;
+    if (!p->packed && !ta && !tb && !c->bias && !c->res && (p->act.fn == U_IDENTITY || p->act.fn == U_GELU) &&
+        k * n <= DIRECT_B_FLOATS && (c->threads_inner == 1 || m * n * k < 65536)) {
+        wl_active->matmul_direct(m, n, k, a, k, bsrc, n, c->y + bi * m * n, n);
+        return;
+    }
     if (p->packed) {
         bp = (const float *)c->op->aux + (p->b_batch_stride ? bi : 0) * wl_packed_b_floats(k, n);
     } else {
@@ -36,8 +48,22 @@ static void mm_batch(void *vp, int64_t bi) {
         a = at;
     }
     int bmode = !c->bias ? BIAS_NONE : (p->bias_full ? BIAS_FULL : BIAS_COL);
+    int act = p->act.fn == U_GELU ? U_IDENTITY : (int)p->act.fn;
     wl_gemm(m, n, k, a, lda, bp, c->y + bi * m * n, n, c->bias, bmode,
-            c->res ? c->res + bi * m * n : NULL, (int)p->act.fn, p->act.prm, c->threads_inner);
+            c->res ? c->res + bi * m * n : NULL, act, p->act.prm, c->threads_inner);
+}
+
+#define GELU_CHUNK 4096 /* floats per task of the GELU pass */
+
+typedef struct {
+    float *y;
+    int64_t total;
+} gelu_ctx;
+
+static void gelu_task(void *vp, int64_t t) {
+    const gelu_ctx *g = vp;
+    int64_t i0 = t * GELU_CHUNK, cnt = g->total - i0 < GELU_CHUNK ? g->total - i0 : GELU_CHUNK;
+    wl_active->gelu_f32(g->y + i0, g->y + i0, cnt);
 }
 
 int wl_matmul(const wl_op *op, const wl_exec *ex) {
@@ -56,5 +82,10 @@ int wl_matmul(const wl_op *op, const wl_exec *ex) {
         for (int64_t bi = 0; bi < batch; bi++) mm_batch(&c, bi);
     }
     if (c.failed) return wl_fail(ex, "out of memory in MatMul");
+    if (p->act.fn == U_GELU) {
+        gelu_ctx g = {c.y, batch * m * n};
+        int64_t tasks = (g.total + GELU_CHUNK - 1) / GELU_CHUNK;
+        wl_parallel_for(tasks, gelu_task, &g, tasks > 1 ? nthreads : 1);
+    }
     return 0;
 }
