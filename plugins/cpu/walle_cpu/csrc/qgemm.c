@@ -806,6 +806,7 @@ static void pack_conv(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t 
     int64_t ldw = kp * PANEL / 4; /* words between panels */
     uint32_t flip = (uint32_t)q->x_flip * 0x01010101u;
     int64_t c = 0, i = 0, jj = 0; /* depth index 4 * k4 + e as (channel, kernel row, column) */
+    const int linear = s->stride_w == 1 && s->stride_h == 1 && j->wp == s->ow;
     (void)khw;
     for (int64_t k4 = 0; k4 < kp / 4; k4++) {
         uint32_t *dst = (uint32_t *)(b + k4 * 64);
@@ -830,7 +831,9 @@ static void pack_conv(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t 
         }
         int64_t p = 0, oy = p0 / s->ow, ox = p0 % s->ow;
         while (p < pn) {
-            int64_t run = s->ow - ox < pn - p ? s->ow - ox : pn - p;
+            /* rows of the input one after the other (a 1x1 stride-1 conv on an unpadded input:
+             * wp == ow): the chunk's columns are one run, whatever the width of the map */
+            int64_t run = linear ? pn - p : s->ow - ox < pn - p ? s->ow - ox : pn - p;
             int64_t o = oy * s->stride_h * j->wp + ox * s->stride_w, sw = s->stride_w;
             int64_t r = 0;
 #if defined(__x86_64__)
