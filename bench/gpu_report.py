@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ def main() -> None:
             feeds = batched(example, batch)
             want = onnxruntime_outputs(path, feeds)
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            ort = warm_median_ms(lambda s=session, f=feeds: s.run(None, f), args.cell_seconds)
+            ort = warm_median_ms(partial(session.run, None, feeds), args.cell_seconds)
             row: dict[str, Any] = {"model": f"{name} b{batch}", "onnxruntime_ms": ort}
             for col in columns:
                 row[col] = cell(path, feeds, want, col, args.budget, args.cell_seconds)
