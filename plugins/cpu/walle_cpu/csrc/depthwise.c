@@ -54,12 +54,26 @@ static void dw_task(void *vp, int64_t t) {
         const float *xr = c->x + cb * c->xcb + iy * c->xrow;
         int64_t yoff = (cb * c->OH + oy) * c->OW * WL_BLK;
         float *yr = c->y + yoff;
+        /* the interior in register tiles where the ISA has them (dilation 1 along the row) */
+        int64_t done = 0;
+        if (c->dw == 1 && hi - lo >= 8 && ky1 - ky0 == c->KH) {
+            e.res = c->res ? c->res + yoff + lo * WL_BLK : NULL;
+            done = wl_active->nc_dw_row(hi - lo, ky1 - ky0, c->KW, c->sw,
+                                        xr + ky0 * c->dh * c->xrow + (lo * c->sw - c->pl) * WL_BLK,
+                                        c->dh * c->xrow, w + ky0 * c->KW * WL_BLK, bias,
+                                        yr + lo * WL_BLK, &e);
+        }
         for (int64_t ox = 0; ox < c->OW;) {
             int64_t ix = ox * c->sw - c->pl, kx0 = 0, kx1 = c->KW, np = 1;
-            if (ox >= lo && ox < hi)
+            if (ox >= lo && ox < hi) {
+                if (ox < lo + done) {
+                    ox = lo + done;
+                    continue;
+                }
                 np = hi - ox < 8 ? hi - ox : 8;
-            else
+            } else {
                 valid_taps(ix, c->dw, c->KW, c->W, &kx0, &kx1);
+            }
             const nc_table *tb = table(c, cache, 1, 1, ky0, ky1, kx0, kx1);
             e.res = c->res ? c->res + yoff + ox * WL_BLK : NULL;
             wl_active->nc_dw_tile((int)np, tb->n, tb->xo, tb->wo, xr + ix * WL_BLK, w, bias,

@@ -110,6 +110,13 @@ typedef struct wl_isa {
     void (*nc_dw_tile)(int np, int64_t nk, const int64_t *xo, const int64_t *wo, const float *x,
                        const float *w, const float *bias, float *y, int64_t step,
                        const nc_epi *e);
+    /* depthwise: the first pixels of a run of n interior pixels of one output row and block,
+     * nky kernel rows (row r at x + r * rs) of kw taps one vector apart, pixels sw vectors
+     * apart, w the first kernel row's weights; returns how many it stored (0 where the ISA has
+     * no kernel for kw and sw, or nky < kw) */
+    int64_t (*nc_dw_row)(int64_t n, int64_t nky, int64_t kw, int64_t sw, const float *x,
+                         int64_t rs, const float *w, const float *bias, float *y,
+                         const nc_epi *e);
     /* pooling of one blocked pixel over ny x nx taps (rows rs, columns cs floats apart): max
      * (NaN wins), or the sum times scale */
     void (*nc_pool_px)(int avg, const float *x, int64_t rs, int64_t cs, int64_t ny, int64_t nx,
