@@ -126,6 +126,16 @@ def test_spelled_layer_norm_matches_onnxruntime_and_stays_when_shared() -> None:
     want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
     cpu = walle_core.load(m, backend="cpu")
     _close(cpu.run({"X": x})["Y"], want)
+    # the scale behind an Identity (torch shares equal initializers that way) is still a constant
+    ident = [H.make_node("Identity", ["g"], ["g2"])]
+    for n in nodes:
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        c.input[:] = ["g2" if i == "g" else i for i in n.input]
+        ident.append(c)
+    cpu_id = walle_core.load(_model(ident, [2, 7, 384], inits, 14), backend="cpu")
+    assert _composites(cpu_id, {"X": x}) == ["layer_norm"]
+    _close(cpu_id.run({"X": x})["Y"], want)
     shared = _model([*nodes, H.make_node("Neg", ["mu"], ["M"])], [2, 7, 384], inits, 14, ("Y", "M"))
     cpu2 = walle_core.load(shared, backend="cpu")
     assert "layer_norm" not in _composites(cpu2, {"X": x})

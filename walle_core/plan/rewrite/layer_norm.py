@@ -41,9 +41,14 @@ class _Index:
         self.outputs = {v.name for v in graph.outputs}
 
     def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or Constant, also behind Identity nodes (torch shares
+        equal initializers that way: every LayerNorm's initial weight of ones)."""
+        node = self.producer.get(name)
+        while node is not None and node.op_type == "Identity" and node.inputs:
+            name = node.inputs[0]
+            node = self.producer.get(name)
         if name in self.graph.initializers:
             return np.asarray(self.graph.initializers[name])
-        node = self.producer.get(name)
         if node is None or node.op_type != "Constant":
             return None
         for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
