@@ -349,7 +349,7 @@ def test_qlinear_global_average_pool_is_exact(tmp_path: Path, dtype: type, chann
                      [h.make_tensor_value_info("y", elem, out_shape)], inits)
     path = tmp_path / "gap.onnx"
     onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)]), path)
-    x = rng.integers(info.min, info.max + 1, shape).astype(dtype)
+    x: np.ndarray = rng.integers(info.min, info.max + 1, shape).astype(dtype)
     want = _ort_run(path, {"x": x})
     for backend in BACKENDS:
         m = walle_core.load(path, backend=backend)
