@@ -133,18 +133,23 @@ def test_int8_matmul_matches_reference(m: int, k: int, n: int, batch: int, x_dty
     np.testing.assert_array_equal(got, ref)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(c=st.integers(1, 5), hw=st.integers(2, 13), k=st.integers(1, 3), s=st.integers(1, 2),
-       pad=st.integers(0, 1), signed=st.booleans(), seed=st.integers(0, 2**31))
-def test_int8_max_pool_matches_reference(c: int, hw: int, k: int, s: int, pad: int, signed: bool,
-                                         seed: int) -> None:
-    """The max pools of int8 models run on the int8 tensor (``pool8.c``)."""
-    if k > hw + 2 * pad or pad >= k:
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=st.integers(1, 5), hh=st.integers(2, 13), ww=st.integers(2, 70), k=st.integers(1, 3),
+       s=st.integers(1, 3), d=st.integers(1, 2), pad=st.integers(0, 1), signed=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_int8_max_pool_matches_reference(c: int, hh: int, ww: int, k: int, s: int, d: int,
+                                         pad: int, signed: bool, seed: int) -> None:
+    """The max pools of int8 models run on the int8 tensor (``pool8.c``); rows wide enough for
+    the vector paths (stride 1 and 2 over 16 output columns) and their scalar tails."""
+    span = (k - 1) * d + 1
+    if span > min(hh, ww) + 2 * pad or pad >= k:
         return
     dtype = np.dtype(np.int8 if signed else np.uint8)
-    x = _rand(np.random.default_rng(seed), dtype, (1, c, hw, hw + 1))
-    node = h.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4)
-    got, ref = _run_both(node, x, dtype, [1, c, (hw + 2 * pad - k) // s + 1, (hw + 1 + 2 * pad - k) // s + 1], [])
+    x = _rand(np.random.default_rng(seed), dtype, (1, c, hh, ww))
+    node = h.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4,
+                       dilations=[d, d])
+    got, ref = _run_both(node, x, dtype, [1, c, (hh + 2 * pad - span) // s + 1,
+                                          (ww + 2 * pad - span) // s + 1], [])
     np.testing.assert_array_equal(got, ref)
 
 
