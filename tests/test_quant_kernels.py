@@ -64,3 +64,35 @@ def test_aarch64_int8_kernels_under_qemu(tmp_path_factory: pytest.TempPathFactor
                     "(scripts/setup.sh installs them)")
     out = _build(cc, tmp_path_factory.mktemp("q64") / "quant_kernels", ["-static"])
     _check([qemu, str(out), isa], isa)
+
+
+POOL8 = [str(ROOT / "plugins" / "cpu" / "tests" / "pool8_kernels.c"), str(CSRC / "pool8.c"),
+         str(CSRC / "threadpool.c")]
+
+
+def _pool8(cc: str, out: Path, extra: list[str]) -> Path:
+    cmd = [cc, *FLAGS, *extra, *POOL8, "-o", str(out), "-lm", "-lpthread"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr}"
+    return out
+
+
+def test_pool8_native(tmp_path: Path) -> None:
+    """8-bit max pooling (``pool8.c``: SSE2 stride-2 taps on x86) against naive loops."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    res = subprocess.run([str(_pool8(cc, tmp_path / "pool8", []))], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ALL OK" in res.stdout, res.stdout[-4000:] + res.stderr
+
+
+def test_pool8_aarch64_under_qemu(tmp_path: Path) -> None:
+    """... and its NEON path (``vld2q_u8`` stride-2 taps) under qemu."""
+    cc = shutil.which("aarch64-linux-gnu-gcc")
+    qemu = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+    if cc is None or qemu is None:
+        pytest.skip("NEON kernels need the Debian packages gcc-aarch64-linux-gnu and qemu-user "
+                    "(scripts/setup.sh installs them)")
+    out = _pool8(cc, tmp_path / "pool8", ["-static"])
+    res = subprocess.run([qemu, str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "ALL OK" in res.stdout, res.stdout[-4000:] + res.stderr
