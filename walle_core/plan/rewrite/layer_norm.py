@@ -19,14 +19,12 @@ known here); every intermediate must have no other reader and not be a graph out
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from walle_core.ir.graph import Graph, Node
+from walle_core.plan.rewrite.graph_cache import once_per_graph
 
 _CACHE_ATTR = "_walle_layer_norm_fused"
-_LOCK = threading.Lock()
 
 
 class _Index:
@@ -147,15 +145,7 @@ def _match(ix: _Index, div: Node, opset: int) -> tuple[list[Node], Node] | None:
 def fuse_layer_norm(graph: Graph) -> Graph:
     """``graph`` with its spelled-out layer norms as ``LayerNormalization`` nodes (the same
     graph object when it has none). Computed once per graph object."""
-    cached = graph.__dict__.get(_CACHE_ATTR)
-    if cached is not None:
-        return cached
-    with _LOCK:
-        cached = graph.__dict__.get(_CACHE_ATTR)
-        if cached is None:
-            cached = _rewrite(graph)
-            graph.__dict__[_CACHE_ATTR] = cached
-    return cached
+    return once_per_graph(graph, _CACHE_ATTR, _rewrite)
 
 
 def _rewrite(graph: Graph) -> Graph:

@@ -22,7 +22,6 @@ float ops in ``walle inspect``; :func:`fuse_qdq` reports both lists.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -30,8 +29,7 @@ import numpy as np
 
 from walle_core.interpreter import fold
 from walle_core.ir.graph import Graph, Node, ValueInfo, remove_dead_nodes
-
-_LOCK = threading.Lock()
+from walle_core.plan.rewrite.graph_cache import once_per_graph
 
 MS = "com.microsoft"
 WALLE = "walle"
@@ -468,22 +466,17 @@ class _Rewriter:
         return out
 
 
-_CACHE_ATTR = "_walle_qdq"  # the result rides on the graph object: it lives exactly as long
+_CACHE_ATTR = "_walle_qdq"
 
 
 def fuse_qdq(graph: Graph) -> tuple[Graph, QdqReport]:
     """The graph with its QDQ islands made integer (the same graph when it has none), and what
     was made integer and what stays float. Computed once per graph object."""
-    cached = graph.__dict__.get(_CACHE_ATTR)
-    if cached is not None:
-        return cached
-    with _LOCK:
-        cached = graph.__dict__.get(_CACHE_ATTR)
-        if cached is None:
-            if any(n.op_type in _DQ for n in graph.nodes):
-                rw = _Rewriter(graph)
-                cached = (rw.run(), rw.report)
-            else:
-                cached = (graph, QdqReport())
-            graph.__dict__[_CACHE_ATTR] = cached
-    return cached
+    return once_per_graph(graph, _CACHE_ATTR, _integer_islands)
+
+
+def _integer_islands(graph: Graph) -> tuple[Graph, QdqReport]:
+    if not any(n.op_type in _DQ for n in graph.nodes):
+        return graph, QdqReport()
+    rw = _Rewriter(graph)
+    return rw.run(), rw.report
