@@ -10,7 +10,7 @@ from typing import TypeVar, cast
 from walle_core.ir.graph import Graph
 
 T = TypeVar("T")
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entrant: one rewrite may call another on the same graph
 
 
 def once_per_graph(graph: Graph, attr: str, compute: Callable[[Graph], T]) -> T:
