@@ -86,17 +86,14 @@ def prepare(ops: Sequence[A.Op], primary: Backend, keep: set[int]) -> list[A.Op]
     return merge_rasters(eliminate_copies(expand_composites(ops, primary), keep), keep)
 
 
-def build_stage(
-    ops: Sequence[A.Op],
-    backends: Sequence[Backend],
-    keep: set[int],
-    threads: int | None,
-    chooser: Chooser | None = None,
-) -> Stage:
-    """``keep``: ids that must reach the host table (graph outputs, guards, later stages).
-    ``chooser`` prepares the ops and picks (backend, algorithm) per op: the search, or the fixed
-    preference."""
-    assigned = (chooser or fixed_preference(backends))(ops, keep)
+# one program of a stage: its backend, its ops, what it reads from outside, what it hands out
+ProgramGroup = tuple[Backend, list[tuple[A.Op, Algorithm]], list[A.Tensor], list[A.Tensor]]
+
+
+def program_groups(assigned: Sequence[tuple[A.Op, Backend, Algorithm]],
+                   keep: set[int]) -> list[ProgramGroup]:
+    """Each run of consecutive ops on one backend as one program: its backend, its ops, the
+    tensors it reads from outside, and the outputs the host (``keep``) or a later program reads."""
     groups: list[tuple[Backend, list[tuple[A.Op, Algorithm]]]] = []
     for op, backend, algo in assigned:
         if groups and groups[-1][0] is backend:
@@ -108,8 +105,7 @@ def build_stage(
         for op, _algo in items:
             for t in op.inputs:
                 consumers.setdefault(t.id, set()).add(gi)
-    steps: list[Step] = []
-    peak = 0
+    out: list[ProgramGroup] = []
     for gi, (backend, items) in enumerate(groups):
         produced = {t.id: t for op, _ in items for t in op.outputs}
         ins: dict[int, A.Tensor] = {}
@@ -117,21 +113,38 @@ def build_stage(
             for t in op.inputs:
                 if t.value is None and t.id not in produced:
                     ins.setdefault(t.id, t)
-        outs = [
-            t for tid, t in produced.items()
-            if tid in keep or any(c != gi for c in consumers.get(tid, ()))
-        ]
+        outs = [t for tid, t in produced.items()
+                if tid in keep or any(c != gi for c in consumers.get(tid, ()))]
+        out.append((backend, items, list(ins.values()), outs))
+    return out
+
+
+def build_stage(
+    ops: Sequence[A.Op],
+    backends: Sequence[Backend],
+    keep: set[int],
+    threads: int | None,
+    chooser: Chooser | None = None,
+) -> Stage:
+    """``keep``: ids that must reach the host table (graph outputs, guards, later stages).
+    ``chooser`` prepares the ops and picks (backend, algorithm) per op: the search, or the fixed
+    preference."""
+    assigned = (chooser or fixed_preference(backends))(ops, keep)
+    steps: list[Step] = []
+    peak = 0
+    for backend, items, ins, outs in program_groups(assigned, keep):
+        in_ids = [t.id for t in ins]
         # the backend-neutral rewrites the backend opted into, before its memory is planned
         rewritten = rewrite.apply(items, {t.id for t in outs}, backend.rewrites)
-        arena = plan_arena([op for op, _ in rewritten], set(ins) | {t.id for t in outs})
-        program = Program(rewritten, list(ins.values()), outs, arena.offsets, arena.arena_bytes)
+        arena = plan_arena([op for op, _ in rewritten], set(in_ids) | {t.id for t in outs})
+        program = Program(rewritten, ins, outs, arena.offsets, arena.arena_bytes)
         try:
             exe = backend.compile(program, threads=threads)
         except WalleError:
             raise
         except Exception as exc:  # a backend bug must cost a fallback, not the whole model
             raise CompileFailed(backend.name, exc) from exc
-        steps.append(Step(backend.name, exe, list(ins), [t.id for t in outs], len(items),
+        steps.append(Step(backend.name, exe, in_ids, [t.id for t in outs], len(items),
                           arena.arena_bytes))
         peak = max(peak, arena.arena_bytes)
     return Stage(steps, peak, len(assigned))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend, Program
+from walle_core.plan.planner import program_groups
 from walle_core.search.calibrate import Calibration, chain_followers
 
 
@@ -128,21 +129,8 @@ def added_cost(assignment: Sequence[tuple[A.Op, Backend, Algorithm]], keep: set[
     """Seconds of the ops each program's backend adds when it compiles the program
     (:meth:`~walle_core.backend.Backend.added_ops`: layout changes between its kernels), at
     their buckets' rates: the planner's programs, with the inputs and outputs it gives them."""
-    where = [b.name for _, b, _ in assignment]
-    runs = programs_of(where)
-    group = [g for g, (s, e) in enumerate(runs) for _ in range(s, e)]
-    read_by: dict[int, set[int]] = {}
-    for i, (op, _, _) in enumerate(assignment):
-        for t in op.inputs:
-            read_by.setdefault(t.id, set()).add(group[i])
     total = 0.0
-    for g, (s, e) in enumerate(runs):
-        backend = assignment[s][1]
-        picks = [(op, algo) for op, _, algo in assignment[s:e]]
-        made = {t.id: t for op, _ in picks for t in op.outputs}
-        inputs = list({t.id: t for op, _ in picks for t in op.inputs
-                       if t.value is None and t.id not in made}.values())
-        outputs = [t for tid, t in made.items() if tid in keep or read_by.get(tid, set()) - {g}]
+    for backend, picks, inputs, outputs in program_groups(assignment, keep):
         try:
             extra = backend.added_ops(Program(picks, inputs, outputs))
         except Exception:  # a backend that cannot lower this program prices nothing extra
