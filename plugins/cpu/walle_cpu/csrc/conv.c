@@ -119,6 +119,8 @@ int wl_conv(const wl_op *op, const wl_exec *ex) {
     const float *x = (const float *)wl_in(op, ex, 0);
     const float *res = wl_in_opt(op, ex, cp->residual);
     float *y = (float *)wl_out(op, ex);
+    if (op->algo == C_WINOGRAD_NCHWC) /* winograd_blocked.c */
+        return wl_conv_winograd_blocked(op, ex, x, res, y);
     if (op->algo == C_NCHWC) /* weights and bias packed by the compiler (aux, aux2) */
         return cp->groups > 1 ? wl_depthwise_blocked(op, ex, x, res, y)
                               : wl_conv_blocked(op, ex, x, res, y);

@@ -38,7 +38,7 @@ enum wl_binary_fn {
 enum wl_reduce_fn { R_SUM = 0, R_PROD, R_MAX, R_MIN, R_ARGMAX, R_ARGMIN, R_CUMSUM, R_CUMPROD };
 enum wl_pool_fn { P_MAX = 0, P_AVG, P_LP };
 enum wl_scatter_reduction { S_NONE = 0, S_ADD, S_MUL, S_MAX, S_MIN };
-enum wl_conv_algo { C_IM2COL = 0, C_1X1, C_DEPTHWISE, C_WINOGRAD, C_NCHWC };
+enum wl_conv_algo { C_IM2COL = 0, C_1X1, C_DEPTHWISE, C_WINOGRAD, C_NCHWC, C_WINOGRAD_NCHWC };
 
 #define WL_MAX_DIMS 8
 #define WL_MAX_OPERANDS 5
