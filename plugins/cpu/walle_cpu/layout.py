@@ -29,6 +29,8 @@ from walle_cpu.blocked_raster import blocked_regions
 BLK = 16
 PLAIN_INPUT_MAX = 4  # a conv reads a plain input this narrow directly (the RGB stem)
 NCHWC = "nchwc"
+WINOGRAD_NCHWC = "winograd-nchwc"  # F(4x4, 3x3) on blocked tensors (ops/conv.py)
+BLOCKED_CONVS = frozenset({NCHWC, WINOGRAD_NCHWC})  # conv algorithms that run blocked
 _DIRECT = Algorithm("direct")
 _BLOCKED = Algorithm(NCHWC)
 LAYOUT = Algorithm("layout")  # the Raster ops that change layout (a label for profiles)
@@ -220,7 +222,7 @@ class _Rewriter:
         """Whether ``t`` reaches a blocked conv through readers that keep it blocked (pools,
         block-moving rasters, element-wise ops): only then does changing its layout once pay."""
         for op, algo in self.readers.get(t.id, ()):
-            if isinstance(op, A.Conv2D) and algo.name == NCHWC and op.inputs[1] is not t:
+            if isinstance(op, A.Conv2D) and algo.name in BLOCKED_CONVS and op.inputs[1] is not t:
                 return True
             through = _pools_blocked(op) or (
                 (type(op) in (A.Raster, A.Unary, A.Binary, A.Select) or _is_chain(op))
@@ -384,7 +386,7 @@ class _Rewriter:
             for t in op.inputs:
                 self.readers.setdefault(t.id, []).append((op, algo))
         for op, algo in items:
-            if isinstance(op, A.Conv2D) and algo.name == NCHWC:
+            if isinstance(op, A.Conv2D) and algo.name in BLOCKED_CONVS:
                 if self.pays(op):
                     self.conv(op, algo)
                     continue
