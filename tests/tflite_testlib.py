@@ -131,6 +131,22 @@ class ModelBuilder:
         self.operators.append(op)
         return outs
 
+    def custom(self, code: str, inputs: Sequence[int], options: bytes,
+               out_shapes: Sequence[Sequence[int]], out_dtype: Any = np.float32) -> list[int]:
+        """Add custom op ``code`` (e.g. ``"TFLite_Detection_PostProcess"``) with raw custom
+        options (a flexbuffer for TFLite's own custom ops)."""
+        S = self.S
+        key = (S.BuiltinOperator.CUSTOM, code)
+        if key not in self.codes:
+            self.codes.append(key)
+        op = S.OperatorT()
+        op.opcodeIndex = self.codes.index(key)
+        op.inputs = list(inputs)
+        op.outputs = [self.tensor(shape, out_dtype) for shape in out_shapes]
+        op.customOptions = list(options)
+        self.operators.append(op)
+        return list(op.outputs)
+
     def output(self, *tensors: int) -> None:
         self.outputs.extend(tensors)
 
@@ -158,6 +174,8 @@ class ModelBuilder:
             oc = S.OperatorCodeT()
             oc.builtinCode, oc.deprecatedBuiltinCode = code, min(code, 127)
             oc.version = VERSIONS.get(name, 1)
+            if code == S.BuiltinOperator.CUSTOM:
+                oc.customCode = name
             codes.append(oc)
         model.operatorCodes, model.subgraphs, model.buffers = codes, subs, self.buffers
         def tmap(pairs: list[tuple[str, int]]) -> list[Any]:

@@ -4,7 +4,14 @@ outputs after the signature, and runs every operator's mapper."""
 from __future__ import annotations
 
 from walle_core.errors import ModelLoadError
-from walle_core.frontend.tflite import ops_control, ops_elementwise, ops_nn, ops_rnn, ops_shape  # noqa: F401  (register mappers)
+from walle_core.frontend.tflite import (  # noqa: F401  (register mappers)
+    ops_control,
+    ops_detection,
+    ops_elementwise,
+    ops_nn,
+    ops_rnn,
+    ops_shape,
+)
 from walle_core.frontend.tflite.context import run_operators
 from walle_core.frontend.tflite.convert import NATIVE, OPSET, Emitter, tensor_type
 from walle_core.frontend.tflite.reader import TflModel, TflSignature, TflSubgraph
