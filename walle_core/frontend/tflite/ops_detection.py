@@ -7,12 +7,13 @@
   boxes ``(yc - half_h, xc - half_w, yc + half_h, xc + half_w)``, in TFLite's order of float ops;
 * per anchor its ``K = min(max_classes_per_detection, classes)`` best classes (``TopK``), the
   background column skipped; the anchor's score is its best class's;
-* the fast (class-agnostic) greedy NMS as an ONNX ``Loop`` over the candidates in decreasing score
-  (a stable ``TopK``: ties keep the lower anchor first, as TFLite's stable sort does) whose score
-  is ``>= nms_score_threshold``: a candidate not yet suppressed is selected and suppresses every
-  box whose IoU with it exceeds ``nms_iou_threshold`` (IoU 0 where either area is <= 0). The loop
-  stops after ``max_detections`` selections, so it runs once per candidate it visits, not per
-  anchor, and never builds the N x N IoU matrix;
+* the fast (class-agnostic) greedy NMS over the candidates in decreasing score (a stable
+  ``TopK``: ties keep the lower anchor first, as TFLite's stable sort does) whose score is
+  ``>= nms_score_threshold``: the first candidate not yet selected or suppressed is selected and
+  suppresses every box whose IoU with it exceeds ``nms_iou_threshold`` (IoU 0 where either area
+  is <= 0). An ONNX ``Loop`` runs one iteration per selected box (the first open candidate is an
+  ``ArgMax``), at most ``max_detections``, so suppressed candidates cost no iteration and the
+  N x N IoU matrix is never built;
 * outputs: ``max_classes_per_detection`` slots per selected box, its K best classes in the
   first K: ``[1, M*max_classes_per_detection, 4]`` boxes, ``[1, M*max_classes_per_detection]``
   classes (float, background excluded) and scores, ``[1]`` the number of selected boxes. Slots
@@ -141,7 +142,11 @@ def detection_postprocess(c: OpContext) -> None:
     scores = one("Reshape", [c.x(1), ints([n, with_bg])])
     if offset:
         scores = one("Slice", [scores, ints([offset]), ints([with_bg]), ints([1])])
-    top_v, top_i = c.node("TopK", [scores, ints([k])], 2, axis=1, largest=1, sorted=1)  # (N, K)
+    if k == 1:  # a max and its index, without sorting every anchor's classes
+        top_v = one("ReduceMax", [scores, ints([1])], keepdims=1)
+        top_i = one("ArgMax", [scores], axis=1, keepdims=1)
+    else:
+        top_v, top_i = c.node("TopK", [scores, ints([k])], 2, axis=1, largest=1, sorted=1)  # (N, K)
     best = col(top_v, 0)
     sorted_s, order = c.node("TopK", [best, ints([n])], 2, axis=0, largest=1, sorted=1)
     valid = one("GreaterOrEqual", [sorted_s, c.scalar(score_thr)])
@@ -149,28 +154,33 @@ def detection_postprocess(c: OpContext) -> None:
     sorted_cols = [one("Gather", [v, order], axis=0) for v in corners]
     areas = one("Mul", [one("Sub", [sorted_cols[2], sorted_cols[0]]), one("Sub", [sorted_cols[3], sorted_cols[1]])])
 
-    # The greedy selection: Loop(i over the valid candidates; suppressed, selected, count).
+    # The greedy selection, one Loop iteration per selected box: the first candidate still open
+    # (valid, neither selected nor suppressed) is selected and closes every box it overlaps.
     body = _Body(c)
     i, cond_in = body.fresh("i"), body.fresh("cond")
-    supp, sel, cnt = body.fresh("suppressed"), body.fresh("selected"), body.fresh("count")
-    box = [body.one("Gather", [v, i], axis=0) for v in (*sorted_cols, areas)]
-    active = body.one("Not", [body.one("Gather", [supp, i], axis=0)])
+    open_, sel, cnt = body.fresh("open"), body.fresh("selected"), body.fresh("count")
+    first = body.one("ArgMax", [body.one("Cast", [open_], to=6)], axis=0, keepdims=0)  # sorted position
+    box = [body.one("Gather", [v, first], axis=0) for v in (*sorted_cols, areas)]
     iou = _iou_row(body, box, sorted_cols, areas)
-    overlap = body.one("And", [active, body.one("Greater", [iou, body.const(iou_thr, _F32)])])
-    slot = body.one("And", [active, body.one("Equal", [body.const(np.arange(m), np.int64), cnt])])
-    outs = [body.one("Less", [body.one("Add", [cnt, body.one("Cast", [active], to=7)]), body.const(m, np.int64)]),
-            body.one("Or", [supp, overlap]), body.one("Where", [slot, i, sel]),
-            body.one("Add", [cnt, body.one("Cast", [active], to=7)])]
+    closed = body.one("Or", [body.one("Greater", [iou, body.const(iou_thr, _F32)]),
+                             body.one("Equal", [body.const(np.arange(n), np.int64), first])])
+    still = body.one("And", [open_, body.one("Not", [closed])])
+    count = body.one("Add", [i, body.const(1, np.int64)])
+    more = body.one("Greater", [body.one("ReduceMax", [body.one("Cast", [still], to=6)], keepdims=0),
+                                body.const(0, np.int32)])
+    outs = [body.one("And", [more, body.one("Less", [count, body.const(m, np.int64)])]), still,
+            body.one("Where", [body.one("Equal", [body.const(np.arange(m), np.int64), i]), first, sel]), count]
     final = [body.one("Identity", [o]) for o in outs]
     scalar_i64, scalar_b = TensorType(np.dtype(np.int64), ()), TensorType(np.dtype(np.bool_), ())
     state = [TensorType(np.dtype(np.bool_), (n,)), TensorType(np.dtype(np.int64), (m,)), scalar_i64]
     graph = Graph(body.nodes, [ValueInfo(i, scalar_i64), ValueInfo(cond_in, scalar_b),
-                               *(ValueInfo(v, t) for v, t in zip((supp, sel, cnt), state, strict=True))],
+                               *(ValueInfo(v, t) for v, t in zip((open_, sel, cnt), state, strict=True))],
                   [ValueInfo(o, t) for o, t in zip(final, [scalar_b, *state], strict=True)],
                   body.inits, OPSET, c.hint + ":nms")
-    init = [c.em.init(np.zeros(n, np.bool_), c.hint + ":suppressed0"),
-            c.em.init(np.zeros(m, np.int64), c.hint + ":selected0"), c.em.init(np.asarray(0, np.int64), c.hint + ":count0")]
-    _, picked, count = c.node("Loop", [n_valid, c.em.init(np.asarray(True), c.hint + ":go"), *init], 3, body=graph)
+    init = [valid, c.em.init(np.zeros(m, np.int64), c.hint + ":selected0"),
+            c.em.init(np.asarray(0, np.int64), c.hint + ":count0")]
+    go = one("Greater", [n_valid, c.em.init(np.asarray(0, np.int64), c.hint + ":none")])
+    _, picked, count = c.node("Loop", [c.em.init(np.asarray(m, np.int64), c.hint + ":max"), go, *init], 3, body=graph)
 
     anchor_of = one("Gather", [order, picked], axis=0)  # (M,) anchors of the selected boxes
     live = one("Less", [c.em.init(np.arange(m, dtype=np.int64), c.hint + ":rows"), count])  # (M,)
