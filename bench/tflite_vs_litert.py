@@ -15,6 +15,12 @@ the comparison with the median ratio: on a shared machine one comparison's ratio
 when the load changes under it. ``--cpu-time`` times each run by the process's CPU time (all
 threads) instead of the wall clock, same interleaving: what each engine computes, which other
 jobs on the machine do not inflate (idle threads that spin count as work).
+After the timing tables, an accuracy table: for every output of every model, Walle's
+max |difference| from LiteRT relative to the output's scale (max |LiteRT|), next to LiteRT's own
+spread (same relative measure) between its kernel sets (XNNPACK, builtin, reference) and how far
+LiteRT's output moves when each float input is nudged by about one float32 ulp. Where the two are alike, a difference is the model's
+conditioning, not an error (pose_landmark_full's segmentation logits, |x| ~ 1400, move by ~1
+under a 1-ulp input change; see docs/tflite.md). ``--no-accuracy`` leaves it out.
 (Not named ``tflite.py``: run as a script, that name would shadow the ``tflite`` package.)
 """
 
@@ -65,6 +71,44 @@ def cpu_time_compare(name: str, path: Path, feeds: dict[str, Any], threads: int,
     return res
 
 
+def accuracy_rows(name: str, path: Path, feeds: dict[str, Any], threads: int, backend: str,
+                  nudges: int = 3) -> list[str]:
+    """Per output: Walle's max |diff| from LiteRT / max |LiteRT|, the spread between LiteRT's
+    kernel sets, and LiteRT's own change under ~1-ulp relative input nudges (the largest over
+    ``nudges`` draws), same measure."""
+    import numpy as np
+
+    import walle_core
+    from walle_bench.compare import litert_runner, walle_runner
+
+    outputs = walle_core.load(path, backend="reference").output_names
+    ref = [np.asarray(v, np.float64) for v in litert_runner(path, feeds, threads, outputs)()]
+    got = [np.asarray(v, np.float64) for v in walle_runner(path, feeds, threads, backend)()]
+    rng = np.random.default_rng(1)
+    moved = [0.0] * len(outputs)
+    floats = {k: v for k, v in feeds.items() if np.asarray(v).dtype.kind == "f"}
+    for _ in range(nudges if floats else 0):
+        eps = np.finfo(np.float32).eps
+        nudged = {k: (v * (1 + rng.uniform(-eps, eps, v.shape))).astype(v.dtype) if k in floats else v
+                  for k, v in feeds.items()}
+        again = litert_runner(path, nudged, threads, outputs)()
+        for j, (a, r) in enumerate(zip(again, ref, strict=True)):
+            moved[j] = max(moved[j], float(np.max(np.abs(np.asarray(a, np.float64) - r), initial=0.0)))
+    from tflite_testlib import interpreter, litert_kernel_spread
+
+    data = path.read_bytes()
+    order = [d["name"] for d in interpreter(data).get_input_details()]
+    spread = litert_kernel_spread(data, [feeds[k] for k in order] if set(order) == set(feeds) else list(feeds.values()))
+    rows = []
+    for j, (n, g, r) in enumerate(zip(outputs, got, ref, strict=True)):
+        scale = max(float(np.max(np.abs(r), initial=0.0)), 1e-30)
+        diff = float(np.max(np.abs(g - r), initial=0.0)) if g.shape == r.shape else float("nan")
+        sens = f"{moved[j] / scale:>12.1e}" if floats else f"{'-':>12}"
+        rows.append(f"{name[:28]:<28} {n[:22]:<22} {scale:>9.3g} {diff:>10.2e} {diff / scale:>10.1e}"
+                    f"{spread[j]:>15.1e}{sens}")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -74,6 +118,7 @@ def main() -> None:
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--repeat", type=int, default=1, help="comparisons per model; the median ratio's is kept")
     ap.add_argument("--cpu-time", action="store_true", help="time by process CPU time, not the wall clock")
+    ap.add_argument("--no-accuracy", action="store_true", help="leave out the per-output accuracy table")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))  # a repository script: the TFLite test helpers
     from tflite_testlib import builtin_transpose_conv, fold_fp16_weights, mediapipe_models, quantize
@@ -104,13 +149,14 @@ def main() -> None:
                 q.write_bytes(quantize(fold_fp16_weights(path.read_bytes()), samples=4))
             jobs.append((f"{name} (int8)", q))
     results = []
+    feeds_of = {name: random_feeds(path) for name, path in jobs}
     for name, path in jobs:
         tries = []
         for _ in range(max(1, args.repeat)):
             if args.cpu_time:
-                r = cpu_time_compare(name, path, random_feeds(path), args.threads, args.runs, args.backend)
+                r = cpu_time_compare(name, path, feeds_of[name], args.threads, args.runs, args.backend)
             else:
-                r = compare(name, path, random_feeds(path), threads=args.threads, runs=args.runs,
+                r = compare(name, path, feeds_of[name], threads=args.threads, runs=args.runs,
                             peers=("litert",), backend=args.backend)
             tries.append(r)
             print(f"  {name}: walle {r.walle_ms:.2f} ms, litert {r.peers.get('litert', float('nan')):.2f} ms",
@@ -122,6 +168,12 @@ def main() -> None:
         if group:
             print()
             print("\n".join(table_rows(group, ["litert"])))
+    if not args.no_accuracy:
+        print()
+        print(f"{'model':<28} {'output':<22} {'max|ref|':>9} {'max|diff|':>10} {'rel diff':>10}"
+              f"{'litert kernels':>15}{'litert 1ulp':>12}")
+        for name, path in jobs:
+            print("\n".join(accuracy_rows(name, path, feeds_of[name], args.threads, args.backend)), flush=True)
 
 if __name__ == "__main__":
     main()

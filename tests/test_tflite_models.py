@@ -28,6 +28,7 @@ from tflite_testlib import (
     buffers_after_flatbuffer,
     builtin_transpose_conv,
     fold_fp16_weights,
+    litert_kernel_spread,
     litert_run,
     mediapipe_models,
     quantize,
@@ -48,7 +49,10 @@ FLOAT_MODELS = [
 ]
 INT8_MODELS = ["face_detection_short_range", "face_landmark", "hand_landmark_lite", "iris_landmark",
                "palm_detection_lite"]
-FLOAT_TOL = 3e-4  # pose_landmark_full's segmentation logits (|x| ~ 400) differ by 2e-4 of their scale
+# Float: 3e-4 of each output's scale, or 3x the spread between LiteRT's own kernel sets where
+# the output is that sensitive to rounding: pose_landmark_full's segmentation logits (|x| ~ 1400)
+# move by ~1 (7e-4) between LiteRT's XNNPACK and builtin kernels, and under a 1-ulp input change.
+FLOAT_TOL = 3e-4
 # Transposes the importer leaves in each model: the input's NHWC -> NCHW and, for detector
 # heads, one before each reshape of a conv output into (anchors, values).
 TRANSPOSES = {"face_landmark": 1, "iris_landmark": 1, "hand_landmark_lite": 1, "hand_recrop": 1,
@@ -90,8 +94,9 @@ def test_mediapipe_float_model_matches_litert(zoo: Path, name: str, backend: str
     feeds = random_feeds(path.read_bytes())
     ref = litert_run(path.read_bytes(), feeds)
     got = run_walle(path, feeds, backend=backend_or_skip(backend))
-    for g, r in zip(got, ref, strict=True):
-        assert rel_error(g, r) <= FLOAT_TOL
+    spread = litert_kernel_spread(path.read_bytes(), feeds)
+    for g, r, s in zip(got, ref, spread, strict=True):
+        assert rel_error(g, r) <= max(FLOAT_TOL, 3 * s), (rel_error(g, r), s)
 
 
 @pytest.mark.slow

@@ -237,6 +237,22 @@ def litert_run(model: bytes, feeds: Sequence[np.ndarray], threads: int = 1) -> l
     return [it.get_tensor(d["index"]) for d in it.get_output_details()]
 
 
+def litert_kernel_spread(model: bytes, feeds: Sequence[np.ndarray]) -> list[float]:
+    """Per output, the largest max |difference| between LiteRT's kernel sets (XNNPACK, builtin,
+    reference) relative to the output's scale: how much float rounding alone moves it."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    results = []
+    for kind in (OpResolverType.AUTO, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, OpResolverType.BUILTIN_REF):
+        it = Interpreter(model_content=model, experimental_op_resolver_type=kind)
+        it.allocate_tensors()
+        for d, f in zip(it.get_input_details(), feeds, strict=True):
+            it.set_tensor(d["index"], f)
+        it.invoke()
+        results.append([it.get_tensor(d["index"]).astype(np.float64) for d in it.get_output_details()])
+    return [max(rel_error(a[k], b[k]) for a in results for b in results) for k in range(len(results[0]))]
+
+
 def random_feeds(model: bytes, seed: int = 0, lo: float = -1.0, hi: float = 1.0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = []
