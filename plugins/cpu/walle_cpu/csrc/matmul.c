@@ -18,6 +18,47 @@ typedef struct {
     int failed;
 } mm_ctx;
 
+/* Few rows (a transformer's tokens, a batch-1 linear layer's handful): each panel of B is
+ * used by only m rows, so B streams from L3 or memory and its traffic sets the time (minilm's
+ * 24 x 1536 x 384: 2.4 MB of B for 14 M FMAs). wl_gemm shares such a product among threads by
+ * row tiles and panels alike, and two threads on the same panel each read it. Split by columns
+ * only instead: every thread owns whole panels and reads each once, its rows reusing it from
+ * cache. Worth it while B outweighs A (m < k would do; the row bound keeps A's per-task re-read
+ * small) and there are panels enough to share. */
+#define COL_SPLIT_MAX_ROWS 256
+#define COL_TASKS_PER_THREAD 3 /* column tasks per thread, for balance */
+
+static int split_columns(int64_t m, int64_t n, int64_t k, int nthreads) {
+    int64_t panels = (n + wl_active->nr - 1) / wl_active->nr;
+    return m <= COL_SPLIT_MAX_ROWS && m < 2 * k && panels >= 2 * nthreads && m * n * k >= 65536;
+}
+
+typedef struct {
+    int64_t m, n, k, lda, chunk; /* chunk: panels per task */
+    const float *a, *bp, *bias, *res;
+    float *y;
+    int bmode, act;
+    const double *prm;
+} cols_ctx;
+
+static void cols_task(void *vp, int64_t t) {
+    const cols_ctx *c = vp;
+    const int64_t nr = wl_active->nr, j0 = t * c->chunk * nr;
+    int64_t nc = c->n - j0 < c->chunk * nr ? c->n - j0 : c->chunk * nr;
+    wl_gemm(c->m, nc, c->k, c->a, c->lda, c->bp + j0 * c->k, c->y + j0, c->n,
+            c->bias ? c->bias + j0 : NULL, c->bmode, c->res ? c->res + j0 : NULL, c->act, c->prm, 1);
+}
+
+static void gemm_cols(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                      const float *bp, float *y, const float *bias, int bmode, const float *res,
+                      int act, const double *prm, int nthreads) {
+    const int64_t panels = (n + wl_active->nr - 1) / wl_active->nr;
+    int64_t tasks = (int64_t)nthreads * COL_TASKS_PER_THREAD;
+    if (tasks > panels) tasks = panels;
+    cols_ctx c = {m, n, k, lda, (panels + tasks - 1) / tasks, a, bp, bias, res, y, bmode, act, prm};
+    wl_parallel_for((panels + c.chunk - 1) / c.chunk, cols_task, &c, nthreads);
+}
+
 static void mm_batch(void *vp, int64_t bi) {
     mm_ctx *c = vp;
     const wl_matmul_params *p = &c->op->matmul;
@@ -49,8 +90,13 @@ static void mm_batch(void *vp, int64_t bi) {
     }
     int bmode = !c->bias ? BIAS_NONE : (p->bias_full ? BIAS_FULL : BIAS_COL);
     int act = p->act.fn == U_GELU ? U_IDENTITY : (int)p->act.fn;
-    wl_gemm(m, n, k, a, lda, bp, c->y + bi * m * n, n, c->bias, bmode,
-            c->res ? c->res + bi * m * n : NULL, act, p->act.prm, c->threads_inner);
+    const float *res = c->res ? c->res + bi * m * n : NULL;
+    float *y = c->y + bi * m * n;
+    if (c->threads_inner > 1 && bmode != BIAS_FULL && split_columns(m, n, k, c->threads_inner)) {
+        gemm_cols(m, n, k, a, lda, bp, y, c->bias, bmode, res, act, p->act.prm, c->threads_inner);
+        return;
+    }
+    wl_gemm(m, n, k, a, lda, bp, y, n, c->bias, bmode, res, act, p->act.prm, c->threads_inner);
 }
 
 #define GELU_CHUNK 4096 /* floats per task of the GELU pass */
