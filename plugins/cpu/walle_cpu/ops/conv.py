@@ -18,7 +18,13 @@ from walle_cpu.ops.kernel import Binder, OpKernel, set_act
 
 # algorithm name -> its enum wl_conv_algo constant
 _CODES = {"im2col+gemm": "C_IM2COL", "1x1-gemm": "C_1X1", "depthwise-direct": "C_DEPTHWISE",
-          "winograd-f23": "C_WINOGRAD", layout.NCHWC: "C_NCHWC"}
+          "winograd-f23": "C_WINOGRAD", layout.NCHWC: "C_NCHWC",
+          layout.WINOGRAD_NCHWC: "C_WINOGRAD_NCHWC"}
+
+# Winograd F(4x4, 3x3), points 0, 1, -1, 2, -2 and infinity: Y = A^T [(G g G^T) * (B^T d B)] A.
+# The cpu kernels apply B^T and A^T (isa/winograd.inc); G is applied here, once, to the weights.
+_WINO_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                    [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
 
 
 def _supported(op: A.Op) -> bool:
@@ -41,7 +47,18 @@ def conv_algorithms(op: A.Conv2D) -> list[str]:
         algos.append("winograd-f23")
     if layout.offers_blocked(op):
         algos.append(layout.NCHWC)
+        if winograd_blocked_fits(op):
+            algos.append(layout.WINOGRAD_NCHWC)
     return algos
+
+
+def winograd_blocked_fits(op: A.Conv2D) -> bool:
+    """3x3, stride 1, dilation 1, one group, constant weights (``offers_blocked``), and an
+    input wide enough to be blocked (a narrow stem input stays plain: the direct kernel)."""
+    w = op.inputs[1].shape
+    channels = w[1]  # (a blocked conv's input is 5-D: its weights give the channels)
+    return (w[2], w[3]) == (3, 3) and op.strides == (1, 1) and op.dilations == (1, 1) \
+        and op.groups == 1 and channels > layout.PLAIN_INPUT_MAX
 
 
 def plain_algorithm(op: A.Conv2D) -> Algorithm:
@@ -96,12 +113,44 @@ def _blocked_cost(op: A.Op) -> Cost:
     return Cost(op.flops() * padded, layout.blocked_cost_bytes(op), 1, eff)
 
 
+# Winograd on the blocked layout, in flops of the blocked direct conv's rate (the planner picks
+# a backend's algorithm by flops / efficiency alone, so the traffic that decides where it pays
+# is priced here as flop-equivalents). Fitted to same-run timings against the direct conv
+# (AVX-512, 2 threads; docs/performance.md, "Winograd on the blocked layout"):
+WINO_TRANSFORM = 24.0  # per point of a 6x6 tile and channel (input and output), both transforms
+WINO_WEIGHT = 20.0  # per transformed weight read from beyond the L2 cache, once per strip of tiles
+WINO_WEIGHT_CACHED = 4 << 20  # transformed weights under this many bytes stay (partly) cached
+WINO_STRIP_BYTES = 1536 * 1024  # a strip's transformed tiles and sums (winograd_blocked.c)
+
+
+def _winograd_blocked_cost(op: A.Op) -> Cost:
+    assert isinstance(op, A.Conv2D)
+    # Products: 36 points per 4x4 output tile (tiles cover the map rounded up to 4) over the
+    # real input channels and whole output blocks, on the direct conv's micro-kernel. The
+    # transforms are vector adds over tiles that pass through the L2 cache. The transformed
+    # weights (4x the direct conv's) are read once per strip of tiles: with few tiles (a 7x7
+    # map) their traffic outweighs the products saved, and the direct conv wins.
+    n, c, _h, _w = op.inputs[0].shape
+    _, o, oh, ow = op.out.shape
+    tiles = n * -(-oh // 4) * -(-ow // 4)
+    cp, opad = layout.blocks(c) * layout.BLK, layout.blocks(o) * layout.BLK
+    per_tile = 36 * 4 * (cp + opad)
+    strips = -(-tiles // min(max(WINO_STRIP_BYTES // per_tile, 24), tiles))
+    weights = 36 * cp * opad
+    cached = min(1.0, 4 * weights / WINO_WEIGHT_CACHED)
+    flops = (2.0 * 36 * tiles * c * opad + WINO_TRANSFORM * 36 * tiles * (cp + opad)
+             + WINO_WEIGHT * cached * weights * strips)
+    nbytes = layout.blocked_cost_bytes(op) + 2 * per_tile * tiles + 4 * weights * strips
+    return Cost(flops, nbytes, 1, 0.95)
+
+
 _COSTS = {
     "im2col+gemm": _im2col_cost,
     "1x1-gemm": _one_by_one_cost,
     "depthwise-direct": _depthwise_cost,
     "winograd-f23": _winograd_cost,
     layout.NCHWC: _blocked_cost,
+    layout.WINOGRAD_NCHWC: _winograd_blocked_cost,
 }
 
 
@@ -150,13 +199,26 @@ def _winograd_weights(w: np.ndarray, o: int, c: int) -> np.ndarray:
     return u
 
 
+def _winograd_blocked_weights(w: Any, fb: int) -> np.ndarray:
+    """(O, C, 3, 3) -> per point of the 6x6 transformed tile, G g G^T packed as a blocked 1x1
+    conv's weights (``layout.pack_weights``): the Winograd kernel's products are such convs."""
+    g = np.asarray(w, dtype=np.float64)
+    u = np.einsum("ik,ockl,jl->ijoc", _WINO_G, g, _WINO_G).astype(np.float32)  # (6, 6, O, C)
+    o, c = g.shape[0], g.shape[1]
+    return np.concatenate([layout.pack_weights(u[i, j].reshape(o, c, 1, 1), fb, plain_input=False)
+                           for i in range(6) for j in range(6)])
+
+
 def _encode(d: Any, op: A.Op, algo: Algorithm, b: Binder) -> None:
     assert isinstance(op, A.Conv2D)
     d.kind = LIB.WL_CONV
     if isinstance(op, layout.BlockedConv):
-        d.algo = getattr(LIB, _CODES[layout.NCHWC])
+        wino = algo.name == layout.WINOGRAD_NCHWC and op.blocked_input and winograd_blocked_fits(op)
+        d.algo = getattr(LIB, _CODES[layout.WINOGRAD_NCHWC if wino else layout.NCHWC])
         b.bind(d, op)
         _encode_blocked(d, op, b)
+        if wino:
+            d.aux = b.aux(_winograd_blocked_weights(op.inputs[1].value, d.conv.filter_blocks))
         return
     name = algo.name if algo.name in conv_algorithms(op) else "im2col+gemm"
     d.algo = getattr(LIB, _CODES[name])
