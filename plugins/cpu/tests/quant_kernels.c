@@ -245,6 +245,18 @@ int main(int argc, char **argv) {
         test_conv(c, 1, 64, 9, 11, 48, 1, 1, 0, 1, 1);
         test_conv(c, 1, 32, 8, 8, 40, 3, 1, 1, 1, 2);
         test_conv(c, 1, 24, 13, 13, 70, 3, 2, 1, 1, 1);
+        /* small maps (the AVX-512 VBMI im2col by byte permutes): stride 2, an unpadded input
+         * whose last windows end at its last byte, dilation, 2x2 and 5x5 kernels, grouped */
+        test_conv(c, 1, 16, 6, 6, 24, 3, 2, 1, 1, 1);
+        test_conv(c, 2, 10, 5, 5, 10, 3, 1, 0, 1, 1);
+        test_conv(c, 1, 24, 4, 4, 24, 3, 1, 2, 2, 3);
+        test_conv(c, 1, 6, 7, 7, 9, 2, 1, 0, 1, 3);
+        test_conv(c, 1, 8, 4, 4, 8, 5, 1, 2, 1, 2);
+        test_conv(c, 1, 184, 3, 3, 184, 3, 1, 1, 1, 23);
+        /* 1x1 packed by one byte permute per 4 channels: depth not a multiple of 4, columns
+         * over one chunk with a partial last panel, grouped */
+        test_conv(c, 1, 7, 9, 10, 20, 1, 1, 0, 1, 1);
+        test_conv(c, 2, 12, 5, 5, 9, 1, 1, 0, 1, 3);
         test_matmul(c, 50, 128, 33);
         test_matmul_dyn(c, 2, 20, 128, 18, 1);
     }

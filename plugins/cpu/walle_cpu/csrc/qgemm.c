@@ -17,6 +17,14 @@
 #endif
 #endif
 
+#if defined(__x86_64__)
+#define TVBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi")))
+/* the first `need` bytes of 64 */
+TVBMI static inline __mmask64 dw_vbmi_mask(int64_t need) {
+    return need >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << need) - 1);
+}
+#endif
+
 #define PANEL 16      /* columns per packed panel */
 #define MAX_MR 8      /* weight rows per tile, at most */
 #define MAX_NP 2      /* panels per tile, at most */
@@ -782,6 +790,9 @@ typedef struct {
     int64_t chunks_per_plane; /* column chunks per (image, group) */
     int64_t row_splits;       /* tasks per chunk, each a share of the rows (few columns) */
     int failed;               /* a task found no scratch memory */
+    const struct pack_vbmi_plan *vbmi; /* small maps: pack_conv_vbmi's index vectors, or NULL */
+    const uint8_t *xend;      /* the end of x (the vbmi packing's loads stop there) */
+    int vbmi1x1;              /* a 1x1 stride-1 conv on the plane as it is: pack_1x1_vbmi */
 } conv_job;
 
 #if defined(__x86_64__)
@@ -886,6 +897,139 @@ static void pack_conv(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t 
     }
 }
 
+/* im2col by byte permutes where the map is small (AVX-512 VBMI): the 16 columns of a panel and
+ * all kernel taps of one channel read a window of at most 64 bytes of its plane, from the
+ * panel's first column on. A group of 4 depth indices spans at most two channels, so one
+ * vpermi2b over the two channels' windows writes the panel's 64 bytes for the group (16
+ * columns x 4 bytes) at once. Its index vector is the sum of the panel's column offsets (col,
+ * each repeated for the 4 bytes of a column) and the group's tap offsets (tap: the 4 taps, +64
+ * for the second channel, repeated for the 16 columns), which repeat every `period` groups. */
+#define PACK_VBMI_PANELS 64
+#define PACK_VBMI_PERIOD 64
+struct pack_vbmi_plan {
+    int64_t period; /* groups of 4 depth indices per repetition: khw / gcd(khw, 4) */
+    int64_t base[PACK_VBMI_PANELS];       /* per panel: its first column's offset in the plane */
+    uint64_t cmask[PACK_VBMI_PANELS];     /* per panel: the bytes of columns inside the map */
+    uint8_t col[PACK_VBMI_PANELS][64];
+    uint8_t tap[PACK_VBMI_PERIOD][64];
+};
+
+static int pack_vbmi_setup(const wl_qconv_params *s, const wl_qweights *q, int64_t wp,
+                           struct pack_vbmi_plan *pl) {
+#if defined(__x86_64__)
+    int64_t khw = s->kh * s->kw, P = s->oh * s->ow;
+    if (!avx512_family(isa()) || !__builtin_cpu_supports("avx512vbmi") || q->x_packed_signed ||
+        khw < 3 || s->c / s->groups < 2)
+        return 0;
+    int64_t period = khw % 4 == 0 ? khw / 4 : khw % 2 == 0 ? khw / 2 : khw;
+    int64_t npan = (P + PANEL - 1) / PANEL;
+    if (npan > PACK_VBMI_PANELS || period > PACK_VBMI_PERIOD) return 0;
+    pl->period = period;
+    int64_t tmax = 0, dmax = 0;
+    for (int64_t ph = 0; ph < period; ph++)
+        for (int64_t e = 0; e < 4; e++) {
+            int64_t k = 4 * ph + e, crel = k / khw - 4 * ph / khw, t = k % khw;
+            int64_t off = (t / s->kw) * s->dilation_h * wp + (t % s->kw) * s->dilation_w;
+            tmax = off > tmax ? off : tmax;
+            for (int64_t l = 0; l < 16; l++) pl->tap[ph][4 * l + e] = (uint8_t)(off + 64 * crel);
+        }
+    for (int64_t pn = 0, oy = 0, ox = 0; pn < npan; pn++) {
+        int64_t base = oy * s->stride_h * wp + ox * s->stride_w;
+        pl->base[pn] = base;
+        pl->cmask[pn] = 0;
+        for (int64_t l = 0; l < 16; l++) {
+            int64_t d = 0;
+            if (16 * pn + l < P) {
+                d = oy * s->stride_h * wp + ox * s->stride_w - base;
+                pl->cmask[pn] |= (uint64_t)0xf << (4 * l);
+                if (++ox == s->ow) ox = 0, oy++;
+            }
+            dmax = d > dmax ? d : dmax;
+            for (int64_t e = 0; e < 4; e++) pl->col[pn][4 * l + e] = (uint8_t)d;
+        }
+    }
+    return dmax + tmax <= 63;
+#else
+    (void)s, (void)q, (void)wp, (void)pl;
+    return 0;
+#endif
+}
+
+#if defined(__x86_64__)
+TVBMI static inline __m512i load_upto(const uint8_t *p, const uint8_t *end) {
+    return end - p >= 64 ? _mm512_loadu_si512(p)
+                         : end > p ? _mm512_maskz_loadu_epi8(dw_vbmi_mask(end - p), p) : _mm512_setzero_si512();
+}
+
+/* pack_conv's result for the chunk's panels (columns p0 ..: whole panels) */
+TVBMI static void pack_conv_vbmi(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t npan,
+                                 uint8_t *b) {
+    const wl_qconv_params *s = j->s;
+    const wl_qweights *q = j->q;
+    const struct pack_vbmi_plan *pl = j->vbmi;
+    int64_t kp = q->kp, K = q->k, khw = s->kh * s->kw, hw = j->hp * j->wp, period = pl->period;
+    const __m512i fl = _mm512_set1_epi8((char)q->x_flip);
+    for (int64_t i = 0; i < npan; i++) {
+        int64_t pn = p0 / PANEL + i;
+        uint8_t *dst = b + i * kp * PANEL;
+        const uint8_t *src = xg + pl->base[pn];
+        const __m512i col = _mm512_loadu_si512(pl->col[pn]);
+        for (int64_t k4 = 0, ph = 0; k4 < kp / 4; k4++) {
+            __m512i v = _mm512_setzero_si512();
+            if (4 * k4 < K) {
+                int64_t c = 4 * k4 / khw;
+                uint64_t m = pl->cmask[pn];
+                if (4 * k4 + 4 > K) m &= 0x1111111111111111ull * ((1u << (K - 4 * k4)) - 1);
+                const uint8_t *a = src + c * hw;
+                v = _mm512_permutex2var_epi8(load_upto(a, j->xend), _mm512_add_epi8(col, _mm512_loadu_si512(pl->tap[ph])),
+                                             load_upto(a + hw, j->xend));
+                v = _mm512_maskz_mov_epi8(m, _mm512_xor_si512(v, fl)); /* padding bytes 0 */
+            }
+            _mm512_storeu_si512(dst + k4 * 64, v);
+            if (++ph == period) ph = 0;
+        }
+    }
+}
+
+/* pack_conv for a 1x1 stride-1 conv whose columns are the plane's bytes in order (wp == ow):
+ * per panel and group of 4 channels, 16 bytes of each channel (masked past the chunk's last
+ * column) in one register, and one vpermb interleaves them into the panel's 64 bytes */
+TVBMI static void pack_1x1_vbmi(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t pn,
+                                int64_t npan, uint8_t *b) {
+    const wl_qweights *q = j->q;
+    int64_t kp = q->kp, K = q->k, hw = j->hp * j->wp;
+    const __m512i fl = _mm512_set1_epi8((char)q->x_flip);
+    uint8_t perm[64];
+    for (int l = 0; l < 16; l++)
+        for (int e = 0; e < 4; e++) perm[4 * l + e] = (uint8_t)(16 * e + l);
+    const __m512i ix = _mm512_loadu_si512(perm);
+    for (int64_t i = 0; i < npan; i++) {
+        int64_t n = pn - 16 * i < 16 ? pn - 16 * i : 16;
+        __mmask16 lm = (__mmask16)((1u << n) - 1);
+        uint64_t cm = n == 16 ? ~0ull : ((uint64_t)1 << (4 * n)) - 1;
+        const uint8_t *src = xg + p0 + 16 * i;
+        uint8_t *dst = b + i * kp * PANEL;
+        for (int64_t k4 = 0; k4 < kp / 4; k4++) {
+            __m512i v = _mm512_setzero_si512();
+            if (4 * k4 < K) {
+                const uint8_t *r = src + 4 * k4 * hw;
+                __m128i r0 = _mm_maskz_loadu_epi8(lm, r), r1 = _mm_setzero_si128();
+                __m128i r2 = _mm_setzero_si128(), r3 = _mm_setzero_si128();
+                uint64_t m = cm;
+                if (4 * k4 + 1 < K) r1 = _mm_maskz_loadu_epi8(lm, r + hw);
+                if (4 * k4 + 2 < K) r2 = _mm_maskz_loadu_epi8(lm, r + 2 * hw);
+                if (4 * k4 + 3 < K) r3 = _mm_maskz_loadu_epi8(lm, r + 3 * hw);
+                else m &= 0x1111111111111111ull * ((1u << (K - 4 * k4)) - 1);
+                v = _mm512_inserti32x4(_mm512_castsi128_si512(r0), r1, 1);
+                v = _mm512_inserti32x4(_mm512_inserti32x4(v, r2, 2), r3, 3);
+                v = _mm512_maskz_mov_epi8(m, _mm512_xor_si512(_mm512_permutexvar_epi8(ix, v), fl));
+            }
+            _mm512_storeu_si512(dst + k4 * 64, v);
+        }
+    }
+}
+#endif
+
 static void conv_chunk(void *ctx, int64_t t) {
     conv_job *j = ctx;
     const wl_qconv_params *s = j->s;
@@ -903,7 +1047,14 @@ static void conv_chunk(void *ctx, int64_t t) {
         return;
     }
     int32_t *colsum = q->wz ? (int32_t *)(b + align64(npan * kp * PANEL)) : NULL;
-    pack_conv(j, j->x + (img * s->c + g * cg) * j->hp * j->wp, p0, pn, npan, b);
+#if defined(__x86_64__)
+    if (j->vbmi)
+        pack_conv_vbmi(j, j->x + (img * s->c + g * cg) * j->hp * j->wp, p0, npan, b);
+    else if (j->vbmi1x1)
+        pack_1x1_vbmi(j, j->x + (img * s->c + g * cg) * j->hp * j->wp, p0, pn, npan, b);
+    else
+#endif
+        pack_conv(j, j->x + (img * s->c + g * cg) * j->hp * j->wp, p0, pn, npan, b);
     if (colsum) {
         for (int64_t p = 0; p < pn; p++) {
             int32_t sum = 0;
@@ -971,6 +1122,7 @@ typedef struct {
     char *y;
     int failed;
     const struct dw_vbmi_plan *vbmi; /* the AVX-512 VBMI + VNNI kernel's plan, or NULL */
+    int64_t per;                     /* planes per task */
 } dw_job;
 
 /* One output row of a depthwise plane, 16 columns at a time held in registers across the
@@ -1096,6 +1248,9 @@ DW_X86_ROW(dw_row_avx2, T256, __m256i, 8, _mm256_set1_epi32, _mm256_add_epi32,
 #define DW_TINY_VECS 64 /* tiny planes: index vectors (blocks x kernel rows x groups), at most */
 struct dw_vbmi_plan {
     int groups;   /* 4-tap groups per kernel row: (kw + 3) / 4, at most 2 */
+    uint8_t widx[64]; /* a channel's taps (as bytes) to the VNNI words: word i * groups + g is
+                       * taps (i, 4g .. 4g + 3), bytes past the kernel row zeroed (wmask) */
+    uint64_t wmask;
     int tiny;     /* the unpadded plane fits one 64-byte load: per (block, kernel row, group) an
                    * index vector into it, 64 (vpermi2b's second table: the zero point) outside */
     uint8_t tidx[DW_TINY_VECS][64];
@@ -1114,25 +1269,39 @@ static int dw_vbmi_setup(const wl_qconv_params *s, const wl_qweights *q, int64_t
     int64_t P = s->oh * s->ow, sw = s->stride_w;
     if (G > 2 || s->kh * G > 16) return 0;
     pl->groups = (int)G;
+    pl->wmask = 0;
+    for (int64_t m = 0; m < 64; m++) {
+        int64_t i = m / 4 / G, g = m / 4 % G, t = 4 * g + m % 4;
+        int ok = i < s->kh && t < kw;
+        pl->widx[m] = (uint8_t)(ok ? i * kw + t : 0);
+        pl->wmask |= (uint64_t)ok << m;
+    }
     pl->tiny = 0;
     if (s->h * s->w <= 64 && (P + 15) / 16 * s->kh * G <= DW_TINY_VECS) {
         pl->tiny = 1;
         pl->flat = 0;
         pl->nblk = (P + 15) / 16;
+        /* every output's first tap (row, column) without a division per entry: the setup runs
+         * per call, and tiny planes are cheap enough for a division per byte to show */
+        int64_t y0[16 * DW_TINY_VECS], x0[16 * DW_TINY_VECS];
+        for (int64_t p = 0, oy = 0, ox = 0; p < 16 * pl->nblk; p++) {
+            y0[p] = p < P ? oy * s->stride_h - s->pad_top : INT32_MIN;
+            x0[p] = ox * sw - s->pad_left;
+            if (++ox == s->ow) ox = 0, oy++;
+        }
         for (int64_t b = 0; b < pl->nblk; b++)
             for (int64_t i = 0; i < s->kh; i++)
                 for (int64_t g = 0; g < G; g++) {
                     uint8_t *ix = pl->tidx[(b * s->kh + i) * G + g];
-                    for (int64_t l = 0; l < 16; l++)
+                    for (int64_t l = 0; l < 16; l++) {
+                        int64_t iy = y0[16 * b + l] + i * s->dilation_h;
                         for (int64_t e = 0; e < 4; e++) {
-                            int64_t p = 16 * b + l, t = 4 * g + e, v = 64;
-                            if (p < P && t < kw) {
-                                int64_t iy = (p / s->ow) * s->stride_h - s->pad_top + i * s->dilation_h;
-                                int64_t ix2 = (p % s->ow) * sw - s->pad_left + t * s->dilation_w;
-                                if (iy >= 0 && iy < s->h && ix2 >= 0 && ix2 < s->w) v = iy * s->w + ix2;
-                            }
+                            int64_t t = 4 * g + e, v = 64;
+                            int64_t ix2 = x0[16 * b + l] + t * s->dilation_w;
+                            if (t < kw && iy >= 0 && iy < s->h && ix2 >= 0 && ix2 < s->w) v = iy * s->w + ix2;
                             ix[4 * l + e] = (uint8_t)v;
                         }
+                    }
                 }
         return 1;
     }
@@ -1173,10 +1342,6 @@ static int dw_vbmi_setup(const wl_qconv_params *s, const wl_qweights *q, int64_t
 }
 
 #if defined(__x86_64__)
-#define TVBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi")))
-TVBMI static inline __mmask64 dw_vbmi_mask(int64_t need) {
-    return need >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << need) - 1);
-}
 
 /* the requantisation of requant16_avx512 with the channel's constants in registers */
 typedef struct {
@@ -1192,11 +1357,81 @@ TVBMI static inline __attribute__((always_inline)) void dw_vbmi_store(const dw_r
         _mm512_mask_storeu_epi32(y, m, acc);
         return;
     }
-    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    /* the clamped product rounded half to even by the conversion itself (embedded rounding:
+     * whatever MXCSR says) */
     __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), r->s);
     f = _mm512_min_ps(_mm512_max_ps(f, r->lo), r->hi);
-    f = _mm512_sub_ps(_mm512_add_ps(f, magic), magic);
-    _mm512_mask_cvtepi32_storeu_epi8(y, m, _mm512_add_epi32(_mm512_cvttps_epi32(f), r->yz));
+    __m512i v = _mm512_cvt_roundps_epi32(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm512_mask_cvtepi32_storeu_epi8(y, m, _mm512_add_epi32(v, r->yz));
+}
+
+/* Channel ch's taps as the kernel's words (int8, 4 a word: dw_vbmi_plan.widx) and its
+ * constant: 4 masked loads of the int32 taps (k <= 64: at most 16 words of 4), narrowed to
+ * bytes and permuted into place. */
+TVBMI static inline __attribute__((always_inline)) __m512i dw_words(const dw_job *j, int64_t ch,
+                                                                    int32_t *c0) {
+    const wl_qweights *q = j->q;
+    int64_t k = j->s->kh * j->s->kw;
+    const int32_t *taps = q->taps + ch * k;
+    __m512i bytes = _mm512_setzero_si512(), sum = _mm512_setzero_si512();
+    for (int64_t h = 0; h * 16 < k; h++) {
+        int64_t n = k - 16 * h < 16 ? k - 16 * h : 16;
+        __m512i t = _mm512_maskz_loadu_epi32((__mmask16)((1u << n) - 1), taps + 16 * h);
+        sum = _mm512_add_epi32(sum, t);
+        __m128i b = _mm512_cvtepi32_epi8(t);
+        if (h == 0) bytes = _mm512_inserti32x4(bytes, b, 0);
+        else if (h == 1) bytes = _mm512_inserti32x4(bytes, b, 1);
+        else if (h == 2) bytes = _mm512_inserti32x4(bytes, b, 2);
+        else bytes = _mm512_inserti32x4(bytes, b, 3);
+    }
+    *c0 = q->dcomp[ch] - (q->x_signed ? 128 * _mm512_reduce_add_epi32(sum) : 0);
+    return _mm512_maskz_permutexvar_epi8(j->vbmi->wmask, _mm512_loadu_si512(j->vbmi->widx), bytes);
+}
+
+/* U tiny planes t .. t + U - 1 (dw_vbmi_plan.tiny) side by side: each plane is one register
+ * and its sums one accumulator chain per block, so the chains of U planes overlap (one plane
+ * alone waits on its vpdpbusd chain); the index vectors are loaded once for all U */
+TVBMI static inline __attribute__((always_inline)) void dw_tiny_vbmi_body(const dw_job *j,
+                                                                          int64_t t, const int U) {
+    const wl_qconv_params *s = j->s;
+    const wl_qweights *q = j->q;
+    const struct dw_vbmi_plan *pl = j->vbmi;
+    int64_t P = s->oh * s->ow, KH = s->kh, G = pl->groups;
+    int es = esize(q);
+    const __m512i fl = _mm512_set1_epi8(q->x_signed ? (char)0x80 : 0);
+    const __m512i zraw = _mm512_xor_si512(_mm512_set1_epi8((char)q->x_zero_raw), fl);
+    const __m512 lo = _mm512_set1_ps((float)(q->lo - q->y_zero)), hi = _mm512_set1_ps((float)(q->hi - q->y_zero));
+    const __m512i yz = _mm512_set1_epi32(q->y_zero);
+    uint32_t words[4][16] __attribute__((aligned(64)));
+    __m512i v[4], c0[4];
+    dw_rq rq[4];
+    for (int u = 0; u < U; u++) {
+        int64_t ch = (t + u) % s->c;
+        int32_t c;
+        _mm512_store_si512(words[u], dw_words(j, ch, &c));
+        c0[u] = _mm512_set1_epi32(c);
+        v[u] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(dw_vbmi_mask(s->h * s->w),
+                                                        j->x + (t + u) * s->h * s->w), fl);
+        rq[u] = (dw_rq){_mm512_set1_ps(q->out == Q_S32 ? 0.0f : q->scale[ch]), lo, hi, yz, q->out};
+    }
+    for (int64_t b = 0; b < pl->nblk; b++) {
+        int64_t p0 = 16 * b, n = P - p0 < 16 ? P - p0 : 16;
+        __m512i acc[4];
+        for (int u = 0; u < U; u++) acc[u] = c0[u];
+        for (int64_t m = 0; m < KH * G; m++) {
+            const __m512i ix = _mm512_loadu_si512(pl->tidx[b * KH * G + m]);
+            for (int u = 0; u < U; u++)
+                acc[u] = _mm512_dpbusd_epi32(acc[u], _mm512_permutex2var_epi8(v[u], ix, zraw),
+                                             _mm512_set1_epi32((int32_t)words[u][m]));
+        }
+        for (int u = 0; u < U; u++) dw_vbmi_store(&rq[u], acc[u], n, j->y + ((t + u) * P + p0) * es);
+    }
+}
+
+TVBMI static void dw_tiny_vbmi(const dw_job *j, int64_t t0, int64_t t1) {
+    int64_t t = t0;
+    for (; t + 4 <= t1; t += 4) dw_tiny_vbmi_body(j, t, 4);
+    for (; t < t1; t++) dw_tiny_vbmi_body(j, t, 1);
 }
 
 /* one plane; KH / G constant in the instances the compiler unrolls (3x3), else the call's */
@@ -1209,40 +1444,15 @@ TVBMI static inline __attribute__((always_inline)) void dw_plane_vbmi_body(
     const uint8_t *x = j->x + t * j->hp * wp;
     int es = esize(q);
     char *y = j->y + t * P * es;
-    const int32_t *taps = q->taps + ch * KH * kw;
+    uint32_t words[16] __attribute__((aligned(64)));
+    int32_t c;
+    _mm512_store_si512(words, dw_words(j, ch, &c));
     __m512i wv[16];
-    int32_t tapsum = 0;
-    for (int64_t i = 0; i < KH; i++)
-        for (int64_t g = 0; g < G; g++) {
-            uint32_t word = 0;
-            for (int64_t e = 0; e < 4 && 4 * g + e < kw; e++) {
-                int32_t tv = taps[i * kw + 4 * g + e];
-                word |= (uint32_t)(uint8_t)(int8_t)tv << (8 * e);
-                tapsum += tv;
-            }
-            wv[i * G + g] = _mm512_set1_epi32((int32_t)word);
-        }
-    const __m512i c0 = _mm512_set1_epi32(q->dcomp[ch] - (q->x_signed ? 128 * tapsum : 0));
+    for (int64_t m = 0; m < KH * G; m++) wv[m] = _mm512_set1_epi32((int32_t)words[m]);
+    const __m512i c0 = _mm512_set1_epi32(c);
     dw_rq rq = {_mm512_set1_ps(q->out == Q_S32 ? 0.0f : q->scale[ch]),
                 _mm512_set1_ps((float)(q->lo - q->y_zero)), _mm512_set1_ps((float)(q->hi - q->y_zero)),
                 _mm512_set1_epi32(q->y_zero), q->out};
-    if (pl->tiny) { /* the whole unpadded plane in one register, the zero point in another */
-        const __m512i v = _mm512_maskz_loadu_epi8(dw_vbmi_mask(s->h * s->w), x);
-        const __m512i zraw = _mm512_set1_epi8((char)q->x_zero_raw);
-        const __m512i fl = _mm512_set1_epi8((char)0x80);
-        for (int64_t b = 0; b < pl->nblk; b++) {
-            int64_t p0 = 16 * b, n = P - p0 < 16 ? P - p0 : 16;
-            __m512i acc = c0;
-            for (int64_t i = 0; i < KH; i++)
-                for (int64_t g = 0; g < G; g++) {
-                    __m512i r = _mm512_permutex2var_epi8(v, _mm512_loadu_si512(pl->tidx[(b * KH + i) * G + g]), zraw);
-                    if (q->x_signed) r = _mm512_xor_si512(r, fl);
-                    acc = _mm512_dpbusd_epi32(acc, r, wv[i * G + g]);
-                }
-            dw_vbmi_store(&rq, acc, n, y + p0 * es);
-        }
-        return;
-    }
     if (!pl->flat) { /* the input unpadded: bytes outside it are the zero point (masked loads) */
         const __m512i pm0 = _mm512_loadu_si512(pl->idx[0][0]), pm1 = _mm512_loadu_si512(pl->idx[0][1]);
         const __m512i zraw = _mm512_set1_epi8((char)q->x_zero_raw);
@@ -1295,8 +1505,7 @@ TVBMI static inline __attribute__((always_inline)) void dw_plane_vbmi_body(
 
 TVBMI static void dw_plane_vbmi(const dw_job *j, int64_t t) {
     int64_t G = j->vbmi->groups;
-    int sgn = j->q->x_signed && !j->vbmi->flat; /* the flat planes are flipped when padded (tiny
-                                                     * ones flip what they gather) */
+    int sgn = j->q->x_signed && !j->vbmi->flat; /* the flat planes are flipped when padded */
     if (j->s->kh == 3 && G == 1) {
         if (sgn) dw_plane_vbmi_body(j, t, 3, 1, 1);
         else dw_plane_vbmi_body(j, t, 3, 1, 0);
@@ -1308,8 +1517,7 @@ TVBMI static void dw_plane_vbmi(const dw_job *j, int64_t t) {
 }
 #endif
 
-static void dw_plane(void *ctx, int64_t t) {
-    dw_job *j = ctx;
+static void dw_plane(const dw_job *j, int64_t t) {
 #if defined(__x86_64__)
     if (j->vbmi) {
         dw_plane_vbmi(j, t);
@@ -1327,6 +1535,25 @@ static void dw_plane(void *ctx, int64_t t) {
         a->dw_row(q, ch, x + oy * s->stride_h * j->wp, j->wp, s->kh, s->kw, s->dilation_h,
                   s->dilation_w, s->ow, s->stride_w, q->x_signed, taps,
                   j->y + ((t * s->oh + oy) * s->ow) * es);
+}
+
+/* task t: planes t * per .. (t + 1) * per - 1 */
+static void dw_planes(void *ctx, int64_t t) {
+    const dw_job *j = ctx;
+    int64_t t0 = t * j->per, t1 = t0 + j->per < j->s->n * j->s->c ? t0 + j->per : j->s->n * j->s->c;
+#if defined(__x86_64__)
+    if (j->vbmi && j->vbmi->tiny) {
+        dw_tiny_vbmi(j, t0, t1);
+        return;
+    }
+#endif
+    for (; t0 < t1; t0++) dw_plane(j, t0);
+}
+
+/* planes per task: a few tiny ones (their work is ~100 ns), one otherwise */
+static int64_t dw_per(const wl_qconv_params *s) {
+    int64_t pl = s->oh * s->ow * s->kh * s->kw, per = pl >= 1024 ? 1 : 4096 / (pl > 1 ? pl : 1);
+    return per > 16 ? 16 : per;
 }
 
 /* Threads for an op of about `ns` nanoseconds on one thread: waking a helper thread costs
@@ -1354,8 +1581,8 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
         vbmi = dw_vbmi_setup(s, q, wpad, &plan);
     }
     if (vbmi && (plan.tiny || !plan.flat)) { /* reads the input as it is */
-        dw_job j = {s, q, x, s->h, s->w, y, 0, &plan};
-        wl_parallel_for(s->n * s->c, dw_plane, &j, nthreads);
+        dw_job j = {s, q, x, s->h, s->w, y, 0, &plan, dw_per(s)};
+        wl_parallel_for((s->n * s->c + j.per - 1) / j.per, dw_planes, &j, nthreads);
         return 0;
     }
     if (depthwise || s->pad_top || s->pad_left || hp > s->h || wp > s->w) {
@@ -1373,8 +1600,8 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
         wp = s->w;
     }
     if (depthwise) {
-        dw_job j = {s, q, src, hp, wp, y, 0, vbmi ? &plan : NULL};
-        wl_parallel_for(s->n * s->c, dw_plane, &j, nthreads);
+        dw_job j = {s, q, src, hp, wp, y, 0, vbmi ? &plan : NULL, dw_per(s)};
+        wl_parallel_for((s->n * s->c + j.per - 1) / j.per, dw_planes, &j, nthreads);
         return j.failed ? -1 : 0;
     }
     int64_t P = s->oh * s->ow, chunks = (P + CHUNK * PANEL - 1) / (CHUNK * PANEL);
@@ -1382,7 +1609,15 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
     /* few columns (late layers): split the rows too, each task packing its columns again */
     int64_t tiles = (s->o / s->groups + split_rows(q) - 1) / split_rows(q);
     while (tasks * splits < 2 * nthreads && splits < tiles) splits++;
-    conv_job j = {s, q, src, hp, wp, y, chunks, splits, 0};
+    struct pack_vbmi_plan pplan;
+    int pv = pack_vbmi_setup(s, q, wp, &pplan);
+    int pv1 = 0;
+#if defined(__x86_64__)
+    pv1 = s->kh == 1 && s->kw == 1 && s->stride_h == 1 && s->stride_w == 1 && wp == s->ow &&
+          avx512_family(isa()) && !q->x_packed_signed && __builtin_cpu_supports("avx512vbmi");
+#endif
+    conv_job j = {s, q, src, hp, wp, y, chunks, splits, 0, pv ? &pplan : NULL,
+                  src + s->n * s->c * hp * wp, pv1};
     wl_parallel_for(tasks * splits, conv_chunk, &j, nthreads);
     return j.failed ? -1 : 0;
 }
