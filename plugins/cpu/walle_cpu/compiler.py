@@ -128,6 +128,14 @@ class CpuExecutable(Executable):
 
     def aux(self, arr: np.ndarray) -> Any:
         arr = np.ascontiguousarray(arr)
+        if arr.ctypes.data % 64:
+            # numpy's large arrays start 16 bytes past a page: every 64-byte vector load of
+            # packed weights would straddle two cache lines; copy onto a 64-byte boundary
+            buf = np.empty(arr.nbytes + 64, np.uint8)
+            start = -buf.ctypes.data % 64
+            aligned = buf[start:start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+            aligned[...] = arr
+            arr = aligned
         self._keep.append(arr)
         return FFI.cast("void*", FFI.from_buffer(arr))
 
