@@ -246,21 +246,39 @@ def qlinear_global_average_pool(b: Builder, ins: Ins, ctx: NodeContext) -> list[
     (onnxruntime's arithmetic): the planes as the rows of a ``qlinear_matmul`` by a column of
     ones (an 8-bit input; the same int32 sums and requantisation, on the int8 kernels)."""
     x = _to_channels_first(b, req(ins[0]), ctx)
+    return [_from_channels_first(b, _qmean(b, x, ins, list(range(2, len(x.shape)))), ctx)]
+
+
+@register("QLinearReduceMean", domain=WALLE)
+def walle_reduce_mean(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    """The QDQ rewrite's ``DequantizeLinear -> ReduceMean (kept axes) -> QuantizeLinear``
+    (attribute ``axes``): QLinearGlobalAveragePool's int32 sum and requantisation over those
+    axes (every axis after the first two, squeeze-excitation's pool, runs on the int8 kernels)."""
+    x = req(ins[0])
+    r = len(x.shape)
+    axes = sorted({int(a) % r for a in ctx.attr("axes")}) if r else []
+    return [_qmean(b, x, ins, axes)]
+
+
+def _qmean(b: Builder, x: A.Tensor, ins: Ins, axes: list[int]) -> A.Tensor:
+    """``rint((sum(x) - n * x_zero) * (x_scale / (y_scale * n))) + y_zero`` over ``axes``
+    (kept), saturated: ins = (x, x_scale, x_zero, y_scale, y_zero)."""
     xs, xz = _scalar(b, req(ins[1])), _scalar(b, _opt(ins, 2))
     ys, yz = _scalar(b, req(ins[3])), _scalar(b, _opt(ins, 4))
     out = ins[4].dtype if _opt(ins, 4) is not None else x.dtype  # type: ignore[union-attr]
-    n = int(np.prod(x.shape[2:]))
+    n = int(np.prod([x.shape[a] for a in axes]))
     f = np.float32
     lo, hi = int_range(out)
     rq = Requant(np.array([f(xs) / (f(ys) * f(n))], f), int(yz), np.dtype(out), lo, hi)
-    kept = (*x.shape[:2], *(1 for _ in x.shape[2:]))
-    if x.dtype.itemsize == 1 and len(x.shape) > 2 and n > 0:
-        rows = b.reshape(x, (int(np.prod(x.shape[:2])), n))
+    r = len(x.shape)
+    kept = tuple(1 if a in axes else d for a, d in enumerate(x.shape))
+    if x.dtype.itemsize == 1 and n > 0 and axes and axes == list(range(r - len(axes), r)):
+        rows = b.reshape(x, (int(np.prod(x.shape[:r - len(axes)])), n))  # trailing axes: rows
         y = qmatmul(b, rows, np.ones((n, 1), np.int8), int(xz), None, None, rq)
-        return [_from_channels_first(b, b.reshape(y, kept), ctx)]
-    acc = b.reduce(b.cast(x, np.int32), list(range(2, len(x.shape))), "sum", True)
+        return b.reshape(y, kept)
+    acc = b.reduce(b.cast(x, np.int32), axes, "sum", True)
     acc = b.binary("sub", acc, b.const(np.array(int(xz) * n, np.int32)))
-    return [_from_channels_first(b, requantize(b, acc, rq, 1), ctx)]
+    return requantize(b, acc, rq, 1)
 
 
 def _float_between(b: Builder, ins: Ins, ctx: NodeContext, op_type: str, opset: int | None = None) -> A.Tensor:

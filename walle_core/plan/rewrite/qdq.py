@@ -12,6 +12,7 @@ integers directly, so int8 tensors stay int8 from one op to the next:
 | Add, Mul | ``com.microsoft.QLinearAdd`` / ``QLinearMul`` |
 | Concat | ``com.microsoft.QLinearConcat`` |
 | AveragePool, GlobalAveragePool | ``com.microsoft.QLinearAveragePool`` / ``QLinearGlobalAveragePool`` |
+| ReduceMean (kept axes as an attribute) | ``walle.QLinearReduceMean``: QLinearGlobalAveragePool's int32 sum over the axes |
 | Softmax | ``com.microsoft.QLinearSoftmax`` |
 | one-input element-wise maps (Sigmoid, HardSwish, Tanh, LeakyRelu, ...) | ``walle.QLinearLookup``: a 256-entry table computed by the engine at plan time |
 | MaxPool, Resize (nearest), Reshape, Transpose, ... | the op itself on the int8 tensor (then a table if the output's parameters differ) |
@@ -331,14 +332,14 @@ class _Rewriter:
                      "Concat")
         return True
 
-    def one_input(self, node: Node, ms_op: str, extra: dict[str, object]) -> bool:
+    def one_input(self, node: Node, ms_op: str, extra: dict[str, object], domain: str = MS) -> bool:
         x = self.act8(node.inputs[0])
         q = self.q_after(node.outputs[0])
         if x is None or q is None or any(i for i in node.inputs[1:]):
             return False
         ins = [x.x, *self._params(x), q.inputs[1], q.inputs[2]]
         attrs = {**node.attrs, **extra}
-        self.replace(node, [q], [Node(ms_op, ins, [q.outputs[0]], attrs, node.name, MS)], node.op_type)
+        self.replace(node, [q], [Node(ms_op, ins, [q.outputs[0]], attrs, node.name, domain)], node.op_type)
         return True
 
     def lookup(self, node: Node) -> bool:
@@ -444,6 +445,8 @@ class _Rewriter:
                 done = self.concat(node)
             elif op == "GlobalAveragePool":
                 done = self.one_input(node, "QLinearGlobalAveragePool", {})
+            elif op == "ReduceMean" and node.attrs.get("keepdims", 1) and node.attrs.get("axes"):
+                done = self.one_input(node, "QLinearReduceMean", {}, WALLE)
             elif op == "AveragePool":
                 done = self.one_input(node, "QLinearAveragePool", {})
             elif op == "Softmax":
