@@ -132,3 +132,10 @@ class Backend(ABC):
         """Ops that compiling ``program`` adds to its own (layout changes between the layouts
         of its kernels), so that the search's cost model prices them; none by default."""
         return []
+
+    def runs_as(self, program: Program) -> list[tuple[Op, Algorithm]] | None:
+        """For each op of ``program``, the op and algorithm its compiled form runs (a layout
+        pass may give a conv another algorithm than the one picked, or run a pool on a blocked
+        tensor), so that the search's cost model prices what runs; None when the backend runs
+        each op as picked (the default)."""
+        return None
