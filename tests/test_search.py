@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import walle_core
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Cost, Executable, Program
+from walle_core.decompose.builder import Builder
 from walle_core.plugins import Registry
 from walle_core.search import Searcher, calibration_for
 from walle_core.search.calibrate import cache_path, load_cached
@@ -271,3 +272,86 @@ def test_every_calibration_probe_is_a_valid_op_for_every_backend():
                 assert op.groups >= 1 and w.shape[1] * op.groups == x.shape[1], (level, op.groups)
             for backend in backends:
                 backend.algorithms(op)  # lists without raising
+
+
+def _conv(b: Builder, x: A.Tensor, out_ch: int, k: int, stride: int = 1, groups: int = 1) -> A.Tensor:
+    n, c, h, w = x.shape
+    weights = np.random.default_rng(0).standard_normal((out_ch, c // groups, k, k)).astype(np.float32)
+    y = b.tensor((n, out_ch, (h + 2 * (k // 2) - k) // stride + 1, (w + 2 * (k // 2) - k) // stride + 1),
+                 np.float32)
+    b.emit(A.Conv2D([x, b.const(weights)], [y], strides=(stride, stride), pads=(k // 2,) * 4,
+                    groups=groups))
+    return y
+
+
+def test_buckets_tell_strided_grouped_convs_and_pools_on_blocked_tensors_apart() -> None:
+    """A grouped conv with stride 2 runs about twice as long per output as with stride 1 (the
+    regnet and ghostnet convs were priced at half their time), and a pool over a channel-blocked
+    tensor is another kernel than one over NCHW (3-4x faster on the cpu)."""
+    from walle_core.search.calibrate import _builder, op_key
+
+    b = _builder()
+    x = b.tensor((1, 32, 8, 8), np.float32)
+    one, two = _conv(b, x, 32, 3, 1, groups=4), _conv(b, x, 32, 3, 2, groups=4)
+    assert op_key(b.ops[0], "im2col+gemm") == "Conv2D:grp/im2col+gemm"
+    assert op_key(b.ops[1], "im2col+gemm") == "Conv2D:grp:s2/im2col+gemm"
+    assert one.shape != two.shape
+    plain = A.Pool2D([x], [b.tensor((1, 32, 4, 4), np.float32)], fn="max", kernel=(2, 2), strides=(2, 2))
+    blocked = A.Pool2D([b.tensor((1, 2, 8, 8, 16), np.float32)], [b.tensor((1, 2, 4, 4, 16), np.float32)],
+                       fn="max", kernel=(2, 2), strides=(2, 2))
+    assert op_key(plain, "direct") == "Pool2D/direct"
+    assert op_key(blocked, "direct") == "Pool2D:blocked/direct"
+
+
+def test_a_bucket_takes_the_work_measure_its_sweep_fits() -> None:
+    """A sweep whose declared traffic, weighed at the device's balance, makes throughput fall
+    by 10x with size (a Winograd kernel's transform tiles, which stay in cache) is fitted on
+    its arithmetic: the monotone fit had pooled it into one rate and priced its large sizes at
+    half their time. A sweep whose arithmetic and traffic grow together keeps the balance."""
+    from walle_core.search.calibrate import BucketFit
+
+    balance = 10.0
+    # seconds follow the arithmetic at 50 GFLOP/s; the declared bytes stay large at small sizes
+    skewed = [[f, b, n, f / 50e9] for f, b, n in
+              ((1e5, 2e5, 128), (4e5, 3e5, 1568), (1.5e6, 5e5, 6272), (4.5e6, 1.3e6, 25088))]
+    fit = BucketFit.fit(skewed, balance, 0.0)
+    assert fit.balance < balance
+    for f, b, n, t in skewed:
+        assert fit(f, b, n) == pytest.approx(t, rel=0.05)
+    even = [[f, f / 4, n, f / 50e9] for f, n in ((1e5, 128), (4e5, 1568), (1.6e6, 6272))]
+    assert BucketFit.fit(even, balance, 0.0).balance == balance
+
+
+def test_the_cpu_reports_what_its_layout_pass_runs() -> None:
+    """runs_as: a pool after a blocked conv runs on the blocked tensor (its own bucket); a conv
+    picked blocked whose layout change would not pay runs its plain algorithm; the search's plan
+    cost prices what runs (lowering_seconds: the difference to the picks, and the layout
+    changes)."""
+    from walle_core.plan.planner import choose
+    from walle_core.search.calibrate import _builder, lowering_seconds, op_key
+
+    cpu = walle_core.plugins.registry().get("cpu")
+    if not cpu.availability().available:
+        pytest.skip("cpu kernels are not built")
+    b = _builder()
+    x = b.tensor((1, 3, 16, 16), np.float32)  # narrow: the blocked stem conv reads it directly
+    y = _conv(b, x, 32, 3)
+    pooled = b.tensor((1, 32, 8, 8), np.float32)
+    b.emit(A.Pool2D([y], [pooled], fn="max", kernel=(2, 2), strides=(2, 2)))
+    picks = [(op, choose(op, [cpu])[1]) for op in b.ops]
+    assert picks[0][1].name == "nchwc"
+    runs = cpu.runs_as(Program(picks, [x], [pooled]))
+    assert runs is not None and len(runs) == 2
+    assert runs[0] == picks[0]
+    assert len(runs[1][0].inputs[0].shape) == 5 and op_key(runs[1][0], "direct") == "Pool2D:blocked/direct"
+
+    b = _builder()
+    wide = b.tensor((1, 32, 8, 8), np.float32)  # a plain input: changing its layout does not pay
+    out = _conv(b, wide, 32, 3)
+    lone = b.ops[0]
+    nchwc = next(a for a in cpu.algorithms(lone) if a.name == "nchwc")
+    ran = cpu.runs_as(Program([(lone, nchwc)], [wide], [out]))
+    assert ran is not None and ran[0][0] is lone and ran[0][1].name != "nchwc"
+    prices = {"nchwc": 1.0, ran[0][1].name: 3.0}
+    assert lowering_seconds(cpu, Program([(lone, nchwc)], [wide], [out]),
+                            lambda op, algo: prices.get(algo.name, 0.0)) == pytest.approx(2.0)

@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import inspect
 import json
+import math
 import os
 import platform
 import threading
@@ -44,7 +45,7 @@ from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
 from walle_core.search.timing import Timer, repeated
 
-SCHEMA = 13
+SCHEMA = 14
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 LEVELS = 7  # sizes per sweep; a sweep stops early once one op takes SWEEP_CAP_S
@@ -59,6 +60,8 @@ TRANSFER_BYTES = (1 << 14, 1 << 18, 1 << 22)
 MV_ROWS = 4  # a MatMul with at most this many rows per batch is a matrix-vector product
 REDUCED = 64  # length of the reduced axis in the Reduce probes (a typical pooled or normed axis)
 ELEMENTWISE = (A.Unary, A.Binary, A.Select, A.Cast)
+BALANCE_SHARES = (1.0, 0.5, 0.25, 0.125, 0.0)  # weights of traffic a bucket's work measure may take
+MISFIT_FACTOR = 2.0  # ... where the device's balance leaves the sweep this far off a monotone curve
 CHAINED = "~chained"  # bucket-key suffix: an element-wise op fed by the op before it (fusable)
 
 
@@ -71,6 +74,8 @@ def op_key(op: A.Op, algo: str) -> str:
         kind += f":{op.name}"
     elif isinstance(op, A.Reduce):
         kind += ":rows" if op.inner == 1 else ":cols"  # contiguous runs vs strided lanes
+    elif isinstance(op, A.Pool2D) and len(op.inputs[0].shape) == 5:
+        kind += ":blocked"  # over a channel-blocked tensor (how a backend runs it: runs_as)
     elif isinstance(op, A.Raster) and op.regions and all(
             r.src_strides[2] == 1 and r.dst_strides[2] == 1 and r.size[2] > 1 for r in op.regions):
         kind += ":copy"  # rows copied whole (reshape, slice, concat): a transpose is far slower
@@ -84,6 +89,8 @@ def op_key(op: A.Op, algo: str) -> str:
         w = op.inputs[1].shape
         kind += (":dw" if op.groups > 1 and w[1] == 1 else ":grp" if op.groups > 1
                  else ":1x1" if w[2] == w[3] == 1 else ":kxk")
+        if kind.endswith(":grp") and max(op.strides) > 1:
+            kind += ":s2"  # strided: another kernel path (a grouped im2col runs ~2x per output)
     return f"{kind}/{algo}"
 
 
@@ -149,9 +156,29 @@ class BucketFit:
 
     @classmethod
     def fit(cls, points: list[list[float]], balance: float, floor_s: float) -> BucketFit:
-        """``points``: [flops, bytes, items, seconds] of each size of the sweep."""
-        rates = [(n, work(f, b, balance) / t) for f, b, n, t in points]
-        return cls(floor_s, Curve.fit(rates), balance)
+        """``points``: [flops, bytes, items, seconds] of each size of the sweep. The work measure
+        is the one, of the device's balance and lower weights of traffic down to none, under
+        which the sweep's throughput is closest to a non-decreasing curve (least squares in
+        log): an algorithm's declared bytes are not all memory traffic (a Winograd kernel's
+        transformed tiles stay in cache), and weighed at the device's balance they made small
+        sizes look many times faster than large ones, so the monotone fit pooled the whole
+        sweep into one rate that priced the large sizes at half their time. The device's balance
+        stays unless it misfits grossly and another weight fits clearly better: a sweep whose
+        arithmetic and traffic grow together cannot tell them apart."""
+        fits = []
+        for share in BALANCE_SHARES:
+            rates = [(n, work(f, b, balance * share) / t) for f, b, n, t in points]
+            curve = Curve.fit(rates)
+            misfit = sum((math.log(curve(n)) - math.log(r)) ** 2 for n, r in rates if r > 0)
+            fits.append((misfit, cls(floor_s, curve, balance * share)))
+        best = min(fits, key=lambda f: f[0])
+        # another weight only where the balance leaves the sweep's points a factor of
+        # MISFIT_FACTOR off its monotone fit (root mean square in log): noise moves points by
+        # 10-30%. A moderate misfit is what in-cache weights of small probes give (a 1x1
+        # conv's 16 KB of weights on a 2x2 map), and models' convs, whose traffic is their
+        # activations, were priced 20-35% low under the weight that fitted those probes.
+        worst = len(points) * math.log(MISFIT_FACTOR) ** 2
+        return best[1] if fits[0][0] > worst and best[0] < fits[0][0] / 2 else fits[0][1]
 
     def __call__(self, flops: float, nbytes: float, items: float) -> float:
         return max(self.floor_s, work(flops, nbytes, self.balance) / self.rate(items))
@@ -269,6 +296,25 @@ class Calibration:
 _EXPANDED = Algorithm("expanded")  # the ops of a composite's expansion: their kind's buckets
 
 
+def lowering_seconds(backend: Backend, program: Program,
+                     price: Callable[[A.Op, Algorithm], float]) -> float:
+    """Seconds compiling ``program`` adds to the sum of its picks, each (op, algorithm) at
+    ``price``: the ops the backend adds (:meth:`~walle_core.backend.Backend.added_ops`: layout
+    changes), and for each op it runs otherwise than picked
+    (:meth:`~walle_core.backend.Backend.runs_as`), what runs less what was picked."""
+    total = 0.0
+    try:
+        extra = backend.added_ops(program)
+        runs = backend.runs_as(program)
+    except Exception:  # a backend that cannot lower this program prices nothing extra
+        return 0.0
+    total += sum(price(op, algo) for op, algo in extra)
+    for (op, algo), (ran, ran_algo) in zip(program.ops, runs or [], strict=False):
+        if ran is not op or ran_algo.name != algo.name:
+            total += price(ran, ran_algo) - price(op, algo)
+    return total
+
+
 def _build_stamp(backend: Backend) -> str:
     """Size and mtime of the backend's package files (Python and compiled): a rebuilt kernel
     library invalidates calibrations even when the backend forgot to bump its version."""
@@ -359,17 +405,34 @@ def _probes(level: int) -> list[A.Op]:
                     (16, 32, 56))[level]
     img = b.tensor((imgs, ch, hw, hw), f32)
     rng = np.random.default_rng(0)
+    # Dense convs at the channel depths of real networks, the map growing with the level: a
+    # conv's rate depends on its reduction (input channels x taps) as much as on its outputs,
+    # and a 4- or 8-channel probe is all traffic where a model's 64-channel conv is arithmetic
+    # (its rate, applied to arithmetic, priced the zoo's 1x1 convs at 0.7x their time). Beyond
+    # the smallest sizes a 3x3 probe may be claimed by a Winograd algorithm: the 5x5 one sweeps
+    # the direct one. (Probes stay chainable, stride 1: a copy that cannot read its
+    # predecessor's output reads a plain program input, and the cpu runs such a lone conv
+    # plain, not blocked.) Grouped convs run plain: their strided probe is their own bucket.
+    dhw = (4, 7, 14, 28, 56, 56, 56)[level]
+    dimgs = (1, 1, 1, 1, 1, 4, 8)[level]
+    pointwise = b.tensor((dimgs, 64, dhw, dhw), f32)
+    dense = b.tensor((dimgs, 32, dhw, dhw), f32)
     # grouped: 8 channels per group, from many groups on a small map (a late stage's few outputs
     # per group) up to the large sizes; its parallel items are one group's outputs
     gch, ghw = ((64, 3), (64, 7), (64, 14), (32, 28), (32, 56), (32, 56), (32, 56))[level]
     grouped = b.tensor((imgs, gch, ghw, ghw), f32)
-    for x, shape, groups, pads in ((img, (ch, ch, 3, 3), 1, (1, 1, 1, 1)),
-                                   (img, (ch, ch, 1, 1), 1, (0, 0, 0, 0)),
-                                   (img, (ch, 1, 3, 3), ch, (1, 1, 1, 1)),
-                                   (grouped, (gch, 8, 3, 3), gch // 8, (1, 1, 1, 1))):
-        out = b.tensor(x.shape, f32)
-        w = b.const(rng.standard_normal(shape).astype(f32))
-        b.emit(A.Conv2D([x, w], [out], pads=pads, groups=groups))
+    for x, shape, groups, stride in ((dense, (32, 32, 3, 3), 1, 1),
+                                     (dense, (32, 32, 5, 5), 1, 1),  # one no Winograd takes
+                                     (pointwise, (64, 64, 1, 1), 1, 1),
+                                     (img, (ch, 1, 3, 3), ch, 1),
+                                     (grouped, (gch, 8, 3, 3), gch // 8, 1),
+                                     (grouped, (gch, 8, 3, 3), gch // 8, 2)):
+        k = shape[2] // 2
+        n, _c, h, w = x.shape
+        out = b.tensor((n, shape[0], (h + 2 * k - shape[2]) // stride + 1,
+                        (w + 2 * k - shape[3]) // stride + 1), f32)
+        wt = b.const(rng.standard_normal(shape).astype(f32))
+        b.emit(A.Conv2D([x, wt], [out], strides=(stride, stride), pads=(k, k, k, k), groups=groups))
     b.emit(A.Pool2D([img], [b.tensor((imgs, ch, hw // 2, hw // 2), f32)], fn="max", kernel=(3, 3),
                     strides=(2, 2), pads=(1, 1, 1, 1)))
     rows, block = 16 << level, 16 << min(level, 4)
@@ -406,7 +469,10 @@ def _fan_out(outputs: int, algo: Algorithm) -> Program:
     return Program([(op, algo) for op in b.ops], [x], ys)
 
 
-def _sweep(backend: Backend) -> Iterator[tuple[int, A.Op, Algorithm, bool]]:
+Probe = tuple[int, A.Op, Algorithm, bool, list[tuple[A.Op, Algorithm]], A.Op]
+
+
+def _sweep(backend: Backend) -> Iterator[Probe]:
     """(level, op, algorithm, chained) for every bucket and algorithm, smallest sizes first; the
     first probe of a bucket (at a level) is its representative. Element-wise buckets are swept
     twice: a lone op (its own pass over memory) and chained copies (fused where the backend
@@ -423,8 +489,67 @@ def _sweep(backend: Backend) -> Iterator[tuple[int, A.Op, Algorithm, bool]]:
                 if key not in seen and (level < ALL_ALGORITHMS_BELOW or alg.name == own):
                     seen.add(key)
                     if isinstance(op, ELEMENTWISE):
-                        yield level, op, alg, False
-                    yield level, op, alg, True
+                        yield level, op, alg, False, [], op
+                    yield level, op, alg, True, [], op
+        yield from _fed(backend, level)
+        yield from _recurrences(backend, level)
+
+
+RECURRENCES = (("GRU", 3), ("LSTM", 4))  # ONNX node, gates
+
+
+def _recurrences(backend: Backend, level: int) -> Iterator[Probe]:
+    """A whole-sequence GRU and LSTM as the ONNX frontend lowers them (their composite), for a
+    backend that claims it: a recurrence's steps are serial, its cost is not its expansion's
+    work at the composite's parallelism (gru_speech's GRU ran 20-30% over that)."""
+    from walle_core.interpreter import fold
+    from walle_core.ir.graph import Graph, Node, TensorType, ValueInfo
+    from walle_core.plan.lower import Lowering
+
+    seq, hidden = ((4, 16), (8, 32), (16, 32), (32, 64), (64, 64), (64, 128), (128, 128))[level]
+    rng = np.random.default_rng(4)
+    for node, gates in RECURRENCES:
+        def weight(*shape: int) -> np.ndarray:
+            return (rng.standard_normal(shape) / np.sqrt(hidden)).astype(np.float32)
+
+        x = ValueInfo("x", TensorType(np.dtype(np.float32), (seq, 1, hidden)))
+        y = ValueInfo("y", TensorType(np.dtype(np.float32), (seq, 1, 1, hidden)))
+        graph = Graph([Node(node, ["x", "w", "r", "b"], ["y"], {"hidden_size": hidden})], [x], [y],
+                      {"w": weight(1, gates * hidden, hidden), "r": weight(1, gates * hidden, hidden),
+                       "b": weight(1, 2 * gates * hidden)})
+        try:
+            ops = Lowering(graph, fold, {}).run({"x": ((seq, 1, hidden), np.dtype(np.float32))}).ops
+        except Exception:  # a frontend without the node: nothing to probe
+            continue
+        for op in ops:
+            if isinstance(op, A.Composite) and backend.algorithms(op):
+                yield level, op, choose(op, [backend])[1], True, [], op
+
+
+def _fed(backend: Backend, level: int) -> Iterator[Probe]:
+    """Probes fed by a producer the way models feed them (a pool after a conv), for a backend
+    that runs them otherwise then (:meth:`~walle_core.backend.Backend.runs_as`: a pool on the
+    conv's blocked output): a bucket of what it runs, timed with the producer ahead of both
+    programs of the steady timing. None where the backend runs the probe as it is."""
+    b = _builder()
+    f32 = np.float32
+    hw = (4, 8, 14, 28, 56, 112, 112)[level]
+    imgs = 4 if level == LEVELS - 1 else 1
+    x = b.tensor((imgs, 4, hw, hw), f32)  # narrow: a blocked conv reads it as it is
+    y = b.tensor((imgs, 32, hw, hw), f32)
+    w = b.const(np.random.default_rng(3).standard_normal((32, 4, 3, 3)).astype(f32))
+    conv = b.emit(A.Conv2D([x, w], [y], pads=(1, 1, 1, 1)))
+    pool = b.emit(A.Pool2D([y], [b.tensor(y.shape, f32)], fn="max", kernel=(3, 3), pads=(1, 1, 1, 1)))
+    if not backend.algorithms(conv) or not backend.algorithms(pool):
+        return
+    prefix = [(conv, choose(conv, [backend])[1])]
+    alg = choose(pool, [backend])[1]
+    try:
+        runs = backend.runs_as(Program([*prefix, (pool, alg)], [x], list(pool.outputs)))
+    except Exception:  # a backend that cannot lower it prices nothing of its own
+        return
+    if runs and op_key(runs[-1][0], alg.name) != op_key(pool, alg.name):
+        yield level, pool, alg, True, prefix, runs[-1][0]
 
 
 def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -> Calibration:
@@ -470,20 +595,20 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
                       lat_h, h2d.Bps, lat_d, d2h.Bps, device_timed=timer.device_timed)
     stopped: set[str] = set()
     deadline = time.perf_counter() + BUDGET_S
-    for level, op, alg, chain in _sweep(backend):
-        key = op_key(op, alg.name) + (CHAINED if chain and isinstance(op, ELEMENTWISE) else "")
+    for level, op, alg, chain, prefix, priced in _sweep(backend):
+        key = op_key(priced, alg.name) + (CHAINED if chain and isinstance(op, ELEMENTWISE) else "")
         if key in stopped or (level > 1 and not clock.noiseless and time.perf_counter() > deadline):
             continue
         step(f"{key} size {level + 1}/{LEVELS}")
         try:
-            t = timer.steady(op, alg, chain=chain)
+            t = timer.steady(op, alg, chain=chain, prefix=prefix)
         except Exception:  # a size the backend cannot run (memory, limits): the sweep ends here
             stopped.add(key)
             continue
         points = cal.curves.setdefault(key, [])
         if points:  # a larger size never runs faster: a drop is noise
             t = max(t, points[-1][3])
-        points.append([*demand(op, alg), items(op), t])
+        points.append([*demand(priced, alg), items(priced), t])
         cal.rates[key] = max(op.flops(), 1.0) / max(t, 1e-12)
         if t > SWEEP_CAP_S or _saturated(points):
             stopped.add(key)
@@ -646,6 +771,7 @@ def _measured_over_predicted(backend: Backend, timer: Timer, cal: Calibration, o
     fused = chain_followers(ops, out_ids)
     predicted = (cal.program_overhead_s
                  + sum(cal.op_seconds(op, alg, chained=i in fused) for i, (op, alg) in enumerate(picks))
+                 + lowering_seconds(backend, Program(picks, [img], list(out)), cal.op_seconds)
                  + cal.upload(img.nbytes) + sum(cal.download(t.nbytes) for t in out))
     return measured / predicted
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend, Program
 from walle_core.plan.planner import program_groups
-from walle_core.search.calibrate import Calibration, chain_followers
+from walle_core.search.calibrate import Calibration, chain_followers, lowering_seconds
 
 
 def op_signature(op: A.Op) -> str:
@@ -126,14 +126,15 @@ def plan_cost(ops: Sequence[A.Op], where: Sequence[str], own_s: Sequence[float],
 
 def added_cost(assignment: Sequence[tuple[A.Op, Backend, Algorithm]], keep: set[int],
                model: CostModel) -> float:
-    """Seconds of the ops each program's backend adds when it compiles the program
-    (:meth:`~walle_core.backend.Backend.added_ops`: layout changes between its kernels), at
-    their buckets' rates: the planner's programs, with the inputs and outputs it gives them."""
+    """Seconds each program's backend adds when it compiles the program, at the buckets'
+    rates (:func:`~walle_core.search.calibrate.lowering_seconds`): the ops it adds (layout
+    changes between its kernels), and what the ops it runs otherwise than picked (a conv on
+    another algorithm, a pool on a blocked tensor) cost beyond their picks. The planner's
+    programs, with the inputs and outputs it gives them."""
     total = 0.0
     for backend, picks, inputs, outputs in program_groups(assignment, keep):
-        try:
-            extra = backend.added_ops(Program(picks, inputs, outputs))
-        except Exception:  # a backend that cannot lower this program prices nothing extra
-            extra = []
-        total += sum(model.predict(op, backend.name, algo) for op, algo in extra)
+        def price(op: A.Op, algo: Algorithm, name: str = backend.name) -> float:
+            return model.predict(op, name, algo)
+
+        total += lowering_seconds(backend, Program(picks, inputs, outputs), price)
     return total

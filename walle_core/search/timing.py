@@ -144,16 +144,17 @@ class Timer:
     def ops(self, ops: Sequence[tuple[A.Op, Algorithm]]) -> float:
         return self.program(program_for(ops))
 
-    def _queued(self, lists: Sequence[tuple[list[A.Op], bool]],
-                alg: Algorithm) -> list[tuple[float, float | None]]:
+    def _queued(self, lists: Sequence[tuple[list[A.Op], bool]], alg: Algorithm,
+                prefix: Sequence[tuple[A.Op, Algorithm]] = ()) -> list[tuple[float, float | None]]:
         """For each (ops, every_output) program: (best seconds on the clock, best summed device
         kernel seconds or None when the backend does not time its kernels); ``every_output``:
         every op's outputs are program outputs (copies that nothing reads would otherwise be
-        dead code a backend drops). The programs' runs take turns: a load that comes and goes
-        on a shared machine slows each alike, where their difference is the measurement."""
+        dead code a backend drops); ``prefix``: ops each program runs first. The programs' runs
+        take turns: a load that comes and goes on a shared machine slows each alike, where
+        their difference is the measurement."""
         prepared = []
         for ops, every_output in lists:
-            program = program_for([(o, alg) for o in ops])
+            program = program_for([*prefix, *((o, alg) for o in ops)])
             if every_output:
                 program = Program(program.ops, program.inputs, [t for o in ops for t in o.outputs])
             prepared.append(self._prepared(program))
@@ -196,7 +197,8 @@ class Timer:
                 self._outputs[key] = max((every - last) / 3, 0.0)
         return self._outputs[key]
 
-    def steady(self, op: A.Op, alg: Algorithm, *, chain: bool = True) -> float:
+    def steady(self, op: A.Op, alg: Algorithm, *, chain: bool = True,
+               prefix: Sequence[tuple[A.Op, Algorithm]] = ()) -> float:
         """Seconds of one ``op`` among queued ops like it: (4 copies - 2 copies) / 2, chained
         through its output where it can be (unless ``chain`` is False), else repeated on the same
         inputs. What a backend does at a program's edges (transfers, layout changes,
@@ -204,22 +206,25 @@ class Timer:
         chained copy for a fraction of a lone op's pass over memory: ``chain=False`` times the
         lone op. Repeated copies are each a program output (else a backend drops all but the
         last as dead code and the difference times nothing); what handing those outputs to the
-        host costs (:meth:`output_s`) is taken off again."""
+        host costs (:meth:`output_s`) is taken off again. ``prefix``: ops both programs run
+        first, producing ``op``'s input the way a model does (a conv that leaves it in the
+        backend's blocked layout); their cost cancels out too."""
         lo, hi = (1, 2) if self.clock.noiseless else (2, 4)  # exact clocks need no averaging
-        t, device = self._steady(op, alg, chain, lo, hi)
+        t, device = self._steady(op, alg, chain, lo, hi, prefix)
         if not self.clock.noiseless and not device and t * (hi - lo) < SHORT_DIFF_S:
             # a difference of a few microseconds is within a loaded machine's noise of each
             # side: take it again over enough copies to differ by SHORT_DIFF_S (same best of runs)
             more = min(MAX_COPIES, max(hi - lo, math.ceil(SHORT_DIFF_S / max(t, 1e-9))))
-            t, _ = self._steady(op, alg, chain, lo, lo + more)
+            t, _ = self._steady(op, alg, chain, lo, lo + more, prefix)
         return t
 
-    def _steady(self, op: A.Op, alg: Algorithm, chain: bool, lo: int, hi: int) -> tuple[float, bool]:
+    def _steady(self, op: A.Op, alg: Algorithm, chain: bool, lo: int, hi: int,
+                prefix: Sequence[tuple[A.Op, Algorithm]] = ()) -> tuple[float, bool]:
         """(seconds per copy from ``hi`` over ``lo`` copies, whether device timers gave it)."""
         pair = (chained(op, lo), chained(op, hi)) if chain else (None, None)
         every = pair[0] is None or pair[1] is None
         short, long = (repeated(op, lo), repeated(op, hi)) if every else (pair[0] or [], pair[1] or [])
-        (w_lo, d_lo), (w_hi, d_hi) = self._queued([(short, every), (long, every)], alg)
+        (w_lo, d_lo), (w_hi, d_hi) = self._queued([(short, every), (long, every)], alg, prefix)
         if d_lo is not None and d_hi is not None and d_hi > d_lo:
             self.device_timed = True
             return (d_hi - d_lo) / (hi - lo), True

@@ -18,7 +18,7 @@ from walle_core.errors import BackendUnavailableError
 from walle_core.hookspecs import hookimpl
 from walle_core.hostinfo import cpu_model
 from walle_cpu import _native, codes, ops
-from walle_cpu.compiler import CpuExecutable, layout_changes
+from walle_cpu.compiler import CpuExecutable, layout_changes, lowered
 
 _INTERESTING = ("avx512f", "avx512_vnni", "avx512_bf16", "avx2", "fma", "neon", "asimd", "sse4_2")
 
@@ -100,6 +100,31 @@ class CpuBackend(Backend):
         if _native.LIB is None:
             return []
         return layout_changes(program, self.rewrites)
+
+    def runs_as(self, program: Program) -> list[tuple[A.Op, Algorithm]] | None:
+        """What the blocked layout pass makes of ``program``'s convs (the algorithm each runs:
+        a blocked conv that would not pay runs plain, a plain one stays blocked between
+        blocked ones), pools (on blocked tensors) and reductions (over a blocked tensor's
+        pixels). The pass keeps one op per conv, pool and reduction, in order: they are
+        matched up kind by kind (a kind whose count differs keeps its picks)."""
+        if _native.LIB is None:
+            return None
+        picks = list(program.ops)
+        ran = lowered(program, self.rewrites)
+        out = list(picks)
+        for kind in (A.Kind.CONV2D, A.Kind.POOL2D, A.Kind.REDUCE):
+            mine = [i for i, (op, _) in enumerate(picks) if op.kind is kind]
+            theirs = [item for item in ran if item[0].kind is kind]
+            if len(mine) != len(theirs):
+                continue
+            for i, (op, algo) in zip(mine, theirs, strict=True):
+                picked_op, picked = picks[i]
+                if kind is A.Kind.CONV2D:  # the atomic conv, with the algorithm it runs (its cost)
+                    named = {a.name: a for a in self.algorithms(picked_op)}
+                    out[i] = (picked_op, named.get(algo.name, picked))
+                else:  # the pool or reduction as it runs (its blocked shapes), as picked
+                    out[i] = (op, picked)
+        return out
 
 
 @hookimpl
