@@ -118,9 +118,11 @@ typedef struct { int64_t batch, hidden; } wl_lstm_params;
 /* A whole LSTM or GRU direction (recurrent.c): ins = (xw (seq, batch, gates*hidden): the input
  * projection with its biases, rt (hidden, gates*hidden): R transposed, h0, then c0 (LSTM) or
  * the h gate's recurrent bias (GRU with has_rbh), then the outputs after the first: h_final
- * and (LSTM) c_final) -> Y (seq, batch, hidden). LSTM gates are i, o, f, c; GRU gates z, r, h. */
+ * and (LSTM) c_final) -> Y (seq, batch, hidden). LSTM gates are i, o, f, c; GRU gates z, r, h.
+ * dirs 2 (a bidirectional layer, the second direction reversed from the first): both
+ * directions' inputs in turn, then the first's outputs after Y, then all the second's. */
 typedef struct {
-    int64_t seq, batch, hidden, gru, reverse, linear_before_reset, has_rbh;
+    int64_t seq, batch, hidden, gru, reverse, linear_before_reset, has_rbh, dirs;
 } wl_recurrent_params;
 
 /* int8 convolution and matrix product (qgemm.c, qconv.c): ins = (8-bit activations); aux holds
