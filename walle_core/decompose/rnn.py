@@ -6,10 +6,11 @@ Unary/Binary ops. ``sequence_lens`` that are not all full length are handled wit
 (``Select``): past its length a batch row keeps its state and emits zeros, which also gives the
 per-row reversal the reverse direction needs.
 
-A plain LSTM or GRU direction (default activations, no clip, peepholes or coupled gates, every
+A plain LSTM or GRU layer (default activations, no clip, peepholes or coupled gates, every
 row at full length) is one ``lstm_sequence`` / ``gru_sequence`` composite over the whole
-sequence, whose expansion is the unrolled form: a backend may run it as one kernel, with the
-input projection still one MatMul ahead of it.
+sequence and all its directions, whose expansion is the unrolled form: a backend may run it as
+one kernel (the two directions of a bidirectional layer at once), with each direction's input
+projection still one MatMul ahead of it.
 """
 
 from __future__ import annotations
@@ -248,20 +249,29 @@ def whole_sequence(r: Recurrence, ctx: NodeContext, defaults: Sequence[str]) -> 
             and all(m is None for m in r.mask) and default_activations(ctx, defaults))
 
 
-def sequence(b: Builder, r: Recurrence, d: int, composite: str | None, inputs: list[A.Tensor],
-             states: list[A.Tensor], cell: Cell, **attrs: object) -> tuple[A.Tensor, list[A.Tensor]]:
-    """One direction: unrolled, or (``composite`` named) wrapped as that whole-sequence
-    composite of ``inputs`` -> (Y, final states), the unrolled steps its expansion."""
-    if composite is None:
-        return run_direction(b, r, d, states, cell)
+Part = tuple[list[A.Tensor], list[A.Tensor], Cell]  # (composite inputs, initial states, cell)
+
+
+def sequences(b: Builder, r: Recurrence, composite: str, parts: list[Part], first: int = 0,
+              **attrs: object) -> tuple[list[A.Tensor], list[list[A.Tensor]]]:
+    """Directions ``first``.. of a layer (one, or both of a bidirectional one) as one
+    whole-sequence composite of every direction's inputs in turn -> every direction's (Y,
+    final states) in turn; their unrolled steps are its expansion. The directions of a
+    bidirectional layer share nothing, so a backend may run them at once (``directions``: 2;
+    ``reverse`` is the first one's, the second runs the other way)."""
 
     def expand() -> list[A.Tensor]:
-        y, fin = run_direction(b, r, d, states, cell)
-        return [y, *fin]
+        outs: list[A.Tensor] = []
+        for i, (_, states, cell) in enumerate(parts):
+            y, fin = run_direction(b, r, first + i, states, cell)
+            outs += [y, *fin]
+        return outs
 
-    outs = b.composite(composite, inputs, expand, hidden=r.hidden, reverse=int(r.directions[d]),
-                       **attrs)
-    return outs[0], outs[1:]
+    outs = b.composite(composite, [t for ins, _, _ in parts for t in ins], expand, hidden=r.hidden,
+                       reverse=int(r.directions[first]), directions=len(parts), **attrs)
+    per = len(outs) // len(parts)
+    return ([outs[i * per] for i in range(len(parts))],
+            [outs[i * per + 1:(i + 1) * per] for i in range(len(parts))])
 
 
 @register("LSTM")
@@ -285,6 +295,7 @@ def lstm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
                   and default_activations(ctx, LSTM_ACTIVATIONS))
     ys: list[A.Tensor] = []
     finals: list[list[A.Tensor]] = []
+    parts: list[Part] = []
     for d in range(r.dirs):
         wb, rb = bias_parts(b, bias, d, 4, hs)
         full_bias = None if wb is None or rb is None else b.binary("add", wb, rb)
@@ -320,10 +331,14 @@ def lstm(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
                 return b.composite("lstm_cell", [gates, cp], tail, hidden=hs)
             return tail()
 
-        y, fin = sequence(b, r, d, "lstm_sequence" if whole else None, [xw, rt, h0[d], c0[d]],
-                          [h0[d], c0[d]], cell)
+        if whole:  # every direction goes into one composite, below
+            parts.append(([xw, rt, h0[d], c0[d]], [h0[d], c0[d]], cell))
+            continue
+        y, fin = run_direction(b, r, d, [h0[d], c0[d]], cell)
         ys.append(y)
         finals.append(fin)
+    if whole:
+        ys, finals = sequences(b, r, "lstm_sequence", parts)
     return finish(b, ctx, r, ys, finals)
 
 
@@ -340,6 +355,7 @@ def gru(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     whole = whole_sequence(r, ctx, GRU_ACTIVATIONS)
     ys: list[A.Tensor] = []
     finals: list[list[A.Tensor]] = []
+    parts: list[Part] = []
     for d in range(r.dirs):
         wb, rb = bias_parts(b, bias, d, 3, hs)
         # z and r take both biases up front; h keeps Rb_h apart (it sits inside the reset).
@@ -379,11 +395,15 @@ def gru(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
             # H = (1 - z) * hh + z * H_prev = hh + z * (H_prev - hh)
             return [b.binary("add", hh, b.binary("mul", z, b.binary("sub", hp, hh)))]
 
-        extra = [] if rbh is None else [rbh]  # Rb of the h gate, kept apart from xw
-        y, fin = sequence(b, r, d, "gru_sequence" if whole else None, [xw, rt, h0[d], *extra],
-                          [h0[d]], cell, linear_before_reset=int(lbr))
+        if whole:  # every direction goes into one composite, below
+            extra = [] if rbh is None else [rbh]  # Rb of the h gate, kept apart from xw
+            parts.append(([xw, rt, h0[d], *extra], [h0[d]], cell))
+            continue
+        y, fin = run_direction(b, r, d, [h0[d]], cell)
         ys.append(y)
         finals.append(fin)
+    if whole:
+        ys, finals = sequences(b, r, "gru_sequence", parts, linear_before_reset=int(lbr))
     return finish(b, ctx, r, ys, finals)
 
 

@@ -1,10 +1,12 @@
-/* A whole LSTM or GRU direction in one kernel (the lstm_sequence / gru_sequence composites).
+/* Whole LSTM or GRU directions in one kernel (the lstm_sequence / gru_sequence composites).
  *
  * The input projection of every step (xw, with the biases that sit outside the reset gate) is
  * one MatMul ahead of this op. Per step, the recurrent product h_prev @ R^T runs on the GEMM
- * driver with R packed once per run (the LSTM adds xw[t] as the GEMM's residual), then the gate
+ * driver with R packed once (by the compiler when constant, else per run; the LSTM adds xw[t]
+ * as the GEMM's residual), then the gate
  * math runs over whole rows with the vector unary/binary kernels, in the order of operations of
- * the expansion. The hidden state of step t is row t of Y, so the next step reads it there. */
+ * the expansion. The hidden state of step t is row t of Y, so the next step reads it there.
+ * The two directions of a bidirectional layer (dirs 2) run at once, one per thread. */
 #include <string.h>
 
 #include "internal.h"
@@ -78,36 +80,40 @@ static void gru_step(const rec_ctx *s, const float *xt, const float *hp, float *
     }
 }
 
-int wl_recurrent(const wl_op *op, const wl_exec *ex) {
+/* One direction; its operands start at ins[in0] (xw, rt, h0, c0 | rbh) and ins[out0] (its
+ * outputs after y: h_final, c_final). Returns 0, or -1 when out of scratch memory. */
+static int run_direction(const wl_op *op, const wl_exec *ex, int dir, int64_t in0, int64_t out0,
+                         float *y, int reverse, int nthreads) {
     const wl_recurrent_params *p = &op->recurrent;
     int64_t T = p->seq, B = p->batch, H = p->hidden, G = p->gru ? 3 : 4;
-    const float *xw = (const float *)wl_in(op, ex, 0), *rt = (const float *)wl_in(op, ex, 1);
-    const float *h0 = (const float *)wl_in(op, ex, 2);
-    int64_t k = 3;
-    const float *c0 = p->gru ? NULL : (const float *)wl_in(op, ex, k++);
-    const float *rbh = p->has_rbh ? (const float *)wl_in(op, ex, k++) : NULL;
-    float *h_final = (float *)wl_in(op, ex, k++);
-    float *c_final = p->gru ? NULL : (float *)wl_in(op, ex, k++);
-    float *y = (float *)wl_out(op, ex);
+    const float *xw = (const float *)wl_in(op, ex, in0), *rt = (const float *)wl_in(op, ex, in0 + 1);
+    const float *h0 = (const float *)wl_in(op, ex, in0 + 2);
+    const float *c0 = p->gru ? NULL : (const float *)wl_in(op, ex, in0 + 3);
+    const float *rbh = p->has_rbh ? (const float *)wl_in(op, ex, in0 + 3) : NULL;
+    float *h_final = (float *)wl_in(op, ex, out0);
+    float *c_final = p->gru ? NULL : (float *)wl_in(op, ex, out0 + 1);
     int split = p->gru && !p->linear_before_reset; /* z, r and h packed apart */
     int64_t pk_n = split ? wl_packed_b_floats(H, 2 * H) + wl_packed_b_floats(H, H)
                          : wl_packed_b_floats(H, G * H);
     size_t floats = (size_t)(pk_n + B * G * H + 2 * B * H) + 16;
-    float *mem = wl_scratch(2, sizeof(float) * floats);
-    if (!mem) return wl_fail(ex, "out of memory in a recurrent sequence");
-    rec_ctx s = {B, H, rbh, mem, NULL, mem + pk_n, mem + pk_n + B * G * H,
-                 mem + pk_n + B * G * H + B * H, ex->nthreads, (int)p->linear_before_reset};
-    if (split) {
-        s.pkh = mem + wl_packed_b_floats(H, 2 * H);
-        wl_pack_b_parallel(rt, H, 2 * H, G * H, 0, mem, ex->nthreads);
-        wl_pack_b_parallel(rt + 2 * H, H, H, G * H, 0, (float *)s.pkh, ex->nthreads);
-    } else {
-        wl_pack_b_parallel(rt, H, G * H, G * H, 0, mem, ex->nthreads);
+    /* a constant R comes packed by the compiler (aux: each direction's pk_n floats in turn) */
+    const float *pre = op->aux ? (const float *)op->aux + dir * pk_n : NULL;
+    if (pre) floats -= (size_t)pk_n;
+    float *mem = wl_scratch(2, sizeof(float) * floats); /* per thread: directions may run at once */
+    if (!mem) return -1;
+    float *pk = pre ? (float *)pre : mem, *work = pre ? mem : mem + pk_n;
+    rec_ctx s = {B, H, rbh, pk, split ? pk + wl_packed_b_floats(H, 2 * H) : NULL, work,
+                 work + B * G * H, work + B * G * H + B * H, nthreads, (int)p->linear_before_reset};
+    if (!pre && split) {
+        wl_pack_b_parallel(rt, H, 2 * H, G * H, 0, pk, nthreads);
+        wl_pack_b_parallel(rt + 2 * H, H, H, G * H, 0, (float *)s.pkh, nthreads);
+    } else if (!pre) {
+        wl_pack_b_parallel(rt, H, G * H, G * H, 0, pk, nthreads);
     }
     if (c0) memcpy(s.c, c0, sizeof(float) * (size_t)(B * H));
     const float *hp = h0;
     for (int64_t i = 0; i < T; i++) {
-        int64_t t = p->reverse ? T - 1 - i : i;
+        int64_t t = reverse ? T - 1 - i : i;
         float *ht = y + t * B * H;
         if (p->gru) gru_step(&s, xw + t * B * G * H, hp, ht);
         else lstm_step(&s, xw + t * B * G * H, hp, ht);
@@ -115,5 +121,38 @@ int wl_recurrent(const wl_op *op, const wl_exec *ex) {
     }
     memcpy(h_final, hp, sizeof(float) * (size_t)(B * H));
     if (c_final) memcpy(c_final, s.c, sizeof(float) * (size_t)(B * H));
+    return 0;
+}
+
+/* A bidirectional layer: the directions share nothing, so each runs on its own thread (their
+ * steps are too small to split: a step of crnn's 48-wide LSTM is ~0.4 us of work). */
+typedef struct {
+    const wl_op *op;
+    const wl_exec *ex;
+    float *y;
+    int failed[2];
+} pair_ctx;
+
+static void pair_task(void *vp, int64_t d) {
+    pair_ctx *c = vp;
+    const wl_recurrent_params *p = &c->op->recurrent;
+    int64_t ni = 3 + (p->gru ? p->has_rbh : 1), no = p->gru ? 1 : 2; /* per direction */
+    float *y = d ? (float *)wl_in(c->op, c->ex, 2 * ni + no) : c->y;
+    int64_t out0 = d ? 2 * ni + no + 1 : 2 * ni;
+    c->failed[d] = run_direction(c->op, c->ex, (int)d, d * ni, out0, y, (int)(p->reverse ^ d), 1);
+}
+
+int wl_recurrent(const wl_op *op, const wl_exec *ex) {
+    const wl_recurrent_params *p = &op->recurrent;
+    float *y = (float *)wl_out(op, ex);
+    if (p->dirs == 2) {
+        pair_ctx c = {op, ex, y, {0, 0}};
+        wl_parallel_for(2, pair_task, &c, ex->nthreads);
+        if (c.failed[0] || c.failed[1]) return wl_fail(ex, "out of memory in a recurrent sequence");
+        return 0;
+    }
+    int64_t ni = 3 + (p->gru ? p->has_rbh : 1);
+    if (run_direction(op, ex, 0, 0, ni, y, (int)p->reverse, ex->nthreads))
+        return wl_fail(ex, "out of memory in a recurrent sequence");
     return 0;
 }

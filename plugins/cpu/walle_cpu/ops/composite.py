@@ -4,14 +4,18 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
+
+import numpy as np
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm
 from walle_cpu import codes as K
 from walle_cpu._native import LIB
 from walle_cpu.ops.kernel import Binder, OpKernel, direct_cost
+from walle_cpu.ops.matmul import pack_panels
 
 FUSED = Algorithm("fused", direct_cost(0.3, flop_scale=12.0))  # ~12 flops per element (exp)
 
@@ -70,8 +74,9 @@ def _encode(d: Any, op: A.Op, algo: Algorithm, b: Binder) -> None:
 
 
 def _encode_sequence(d: Any, op: A.Composite, b: Binder) -> None:
-    """(xw, rt, h0, c0 | [rbh]) -> (Y, h_final[, c_final]); the outputs after Y travel as
-    operands after the inputs (a descriptor has one output)."""
+    """(xw, rt, h0, c0 | [rbh]) -> (Y, h_final[, c_final]) per direction (both of a
+    bidirectional layer in turn); the outputs after the first Y travel as operands after the
+    inputs (a descriptor has one output)."""
     d.kind = LIB.WL_RECURRENT
     b.bind(d, op, [*op.inputs, *op.outputs[1:]])
     r = d.recurrent
@@ -79,7 +84,30 @@ def _encode_sequence(d: Any, op: A.Composite, b: Binder) -> None:
     r.gru = int(op.name == "gru_sequence")
     r.reverse = int(op.attrs["reverse"])  # type: ignore[call-overload]
     r.linear_before_reset = int(op.attrs.get("linear_before_reset", 0))  # type: ignore[call-overload]
-    r.has_rbh = int(r.gru and len(op.inputs) == 4)
+    dirs = int(op.attrs.get("directions", 1))  # type: ignore[call-overload]
+    if dirs > 1:  # 0 (the descriptor's zero) reads as 1
+        r.dirs = dirs
+    r.has_rbh = int(r.gru and len(op.inputs) == 4 * dirs)
+    packed = _packed_recurrent(op, dirs, r.hidden, bool(r.gru), bool(r.linear_before_reset))
+    if packed is not None:
+        d.aux = b.aux(packed)
+
+
+def _packed_recurrent(op: A.Composite, dirs: int, hidden: int, gru: bool, lbr: bool) -> np.ndarray | None:
+    """Constant R^T of every direction packed into GEMM panels once, here, as recurrent.c
+    otherwise packs it on every run: all gates, or (GRU without linear_before_reset) z and r,
+    then the h gate's columns; None when R is computed."""
+    per_dir = len(op.inputs) // dirs
+    rts = [op.inputs[i * per_dir + 1].value for i in range(dirs)]
+    if any(rt is None for rt in rts):
+        return None
+    gates = 3 if gru else 4
+    cuts = [0, 2 * hidden, 3 * hidden] if gru and not lbr else [0, gates * hidden]
+    parts = []
+    for rt in rts:
+        full = np.asarray(rt, np.float32).reshape(hidden, gates * hidden)
+        parts += [pack_panels(full[:, lo:hi], hidden, hi - lo) for lo, hi in itertools.pairwise(cuts)]
+    return np.concatenate(parts)
 
 
 COMPOSITE = OpKernel((A.Composite,), _supported, _encode, lambda op: (FUSED,))

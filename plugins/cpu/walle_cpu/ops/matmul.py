@@ -21,6 +21,18 @@ def _supported(op: A.Op) -> bool:
     return all(t.dtype == K.F32 for t in (*op.inputs, op.out))
 
 
+def pack_panels(b: np.ndarray, k: int, n: int, trans_b: bool = False) -> np.ndarray:
+    """A constant (k x n) B (or n x k with ``trans_b``) packed into the active ISA's GEMM
+    panels (``wl_pack_b``): ``wl_packed_b_floats(k, n)`` floats."""
+    packed = np.zeros(max(1, int(LIB.wl_packed_b_floats(k, n))), np.float32)
+    src = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    if src.size == 0:
+        src = np.zeros(1, np.float32)
+    LIB.wl_pack_b(FFI.cast("float*", FFI.from_buffer(src)), k, n, int(trans_b),
+                  FFI.cast("float*", FFI.from_buffer(packed)))
+    return packed
+
+
 def _pack(b: np.ndarray, op: A.MatMul) -> np.ndarray:
     """Constant B of every batch packed into panels for the active ISA's GEMM tiles."""
     nb = op.batch if op.b_batch_stride else 1
@@ -29,11 +41,7 @@ def _pack(b: np.ndarray, op: A.MatMul) -> np.ndarray:
     src = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     for i in range(nb):
         lo = i * op.b_batch_stride
-        part = src[lo : lo + op.k * op.n]
-        if part.size == 0:
-            part = np.zeros(1, np.float32)
-        LIB.wl_pack_b(FFI.cast("float*", FFI.from_buffer(part)), op.k, op.n, int(op.trans_b),
-                      FFI.cast("float*", FFI.from_buffer(packed)) + i * per)
+        packed[i * per : (i + 1) * per] = pack_panels(src[lo : lo + op.k * op.n], op.k, op.n, op.trans_b)[:per]
     return packed
 
 
