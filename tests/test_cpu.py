@@ -238,13 +238,16 @@ def test_lstm_cells_run_as_one_fused_kernel(tmp_path, direction: str) -> None:  
 
 
 @pytest.mark.parametrize(("kind", "direction", "lbr", "initial"), [
-    ("LSTM", "bidirectional", 0, True), ("LSTM", "reverse", 0, False),
+    ("LSTM", "bidirectional", 0, True), ("LSTM", "reverse", 0, False), ("LSTM", "bidirectional", 0, False),
     ("GRU", "bidirectional", 1, True), ("GRU", "forward", 0, True), ("GRU", "reverse", 0, False),
+    ("GRU", "bidirectional", 0, False),
 ])
-def test_full_length_recurrences_run_as_one_kernel_per_direction(
-        tmp_path: Path, kind: str, direction: str, lbr: int, initial: bool) -> None:
-    """Every row at full length: each direction is one ``lstm_sequence`` / ``gru_sequence``
-    composite the cpu backend claims (recurrent.c), matching the unrolled reference."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_full_length_recurrences_run_as_one_kernel_per_layer(
+        tmp_path: Path, kind: str, direction: str, lbr: int, initial: bool, threads: int) -> None:
+    """Every row at full length: the layer is one ``lstm_sequence`` / ``gru_sequence``
+    composite over its directions (both of a bidirectional one, which run at once on two
+    threads) that the cpu backend claims (recurrent.c), matching the unrolled reference."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -270,10 +273,11 @@ def test_full_length_recurrences_run_as_one_kernel_per_direction(
     path = tmp_path / "rnn.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
     feeds = {"X": rng.uniform(-1, 1, (seq, batch, inp)).astype(np.float32)}
-    model = walle_core.load(path, backend="cpu")
+    model = walle_core.load(path, backend="cpu", threads=threads)
     ops, _ = model.atomic_ops(feeds)
     name = f"{kind.lower()}_sequence"
-    assert sum(isinstance(op, A.Composite) and op.name == name for op in ops) == dirs
+    layers = [op for op in ops if isinstance(op, A.Composite) and op.name == name]
+    assert len(layers) == 1 and layers[0].attrs["directions"] == dirs
     assert registry().get("cpu").claims(name)
     got = model.run(feeds)
     assert not model.dropped, model.dropped
