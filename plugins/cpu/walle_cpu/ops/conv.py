@@ -53,12 +53,14 @@ def conv_algorithms(op: A.Conv2D) -> list[str]:
 
 
 def winograd_blocked_fits(op: A.Conv2D) -> bool:
-    """3x3, stride 1, dilation 1, one group, constant weights (``offers_blocked``), and an
-    input wide enough to be blocked (a narrow stem input stays plain: the direct kernel)."""
+    """3x3, stride 1, dilation 1, one group, constant weights (``offers_blocked``), and at
+    least one whole block of input channels: on fewer (a stem's 3 to 12) the transforms of 16
+    lanes outweigh the products saved, and where such a conv won on its own cost by a little it
+    drew the narrow convs after it into the blocked layout (yolox's stem: +87 us on 1 ms)."""
     w = op.inputs[1].shape
     channels = w[1]  # (a blocked conv's input is 5-D: its weights give the channels)
     return (w[2], w[3]) == (3, 3) and op.strides == (1, 1) and op.dilations == (1, 1) \
-        and op.groups == 1 and channels > layout.PLAIN_INPUT_MAX
+        and op.groups == 1 and channels >= layout.BLK
 
 
 def plain_algorithm(op: A.Conv2D) -> Algorithm:
@@ -118,8 +120,13 @@ def _blocked_cost(op: A.Op) -> Cost:
 # is priced here as flop-equivalents). Fitted to same-run timings against the direct conv
 # (AVX-512, 2 threads; docs/performance.md, "Winograd on the blocked layout"):
 WINO_TRANSFORM = 24.0  # per point of a 6x6 tile and channel (input and output), both transforms
-WINO_WEIGHT = 20.0  # per transformed weight read from beyond the L2 cache, once per strip of tiles
-WINO_WEIGHT_CACHED = 4 << 20  # transformed weights under this many bytes stay (partly) cached
+# per transformed weight, read once per strip of tiles: in a model the other layers' weights
+# evict them between runs (a 1-tile 4x4 map of 64 channels ran 20 us against the direct
+# conv's 12 us there, 0.7x of it alone); WINO_WEIGHT_FAR more as they grow to WINO_FAR_BYTES,
+# beyond the caches (7x7 maps of 512 channels: 3x the direct conv in ResNet-18)
+WINO_WEIGHT = 10.0
+WINO_WEIGHT_FAR = 20.0
+WINO_FAR_BYTES = 16 << 20
 WINO_STRIP_BYTES = 1536 * 1024  # a strip's transformed tiles and sums (winograd_blocked.c)
 
 
@@ -137,9 +144,9 @@ def _winograd_blocked_cost(op: A.Op) -> Cost:
     per_tile = 36 * 4 * (cp + opad)
     strips = -(-tiles // min(max(WINO_STRIP_BYTES // per_tile, 24), tiles))
     weights = 36 * cp * opad
-    cached = min(1.0, 4 * weights / WINO_WEIGHT_CACHED)
+    per_weight = WINO_WEIGHT + WINO_WEIGHT_FAR * min(1.0, 4 * weights / WINO_FAR_BYTES)
     flops = (2.0 * 36 * tiles * c * opad + WINO_TRANSFORM * 36 * tiles * (cp + opad)
-             + WINO_WEIGHT * cached * weights * strips)
+             + per_weight * weights * strips)
     nbytes = layout.blocked_cost_bytes(op) + 2 * per_tile * tiles + 4 * weights * strips
     return Cost(flops, nbytes, 1, 0.95)
 
