@@ -257,6 +257,11 @@ int main(int argc, char **argv) {
          * over one chunk with a partial last panel, grouped */
         test_conv(c, 1, 7, 9, 10, 20, 1, 1, 0, 1, 1);
         test_conv(c, 2, 12, 5, 5, 9, 1, 1, 0, 1, 3);
+        /* larger maps, rows of whole panels (32-byte windows per depth index): a stem at
+         * stride 2 whose last windows end at the input's last byte, dilated, stride 1 */
+        test_conv(c, 1, 3, 63, 64, 8, 3, 2, 1, 1, 1);
+        test_conv(c, 1, 5, 20, 32, 6, 3, 1, 2, 2, 1);
+        test_conv(c, 2, 4, 9, 32, 10, 3, 1, 1, 1, 2);
         test_matmul(c, 50, 128, 33);
         test_matmul_dyn(c, 2, 20, 128, 18, 1);
     }

@@ -792,7 +792,8 @@ typedef struct {
     int failed;               /* a task found no scratch memory */
     const struct pack_vbmi_plan *vbmi; /* small maps: pack_conv_vbmi's index vectors, or NULL */
     const uint8_t *xend;      /* the end of x (the vbmi packing's loads stop there) */
-    int vbmi1x1;              /* a 1x1 stride-1 conv on the plane as it is: pack_1x1_vbmi */
+    int vbmi1x1;              /* 1: a 1x1 stride-1 conv on the plane as it is (pack_1x1_vbmi);
+                               * 2: other kernels on AVX-512 VBMI (pack_rows_vbmi) */
 } conv_job;
 
 #if defined(__x86_64__)
@@ -956,6 +957,12 @@ static int pack_vbmi_setup(const wl_qconv_params *s, const wl_qweights *q, int64
 }
 
 #if defined(__x86_64__)
+TVBMI static inline __m256i load32_upto(const uint8_t *p, const uint8_t *end) {
+    return end - p >= 32 ? _mm256_loadu_si256((const __m256i *)p)
+                         : end > p ? _mm256_maskz_loadu_epi8((__mmask32)dw_vbmi_mask(end - p), p)
+                                   : _mm256_setzero_si256();
+}
+
 TVBMI static inline __m512i load_upto(const uint8_t *p, const uint8_t *end) {
     return end - p >= 64 ? _mm512_loadu_si512(p)
                          : end > p ? _mm512_maskz_loadu_epi8(dw_vbmi_mask(end - p), p) : _mm512_setzero_si512();
@@ -1030,6 +1037,79 @@ TVBMI static void pack_1x1_vbmi(const conv_job *j, const uint8_t *xg, int64_t p0
 }
 #endif
 
+#if defined(__x86_64__)
+/* pack_conv for any kernel on larger maps: per group of 4 depth indices, each index's taps for
+ * the panel's 16 columns lie in a 32-byte window of its plane (columns at most 31 bytes apart:
+ * a panel inside one output row at stride 1 or 2, or rows close enough), so the four windows
+ * are two registers and one vpermi2b interleaves the 64 bytes (byte 4l + e: window e, the
+ * column's offset). Panels whose columns are further apart are packed byte by byte. */
+TVBMI static void pack_rows_vbmi(const conv_job *j, const uint8_t *xg, int64_t p0, int64_t pn,
+                                 int64_t npan, uint8_t *b) {
+    const wl_qconv_params *s = j->s;
+    const wl_qweights *q = j->q;
+    int64_t kp = q->kp, K = q->k, hw = j->hp * j->wp, wp = j->wp, sw = s->stride_w;
+    const __m512i fl = _mm512_set1_epi8((char)q->x_flip);
+    int64_t base[CHUNK], dv[CHUNK][16];
+    uint8_t cols[CHUNK][64];
+    uint64_t cm[CHUNK];
+    int fast[CHUNK];
+    for (int64_t i = 0, oy = p0 / s->ow, ox = p0 % s->ow; i < npan; i++) {
+        int64_t n = pn - 16 * i < 16 ? pn - 16 * i : 16, top = 0;
+        base[i] = oy * s->stride_h * wp + ox * sw;
+        cm[i] = n == 16 ? ~0ull : ((uint64_t)1 << (4 * n)) - 1;
+        for (int64_t l = 0; l < 16; l++) {
+            int64_t d = 0;
+            if (l < n) {
+                d = oy * s->stride_h * wp + ox * sw - base[i];
+                if (++ox == s->ow) ox = 0, oy++;
+            }
+            dv[i][l] = d;
+            top = d > top ? d : top;
+            for (int e = 0; e < 4; e++) cols[i][4 * l + e] = (uint8_t)(32 * e + (d < 32 ? d : 0));
+        }
+        fast[i] = top < 32;
+    }
+    int64_t c = 0, ki = 0, kj = 0; /* depth index 4 * k4 + e as (channel, kernel row, column) */
+    for (int64_t k4 = 0; k4 < kp / 4; k4++) {
+        const uint8_t *src[4];
+        uint64_t m = ~0ull;
+        for (int e = 0; e < 4; e++) {
+            src[e] = xg + c * hw + ki * s->dilation_h * wp + kj * s->dilation_w;
+            if (4 * k4 + e >= K) {
+                src[e] = xg;
+                m &= ~(0x1111111111111111ull << e);
+            }
+            if (++kj == s->kw) {
+                kj = 0;
+                if (++ki == s->kh) ki = 0, c++;
+            }
+        }
+        for (int64_t i = 0; i < npan; i++) {
+            uint8_t *dst = b + i * kp * PANEL + k4 * 64;
+            if (4 * k4 >= K) {
+                _mm512_storeu_si512(dst, _mm512_setzero_si512());
+                continue;
+            }
+            if (fast[i]) {
+                const uint8_t *end = j->xend;
+                __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(load32_upto(src[0] + base[i], end)),
+                                                load32_upto(src[1] + base[i], end), 1);
+                __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(load32_upto(src[2] + base[i], end)),
+                                                load32_upto(src[3] + base[i], end), 1);
+                __m512i v = _mm512_permutex2var_epi8(lo, _mm512_loadu_si512(cols[i]), hi);
+                _mm512_storeu_si512(dst, _mm512_maskz_mov_epi8(m & cm[i], _mm512_xor_si512(v, fl)));
+                continue;
+            }
+            uint8_t w[64];
+            for (int64_t l = 0; l < 16; l++)
+                for (int e = 0; e < 4; e++) w[4 * l + e] = src[e][base[i] + dv[i][l]];
+            __m512i v = _mm512_xor_si512(_mm512_loadu_si512(w), fl);
+            _mm512_storeu_si512(dst, _mm512_maskz_mov_epi8(m & cm[i], v));
+        }
+    }
+}
+#endif
+
 static void conv_chunk(void *ctx, int64_t t) {
     conv_job *j = ctx;
     const wl_qconv_params *s = j->s;
@@ -1050,8 +1130,10 @@ static void conv_chunk(void *ctx, int64_t t) {
 #if defined(__x86_64__)
     if (j->vbmi)
         pack_conv_vbmi(j, j->x + (img * s->c + g * cg) * j->hp * j->wp, p0, npan, b);
-    else if (j->vbmi1x1)
+    else if (j->vbmi1x1 == 1)
         pack_1x1_vbmi(j, j->x + (img * s->c + g * cg) * j->hp * j->wp, p0, pn, npan, b);
+    else if (j->vbmi1x1 == 2)
+        pack_rows_vbmi(j, j->x + (img * s->c + g * cg) * j->hp * j->wp, p0, pn, npan, b);
     else
 #endif
         pack_conv(j, j->x + (img * s->c + g * cg) * j->hp * j->wp, p0, pn, npan, b);
@@ -1613,8 +1695,11 @@ int wl_qconv(const wl_qconv_params *s, const wl_qweights *q, const uint8_t *x, v
     int pv = pack_vbmi_setup(s, q, wp, &pplan);
     int pv1 = 0;
 #if defined(__x86_64__)
-    pv1 = s->kh == 1 && s->kw == 1 && s->stride_h == 1 && s->stride_w == 1 && wp == s->ow &&
-          avx512_family(isa()) && !q->x_packed_signed && __builtin_cpu_supports("avx512vbmi");
+    if (avx512_family(isa()) && !q->x_packed_signed && __builtin_cpu_supports("avx512vbmi"))
+        pv1 = s->kh == 1 && s->kw == 1 && s->stride_h == 1 && s->stride_w == 1 && wp == s->ow ? 1
+              /* whole panels inside output rows (a row straddling panel goes byte by byte) */
+              : s->kh * s->kw > 1 && s->stride_w <= 2 && s->ow % 16 == 0                         ? 2
+                                                                                                : 0;
 #endif
     conv_job j = {s, q, src, hp, wp, y, chunks, splits, 0, pv ? &pplan : NULL,
                   src + s->n * s->c * hp * wp, pv1};
