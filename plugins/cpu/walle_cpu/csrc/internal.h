@@ -135,6 +135,8 @@ typedef struct wl_isa {
     /* row kernels of isa/reduce.inc: softmax (log: log_softmax) of n contiguous floats; layer
      * norm of one row (g, b: n floats each, b may be NULL); erf GELU (x == y allowed) */
     void (*softmax_row)(const float *x, float *y, int64_t n, int log);
+    /* softmax over the n rows (row stride `stride`) of cnt <= VW adjacent columns */
+    void (*softmax_cols)(const float *x, float *y, int64_t n, int64_t stride, int64_t cnt, int log);
     void (*layer_norm_row)(const float *x, const float *g, const float *b, float *y, int64_t n,
                            float eps);
     void (*gelu_f32)(const float *x, float *y, int64_t n);
