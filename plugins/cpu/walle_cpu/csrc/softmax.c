@@ -6,7 +6,8 @@
 /* x viewed as (outer, n, inner), over n: y = exp(x - max) / sum, or (x - max) - log(sum), with
  * the arithmetic of the expansion (max and sum as Reduce computes them, exp as Unary does) in
  * one explicit-vector row kernel (isa/reduce.inc: two passes over a line for log_softmax,
- * three for softmax). A line with inner > 1 is gathered into a scratch row first. */
+ * three for softmax). With inner >= a vector, the lines run a vector of adjacent columns at a
+ * time (softmax_cols); a line with 1 < inner < a vector is gathered into a scratch row. */
 typedef struct {
     const wl_op *op;
     const float *x;
@@ -14,6 +15,19 @@ typedef struct {
     int64_t chunk;
     int failed;
 } softmax_ctx;
+
+/* inner >= one vector: blocks of VW adjacent lines, their columns in vector lanes */
+static void softmax_cols_task(void *vp, int64_t t) {
+    softmax_ctx *c = vp;
+    const wl_softmax_params *p = &c->op->softmax;
+    const int64_t n = p->n, inner = p->inner, vw = wl_active->nr / 2;
+    const int64_t per = (inner + vw - 1) / vw, blocks = p->outer * per;
+    for (int64_t bl = t * c->chunk; bl < blocks && bl < (t + 1) * c->chunk; bl++) {
+        int64_t o = bl / per, i = bl % per * vw;
+        int64_t off = o * n * inner + i, cnt = inner - i < vw ? inner - i : vw;
+        wl_active->softmax_cols(c->x + off, c->y + off, n, inner, cnt, (int)p->log);
+    }
+}
 
 static void softmax_task(void *vp, int64_t t) {
     softmax_ctx *c = vp;
@@ -41,6 +55,14 @@ static void softmax_task(void *vp, int64_t t) {
 int wl_softmax(const wl_op *op, const wl_exec *ex) {
     const wl_softmax_params *p = &op->softmax;
     softmax_ctx c = {op, (const float *)wl_in(op, ex, 0), (float *)wl_out(op, ex), 0, 0};
+    const int64_t vw = wl_active->nr / 2;
+    if (p->inner >= vw) {
+        int64_t blocks = p->outer * ((p->inner + vw - 1) / vw);
+        int64_t tasks = p->outer * p->n * p->inner >= 32768 ? wl_chunks(blocks, 1, ex->nthreads, &c.chunk)
+                                                            : (c.chunk = blocks, 1);
+        wl_parallel_for(tasks, softmax_cols_task, &c, ex->nthreads);
+        return 0;
+    }
     int64_t lines = p->outer * p->inner;
     int64_t tasks = p->outer * p->n * p->inner >= 32768 ? wl_chunks(lines, 1, ex->nthreads, &c.chunk)
                                                         : (c.chunk = lines, 1);
