@@ -50,8 +50,18 @@ def _run(ops: list[A.Op], ins: list[A.Tensor], outs: list[A.Tensor], feeds: list
 
 
 def _check(ops: list[A.Op], ins: list[A.Tensor], outs: list[A.Tensor],
-           feeds: list[np.ndarray]) -> list[str]:
-    got, labels = _run(ops, ins, outs, feeds, "cpu", WINO)
+           feeds: list[np.ndarray], tile: int | None = None) -> list[str]:
+    """cpu (Winograd with output tiles of ``tile``: 4 or 2; None: as modelled) against the
+    reference."""
+    import walle_cpu.ops.conv as cv
+
+    modelled = cv.winograd_tile
+    if tile is not None:
+        cv.winograd_tile = lambda op: tile
+    try:
+        got, labels = _run(ops, ins, outs, feeds, "cpu", WINO)
+    finally:
+        cv.winograd_tile = modelled
     want, _ = _run(ops, ins, outs, feeds, "reference", "")
     for g, w in zip(got, want, strict=True):
         # Winograd's transforms add and subtract terms several times the output's scale (the
@@ -84,6 +94,7 @@ def _model(n: int, c: int, o: int, h: int, w: int, p: int, act: str, residual: b
     return b, x, out, feeds
 
 
+@pytest.mark.parametrize("tile", [4, 2])
 @pytest.mark.parametrize(("n", "c", "o", "h", "w", "p", "act", "residual"), [
     (1, 16, 16, 8, 8, 1, "identity", False),
     (1, 20, 37, 7, 9, 1, "relu", False),
@@ -94,9 +105,9 @@ def _model(n: int, c: int, o: int, h: int, w: int, p: int, act: str, residual: b
     (1, 64, 48, 30, 26, 1, "clip", True),         # tiles in several strips
 ])
 def test_winograd_conv_matches_reference(n: int, c: int, o: int, h: int, w: int, p: int, act: str,
-                                         residual: bool) -> None:
+                                         residual: bool, tile: int) -> None:
     b, x, out, feeds = _model(n, c, o, h, w, p, act, residual, seed=c * o + h)
-    labels = _check(b.ops, [x], [out], feeds)
+    labels = _check(b.ops, [x], [out], feeds, tile)
     wino = [lb for lb in labels if WINO in lb]
     assert len(wino) == 1, labels
     assert ("+residual" in wino[0]) == residual, labels
@@ -128,7 +139,8 @@ def test_winograd_conv_under_other_kernel_variants(isa: str) -> None:
         pytest.skip(str(exc))
     try:
         b, x, out, feeds = _model(1, 36, 20, 11, 9, 1, "relu", True, seed=3)
-        assert any(WINO in lb for lb in _check(b.ops, [x], [out], feeds))
+        for tile in (4, 2):
+            assert any(WINO in lb for lb in _check(b.ops, [x], [out], feeds, tile))
     finally:
         set_isa("auto")
 
@@ -148,8 +160,10 @@ def test_offered_only_for_3x3_stride_1_dense_convs() -> None:
 
 
 def test_modelled_cost_prefers_winograd_where_it_pays() -> None:
-    """Many tiles per weight (a 56x56 map): Winograd; a 7x7 map of 512 channels streams 4x
-    the direct conv's weights for four tiles: the direct conv."""
+    """Many tiles per weight (a 56x56 map): Winograd F(4x4, 3x3); a 7x7 map of 512 channels
+    streams 4x (F(2x2, 3x3): 1.8x) the direct conv's weights for few tiles: the direct conv."""
+    import walle_cpu.ops.conv as cv
+
     be = registry().get("cpu")
     rng = np.random.default_rng(0)
     b = Builder(fold=lambda op: None)
@@ -160,7 +174,13 @@ def test_modelled_cost_prefers_winograd_where_it_pays() -> None:
     b2.emit(A.Conv2D([big, b2.const(np.zeros((512, 512, 3, 3), F32))], [b2.tensor(big.shape, F32)],
                      pads=(1, 1, 1, 1)))
     assert choose(b.ops[0], [be])[1].name == WINO
+    assert isinstance(b.ops[0], A.Conv2D) and cv.winograd_tile(b.ops[0]) == 4
     assert choose(b2.ops[0], [be])[1].name == "nchwc"
+    b3 = Builder(fold=lambda op: None)
+    _conv(b3, rng, b3.tensor((1, 256, 7, 7), F32), 256)  # 7x7 of 256: F(2x2, 3x3)
+    op3 = b3.ops[0]
+    assert isinstance(op3, A.Conv2D) and choose(op3, [be])[1].name == WINO
+    assert cv.winograd_tile(op3) == 2
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -174,6 +194,7 @@ def test_winograd_conv_random_shapes(data: st.DataObject) -> None:
     w = data.draw(st.integers(3 - 2 * p, 14))
     act = data.draw(st.sampled_from(["identity", "relu", "clip", "sigmoid"]))
     residual = p == 1 and data.draw(st.booleans())
+    tile = data.draw(st.sampled_from([4, 2]))
     b, x, out, feeds = _model(n, c, o, h, w, p, act, residual, seed=data.draw(st.integers(0, 99)))
-    labels = _check(b.ops, [x], [out], feeds)
+    labels = _check(b.ops, [x], [out], feeds, tile)
     assert sum(WINO in lb for lb in labels) == 1, labels

@@ -119,13 +119,14 @@ typedef struct wl_isa {
                          const nc_epi *e);
     /* pooling of one blocked pixel over ny x nx taps (rows rs, columns cs floats apart): max
      * (NaN wins), or the sum times scale */
-    /* Winograd F(4x4, 3x3) on blocked tiles (isa/winograd.inc): a 6x6 input tile at (iy, ix)
-     * of an H x W blocked plane, zeros outside, to 36 vectors at v + k * vs; 36 sums at
-     * m + k * ms to rows x cols outputs at y (rows ys apart) with bias, res and the epilogue */
-    void (*wino_in)(const float *x, int64_t h, int64_t w, int64_t iy, int64_t ix, float *v,
-                    int64_t vs);
-    void (*wino_out)(const float *m, int64_t ms, const float *bias, float *y, int64_t ys,
-                     int rows, int cols, const float *res, const nc_epi *e);
+    /* Winograd F(m x m, 3x3), m 4 or 2, on blocked tiles (isa/winograd.inc): a T x T input
+     * tile (T = m + 2) at (iy, ix) of an H x W blocked plane, zeros outside, to T * T vectors
+     * at v + k * vs; T * T sums at mm + k * ms to rows x cols outputs at y (rows ys apart)
+     * with bias, res and the epilogue */
+    void (*wino_in)(int m, const float *x, int64_t h, int64_t w, int64_t iy, int64_t ix,
+                    float *v, int64_t vs);
+    void (*wino_out)(int m, const float *mm, int64_t ms, const float *bias, float *y,
+                     int64_t ys, int rows, int cols, const float *res, const nc_epi *e);
     void (*nc_pool_px)(int avg, const float *x, int64_t rs, int64_t cs, int64_t ny, int64_t nx,
                        float *y, float scale);
     /* fn in R_SUM (double lanes), R_MAX, R_MIN (NaN wins) over n contiguous floats */

@@ -80,7 +80,9 @@ typedef struct {
 } wl_matmul_params;
 
 /* Conv2D (NCHW, or NCHW16c with algo C_NCHWC); ins = (x, w, [bias], [residual]). `residual`
- * as for MatMul. Winograd: aux holds the transformed weights for GEMM panels of packed_nr.
+ * as for MatMul. Winograd: aux holds the transformed weights for GEMM panels of packed_nr;
+ * blocked Winograd (C_WINOGRAD_NCHWC): as the blocked conv's, but aux the transformed weights
+ * and packed_nr the output tile (4 or 2: F(4x4, 3x3) or F(2x2, 3x3), winograd_blocked.c).
  * Blocked: aux the packed weights, aux2 the bias padded to whole blocks, blocked_input 0 when
  * the input is a plain NCHW tensor of few channels, filter_blocks per packed weight group;
  * with prelu, aux2 goes on with the per-channel PRelu slopes padded to whole blocks, applied

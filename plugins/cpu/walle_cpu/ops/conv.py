@@ -21,10 +21,12 @@ _CODES = {"im2col+gemm": "C_IM2COL", "1x1-gemm": "C_1X1", "depthwise-direct": "C
           "winograd-f23": "C_WINOGRAD", layout.NCHWC: "C_NCHWC",
           layout.WINOGRAD_NCHWC: "C_WINOGRAD_NCHWC"}
 
-# Winograd F(4x4, 3x3), points 0, 1, -1, 2, -2 and infinity: Y = A^T [(G g G^T) * (B^T d B)] A.
-# The cpu kernels apply B^T and A^T (isa/winograd.inc); G is applied here, once, to the weights.
-_WINO_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                    [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+# Winograd F(m x m, 3x3): Y = A^T [(G g G^T) * (B^T d B)] A over (m + 2)^2 points; m = 4 with
+# points 0, 1, -1, 2, -2 and infinity, m = 2 with 0, 1, -1 and infinity. The cpu kernels apply
+# B^T and A^T (isa/winograd.inc); G is applied here, once, to the weights.
+_WINO_G = {4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+           2: np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]])}
 
 
 def _supported(op: A.Op) -> bool:
@@ -119,7 +121,7 @@ def _blocked_cost(op: A.Op) -> Cost:
 # a backend's algorithm by flops / efficiency alone, so the traffic that decides where it pays
 # is priced here as flop-equivalents). Fitted to same-run timings against the direct conv
 # (AVX-512, 2 threads; docs/performance.md, "Winograd on the blocked layout"):
-WINO_TRANSFORM = 24.0  # per point of a 6x6 tile and channel (input and output), both transforms
+WINO_TRANSFORM = 24.0  # per point of a tile and channel (input and output), both transforms
 # per transformed weight, read once per strip of tiles: in a model the other layers' weights
 # evict them between runs (a 1-tile 4x4 map of 64 channels ran 20 us against the direct
 # conv's 12 us there, 0.7x of it alone); WINO_WEIGHT_FAR more as they grow to WINO_FAR_BYTES,
@@ -130,25 +132,39 @@ WINO_FAR_BYTES = 16 << 20
 WINO_STRIP_BYTES = 1536 * 1024  # a strip's transformed tiles and sums (winograd_blocked.c)
 
 
+def _winograd_tile_cost(op: A.Conv2D, m: int) -> Cost:
+    # Products: (m + 2)^2 points per m x m output tile (tiles cover the map rounded up to m)
+    # over the real input channels and whole output blocks, on the direct conv's micro-kernel.
+    # The transforms are vector adds over tiles that pass through the L2 cache. The transformed
+    # weights ((m + 2)^2 / 9 times the direct conv's) are read once per strip of tiles: with few
+    # tiles (a 7x7 map) their traffic outweighs the products saved, and the direct conv wins.
+    if isinstance(op, layout.BlockedConv):  # (encoding: its tensors are 5-D)
+        (n, c, h, w), (_, o, oh, ow) = op.plain_in, op.plain_out
+    else:
+        (n, c, h, w), (_, o, oh, ow) = op.inputs[0].shape, op.out.shape
+    points = (m + 2) ** 2
+    tiles = n * -(-oh // m) * -(-ow // m)
+    cp, opad = layout.blocks(c) * layout.BLK, layout.blocks(o) * layout.BLK
+    per_tile = points * 4 * (cp + opad)
+    strips = -(-tiles // min(max(WINO_STRIP_BYTES // per_tile, 24), tiles))
+    weights = points * cp * opad
+    per_weight = WINO_WEIGHT + WINO_WEIGHT_FAR * min(1.0, 4 * weights / WINO_FAR_BYTES)
+    flops = (2.0 * points * tiles * c * opad + WINO_TRANSFORM * points * tiles * (cp + opad)
+             + per_weight * weights * strips)
+    operands = 4.0 * (n * cp * h * w + n * opad * oh * ow + 9 * c * o)  # layout.blocked_cost_bytes
+    nbytes = operands + 2 * per_tile * tiles + 4 * weights * strips
+    return Cost(flops, nbytes, 1, 0.95)
+
+
+def winograd_tile(op: A.Conv2D) -> int:
+    """The output tile (4: F(4x4, 3x3), or 2) whose modelled cost is lower: F(2, 3) reads 16
+    transformed weights per channel pair instead of 36, which pays on small maps."""
+    return min((4, 2), key=lambda m: _winograd_tile_cost(op, m).flops)
+
+
 def _winograd_blocked_cost(op: A.Op) -> Cost:
     assert isinstance(op, A.Conv2D)
-    # Products: 36 points per 4x4 output tile (tiles cover the map rounded up to 4) over the
-    # real input channels and whole output blocks, on the direct conv's micro-kernel. The
-    # transforms are vector adds over tiles that pass through the L2 cache. The transformed
-    # weights (4x the direct conv's) are read once per strip of tiles: with few tiles (a 7x7
-    # map) their traffic outweighs the products saved, and the direct conv wins.
-    n, c, _h, _w = op.inputs[0].shape
-    _, o, oh, ow = op.out.shape
-    tiles = n * -(-oh // 4) * -(-ow // 4)
-    cp, opad = layout.blocks(c) * layout.BLK, layout.blocks(o) * layout.BLK
-    per_tile = 36 * 4 * (cp + opad)
-    strips = -(-tiles // min(max(WINO_STRIP_BYTES // per_tile, 24), tiles))
-    weights = 36 * cp * opad
-    per_weight = WINO_WEIGHT + WINO_WEIGHT_FAR * min(1.0, 4 * weights / WINO_FAR_BYTES)
-    flops = (2.0 * 36 * tiles * c * opad + WINO_TRANSFORM * 36 * tiles * (cp + opad)
-             + per_weight * weights * strips)
-    nbytes = layout.blocked_cost_bytes(op) + 2 * per_tile * tiles + 4 * weights * strips
-    return Cost(flops, nbytes, 1, 0.95)
+    return _winograd_tile_cost(op, winograd_tile(op))
 
 
 _COSTS = {
@@ -206,14 +222,14 @@ def _winograd_weights(w: np.ndarray, o: int, c: int) -> np.ndarray:
     return u
 
 
-def _winograd_blocked_weights(w: Any, fb: int) -> np.ndarray:
-    """(O, C, 3, 3) -> per point of the 6x6 transformed tile, G g G^T packed as a blocked 1x1
-    conv's weights (``layout.pack_weights``): the Winograd kernel's products are such convs."""
-    g = np.asarray(w, dtype=np.float64)
-    u = np.einsum("ik,ockl,jl->ijoc", _WINO_G, g, _WINO_G).astype(np.float32)  # (6, 6, O, C)
-    o, c = g.shape[0], g.shape[1]
+def _winograd_blocked_weights(w: Any, fb: int, m: int) -> np.ndarray:
+    """(O, C, 3, 3) -> per point of the (m + 2)^2 transformed tile, G g G^T packed as a blocked
+    1x1 conv's weights (``layout.pack_weights``): the Winograd kernel's products are such convs."""
+    g, gm = np.asarray(w, dtype=np.float64), _WINO_G[m]
+    u = np.einsum("ik,ockl,jl->ijoc", gm, g, gm).astype(np.float32)  # (T, T, O, C)
+    o, c, t = g.shape[0], g.shape[1], m + 2
     return np.concatenate([layout.pack_weights(u[i, j].reshape(o, c, 1, 1), fb, plain_input=False)
-                           for i in range(6) for j in range(6)])
+                           for i in range(t) for j in range(t)])
 
 
 def _encode(d: Any, op: A.Op, algo: Algorithm, b: Binder) -> None:
@@ -225,7 +241,8 @@ def _encode(d: Any, op: A.Op, algo: Algorithm, b: Binder) -> None:
         b.bind(d, op)
         _encode_blocked(d, op, b)
         if wino:
-            d.aux = b.aux(_winograd_blocked_weights(op.inputs[1].value, d.conv.filter_blocks))
+            d.conv.packed_nr = m = winograd_tile(op)  # the output tile
+            d.aux = b.aux(_winograd_blocked_weights(op.inputs[1].value, d.conv.filter_blocks, m))
         return
     name = algo.name if algo.name in conv_algorithms(op) else "im2col+gemm"
     d.algo = getattr(LIB, _CODES[name])
