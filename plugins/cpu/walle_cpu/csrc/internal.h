@@ -78,6 +78,14 @@ typedef struct {
     int load, final; /* reduction slices: start from y (not the bias); last slice (epilogue) */
 } nc_epi;
 
+/* ---- a blocked conv tile's reduction: nb input blocks (x + b * xcb, weights + b * wcb), each
+ * over nt taps (x + xo[t], weights + wo[t]) of cib channels (cil in the last block), channel ci
+ * at x + ci and weights + ci * 16 * (filter blocks) */
+typedef struct {
+    const int64_t *xo, *wo;
+    int64_t nb, nt, cib, cil, xcb, wcb;
+} nc_red;
+
 /* ---- per-ISA kernel table (simd.c builds one per variant from the isa/ includes) */
 typedef struct wl_isa {
     const char *name;
@@ -105,15 +113,20 @@ typedef struct wl_isa {
     void (*nc_conv_tile)(int fb, int np, int64_t nk, const int64_t *xo, const int64_t *wo,
                          const float *x, const float *w, const float *bias, float *y, int64_t ys,
                          const int64_t *po, const nc_epi *e);
+    /* nrun tiles of fb filter blocks x np pixels, tile i's input pixel p at x + i * xstep + po[p]
+     * and its outputs np pixels on from tile i - 1's, over the reduction r */
+    void (*nc_conv_run)(int fb, int np, int64_t nrun, int64_t xstep, const nc_red *r,
+                        const float *x, const float *w, const float *bias, float *y, int64_t ys,
+                        const int64_t *po, const nc_epi *e);
     /* depthwise: np <= 8 pixels of one 16-channel block, nk taps; x[xo[k] + p * step] are
      * vectors of 16 channels, as are the weights w[wo[k]] */
     void (*nc_dw_tile)(int np, int64_t nk, const int64_t *xo, const int64_t *wo, const float *x,
                        const float *w, const float *bias, float *y, int64_t step,
                        const nc_epi *e);
-    /* depthwise: the first pixels of a run of n interior pixels of one output row and block,
-     * nky kernel rows (row r at x + r * rs) of kw taps one vector apart, pixels sw vectors
-     * apart, w the first kernel row's weights; returns how many it stored (0 where the ISA has
-     * no kernel for kw and sw, or nky < kw) */
+    /* depthwise: a run of n interior pixels of one output row and block, nky <= kw kernel
+     * rows (row r at x + r * rs) of kw taps one vector apart, pixels sw vectors apart, w the
+     * first kernel row's weights; returns how many it stored (n, or 0 where the ISA has no
+     * kernel for kw and sw) */
     int64_t (*nc_dw_row)(int64_t n, int64_t nky, int64_t kw, int64_t sw, const float *x,
                          int64_t rs, const float *w, const float *bias, float *y,
                          const nc_epi *e);
