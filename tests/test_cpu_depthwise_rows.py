@@ -66,3 +66,36 @@ def test_blocked_depthwise_rows_match_the_reference(k: int, s: int, d: int, w: i
     np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-5)
     assert sum(lb.startswith("Conv2D") and "nchwc" in lb for lb in labels) == 5, labels
     assert any("+residual" in lb for lb in labels) and any("+prelu" in lb for lb in labels), labels
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("k", "s"), [(3, 1), (3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (4, 4), (6, 7), (8, 8), (9, 14), (16, 5)])
+def test_small_maps_and_same_padding_match_the_reference(k: int, s: int, hw: tuple[int, int], threads: int) -> None:
+    """Small maps with TFLite's SAME padding (the odd pad after: pads (0, 0, 1, 1) for a 3x3
+    stride 2 on an even map): rows copied into a zero-bordered scratch, every pixel a tile pixel
+    (remainder tiles of 1-7), a residual and a clip on top."""
+    rng = np.random.default_rng(k * 1000 + s * 100 + hw[0] * 10 + hw[1])
+    c, (h, w) = 40, hw
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((1, 8, h, w), F32)
+    y0 = b.tensor((1, c, h, w), F32)
+    b.emit(A.Conv2D([x, b.const(rng.uniform(-0.5, 0.5, (c, 8, 1, 1)).astype(F32)), b.const(np.zeros(c, F32))], [y0]))
+    oh, ow = -(-h // s), -(-w // s)
+    ph, pw = max((oh - 1) * s + k - h, 0), max((ow - 1) * s + k - w, 0)
+    pads = (ph // 2, pw // 2, ph - ph // 2, pw - pw // 2)
+    y1 = b.tensor((1, c, oh, ow), F32)
+    b.emit(A.Conv2D([y0, b.const(rng.uniform(-0.5, 0.5, (c, 1, k, k)).astype(F32)),
+                     b.const(rng.uniform(-0.5, 0.5, c).astype(F32))], [y1], strides=(s, s), pads=pads,
+                    groups=c, act=A.Activation("clip", (-0.5, 0.7))))
+    y2 = b.tensor((1, c, oh, ow), F32)
+    b.emit(A.Conv2D([y1, b.const(rng.uniform(-0.5, 0.5, (c, 1, k, k)).astype(F32)), b.const(np.zeros(c, F32))],
+                    [y2], pads=((k - 1) // 2,) * 4, groups=c))
+    y3 = b.binary("add", y2, y1)
+    y = b.tensor((1, 4, oh, ow), F32)
+    b.emit(A.Conv2D([y3, b.const(rng.uniform(-0.5, 0.5, (4, c, 1, 1)).astype(F32)), b.const(np.zeros(4, F32))], [y]))
+    feeds = [rng.uniform(-1, 1, x.shape).astype(F32)]
+    got, labels = _run(b.ops, [x], [y], feeds, "cpu", threads)
+    want, _ = _run(b.ops, [x], [y], feeds, "reference", 1)
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-5)
+    assert sum(lb.startswith("Conv2D") and "nchwc" in lb for lb in labels) >= 3, labels

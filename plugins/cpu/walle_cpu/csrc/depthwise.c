@@ -35,20 +35,67 @@ int wl_depthwise(const wl_op *op, const wl_exec *ex, const float *x, const float
 
 /* ---------------------------------------------------------------- blocked: rows */
 
+/* Output rows [oy0, oy1) of block cb on a small map with borders: the input rows they read are
+ * copied into a zero-bordered scratch (this block only, (OW - 1) * sw + KW pixels wide), so every
+ * pixel of every row is an interior pixel of the register tiles with all KH kernel rows (on an
+ * 8x8 map, 3x3 pad 1, a quarter of the pixels were border pixels with tap tables of their own and
+ * a quarter of the rows partial). Returns 0, having stored nothing, where the ISA has no row
+ * tiles for the kernel or the scratch cannot be allocated. */
+static int dw_rows_padded(const nc_ctx *c, int64_t cb, int64_t oy0, int64_t oy1, const float *w,
+                          const float *bias, nc_epi *e) {
+    int64_t rf = ((c->OW - 1) * c->sw + c->KW) * WL_BLK; /* floats per padded row */
+    int64_t iy0 = oy0 * c->sh - c->pt, nrows = (oy1 - 1 - oy0) * c->sh + c->KH;
+    int64_t left = c->pl * WL_BLK, keep = c->W * WL_BLK;
+    if (left > rf) left = rf;
+    if (keep > rf - left) keep = rf - left;
+    float *xp = wl_scratch(1, sizeof(float) * (size_t)(nrows * rf));
+    if (!xp) return 0;
+    const float *xb = c->x + cb * c->xcb;
+    for (int64_t r = 0; r < nrows; r++) {
+        float *d = xp + r * rf;
+        int64_t iy = iy0 + r;
+        if (iy < 0 || iy >= c->H) {
+            memset(d, 0, sizeof(float) * (size_t)rf);
+            continue;
+        }
+        memset(d, 0, sizeof(float) * (size_t)left);
+        memcpy(d + left, xb + iy * c->xrow, sizeof(float) * (size_t)keep);
+        memset(d + left + keep, 0, sizeof(float) * (size_t)(rf - left - keep));
+    }
+    for (int64_t oy = oy0; oy < oy1; oy++) {
+        int64_t yoff = (cb * c->OH + oy) * c->OW * WL_BLK;
+        e->res = c->res ? c->res + yoff : NULL;
+        float *yr = c->y + yoff;
+        /* the same kernel, stride and row count for every row: the first row decides */
+        if (!wl_active->nc_dw_row(c->OW, c->KH, c->KW, c->sw, xp + (oy - oy0) * c->sh * rf, rf, w,
+                                  bias, yr, e))
+            return 0;
+        if (c->pass_act)
+            wl_active->unary_f32((int)c->op->conv.act.fn, yr, yr, c->OW * WL_BLK, c->op->conv.act.prm);
+    }
+    return 1;
+}
+
 static void dw_task(void *vp, int64_t t) {
     nc_ctx *c = vp;
-    nc_table cache[NC_TABLES];
-    if (!task_tables(c, cache)) return;
     int64_t chunks = ceil_div(c->OH, c->chunk);
     int64_t ci = t % chunks, cb = t / chunks; /* cb runs over n * blocks */
     const float *w = c->w + (cb % c->ob) * c->KH * c->KW * WL_BLK;
     const float *bias = c->bias + (cb % c->ob) * WL_BLK;
-    int64_t lo, hi;
-    interior(c, &lo, &hi);
     nc_epi e = c->epi;
     e.final = 1;
     if (e.slope) e.slope += (cb % c->ob) * WL_BLK;
-    for (int64_t oy = ci * c->chunk; oy < c->OH && oy < (ci + 1) * c->chunk; oy++) {
+    int64_t oy_end = (ci + 1) * c->chunk < c->OH ? (ci + 1) * c->chunk : c->OH;
+    /* (copied rows cost about one pixel per output pixel at stride 1, four at stride 2: there
+     * the copy pays only on maps whose interior holds less than one whole tile) */
+    if (c->borders && c->OW < (c->sw * c->sh == 1 ? 32 : 9) && c->dw == 1 && c->dh == 1 &&
+        dw_rows_padded(c, cb, ci * c->chunk, oy_end, w, bias, &e))
+        return;
+    nc_table cache[NC_TABLES];
+    if (!task_tables(c, cache)) return;
+    int64_t lo, hi;
+    interior(c, &lo, &hi);
+    for (int64_t oy = ci * c->chunk; oy < oy_end; oy++) {
         int64_t iy = oy * c->sh - c->pt, ky0, ky1;
         valid_taps(iy, c->dh, c->KH, c->H, &ky0, &ky1);
         const float *xr = c->x + cb * c->xcb + iy * c->xrow;
@@ -56,7 +103,7 @@ static void dw_task(void *vp, int64_t t) {
         float *yr = c->y + yoff;
         /* the interior in register tiles where the ISA has them (dilation 1 along the row) */
         int64_t done = 0;
-        if (c->dw == 1 && hi - lo >= 8 && ky1 - ky0 == c->KH) {
+        if (c->dw == 1 && hi > lo && ky1 > ky0) {
             e.res = c->res ? c->res + yoff + lo * WL_BLK : NULL;
             done = wl_active->nc_dw_row(hi - lo, ky1 - ky0, c->KW, c->sw,
                                         xr + ky0 * c->dh * c->xrow + (lo * c->sw - c->pl) * WL_BLK,
