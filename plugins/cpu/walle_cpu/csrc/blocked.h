@@ -2,8 +2,9 @@
  * blocked depthwise (depthwise.c) and blocked pooling (pool2d.c). A tensor (N, C, H, W) is
  * stored as (N, ceil(C/16), H, W, 16), so one 16-float vector holds one pixel of 16 channels.
  *
- * The conv kernels walk a reduction (channels x taps) given as a table of (input offset, weight
- * offset) pairs per window of valid taps; a task caches a few of them (interior, borders). */
+ * The conv kernels walk a reduction over the taps of a window of valid taps, given as a table
+ * of (input offset, weight offset) pairs per tap; a task caches a few of them (interior,
+ * borders). */
 #ifndef WALLE_CPU_BLOCKED_H
 #define WALLE_CPU_BLOCKED_H
 
@@ -23,7 +24,7 @@ typedef struct {
     int64_t C, H, W, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw;
     int64_t bi, ncb, xcb, xci, xrow, xpix, xn; /* input: channels per block, blocks, strides */
     int64_t ob, fb, ngroups, chunk;            /* output blocks, weight groups, work per task */
-    int64_t tmax;                              /* entries of the largest offset table */
+    int64_t tmax;                              /* entries of the largest offset table (taps) */
     nc_epi epi;                                /* residual pointer unset: set per tile */
     int pass_act;                              /* an activation the tiles cannot apply */
     int borders;                               /* some output pixels read only part of their taps */
@@ -32,7 +33,7 @@ typedef struct {
 
 typedef struct {
     int64_t key[5];
-    int64_t n, per_block; /* entries; entries per full input block */
+    int64_t n;            /* entries (taps) */
     int64_t used;         /* last use, for replacement */
     int64_t *xo, *wo;
 } nc_table;
@@ -47,8 +48,11 @@ static void valid_taps(int64_t base, int64_t d, int64_t k, int64_t n, int64_t *k
     *k1 = hi > lo ? hi : lo;
 }
 
-/* The offset table for taps [ky0, ky1) x [kx0, kx1) with fbw filter blocks per weight group,
- * ordered (input block, ky, kx, channel), from a small per-task cache. */
+/* The offset table for taps [ky0, ky1) x [kx0, kx1), in (ky, kx) order: the input offset and
+ * the weight offset of each tap (depthwise: its 16 weights; a conv with fbw filter blocks per
+ * weight group: its first input channel's, channels fbw * 16 floats apart), or on a plain
+ * (NCHW) input of each tap and channel (ci inner: channel planes are not one float apart),
+ * from a small per-task cache. */
 static const nc_table *table(const nc_ctx *c, nc_table *cache, int depthwise, int64_t fbw,
                              int64_t ky0, int64_t ky1, int64_t kx0, int64_t kx1) {
     int64_t key[5] = {fbw, ky0, ky1, kx0, kx1}, clock = 0;
@@ -63,29 +67,15 @@ static const nc_table *table(const nc_ctx *c, nc_table *cache, int depthwise, in
         if (cache[i].used < t->used) t = &cache[i];
     t->used = clock + 1;
     memcpy(t->key, key, sizeof key);
-    int64_t n = 0;
-    if (depthwise) {
-        for (int64_t ky = ky0; ky < ky1; ky++)
-            for (int64_t kx = kx0; kx < kx1; kx++, n++) {
-                t->xo[n] = ky * c->dh * c->xrow + kx * c->dw * WL_BLK;
-                t->wo[n] = (ky * c->KW + kx) * WL_BLK;
+    int64_t n = 0, xpix = depthwise ? WL_BLK : c->xpix, cn = depthwise || c->xci == 1 ? 1 : c->bi;
+    int64_t wtap = depthwise ? WL_BLK : c->bi * fbw * WL_BLK;
+    for (int64_t ky = ky0; ky < ky1; ky++)
+        for (int64_t kx = kx0; kx < kx1; kx++)
+            for (int64_t ci = 0; ci < cn; ci++, n++) {
+                t->xo[n] = ky * c->dh * c->xrow + kx * c->dw * xpix + ci * c->xci;
+                t->wo[n] = (ky * c->KW + kx) * wtap + ci * fbw * WL_BLK;
             }
-    } else {
-        for (int64_t cb = 0; cb < c->ncb; cb++) {
-            int64_t cib = c->C - cb * c->bi < c->bi ? c->C - cb * c->bi : c->bi;
-            for (int64_t ky = ky0; ky < ky1; ky++)
-                for (int64_t kx = kx0; kx < kx1; kx++) {
-                    int64_t xo = cb * c->xcb + ky * c->dh * c->xrow + kx * c->dw * c->xpix;
-                    int64_t wo = (((cb * c->KH + ky) * c->KW + kx) * c->bi) * fbw * WL_BLK;
-                    for (int64_t ci = 0; ci < cib; ci++, n++) {
-                        t->xo[n] = xo + ci * c->xci;
-                        t->wo[n] = wo + ci * fbw * WL_BLK;
-                    }
-                }
-        }
-    }
     t->n = n;
-    t->per_block = (ky1 - ky0) * (kx1 - kx0) * c->bi;
     return t;
 }
 

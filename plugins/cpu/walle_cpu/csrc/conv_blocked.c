@@ -6,9 +6,10 @@
  * map (under 32 wide) is first copied into a zero-bordered buffer, so every output pixel reads
  * the same taps and a tile may span rows (small maps fill whole tiles); wide maps keep their
  * input, tiles stay in one row, and a tile at a row's edge runs in passes over the column taps
- * its pixels share (border_tile). The reduction (channels x taps) runs over one table
- * of (input offset, weight offset) pairs, cut into slices whose weights stay in the L2 cache
- * while a task's pixels pass over them.
+ * its pixels share (border_tile). The reduction runs over input blocks, each over a
+ * table of (input offset, weight offset) pairs, one per tap, and each tap over the block's 16
+ * channels (unrolled: no table entry per channel); it is cut into slices of input blocks whose
+ * weights stay in the L2 cache while a task's pixels pass over them.
  *
  * Descriptor: op->conv; aux: packed weights (groups of filter_blocks filter blocks); aux2: the
  * bias padded to whole blocks (zeros when the conv has none). */
@@ -23,21 +24,25 @@ static int64_t even_tile(int64_t left, int64_t pmax) {
     return ceil_div(left, tiles);
 }
 
-/* One pass of a tile: np pixels (pixel p at xt + po[p]) over taps [ky0, ky1) x [kx0, kx1) of
- * input blocks [k0, k1), into y. */
-static void tile_pass(const nc_ctx *c, nc_table *cache, int64_t fb, int64_t np, int64_t k0,
-                      int64_t k1, int64_t ky0, int64_t ky1, int64_t kx0, int64_t kx1,
+/* One pass of nrun tiles along a row: np pixels each (pixel p at xt + po[p], the next tile's
+ * np * sw pixels on) over taps [ky0, ky1) x [kx0, kx1) of input blocks [k0, k1), into y. */
+static void tile_pass(const nc_ctx *c, nc_table *cache, int64_t fb, int64_t np, int64_t nrun,
+                      int64_t k0, int64_t k1, int64_t ky0, int64_t ky1, int64_t kx0, int64_t kx1,
                       const float *xt, const float *w, const float *bias, float *y,
                       const int64_t *po, const nc_epi *e) {
-    int64_t ys = c->OH * c->OW * WL_BLK;
-    int64_t s0 = 0, s1 = 0;
-    const nc_table *tb = NULL;
+    nc_red r = {.nb = 0};
     if (k1 > k0) {
-        tb = table(c, cache, 0, fb, ky0, ky1, kx0, kx1);
-        s0 = k0 * tb->per_block, s1 = k1 == c->ncb ? tb->n : k1 * tb->per_block;
+        const nc_table *tb = table(c, cache, 0, fb, ky0, ky1, kx0, kx1);
+        /* (a plain input's channels are entries of the table: one channel each) */
+        int64_t cib = c->xci == 1 ? c->bi : 1;
+        r = (nc_red){.xo = tb->xo, .wo = tb->wo, .nb = k1 - k0, .nt = tb->n, .cib = cib,
+                     .cil = k1 == c->ncb && cib > 1 ? c->C - (c->ncb - 1) * c->bi : cib,
+                     .xcb = c->xcb, .wcb = c->KH * c->KW * c->bi * fb * WL_BLK};
+        xt += k0 * r.xcb;
+        w += k0 * r.wcb;
     }
-    wl_active->nc_conv_tile((int)fb, (int)np, s1 - s0, tb ? tb->xo + s0 : NULL,
-                            tb ? tb->wo + s0 : NULL, xt, w, bias, y, ys, po, e);
+    wl_active->nc_conv_run((int)fb, (int)np, nrun, np * c->sw * c->xpix, &r, xt, w, bias, y,
+                           c->OH * c->OW * WL_BLK, po, e);
 }
 
 /* A tile of np pixels of one row that reaches into the left or right padding: each column tap
@@ -75,18 +80,18 @@ static void border_tile(const nc_ctx *c, nc_table *cache, const nc_epi *slice, i
     float *y = c->y + yimg + q * WL_BLK;
     const float *xt = x + iy * c->xrow + ix * c->xpix;
     if (full < 0) /* no tap reaches every pixel: start from the bias (or the last slice) */
-        tile_pass(c, cache, fb, np, k0, k0, ky0, ky1, 0, 0, xt, w, bias, y, unit, &e);
+        tile_pass(c, cache, fb, np, 1, k0, k0, ky0, ky1, 0, 0, xt, w, bias, y, unit, &e);
     else
-        tile_pass(c, cache, fb, np, k0, k1, ky0, ky1, from[full], to[full], xt, w, bias, y, unit, &e);
+        tile_pass(c, cache, fb, np, 1, k0, k1, ky0, ky1, from[full], to[full], xt, w, bias, y, unit, &e);
     e.load = 1;
     for (int64_t r = 0; r < nruns; r++)
         if (r != full)
-            tile_pass(c, cache, fb, run1[r] - run0[r], k0, k1, ky0, ky1, from[r], to[r],
+            tile_pass(c, cache, fb, run1[r] - run0[r], 1, k0, k1, ky0, ky1, from[r], to[r],
                       xt + run0[r] * c->sw * c->xpix, w, bias, y + run0[r] * WL_BLK, unit, &e);
     if (slice->final) {
         e.final = 1;
         e.res = c->res ? c->res + yimg + q * WL_BLK : NULL;
-        tile_pass(c, cache, fb, np, k0, k0, ky0, ky1, 0, 0, xt, w, bias, y, unit, &e);
+        tile_pass(c, cache, fb, np, 1, k0, k0, ky0, ky1, 0, 0, xt, w, bias, y, unit, &e);
     }
 }
 
@@ -109,6 +114,10 @@ static void conv_task(void *vp, int64_t t) {
     int pmax = wl_active->nc_p[fb];
     nc_epi e = c->epi;
     if (e.slope) e.slope += ob0 * WL_BLK;
+    /* rows whose input follows on from the previous row's (a 1x1 conv without padding): the
+     * task's pixels are one run of pixels sw * xpix floats apart */
+    int flat = !c->borders && c->sh * c->xrow == c->OW * c->sw * c->xpix;
+    int64_t po[12];
     for (int64_t k0 = 0; k0 < c->ncb; k0 += kcb) {
         int64_t k1 = k0 + kcb < c->ncb ? k0 + kcb : c->ncb;
         e.load = k0 > 0;
@@ -117,29 +126,37 @@ static void conv_task(void *vp, int64_t t) {
             /* a tile: pixels of one row, or without borders a run that may span rows */
             int64_t oy = q / c->OW, ox = q % c->OW, iy = oy * c->sh - c->pt, ky0, ky1, np;
             valid_taps(iy, c->dh, c->KH, c->H, &ky0, &ky1);
-            if (c->borders) {
-                np = even_tile(q1 - q < c->OW - ox ? q1 - q : c->OW - ox, pmax);
-                if (ox < lo || ox + np > hi) { /* border columns in the tile */
-                    border_tile(c, cache, &e, fb, k0, k1, q, np, ky0, ky1, x, w, bias, yimg);
-                    q += np;
-                    continue;
-                }
-            } else {
-                np = even_tile(q1 - q, pmax);
+            /* the pixels left in this row (or the task) split into even tiles; consecutive
+             * interior tiles of one size run as one call */
+            int64_t left = c->borders && c->OW - ox < q1 - q ? c->OW - ox : q1 - q;
+            np = even_tile(left, pmax);
+            int64_t nrun = 1;
+            if (c->borders && (ox < lo || ox + np > hi)) { /* border columns in the tile */
+                border_tile(c, cache, &e, fb, k0, k1, q, np, ky0, ky1, x, w, bias, yimg);
+                q += np;
+                continue;
             }
-            int64_t po[12];
-            for (int64_t p = 0, py = 0, px = 0; p < np; p++) { /* (row, column) from the tile's first */
-                po[p] = py * c->sh * c->xrow + px * c->sw * c->xpix;
-                if (++px + ox == c->OW) {
-                    px = -ox;
-                    py++;
+            if (c->borders || flat) {
+                /* tiles of np pixels: those before the split's smaller ones, and (borders)
+                 * before the right border columns */
+                int64_t tiles = ceil_div(left, pmax), nbig = left - (np - 1) * tiles;
+                nrun = np * tiles == left ? tiles : nbig;
+                if (c->borders && ox + nrun * np > hi) nrun = (hi - ox) / np;
+                for (int64_t p = 0; p < np; p++) po[p] = p * c->sw * c->xpix;
+            } else {
+                for (int64_t p = 0, py = 0, px = 0; p < np; p++) { /* (row, column) from the first */
+                    po[p] = py * c->sh * c->xrow + px * c->sw * c->xpix;
+                    if (++px + ox == c->OW) {
+                        px = -ox;
+                        py++;
+                    }
                 }
             }
             e.res = c->res ? c->res + yimg + q * WL_BLK : NULL;
-            tile_pass(c, cache, fb, np, k0, k1, ky0, ky1, 0, c->KW,
+            tile_pass(c, cache, fb, np, nrun, k0, k1, ky0, ky1, 0, c->KW,
                       x + iy * c->xrow + (ox * c->sw - c->pl) * c->xpix, w, bias,
                       c->y + yimg + q * WL_BLK, po, &e);
-            q += np;
+            q += np * nrun;
         }
     }
     if (c->pass_act)
@@ -236,7 +253,7 @@ int wl_conv_blocked(const wl_op *op, const wl_exec *ex, const float *x, const fl
     if (wl_nc_prepare(&c, op, ex, x, res, y)) return 1;
     c.fb = p->filter_blocks;
     c.ngroups = ceil_div(c.ob, c.fb);
-    c.tmax = c.ncb * c.KH * c.KW * c.bi;
+    c.tmax = c.KH * c.KW * (c.xci == 1 ? 1 : c.bi);
     /* pixels per task: a whole number of full tiles */
     int64_t pmax = wl_active->nc_p[c.fb], npx = p->oh * p->ow;
     /* each pixel chunk streams the group's weights again: split pixels only when the filter
