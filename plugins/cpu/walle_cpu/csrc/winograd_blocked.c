@@ -24,7 +24,7 @@
  * blocks); aux2: the bias padded to whole blocks (then, with prelu, the slopes). */
 #include "blocked.h"
 
-#define WB_STRIP_BYTES (1536 * 1024) /* a strip's transformed inputs and sums */
+#define WB_STRIP_BYTES (512 * 1024) /* a strip's transformed inputs and sums */
 #define WB_RUN 8                     /* tiles per task of the transforms */
 
 typedef struct {

@@ -121,7 +121,10 @@ def _blocked_cost(op: A.Op) -> Cost:
 # a backend's algorithm by flops / efficiency alone, so the traffic that decides where it pays
 # is priced here as flop-equivalents). Fitted to same-run timings against the direct conv
 # (AVX-512, 2 threads; docs/performance.md, "Winograd on the blocked layout"):
-WINO_TRANSFORM = 24.0  # per point of a tile and channel (input and output), both transforms
+# per point of a tile and channel (input and output): both transforms and the traffic of the
+# transformed tiles and sums through the L2 cache (24 fits convs timed alone; in a model,
+# where other ops' data evict the strips, 40: U-Net's 16-channel 64x64 convs)
+WINO_TRANSFORM = 40.0
 # per transformed weight, read once per strip of tiles: in a model the other layers' weights
 # evict them between runs (a 1-tile 4x4 map of 64 channels ran 20 us against the direct
 # conv's 12 us there, 0.7x of it alone); WINO_WEIGHT_FAR more as they grow to WINO_FAR_BYTES,
@@ -129,7 +132,7 @@ WINO_TRANSFORM = 24.0  # per point of a tile and channel (input and output), bot
 WINO_WEIGHT = 10.0
 WINO_WEIGHT_FAR = 20.0
 WINO_FAR_BYTES = 16 << 20
-WINO_STRIP_BYTES = 1536 * 1024  # a strip's transformed tiles and sums (winograd_blocked.c)
+WINO_STRIP_BYTES = 512 * 1024  # a strip's transformed tiles and sums (winograd_blocked.c)
 
 
 def _winograd_tile_cost(op: A.Conv2D, m: int) -> Cost:
