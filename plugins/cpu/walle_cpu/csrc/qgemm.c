@@ -1322,8 +1322,9 @@ DW_X86_ROW(dw_row_avx2, T256, __m256i, 8, _mm256_set1_epi32, _mm256_add_epi32,
  * bytes into each 32-bit lane from a 64-byte load, and one vpdpbusd multiplies them by the
  * channel's 4 weights (int8) and adds: a 3x3 kernel is 3 loads, 3 vpermb and 3 vpdpbusd per
  * 16 outputs. Needs the taps (w - w_zero) in int8 and uint8 input (int8 input is flipped by
- * the padding copy, the constant corrected by 128 * sum(taps)). Rows of 16 or more outputs run
- * in blocks along the row (one index vector); narrower planes run in blocks of 16 consecutive
+ * the padding copy, the constant corrected by 128 * sum(taps)). Rows of 8 or more outputs run
+ * in blocks along the row (one index vector; dw_rows_vbmi: several output rows at once);
+ * planes of at most 64 bytes are one register (dw_tiny_vbmi); others run in blocks of 16 consecutive
  * outputs of the flattened plane (a block spans rows) when each block's reads fit 64 bytes,
  * with per-block index vectors made once per call. */
 #define DW_VBMI_BLOCKS 16 /* flattened blocks per plane, at most */
@@ -1387,7 +1388,9 @@ static int dw_vbmi_setup(const wl_qconv_params *s, const wl_qweights *q, int64_t
                 }
         return 1;
     }
-    if (s->ow < 16 && P <= 16 * DW_VBMI_BLOCKS) {
+    /* rows of 8 or more outputs run the rows path (its lanes half used at worst, and its
+     * output rows share their input rows' loads) */
+    if (s->ow < 8 && P <= 16 * DW_VBMI_BLOCKS) {
         int ok = 1;
         pl->nblk = (P + 15) / 16;
         for (int64_t b = 0; b < pl->nblk && ok; b++) {
@@ -1516,6 +1519,53 @@ TVBMI static void dw_tiny_vbmi(const dw_job *j, int64_t t0, int64_t t1) {
     for (; t < t1; t++) dw_tiny_vbmi_body(j, t, 1);
 }
 
+/* The unpadded rows path (dw_vbmi_plan: not tiny, not flat) for R output rows at a time at
+ * vertical stride SH, no vertical dilation: the R rows read (R - 1) * SH + KH input rows, each
+ * loaded and gathered once and multiplied into every output row it belongs to (one row at a
+ * time loads and gathers each input row KH / SH times), and the R accumulators are independent
+ * chains. Rows past the plane's last are computed from the zero point and not stored. */
+TVBMI static inline __attribute__((always_inline)) void dw_rows_vbmi(
+    const dw_job *j, const uint8_t *x, char *y, const int64_t KH, const int64_t G, const int SGN,
+    const int R, const int64_t SH, const __m512i *wv, __m512i c0, const dw_rq *rq) {
+    const wl_qconv_params *s = j->s;
+    const wl_qweights *q = j->q;
+    const struct dw_vbmi_plan *pl = j->vbmi;
+    const __m512i pm0 = _mm512_loadu_si512(pl->idx[0][0]), pm1 = _mm512_loadu_si512(pl->idx[0][1]);
+    const __m512i zraw = _mm512_set1_epi8((char)q->x_zero_raw);
+    const __m512i fl = _mm512_set1_epi8(q->x_signed ? (char)0x80 : 0);
+    int64_t sw = s->stride_w, span = s->dilation_w * (s->kw - 1), H = s->h, W = s->w;
+    int es = esize(q);
+    const int64_t NR = (R - 1) * SH + KH;
+    for (int64_t oy = 0; oy < s->oh; oy += R) {
+        int64_t iy0 = oy * SH - s->pad_top;
+        int inside[32];
+        for (int64_t r = 0; r < NR; r++) inside[r] = iy0 + r >= 0 && iy0 + r < H;
+        const uint8_t *xr = x + iy0 * W;
+        for (int64_t o0 = 0; o0 < s->ow; o0 += 16) {
+            int64_t n = s->ow - o0 < 16 ? s->ow - o0 : 16, need = sw * (n - 1) + span + 1;
+            int64_t ix0 = o0 * sw - s->pad_left, lo = ix0 < 0 ? -ix0 : 0;
+            int64_t hi = W - ix0 < need ? W - ix0 : need;
+            __mmask64 lm = hi > lo ? dw_vbmi_mask(hi) & ~dw_vbmi_mask(lo) : 0;
+            __m512i acc[8];
+            for (int u = 0; u < R; u++) acc[u] = c0;
+            for (int64_t r = 0; r < NR; r++) {
+                __m512i v = inside[r] ? _mm512_mask_loadu_epi8(zraw, lm, xr + r * W + ix0) : zraw;
+                if (SGN) v = _mm512_xor_si512(v, fl);
+                __m512i g0 = _mm512_permutexvar_epi8(pm0, v), g1 = g0;
+                if (G > 1) g1 = _mm512_permutexvar_epi8(pm1, v);
+                for (int u = 0; u < R; u++) {
+                    int64_t i = r - u * SH;
+                    if (i < 0 || i >= KH) continue;
+                    acc[u] = _mm512_dpbusd_epi32(acc[u], g0, wv[i * G]);
+                    if (G > 1) acc[u] = _mm512_dpbusd_epi32(acc[u], g1, wv[i * G + 1]);
+                }
+            }
+            for (int u = 0; u < R && oy + u < s->oh; u++)
+                dw_vbmi_store(rq, acc[u], n, y + ((oy + u) * s->ow + o0) * es);
+        }
+    }
+}
+
 /* one plane; KH / G constant in the instances the compiler unrolls (3x3), else the call's */
 TVBMI static inline __attribute__((always_inline)) void dw_plane_vbmi_body(
     const dw_job *j, int64_t t, const int64_t KH, const int64_t G, const int SGN) {
@@ -1535,6 +1585,14 @@ TVBMI static inline __attribute__((always_inline)) void dw_plane_vbmi_body(
     dw_rq rq = {_mm512_set1_ps(q->out == Q_S32 ? 0.0f : q->scale[ch]),
                 _mm512_set1_ps((float)(q->lo - q->y_zero)), _mm512_set1_ps((float)(q->hi - q->y_zero)),
                 _mm512_set1_epi32(q->y_zero), q->out};
+    if (!pl->flat && s->dilation_h == 1 && s->stride_h == 1) {
+        dw_rows_vbmi(j, x, y, KH, G, SGN, 4, 1, wv, c0, &rq);
+        return;
+    }
+    if (!pl->flat && s->dilation_h == 1 && s->stride_h == 2) {
+        dw_rows_vbmi(j, x, y, KH, G, SGN, 2, 2, wv, c0, &rq);
+        return;
+    }
     if (!pl->flat) { /* the input unpadded: bytes outside it are the zero point (masked loads) */
         const __m512i pm0 = _mm512_loadu_si512(pl->idx[0][0]), pm1 = _mm512_loadu_si512(pl->idx[0][1]);
         const __m512i zraw = _mm512_set1_epi8((char)q->x_zero_raw);
