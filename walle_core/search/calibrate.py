@@ -45,7 +45,7 @@ from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
 from walle_core.search.timing import Timer, repeated
 
-SCHEMA = 14
+SCHEMA = 18
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 LEVELS = 7  # sizes per sweep; a sweep stops early once one op takes SWEEP_CAP_S
@@ -174,9 +174,8 @@ class BucketFit:
         best = min(fits, key=lambda f: f[0])
         # another weight only where the balance leaves the sweep's points a factor of
         # MISFIT_FACTOR off its monotone fit (root mean square in log): noise moves points by
-        # 10-30%. A moderate misfit is what in-cache weights of small probes give (a 1x1
-        # conv's 16 KB of weights on a 2x2 map), and models' convs, whose traffic is their
-        # activations, were priced 20-35% low under the weight that fitted those probes.
+        # 10-30%, and moderate misfits do not tell the weights apart (probes whose channels
+        # grew with their maps picked weights that priced the zoo's convs 20-35% low)
         worst = len(points) * math.log(MISFIT_FACTOR) ** 2
         return best[1] if fits[0][0] > worst and best[0] < fits[0][0] / 2 else fits[0][1]
 
@@ -300,8 +299,11 @@ def lowering_seconds(backend: Backend, program: Program,
                      price: Callable[[A.Op, Algorithm], float]) -> float:
     """Seconds compiling ``program`` adds to the sum of its picks, each (op, algorithm) at
     ``price``: the ops the backend adds (:meth:`~walle_core.backend.Backend.added_ops`: layout
-    changes), and for each op it runs otherwise than picked
-    (:meth:`~walle_core.backend.Backend.runs_as`), what runs less what was picked."""
+    changes), and for each op it rewrites (:meth:`~walle_core.backend.Backend.runs_as`: a pool
+    or reduction on a blocked tensor), the rewritten op less the picked one. An algorithm the
+    backend substitutes (a blocked conv that would not pay runs plain) keeps the pick's price:
+    the substitute's bucket is probed on square maps at few sizes, and priced kws_conv1d's and
+    byte_classifier's 1-D convs 3-4x under their time."""
     total = 0.0
     try:
         extra = backend.added_ops(program)
@@ -309,9 +311,9 @@ def lowering_seconds(backend: Backend, program: Program,
     except Exception:  # a backend that cannot lower this program prices nothing extra
         return 0.0
     total += sum(price(op, algo) for op, algo in extra)
-    for (op, algo), (ran, ran_algo) in zip(program.ops, runs or [], strict=False):
-        if ran is not op or ran_algo.name != algo.name:
-            total += price(ran, ran_algo) - price(op, algo)
+    for (op, algo), (ran, _ran_algo) in zip(program.ops, runs or [], strict=False):
+        if ran is not op:  # rewritten (a pool on a blocked tensor): priced as it runs
+            total += price(ran, algo) - price(op, algo)
     return total
 
 
@@ -405,25 +407,17 @@ def _probes(level: int) -> list[A.Op]:
                     (16, 32, 56))[level]
     img = b.tensor((imgs, ch, hw, hw), f32)
     rng = np.random.default_rng(0)
-    # Dense convs at the channel depths of real networks, the map growing with the level: a
-    # conv's rate depends on its reduction (input channels x taps) as much as on its outputs,
-    # and a 4- or 8-channel probe is all traffic where a model's 64-channel conv is arithmetic
-    # (its rate, applied to arithmetic, priced the zoo's 1x1 convs at 0.7x their time). Beyond
-    # the smallest sizes a 3x3 probe may be claimed by a Winograd algorithm: the 5x5 one sweeps
-    # the direct one. (Probes stay chainable, stride 1: a copy that cannot read its
+    # Beyond the smallest sizes a 3x3 probe may be claimed by a Winograd algorithm: the 5x5 one
+    # sweeps the direct one. (Probes stay chainable, stride 1: a copy that cannot read its
     # predecessor's output reads a plain program input, and the cpu runs such a lone conv
     # plain, not blocked.) Grouped convs run plain: their strided probe is their own bucket.
-    dhw = (4, 7, 14, 28, 56, 56, 56)[level]
-    dimgs = (1, 1, 1, 1, 1, 4, 8)[level]
-    pointwise = b.tensor((dimgs, 64, dhw, dhw), f32)
-    dense = b.tensor((dimgs, 32, dhw, dhw), f32)
     # grouped: 8 channels per group, from many groups on a small map (a late stage's few outputs
     # per group) up to the large sizes; its parallel items are one group's outputs
     gch, ghw = ((64, 3), (64, 7), (64, 14), (32, 28), (32, 56), (32, 56), (32, 56))[level]
     grouped = b.tensor((imgs, gch, ghw, ghw), f32)
-    for x, shape, groups, stride in ((dense, (32, 32, 3, 3), 1, 1),
-                                     (dense, (32, 32, 5, 5), 1, 1),  # one no Winograd takes
-                                     (pointwise, (64, 64, 1, 1), 1, 1),
+    for x, shape, groups, stride in ((img, (ch, ch, 3, 3), 1, 1),
+                                     (img, (ch, ch, 5, 5), 1, 1),  # one no Winograd takes
+                                     (img, (ch, ch, 1, 1), 1, 1),
                                      (img, (ch, 1, 3, 3), ch, 1),
                                      (grouped, (gch, 8, 3, 3), gch // 8, 1),
                                      (grouped, (gch, 8, 3, 3), gch // 8, 2)):
@@ -486,8 +480,10 @@ def _sweep(backend: Backend) -> Iterator[Probe]:
             own = choose(op, [backend])[1].name if algos else ""
             for alg in algos:
                 key = op_key(op, alg.name)
-                if key not in seen and (level < ALL_ALGORITHMS_BELOW or alg.name == own):
-                    seen.add(key)
+                # a conv bucket takes a probe per channel depth (its intensities)
+                tag = key + (f"|{op.inputs[0].shape[1]}" if isinstance(op, A.Conv2D) else "")
+                if tag not in seen and (level < ALL_ALGORITHMS_BELOW or alg.name == own):
+                    seen.add(tag)
                     if isinstance(op, ELEMENTWISE):
                         yield level, op, alg, False, [], op
                     yield level, op, alg, True, [], op
@@ -593,25 +589,29 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
 
     cal = Calibration(backend.name, backend.version, fingerprint(backend), op_over, prog_over, bw,
                       lat_h, h2d.Bps, lat_d, d2h.Bps, device_timed=timer.device_timed)
-    stopped: set[str] = set()
+    # a probe (a bucket's probe of one channel depth: conv buckets take two) and its points
+    stopped: set[tuple[str, int]] = set()
+    swept: dict[tuple[str, int], list[list[float]]] = {}
     deadline = time.perf_counter() + BUDGET_S
     for level, op, alg, chain, prefix, priced in _sweep(backend):
         key = op_key(priced, alg.name) + (CHAINED if chain and isinstance(op, ELEMENTWISE) else "")
-        if key in stopped or (level > 1 and not clock.noiseless and time.perf_counter() > deadline):
+        probe = (key, priced.inputs[0].shape[1] if isinstance(priced, A.Conv2D) else 0)
+        if probe in stopped or (level > 1 and not clock.noiseless and time.perf_counter() > deadline):
             continue
         step(f"{key} size {level + 1}/{LEVELS}")
         try:
             t = timer.steady(op, alg, chain=chain, prefix=prefix)
         except Exception:  # a size the backend cannot run (memory, limits): the sweep ends here
-            stopped.add(key)
+            stopped.add(probe)
             continue
-        points = cal.curves.setdefault(key, [])
-        if points:  # a larger size never runs faster: a drop is noise
-            t = max(t, points[-1][3])
-        points.append([*demand(priced, alg), items(priced), t])
+        own = swept.setdefault(probe, [])
+        if own:  # a larger size of the same probe never runs faster: a drop is noise
+            t = max(t, own[-1][3])
+        own.append([*demand(priced, alg), items(priced), t])
+        cal.curves.setdefault(key, []).append(own[-1])
         cal.rates[key] = max(op.flops(), 1.0) / max(t, 1e-12)
-        if t > SWEEP_CAP_S or _saturated(points):
-            stopped.add(key)
+        if t > SWEEP_CAP_S or _saturated(own):
+            stopped.add(probe)
     step("math functions")
     cal.unary_weights = _unary_weights(backend, timer)
     step("a model's run")
