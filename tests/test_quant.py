@@ -356,9 +356,10 @@ def test_qlinear_global_average_pool_is_exact(tmp_path: Path, dtype: type, chann
         np.testing.assert_array_equal(m.run({"x": x})[m.output_names[0]], want, err_msg=backend)
 
 
-@pytest.mark.parametrize("axes", [[2, 3], [-1], [1], [1, 3]])
-def test_qdq_reduce_mean_is_integer(tmp_path: Path, axes: list[int]) -> None:
-    """DQ -> ReduceMean (kept axes) -> Q (squeeze-excitation's pool as torch exports it) becomes
+@pytest.mark.parametrize(("axes", "keepdims"), [([2, 3], 1), ([-1], 1), ([1], 1), ([1, 3], 1), ([2, 3], 0),
+                                              ([1], 0)])
+def test_qdq_reduce_mean_is_integer(tmp_path: Path, axes: list[int], keepdims: int) -> None:
+    """DQ -> ReduceMean -> Q (squeeze-excitation's and classifiers' pools as torch exports them) becomes
     walle.QLinearReduceMean: trailing axes run as the planes' qlinear_matmul by ones, others as an
     int32 sum; within one step of onnxruntime's float ReduceMean between DQ and Q."""
     shape = [2, 6, 5, 7]
@@ -367,7 +368,7 @@ def test_qdq_reduce_mean_is_integer(tmp_path: Path, axes: list[int]) -> None:
     inits = [nh.from_array(np.array(0.05, np.float32), "s"), nh.from_array(np.array(121, np.uint8), "z"),
              nh.from_array(np.array(0.013, np.float32), "s2"), nh.from_array(np.array(117, np.uint8), "z2")]
     nodes = [h.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"]),
-             h.make_node("ReduceMean", ["xf"], ["m"], axes=axes, keepdims=1),
+             h.make_node("ReduceMean", ["xf"], ["m"], axes=axes, keepdims=keepdims),
              h.make_node("QuantizeLinear", ["m", "s2", "z2"], ["y"])]
     path = tmp_path / "mean.onnx"
     onnx.save(h.make_model(h.make_graph(nodes, "g", [x], [y], inits),

@@ -251,13 +251,16 @@ def qlinear_global_average_pool(b: Builder, ins: Ins, ctx: NodeContext) -> list[
 
 @register("QLinearReduceMean", domain=WALLE)
 def walle_reduce_mean(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
-    """The QDQ rewrite's ``DequantizeLinear -> ReduceMean (kept axes) -> QuantizeLinear``
-    (attribute ``axes``): QLinearGlobalAveragePool's int32 sum and requantisation over those
-    axes (every axis after the first two, squeeze-excitation's pool, runs on the int8 kernels)."""
+    """The QDQ rewrite's ``DequantizeLinear -> ReduceMean -> QuantizeLinear`` (attributes
+    ``axes``, ``keepdims``): QLinearGlobalAveragePool's int32 sum and requantisation over those
+    axes (trailing axes, squeeze-excitation's or a classifier's pool, run on the int8 kernels)."""
     x = req(ins[0])
     r = len(x.shape)
     axes = sorted({int(a) % r for a in ctx.attr("axes")}) if r else []
-    return [_qmean(b, x, ins, axes)]
+    y = _qmean(b, x, ins, axes)
+    if ctx.attr("keepdims", 1):
+        return [y]
+    return [b.reshape(y, tuple(d for a, d in enumerate(x.shape) if a not in axes))]
 
 
 def _qmean(b: Builder, x: A.Tensor, ins: Ins, axes: list[int]) -> A.Tensor:

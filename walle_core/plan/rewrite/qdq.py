@@ -12,7 +12,7 @@ integers directly, so int8 tensors stay int8 from one op to the next:
 | Add, Mul | ``com.microsoft.QLinearAdd`` / ``QLinearMul`` |
 | Concat | ``com.microsoft.QLinearConcat`` |
 | AveragePool, GlobalAveragePool | ``com.microsoft.QLinearAveragePool`` / ``QLinearGlobalAveragePool`` |
-| ReduceMean (kept axes as an attribute) | ``walle.QLinearReduceMean``: QLinearGlobalAveragePool's int32 sum over the axes |
+| ReduceMean (axes as an attribute) | ``walle.QLinearReduceMean``: QLinearGlobalAveragePool's int32 sum over the axes |
 | Softmax | ``com.microsoft.QLinearSoftmax`` |
 | one-input element-wise maps (Sigmoid, HardSwish, Tanh, LeakyRelu, ...) | ``walle.QLinearLookup``: a 256-entry table computed by the engine at plan time |
 | MaxPool, Resize (nearest), Reshape, Transpose, ... | the op itself on the int8 tensor (then a table if the output's parameters differ) |
@@ -445,7 +445,7 @@ class _Rewriter:
                 done = self.concat(node)
             elif op == "GlobalAveragePool":
                 done = self.one_input(node, "QLinearGlobalAveragePool", {})
-            elif op == "ReduceMean" and node.attrs.get("keepdims", 1) and node.attrs.get("axes"):
+            elif op == "ReduceMean" and node.attrs.get("axes"):
                 done = self.one_input(node, "QLinearReduceMean", {}, WALLE)
             elif op == "AveragePool":
                 done = self.one_input(node, "QLinearAveragePool", {})
