@@ -381,3 +381,29 @@ def test_qdq_reduce_mean_is_integer(tmp_path: Path, axes: list[int], keepdims: i
         got = walle_core.load(path, backend=backend).run(feeds)["y"]
         assert got.shape == want.shape
         assert np.abs(got.astype(np.int32) - want).max() <= 1, backend
+
+
+def test_qdq_split_runs_on_the_int8_tensor(tmp_path: Path) -> None:
+    """DQ -> Split -> Q per output (yolov8's C2f blocks): the split runs on the 8-bit tensor, the
+    output whose parameters differ from the input's through a table; equal to onnxruntime."""
+    x = h.make_tensor_value_info("x", TP.UINT8, [1, 6, 3, 5])
+    outs = [h.make_tensor_value_info(n, TP.UINT8, None) for n in ("y0", "y1")]
+    inits = [nh.from_array(np.array(0.1, np.float32), "s"), nh.from_array(np.array(128, np.uint8), "z"),
+             nh.from_array(np.array(0.07, np.float32), "s2"), nh.from_array(np.array(120, np.uint8), "z2"),
+             nh.from_array(np.array([2, 4], np.int64), "sizes")]
+    nodes = [h.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"]),
+             h.make_node("Split", ["xf", "sizes"], ["a", "b"], axis=1),
+             h.make_node("QuantizeLinear", ["a", "s", "z"], ["y0"]),
+             h.make_node("QuantizeLinear", ["b", "s2", "z2"], ["y1"])]
+    path = tmp_path / "split.onnx"
+    onnx.save(h.make_model(h.make_graph(nodes, "g", [x], outs, inits),
+                           opset_imports=[h.make_opsetid("", 17)]), path)
+    _, report = fuse_qdq(import_graph(path))
+    assert report.integer["Split"] == 1 and not report.float_ops, report.describe()
+    feeds = {"x": np.random.default_rng(0).integers(0, 256, (1, 6, 3, 5)).astype(np.uint8)}
+    so = ort.SessionOptions()
+    want = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    for backend in BACKENDS:
+        got = walle_core.load(path, backend=backend).run(feeds)
+        np.testing.assert_array_equal(got["y0"], want[0], err_msg=backend)
+        np.testing.assert_array_equal(got["y1"], want[1], err_msg=backend)

@@ -15,7 +15,7 @@ integers directly, so int8 tensors stay int8 from one op to the next:
 | ReduceMean (axes as an attribute) | ``walle.QLinearReduceMean``: QLinearGlobalAveragePool's int32 sum over the axes |
 | Softmax | ``com.microsoft.QLinearSoftmax`` |
 | one-input element-wise maps (Sigmoid, HardSwish, Tanh, LeakyRelu, ...) | ``walle.QLinearLookup``: a 256-entry table computed by the engine at plan time |
-| MaxPool, Resize (nearest), Reshape, Transpose, ... | the op itself on the int8 tensor (then a table if the output's parameters differ) |
+| MaxPool, Resize (nearest), Reshape, Transpose, Split, ... | the op itself on the int8 tensor (then a table for each output whose parameters differ) |
 
 Everything else keeps its DequantizeLinear -> float op -> QuantizeLinear and runs in float, as
 float ops in ``walle inspect``; :func:`fuse_qdq` reports both lists.
@@ -40,7 +40,7 @@ _LOOKUP_OPS = frozenset("""Sigmoid HardSwish HardSigmoid Tanh LeakyRelu Relu Elu
     Exp Log Softplus Softsign Mish Erf Neg Abs Sqrt Reciprocal Sin Cos Clip""".split())
 # ops that move or select values without arithmetic: they commute with any monotone requantisation
 _MOVE_OPS = frozenset("""MaxPool GlobalMaxPool Reshape Transpose Flatten Squeeze Unsqueeze Slice
-    Identity DepthToSpace SpaceToDepth Gather Expand Tile ReduceMax ReduceMin""".split())
+    Split Identity DepthToSpace SpaceToDepth Gather Expand Tile ReduceMax ReduceMin""".split())
 _ACTIVATIONS = ("Relu", "Clip")
 
 
@@ -371,30 +371,35 @@ class _Rewriter:
         return np.ascontiguousarray(value.reshape(256))
 
     def move(self, node: Node) -> bool:
-        """An op that only moves or selects values runs on the 8-bit tensor itself."""
+        """An op that only moves or selects values runs on the 8-bit tensor itself; every output
+        (Split has several) needs its own QuantizeLinear, and one whose parameters differ from
+        the input's gets a requantising table."""
         x = self.act8(node.inputs[0])
-        q = self.q_after(node.outputs[0])
-        if x is None or q is None or len(node.outputs) != 1:
+        qs = [self.q_after(o) for o in node.outputs]
+        if x is None or not qs or any(q is None for q in qs):
             return False
         if node.op_type == "Resize" and node.attrs.get("mode", "nearest") != "nearest":
             return False
         if node.op_type.startswith("Reduce") and len(node.inputs) > 1:
             return False
-        same = (float(self.init[q.inputs[1]].reshape(-1)[0]), int(self.init[q.inputs[2]].reshape(-1)[0])) \
-            == x.params and self.init[q.inputs[2]].dtype == x.dtype
-        moved = Node(node.op_type, [x.x, *node.inputs[1:]], [q.outputs[0] if same else self.name(node.outputs[0])],
-                     dict(node.attrs), node.name, node.domain)
-        new = [moved]
-        if not same:
-            from walle_core.decompose.quant_ms import table_of
+        outs: list[str] = []
+        tables: list[Node] = []
+        for o, q in zip(node.outputs, qs, strict=True):
+            assert q is not None
+            same = (float(self.init[q.inputs[1]].reshape(-1)[0]), int(self.init[q.inputs[2]].reshape(-1)[0])) \
+                == x.params and self.init[q.inputs[2]].dtype == x.dtype
+            outs.append(q.outputs[0] if same else self.name(o))
+            if not same:
+                from walle_core.decompose.quant_ms import table_of
 
-            assert x.dtype is not None
-            ys, yz = self.init[q.inputs[1]], self.init[q.inputs[2]]
-            table = table_of(lambda tb, t: t, x.dtype, *x.params, float(ys.reshape(-1)[0]),
-                             int(yz.reshape(-1)[0]), yz.dtype)  # requantisation only
-            new.append(Node("QLinearLookup", [moved.outputs[0], self.add_const("table", table)],
-                            [q.outputs[0]], {}, "", WALLE))
-        self.replace(node, [q], new, node.op_type)
+                assert x.dtype is not None
+                ys, yz = self.init[q.inputs[1]], self.init[q.inputs[2]]
+                table = table_of(lambda tb, t: t, x.dtype, *x.params, float(ys.reshape(-1)[0]),
+                                 int(yz.reshape(-1)[0]), yz.dtype)  # requantisation only
+                tables.append(Node("QLinearLookup", [outs[-1], self.add_const("table", table)],
+                                   [q.outputs[0]], {}, "", WALLE))
+        moved = Node(node.op_type, [x.x, *node.inputs[1:]], outs, dict(node.attrs), node.name, node.domain)
+        self.replace(node, [q for q in qs if q is not None], [moved, *tables], node.op_type)
         return True
 
     # ------------------------------------------------------------------ driver
