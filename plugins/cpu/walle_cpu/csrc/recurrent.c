@@ -6,7 +6,8 @@
  * as the GEMM's residual), then the gate
  * math runs over whole rows with the vector unary/binary kernels, in the order of operations of
  * the expansion. The hidden state of step t is row t of Y, so the next step reads it there.
- * The two directions of a bidirectional layer (dirs 2) run at once, one per thread. */
+ * The two directions of a bidirectional layer (dirs 2) run at once, one per thread, unless
+ * more than two threads could share each of their steps. */
 #include <string.h>
 
 #include "internal.h"
@@ -142,17 +143,26 @@ static void pair_task(void *vp, int64_t d) {
     c->failed[d] = run_direction(c->op, c->ex, (int)d, d * ni, out0, y, (int)(p->reverse ^ d), 1);
 }
 
+/* per-step products below this many MACs run on one thread anyway (wl_gemm's own bound) */
+#define STEP_PARALLEL_MACS 65536
+
 int wl_recurrent(const wl_op *op, const wl_exec *ex) {
     const wl_recurrent_params *p = &op->recurrent;
     float *y = (float *)wl_out(op, ex);
-    if (p->dirs == 2) {
+    int64_t ni = 3 + (p->gru ? p->has_rbh : 1), no = p->gru ? 1 : 2;
+    int64_t step_macs = p->batch * (p->gru ? 3 : 4) * p->hidden * p->hidden;
+    if (p->dirs == 2 && (ex->nthreads == 2 || step_macs < STEP_PARALLEL_MACS)) {
         pair_ctx c = {op, ex, y, {0, 0}};
         wl_parallel_for(2, pair_task, &c, ex->nthreads);
         if (c.failed[0] || c.failed[1]) return wl_fail(ex, "out of memory in a recurrent sequence");
         return 0;
     }
-    int64_t ni = 3 + (p->gru ? p->has_rbh : 1);
-    if (run_direction(op, ex, 0, 0, ni, y, (int)p->reverse, ex->nthreads))
-        return wl_fail(ex, "out of memory in a recurrent sequence");
+    /* one direction, or two whose steps are large enough to share more than two threads:
+     * one after the other, each step on every thread */
+    int fail = run_direction(op, ex, 0, 0, p->dirs == 2 ? 2 * ni : ni, y, (int)p->reverse, ex->nthreads);
+    if (!fail && p->dirs == 2)
+        fail = run_direction(op, ex, 1, ni, 2 * ni + no + 1, (float *)wl_in(op, ex, 2 * ni + no),
+                             (int)!p->reverse, ex->nthreads);
+    if (fail) return wl_fail(ex, "out of memory in a recurrent sequence");
     return 0;
 }
