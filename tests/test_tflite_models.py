@@ -28,6 +28,7 @@ from tflite_testlib import (
     buffers_after_flatbuffer,
     builtin_transpose_conv,
     fold_fp16_weights,
+    litert_kernel_sets,
     litert_kernel_spread,
     litert_run,
     mediapipe_models,
@@ -112,16 +113,7 @@ def test_mediapipe_model_on_gpu_backends(zoo: Path, name: str, backend: str) -> 
 
 def litert_spread(model: bytes, feeds: list[np.ndarray]) -> list[float]:
     """Per output, the largest mean |difference| (in int8 steps) between LiteRT's kernel sets."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    results = []
-    for kind in (OpResolverType.AUTO, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, OpResolverType.BUILTIN_REF):
-        it = Interpreter(model_content=model, experimental_op_resolver_type=kind)
-        it.allocate_tensors()
-        for d, f in zip(it.get_input_details(), feeds, strict=True):
-            it.set_tensor(d["index"], f)
-        it.invoke()
-        results.append([it.get_tensor(d["index"]).astype(np.int64) for d in it.get_output_details()])
+    results = [[v.astype(np.int64) for v in outs] for outs in litert_kernel_sets(model, feeds)]
     return [max(float(np.mean(np.abs(a[k] - b[k]))) for a in results for b in results)
             for k in range(len(results[0]))]
 

@@ -237,9 +237,8 @@ def litert_run(model: bytes, feeds: Sequence[np.ndarray], threads: int = 1) -> l
     return [it.get_tensor(d["index"]) for d in it.get_output_details()]
 
 
-def litert_kernel_spread(model: bytes, feeds: Sequence[np.ndarray]) -> list[float]:
-    """Per output, the largest max |difference| between LiteRT's kernel sets (XNNPACK, builtin,
-    reference) relative to the output's scale: how much float rounding alone moves it."""
+def litert_kernel_sets(model: bytes, feeds: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    """The outputs of LiteRT's three kernel sets (XNNPACK, builtin, reference), one list each."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     results = []
@@ -249,7 +248,14 @@ def litert_kernel_spread(model: bytes, feeds: Sequence[np.ndarray]) -> list[floa
         for d, f in zip(it.get_input_details(), feeds, strict=True):
             it.set_tensor(d["index"], f)
         it.invoke()
-        results.append([it.get_tensor(d["index"]).astype(np.float64) for d in it.get_output_details()])
+        results.append([it.get_tensor(d["index"]) for d in it.get_output_details()])
+    return results
+
+
+def litert_kernel_spread(model: bytes, feeds: Sequence[np.ndarray]) -> list[float]:
+    """Per output, the largest max |difference| between LiteRT's kernel sets relative to the
+    output's scale: how much float rounding alone moves it."""
+    results = litert_kernel_sets(model, feeds)
     return [max(rel_error(a[k], b[k]) for a in results for b in results) for k in range(len(results[0]))]
 
 
