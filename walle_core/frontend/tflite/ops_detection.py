@@ -19,7 +19,9 @@
   classes (float, background excluded) and scores, ``[1]`` the number of selected boxes. Slots
   without a detection are zero (LiteRT leaves them as its buffers held them).
 
-The regular (per-class) NMS (``use_regular_nms``) is refused at load, naming the option.
+With ``use_regular_nms`` the NMS runs per class instead (each class's candidates greedily, at
+most ``detections_per_class`` each, all classes as rows of the same Loop), and the
+``max_detections`` best selections by score are the detections, one class each.
 
 ``BITCAST`` of a constant is folded at load (the bytes reinterpreted, as TFLite does: a smaller
 output element adds a trailing axis, a larger one removes it); of a run-time tensor it is refused.
@@ -88,12 +90,55 @@ def _iou_row(b: _Body, box: list[str], cols: list[str], area: str) -> str:
     return b.one("Where", [pos, b.one("Div", [inter, safe]), zero])
 
 
+def _greedy(c: OpContext, cols: list[str], areas: str, valid: str, r: int, n: int, rounds: int,
+            iou_thr: float) -> tuple[str, str]:
+    """Greedy NMS on r rows of n score-sorted candidates at once (``cols``: ymin, xmin, ymax, xmax,
+    each (r, n); ``valid``: above the score threshold): a Loop whose iteration selects, in every
+    row with an open candidate (valid, neither selected nor suppressed), the first one, and closes
+    the boxes it overlaps by more than ``iou_thr``; at most ``rounds`` iterations, ending when no
+    row has an open candidate. Returns the selected positions (r, rounds) and counts (r,)."""
+    body = _Body(c)
+    i, cond_in = body.fresh("i"), body.fresh("cond")
+    open_, sel, cnt = body.fresh("open"), body.fresh("selected"), body.fresh("count")
+    flags = body.one("Cast", [open_], to=6)
+    live = body.one("Greater", [body.one("ReduceMax", [flags, body.const([1], np.int64)], keepdims=0),
+                                body.const(0, np.int32)])  # (r,)
+    first = body.one("ArgMax", [flags], axis=1, keepdims=1)  # (r, 1) sorted positions
+    box = [body.one("GatherElements", [v, first], axis=1) for v in (*cols, areas)]
+    iou = _iou_row(body, box, cols, areas)
+    closed = body.one("Or", [body.one("Greater", [iou, body.const(iou_thr, _F32)]),
+                             body.one("Equal", [body.const(np.arange(n), np.int64), first])])
+    still = body.one("And", [open_, body.one("Not", [closed])])
+    more = body.one("Greater", [body.one("ReduceMax", [body.one("Cast", [still], to=6)], keepdims=0),
+                                body.const(0, np.int32)])
+    slot = body.one("And", [body.one("Equal", [body.const(np.arange(rounds), np.int64), i]),
+                            body.one("Unsqueeze", [live, body.const([1], np.int64)])])
+    outs = [body.one("And", [more, body.one("Less", [body.one("Add", [i, body.const(1, np.int64)]),
+                                                     body.const(rounds, np.int64)])]),
+            still, body.one("Where", [slot, first, sel]), body.one("Add", [cnt, body.one("Cast", [live], to=7)])]
+    final = [body.one("Identity", [o]) for o in outs]
+    scalar_i64, scalar_b = TensorType(np.dtype(np.int64), ()), TensorType(np.dtype(np.bool_), ())
+    state = [TensorType(np.dtype(np.bool_), (r, n)), TensorType(np.dtype(np.int64), (r, rounds)),
+             TensorType(np.dtype(np.int64), (r,))]
+    graph = Graph(body.nodes, [ValueInfo(i, scalar_i64), ValueInfo(cond_in, scalar_b),
+                               *(ValueInfo(v, t) for v, t in zip((open_, sel, cnt), state, strict=True))],
+                  [ValueInfo(o, t) for o, t in zip(final, [scalar_b, *state], strict=True)],
+                  body.inits, OPSET, c.hint + ":nms")
+    init = [valid, c.em.init(np.zeros((r, rounds), np.int64), c.hint + ":selected0"),
+            c.em.init(np.zeros(r, np.int64), c.hint + ":count0")]
+    go = c.one("Greater", [c.one("ReduceMax", [c.one("Cast", [valid], to=6)], keepdims=0),
+                           c.em.init(np.asarray(0, np.int32), c.hint + ":none")])
+    _, picked, count = c.node("Loop", [c.em.init(np.asarray(rounds, np.int64), c.hint + ":max"), go, *init], 3,
+                              body=graph)
+    return picked, count
+
+
 @maps("CUSTOM:TFLite_Detection_PostProcess")
 def detection_postprocess(c: OpContext) -> None:
     opts = _options(c)
-    if bool(opts.get("use_regular_nms", False)):
-        raise c.fail("use_regular_nms=true (per-class NMS) is not supported; the fast NMS is")
+    regular = bool(opts.get("use_regular_nms", False))
     try:
+        per_class = int(opts.get("detections_per_class", 100))
         m = int(opts["max_detections"])
         k_max = int(opts.get("max_classes_per_detection", 1))
         classes = int(opts["num_classes"])
@@ -142,45 +187,22 @@ def detection_postprocess(c: OpContext) -> None:
     scores = one("Reshape", [c.x(1), ints([n, with_bg])])
     if offset:
         scores = one("Slice", [scores, ints([offset]), ints([with_bg]), ints([1])])
+    if regular:
+        _regular(c, scores, boxes, corners, n, classes, min(per_class, m), m, size, score_thr, iou_thr)
+        return
     if k == 1:  # a max and its index, without sorting every anchor's classes
         top_v = one("ReduceMax", [scores, ints([1])], keepdims=1)
         top_i = one("ArgMax", [scores], axis=1, keepdims=1)
     else:
         top_v, top_i = c.node("TopK", [scores, ints([k])], 2, axis=1, largest=1, sorted=1)  # (N, K)
-    best = col(top_v, 0)
-    sorted_s, order = c.node("TopK", [best, ints([n])], 2, axis=0, largest=1, sorted=1)
+    best = one("Reshape", [col(top_v, 0), ints([1, n])])
+    sorted_s, order = c.node("TopK", [best, ints([n])], 2, axis=1, largest=1, sorted=1)  # (1, N)
     valid = one("GreaterOrEqual", [sorted_s, c.scalar(score_thr)])
-    n_valid = one("ReduceSum", [one("Cast", [valid], to=7), ints([0])], keepdims=0)
-    sorted_cols = [one("Gather", [v, order], axis=0) for v in corners]
+    sorted_cols = [one("Gather", [v, order], axis=0) for v in corners]  # (1, N) each
     areas = one("Mul", [one("Sub", [sorted_cols[2], sorted_cols[0]]), one("Sub", [sorted_cols[3], sorted_cols[1]])])
-
-    # The greedy selection, one Loop iteration per selected box: the first candidate still open
-    # (valid, neither selected nor suppressed) is selected and closes every box it overlaps.
-    body = _Body(c)
-    i, cond_in = body.fresh("i"), body.fresh("cond")
-    open_, sel, cnt = body.fresh("open"), body.fresh("selected"), body.fresh("count")
-    first = body.one("ArgMax", [body.one("Cast", [open_], to=6)], axis=0, keepdims=0)  # sorted position
-    box = [body.one("Gather", [v, first], axis=0) for v in (*sorted_cols, areas)]
-    iou = _iou_row(body, box, sorted_cols, areas)
-    closed = body.one("Or", [body.one("Greater", [iou, body.const(iou_thr, _F32)]),
-                             body.one("Equal", [body.const(np.arange(n), np.int64), first])])
-    still = body.one("And", [open_, body.one("Not", [closed])])
-    count = body.one("Add", [i, body.const(1, np.int64)])
-    more = body.one("Greater", [body.one("ReduceMax", [body.one("Cast", [still], to=6)], keepdims=0),
-                                body.const(0, np.int32)])
-    outs = [body.one("And", [more, body.one("Less", [count, body.const(m, np.int64)])]), still,
-            body.one("Where", [body.one("Equal", [body.const(np.arange(m), np.int64), i]), first, sel]), count]
-    final = [body.one("Identity", [o]) for o in outs]
-    scalar_i64, scalar_b = TensorType(np.dtype(np.int64), ()), TensorType(np.dtype(np.bool_), ())
-    state = [TensorType(np.dtype(np.bool_), (n,)), TensorType(np.dtype(np.int64), (m,)), scalar_i64]
-    graph = Graph(body.nodes, [ValueInfo(i, scalar_i64), ValueInfo(cond_in, scalar_b),
-                               *(ValueInfo(v, t) for v, t in zip((open_, sel, cnt), state, strict=True))],
-                  [ValueInfo(o, t) for o, t in zip(final, [scalar_b, *state], strict=True)],
-                  body.inits, OPSET, c.hint + ":nms")
-    init = [valid, c.em.init(np.zeros(m, np.int64), c.hint + ":selected0"),
-            c.em.init(np.asarray(0, np.int64), c.hint + ":count0")]
-    go = one("Greater", [n_valid, c.em.init(np.asarray(0, np.int64), c.hint + ":none")])
-    _, picked, count = c.node("Loop", [c.em.init(np.asarray(m, np.int64), c.hint + ":max"), go, *init], 3, body=graph)
+    picked, count = _greedy(c, sorted_cols, areas, valid, 1, n, m, iou_thr)
+    picked, count = one("Reshape", [picked, ints([m])]), one("Reshape", [count, ints([])])
+    order = one("Reshape", [order, ints([n])])
 
     anchor_of = one("Gather", [order, picked], axis=0)  # (M,) anchors of the selected boxes
     live = one("Less", [c.em.init(np.arange(m, dtype=np.int64), c.hint + ":rows"), count])  # (M,)
@@ -195,6 +217,39 @@ def detection_postprocess(c: OpContext) -> None:
             v = one("Pad", [v, ints([0, 0, *([0] * len(last)), 0, k_max - k, *([0] * len(last))])])
         c.out(one("Reshape", [v, ints([1, size, *last])]), j=j)
     c.out(one("Reshape", [one("Cast", [count], to=1), ints([1])]), j=3)
+
+
+def _regular(c: OpContext, scores: str, boxes: str, corners: list[str], n: int, classes: int, per_class: int,
+             m: int, size: int, score_thr: float, iou_thr: float) -> None:
+    """The per-class NMS: every class's candidates (score >= threshold, decreasing) greedily, at
+    most ``per_class`` each, all classes in one Loop; then the ``m`` best of all selections by
+    score, one class per detection."""
+    one, ints = c.one, c.ints_init
+    rows = one("Transpose", [scores], perm=[1, 0])  # (classes, N)
+    sorted_s, order = c.node("TopK", [rows, ints([n])], 2, axis=1, largest=1, sorted=1)
+    valid = one("GreaterOrEqual", [sorted_s, c.scalar(score_thr)])
+    cols = [one("Gather", [v, order], axis=0) for v in corners]  # (classes, N) each
+    areas = one("Mul", [one("Sub", [cols[2], cols[0]]), one("Sub", [cols[3], cols[1]])])
+    picked, count = _greedy(c, cols, areas, valid, classes, n, per_class, iou_thr)
+    ok = one("Less", [c.em.init(np.arange(per_class, dtype=np.int64), c.hint + ":slots"),
+                      one("Unsqueeze", [count, ints([1])])])  # (classes, per_class)
+    score = one("Where", [ok, one("GatherElements", [sorted_s, picked], axis=1), c.scalar(-np.inf)])
+    anchor = one("Reshape", [one("GatherElements", [order, picked], axis=1), ints([classes * per_class])])
+    kk = min(m, classes * per_class)
+    best, where = c.node("TopK", [one("Reshape", [score, ints([classes * per_class])]), ints([kk])], 2,
+                         axis=0, largest=1, sorted=1)
+    total = one("Min", [one("ReduceSum", [count, ints([0])], keepdims=0), c.em.init(np.asarray(m, np.int64), c.hint + ":m")])
+    live = one("Unsqueeze", [one("Less", [c.em.init(np.arange(kk, dtype=np.int64), c.hint + ":rows"), total]), ints([1])])
+    fzero = c.scalar(0.0)
+    cls = one("Cast", [one("Div", [where, c.em.init(np.asarray(per_class, np.int64), c.hint + ":per")])], to=1)
+    outs = [one("Where", [live, one("Gather", [boxes, one("Gather", [anchor, where], axis=0)], axis=0), fzero]),
+            one("Where", [live, one("Unsqueeze", [cls, ints([1])]), fzero]),
+            one("Where", [live, one("Unsqueeze", [best, ints([1])]), fzero])]  # (kk, 4), (kk, 1), (kk, 1)
+    for j, (v, last) in enumerate(((outs[0], [4]), (outs[1], []), (outs[2], []))):
+        if kk < size:
+            v = one("Pad", [v, ints([0, 0, size - kk, 0])])
+        c.out(one("Reshape", [v, ints([1, size, *last])]), j=j)
+    c.out(one("Reshape", [one("Cast", [total], to=1), ints([1])]), j=3)
 
 
 @maps("BITCAST")
