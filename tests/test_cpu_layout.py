@@ -213,6 +213,21 @@ def test_a_lone_conv_between_plain_ops_runs_plain() -> None:
     assert not any("nchwc" in lb or "layout" in lb for lb in labels), labels
 
 
+def test_a_lone_narrow_conv_from_a_plain_input_runs_plain() -> None:
+    """A narrow input reads plain into the stem kernel, but with fewer outputs than a block and
+    no blocked conv after it the padding and the change back out cost more: NCHW algorithm.
+    With a blocked conv after it, the same conv stays blocked."""
+    rng = np.random.default_rng(3)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((1, 4, 28, 28), F32)
+    y = _conv(b, rng, x, 4, act=A.Activation("relu"))
+    labels = _check(b.ops, [x], [y], [rng.uniform(-1, 1, x.shape).astype(F32)])
+    assert not any("nchwc" in lb or "layout" in lb for lb in labels), labels
+    z = _conv(b, rng, y, 16)
+    labels = _check(b.ops, [x], [z], [rng.uniform(-1, 1, x.shape).astype(F32)])
+    assert sum("nchwc" in lb for lb in labels) == 2, labels
+
+
 def test_blocked_output_that_is_also_a_program_output_is_converted_once() -> None:
     rng = np.random.default_rng(2)
     b = Builder(fold=lambda op: None)
