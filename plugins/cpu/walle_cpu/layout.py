@@ -218,16 +218,18 @@ class _Rewriter:
         computes all 16 lanes; one change of layout reads them once."""
         return out.shape[1] * 4 <= BLK and not self.feeds_blocked_conv(out)
 
-    def feeds_blocked_conv(self, t: A.Tensor, depth: int = 4) -> bool:
-        """Whether ``t`` reaches a blocked conv through readers that keep it blocked (pools,
-        block-moving rasters, element-wise ops): only then does changing its layout once pay."""
+    def feeds_blocked_conv(self, t: A.Tensor, depth: int = 4, any_conv: bool = False) -> bool:
+        """Whether ``t`` reaches a blocked conv (``any_conv``: any conv, which a blocked input
+        may keep blocked) through readers that keep it blocked (pools, block-moving rasters,
+        element-wise ops): only then does changing its layout once pay."""
         for op, algo in self.readers.get(t.id, ()):
-            if isinstance(op, A.Conv2D) and algo.name in BLOCKED_CONVS and op.inputs[1] is not t:
+            if isinstance(op, A.Conv2D) and (any_conv or algo.name in BLOCKED_CONVS) \
+                    and op.inputs[1] is not t:
                 return True
             through = _pools_blocked(op) or (
                 (type(op) in (A.Raster, A.Unary, A.Binary, A.Select) or _is_chain(op))
                 and len(op.out.shape) == 4)
-            if through and depth > 0 and self.feeds_blocked_conv(op.out, depth - 1):
+            if through and depth > 0 and self.feeds_blocked_conv(op.out, depth - 1, any_conv):
                 return True
         return False
 
@@ -253,14 +255,14 @@ class _Rewriter:
         """A blocked conv whose input needs a layout change pays only when its output goes on
         to another blocked conv; else the changes around it (and around the pools between)
         cost more than the kernel saves: run it plain. (A narrow plain input needs no change:
-        the stem conv reads it directly; but an output narrower than a block that no blocked
-        conv reads is padding computed, then moved out again: a lone 4-channel conv ran 20 us
-        that way against 12 us plain.)"""
+        the stem conv reads it directly; but an output narrower than a block that no conv
+        reads is padding computed, then moved out again: a lone 4-channel conv ran 20 us that
+        way against 12 us plain.)"""
         x = op.inputs[0]
         if x.id in self.blocked and self.blocked[x.id][1] == x.shape:
             return True
-        if not is_depthwise(op) and x.shape[1] <= PLAIN_INPUT_MAX and op.out.shape[1] >= BLK:
-            return True
+        if not is_depthwise(op) and x.shape[1] <= PLAIN_INPUT_MAX:
+            return op.out.shape[1] >= BLK or self.feeds_blocked_conv(op.out, any_conv=True)
         return self.feeds_blocked_conv(op.out)
 
     def stays_blocked(self, op: A.Conv2D) -> bool:
