@@ -46,11 +46,6 @@ def lowered(program: Program, rewrites: Rewrites) -> list[tuple[A.Op, Algorithm]
     return fuse_prelu(layout.apply(ops, external, lambda: next(fresh), plain_algorithm), external)
 
 
-def layout_changes(program: Program, rewrites: Rewrites) -> list[tuple[A.Op, Algorithm]]:
-    """The layout conversions (``Raster`` ops) :func:`lowered` adds to ``program``."""
-    return [(op, algo) for op, algo in lowered(program, rewrites) if algo is layout.LAYOUT]
-
-
 class CpuExecutable(Executable):
     def __init__(self, program: Program, threads: int, rewrites: Rewrites) -> None:
         if LIB is None or FFI is None:  # pragma: no cover - guarded by availability()

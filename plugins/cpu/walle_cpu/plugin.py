@@ -17,8 +17,8 @@ from walle_core.backend import Algorithm, Availability, Backend, DeviceInfo, Exe
 from walle_core.errors import BackendUnavailableError
 from walle_core.hookspecs import hookimpl
 from walle_core.hostinfo import cpu_model
-from walle_cpu import _native, codes, ops
-from walle_cpu.compiler import CpuExecutable, layout_changes, lowered
+from walle_cpu import _native, codes, layout, ops
+from walle_cpu.compiler import CpuExecutable, lowered
 
 _INTERESTING = ("avx512f", "avx512_vnni", "avx512_bf16", "avx2", "fma", "neon", "asimd", "sse4_2")
 
@@ -67,6 +67,7 @@ class CpuBackend(Backend):
     # float unary (and clips) after the bias and an optional residual
     rewrites = Rewrites(gelu=True, matmul_bias=True, residual=True,
                         activations=codes.FLOAT_UNARY - codes.PREDICATES)
+    _last_lowered: tuple[Program, list[tuple[A.Op, Algorithm]]] | None = None
 
     def availability(self) -> Availability:
         if _native.LIB is None:
@@ -95,11 +96,21 @@ class CpuBackend(Backend):
             raise BackendUnavailableError(f"cpu backend is unavailable: {_native.LOAD_ERROR}")
         return CpuExecutable(program, threads or default_threads(), self.rewrites)
 
+    def _lowered(self, program: Program) -> list[tuple[A.Op, Algorithm]]:
+        """``program`` as it compiles; the last one is kept, as the search asks
+        :meth:`added_ops` and then :meth:`runs_as` about the same program."""
+        last = self._last_lowered
+        if last is not None and last[0] is program:
+            return last[1]
+        ran = lowered(program, self.rewrites)
+        self._last_lowered = (program, ran)
+        return ran
+
     def added_ops(self, program: Program) -> list[tuple[A.Op, Algorithm]]:
         """The blocked layout's conversions compiling ``program`` inserts (see :mod:`layout`)."""
         if _native.LIB is None:
             return []
-        return layout_changes(program, self.rewrites)
+        return [(op, algo) for op, algo in self._lowered(program) if algo is layout.LAYOUT]
 
     def runs_as(self, program: Program) -> list[tuple[A.Op, Algorithm]] | None:
         """What the blocked layout pass makes of ``program``'s convs (the algorithm each runs:
@@ -110,7 +121,7 @@ class CpuBackend(Backend):
         if _native.LIB is None:
             return None
         picks = list(program.ops)
-        ran = lowered(program, self.rewrites)
+        ran = self._lowered(program)
         out = list(picks)
         for kind in (A.Kind.CONV2D, A.Kind.POOL2D, A.Kind.REDUCE):
             mine = [i for i, (op, _) in enumerate(picks) if op.kind is kind]
