@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +83,9 @@ class Model:
                          if backend == "auto" else None)
         self.dropped: dict[str, str] = {}  # backends that failed to prepare kernels, and why
         self._roots: dict[Signature, PlanNode] = {}
+        # (feed names in order, their shapes) -> the run of that signature's plan
+        self._fast: dict[tuple[tuple[str, ...], tuple[tuple[int, ...], ...]],
+                         Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray] | None]] = {}
         self._lock = threading.Lock()
         self.peak_bytes = 0
         self._defaults = {
@@ -191,11 +194,29 @@ class Model:
             return self._roots[sig]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # A feed seen before (same names in the same order, same shapes) goes straight to its
+        # plan: the full check below (names, dtypes, declared dims) passed when it was first
+        # fed, and the runner re-checks only the dtypes. On a 0.1 ms model the checks, the
+        # signature and the dicts of the full path were several percent of the run.
+        try:
+            key = (tuple(feeds), tuple([a.shape for a in feeds.values()]))
+            fast = self._fast.get(key)
+        except (AttributeError, TypeError):  # a value that is not an array: converted below
+            key, fast = None, None
+        if fast is not None:
+            out = fast(feeds)
+            if out is not None:
+                return out
         sig, arrays = self._signature(feeds)
         with self._lock:
             node = self._roots.get(sig)
             if node is None:
                 node = self._roots[sig] = self._build(sig, {}, 0)
+            if key is not None and key not in self._fast:
+                self._fast[key] = self._runner(node, sig)
+        return self._execute(node, sig, arrays)
+
+    def _execute(self, node: PlanNode, sig: Signature, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         table = {tid: arrays[name] for name, tid in node.input_ids.items()}
         while True:
             run_stage(node.stage, table)
@@ -213,9 +234,42 @@ class Model:
         return {
             # Never hand back a caller's own array or a plan constant: callers may mutate results.
             name: (t.value.copy() if t.value is not None
-                   else table[t.id].copy() if t.id in inputs else table[t.id])
+                   else np.array(table[t.id]) if t.id in inputs else table[t.id])
             for name, t in zip(self._output_names, node.outputs, strict=True)
         }
+
+    def _runner(self, root: PlanNode, sig: Signature) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray] | None]:
+        """The run of a known feed signature: None when a dtype differs (the full path reports
+        it). A one-program plan whose outputs are all that program's own is a single call."""
+        dtypes = [(name, np.dtype(dt)) for name, _, dt in sig]
+        step = root.stage.steps[0] if len(root.stage.steps) == 1 else None
+        name_of = {tid: name for name, tid in root.input_ids.items()}
+        if (root.complete and step is not None and all(tid in name_of for tid in step.inputs)
+                and all(t.value is None and t.id in step.outputs and t.id not in name_of
+                        for t in root.outputs)):
+            run = step.executable.run
+            arg_names = [name_of[tid] for tid in step.inputs]
+            picks = [(name, step.outputs.index(t.id))
+                     for name, t in zip(self._output_names, root.outputs, strict=True)]
+
+            def single(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+                for name, dt in dtypes:
+                    d = feeds[name].dtype
+                    if d is not dt and d != dt:
+                        return None
+                outs = run([feeds[n] for n in arg_names])
+                return {name: outs[i] for name, i in picks}
+
+            return single
+
+        def staged(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+            for name, dt in dtypes:
+                d = feeds[name].dtype
+                if d is not dt and d != dt:
+                    return None
+            return self._execute(root, sig, feeds)
+
+        return staged
 
     # ------------------------------------------------------------------ describing and timing
 
