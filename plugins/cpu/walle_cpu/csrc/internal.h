@@ -142,6 +142,11 @@ typedef struct wl_isa {
                      int64_t ys, int rows, int cols, const float *res, const nc_epi *e);
     void (*nc_pool_px)(int avg, const float *x, int64_t rs, int64_t cs, int64_t ny, int64_t nx,
                        float *y, float scale);
+    /* one output row of a blocked 2-D resize (pool2d.c, P_RESIZE): pixel ox is the lerp by fy
+     * of rows r0 and r1, each the lerp by fx[ox] of its pixels at float offsets xo[2 ox] and
+     * xo[2 ox + 1]; near: r0 at xo[2 ox] only */
+    void (*nc_resize_row)(const float *r0, const float *r1, float fy, const int64_t *xo,
+                          const float *fx, int64_t ow, float *y, int near);
     /* fn in R_SUM (double lanes), R_MAX, R_MIN (NaN wins) over n contiguous floats */
     double (*reduce_f32)(int fn, const float *x, int64_t n);
     /* softmax (log: log_softmax) of n contiguous floats; e: n floats of scratch for log */

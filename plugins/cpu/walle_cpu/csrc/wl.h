@@ -36,7 +36,7 @@ enum wl_binary_fn {
 };
 
 enum wl_reduce_fn { R_SUM = 0, R_PROD, R_MAX, R_MIN, R_ARGMAX, R_ARGMIN, R_CUMSUM, R_CUMPROD };
-enum wl_pool_fn { P_MAX = 0, P_AVG, P_LP };
+enum wl_pool_fn { P_MAX = 0, P_AVG, P_LP, P_RESIZE }; /* P_RESIZE: see wl_pool_params */
 enum wl_scatter_reduction { S_NONE = 0, S_ADD, S_MUL, S_MAX, S_MIN };
 enum wl_conv_algo { C_IM2COL = 0, C_1X1, C_DEPTHWISE, C_WINOGRAD, C_NCHWC, C_WINOGRAD_NCHWC };
 
@@ -94,7 +94,10 @@ typedef struct {
     wl_act act;
 } wl_conv_params;
 
-/* Pool2D; fn is the descriptor's fn (enum wl_pool_fn), lp the norm's p; blocked: NCHW16c. */
+/* Pool2D; fn is the descriptor's fn (enum wl_pool_fn), lp the norm's p; blocked: NCHW16c.
+ * fn P_RESIZE: a separable 2-D resize (h, w) -> (oh, ow), kh 1 (nearest) or 2 (linear) taps:
+ * aux int64 [oh][2] source rows, then [ow][2] source pixels as float offsets in a row; aux2
+ * float [oh] then [ow] weights of the second tap (value = a + f * (b - a) per axis). */
 typedef struct {
     int64_t n, c, h, w, oh, ow, kh, kw, stride_h, stride_w;
     int64_t pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w;
@@ -122,9 +125,11 @@ typedef struct { int64_t batch, hidden; } wl_lstm_params;
  * the h gate's recurrent bias (GRU with has_rbh), then the outputs after the first: h_final
  * and (LSTM) c_final) -> Y (seq, batch, hidden). LSTM gates are i, o, f, c; GRU gates z, r, h.
  * dirs 2 (a bidirectional layer, the second direction reversed from the first): both
- * directions' inputs in turn, then the first's outputs after Y, then all the second's. */
+ * directions' inputs in turn, then the first's outputs after Y, then all the second's.
+ * chunks > 1 (one direction, constant R): aux holds R^T packed per chunk of hidden units, every
+ * gate's columns of those units together, so that threads can share each step by units. */
 typedef struct {
-    int64_t seq, batch, hidden, gru, reverse, linear_before_reset, has_rbh, dirs;
+    int64_t seq, batch, hidden, gru, reverse, linear_before_reset, has_rbh, dirs, chunks;
 } wl_recurrent_params;
 
 /* int8 convolution and matrix product (qgemm.c, qconv.c): ins = (8-bit activations); aux holds
