@@ -1,5 +1,6 @@
 /* Pool2D (max, avg, lp) on NCHW planes, and max/avg on the blocked layout NCHW16c (one vector
- * of 16 channels per output pixel, the ISA's nc_pool_px in isa/pool2d.inc). */
+ * of 16 channels per output pixel, the ISA's nc_pool_px in isa/pool2d.inc); and the separable
+ * 2-D resize (fn P_RESIZE: nearest or linear, on either layout), a windowed sampling too. */
 #include <math.h>
 
 #include "blocked.h"
@@ -162,10 +163,67 @@ static void pool_blocked(const wl_op *op, const float *x, float *y, int nthreads
     wl_parallel_for(lanes * ceil_div(OH, c.chunk), blocked_task, &c, nthreads);
 }
 
+/* ---------------------------------------------------------------- resize (fn P_RESIZE) */
+
+/* Rows [oy0, oy1) of one plane (a channel of NCHW, or a 16-channel block of NCHW16c) of a
+ * separable two-tap resize: every output element reads its two source rows and, in each, its
+ * two pixels once; one pass instead of a gather, a subtract, a multiply and an add per axis. */
+static void resize_task(void *vp, int64_t t) {
+    const pool_ctx *c = vp;
+    const wl_pool_params *p = &c->op->pool;
+    int64_t H = p->h, W = p->w, OH = p->oh, OW = p->ow, chunks = ceil_div(OH, c->chunk);
+    int64_t plane = t / chunks, oy0 = (t % chunks) * c->chunk;
+    int64_t oy1 = oy0 + c->chunk < OH ? oy0 + c->chunk : OH, lanes = p->blocked ? WL_BLK : 1;
+    const int64_t *yi = (const int64_t *)c->op->aux, *xo = yi + 2 * OH;
+    const float *fy = (const float *)c->op->aux2, *fx = fy + OH;
+    const float *x = c->x + plane * H * W * lanes;
+    int near = p->kh == 1;
+    for (int64_t oy = oy0; oy < oy1; oy++) {
+        const float *r0 = x + yi[2 * oy] * W * lanes, *r1 = x + yi[2 * oy + 1] * W * lanes;
+        float *yr = c->y + (plane * OH + oy) * OW * lanes, f = fy[oy];
+        if (p->blocked) {
+            wl_active->nc_resize_row(r0, r1, f, xo, fx, OW, yr, near);
+        } else if (near) {
+            for (int64_t ox = 0; ox < OW; ox++) yr[ox] = r0[xo[2 * ox]];
+        } else if (W <= 8192) {
+            /* the rows' blend first (contiguous: vectorises), then the columns from it */
+            float row[W];
+            if (f != 0.0f) {
+                for (int64_t i = 0; i < W; i++) row[i] = r0[i] + (r1[i] - r0[i]) * f;
+                r0 = row;
+            }
+            for (int64_t ox = 0; ox < OW; ox++) {
+                float a = r0[xo[2 * ox]], b = r0[xo[2 * ox + 1]];
+                yr[ox] = a + (b - a) * fx[ox];
+            }
+        } else {
+            for (int64_t ox = 0; ox < OW; ox++) {
+                int64_t i = xo[2 * ox], j = xo[2 * ox + 1];
+                float top = r0[i] + (r0[j] - r0[i]) * fx[ox], bot = r1[i] + (r1[j] - r1[i]) * fx[ox];
+                yr[ox] = top + (bot - top) * f;
+            }
+        }
+    }
+}
+
+static void resize2d(const wl_op *op, const float *x, float *y, int nthreads) {
+    const wl_pool_params *p = &op->pool;
+    int64_t planes = p->n * (p->blocked ? ceil_div(p->c, WL_BLK) : p->c), OH = p->oh;
+    if (planes * OH * p->ow == 0) return;
+    int64_t chunks = ceil_div(8 * (int64_t)nthreads, planes);
+    if (chunks > OH) chunks = OH;
+    pool_ctx c = {op, x, y, ceil_div(OH, chunks)};
+    wl_parallel_for(planes * ceil_div(OH, c.chunk), resize_task, &c, nthreads);
+}
+
 int wl_pool2d(const wl_op *op, const wl_exec *ex) {
     if (op->dtype == D_U8 || op->dtype == D_I8) return wl_pool2d_8bit(op, ex); /* max only */
     const float *x = (const float *)wl_in(op, ex, 0);
     float *y = (float *)wl_out(op, ex);
+    if (op->fn == P_RESIZE) {
+        resize2d(op, x, y, ex->nthreads);
+        return 0;
+    }
     if (op->pool.blocked) {
         pool_blocked(op, x, y, ex->nthreads);
         return 0;
