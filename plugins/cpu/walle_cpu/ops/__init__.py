@@ -19,6 +19,8 @@ from walle_cpu.ops.quant import NAMES as QUANT_COMPOSITES
 from walle_cpu.ops.quant import QUANT
 from walle_cpu.ops.raster import RASTER
 from walle_cpu.ops.reduce import REDUCE
+from walle_cpu.ops.resize import KERNEL as RESIZE
+from walle_cpu.ops.resize import NAME as RESIZE_NAME
 from walle_cpu.ops.sort import SORT
 
 KERNELS: tuple[OpKernel, ...] = (COMPOSITE, RASTER, UNARY, BINARY, CAST, REDUCE, MATMUL, PRELU_CONV, CONV,
@@ -28,6 +30,8 @@ KERNELS: tuple[OpKernel, ...] = (COMPOSITE, RASTER, UNARY, BINARY, CAST, REDUCE,
 def kernel_for(op: A.Op) -> OpKernel | None:
     if isinstance(op, A.Composite) and op.name in QUANT_COMPOSITES:
         return QUANT  # the int8 composites have their own kernels
+    if isinstance(op, A.Composite) and op.name == RESIZE_NAME:
+        return RESIZE
     return next((k for k in KERNELS if isinstance(op, k.kinds)), None)
 
 
