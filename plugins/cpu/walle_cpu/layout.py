@@ -147,6 +147,12 @@ def _is_chain(op: A.Op) -> bool:
     return isinstance(op, Chain)
 
 
+def _is_resize(op: A.Op) -> bool:
+    from walle_cpu.ops.resize import NAME  # walle_cpu.ops imports this module
+
+    return isinstance(op, A.Composite) and op.name == NAME and op.out.dtype == np.float32
+
+
 def _pools_blocked(op: A.Op) -> bool:
     return isinstance(op, A.Pool2D) and op.fn in ("max", "avg") and op.out.dtype == np.float32 \
         and len(op.inputs[0].shape) == 4
@@ -226,7 +232,7 @@ class _Rewriter:
             if isinstance(op, A.Conv2D) and (any_conv or algo.name in BLOCKED_CONVS) \
                     and op.inputs[1] is not t:
                 return True
-            through = _pools_blocked(op) or (
+            through = _pools_blocked(op) or _is_resize(op) or (
                 (type(op) in (A.Raster, A.Unary, A.Binary, A.Select) or _is_chain(op))
                 and len(op.out.shape) == 4)
             if through and depth > 0 and self.feeds_blocked_conv(op.out, depth - 1, any_conv):
@@ -291,6 +297,22 @@ class _Rewriter:
         fields = {f.name: getattr(op, f.name) for f in dataclasses.fields(A.Pool2D) if f.init}
         fields.update(inputs=[got[0]], outputs=[yb], plain_in=got[1], plain_out=plain_out)
         self.out.append((BlockedPool(**fields), _DIRECT))
+        self.produced(op.out, yb, plain_out)
+        return True
+
+    def resize(self, op: A.Composite) -> bool:
+        """A 2-D resize (``resize2d``) of a blocked value runs on the blocked tensors."""
+        from walle_cpu.ops.resize import blocked  # walle_cpu.ops imports this module
+
+        x = op.inputs[0]
+        got = self.blocked.get(x.id)
+        if not _is_resize(op) or got is None or got[1] != x.shape or x.id not in self.pending \
+                or self.wasteful(op.out):
+            return False
+        shp = op.out.shape
+        plain_out = (shp[0], shp[1], shp[2], shp[3])
+        yb = self.tensor(plain_out, op.out)
+        self.out.append((blocked(op, got[0], yb, got[1], plain_out), _DIRECT))
         self.produced(op.out, yb, plain_out)
         return True
 
@@ -400,6 +422,7 @@ class _Rewriter:
                 continue
             elif (isinstance(op, A.Reduce) and self.spatial_reduce(op)) or \
                     (isinstance(op, A.Pool2D) and self.pool(op)) or \
+                    (isinstance(op, A.Composite) and self.resize(op)) or \
                     (isinstance(op, A.Raster) and self.raster(op)) or self.elementwise(op, algo):
                 continue
             for t in op.inputs:
