@@ -8,6 +8,11 @@ combine as ``g0 + w1 * (g1 - g0)`` (one fused element-wise pass). Other tables r
 by one row gather of the K taps, a multiply by the weights and a sum over the taps
 (``GatherScatter`` + ``Binary`` + ``Reduce``).
 ``tf_crop_and_resize`` positions outside the input take ``extrapolation_value`` via ``Select``.
+
+A float32 image resized along H and W by tables of at most two taps (nearest, or linear
+without antialiasing: any scale, any coordinate mode) is a ``resize2d`` composite over that
+decomposition, which a backend may run as one pass (the cpu backend, on NCHW or its blocked
+NCHW16c layout); nearest sampling that is a few strided block moves stays a plain Raster.
 """
 
 from __future__ import annotations
@@ -375,7 +380,63 @@ def axis_order(shape: Sequence[int], specs: dict[int, AxisSpec], opt: Options) -
     return min((list(p) for p in itertools.permutations(axes)), key=cost)
 
 
+def two_tap_tables(x: A.Tensor, specs: dict[int, AxisSpec], opt: Options
+                   ) -> dict[str, object] | None:
+    """The ``resize2d`` composite's attributes, when resizing ``x`` is one: a float32 NCHW
+    tensor resized along H and/or W, nearest or linear with at most two taps per output whose
+    weights sum to 1 (no antialiased downsampling, no extrapolated crop). ``rows``/``cols``: per
+    output row / column its two source indices (the same one twice for one tap) flattened;
+    ``row_frac``/``col_frac``: the second tap's weight (value = a + f * (b - a) per axis).
+    Every coordinate mode and scale gives such tables; a backend runs them in one pass."""
+    if len(x.shape) != 4 or x.dtype != np.float32 or not specs or any(a not in (2, 3) for a in specs) \
+            or opt.mode not in ("nearest", "linear") or any(sp.size_out == 0 for sp in specs.values()):
+        return None
+    tabs: list[tuple[np.ndarray, np.ndarray]] = []
+    for axis in (2, 3):
+        n = x.shape[axis]
+        if axis not in specs:
+            tabs.append((np.repeat(np.arange(n, dtype=np.int64), 2), np.zeros(n)))
+            continue
+        idx, w, outside = tap_table(specs[axis], opt)
+        if outside is not None or idx.shape[1] > 2 or not np.allclose(w.sum(axis=1), 1.0, rtol=0, atol=1e-9):
+            return None
+        if idx.shape[1] == 1:
+            idx, frac = np.concatenate([idx, idx], axis=1), np.zeros(idx.shape[0])
+        else:
+            frac = w[:, 1]
+        tabs.append((idx.reshape(-1), frac))
+    return {"mode": opt.mode,
+            "rows": tuple(int(v) for v in tabs[0][0]), "row_frac": tuple(float(v) for v in tabs[0][1]),
+            "cols": tuple(int(v) for v in tabs[1][0]), "col_frac": tuple(float(v) for v in tabs[1][1])}
+
+
 def resize(b: Builder, x: A.Tensor, specs: dict[int, AxisSpec], opt: Options) -> A.Tensor:
+    """``x`` resized along the axes of ``specs``; a 2-D image resize with two-tap tables (see
+    :func:`two_tap_tables`) is wrapped in a ``resize2d`` composite (nearest only when its
+    sampling is not a few strided views: those are one Raster, which a blocked layout runs
+    as block moves already)."""
+    attrs = two_tap_tables(x, specs, opt)
+    if attrs is None:
+        return _resize(b, x, specs, opt)
+    start = len(b.ops)
+    y = b.composite("resize2d", [x], lambda: [_resize(b, x, specs, opt)], **attrs)[0]
+    comp = b.ops[-1] if len(b.ops) == start + 1 else None
+    if opt.mode == "nearest" and isinstance(comp, A.Composite) and \
+            all(isinstance(op, A.Raster) for op in comp.expansion):
+        b.ops[-1:] = comp.expansion  # block moves already: no composite
+    return y
+
+
+def _joint_nearest(b: Builder, x: A.Tensor, specs: dict[int, AxisSpec], opt: Options) -> A.Tensor | None:
+    """Nearest upsampling of several axes as one Raster (:func:`take_all`), or None."""
+    tables = {axis: tap_table(specs[axis], opt) for axis in specs}
+    if opt.mode == "nearest" and len(specs) > 1 and all(t[2] is None for t in tables.values()) \
+            and any(sp.size_out > sp.size_in for sp in specs.values()) and all(sp.size_out for sp in specs.values()):
+        return take_all(b, x, {axis: t[0][:, 0] for axis, t in tables.items()})
+    return None
+
+
+def _resize(b: Builder, x: A.Tensor, specs: dict[int, AxisSpec], opt: Options) -> A.Tensor:
     rank = len(x.shape)
     src = x
     integer = x.dtype.kind in "iub"
@@ -384,11 +445,9 @@ def resize(b: Builder, x: A.Tensor, specs: dict[int, AxisSpec], opt: Options) ->
     y = src
     masks: list[tuple[int, np.ndarray]] = []
     tables = {axis: tap_table(specs[axis], opt) for axis in specs}
-    if opt.mode == "nearest" and len(specs) > 1 and all(t[2] is None for t in tables.values()) \
-            and any(sp.size_out > sp.size_in for sp in specs.values()) and all(sp.size_out for sp in specs.values()):
-        joint = take_all(b, y, {axis: t[0][:, 0] for axis, t in tables.items()})
-        if joint is not None:
-            return joint
+    joint = _joint_nearest(b, y, specs, opt)
+    if joint is not None:
+        return joint
     for axis in axis_order(x.shape, specs, opt):
         spec = specs[axis]
         if spec.size_out == 0:
