@@ -1435,6 +1435,17 @@ typedef struct {
     int out;
 } dw_rq;
 
+/* The input bytes under 16 outputs from column o0: where the window starts (ix0, may be negative),
+   how many outputs it serves (n) and which of its bytes lie inside the row (the mask). */
+TVBMI static inline __mmask64 dw_vbmi_window(const wl_qconv_params *s, int64_t o0, int64_t span, int64_t *n,
+                                             int64_t *ix0) {
+    *n = s->ow - o0 < 16 ? s->ow - o0 : 16;
+    *ix0 = o0 * s->stride_w - s->pad_left;
+    int64_t need = s->stride_w * (*n - 1) + span + 1, lo = *ix0 < 0 ? -*ix0 : 0;
+    int64_t hi = s->w - *ix0 < need ? s->w - *ix0 : need;
+    return hi > lo ? dw_vbmi_mask(hi) & ~dw_vbmi_mask(lo) : 0;
+}
+
 TVBMI static inline __attribute__((always_inline)) void dw_vbmi_store(const dw_rq *r, __m512i acc,
                                                                      int64_t n, char *y) {
     __mmask16 m = (__mmask16)((1u << n) - 1);
@@ -1533,7 +1544,7 @@ TVBMI static inline __attribute__((always_inline)) void dw_rows_vbmi(
     const __m512i pm0 = _mm512_loadu_si512(pl->idx[0][0]), pm1 = _mm512_loadu_si512(pl->idx[0][1]);
     const __m512i zraw = _mm512_set1_epi8((char)q->x_zero_raw);
     const __m512i fl = _mm512_set1_epi8(q->x_signed ? (char)0x80 : 0);
-    int64_t sw = s->stride_w, span = s->dilation_w * (s->kw - 1), H = s->h, W = s->w;
+    int64_t span = s->dilation_w * (s->kw - 1), H = s->h, W = s->w;
     int es = esize(q);
     const int64_t NR = (R - 1) * SH + KH;
     for (int64_t oy = 0; oy < s->oh; oy += R) {
@@ -1542,10 +1553,8 @@ TVBMI static inline __attribute__((always_inline)) void dw_rows_vbmi(
         for (int64_t r = 0; r < NR; r++) inside[r] = iy0 + r >= 0 && iy0 + r < H;
         const uint8_t *xr = x + iy0 * W;
         for (int64_t o0 = 0; o0 < s->ow; o0 += 16) {
-            int64_t n = s->ow - o0 < 16 ? s->ow - o0 : 16, need = sw * (n - 1) + span + 1;
-            int64_t ix0 = o0 * sw - s->pad_left, lo = ix0 < 0 ? -ix0 : 0;
-            int64_t hi = W - ix0 < need ? W - ix0 : need;
-            __mmask64 lm = hi > lo ? dw_vbmi_mask(hi) & ~dw_vbmi_mask(lo) : 0;
+            int64_t n, ix0;
+            __mmask64 lm = dw_vbmi_window(s, o0, span, &n, &ix0);
             __m512i acc[8];
             for (int u = 0; u < R; u++) acc[u] = c0;
             for (int64_t r = 0; r < NR; r++) {
@@ -1597,7 +1606,7 @@ TVBMI static inline __attribute__((always_inline)) void dw_plane_vbmi_body(
         const __m512i pm0 = _mm512_loadu_si512(pl->idx[0][0]), pm1 = _mm512_loadu_si512(pl->idx[0][1]);
         const __m512i zraw = _mm512_set1_epi8((char)q->x_zero_raw);
         const __m512i fl = _mm512_set1_epi8(q->x_signed ? (char)0x80 : 0);
-        int64_t sw = s->stride_w, span = s->dilation_w * (kw - 1), H = s->h, W = s->w;
+        int64_t span = s->dilation_w * (kw - 1), H = s->h, W = s->w;
         int64_t rstep = s->dilation_h * W;
         for (int64_t oy = 0; oy < s->oh; oy++) {
             char *yr = y + oy * s->ow * es;
@@ -1610,10 +1619,8 @@ TVBMI static inline __attribute__((always_inline)) void dw_plane_vbmi_body(
             }
             const uint8_t *xr = x + iy0 * W;
             for (int64_t o0 = 0; o0 < s->ow; o0 += 16) {
-                int64_t n = s->ow - o0 < 16 ? s->ow - o0 : 16, need = sw * (n - 1) + span + 1;
-                int64_t ix0 = o0 * sw - s->pad_left, lo = ix0 < 0 ? -ix0 : 0;
-                int64_t hi = W - ix0 < need ? W - ix0 : need;
-                __mmask64 lm = hi > lo ? dw_vbmi_mask(hi) & ~dw_vbmi_mask(lo) : 0;
+                int64_t n, ix0;
+                __mmask64 lm = dw_vbmi_window(s, o0, span, &n, &ix0);
                 __m512i acc = c0;
                 for (int64_t i = 0; i < KH; i++) {
                     __m512i v = inside[i] ? _mm512_mask_loadu_epi8(zraw, lm, xr + i * rstep + ix0) : zraw;
