@@ -1,4 +1,4 @@
-"""Raster ops that move whole 16-channel blocks, rewritten to run on blocked tensors.
+"""Raster ops that move whole 16-channel blocks (or runs of lanes), rewritten to run on blocked tensors.
 
 A channel concat, a stride-2 interleave (ConvTranspose's phases), a spatial slice, a pad
 (spatial, or of whole channel blocks: a residual widened with zero channels) or a nearest
@@ -10,6 +10,7 @@ on index codes and the element map is checked, not guessed from the regions' sha
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -49,7 +50,13 @@ def _lattice(vals: np.ndarray) -> tuple[int, int, int] | None:
 def blocked_regions(op: A.Raster, plains: Sequence[tuple[int, int, int, int]]
                     ) -> list[A.Region] | None:
     """Regions over blocked tensors (inputs and output NCHW16c, ``plains`` the inputs' NCHW
-    shapes) doing what ``op`` does, or None when ``op`` does not move whole blocks."""
+    shapes) doing what ``op`` does, or None when ``op`` does not move runs of channels.
+
+    Each output block's lanes split into runs of adjacent channels that move alike (the same
+    source, pixel map and channel shift, within one source block): a whole block when the
+    shift is a whole number of blocks (one 16-float vector per pixel), else shorter runs (a
+    concat of 8 + 8 channels: lanes 0-7 from one input, 8-15 from the other). Runs shorter
+    than ``_MIN_RUN`` lanes (a channel shuffle's single lanes) are not taken."""
     if len(op.out.shape) != 4 or len(plains) != len(op.inputs):
         return None
     codes = _element_map(op)
@@ -67,38 +74,67 @@ def blocked_regions(op: A.Raster, plains: Sequence[tuple[int, int, int, int]]
         sn[m], sc[m], sy[m], sx[m] = f // (pc * ph * pw), f // (ph * pw) % pc, f // pw % ph, f % pw
     chan = np.arange(c).reshape(1, c, 1, 1)
     delta = np.where(k < 0, 0, sc - chan)
-    # every lane of an output block: the same source, pixel and block shift as its lane 0
-    lane0 = (chan // BLK) * BLK
-    for arr in (k, sn, sy, sx, delta):
-        if not (arr == np.take_along_axis(arr, np.broadcast_to(lane0, arr.shape), axis=1)).all():
-            return None
-    if (delta % BLK != 0).any():
+    runs = _lane_runs(k, sn, sy, sx, delta, c)
+    if runs is None:
         return None
     regions: list[A.Region] = []
     ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     for img in range(n):
         for cb in range(cb_out):
-            ch = cb * BLK
-            kk, dd = k[img, ch], delta[img, ch]
-            for src in np.unique(kk):
-                if src < 0:
-                    continue  # filled pixels: the raster's fill writes them
-                _, pc, ph, pw = plains[int(src)]
-                # source pixel of every output pixel (block index times the plane, plus y, x)
-                spix = (sn[img, ch] * (-(-pc // BLK)) + (ch + dd) // BLK) * ph * pw + sy[img, ch] * pw + sx[img, ch]
-                m = kk == src
-                for step_y, step_x in _PHASES:
-                    got = _phase_regions(m, ys, xs, spix, step_y, step_x)
-                    if got is not None:
-                        break
-                else:
-                    return None
-                dbase = (img * cb_out + cb) * h * w
-                for y0, sy_, ny, x0, sx_, nx, base, si, sj in got:
-                    regions.append(A.Region(int(src), base * BLK, (si * BLK, sj * BLK, 1),
-                                            (dbase + y0 * w + x0) * BLK, (sy_ * w * BLK, sx_ * BLK, 1),
-                                            (ny, nx, BLK)))
+            for ch, lanes in runs[cb]:
+                kk, dd = k[img, ch], delta[img, ch]
+                for src in np.unique(kk):
+                    if src < 0:
+                        continue  # filled pixels: the raster's fill writes them
+                    _, pc, ph, pw = plains[int(src)]
+                    m = kk == src
+                    lane = np.unique(((ch + dd) % BLK)[m])
+                    if lane.size != 1 or int(lane[0]) + lanes > BLK:
+                        return None
+                    # source pixel of every output pixel (block index times the plane, plus y, x)
+                    spix = (sn[img, ch] * (-(-pc // BLK)) + (ch + dd) // BLK) * ph * pw + sy[img, ch] * pw + sx[img, ch]
+                    for step_y, step_x in _PHASES:
+                        got = _phase_regions(m, ys, xs, spix, step_y, step_x)
+                        if got is not None:
+                            break
+                    else:
+                        return None
+                    dbase = (img * cb_out + cb) * h * w
+                    for y0, sy_, ny, x0, sx_, nx, base, si, sj in got:
+                        regions.append(A.Region(int(src), base * BLK + int(lane[0]), (si * BLK, sj * BLK, 1),
+                                                (dbase + y0 * w + x0) * BLK + ch % BLK,
+                                                (sy_ * w * BLK, sx_ * BLK, 1), (ny, nx, lanes)))
     return regions if math.prod(op.out.shape) else None
+
+
+_MIN_RUN = 4  # lanes: shorter runs copy a few floats per pixel and region (a shuffle: one)
+
+
+def _lane_runs(k: np.ndarray, sn: np.ndarray, sy: np.ndarray, sx: np.ndarray, delta: np.ndarray,
+               c: int) -> list[list[tuple[int, int]]] | None:
+    """Per output block, its runs as (first channel, lanes copied): adjacent channels whose
+    source, pixel maps and channel shift agree at every pixel, cut where a block starts on
+    either side; a run that ends the real channels with its source lane equal to its own lane
+    copies the whole rest of the block (the padding lanes' values never matter)."""
+    joins = np.ones(c, bool)
+    for arr in (k, sn, sy, sx, delta):
+        joins[1:] &= (arr[:, 1:] == arr[:, :-1]).all(axis=(0, 2, 3))
+    chan = np.arange(c)
+    joins[chan % BLK == 0] = False
+    src_lane0 = ((chan.reshape(1, c, 1, 1) + delta) % BLK == 0) & (k >= 0)
+    joins &= ~src_lane0.any(axis=(0, 2, 3))
+    starts = [int(i) for i in np.flatnonzero(~joins)] + [c]
+    out: list[list[tuple[int, int]]] = [[] for _ in range(-(-c // BLK))]
+    for a, b in itertools.pairwise(starts):
+        real = min(c, (a // BLK + 1) * BLK) - a // BLK * BLK  # real lanes of the block
+        if b - a < min(_MIN_RUN, real):
+            return None
+        lanes = b - a
+        aligned = (np.where(k[:, a] < 0, a, a + delta[:, a]) % BLK == a % BLK).all()
+        if b == c and aligned:
+            lanes = BLK - a % BLK
+        out[a // BLK].append((a, lanes))
+    return out
 
 
 # Pixel phases tried, fewest first: (1, 1) is the whole set as one lattice (a concat, slice,
