@@ -412,18 +412,19 @@ def two_tap_tables(x: A.Tensor, specs: dict[int, AxisSpec], opt: Options
 
 def resize(b: Builder, x: A.Tensor, specs: dict[int, AxisSpec], opt: Options) -> A.Tensor:
     """``x`` resized along the axes of ``specs``; a 2-D image resize with two-tap tables (see
-    :func:`two_tap_tables`) is wrapped in a ``resize2d`` composite (nearest only when its
-    sampling is not a few strided views: those are one Raster, which a blocked layout runs
-    as block moves already)."""
+    :func:`two_tap_tables`) is wrapped in a ``resize2d`` composite; nearest upsampling by
+    whole factors stays the one Raster of its decomposition (a blocked layout runs it as
+    block moves, one region per pixel phase)."""
     attrs = two_tap_tables(x, specs, opt)
     if attrs is None:
         return _resize(b, x, specs, opt)
     start = len(b.ops)
     y = b.composite("resize2d", [x], lambda: [_resize(b, x, specs, opt)], **attrs)[0]
     comp = b.ops[-1] if len(b.ops) == start + 1 else None
-    if opt.mode == "nearest" and isinstance(comp, A.Composite) and \
-            all(isinstance(op, A.Raster) for op in comp.expansion):
-        b.ops[-1:] = comp.expansion  # block moves already: no composite
+    whole = all(sp.size_out % sp.size_in == 0 for sp in specs.values())
+    if opt.mode == "nearest" and whole and isinstance(comp, A.Composite) and len(comp.expansion) == 1 \
+            and isinstance(comp.expansion[0], A.Raster):
+        b.ops[-1:] = comp.expansion  # one pass of block moves already: no composite
     return y
 
 
