@@ -55,14 +55,20 @@ def test_x86_int8_kernels(native: Path, isa: str) -> None:
     _check([str(native), isa], isa)
 
 
-@pytest.mark.parametrize("isa", ["neon-dot", "scalar"])
-def test_aarch64_int8_kernels_under_qemu(tmp_path_factory: pytest.TempPathFactory, isa: str) -> None:
+@pytest.fixture(scope="module")
+def aarch64(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """qemu and one static aarch64 build, which runs every NEON variant (chosen by argument)."""
     cc = shutil.which("aarch64-linux-gnu-gcc")
     qemu = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
     if cc is None or qemu is None:
         pytest.skip("NEON kernels need the Debian packages gcc-aarch64-linux-gnu and qemu-user "
                     "(scripts/setup.sh installs them)")
-    out = _build(cc, tmp_path_factory.mktemp("q64") / "quant_kernels", ["-static"])
+    return qemu, _build(cc, tmp_path_factory.mktemp("q64") / "quant_kernels", ["-static"])
+
+
+@pytest.mark.parametrize("isa", ["neon-dot", "scalar"])
+def test_aarch64_int8_kernels_under_qemu(aarch64: tuple[str, Path], isa: str) -> None:
+    qemu, out = aarch64
     _check([qemu, str(out), isa], isa)
 
 
