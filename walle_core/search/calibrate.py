@@ -45,7 +45,7 @@ from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
 from walle_core.search.timing import Timer, repeated
 
-SCHEMA = 18
+SCHEMA = 20
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 LEVELS = 7  # sizes per sweep; a sweep stops early once one op takes SWEEP_CAP_S
@@ -62,6 +62,12 @@ REDUCED = 64  # length of the reduced axis in the Reduce probes (a typical poole
 ELEMENTWISE = (A.Unary, A.Binary, A.Select, A.Cast)
 BALANCE_SHARES = (1.0, 0.5, 0.25, 0.125, 0.0)  # weights of traffic a bucket's work measure may take
 MISFIT_FACTOR = 2.0  # ... where the device's balance leaves the sweep this far off a monotone curve
+# A 1x1 conv reducing over at least this many input channels is its own bucket, probed with
+# DEEP_PROBE_CIN of them: at the same outputs its work per output is many times a shallow one's,
+# and a shallow probe's small sizes run at a launch's floor, so one curve priced mobilenet_v2's
+# late 1x1 convs (960 -> 160 channels on 7x7) 2.4x over their time on a GPU-like device
+DEEP_K = 128
+DEEP_PROBE_CIN = 256
 CHAINED = "~chained"  # bucket-key suffix: an element-wise op fed by the op before it (fusable)
 
 
@@ -88,7 +94,7 @@ def op_key(op: A.Op, algo: str) -> str:
     elif isinstance(op, A.Conv2D):
         w = op.inputs[1].shape
         kind += (":dw" if op.groups > 1 and w[1] == 1 else ":grp" if op.groups > 1
-                 else ":1x1" if w[2] == w[3] == 1 else ":kxk")
+                 else (":1x1:deep" if w[1] >= DEEP_K else ":1x1") if w[2] == w[3] == 1 else ":kxk")
         if kind.endswith(":grp") and max(op.strides) > 1:
             kind += ":s2"  # strided: another kernel path (a grouped im2col runs ~2x per output)
     return f"{kind}/{algo}"
@@ -415,9 +421,12 @@ def _probes(level: int) -> list[A.Op]:
     # per group) up to the large sizes; its parallel items are one group's outputs
     gch, ghw = ((64, 3), (64, 7), (64, 14), (32, 28), (32, 56), (32, 56), (32, 56))[level]
     grouped = b.tensor((imgs, gch, ghw, ghw), f32)
+    # the deep 1x1 probe's outputs are the plain probe's (its largest size would read 200 MB)
+    deep = b.tensor((imgs, DEEP_PROBE_CIN, hw, hw), f32) if level < LEVELS - 1 else None
     for x, shape, groups, stride in ((img, (ch, ch, 3, 3), 1, 1),
                                      (img, (ch, ch, 5, 5), 1, 1),  # one no Winograd takes
                                      (img, (ch, ch, 1, 1), 1, 1),
+                                     *([(deep, (ch, DEEP_PROBE_CIN, 1, 1), 1, 1)] if deep else []),
                                      (img, (ch, 1, 3, 3), ch, 1),
                                      (grouped, (gch, 8, 3, 3), gch // 8, 1),
                                      (grouped, (gch, 8, 3, 3), gch // 8, 2)):
@@ -576,13 +585,7 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     prog_over = max(t1 - op_over - lat_h - lat_d, 1e-8)
 
     step("memory bandwidth")
-    # one lone pass over 1 MB (a CPU's caches: where a model's activations live) and over
-    # 16 MB (a GPU's device memory, which small passes leave launch-bound): the faster counts
-    bw = 0.0
-    for n in (1 << 18, 1 << 22):
-        big = _builder()
-        big.unary("relu", big.tensor((n,), np.float32))
-        bw = max(bw, big.ops[0].bytes_moved() / max(timer.steady(big.ops[0], algo, chain=False), 1e-9))
+    bw = _bandwidth(backend, timer)
 
     step("host transfers")
     h2d, d2h = _transfers(backend, timer, t1, bw)
@@ -612,6 +615,7 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
         cal.rates[key] = max(op.flops(), 1.0) / max(t, 1e-12)
         if t > SWEEP_CAP_S or _saturated(own):
             stopped.add(probe)
+    cal.device_timed = timer.device_timed  # known once the sweep has asked the device's timers
     step("math functions")
     cal.unary_weights = _unary_weights(backend, timer)
     step("a model's run")
@@ -620,6 +624,54 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     step("a whole program")
     cal.program_factor = _program_factor(backend, timer, cal)
     return cal
+
+
+BANDWIDTH_ELEMENTS = (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22)  # float32 arrays: 64 KB ... 16 MB
+BANDWIDTH_ROUNDS = 3
+BANDWIDTH_CHAIN = (4, 12)  # additions in the short and the long program of the difference
+
+
+def _bandwidth(backend: Backend, timer: Timer) -> float:
+    """Bytes per second of element-wise passes over memory: the median, over BANDWIDTH_ROUNDS
+    rounds, of the fastest size of a sweep from 64 KB arrays up (a CPU's caches hold a model's
+    activations; a GPU's device memory wants large passes, small ones are launch-bound), each
+    size (12 - 4 additions) / 8 of a chain ``c = a + c`` whose every value two additions read:
+    no backend can fuse such a chain into one pass, none of it is dead code, and nothing is
+    handed to the host. (A lone pass with each copy a program output timed the hand-off of
+    fresh pages as much as the pass: 13-167 GB/s for 1 MB between calibrations here, and the
+    roofline balance, GEMM rate over this, moved every bucket's work measure 10x.) A sweep
+    stops at the first size slower than the one before it, or that takes over 20 ms."""
+    def chain(n: int, k: int) -> list[A.Op]:
+        b = _builder()
+        a, c = b.tensor((n,), np.float32), b.tensor((n,), np.float32)
+        for _ in range(k):
+            a, c = c, b.binary("add", c, a)
+        return b.ops
+
+    lo, hi = BANDWIDTH_CHAIN
+    probe = chain(BANDWIDTH_ELEMENTS[0], lo)
+    algos = backend.algorithms(probe[0])
+    if not algos:
+        return 1e10  # no addition to time: a nominal 10 GB/s
+    alg = choose(probe[0], [backend])[1]
+    best: list[float] = []
+    for _ in range(1 if timer.clock.noiseless else BANDWIDTH_ROUNDS):
+        found = 0.0
+        for n in BANDWIDTH_ELEMENTS:
+            try:
+                (short, d_lo), (long, d_hi) = timer.queued([(chain(n, lo), False), (chain(n, hi), False)], alg)
+            except Exception:  # a size the device cannot hold
+                break
+            if d_lo is not None and d_hi is not None and d_hi > d_lo:
+                short, long = d_lo, d_hi
+            rate = (hi - lo) * 12.0 * n / max(long - short, 1e-12)
+            if rate < found:
+                break
+            found = rate
+            if long > 0.02:
+                break
+        best.append(found)
+    return float(np.median(best)) if best and max(best) > 0 else 1e10
 
 
 WEIGHT_ELEMENTS = 1 << 16  # size at which math functions are timed against exp

@@ -144,7 +144,7 @@ class Timer:
     def ops(self, ops: Sequence[tuple[A.Op, Algorithm]]) -> float:
         return self.program(program_for(ops))
 
-    def _queued(self, lists: Sequence[tuple[list[A.Op], bool]], alg: Algorithm,
+    def queued(self, lists: Sequence[tuple[list[A.Op], bool]], alg: Algorithm,
                 prefix: Sequence[tuple[A.Op, Algorithm]] = ()) -> list[tuple[float, float | None]]:
         """For each (ops, every_output) program: (best seconds on the clock, best summed device
         kernel seconds or None when the backend does not time its kernels); ``every_output``:
@@ -193,7 +193,7 @@ class Timer:
                 self._outputs[key] = 0.0
             else:
                 alg = algos[0]
-                (last, _), (every, _) = self._queued([(ops, False), (ops, True)], alg)
+                (last, _), (every, _) = self.queued([(ops, False), (ops, True)], alg)
                 self._outputs[key] = max((every - last) / 3, 0.0)
         return self._outputs[key]
 
@@ -224,7 +224,7 @@ class Timer:
         pair = (chained(op, lo), chained(op, hi)) if chain else (None, None)
         every = pair[0] is None or pair[1] is None
         short, long = (repeated(op, lo), repeated(op, hi)) if every else (pair[0] or [], pair[1] or [])
-        (w_lo, d_lo), (w_hi, d_hi) = self._queued([(short, every), (long, every)], alg, prefix)
+        (w_lo, d_lo), (w_hi, d_hi) = self.queued([(short, every), (long, every)], alg, prefix)
         if d_lo is not None and d_hi is not None and d_hi > d_lo:
             self.device_timed = True
             return (d_hi - d_lo) / (hi - lo), True
