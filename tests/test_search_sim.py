@@ -363,3 +363,32 @@ def test_walle_search_shows_every_candidate_plan(profiles, tmp_path):
     assert [p["plan"] for p in report["plans"] if p["chosen"]] == ["simgpu"]
     assert all(p["predicted_us"] > 0 and p["measured_us"] > 0 for p in plans.values())
     assert report["summary"]["why"]
+
+
+EVIDENCE_CASES = (("mobilenet_v2", 1, "simcpu"), ("mobilenet_v2", 16, "simgpu"), ("bert", 16, "simgpu"))
+
+
+@pytest.mark.parametrize("name,batch,winner", EVIDENCE_CASES)
+def test_h200_evidence_models_are_predicted_whole_and_placed_as_measured(profiles, name, batch, winner):
+    """On the H200-like profile the search places the evidence's models where the H200
+    measurements say forcing a backend wins (opencl at batch 16, the cpu for batch-1
+    MobileNetV2), and predicts every candidate plan within 25% of the simulated time of the
+    programs the planner builds for it (no numerics: the profile's time of each program)."""
+    from importlib import import_module
+
+    from tests.models.common import export
+    from walle_core.plan.planner import program_groups
+
+    backends = profiles("h200")
+    devices = {b.name: b.device for b in backends}
+    path, example = export(import_module(f"tests.models.{name}"))
+    ops, keep = walle_core.load(path, backend="reference").atomic_ops(
+        {k: np.concatenate([v] * batch) for k, v in example.items()})
+    result = Searcher(backends).search(ops, keep)
+    table = []
+    for p in result.plans:
+        simulated = sum(devices[b.name].program_seconds([op for op, _ in picks], ins, outs)[0]
+                        for b, picks, ins, outs in program_groups(p.assignment, keep))
+        table.append((p.label, p.predicted_s, simulated))
+    assert all(abs(pred / sim - 1) <= 0.25 for _, pred, sim in table), table
+    assert result.chosen.label == winner, table
