@@ -301,7 +301,7 @@ def test_a_mixed_plan_must_beat_the_best_single_plan_by_its_own_transfers_and_10
 def test_h200_profile_follows_the_evidence():
     """The GPU-like profile prices whole single-backend plans of the test models like the H200
     measurements (evidence/gpu-h200-2026-12-04.md): same winner where the evidence has a clear one
-    (over 25% apart), and the GPU/CPU ratio within a factor of 2.5."""
+    (over 25% apart), the GPU/CPU ratio within a factor of 2.5, and each time within 40%."""
     from importlib import import_module
 
     from tests.models.common import export
@@ -322,6 +322,10 @@ def test_h200_profile_follows_the_evidence():
         sim_gpu = gpu.program_seconds(ops, ins, outs)[0]
         ratio, want = sim_gpu / sim_cpu, gpu_ms / cpu_ms
         assert 1 / 2.5 < ratio / want < 2.5, (name, batch, ratio, want)
+        # each figure itself within 40% (the profile is fitted to all ten: 9-36% off; the
+        # evidence's own cpu and auto runs of one plan differ by up to 23%)
+        for sim_s, ms in ((sim_cpu, cpu_ms), (sim_gpu, gpu_ms)):
+            assert abs(sim_s * 1e3 / ms - 1) < 0.4, (name, batch, sim_s * 1e3, ms)
         if abs(want - 1) > 0.25:
             assert (ratio < 1) == (want < 1), (name, batch, ratio, want)
 
