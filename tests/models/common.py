@@ -63,7 +63,7 @@ def export(module: ModuleType, opset: int = 17) -> tuple[Path, dict[str, np.ndar
         if dynamic:
             dynamic[out] = {0: "batch"} if getattr(module, "OUTPUT_BATCH_AXIS", 0) == 0 else {
                 int(getattr(module, "OUTPUT_BATCH_AXIS", 0)): "batch"}
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent exporters (pytest -n) never share it
     kwargs: dict[str, Any] = dict(
         input_names=names, output_names=outputs, opset_version=opset,
         dynamic_axes=dynamic or None, do_constant_folding=True,
@@ -72,6 +72,10 @@ def export(module: ModuleType, opset: int = 17) -> tuple[Path, dict[str, np.ndar
         torch.onnx.export(model, args, str(tmp), dynamo=False, **kwargs)
     except TypeError:  # older torch without the ``dynamo`` switch
         torch.onnx.export(model, args, str(tmp), **kwargs)
+    # the feeds first: a reader that finds the model finds its feeds complete too
+    feeds_tmp = path.parent / f"{path.stem}.{os.getpid()}.npz.tmp"
+    with open(feeds_tmp, "wb") as f:
+        np.savez(f, **feeds)
+    os.replace(feeds_tmp, feeds_path)
     os.replace(tmp, path)
-    np.savez(feeds_path, **feeds)
     return path, feeds
