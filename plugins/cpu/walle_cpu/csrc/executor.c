@@ -12,7 +12,7 @@ static const wl_kernel kernels[WL_KIND_COUNT] = {
     [WL_LSTM_CELL] = wl_lstm_cell, [WL_SOFTMAX] = wl_softmax,
     [WL_QCONV] = wl_qconv_op,  [WL_QMATMUL] = wl_qmatmul_op,
     [WL_QLOOKUP] = wl_qlookup_op, [WL_QBINARY] = wl_qbinary_op, [WL_RECURRENT] = wl_recurrent,
-    [WL_LAYER_NORM] = wl_layer_norm,
+    [WL_LAYER_NORM] = wl_layer_norm, [WL_DECONV] = wl_deconv,
 };
 
 /* Debug profiling (python -m walle_cpu.profile): when set, wl_run adds each op's wall time in

@@ -46,6 +46,7 @@ __attribute__((format(printf, 2, 3))) static inline int wl_fail(const wl_exec *e
 /* One kernel per op kind, in the file named after the op: returns 0, or 1 after wl_fail. */
 typedef int (*wl_kernel)(const wl_op *op, const wl_exec *ex);
 int wl_raster(const wl_op *op, const wl_exec *ex);     /* raster.c */
+int wl_deconv(const wl_op *op, const wl_exec *ex);     /* deconv.c: blocked ConvTranspose */
 int wl_unary(const wl_op *op, const wl_exec *ex);      /* unary.c */
 int wl_binary(const wl_op *op, const wl_exec *ex);     /* binary.c: Binary and Select */
 int wl_chain(const wl_op *op, const wl_exec *ex);      /* chain.c */
@@ -147,6 +148,11 @@ typedef struct wl_isa {
      * xo[2 ox + 1]; near: r0 at xo[2 ox] only */
     void (*nc_resize_row)(const float *r0, const float *r1, float fy, const int64_t *xo,
                           const float *fx, int64_t ow, float *y, int near);
+    /* np (8, 4 or 1) output pixels of a blocked transposed conv (deconv.c, isa/deconv.inc) */
+    void (*nc_deconv_px)(int np, int64_t nt, const int64_t *xo, const int64_t *wo,
+                         const float *x, int64_t xs, int64_t ncb, int64_t xcb, int64_t last,
+                         const float *w, const float *bias, float lo, float hi, float *y,
+                         int64_t ys);
     /* fn in R_SUM (double lanes), R_MAX, R_MIN (NaN wins) over n contiguous floats */
     double (*reduce_f32)(int fn, const float *x, int64_t n);
     /* softmax (log: log_softmax) of n contiguous floats; e: n floats of scratch for log */

@@ -18,7 +18,7 @@
 enum wl_kind { WL_RASTER = 1, WL_UNARY, WL_BINARY, WL_SELECT, WL_CAST, WL_REDUCE, WL_MATMUL,
                WL_CONV, WL_POOL, WL_GATHER, WL_SORT, WL_CHAIN, WL_LSTM_CELL, WL_SOFTMAX,
                WL_QCONV, WL_QMATMUL, WL_QLOOKUP, WL_QBINARY, WL_RECURRENT, WL_LAYER_NORM,
-               WL_KIND_COUNT };
+               WL_DECONV, WL_KIND_COUNT };
 enum wl_dtype { D_F32 = 0, D_F64, D_F16, D_I8, D_I16, D_I32, D_I64, D_U8, D_U16, D_U32, D_U64,
                 D_BOOL };
 
@@ -93,6 +93,10 @@ typedef struct {
     int64_t residual, packed_nr, blocked_input, filter_blocks, prelu;
     wl_act act;
 } wl_conv_params;
+/* WL_DECONV (deconv.c) reads wl_conv_params too: a transposed conv of blocked x (n, c, h, w)
+ * into blocked y (n, o, oh, ow), kernel kh x kw, strides, pad_top / pad_left the begin pads
+ * (crop), act relu / clip or identity; aux the weights (ob, kh, kw, cb, 16 ci, 16 co), aux2 the
+ * bias padded to whole blocks. */
 
 /* Pool2D; fn is the descriptor's fn (enum wl_pool_fn), lp the norm's p; blocked: NCHW16c.
  * fn P_RESIZE: a separable 2-D resize (h, w) -> (oh, ow), kh 1 (nearest) or 2 (linear) taps:
