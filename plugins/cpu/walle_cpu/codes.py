@@ -49,4 +49,5 @@ SCATTER_REDUCTIONS = _enum("wl_scatter_reduction", "S_")
 # composites the cpu backend runs as one kernel (walle_core.decompose builds them)
 COMPOSITES = frozenset({"lstm_cell", "lstm_sequence", "gru_sequence", "softmax", "log_softmax", "layer_norm",
                         "qlinear_conv", "qlinear_matmul", "qlinear_lookup", "qlinear_binary", "qlinear_bmm",
-                        "quantize_linear", "dequantize_linear", "resize2d"})
+                        "quantize_linear", "dequantize_linear", "resize2d",
+                        "conv_transpose2d"})

@@ -10,6 +10,8 @@ from walle_core.backend import Algorithm
 from walle_cpu.ops.chain import CHAIN, PRELU_CONV
 from walle_cpu.ops.composite import COMPOSITE
 from walle_cpu.ops.conv import CONV
+from walle_cpu.ops.deconv import KERNEL as DECONV
+from walle_cpu.ops.deconv import NAME as DECONV_NAME
 from walle_cpu.ops.elementwise import BINARY, CAST, UNARY
 from walle_cpu.ops.gather import GATHER
 from walle_cpu.ops.kernel import OpKernel
@@ -32,6 +34,8 @@ def kernel_for(op: A.Op) -> OpKernel | None:
         return QUANT  # the int8 composites have their own kernels
     if isinstance(op, A.Composite) and op.name == RESIZE_NAME:
         return RESIZE
+    if isinstance(op, A.Composite) and op.name == DECONV_NAME:
+        return DECONV
     return next((k for k in KERNELS if isinstance(op, k.kinds)), None)
 
 
