@@ -153,6 +153,12 @@ def _is_resize(op: A.Op) -> bool:
     return isinstance(op, A.Composite) and op.name == NAME and op.out.dtype == np.float32
 
 
+def _is_deconv(op: A.Op) -> bool:
+    from walle_cpu.ops.deconv import NAME  # walle_cpu.ops imports this module
+
+    return isinstance(op, A.Composite) and op.name == NAME
+
+
 def _pools_blocked(op: A.Op) -> bool:
     return isinstance(op, A.Pool2D) and op.fn in ("max", "avg") and op.out.dtype == np.float32 \
         and len(op.inputs[0].shape) == 4
@@ -229,8 +235,8 @@ class _Rewriter:
         may keep blocked) through readers that keep it blocked (pools, block-moving rasters,
         element-wise ops): only then does changing its layout once pay."""
         for op, algo in self.readers.get(t.id, ()):
-            if isinstance(op, A.Conv2D) and (any_conv or algo.name in BLOCKED_CONVS) \
-                    and op.inputs[1] is not t:
+            if (isinstance(op, A.Conv2D) and (any_conv or algo.name in BLOCKED_CONVS)
+                    and op.inputs[1] is not t) or (_is_deconv(op) and op.inputs[0] is t):
                 return True
             through = _pools_blocked(op) or _is_resize(op) or (
                 (type(op) in (A.Raster, A.Unary, A.Binary, A.Select) or _is_chain(op))
@@ -313,6 +319,23 @@ class _Rewriter:
         plain_out = (shp[0], shp[1], shp[2], shp[3])
         yb = self.tensor(plain_out, op.out)
         self.out.append((blocked(op, got[0], yb, got[1], plain_out), _DIRECT))
+        self.produced(op.out, yb, plain_out)
+        return True
+
+    def deconv(self, op: A.Composite) -> bool:
+        """A transposed conv (``conv_transpose2d``) runs blocked only (a plain input changes
+        layout first)."""
+        from walle_cpu.ops.deconv import blocked  # walle_cpu.ops imports this module
+
+        if not _is_deconv(op):
+            return False
+        x = op.inputs[0]
+        plain_in = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        xb = self.as_blocked(x)
+        shp = op.out.shape
+        plain_out = (shp[0], shp[1], shp[2], shp[3])
+        yb = self.tensor(plain_out, op.out)
+        self.out.append((blocked(op, xb, yb, plain_in, plain_out), _BLOCKED))
         self.produced(op.out, yb, plain_out)
         return True
 
@@ -422,7 +445,7 @@ class _Rewriter:
                 continue
             elif (isinstance(op, A.Reduce) and self.spatial_reduce(op)) or \
                     (isinstance(op, A.Pool2D) and self.pool(op)) or \
-                    (isinstance(op, A.Composite) and self.resize(op)) or \
+                    (isinstance(op, A.Composite) and (self.resize(op) or self.deconv(op))) or \
                     (isinstance(op, A.Raster) and self.raster(op)) or self.elementwise(op, algo):
                 continue
             for t in op.inputs:
