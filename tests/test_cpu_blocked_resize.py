@@ -91,3 +91,78 @@ def test_channel_shuffle_is_not_taken_as_single_lanes() -> None:
     y = _conv(b, rng, s, 16)
     labels = _check(b.ops, [x], [y], [rng.uniform(-1, 1, x.shape).astype(F32)])
     assert not any(lb.startswith("Raster direct") and "16]" in lb.split("->")[0] for lb in labels), labels
+
+
+def _conv_transpose_model(c: int, o: int, hw: tuple[int, int], k: tuple[int, int], s: tuple[int, int],
+                          pads: list[int], outpad: list[int], bias: bool, around: bool, seed: int) -> bytes:
+    """x -> [Conv 3x3] -> ConvTranspose -> [Relu -> Conv 3x3] as ONNX (``around``: between convs,
+    so that the transposed conv runs on blocked tensors from a blocked producer)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def const(name: str, v: np.ndarray) -> str:
+        inits.append(helper.make_tensor(name, TensorProto.FLOAT, v.shape, v.ravel()))
+        return name
+
+    x = "x"
+    if around:
+        nodes.append(helper.make_node("Conv", ["x", const("cw", rng.uniform(-0.3, 0.3, (c, c, 3, 3)).astype(F32))],
+                                      ["xc"], pads=[1, 1, 1, 1]))
+        x = "xc"
+    ins = [x, const("wt", rng.uniform(-0.5, 0.5, (c, o, *k)).astype(F32))]
+    if bias:
+        ins.append(const("bt", rng.uniform(-0.5, 0.5, o).astype(F32)))
+    nodes.append(helper.make_node("ConvTranspose", ins, ["t"], strides=list(s), kernel_shape=list(k), pads=pads,
+                                  output_padding=outpad))
+    out = "t"
+    if around:
+        nodes.append(helper.make_node("Relu", ["t"], ["tr"]))
+        nodes.append(helper.make_node("Conv", ["tr", const("w2", rng.uniform(-0.3, 0.3, (16, o, 3, 3)).astype(F32))],
+                                      ["y"], pads=[1, 1, 1, 1]))
+        out = "y"
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, *hw])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=st.integers(1, 40), o=st.integers(1, 40), h=st.integers(1, 9), w=st.integers(1, 11),
+       k=st.tuples(st.integers(1, 5), st.integers(1, 5)), s=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       pad=st.integers(0, 2), bias=st.booleans(), around=st.booleans(), seed=st.integers(0, 2**16))
+def test_conv_transpose_matches_reference(c: int, o: int, h: int, w: int, k: tuple[int, int], s: tuple[int, int],
+                                          pad: int, bias: bool, around: bool, seed: int) -> None:
+    """Any kernel, stride, begin/end pads and output padding (the composite on blocked tensors
+    where it is taken, the convs of its phases elsewhere) against the reference."""
+    import walle_core
+
+    pads = [min(pad, k[0] - 1), min(pad, k[1] - 1), max(0, min(pad - 1, k[0] - 1)), min(pad, k[1] - 1)]
+    outpad = [min(1, s[0] - 1), 0]
+    assume((h - 1) * s[0] + k[0] - pads[0] - pads[2] + outpad[0] > 0 and (w - 1) * s[1] + k[1] - pads[1] - pads[3] > 0)
+    model = _conv_transpose_model(c, o, (h, w), k, s, pads, outpad, bias, around, seed)
+    x = np.random.default_rng(seed).uniform(-1, 1, (1, c, h, w)).astype(F32)
+    want = walle_core.load(model, backend="reference").run({"x": x})
+    got = walle_core.load(model, backend="cpu", threads=2).run({"x": x})
+    for name, v in want.items():
+        np.testing.assert_allclose(got[name], v, rtol=2e-5, atol=2e-5 * max(1.0, float(np.abs(v).max())))
+
+
+def test_unet_style_conv_transposes_run_as_one_blocked_pass() -> None:
+    """A 3x3 stride-2 ConvTranspose (pads 1, output padding 1) and a 2x2 stride-2 one with 32
+    outputs between blocked convs: one blocked composite each, no layout change around them."""
+    import walle_core
+    from walle_cpu.compiler import CpuExecutable
+
+    for k, pads, outpad, o in (((3, 3), [1, 1, 1, 1], [1, 1], 8), ((2, 2), [0, 0, 0, 0], [0, 0], 32)):
+        model = _conv_transpose_model(16, o, (12, 10), k, (2, 2), pads, outpad, True, True, 1)
+        m = walle_core.load(model, backend="cpu", threads=2)
+        x = np.random.default_rng(2).uniform(-1, 1, (1, 16, 12, 10)).astype(F32)
+        want = walle_core.load(model, backend="reference").run({"x": x})["y"]
+        np.testing.assert_allclose(m.run({"x": x})["y"], want, rtol=2e-5, atol=2e-5 * float(np.abs(want).max()))
+        node = m.plan_for({"x": x})
+        labels = [lb for step in node.stage.steps if isinstance(step.executable, CpuExecutable)
+                  for lb in step.executable._labels]
+        assert [lb for lb in labels if lb.startswith("Composite")] == \
+            [f"Composite nchwc [1, 1, 12, 10, 16] [16, {o}, {k[0]}, {k[1]}] -> [1, {-(-o // 16)}, 24, 20, 16]"], labels
+        assert not any(lb.startswith("Raster") for lb in labels[1:-1]), labels  # the edges only
