@@ -10,6 +10,7 @@ on index codes and the element map is checked, not guessed from the regions' sha
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -62,7 +63,14 @@ def blocked_regions(op: A.Raster, plains: Sequence[tuple[int, int, int, int]]
     codes = _element_map(op)
     if codes is None:
         return None
-    n, c, h, w = op.out.shape
+    return regions_from_codes(codes, op.out.shape, plains)
+
+
+def regions_from_codes(codes: np.ndarray, shape: Sequence[int], plains: Sequence[tuple[int, int, int, int]]
+                       ) -> list[A.Region] | None:
+    """:func:`blocked_regions` of a raster given by its element map (``codes``: per output
+    element its input << _SHIFT | flat index, -1 for the fill) over the NCHW ``shape``."""
+    n, c, h, w = shape
     k = (codes >> _SHIFT).reshape(n, c, h, w)
     flat = (codes & ((1 << _SHIFT) - 1)).reshape(n, c, h, w)
     cb_out = -(-c // BLK)
@@ -104,7 +112,47 @@ def blocked_regions(op: A.Raster, plains: Sequence[tuple[int, int, int, int]]
                         regions.append(A.Region(int(src), base * BLK + int(lane[0]), (si * BLK, sj * BLK, 1),
                                                 (dbase + y0 * w + x0) * BLK + ch % BLK,
                                                 (sy_ * w * BLK, sx_ * BLK, 1), (ny, nx, lanes)))
-    return regions if math.prod(op.out.shape) else None
+    return regions if math.prod(shape) else None
+
+
+@dataclasses.dataclass
+class Moved:
+    """A raster as its element map: ``inputs`` and per output element its ``codes``."""
+
+    inputs: list[A.Tensor]
+    codes: np.ndarray
+
+
+def element_map(op: A.Raster) -> Moved | None:
+    codes = _element_map(op)
+    return None if codes is None else Moved(list(op.inputs), codes)
+
+
+def compose(op: Moved, producers: dict[int, Moved]) -> Moved:
+    """``op`` reading, for every input in ``producers``, that raster's inputs directly (one
+    pass where the two moved the data twice: a slice then an upsampling then a concat).
+    A producer that writes a fill is not composed (its input stays)."""
+    src, flat = op.codes >> _SHIFT, op.codes & ((1 << _SHIFT) - 1)
+    inputs: list[A.Tensor] = []
+    index: dict[int, int] = {}
+
+    def slot(t: A.Tensor) -> int:
+        if t.id not in index:
+            index[t.id] = len(inputs)
+            inputs.append(t)
+        return index[t.id]
+
+    out = np.full_like(op.codes, -1)
+    for i, t in enumerate(op.inputs):
+        m = src == i
+        inner = producers.get(t.id)
+        if inner is None or (inner.codes < 0).any():
+            out[m] = (np.int64(slot(t)) << _SHIFT) | flat[m]
+            continue
+        got = inner.codes[flat[m]]
+        remap = np.array([slot(u) for u in inner.inputs], np.int64)
+        out[m] = (remap[got >> _SHIFT] << _SHIFT) | (got & ((1 << _SHIFT) - 1))
+    return Moved(inputs, out)
 
 
 _MIN_RUN = 4  # lanes: shorter runs copy a few floats per pixel and region (a shuffle: one)
