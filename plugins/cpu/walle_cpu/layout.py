@@ -24,7 +24,7 @@ from walle_core import atomic as A
 from walle_core.backend import Algorithm
 from walle_core.decompose.builder import contiguous
 from walle_core.plan.rewrite.fused import ConvRes
-from walle_cpu.blocked_raster import blocked_regions
+from walle_cpu.blocked_raster import Moved, compose, element_map, regions_from_codes
 
 BLK = 16
 PLAIN_INPUT_MAX = 4  # a conv reads a plain input this narrow directly (the RGB stem)
@@ -147,6 +147,10 @@ def _is_chain(op: A.Op) -> bool:
     return isinstance(op, Chain)
 
 
+def _plain(t: A.Tensor) -> tuple[int, int, int, int]:
+    return (t.shape[0], t.shape[1], t.shape[2], t.shape[3])
+
+
 def _is_resize(op: A.Op) -> bool:
     from walle_cpu.ops.resize import NAME  # walle_cpu.ops imports this module
 
@@ -176,6 +180,8 @@ class _Rewriter:
         self.blocked: dict[int, tuple[A.Tensor, tuple[int, int, int, int]]] = {}
         self.pending: set[int] = set()
         self.vectors: dict[int, A.Tensor] = {}  # constant channel vector id -> padded copy
+        self.moved: dict[int, Moved] = {}  # output id of a blocked raster -> its element map
+        self.dropped: set[int] = set()  # ids of the blocked tensors of rasters folded into others
 
     def tensor(self, plain: Sequence[int], like: A.Tensor) -> A.Tensor:
         return A.Tensor(blocked_shape(plain), like.dtype, name=f"{like.name}:nchw16c",
@@ -251,16 +257,34 @@ class _Rewriter:
                 op.out.dtype != np.float32 or any(len(t.shape) != 4 for t in op.inputs) or \
                 self.wasteful(op.out):
             return False
-        plains = [(t.shape[0], t.shape[1], t.shape[2], t.shape[3]) for t in op.inputs]
-        regions = blocked_regions(op, plains)
+        moved = element_map(op)
+        if moved is None:
+            return False
+        # a blocked raster whose output only this one reads is folded in: one pass
+        producers = {t.id: self.moved[t.id] for t in op.inputs if t.id in self.moved
+                     and len(self.readers.get(t.id, ())) == 1 and t.id not in self.external
+                     and not (self.moved[t.id].codes < 0).any()}
+        regions = None
+        if producers:
+            whole = compose(moved, producers)
+            regions = regions_from_codes(whole.codes, op.out.shape, [_plain(t) for t in whole.inputs])
+            if regions is not None:
+                moved = whole
+                for tid in producers:
+                    self.dropped.add(id(self.blocked[tid][0]))
+                    del self.blocked[tid]
+                    self.pending.discard(tid)
+        if regions is None:
+            regions = regions_from_codes(moved.codes, op.out.shape, [_plain(t) for t in moved.inputs])
         if regions is None:
             return False
-        ins = [self.as_blocked(t) for t in op.inputs]
+        ins = [self.as_blocked(t) for t in moved.inputs]
         shp = op.out.shape
         plain_out = (shp[0], shp[1], shp[2], shp[3])
         yb = self.tensor(plain_out, op.out)
         self.out.append((A.Raster(ins, [yb], regions=regions, fill=op.fill), _DIRECT))
         self.produced(op.out, yb, plain_out)
+        self.moved[op.out.id] = moved
         return True
 
     def pays(self, op: A.Conv2D) -> bool:
@@ -451,7 +475,7 @@ class _Rewriter:
             for t in op.inputs:
                 self.as_plain(t)
             self.out.append((op, algo))
-        return self.out
+        return [(op, algo) for op, algo in self.out if id(op.out) not in self.dropped]
 
 
 def apply(items: Sequence[tuple[A.Op, Algorithm]], external: set[int], new_id: Callable[[], int],
