@@ -48,6 +48,13 @@ def default_threads() -> int | None:
     return int(raw) if raw.isdigit() and int(raw) > 0 else None
 
 
+def recurrent_chunks() -> int | None:
+    """WALLE_RECURRENT_CHUNKS=N: the cpu backend splits each step of a one-direction LSTM/GRU
+    layer into N chunks of hidden units that threads share (default: no split)."""
+    raw = _get("WALLE_RECURRENT_CHUNKS")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
+
 def cache_dir() -> Path:
     """WALLE_CACHE_DIR: calibration, tuning, compiled kernels and test models live here."""
     raw = _get("WALLE_CACHE_DIR")

@@ -7,7 +7,15 @@
  * math runs over whole rows with the vector unary/binary kernels, in the order of operations of
  * the expansion. The hidden state of step t is row t of Y, so the next step reads it there.
  * The two directions of a bidirectional layer (dirs 2) run at once, one per thread, unless
- * more than two threads could share each of their steps. */
+ * more than two threads could share each of their steps.
+ *
+ * One direction whose steps are too small for the GEMM's own threads (chunks > 1) splits each
+ * step by hidden units instead: chunk i owns units [u0, u1) and R^T comes packed per chunk
+ * (every gate's columns of its units), so a chunk's product, gate math, cell state and h run
+ * on one thread with nothing shared but h of the previous step. Threads claim (step, chunk)
+ * items in order and a claim of step t waits until every chunk of step t-1 is done; a thread
+ * that never joins leaves its items to the others, so one thread alone runs them all. */
+#include <sched.h>
 #include <string.h>
 
 #include "internal.h"
@@ -125,6 +133,129 @@ static int run_direction(const wl_op *op, const wl_exec *ex, int dir, int64_t in
     return 0;
 }
 
+/* ------------------------------------------------------------------ steps split by units */
+
+static inline void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+#define MAX_CHUNKS 64
+
+typedef struct {
+    const wl_recurrent_params *p;
+    const float *xw, *h0, *rbh;
+    const float *pk[MAX_CHUNKS]; /* chunk i's packed R^T columns */
+    float *y, *c;                /* c: the LSTM cell state, batch x hidden, shared by units */
+    int64_t cw;                  /* the most units of a chunk */
+    int64_t next;                /* atomic: the next (step, chunk) item to claim */
+    int64_t done;                /* atomic: items finished */
+    int failed;                  /* atomic: threads without scratch memory */
+} split_ctx;
+
+/* Chunk i (units [i * H / S, (i + 1) * H / S)) of step i_step: the chunk's gates (batch x G*hc, gate-major within a row) from its
+ * own packed columns, then the same element-wise order of operations as lstm_step / gru_step
+ * (the GEMM's residual add xw + acc becomes an add after it: the same single rounding). */
+static void chunk_step(const split_ctx *s, int64_t i_step, int64_t i, float *gates, float *tmp) {
+    const wl_recurrent_params *p = s->p;
+    int64_t T = p->seq, B = p->batch, H = p->hidden, G = p->gru ? 3 : 4;
+    int64_t u0 = i * H / p->chunks, hc = (i + 1) * H / p->chunks - u0, n = G * hc;
+    int64_t t = p->reverse ? T - 1 - i_step : i_step;
+    const float *hp = i_step == 0 ? s->h0 : s->y + (p->reverse ? t + 1 : t - 1) * B * H;
+    const float *xt = s->xw + t * B * G * H;
+    float *ht = s->y + t * B * H;
+    wl_gemm(B, n, H, hp, H, s->pk[i], gates, n, NULL, BIAS_NONE, NULL, U_IDENTITY, NULL, 1);
+    for (int64_t b = 0; b < B; b++) {
+        float *g = gates + b * n, *h = ht + b * H + u0;
+        const float *x = xt + b * G * H + u0;
+        if (!p->gru) {
+            float *c = s->c + b * H + u0;
+            for (int64_t q = 0; q < 4; q++) vec(B_ADD, g + q * hc, x + q * H, g + q * hc, hc);
+            wl_active->unary_f32(U_SIGMOID, g, g, 3 * hc, noprm); /* i, o, f */
+            wl_active->unary_f32(U_TANH, g + 3 * hc, g + 3 * hc, hc, noprm);
+            for (int64_t j = 0; j < hc; j++) c[j] = g[2 * hc + j] * c[j] + g[j] * g[3 * hc + j];
+            wl_active->unary_f32(U_TANH, c, tmp, hc, noprm);
+            vec(B_MUL, g + hc, tmp, h, hc);
+            continue;
+        }
+        /* GRU, linear_before_reset: n = tanh(xh + r * (h_prev @ Rh^T + Rbh)) */
+        vec(B_ADD, x, g, g, hc);
+        vec(B_ADD, x + H, g + hc, g + hc, hc);
+        wl_active->unary_f32(U_SIGMOID, g, g, 2 * hc, noprm); /* z, r */
+        float *nn = g + 2 * hc;
+        if (s->rbh) vec(B_ADD, nn, s->rbh + u0, nn, hc);
+        vec(B_MUL, g + hc, nn, nn, hc);
+        vec(B_ADD, x + 2 * H, nn, nn, hc);
+        wl_active->unary_f32(U_TANH, nn, nn, hc, noprm); /* h = n + z * (h_prev - n) */
+        vec(B_SUB, hp + b * H + u0, nn, h, hc);
+        vec(B_MUL, g, h, h, hc);
+        vec(B_ADD, nn, h, h, hc);
+    }
+}
+
+static void split_task(void *vp, int64_t task) {
+    (void)task;
+    split_ctx *s = vp;
+    const wl_recurrent_params *p = s->p;
+    int64_t S = p->chunks, total = p->seq * S, G = p->gru ? 3 : 4;
+    float *gates = wl_scratch(3, sizeof(float) * (size_t)(p->batch * (G + 1) * s->cw + 16));
+    if (!gates) { /* claim nothing: the other threads (or the caller's check) handle it */
+        __atomic_fetch_add(&s->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    float *tmp = gates + p->batch * G * s->cw;
+    for (;;) {
+        int64_t it = __atomic_fetch_add(&s->next, 1, __ATOMIC_RELAXED);
+        if (it >= total) break;
+        int64_t step = it / S, need = step * S;
+        /* every chunk of the previous step: the h this step reads (acquire pairs with the
+         * release of each item's finish) */
+        for (unsigned spins = 0; __atomic_load_n(&s->done, __ATOMIC_ACQUIRE) < need; spins++) {
+            if (spins < 4096) relax();
+            else sched_yield(); /* the thread we wait for may have lost its core */
+        }
+        chunk_step(s, step, it % S, gates, tmp);
+        __atomic_fetch_add(&s->done, 1, __ATOMIC_RELEASE);
+    }
+}
+
+static int run_split(const wl_op *op, const wl_exec *ex, float *y) {
+    const wl_recurrent_params *p = &op->recurrent;
+    int64_t B = p->batch, H = p->hidden, S = p->chunks, G = p->gru ? 3 : 4;
+    if (!op->aux || S > MAX_CHUNKS || S > H) return wl_fail(ex, "bad recurrent chunking (%lld)", (long long)S);
+    split_ctx s;
+    memset(&s, 0, sizeof s);
+    s.p = p;
+    s.xw = (const float *)wl_in(op, ex, 0);
+    s.h0 = (const float *)wl_in(op, ex, 2);
+    s.rbh = p->gru && p->has_rbh ? (const float *)wl_in(op, ex, 3) : NULL;
+    s.y = y;
+    s.cw = (H + S - 1) / S;
+    const float *pk = (const float *)op->aux;
+    for (int64_t i = 0; i < S; i++) {
+        int64_t hc = (i + 1) * H / S - i * H / S;
+        s.pk[i] = pk;
+        pk += wl_packed_b_floats(H, G * hc);
+    }
+    int64_t ni = 3 + (p->gru ? p->has_rbh : 1);
+    float *h_final = (float *)wl_in(op, ex, ni);
+    if (!p->gru) {
+        s.c = wl_scratch(2, sizeof(float) * (size_t)(B * H) + 64);
+        if (!s.c) return wl_fail(ex, "out of memory in a recurrent sequence");
+        memcpy(s.c, wl_in(op, ex, 3), sizeof(float) * (size_t)(B * H));
+    }
+    wl_parallel_for(ex->nthreads < S ? ex->nthreads : S, split_task, &s, ex->nthreads);
+    if (__atomic_load_n(&s.done, __ATOMIC_ACQUIRE) < p->seq * S)
+        return wl_fail(ex, "out of memory in a recurrent sequence");
+    int64_t last = p->reverse ? 0 : p->seq - 1;
+    memcpy(h_final, y + last * B * H, sizeof(float) * (size_t)(B * H));
+    if (!p->gru) memcpy(wl_in(op, ex, ni + 1), s.c, sizeof(float) * (size_t)(B * H));
+    return 0;
+}
+
 /* A bidirectional layer: the directions share nothing, so each runs on its own thread (their
  * steps are too small to split: a step of crnn's 48-wide LSTM is ~0.4 us of work). */
 typedef struct {
@@ -151,6 +282,7 @@ int wl_recurrent(const wl_op *op, const wl_exec *ex) {
     float *y = (float *)wl_out(op, ex);
     int64_t ni = 3 + (p->gru ? p->has_rbh : 1), no = p->gru ? 1 : 2;
     int64_t step_macs = p->batch * (p->gru ? 3 : 4) * p->hidden * p->hidden;
+    if (p->chunks > 1 && p->dirs != 2 && p->seq > 0) return run_split(op, ex, y);
     if (p->dirs == 2 && (ex->nthreads == 2 || step_macs < STEP_PARALLEL_MACS)) {
         pair_ctx c = {op, ex, y, {0, 0}};
         wl_parallel_for(2, pair_task, &c, ex->nthreads);

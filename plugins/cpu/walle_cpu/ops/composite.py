@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from walle_core import atomic as A
+from walle_core import flags
 from walle_core.backend import Algorithm
 from walle_cpu import codes as K
 from walle_cpu._native import LIB
@@ -88,15 +89,33 @@ def _encode_sequence(d: Any, op: A.Composite, b: Binder) -> None:
     if dirs > 1:  # 0 (the descriptor's zero) reads as 1
         r.dirs = dirs
     r.has_rbh = int(r.gru and len(op.inputs) == 4 * dirs)
-    packed = _packed_recurrent(op, dirs, r.hidden, bool(r.gru), bool(r.linear_before_reset))
+    gru, lbr = bool(r.gru), bool(r.linear_before_reset)
+    chunks = unit_chunks(r.batch, r.hidden, gru, lbr, dirs)
+    packed = _packed_recurrent(op, dirs, r.hidden, gru, lbr, chunks)
     if packed is not None:
         d.aux = b.aux(packed)
+        r.chunks = chunks  # the per-chunk packing needs R constant
 
 
-def _packed_recurrent(op: A.Composite, dirs: int, hidden: int, gru: bool, lbr: bool) -> np.ndarray | None:
+def unit_chunks(batch: int, hidden: int, gru: bool, lbr: bool, dirs: int) -> int:
+    """Into how many chunks of hidden units each step of one direction splits across threads
+    (1: none). Off unless ``WALLE_RECURRENT_CHUNKS`` asks: on the shared 2-core machine the
+    split measured 2-8% slower than the whole step on one thread (bench/recurrent_split.py:
+    a wait per step for a thread that often has no core), so it stays a measured option.
+    The GRU without linear_before_reset multiplies the whole r vector into h_prev before its
+    last product, so it never splits; a bidirectional layer's directions already run apart."""
+    forced = flags.recurrent_chunks()
+    if forced is None or dirs != 1 or (gru and not lbr):
+        return 1
+    return max(1, min(forced, hidden, 64))
+
+
+def _packed_recurrent(op: A.Composite, dirs: int, hidden: int, gru: bool, lbr: bool,
+                      chunks: int = 1) -> np.ndarray | None:
     """Constant R^T of every direction packed into GEMM panels once, here, as recurrent.c
     otherwise packs it on every run: all gates, or (GRU without linear_before_reset) z and r,
-    then the h gate's columns; None when R is computed."""
+    then the h gate's columns; with ``chunks`` > 1, per chunk of hidden units every gate's
+    columns of those units (recurrent.c's split steps). None when R is computed."""
     per_dir = len(op.inputs) // dirs
     rts = [op.inputs[i * per_dir + 1].value for i in range(dirs)]
     if any(rt is None for rt in rts):
@@ -106,6 +125,12 @@ def _packed_recurrent(op: A.Composite, dirs: int, hidden: int, gru: bool, lbr: b
     parts = []
     for rt in rts:
         full = np.asarray(rt, np.float32).reshape(hidden, gates * hidden)
+        if chunks > 1:  # chunk i: units [i * hidden // chunks, (i + 1) * hidden // chunks)
+            for i in range(chunks):
+                u0, u1 = i * hidden // chunks, (i + 1) * hidden // chunks
+                cols = np.concatenate([np.arange(g * hidden + u0, g * hidden + u1) for g in range(gates)])
+                parts.append(pack_panels(full[:, cols], hidden, len(cols)))
+            continue
         parts += [pack_panels(full[:, lo:hi], hidden, hi - lo) for lo, hi in itertools.pairwise(cuts)]
     return np.concatenate(parts)
 
