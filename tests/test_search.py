@@ -364,3 +364,18 @@ def test_the_cpu_reports_what_its_layout_pass_runs() -> None:
     changes = len(cpu.added_ops(Program(picks, [x], [pooled])))
     assert lowering_seconds(cpu, Program(picks, [x], [pooled]), price) == pytest.approx(
         0.5 * changes - 2.0)
+
+
+def test_a_rate_curve_rises_and_falls_only_past_a_clear_cliff() -> None:
+    """Throughput rises with parallel items; past a peak it may fall (a working set leaving a
+    CPU's caches), and then the fall stays at the large sizes instead of being pooled into the
+    small ones. A dip of noise on the rise is pooled, not taken for a fall."""
+    from walle_core.search.curve import Curve
+
+    cliff = Curve.fit([(1.25e4, 205.0), (2.5e4, 217.0), (1e5, 194.0), (4e5, 29.8)])
+    assert cliff(1.25e4) == pytest.approx(205.0, rel=0.05)  # the rising fit priced it at 127
+    assert cliff(4e5) == pytest.approx(29.8, rel=0.05)
+    assert Curve.fit([(1.25e4, 205.0), (4e5, 29.8)], falls=False)(1.25e4) < 100
+    noisy = Curve.fit([(1.0, 10.0), (2.0, 30.0), (4.0, 24.0), (8.0, 40.0)])
+    ys = [y for _, y in noisy.points]
+    assert ys == sorted(ys) and ys[-1] == pytest.approx(40.0)

@@ -45,7 +45,7 @@ from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
 from walle_core.search.timing import Timer, repeated
 
-SCHEMA = 20
+SCHEMA = 21
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 LEVELS = 7  # sizes per sweep; a sweep stops early once one op takes SWEEP_CAP_S
@@ -95,8 +95,10 @@ def op_key(op: A.Op, algo: str) -> str:
         w = op.inputs[1].shape
         kind += (":dw" if op.groups > 1 and w[1] == 1 else ":grp" if op.groups > 1
                  else (":1x1:deep" if w[1] >= DEEP_K else ":1x1") if w[2] == w[3] == 1 else ":kxk")
-        if kind.endswith(":grp") and max(op.strides) > 1:
-            kind += ":s2"  # strided: another kernel path (a grouped im2col runs ~2x per output)
+        if kind.endswith((":grp", ":kxk")) and max(op.strides) > 1:
+            # strided: another kernel path (a grouped im2col runs ~2x per output; a dense
+            # stride-2 conv, a stem or a downsampling stage, ran 2-3x over its stride-1 price)
+            kind += ":s2"
     return f"{kind}/{algo}"
 
 
@@ -174,16 +176,19 @@ class BucketFit:
         fits = []
         for share in BALANCE_SHARES:
             rates = [(n, work(f, b, balance * share) / t) for f, b, n, t in points]
-            curve = Curve.fit(rates)
+            # weights are told apart by the rise alone (a curve free to fall fits a work
+            # measure that makes throughput fall with size as well as the right one)
+            curve = Curve.fit(rates, falls=False)
             misfit = sum((math.log(curve(n)) - math.log(r)) ** 2 for n, r in rates if r > 0)
-            fits.append((misfit, cls(floor_s, curve, balance * share)))
+            fits.append((misfit, share, rates))
         best = min(fits, key=lambda f: f[0])
         # another weight only where the balance leaves the sweep's points a factor of
         # MISFIT_FACTOR off its monotone fit (root mean square in log): noise moves points by
         # 10-30%, and moderate misfits do not tell the weights apart (probes whose channels
         # grew with their maps picked weights that priced the zoo's convs 20-35% low)
         worst = len(points) * math.log(MISFIT_FACTOR) ** 2
-        return best[1] if fits[0][0] > worst and best[0] < fits[0][0] / 2 else fits[0][1]
+        _, share, rates = best if fits[0][0] > worst and best[0] < fits[0][0] / 2 else fits[0]
+        return cls(floor_s, Curve.fit(rates), balance * share)
 
     def __call__(self, flops: float, nbytes: float, items: float) -> float:
         return max(self.floor_s, work(flops, nbytes, self.balance) / self.rate(items))
@@ -425,6 +430,7 @@ def _probes(level: int) -> list[A.Op]:
     deep = b.tensor((imgs, DEEP_PROBE_CIN, hw, hw), f32) if level < LEVELS - 1 else None
     for x, shape, groups, stride in ((img, (ch, ch, 3, 3), 1, 1),
                                      (img, (ch, ch, 5, 5), 1, 1),  # one no Winograd takes
+                                     (img, (ch, ch, 3, 3), 1, 2),  # a downsampling conv
                                      (img, (ch, ch, 1, 1), 1, 1),
                                      *([(deep, (ch, DEEP_PROBE_CIN, 1, 1), 1, 1)] if deep else []),
                                      (img, (ch, 1, 3, 3), ch, 1),
