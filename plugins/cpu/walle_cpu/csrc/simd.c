@@ -38,7 +38,7 @@
 #define SFX _avx512
 #define ISA_NAME "avx512"
 #define VW 16
-#define MR 8
+#define MR 12 /* 24 accumulators of 32: isa/gemm.inc */
 #define NC_FB 4
 #define NC_P1 12
 #define NC_P2 12
