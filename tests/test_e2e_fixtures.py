@@ -1,7 +1,8 @@
 """Shared pieces of the device and end-to-end tests: a registry child process with a trusted
 publisher key, the demo's purchase-intent model (trained once per session, small) and its bundles.
 
-Imported by ``test_e2e*.py`` and ``test_device*.py`` (``from test_e2e_fixtures import *``).
+Imported by ``test_e2e*.py`` and ``test_device*.py`` (``from test_e2e_fixtures import *``); the
+fixtures themselves are registered once per session by ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def intent_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return scenario.export_onnx(model, tmp_path_factory.mktemp("model") / "intent.onnx")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def calibrated_backends() -> None:
     """A device calibrates each backend once, at its first install (tens of seconds on a fresh
     2-core machine, then cached); done up front here so the time limits of these tests measure
@@ -42,7 +43,7 @@ def calibrated_backends() -> None:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+def stack(tmp_path: Path, calibrated_backends: None) -> Iterator[Stack]:
     st = Stack.start(tmp_path / "world")
     try:
         yield st
@@ -71,4 +72,7 @@ def ok_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in results if r["value"].get("user", {}).get("status") == "ok"]
 
 
-__all__ = ["calibrated_backends", "intent_model", "ok_results", "publish", "stack", "wait_for"]
+# The fixtures above are not exported: tests/conftest.py registers them once for the whole session
+# (a star import would define them again in every module, and the session-scoped model was then
+# trained once per importing module).
+__all__ = ["ok_results", "publish", "wait_for"]

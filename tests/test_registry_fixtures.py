@@ -1,7 +1,8 @@
 """Shared fixtures for the registry tests: a throwaway PostgreSQL 15 cluster, a registry per test
 on SQLite or PostgreSQL, signed test bundles, and a live uvicorn server when real sockets matter.
 
-Imported by the other ``test_registry*.py`` modules (``from test_registry_fixtures import *``).
+Imported by the other ``test_registry*.py`` modules (``from test_registry_fixtures import *``); the
+fixtures themselves are registered once per session by ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -238,7 +239,10 @@ def test_fixtures_build_a_verifiable_bundle(tmp_path: Path) -> None:
     assert verify_bundle(bundle, KeyStore(None, [keys.key.public_key()])).manifest.name == "demo"
 
 
+# The fixtures above are not exported: tests/conftest.py registers them once for the whole session
+# (a star import would define them again in every module, and then the session-scoped PostgreSQL
+# cluster was initialised once per importing module).
 __all__ = [
-    "ADMIN", "Env", "Keys", "PgCluster", "ProcessServer", "ThreadServer", "db_url", "env", "free_port",
-    "make_bundle", "make_env", "make_keys", "pg_cluster", "sqlite_env",
+    "ADMIN", "Env", "Keys", "PgCluster", "ProcessServer", "ThreadServer", "free_port",
+    "make_bundle", "make_env", "make_keys",
 ]
