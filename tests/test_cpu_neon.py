@@ -12,9 +12,11 @@ says why.
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -28,10 +30,19 @@ SOURCES = [str(CSRC / n) for n in _build.SOURCES]
 FLAGS = ["-O2", "-std=gnu11", "-fno-math-errno", f"-I{CSRC}"]
 
 
-def _build(cc: str, out: Path, extra: list[str]) -> None:
-    cmd = [cc, *FLAGS, *extra, str(HARNESS), *SOURCES, "-o", str(out), "-lm", "-lpthread"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def _compile(cmd: list[str]) -> None:
+    # a hang guard only: simd.c (every x86 variant) alone took over 300 s on a loaded 2-core machine
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr}"
+
+
+def _build(cc: str, out: Path, extra: list[str]) -> None:
+    """The harness and every kernel source, one object each on all cores, then linked."""
+    objs = [out.parent / f"{out.name}-{Path(src).stem}.o" for src in (str(HARNESS), *SOURCES)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(_compile, [[cc, *FLAGS, *extra, "-c", src, "-o", str(obj)]
+                                 for src, obj in zip((str(HARNESS), *SOURCES), objs, strict=True)]))
+    _compile([cc, *extra, *map(str, objs), "-o", str(out), "-lm", "-lpthread"])
 
 
 def _run(cmd: list[str]) -> str:
@@ -60,15 +71,21 @@ def test_aarch64_kernels_under_qemu(neon_binary: Path, isa: str) -> None:
     assert f"isa: {isa}" in out
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 variants only")
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
-def test_x86_kernel_variants(tmp_path: Path, isa: str) -> None:
+@pytest.fixture(scope="module")
+def x86_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One native build serves every variant: the ISA is chosen at run time by the argument."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler")
-    out = tmp_path / "kernels"
+    out = tmp_path_factory.mktemp("x86") / "kernels"
     _build(cc, out, [])
-    res = subprocess.run([str(out), isa], capture_output=True, text=True, timeout=300)
+    return out
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 variants only")
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+def test_x86_kernel_variants(x86_binary: Path, isa: str) -> None:
+    res = subprocess.run([str(x86_binary), isa], capture_output=True, text=True, timeout=300)
     if res.returncode == 2:
         pytest.skip(f"this CPU lacks {isa}")
     assert res.returncode == 0 and "ALL OK" in res.stdout, res.stdout + res.stderr
