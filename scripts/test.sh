@@ -19,7 +19,26 @@ step() {
 
 step ruff .venv/bin/ruff check .
 step mypy .venv/bin/mypy
-step pytest .venv/bin/python -m pytest -q "$@"
+# On every core (up to 8) with pytest-xdist, a dev extra; tests sharing a module-scoped fixture are
+# kept on one worker (tests/conftest.py groups them for --dist loadgroup). The tests marked serial
+# (held to wall-clock limits) run afterwards, alone. Without xdist: one serial run.
+pytest_step() {
+    local name=$1
+    shift
+    echo "[test] $name: $*"
+    "$@"
+    local rc=$?
+    # 5: nothing selected (e.g. arguments naming only tests of the other pass)
+    if ((rc != 0 && rc != 5)); then
+        failed+=("$name")
+    fi
+}
+if .venv/bin/python -c 'import xdist' 2>/dev/null; then
+    pytest_step pytest .venv/bin/python -m pytest -q -n auto --maxprocesses 8 --dist loadgroup -m "not serial" "$@"
+    pytest_step pytest-serial .venv/bin/python -m pytest -q -m serial "$@"
+else
+    step pytest .venv/bin/python -m pytest -q "$@"
+fi
 
 if ((${#failed[@]})); then
     echo "[test] FAILED: ${failed[*]}" >&2
