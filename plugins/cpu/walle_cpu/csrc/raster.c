@@ -165,10 +165,16 @@ static void raster_rows(const int64_t *r, const char *src, char *dst, int64_t es
         char *d = dst + (z * ds0 + yy * ds1) * es;
         if (++yy == n1) { yy = 0; z++; }
         if (ss2 == 1 && ds2 == 1) {
-            /* one pixel of a 16-float block (the blocked layout's unit): a fixed-size copy
-             * the compiler inlines, not a library call per pixel */
-            if (n2 * es == 64) memcpy(d, s, 64);
-            else memcpy(d, s, (size_t)(n2 * es));
+            /* one pixel of a 16-float block (the blocked layout's unit), or a run of its lanes
+             * (a concat of 8 + 8 channels): a fixed-size copy the compiler inlines, not a
+             * library call per pixel */
+            switch (n2 * es) {
+            case 64: memcpy(d, s, 64); break;
+            case 48: memcpy(d, s, 48); break;
+            case 32: memcpy(d, s, 32); break;
+            case 16: memcpy(d, s, 16); break;
+            default: memcpy(d, s, (size_t)(n2 * es));
+            }
             continue;
         }
         switch (es) {
