@@ -35,6 +35,7 @@ typedef struct {
     int64_t key[5];
     int64_t n;            /* entries (taps) */
     int64_t used;         /* last use, for replacement */
+    int64_t clock;        /* (cache[0]'s: lookups so far) */
     int64_t *xo, *wo;
 } nc_table;
 
@@ -55,17 +56,22 @@ static void valid_taps(int64_t base, int64_t d, int64_t k, int64_t n, int64_t *k
  * from a small per-task cache. */
 static const nc_table *table(const nc_ctx *c, nc_table *cache, int depthwise, int64_t fbw,
                              int64_t ky0, int64_t ky1, int64_t kx0, int64_t kx1) {
-    int64_t key[5] = {fbw, ky0, ky1, kx0, kx1}, clock = 0;
+    int64_t key[5] = {fbw, ky0, ky1, kx0, kx1};
+    /* one pass, plain compares (the lookup runs per border pixel of a depthwise row: with a
+     * pass for the clock and a memcmp per slot, a 56-wide row's two border pixels cost a sixth
+     * of the row); cache[0].clock counts uses */
+    int64_t clock = ++cache[0].clock;
     nc_table *t = &cache[0];
-    for (int i = 0; i < NC_TABLES; i++) clock = cache[i].used > clock ? cache[i].used : clock;
-    for (int i = 0; i < NC_TABLES; i++)
-        if (cache[i].n >= 0 && !memcmp(cache[i].key, key, sizeof key)) {
-            cache[i].used = clock + 1;
-            return &cache[i];
+    for (int i = 0; i < NC_TABLES; i++) {
+        nc_table *ci = &cache[i];
+        if (ci->n >= 0 && ci->key[1] == ky0 && ci->key[3] == kx0 && ci->key[2] == ky1 &&
+            ci->key[4] == kx1 && ci->key[0] == fbw) {
+            ci->used = clock;
+            return ci;
         }
-    for (int i = 1; i < NC_TABLES; i++) /* the least recently used slot (empty ones first) */
-        if (cache[i].used < t->used) t = &cache[i];
-    t->used = clock + 1;
+        if (ci->used < t->used) t = ci; /* the least recently used slot (empty ones first) */
+    }
+    t->used = clock;
     memcpy(t->key, key, sizeof key);
     int64_t n = 0, xpix = depthwise ? WL_BLK : c->xpix, cn = depthwise || c->xci == 1 ? 1 : c->bi;
     int64_t wtap = depthwise ? WL_BLK : c->bi * fbw * WL_BLK;
@@ -87,7 +93,7 @@ static nc_table *task_tables(nc_ctx *c, nc_table *cache) {
     }
     for (int i = 0; i < NC_TABLES; i++) {
         cache[i].n = -1;
-        cache[i].used = 0;
+        cache[i].used = cache[i].clock = 0;
         cache[i].xo = buf + 2 * i * c->tmax;
         cache[i].wo = cache[i].xo + c->tmax;
     }
