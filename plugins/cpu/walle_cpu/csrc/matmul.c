@@ -14,6 +14,7 @@ typedef struct {
     const wl_op *op;
     const float *a, *b, *bias, *res;
     float *y;
+    int64_t m; /* rows per batch: the op's m, or batch * m when the batches run as one GEMM */
     int threads_inner;
     int failed;
 } mm_ctx;
@@ -62,7 +63,7 @@ static void gemm_cols(int64_t m, int64_t n, int64_t k, const float *a, int64_t l
 static void mm_batch(void *vp, int64_t bi) {
     mm_ctx *c = vp;
     const wl_matmul_params *p = &c->op->matmul;
-    int64_t m = p->m, n = p->n, k = p->k;
+    int64_t m = c->m, n = p->n, k = p->k;
     int ta = (int)p->trans_a, tb = (int)p->trans_b;
     const float *a = c->a + bi * p->a_batch_stride;
     const float *bsrc = c->b + bi * p->b_batch_stride;
@@ -118,9 +119,18 @@ int wl_matmul(const wl_op *op, const wl_exec *ex) {
     int nthreads = ex->nthreads;
     if (p->packed && p->packed_nr != wl_active->nr)
         return wl_fail(ex, "weights were packed for another ISA (nr=%lld)", (long long)p->packed_nr);
+    /* one B for every batch (a linear layer on (batch, tokens, features), mobilevit's and
+     * swin's patches): the batches' rows are consecutive in A and in the output, so they run
+     * as one GEMM of batch * m rows; per batch, each B panel was streamed again for m rows
+     * (mobilevit: 4 x 4 rows of an 80 x 80 B). A full bias is per batch row: not merged. */
+    if (batch > 1 && p->b_batch_stride == 0 && !p->trans_a && p->a_batch_stride == m * k &&
+        !(p->has_bias && p->bias_full)) {
+        m *= batch;
+        batch = 1;
+    }
     mm_ctx c = {op, (const float *)wl_in(op, ex, 0), (const float *)wl_in(op, ex, 1),
                 p->has_bias ? (const float *)wl_in(op, ex, 2) : NULL,
-                wl_in_opt(op, ex, p->residual), (float *)wl_out(op, ex), nthreads, 0};
+                wl_in_opt(op, ex, p->residual), (float *)wl_out(op, ex), m, nthreads, 0};
     if (batch > 1 && (batch >= 2 * nthreads || m * n * k < 262144)) {
         c.threads_inner = 1;
         wl_parallel_for(batch, mm_batch, &c, nthreads);
