@@ -438,7 +438,7 @@ def test_header_codes_name_the_atomic_functions() -> None:
     assert set(codes.UNARY_FNS) == A.UNARY_KINDS
     assert set(codes.BINARY_FNS) == A.BINARY_KINDS
     assert set(codes.REDUCE_FNS) == A.REDUCE_KINDS
-    assert set(codes.POOL_FNS) == {"max", "avg", "lp"}
+    assert set(codes.POOL_FNS) == {"max", "avg", "lp", "resize"}  # resize: the blocked 2-D resize pass
     assert len(set(codes.DTYPES.values())) == len(codes.DTYPES) == 12
 
 
