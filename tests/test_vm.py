@@ -24,6 +24,10 @@ from walle_core.vm import Scheduler, TaskSpec, ThreadVM, run_once, run_task, sub
 from walle_core.vm import data as cv
 from walle_core.vm.models import ModelCache
 
+# Tasks run under wall-time quotas (a runaway is stopped within 1 s of its 0.5 s quota, model tasks
+# within 10 s): run after the parallel pass, alone (scripts/test.sh), not beside another worker.
+pytestmark = pytest.mark.serial
+
 RNG = np.random.default_rng(0)
 W1 = RNG.standard_normal((16, 32)).astype(np.float32)
 W2 = RNG.standard_normal((32, 4)).astype(np.float32)
