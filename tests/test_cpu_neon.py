@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from walle_cpu import _build
+from walle_cpu import _build as cpu_build
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "plugins" / "cpu" / "walle_cpu" / "csrc"
 HARNESS = ROOT / "plugins" / "cpu" / "tests" / "neon_kernels.c"
-SOURCES = [str(CSRC / n) for n in _build.SOURCES]
+SOURCES = [str(CSRC / n) for n in cpu_build.SOURCES]
 FLAGS = ["-O2", "-std=gnu11", "-fno-math-errno", f"-I{CSRC}"]
 
 
