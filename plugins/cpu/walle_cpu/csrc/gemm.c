@@ -99,10 +99,14 @@ static void gemm_task(void *vp, int64_t t) {
             const float *bp = g->bp + p * g->k * nr + kk * nr;
             int64_t j0 = p * nr;
             int nv = (int)(g->n - j0 < nr ? g->n - j0 : nr);
-            for (int64_t r = r0; r < r1; r += mr) {
-                int rows = (int)(r1 - r < mr ? r1 - r : mr);
+            /* the block's rows in tiles of near-equal height (64 rows: 6 tiles of 10-11, not
+             * 5 of 12 and one of 4, whose 8 accumulators wait on the FMA latency) */
+            const int64_t nt = (r1 - r0 + mr - 1) / mr, base = (r1 - r0) / nt, extra = (r1 - r0) % nt;
+            for (int64_t ti = 0, r = r0; ti < nt; ti++) {
+                int rows = (int)(base + (ti < extra));
                 isa->gemm_tile(rows, kc, g->a + r * g->lda + kk, g->lda, bp, g->c + r * g->ldc + j0,
                                g->ldc, kk > 0, nv);
+                r += rows;
             }
         }
     }
@@ -146,6 +150,7 @@ void wl_gemm(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const
         g.nbp = 1;
     }
     g.mtiles = (m + g.mb - 1) / g.mb;
+    g.mb = (m + g.mtiles - 1) / g.mtiles; /* blocks of near-equal height (100 rows: 50 + 50) */
     tasks = g.mtiles * ((g.np + g.nbp - 1) / g.nbp);
     wl_parallel_for(tasks, gemm_task, &g, nthreads);
 }
