@@ -5,10 +5,10 @@ processes never read half a file."""
 from __future__ import annotations
 
 import hashlib
-import threading
 from pathlib import Path
 
 from walle_core import flags
+from walle_core.files import atomic_write
 
 
 class BinaryCache:
@@ -25,10 +25,7 @@ class BinaryCache:
         return path.read_bytes() if path.exists() else None
 
     def put(self, ident: str, data: bytes) -> None:
-        path = self.path(ident)
-        tmp = path.with_suffix(f".tmp{threading.get_ident()}")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write(self.path(ident), data)
 
     def drop(self, ident: str) -> None:
         self.path(ident).unlink(missing_ok=True)

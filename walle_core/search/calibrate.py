@@ -39,6 +39,7 @@ from walle_core import flags
 from walle_core.backend import Algorithm, Backend, Program
 from walle_core.decompose.builder import Builder
 from walle_core.decompose.norm import softmax_axis
+from walle_core.files import atomic_write
 from walle_core.hostinfo import cpu_model
 from walle_core.plan.planner import choose, expand_composites
 from walle_core.search.clock import Clock, clock_for
@@ -372,11 +373,8 @@ def load_cached(backend: Backend) -> Calibration | None:
 
 
 def save(cal: Calibration, backend: Backend) -> None:
-    path = cache_path(backend)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(cal), indent=1, sort_keys=True))
-    tmp.replace(path)  # atomic: a crash mid-write never leaves a half file behind
+    # atomic: a crash mid-write never leaves a half file behind
+    atomic_write(cache_path(backend), json.dumps(asdict(cal), indent=1, sort_keys=True))
 
 
 # ----------------------------------------------------------------------------- micro-benchmarks

@@ -23,6 +23,7 @@ import numpy as np
 from walle_core import atomic as A
 from walle_core import flags
 from walle_core.backend import Backend
+from walle_core.files import atomic_write
 from walle_core.plan.planner import build_stage, run_stage
 from walle_core.search.assign import Candidate, Decision
 from walle_core.search.calibrate import fingerprint
@@ -65,10 +66,7 @@ class TuningCache:
         self.record(f"plan:{graph}", key, seconds)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
-        tmp.replace(self.path)
+        atomic_write(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
 
 
 def graph_key(ops: Sequence[A.Op], keep: set[int]) -> str:
