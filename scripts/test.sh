@@ -34,10 +34,10 @@ pytest_step() {
     fi
 }
 if .venv/bin/python -c 'import xdist' 2>/dev/null; then
-    pytest_step pytest .venv/bin/python -m pytest -q -n auto --maxprocesses 8 --dist loadgroup -m "not serial" "$@"
-    pytest_step pytest-serial .venv/bin/python -m pytest -q -m serial "$@"
+    pytest_step pytest .venv/bin/python -m pytest -q --hypothesis-profile=ci -n auto --maxprocesses 8 --dist loadgroup -m "not serial" "$@"
+    pytest_step pytest-serial .venv/bin/python -m pytest -q --hypothesis-profile=ci -m serial "$@"
 else
-    step pytest .venv/bin/python -m pytest -q "$@"
+    step pytest .venv/bin/python -m pytest -q --hypothesis-profile=ci "$@"
 fi
 
 if ((${#failed[@]})); then
