@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_cpu_matmul_cols import linear_nodes
 
 import walle_core
 
@@ -24,16 +25,7 @@ def _model(path: str, batch: int, m: int, k: int, n: int, const_b: bool, per_bat
         inits.append(numpy_helper.from_array(w, "w"))
     else:
         inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, list(wshape)))
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["y0"])]
-    last = "y0"
-    if residual:
-        nodes.append(helper.make_node("Add", [last, "r"], ["y1"]))
-        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [batch, m, n]))
-        last = "y1"
-    if act:
-        nodes.append(helper.make_node(act, [last], ["y2"]))
-        last = "y2"
-    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    nodes = linear_nodes(inputs, [batch, m, n], residual, act)
     graph = helper.make_graph(nodes, "batched", inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, m, n])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)

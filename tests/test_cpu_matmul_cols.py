@@ -5,32 +5,39 @@ residual and the activation of the epilogue applied to every column slice."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import walle_core
 
 
-def _linear(path: str, m: int, k: int, n: int, residual: bool, act: str | None,
-            rng: np.random.Generator) -> None:
-    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
-    bias = rng.standard_normal(n).astype(np.float32)
+def linear_nodes(inputs: list[onnx.ValueInfoProto], out_shape: list[int], residual: bool,
+                 act: str | None) -> list[onnx.NodeProto]:
+    """y = x @ w + b [+ r] [act]: the MatMul and its epilogue (adding input ``r`` to ``inputs``
+    when residual), ending in an Identity so the epilogue's last op is not a graph output."""
     nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["y0"])]
     last = "y0"
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])]
     if residual:
         nodes.append(helper.make_node("Add", [last, "r"], ["y1"]))
-        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, m, n]))
+        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, out_shape))
         last = "y1"
     if act:
         nodes.append(helper.make_node(act, [last], ["y2"]))
         last = "y2"
     nodes.append(helper.make_node("Identity", [last], ["y"]))
+    return nodes
+
+
+def _linear(path: str, m: int, k: int, n: int, residual: bool, act: str | None,
+            rng: np.random.Generator) -> None:
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])]
+    nodes = linear_nodes(inputs, [1, m, n], residual, act)
     graph = helper.make_graph(nodes, "linear", inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, m, n])],
                               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
-    import onnx
-
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
 
 
