@@ -242,6 +242,14 @@ class Model:
         """The run of a known feed signature: None when a dtype differs (the full path reports
         it). A one-program plan whose outputs are all that program's own is a single call."""
         dtypes = [(name, np.dtype(dt)) for name, _, dt in sig]
+
+        def same_dtypes(feeds: Mapping[str, np.ndarray]) -> bool:
+            for name, dt in dtypes:  # a loop, not all(): this is on every run's path
+                d = feeds[name].dtype
+                if d is not dt and d != dt:
+                    return False
+            return True
+
         step = root.stage.steps[0] if len(root.stage.steps) == 1 else None
         name_of = {tid: name for name, tid in root.input_ids.items()}
         if (root.complete and step is not None and all(tid in name_of for tid in step.inputs)
@@ -253,21 +261,15 @@ class Model:
                      for name, t in zip(self._output_names, root.outputs, strict=True)]
 
             def single(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-                for name, dt in dtypes:
-                    d = feeds[name].dtype
-                    if d is not dt and d != dt:
-                        return None
+                if not same_dtypes(feeds):
+                    return None
                 outs = run([feeds[n] for n in arg_names])
                 return {name: outs[i] for name, i in picks}
 
             return single
 
         def staged(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-            for name, dt in dtypes:
-                d = feeds[name].dtype
-                if d is not dt and d != dt:
-                    return None
-            return self._execute(root, sig, feeds)
+            return self._execute(root, sig, feeds) if same_dtypes(feeds) else None
 
         return staged
 
