@@ -15,14 +15,10 @@ from walle_core import atomic as A
 from walle_core.backend import Algorithm, Cost
 from walle_cpu import codes as K
 from walle_cpu._native import LIB
+from walle_cpu.layout import BLK, blocks
 from walle_cpu.ops.kernel import Binder, OpKernel, set_act
 
 NAME = "conv_transpose2d"
-BLK = 16
-
-
-def _blocks(c: int) -> int:
-    return -(-c // BLK)
 
 
 def _cost(op: A.Op) -> Cost:
@@ -31,7 +27,7 @@ def _cost(op: A.Op) -> Cost:
     n, c, h, wd = x.shape
     o = w.shape[1]
     kh, kw = w.shape[2:]
-    flops = 2.0 * n * h * wd * kh * kw * c * _blocks(o) * BLK
+    flops = 2.0 * n * h * wd * kh * kw * c * blocks(o) * BLK
     return Cost(flops, op.bytes_moved(), 1, 0.5)
 
 
@@ -64,9 +60,9 @@ def _supported(op: A.Op) -> bool:
 def pack(w: np.ndarray) -> np.ndarray:
     """(C, O, KH, KW) -> (ob, kh, kw, cb, 16 ci, 16 co), zero padding channels."""
     c, o, kh, kw = w.shape
-    full = np.zeros((_blocks(c) * BLK, _blocks(o) * BLK, kh, kw), np.float32)
+    full = np.zeros((blocks(c) * BLK, blocks(o) * BLK, kh, kw), np.float32)
     full[:c, :o] = w
-    full = full.reshape(_blocks(c), BLK, _blocks(o), BLK, kh, kw)
+    full = full.reshape(blocks(c), BLK, blocks(o), BLK, kh, kw)
     return np.ascontiguousarray(full.transpose(2, 4, 5, 0, 1, 3))
 
 
@@ -86,7 +82,7 @@ def _encode(d: Any, op: A.Op, algo: Algorithm, b: Binder) -> None:
     p.dilation_h = p.dilation_w = p.groups = 1
     p.has_bias = int(len(op.inputs) > 2)
     set_act(p.act, op.act)
-    bias = np.zeros(_blocks(p.o) * BLK, np.float32)
+    bias = np.zeros(blocks(p.o) * BLK, np.float32)
     if len(op.inputs) > 2:
         bias[:p.o] = np.asarray(op.inputs[2].value, np.float32).reshape(-1)
     d.aux = b.aux(pack(w))

@@ -14,12 +14,12 @@ from walle_core import atomic as A
 from walle_core.backend import Algorithm
 from walle_cpu import codes as K
 from walle_cpu._native import LIB
+from walle_cpu.layout import BLK
 from walle_cpu.ops.kernel import Binder, OpKernel, direct_cost
 
 NAME = "resize2d"
 # ~4 loads and 6 flops per output element, memory bound
 RESIZE = Algorithm("direct", direct_cost(0.5))
-BLK = 16
 
 
 @dataclasses.dataclass(eq=False)
