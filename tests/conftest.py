@@ -28,15 +28,10 @@ with contextlib.suppress(pytest.skip.Exception):  # fastapi / uvicorn missing: t
     from test_e2e_fixtures import calibrated_backends, intent_model, stack  # noqa: F401
 
 
-# Tests held to wall-clock limits or comparing measured run times. scripts/test.sh runs them after
-# the parallel pass (``pytest -n``), alone, so that another worker's load does not fail them:
-# tests using a live registry and device fleet (the ``stack`` fixture), and the search's
-# predicted-against-measured checks (listed here while test_search.py is another change's file).
-SERIAL_FIXTURES = frozenset({"stack"})
-SERIAL_TESTS = (
-    "tests/test_search.py::test_the_cpu_plan_is_predicted_within_a_loose_bound_of_its_run",
-    "tests/test_search.py::test_whole_cpu_plans_of_the_zoo_are_predicted_without_bias",
-)
+# Tests held to wall-clock limits. scripts/test.sh runs them after the parallel pass (``pytest -n``),
+# alone, so that another worker's load does not fail them: every test using a live registry and
+# device fleet (these fixtures); others carry ``@pytest.mark.serial`` in their own module.
+SERIAL_FIXTURES = frozenset({"stack", "fleet"})
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -46,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     converted once, a server) run on one worker, so the fixture is still made once; every other test
     goes to whichever worker is free. (First, so that xdist's own hook sees the groups.)"""
     for item in items:
-        if SERIAL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.nodeid.startswith(SERIAL_TESTS):
+        if SERIAL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.serial)
         info = getattr(item, "_fixtureinfo", None)
         if info is None:

@@ -21,11 +21,19 @@ httpx = pytest.importorskip("httpx")
 
 from test_registry_fixtures import make_bundle, make_keys  # noqa: E402
 
-from walle_registry.client import DeviceClient, RegistryClient  # noqa: E402
+from walle_registry.client import ApiError, DeviceClient, RegistryClient  # noqa: E402
 from walle_registry.cluster import Cluster, missing_binaries  # noqa: E402
 
 ADMIN = "wpt_cluster-test-admin-0123456789"
 _REASON = missing_binaries()
+
+
+def transient(exc: BaseException) -> bool:
+    """What a device retries: a broken connection, or a 5xx/429 from nginx while a replica is down
+    (nginx answers 502 for a request that was in flight on a killed replica)."""
+    if isinstance(exc, ApiError):
+        return exc.status >= 500 or exc.status == 429
+    return isinstance(exc, (httpx.HTTPError, OSError))
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 
 
@@ -81,8 +89,9 @@ class Device(threading.Thread):
                 for notice in self.client.stream():
                     if notice["action"] == "install":
                         self._install(notice)
-            except (httpx.HTTPError, OSError):
-                pass
+            except Exception as exc:
+                if not transient(exc):
+                    raise
             if not self.stop.is_set():
                 self.reconnects += 1
                 time.sleep(0.2)
@@ -97,7 +106,9 @@ class Device(threading.Thread):
                                    seq=notice["seq"])
                 self.reported[notice["version"]] = notice["deployment"]
                 return
-            except (httpx.HTTPError, OSError, RuntimeError):
+            except Exception as exc:
+                if not transient(exc):
+                    raise
                 time.sleep(0.1 * (attempt + 1))
 
 
@@ -122,12 +133,18 @@ def wait_for(cond: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
 
 
+def all_reported(fleet: list[Device], version: str) -> bool:
+    dead = [d.name for d in fleet if not d.is_alive()]
+    assert not dead, f"device threads died: {dead} (their exceptions are in the warnings)"
+    return all(version in d.reported for d in fleet)
+
+
 def rollout(admin: RegistryClient, fleet: list[Device], version: str, during: Any = None) -> dict[str, Any]:
     dep = admin.deploy(task="fleet", version=version, min_sample=1, success_threshold=1.0)
     if during is not None:
         wait_for(lambda: any(version in d.reported for d in fleet), 20, f"a first {version} report")
         during()
-    wait_for(lambda: all(version in d.reported for d in fleet), 40, f"every device reports {version}")
+    wait_for(lambda: all_reported(fleet, version), 40, f"every device reports {version}")
     return admin.status(dep["id"])
 
 

@@ -212,6 +212,7 @@ def test_a_single_backend_plan_is_the_named_backends_plan(zoo_model):
         [(id(op), b.name, a.name) for op, b, a in cpu_plan.assignment]
 
 
+@pytest.mark.serial  # compares measured run times: scripts/test.sh runs it alone
 @pytest.mark.parametrize("zoo_model", ["mobilenetv3", "vit_tiny", "gru_speech", "ctr"])
 def test_the_cpu_plan_is_predicted_within_a_loose_bound_of_its_run(zoo_model):
     """The calibrated cost of the whole chosen plan against the plan run on this machine's cpu.
@@ -228,6 +229,7 @@ def test_the_cpu_plan_is_predicted_within_a_loose_bound_of_its_run(zoo_model):
     assert measured / 3 < predicted < measured * 3, (predicted, measured)
 
 
+@pytest.mark.serial  # compares measured run times: scripts/test.sh runs it alone
 def test_whole_cpu_plans_of_the_zoo_are_predicted_without_bias():
     """Every zoo model's cpu plan, predicted against its run (best of interleaved rounds): the
     median ratio within [0.6, 1.5] and three models in four within 2x. A shared CI machine's
