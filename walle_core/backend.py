@@ -109,6 +109,10 @@ class Backend(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "0"
     rewrites: ClassVar[Rewrites] = Rewrites()
+    # A conformance oracle (the reference interpreter): correct for every op, never fast.
+    # ``backend="auto"`` runs an op there only when no other backend can (a fallback, as under
+    # a named backend), and never considers a whole plan on it.
+    oracle: ClassVar[bool] = False
 
     @abstractmethod
     def availability(self) -> Availability:
