@@ -51,9 +51,12 @@ class Searcher:
         self.last_result: SearchResult | None = None
         self._tuning: TuningCache | None = None
 
-    def _calibrate(self) -> None:
+    def _calibrate(self, *, oracles: bool = False) -> None:
+        """Calibrate the backends not yet calibrated; an oracle (``Backend.oracle``) only with
+        ``oracles`` (when an op needs it) or when there is no other backend."""
+        oracles = oracles or all(b.oracle for b in self.backends)
         for b in self.backends:
-            if b.name in self.calibrations or b.name in self.skipped:
+            if b.name in self.calibrations or b.name in self.skipped or (b.oracle and not oracles):
                 continue
             try:
                 self.calibrations[b.name] = calibration_for(b, progress=self.progress)
@@ -65,23 +68,32 @@ class Searcher:
             self._tuning = TuningCache.for_backends(self.backends)
         return self._tuning
 
-    def usable(self) -> list[Backend]:
-        self._calibrate()
+    def usable(self, *, oracles: bool = False) -> list[Backend]:
+        self._calibrate(oracles=oracles)
         return [b for b in self.backends if b.name in self.calibrations]
 
     def _plans(self, ops: Sequence[A.Op], keep: set[int], model: CostModel) -> list[Plan]:
         """One plan per backend over the ops as that backend would run them (composites it does
-        not claim expanded), and the best mixed plan over each distinct op list."""
+        not claim expanded), and the best mixed plan over each distinct op list. An oracle
+        backend has no plan of its own beside another backend: it only runs (and is only
+        calibrated for) the ops no other backend runs."""
         usable = self.usable()
-        if not usable:
-            raise ValueError("no backend could be calibrated: " + "; ".join(
-                f"{k}: {v}" for k, v in self.skipped.items()))
         base = prepare(ops, self.backends[0], keep)
         lists: dict[tuple[int, ...], list[A.Op]] = {}
         per_backend: dict[str, list[A.Op]] = {}
         for b in usable:
             own = prepare(base, b, keep)
             per_backend[b.name] = lists.setdefault(tuple(id(op) for op in own), own)
+        if not usable or any(not any(b.algorithms(op) for b in usable)
+                             for op_list in lists.values() for op in op_list):
+            usable = self.usable(oracles=True)  # ``model`` reads self.calibrations
+        if not usable:
+            raise ValueError("no backend could be calibrated: " + "; ".join(
+                f"{k}: {v}" for k, v in self.skipped.items()))
+        if not per_backend:  # only oracles: their op lists
+            for b in usable:
+                own = prepare(base, b, keep)
+                per_backend[b.name] = lists.setdefault(tuple(id(op) for op in own), own)
         decided: dict[int, Decision] = {}
 
         def decisions(op_list: list[A.Op]) -> list[Decision]:
@@ -90,8 +102,8 @@ class Searcher:
                     decided[id(op)] = candidates(op, usable, model)
             return [decided[id(op)] for op in op_list]
 
-        plans = [p for b in usable if (p := single_plan(b.name, decisions(per_backend[b.name]), keep,
-                                                         model)) is not None]
+        plans = [p for b in usable if b.name in per_backend
+                 and (p := single_plan(b.name, decisions(per_backend[b.name]), keep, model)) is not None]
         mixed = [mixed_plan(decisions(op_list), keep, model) for op_list in lists.values()]
         if mixed:
             plans.append(min(mixed, key=lambda p: p.predicted_s))
@@ -153,7 +165,9 @@ class Searcher:
     def choose(self, ops: Sequence[A.Op], outputs: set[int]) -> Assignment:
         # Nothing to search when every op has exactly one (backend, algorithm): skip calibration.
         flat = prepare(ops, self.backends[0], outputs)
-        options = [[(b, a) for b in self.backends for a in b.algorithms(op)] for op in flat]
+        fast = [b for b in self.backends if not b.oracle]
+        options = [[(b, a) for b in fast for a in b.algorithms(op)]
+                   or [(b, a) for b in self.backends for a in b.algorithms(op)] for op in flat]
         if all(len(o) == 1 for o in options):
             return [(op, *o[0]) for op, o in zip(flat, options, strict=True)]
         return self.search(flat, outputs).chosen.assignment

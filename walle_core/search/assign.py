@@ -4,7 +4,9 @@ Method (documented in docs/architecture.md):
 1. Candidates: one per available backend that runs the op: the backend's own algorithm (the one
    the planner runs when that backend is named), with a predicted time from the calibrated cost
    model, or another algorithm of the backend once measure mode has timed both and it measured
-   faster.
+   faster. An oracle backend (``Backend.oracle``: the reference interpreter) is a candidate only
+   for an op no other backend runs: it is correct, never fast, and its probes' times do not
+   carry to other shapes (its conv loops over kernel taps in Python).
 2. Dynamic programming over the topological order with the backend of the previous op as state,
    charging each op's cost, a program's fixed cost when the backend changes, and uploads and
    downloads on the edge from the previous op and from graph inputs.
@@ -84,6 +86,11 @@ def candidates(op: A.Op, backends: Sequence[Backend], model: CostModel) -> Decis
     if not found:
         why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
         raise ValueError(f"no backend can run {op.kind.value} {op.outputs}: {why}")
+    fast = [c for c in found if not c.backend.oracle]
+    if fast:  # an oracle is a fallback: its calibrated probes say little of its other ops
+        skipped.update((c.backend.name, "a conformance oracle: runs only what no other backend "
+                        "runs") for c in found if c.backend.oracle)
+        found = fast
     found.sort(key=lambda c: c.seconds)
     return Decision(op, found[0], found, skipped=skipped)
 

@@ -35,6 +35,7 @@ ReferenceExecutable = Interpreter
 class ReferenceBackend(Backend):
     name = "reference"
     version = "1"
+    oracle = True  # the search's fallback only: never an auto candidate where another backend runs the op
 
     def availability(self) -> Availability:
         return Availability(True)
