@@ -31,11 +31,18 @@ def readers(items: Sequence[tuple[A.Op, Algorithm]]) -> dict[int, int]:
     return uses
 
 
+def _alias(t: A.Tensor, shape: tuple[int, ...]) -> A.Tensor:
+    """``t`` under another shape of the same size: same id, so it binds to the same memory."""
+    value = None if t.value is None else t.value.reshape(shape)
+    return A.Tensor(shape, t.dtype, value, t.name, t.id)
+
+
 def fuse_residuals(items: Sequence[tuple[A.Op, Algorithm]], uses: dict[int, int],
                    external: set[int]) -> Items:
     """Fold ``add(conv(x), r)`` (either operand order) into the Conv2D's epilogue, and likewise
     for MatMul: ``r`` must have exactly the output's shape, contiguous, float32, and the
-    conv/matmul output no other reader. The fused op runs at the add's place in the list (so
+    conv/matmul output no other reader; the add may read that output through a reshape (as a
+    Conv1d's [N, C, L] of its Conv2D's [N, C, 1, L]). The fused op runs at the add's place in the list (so
     ``r`` exists by then; the producer's inputs are immutable values, kept alive until it runs).
     ``r`` is listed as the fused op's last input."""
     out: list[tuple[A.Op, Algorithm] | None] = []
@@ -53,8 +60,10 @@ def fuse_residuals(items: Sequence[tuple[A.Op, Algorithm]], uses: dict[int, int]
                 if t.shape != op.out.shape or r.shape != op.out.shape or r.dtype != _F32:
                     continue
                 producer = out[p]
-                if producer is None or producer[0].out.shape != t.shape:
-                    continue  # the add reads a reshaped view (Conv1d's [N,C,L] of [N,C,1,L])
+                if producer is None or producer[0].out.size != t.size:
+                    continue
+                if producer[0].out.shape != t.shape and op.out.id in external:
+                    continue  # a reshaped result read outside keeps its own op
                 if tuple(op.strides[k]) != contig or tuple(op.strides[1 - k]) != contig:
                     continue
                 if best is None or p > best[0]:  # the later producer: shorter lifetimes
@@ -65,7 +74,12 @@ def fuse_residuals(items: Sequence[tuple[A.Op, Algorithm]], uses: dict[int, int]
                 assert prod is not None
                 out[p] = None
                 pos.pop(prod[0].out.id, None)
-                out.append((with_residual(prod[0], op.inputs[1 - k], op.out), prod[1]))
+                r, dst = op.inputs[1 - k], op.out
+                if dst.shape != prod[0].out.shape:
+                    # the add reads a reshaped view (Conv1d's [N,C,L] of its [N,C,1,L]): the
+                    # fused op keeps the producer's shape, on aliases of the same memory
+                    r, dst = _alias(r, prod[0].out.shape), _alias(dst, prod[0].out.shape)
+                out.append((with_residual(prod[0], r, dst), prod[1]))
                 continue
         if isinstance(op, A.Conv2D | A.MatMul) and not isinstance(op, ConvRes | MatMulRes) \
                 and op.out.dtype == _F32 and op.out.size > 0 \
@@ -75,13 +89,21 @@ def fuse_residuals(items: Sequence[tuple[A.Op, Algorithm]], uses: dict[int, int]
     return [x for x in out if x is not None]
 
 
+def _reads(x: A.Tensor, t: A.Tensor) -> bool:
+    """``x`` is ``t`` or a reshaped alias of it (same id and size: a contiguous reshape, such as
+    Conv1d's [N, C, L] of its Conv2D's [N, C, 1, L], binds to the same memory)."""
+    return x is t or (x.id == t.id and x.size == t.size)
+
+
 def activation_step(op: A.Op, t: A.Tensor, allowed: frozenset[str]) -> tuple[str, tuple[float, ...]] | None:
-    """``op`` as an activation of ``t`` among ``allowed``: (unary fn, params), or
-    ("clip", (lo, hi)) for a clip or a Binary max/min against a scalar constant."""
-    if op.out.shape != t.shape or op.out.dtype != _F32:
+    """``op`` as an activation of ``t`` (or of a reshaped alias of it) among ``allowed``:
+    (unary fn, params), or ("clip", (lo, hi)) for a clip or a Binary max/min against a scalar
+    constant."""
+    if op.out.size != t.size or op.out.dtype != _F32:
         return None
     if isinstance(op, A.Unary):
-        if op.inputs[0] is t and op.fn in allowed and op.fn != "identity":
+        x = op.inputs[0]
+        if _reads(x, t) and op.out.shape == x.shape and op.fn in allowed and op.fn != "identity":
             if op.fn == "clip":
                 lo, hi = (*op.params, -math.inf, math.inf)[:2]
                 return "clip", (float(lo), float(hi))
@@ -89,8 +111,9 @@ def activation_step(op: A.Op, t: A.Tensor, allowed: frozenset[str]) -> tuple[str
         return None
     if isinstance(op, A.Binary) and op.fn in ("max", "min") and len(op.inputs) == 2 \
             and "clip" in allowed:
-        hits = [k for k, x in enumerate(op.inputs) if x is t]
-        if len(hits) != 1 or tuple(op.strides[hits[0]]) != tuple(contiguous(t.shape)):
+        hits = [k for k, x in enumerate(op.inputs) if _reads(x, t)]
+        if len(hits) != 1 or op.inputs[hits[0]].shape != op.out.shape \
+                or tuple(op.strides[hits[0]]) != tuple(contiguous(op.out.shape)):
             return None
         c = op.inputs[1 - hits[0]]
         if c.value is None or c.size != 1 or c.dtype != _F32:
@@ -139,9 +162,11 @@ def fuse_activations(items: Sequence[tuple[A.Op, Algorithm]], uses: dict[int, in
             i += 1
             if fn != "clip":
                 break
-        if fn == "identity":
+        if fn == "identity" or (last.shape != op.out.shape and last.id in external):
             out.append((op, algo))
             out.extend(items[start:i])  # nothing taken: the consumed ops run as they were
             continue
+        if last.shape != op.out.shape:  # through a reshape: the producer keeps its own shape
+            last = _alias(last, op.out.shape)
         out.append((with_activation(op, A.Activation(fn, params), last), algo))
     return out
