@@ -3,9 +3,10 @@
  *
  * A direct convolution whose inner step is one broadcast input value times 16 output channels,
  * over register tiles of up to 4 filter blocks x 12 output pixels. A padded input of a small
- * map (output under 32 wide, 16 when strided) is first copied into a zero-bordered buffer, so
- * every output pixel reads the same taps and a tile may span rows (small maps fill whole
- * tiles); wide maps keep their input, tiles stay in one row, and a tile at a row's edge runs
+ * map (output under 32 wide, 16 when strided) or of a stem (a plain input) is first copied
+ * into a zero-bordered buffer, so every output pixel reads the same taps; tiles span rows on
+ * narrow maps (which then fill whole tiles) and stay in one row on wide ones (one base pointer,
+ * constant displacements); other wide maps keep their input, and a tile at a row's edge runs
  * in passes over the column taps its pixels share (border_tile). The reduction runs over input blocks, each over a
  * table of (input offset, weight offset) pairs, one per tap, and each tap over the block's 16
  * channels (unrolled: no table entry per channel); it is cut into slices of input blocks whose
@@ -16,6 +17,7 @@
 #include "blocked.h"
 
 #define SLICE_BYTES (160 * 1024) /* weights of one reduction slice, kept in L2 */
+#define ROW_TILES_MIN 2 /* tiles per output row from which tiles stay within rows */
 
 /* The next tile of a run of `left` pixels: runs split into equal tiles of at most pmax (62
  * pixels as 11,11,10,10,10,10 rather than 12 x 5 and a latency-bound tile of 2). */
@@ -117,18 +119,23 @@ static void conv_task(void *vp, int64_t t) {
     /* rows whose input follows on from the previous row's (a 1x1 conv without padding): the
      * task's pixels are one run of pixels sw * xpix floats apart */
     int flat = !c->borders && c->sh * c->xrow == c->OW * c->sw * c->xpix;
+    /* tiles within one row (each pixel sw * xpix floats on: one base, constant displacements)
+     * where rows hold several tiles; rows of a narrow map are joined into full tiles, each
+     * pixel with a pointer of its own (a 1x1 stride-2 conv of 64 to 128 channels, 56x56 to
+     * 28x28, 1 thread: 81 us with tiles across rows, 77 within them) */
+    int rows = c->borders || (!flat && c->OW >= ROW_TILES_MIN * pmax);
     int64_t po[12];
     for (int64_t k0 = 0; k0 < c->ncb; k0 += kcb) {
         int64_t k1 = k0 + kcb < c->ncb ? k0 + kcb : c->ncb;
         e.load = k0 > 0;
         e.final = k1 == c->ncb;
         for (int64_t q = q0; q < q1;) {
-            /* a tile: pixels of one row, or without borders a run that may span rows */
+            /* a tile: pixels of one row, or on a narrow map a run that may span rows */
             int64_t oy = q / c->OW, ox = q % c->OW, iy = oy * c->sh - c->pt, ky0, ky1, np;
             valid_taps(iy, c->dh, c->KH, c->H, &ky0, &ky1);
             /* the pixels left in this row (or the task) split into even tiles; consecutive
              * interior tiles of one size run as one call */
-            int64_t left = c->borders && c->OW - ox < q1 - q ? c->OW - ox : q1 - q;
+            int64_t left = rows && c->OW - ox < q1 - q ? c->OW - ox : q1 - q;
             np = even_tile(left, pmax);
             int64_t nrun = 1;
             if (c->borders && (ox < lo || ox + np > hi)) { /* border columns in the tile */
@@ -136,7 +143,7 @@ static void conv_task(void *vp, int64_t t) {
                 q += np;
                 continue;
             }
-            if (c->borders || flat) {
+            if (rows || flat) {
                 /* tiles of np pixels: those before the split's smaller ones, and (borders)
                  * before the right border columns */
                 int64_t tiles = ceil_div(left, pmax), nbig = left - (np - 1) * tiles;
@@ -220,7 +227,12 @@ int wl_nc_prepare(nc_ctx *c, const wl_op *op, const wl_exec *ex, const float *x,
      * 56x56 map cost more than the border tiles of its 28x28 output, 3-6% of a 3x3 conv of
      * 64 to 128 channels) */
     int64_t narrow = c->sh * c->sw > 1 ? 16 : 32;
-    if (c->borders && OW < narrow && (!depthwise || !few_borders)) {
+    /* a plain input (a stem: a few channel planes) is always copied: its copy reads sh * sw
+     * floats per output pixel and channel, against KH * KW * O multiply-adds, and it spares
+     * the border tiles their passes over each column tap (a 5x5 stem of 1 to 64 channels on
+     * 48x64, 1 thread: 84 us -> 68; onnxruntime 55-60) */
+    int stem = !blocked && !depthwise;
+    if (c->borders && (OW < narrow || stem) && (!depthwise || !few_borders)) {
         /* small maps: a zero-bordered copy, so that every output pixel reads all its taps and
          * tiles span rows (large maps keep the input and give border pixels their own taps) */
         c->borders = 0;
