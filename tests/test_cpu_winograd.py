@@ -103,6 +103,7 @@ def _model(n: int, c: int, o: int, h: int, w: int, p: int, act: str, residual: b
     (1, 24, 24, 13, 11, 1, "relu", True),
     (2, 40, 40, 6, 3, 1, "sigmoid", True),        # an activation the tiles cannot apply
     (1, 64, 48, 30, 26, 1, "clip", True),         # tiles in several strips
+    (1, 32, 20, 44, 40, 1, "sigmoid", False),     # whole strips a thread, an activation pass
 ])
 def test_winograd_conv_matches_reference(n: int, c: int, o: int, h: int, w: int, p: int, act: str,
                                          residual: bool, tile: int) -> None:
