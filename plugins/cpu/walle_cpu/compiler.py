@@ -22,7 +22,7 @@ from walle_core.errors import InputError, WalleError
 from walle_core.plan.memory import plan_arena
 from walle_core.plan.rewrite import apply as apply_rewrites
 from walle_core.plan.rewrite.fused import ConvRes, MatMulRes
-from walle_cpu import layout
+from walle_cpu import concat_view, layout
 from walle_cpu._native import FFI, LIB
 from walle_cpu.ops import kernel_for
 from walle_cpu.ops.chain import Chain, PreluConv, fuse_chains, fuse_prelu
@@ -65,11 +65,12 @@ class CpuExecutable(Executable):
                 self._output_slots.append(-1)
                 continue
             self._output_slots.append(self._new_slot(t))
-        ops = lowered(program, rewrites)
+        fixed = {t.id for t in program.inputs} | {t.id for t in program.outputs}
+        # concats of whole inputs are views: their parts are written in place (concat_view)
+        ops, self._alias = concat_view.elide(lowered(program, rewrites), fixed)
         # fusion and the layout change lifetimes and add tensors: the arena is planned on the
         # final list
-        arena = plan_arena([op for op, _ in ops],
-                           {t.id for t in program.inputs} | {t.id for t in program.outputs})
+        arena = plan_arena(concat_view.planning_ops([op for op, _ in ops], self._alias), fixed)
         self._offsets = arena.offsets
         self._arena_bytes = arena.arena_bytes
         self._n_ops = len(ops)
@@ -101,6 +102,11 @@ class CpuExecutable(Executable):
         got = self._slot_of.get(t.id)
         if got is not None:
             return got
+        target, at = concat_view.resolve(t.id, self._alias)
+        if target is not None:  # a part of a concat: in its target's memory
+            slot, base = self._ref(target)
+            self._slot_of[t.id] = (slot, base + at)
+            return (slot, base + at)
         if t.value is not None:
             arr = np.ascontiguousarray(np.asarray(t.value, dtype=t.dtype)).reshape(-1)
             if arr.size == 0:
