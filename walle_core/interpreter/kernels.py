@@ -35,6 +35,16 @@ def _erf(x: np.ndarray) -> np.ndarray:
     return np.vectorize(erf, otypes=[x.dtype])(x) if x.size else x.copy()
 
 
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """0.5 x erfc(-x / sqrt2) in float64: 1 + erf(x / sqrt2) cancels on the left tail."""
+    from math import erfc, sqrt
+
+    if not x.size:
+        return x.copy()
+    wide = x.astype(np.float64)
+    return (0.5 * wide * np.vectorize(erfc, otypes=[np.float64])(wide * -(1 / sqrt(2)))).astype(x.dtype)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         return np.where(x >= 0, 1 / (1 + np.exp(-x)), np.exp(x) / (1 + np.exp(x))).astype(x.dtype)
@@ -85,7 +95,7 @@ UNARY: dict[str, Callable[[np.ndarray, tuple[float, ...]], np.ndarray]] = {
     "isneginf": lambda x, p: np.isneginf(x),
     "softplus": lambda x, p: _softplus(x),
     "softsign": lambda x, p: x / (1 + np.abs(x)),
-    "gelu": lambda x, p: _float(x, lambda v: 0.5 * v * (1 + _erf(v / np.sqrt(2).astype(v.dtype)))),
+    "gelu": lambda x, p: _gelu(x),
     "gelu_tanh": lambda x, p: _float(
         x, lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))
     ),

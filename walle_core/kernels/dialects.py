@@ -76,7 +76,7 @@ def render_opencl(spec: KernelSpec) -> str:
         "#define PD(k) as_double(PL(k))",
         "#define W_RINT(x) rint(x)", "#define W_ATAN2(a, b) atan2(a, b)",
         "#define W_FMOD(a, b) fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
-        "#define W_ERF(x) erf(x)",
+        "#define W_ERF(x) erf(x)", "#define W_ERFC(x) erfc(x)",
         "#define W_ASIN(x) asin(x)", "#define W_ACOS(x) acos(x)", "#define W_ATAN(x) atan(x)",
         "#define f32x4 float4", "#define LOAD4(b, i) vload4(i, b)",
     ]
@@ -129,7 +129,7 @@ def render_glsl(spec: KernelSpec) -> str:
         "#define W_RINT(x) roundEven(x)", "#define W_ATAN2(a, b) w_atan2(a, b)",
         "#define W_ASIN(x) w_asin(x)", "#define W_ACOS(x) w_acos(x)", "#define W_ATAN(x) w_atan(x)",
         "#define W_FMOD(a, b) w_fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
-        "#define W_ERF(x) w_erf(x)",
+        "#define W_ERF(x) w_erf(x)", "#define W_ERFC(x) w_erfc(x)",
         "#define f32x4 vec4", "#define LOAD4(b, i) b[i]",
     ]
     lines += _common_macros() + _spec_macros(spec)
@@ -157,7 +157,7 @@ def render_msl(spec: KernelSpec) -> str:
         "#define PD(k) as_type<double>(PL(k))",
         "#define W_RINT(x) rint(x)", "#define W_ATAN2(a, b) atan2(a, b)",
         "#define W_FMOD(a, b) fmod(a, b)", "#define W_TRUNC(x) trunc(x)",
-        "#define W_ERF(x) w_erf(x)",
+        "#define W_ERF(x) w_erf(x)", "#define W_ERFC(x) w_erfc(x)",
         "#define W_ASIN(x) asin(x)", "#define W_ACOS(x) acos(x)", "#define W_ATAN(x) atan(x)",
         "#define f32x4 float4", "#define LOAD4(b, i) (reinterpret_cast<device const float4*>(b))[i]",
     ]

@@ -11,6 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+# erfc by its own rational-exp form (fractional error ~1.2e-7 everywhere), so that GELU's left
+# tail, 0.5 x erfc(-x / sqrt2), never forms 1 + erf(x / sqrt2), which cancels below x = -2
+_ERFC = """HT w_erfc(HT x) {
+  HT ax = x < CAST(HT, 0) ? -x : x;
+  HT t = CAST(HT, 1) / (CAST(HT, 1) + CAST(HT, 0.5) * ax);
+  HT y = t * exp(-ax * ax - CAST(HT, 1.26551223) + t * (CAST(HT, 1.00002368) + t * (CAST(HT, 0.37409196)
+    + t * (CAST(HT, 0.09678418) + t * (CAST(HT, -0.18628806) + t * (CAST(HT, 0.27886807)
+    + t * (CAST(HT, -1.13520398) + t * (CAST(HT, 1.48851587) + t * (CAST(HT, -0.82215223)
+    + t * CAST(HT, 0.17087277))))))))));
+  return x < CAST(HT, 0) ? CAST(HT, 2) - y : y;
+}"""
+
 _ERF = """HT w_erf(HT x) {
   HT ax = x < CAST(HT, 0) ? -x : x;
   if (ax < CAST(HT, 0.5)) {
@@ -19,12 +31,7 @@ _ERF = """HT w_erf(HT x) {
       + x2 * (CAST(HT, 0.11283791670955126) + x2 * (CAST(HT, -0.02686617064513125)
       + x2 * (CAST(HT, 0.005223977625442188) + x2 * CAST(HT, -0.0008548327023450852))))));
   }
-  HT t = CAST(HT, 1) / (CAST(HT, 1) + CAST(HT, 0.5) * ax);
-  HT y = t * exp(-ax * ax - CAST(HT, 1.26551223) + t * (CAST(HT, 1.00002368) + t * (CAST(HT, 0.37409196)
-    + t * (CAST(HT, 0.09678418) + t * (CAST(HT, -0.18628806) + t * (CAST(HT, 0.27886807)
-    + t * (CAST(HT, -1.13520398) + t * (CAST(HT, 1.48851587) + t * (CAST(HT, -0.82215223)
-    + t * CAST(HT, 0.17087277))))))))));
-  HT r = CAST(HT, 1) - y;
+  HT r = CAST(HT, 1) - w_erfc(ax);
   return x < CAST(HT, 0) ? -r : r;
 }"""
 
@@ -217,6 +224,7 @@ def _text(code: str, dialects: tuple[str, ...] = ("opencl", "glsl", "msl")) -> C
 
 # name -> dialect -> definition text ("" where the dialect has a builtin behind the macro)
 HELPERS: dict[str, Callable[[str], str]] = {
+    "w_erfc": _text(_ERFC, ("glsl", "msl")),
     "w_erf": _text(_ERF, ("glsl", "msl")),
     "w_fmod": _text(_FMOD, ("glsl",)),
     "w_expm1": _text(_EXPM1),
@@ -234,10 +242,10 @@ HELPERS: dict[str, Callable[[str], str]] = {
     "w_idiv": _text(_IDIV),
     "w_ipow": _text(_IPOW),
 }
-HELPER_DEPS = {"w_mod": ("w_fmod",), "w_imod": ("w_irem",), "w_tanh": ("w_expm1",),
+HELPER_DEPS = {"w_erf": ("w_erfc",), "w_mod": ("w_fmod",), "w_imod": ("w_irem",), "w_tanh": ("w_expm1",),
                "w_asin": ("w_atan",), "w_acos": ("w_atan",), "w_atan2": ("w_atan",),
                "w_acosh": ("w_log1p",)}
-HELPER_ORDER = ("w_fmod", "w_erf", "w_expm1", "w_tanh", "w_atan", "w_asin", "w_acos", "w_atan2", "w_log1p", "w_acosh", "w_pow", "w_mod", "w_irem", "w_imod",
+HELPER_ORDER = ("w_fmod", "w_erfc", "w_erf", "w_expm1", "w_tanh", "w_atan", "w_asin", "w_acos", "w_atan2", "w_log1p", "w_acosh", "w_pow", "w_mod", "w_irem", "w_imod",
                 "w_idiv", "w_ipow")
 
 CLAMP01 = "({v} < Z ? Z : ({v} > ONE ? ONE : {v}))"
@@ -277,7 +285,7 @@ FLOAT_UNARY: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "sign": ("(x > Z ? ONE : (x < Z ? -ONE : x))", (), False),
     "softplus": ("(x > CAST(T, 20) ? x : w_log1p(exp(x)))", ("w_log1p",), True),
     "softsign": ("(x / (ONE + (x < Z ? -x : x)))", (), False),
-    "gelu": ("(CAST(T, 0.5) * x * (ONE + W_ERF(x * CAST(T, 0.7071067811865476))))", ("w_erf",), True),
+    "gelu": ("(CAST(T, 0.5) * x * W_ERFC(x * CAST(T, -0.7071067811865476)))", ("w_erfc",), True),
     "gelu_tanh": ("(CAST(T, 0.5) * x * (ONE + w_tanh(CAST(T, 0.7978845608028654) * "
                   "(x + CAST(T, 0.044715) * x * x * x))))", ("w_tanh",), True),
     "hardswish": ("(x * " + CLAMP01.format(v="(x / CAST(T, 6) + CAST(T, 0.5))") + ")", (), False),

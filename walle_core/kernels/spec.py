@@ -14,7 +14,7 @@ and statements plus these macros, which every dialect's prelude defines:
   pointer);
 * ``PF(k)``: float32 parameter stored as bits in ``P[k]``; ``PL(k)``: int64 from ``P[k], P[k+1]``;
   ``PU64(k)``: the same bits as u64;
-* math: ``W_RINT W_ATAN2 W_FMOD W_ERF W_TRUNC`` and the helper functions of
+* math: ``W_RINT W_ATAN2 W_FMOD W_ERF W_ERFC W_TRUNC`` and the helper functions of
   :data:`walle_core.kernels.library.HELPERS`.
 
 Buffer 0 of every kernel is ``P``, an int32 parameter block (shapes, strides, float params as
