@@ -39,7 +39,7 @@ typedef struct {
     const wl_op *op;
     const float *x, *w, *bias, *res;
     float *y;
-    int64_t Hp, Wp, ncb;
+    int64_t Wp, ncb, rows, chunks; /* padded row width, channel blocks, output rows a task */
     int failed;
 } dwb_ctx;
 
@@ -83,9 +83,14 @@ static void via_blocks_task(void *vp, int64_t t) {
     dwb_ctx *d = vp;
     const wl_conv_params *p = &d->op->conv;
     int64_t C = p->c, H = p->h, W = p->w, OH = p->oh, OW = p->ow, KH = p->kh, KW = p->kw;
-    int64_t n = t / d->ncb, c0 = t % d->ncb * WL_BLK, nc = C - c0 < WL_BLK ? C - c0 : WL_BLK;
-    int64_t Hp = d->Hp, Wp = d->Wp, taps = KH * KW, pt = p->pad_top, pl = p->pad_left;
-    int64_t xf = Hp * Wp * WL_BLK, yf = OH * OW * WL_BLK;
+    int64_t ci = t % d->chunks, cb = t / d->chunks % d->ncb, n = t / d->chunks / d->ncb;
+    int64_t c0 = cb * WL_BLK, nc = C - c0 < WL_BLK ? C - c0 : WL_BLK;
+    int64_t oy0 = ci * d->rows, oy1 = oy0 + d->rows < OH ? oy0 + d->rows : OH;
+    if (oy0 >= oy1) return;
+    /* the padded input rows [pr0, pr0 + nrows) that output rows [oy0, oy1) read */
+    int64_t pr0 = oy0 * p->stride_h, nrows = (oy1 - 1 - oy0) * p->stride_h + (KH - 1) * p->dilation_h + 1;
+    int64_t Wp = d->Wp, taps = KH * KW, pt = p->pad_top, pl = p->pad_left;
+    int64_t xf = nrows * Wp * WL_BLK, yf = (oy1 - oy0) * OW * WL_BLK;
     float *xb = wl_scratch(1, sizeof(float) * (size_t)(xf + yf + (taps + 1) * WL_BLK) +
                                   sizeof(int64_t) * (size_t)(2 * taps));
     if (!xb) {
@@ -94,16 +99,21 @@ static void via_blocks_task(void *vp, int64_t t) {
     }
     float *yb = xb + xf, *wb = yb + yf, *bb = wb + taps * WL_BLK;
     int64_t *xo = (int64_t *)(bb + WL_BLK), *wo = xo + taps;
+    /* input rows [iy0, iy1) land at scratch rows from iy0 + pt - pr0; columns from pl */
+    int64_t iy0 = pr0 - pt > 0 ? pr0 - pt : 0, iy1 = pr0 + nrows - pt < H ? pr0 + nrows - pt : H;
+    int64_t cols = W < Wp - pl ? W : Wp - pl;
     /* zeros: the border, and every lane of a partial block (no stale value in its sums) */
-    if (nc < WL_BLK || pt + H < Hp || pl + W < Wp || pt || pl) memset(xb, 0, sizeof(float) * (size_t)xf);
+    if (nc < WL_BLK || pl || cols < Wp || iy0 > pr0 - pt || iy1 < pr0 + nrows - pt)
+        memset(xb, 0, sizeof(float) * (size_t)xf);
     memset(wb, 0, sizeof(float) * (size_t)((taps + 1) * WL_BLK));
     const float *src = d->x + (n * C + c0) * H * W;
-    int64_t rows = H < Hp - pt ? H : Hp - pt, cols = W < Wp - pl ? W : Wp - pl;
+    float *dst0 = xb + (iy0 + pt - pr0) * Wp * WL_BLK;
     if (cols == W && Wp == W) /* no column padding: the rows are one run of pixels */
-        interleave(src, H * W, 1, xb + pt * Wp * WL_BLK, 1, WL_BLK, nc, rows * W);
+        interleave(src + iy0 * W, H * W, 1, dst0, 1, WL_BLK, nc, (iy1 - iy0) * W);
     else
-        for (int64_t iy = 0; iy < rows; iy++)
-            interleave(src + iy * W, H * W, 1, xb + ((pt + iy) * Wp + pl) * WL_BLK, 1, WL_BLK, nc, cols);
+        for (int64_t iy = iy0; iy < iy1; iy++)
+            interleave(src + iy * W, H * W, 1, dst0 + ((iy - iy0) * Wp + pl) * WL_BLK, 1, WL_BLK,
+                       nc, cols);
     for (int64_t c = 0; c < nc; c++) {
         for (int64_t k = 0; k < taps; k++) wb[k * WL_BLK + c] = d->w[(c0 + c) * taps + k];
         bb[c] = d->bias ? d->bias[c0 + c] : 0.0f;
@@ -121,9 +131,9 @@ static void via_blocks_task(void *vp, int64_t t) {
         e.hi = act == U_RELU ? __builtin_inff() : (float)p->act.prm[1];
     }
     int64_t rs = p->stride_h * Wp * WL_BLK, step = p->stride_w * WL_BLK;
-    for (int64_t oy = 0; oy < OH; oy++) {
-        const float *xr = xb + oy * rs;
-        float *yr = yb + oy * OW * WL_BLK;
+    for (int64_t oy = oy0; oy < oy1; oy++) {
+        const float *xr = xb + (oy - oy0) * rs;
+        float *yr = yb + (oy - oy0) * OW * WL_BLK;
         int64_t done = p->dilation_w == 1
                            ? wl_active->nc_dw_row(OW, KH * p->dilation_h == KH ? KH : 0, KW,
                                                   p->stride_w, xr, Wp * WL_BLK, wb, bb, yr, &e)
@@ -135,13 +145,13 @@ static void via_blocks_task(void *vp, int64_t t) {
         }
     }
     /* back to the planes: residual, then the activation */
-    interleave(yb, 1, WL_BLK, d->y + (n * C + c0) * OH * OW, OH * OW, 1, nc, OH * OW);
+    int64_t q0 = oy0 * OW, nq = (oy1 - oy0) * OW;
+    interleave(yb, 1, WL_BLK, d->y + (n * C + c0) * OH * OW + q0, OH * OW, 1, nc, nq);
     for (int64_t c = 0; c < nc; c++) {
-        int64_t plane = (n * C + c0 + c) * OH * OW;
-        float *dst = d->y + plane;
-        if (d->res) wl_active->binary_f32(B_ADD, dst, 1, d->res + plane, 1, dst, OH * OW);
-        if (act != U_IDENTITY && (d->res || !clip))
-            wl_active->unary_f32(act, dst, dst, OH * OW, p->act.prm);
+        int64_t at = (n * C + c0 + c) * OH * OW + q0;
+        float *dst = d->y + at;
+        if (d->res) wl_active->binary_f32(B_ADD, dst, 1, d->res + at, 1, dst, nq);
+        if (act != U_IDENTITY && (d->res || !clip)) wl_active->unary_f32(act, dst, dst, nq, p->act.prm);
     }
 }
 
@@ -159,9 +169,17 @@ int wl_depthwise(const wl_op *op, const wl_exec *ex, const float *x, const float
                  const float *bias, const float *res, float *y) {
     const wl_conv_params *p = &op->conv;
     if (via_blocks(p)) {
-        dwb_ctx d = {op, x, w, bias, res, y, (p->oh - 1) * p->stride_h + (p->kh - 1) * p->dilation_h + 1,
-                     (p->ow - 1) * p->stride_w + (p->kw - 1) * p->dilation_w + 1, ceil_div(p->c, WL_BLK), 0};
-        wl_parallel_for(p->n * d.ncb, via_blocks_task, &d, ex->nthreads);
+        dwb_ctx d = {op, x, w, bias, res, y, (p->ow - 1) * p->stride_w + (p->kw - 1) * p->dilation_w + 1,
+                     ceil_div(p->c, WL_BLK), p->oh, 1, 0};
+        /* tasks enough to balance the threads: blocks, then bands of rows (each interleaving the
+         * input rows its outputs read, the kernel's extra rows twice) */
+        int64_t want = ex->nthreads > 1 ? 4 * (int64_t)ex->nthreads : 1;
+        if (p->n * d.ncb < want) {
+            int64_t bands = ceil_div(want, p->n * d.ncb);
+            d.rows = ceil_div(p->oh, bands < p->oh ? bands : p->oh);
+            d.chunks = ceil_div(p->oh, d.rows);
+        }
+        wl_parallel_for(p->n * d.ncb * d.chunks, via_blocks_task, &d, ex->nthreads);
         if (!d.failed) return 0;
     }
     dw_ctx dc = {op, x, w, bias, res, y};
