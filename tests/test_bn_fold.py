@@ -1,0 +1,102 @@
+"""Inference BatchNormalization folded into the Conv / ConvTranspose before it
+(``walle_core.plan.rewrite.bn_fold``): the fold happens where it may (constants, also through
+Identity nodes; grouped ConvTranspose; with and without a conv bias), never where the conv's
+output is read elsewhere, is a graph output, or the statistics are computed, and the model's
+result stays that of onnxruntime on the reference and cpu backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import walle_core
+from walle_core.frontend.onnx_import import import_model
+from walle_core.plan.rewrite.bn_fold import fold_batch_norms
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _model(tmp_path: Path, *, op: str = "ConvTranspose", group: int = 1, bias: bool = True,
+           identity_stats: bool = False, extra_reader: bool = False, stats_input: bool = False,
+           conv_is_output: bool = False) -> Path:
+    rng = np.random.default_rng(7)
+    cin, cout, k = 8, 6, 2
+    wshape = (cin, cout // group, k, k) if op == "ConvTranspose" else (cout, cin // group, 3, 3)
+    attrs: dict[str, Any] = {"strides": [2, 2], "group": group} if op == "ConvTranspose" else \
+        {"pads": [1, 1, 1, 1], "group": group}
+    inits = [numpy_helper.from_array(rng.standard_normal(wshape).astype(np.float32), "w")]
+    conv_in = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b"))
+        conv_in.append("b")
+    stats = {"gamma": rng.uniform(0.5, 2, cout), "beta": rng.standard_normal(cout),
+             "mean": rng.standard_normal(cout), "var": rng.uniform(0.2, 3, cout)}
+    nodes = [helper.make_node(op, conv_in, ["c"], **attrs)]
+    names = []
+    for key, v in stats.items():
+        if stats_input and key == "mean":
+            names.append("m_in")
+            continue
+        inits.append(numpy_helper.from_array(v.astype(np.float32), key))
+        if identity_stats:
+            nodes.append(helper.make_node("Identity", [key], [key + "_id"]))
+            names.append(key + "_id")
+        else:
+            names.append(key)
+    nodes.append(helper.make_node("BatchNormalization", ["c", *names], ["bn"], epsilon=1e-3))
+    nodes.append(helper.make_node("Relu", ["bn"], ["y"]))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if extra_reader:
+        nodes.append(helper.make_node("Sigmoid", ["c"], ["s"]))
+        outputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, None))
+    if conv_is_output:
+        outputs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 7, 9])]
+    if stats_input:
+        inputs.append(helper.make_tensor_value_info("m_in", TensorProto.FLOAT, [cout]))
+    graph = helper.make_graph(nodes, "bn", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    path = tmp_path / "bn.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _feeds(stats_input: bool) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(8)
+    feeds = {"x": rng.standard_normal((1, 8, 7, 9)).astype(np.float32)}
+    if stats_input:
+        feeds["m_in"] = rng.standard_normal(6).astype(np.float32)
+    return feeds
+
+
+CASES: dict[str, tuple[dict[str, Any], bool]] = {
+    "convtranspose": ({}, True),
+    "convtranspose_grouped_no_bias": ({"group": 2, "bias": False}, True),
+    "conv": ({"op": "Conv"}, True),
+    "conv_grouped": ({"op": "Conv", "group": 2}, True),
+    "stats_through_identity": ({"identity_stats": True}, True),
+    "conv_output_read_again": ({"extra_reader": True}, False),
+    "conv_output_is_graph_output": ({"conv_is_output": True}, False),
+    "stats_computed": ({"stats_input": True}, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_batch_norm_folds_where_it_may_and_results_match(tmp_path: Path, case: str) -> None:
+    kw, folds = CASES[case]
+    path = _model(tmp_path, **kw)
+    folded = fold_batch_norms(import_model(path))
+    has_bn = any(n.op_type == "BatchNormalization" for n in folded.nodes)
+    assert has_bn != folds
+    feeds = _feeds(bool(kw.get("stats_input")))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = sess.run(None, feeds)
+    for backend in ("reference", "cpu"):
+        got = walle_core.load(path, backend=backend).run(feeds)
+        for w, g in zip(want, got.values(), strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))

@@ -1,0 +1,139 @@
+"""Inference ``BatchNormalization`` after a ``Conv`` or ``ConvTranspose`` with constant weights
+becomes part of that node's weights and bias.
+
+torch folds a BatchNorm into the Conv before it when it exports in eval mode, but not into a
+ConvTranspose (a decoder's or a segmentation head's upsampling: ConvTranspose, BatchNorm,
+ReLU), and other exporters or training-mode exports leave it after either. As its own node it
+is a per-channel multiply-add pass over the layer's output after the conv wrote it, and it
+stands between the conv and its activation, which a backend would otherwise fuse as the
+conv's epilogue. Folded: ``w'[o] = w[o] * k[o]``, ``b' = b * k + (beta - mean * k)`` with
+``k = gamma / sqrt(var + eps)`` (in float64, then the weights' dtype).
+
+The conv's output must have the BatchNormalization as its only reader and not be a graph
+output; the statistics, scale, bias, weights and any conv bias must be constants (initializers,
+``Constant`` nodes, or ``Identity`` nodes of them: those stay for any other reader).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from walle_core.ir.graph import Graph, Node
+from walle_core.plan.rewrite.graph_cache import once_per_graph
+
+_CACHE_ATTR = "_walle_batch_norm_folded"
+_CONVS = ("Conv", "ConvTranspose")
+
+
+def fold_batch_norms(graph: Graph) -> Graph:
+    """``graph`` with every foldable BatchNormalization merged into the conv before it (the
+    same graph object when there is none). Computed once per graph object."""
+    return once_per_graph(graph, _CACHE_ATTR, _rewrite)
+
+
+def _scaled(conv: Node, w: np.ndarray, k: np.ndarray) -> np.ndarray | None:
+    """The conv's weights with output channel ``o`` scaled by ``k[o]``."""
+    group = int(conv.attrs.get("group", 1))
+    if conv.op_type == "Conv":
+        if w.shape[0] != k.size:
+            return None
+        return w * k.reshape((-1,) + (1,) * (w.ndim - 1))
+    # ConvTranspose: (C_in, C_out / group, ...); output channel g * (C_out / group) + j
+    per = w.shape[1]
+    if per * group != k.size or w.shape[0] % group:
+        return None
+    ws = w.reshape((group, w.shape[0] // group, per, *w.shape[2:]))
+    ks = k.reshape((group, 1, per) + (1,) * (w.ndim - 2))
+    return (ws * ks).reshape(w.shape)
+
+
+def _constant(name: str, init: dict[str, np.ndarray], producer: dict[str, Node]) -> np.ndarray | None:
+    """The value of ``name`` when it is an initializer, a ``Constant`` node's ``value`` or an
+    ``Identity`` of one (torch writes an initializer shared by two layers once, the second
+    layer reading it through an Identity)."""
+    for _ in range(8):
+        if name in init:
+            return init[name]
+        node = producer.get(name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Constant" and isinstance(node.attrs.get("value"), np.ndarray):
+            return np.asarray(node.attrs["value"])
+        if node.op_type != "Identity" or not node.inputs:
+            return None
+        name = node.inputs[0]
+    return None
+
+
+def _fold(bn: Node, conv: Node, init: dict[str, np.ndarray], producer: dict[str, Node],
+          taken: set[str]) -> Node | None:
+    """The conv with ``bn`` folded in (its new initializers added to ``init``), or None."""
+    names = list(bn.inputs)
+    if len(names) != 5 or bn.attrs.get("training_mode", 0):
+        return None
+    if int(bn.attrs.get("spatial", 1)) != 1 or any(o for o in bn.outputs[1:]):
+        return None
+    stats = [_constant(n, init, producer) for n in names[1:]]
+    w = _constant(conv.inputs[1], init, producer) if len(conv.inputs) > 1 else None
+    has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2])
+    b0 = _constant(conv.inputs[2], init, producer) if has_bias else None
+    if w is None or any(v is None for v in stats) or (has_bias and b0 is None):
+        return None
+    if w.dtype.kind != "f" or w.ndim < 3:
+        return None
+    gamma, beta, mean, var = (np.asarray(v, np.float64).reshape(-1) for v in stats)
+    if not gamma.size == beta.size == mean.size == var.size:
+        return None
+    k = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+    wk = _scaled(conv, w.astype(np.float64), k)
+    if wk is None:
+        return None
+    bias = np.zeros(k.size) if b0 is None else np.asarray(b0, np.float64).reshape(-1)
+    if bias.size != k.size:
+        return None
+
+    def fresh(base: str) -> str:
+        name, i = base, 0
+        while name in taken:
+            i += 1
+            name = f"{base}_{i}"
+        taken.add(name)
+        return name
+
+    wn, bn_name = fresh(f"{conv.inputs[1]}/bn_folded"), fresh(f"{bn.label()}/bias_folded")
+    init[wn] = wk.astype(w.dtype)
+    init[bn_name] = (bias * k + (beta - mean * k)).astype(w.dtype)
+    return Node(conv.op_type, [conv.inputs[0], wn, bn_name], [bn.outputs[0]], dict(conv.attrs),
+                name=f"{conv.label()}/bn_folded", domain=conv.domain)
+
+
+def _rewrite(graph: Graph) -> Graph:
+    if not any(n.op_type == "BatchNormalization" for n in graph.nodes):
+        return graph
+    producer = graph.producers()
+    readers: dict[str, int] = {}
+    for n in graph.nodes:
+        for name in dict.fromkeys(n.inputs):
+            if name:
+                readers[name] = readers.get(name, 0) + 1
+    outputs = {v.name for v in graph.outputs}
+    init = dict(graph.initializers)
+    taken = set(init) | {o for n in graph.nodes for o in n.outputs} | {v.name for v in graph.inputs}
+    replace: dict[int, Node | None] = {}
+    for bn in graph.nodes:
+        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or not bn.inputs:
+            continue
+        x = bn.inputs[0]
+        conv = producer.get(x)
+        if conv is None or conv.op_type not in _CONVS or conv.domain not in ("", "ai.onnx") \
+                or readers.get(x, 0) != 1 or x in outputs or id(conv) in replace:
+            continue
+        fused = _fold(bn, conv, init, producer, taken)
+        if fused is None:
+            continue
+        replace[id(conv)] = None
+        replace[id(bn)] = fused
+    if not replace:
+        return graph
+    nodes = [r for n in graph.nodes if (r := replace.get(id(n), n)) is not None]
+    return Graph(nodes, graph.inputs, graph.outputs, init, graph.opset, graph.name)
