@@ -20,6 +20,7 @@ from walle_core.decompose import NodeContext, lookup
 from walle_core.decompose.builder import Builder, DecomposeError, FoldFn, NeedValue
 from walle_core.errors import InvalidModelError, MemoryLimitError, UnsupportedOpError, WalleError
 from walle_core.ir.graph import Graph, Node
+from walle_core.plan.rewrite.bn_fold import fold_batch_norms
 from walle_core.plan.rewrite.layer_norm import fuse_layer_norm
 from walle_core.plan.rewrite.qdq import fuse_qdq
 
@@ -38,8 +39,9 @@ class Lowered:
 class Lowering:
     def __init__(self, graph: Graph, fold: FoldFn, known: dict[int, np.ndarray], qdq: bool = True) -> None:
         # QDQ islands become integer ops first (``qdq=False`` lowers the graph as written);
-        # spelled-out layer norms become LayerNormalization nodes (their composite)
-        self.graph = fuse_layer_norm(fuse_qdq(graph)[0] if qdq else graph)
+        # spelled-out layer norms become LayerNormalization nodes (their composite), inference
+        # BatchNormalizations after a conv become part of its weights (rewrite.bn_fold)
+        self.graph = fold_batch_norms(fuse_layer_norm(fuse_qdq(graph)[0] if qdq else graph))
         self.b = Builder(fold, known)
 
     def run(self, signature: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> Lowered:
