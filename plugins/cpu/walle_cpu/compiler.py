@@ -24,6 +24,7 @@ from walle_core.plan.rewrite import apply as apply_rewrites
 from walle_core.plan.rewrite.fused import ConvRes, MatMulRes
 from walle_cpu import concat_view, layout
 from walle_cpu._native import FFI, LIB
+from walle_cpu.hoist import hoist_unaries
 from walle_cpu.ops import kernel_for
 from walle_cpu.ops.chain import Chain, PreluConv, fuse_chains, fuse_prelu
 from walle_cpu.ops.chain import label as chain_label
@@ -38,11 +39,14 @@ class KernelError(WalleError):
 
 
 def lowered(program: Program, rewrites: Rewrites) -> list[tuple[A.Op, Algorithm]]:
-    """The op list a program runs as: rewrites, fused element-wise chains, blocked layout."""
+    """The op list a program runs as: unaries ahead of copies, rewrites, fused element-wise
+    chains, blocked layout."""
     external = {t.id for t in program.outputs}
-    ops = fuse_chains(apply_rewrites(program.ops, external, rewrites), external)
     last_id = max((t.id for op, _ in program.ops for t in (*op.inputs, *op.outputs)), default=0)
     fresh = itertools.count(last_id + 1)
+    # activations ahead of the copies before them first, so that they fuse into their producers
+    ops = hoist_unaries(program.ops, external, lambda: next(fresh))
+    ops = fuse_chains(apply_rewrites(ops, external, rewrites), external)
     return fuse_prelu(layout.apply(ops, external, lambda: next(fresh), plain_algorithm), external)
 
 
