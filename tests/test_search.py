@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import walle_core
 from walle_core import atomic as A
-from walle_core.backend import Algorithm, Cost, Executable, Program
+from walle_core.backend import Algorithm, Cost, Executable, Program, Rewrites
 from walle_core.decompose.builder import Builder
 from walle_core.plugins import Registry
 from walle_core.search import Searcher, calibration_for
@@ -460,3 +460,62 @@ def test_a_rate_curve_rises_and_falls_only_past_a_clear_cliff() -> None:
     noisy = Curve.fit([(1.0, 10.0), (2.0, 30.0), (4.0, 24.0), (8.0, 40.0)])
     ys = [y for _, y in noisy.points]
     assert ys == sorted(ys) and ys[-1] == pytest.approx(40.0)
+
+
+def test_a_reduction_depth_between_two_probed_depths_is_priced_between_them() -> None:
+    """A 1x1 conv is probed shallow (up to 32 channels) and deep (256); a constant product
+    square (reducing over sqrt(outputs)) and shallow (32). An op reducing over a depth between
+    is priced between its bucket's two fits, geometrically in the depth: at the step between
+    two buckets, 64-127 channels ran at 0.7x of their shallow price and 128-255 at 1.4x of their
+    deep one; products over 33-127 values at 1.6-2.8x their square probe's price."""
+    from walle_core.search.calibrate import Calibration, _builder
+
+    def pts(rate: float) -> list[list[float]]:  # [flops, bytes, items, seconds]: a flat rate
+        return [[f, 0.0, n, f / rate] for f, n in ((1e6, 1e3), (1e7, 1e4), (1e8, 1e5))]
+
+    cal = Calibration("t", "1", "f", 1e-6, 1e-6, 1e11, 0.0, 1e12, 0.0, 1e12, curves={
+        "Conv2D:1x1/a": pts(1e10), "Conv2D:1x1:deep/a": pts(1e11),
+        "MatMul:shallow/a": pts(1e10), "MatMul/a": pts(1e11)})
+    b = _builder()
+    algo = Algorithm("a")
+
+    def conv_s(channels: int) -> float:
+        _conv(b, b.tensor((1, channels, 32, 32), np.float32), 64, 1)
+        op = next(o for o in reversed(b.ops) if isinstance(o, A.Conv2D))
+        return cal.op_seconds(op, algo) / op.flops()
+
+    assert conv_s(16) == pytest.approx(conv_s(32)) == pytest.approx(1e-10, rel=0.05)
+    assert conv_s(256) == pytest.approx(conv_s(512)) == pytest.approx(1e-11, rel=0.05)
+    assert conv_s(90) == pytest.approx(np.sqrt(1e-10 * 1e-11), rel=0.05)  # 90 = sqrt(32 * 256)
+
+    def matmul_s(k: int) -> float:
+        b.matmul(b.tensor((256, k), np.float32), b.const(np.ones((k, 256), np.float32)))
+        op = next(o for o in reversed(b.ops) if isinstance(o, A.MatMul))
+        return cal.op_seconds(op, algo) / op.flops()
+
+    assert matmul_s(32) == pytest.approx(1e-10, rel=0.05)  # its own (shallow) bucket
+    assert matmul_s(256) == pytest.approx(matmul_s(1024)) == pytest.approx(1e-11, rel=0.05)
+    assert 1e-11 < matmul_s(64) < matmul_s(40) < 1e-10
+
+
+def test_a_rewritten_program_is_priced_as_it_runs() -> None:
+    """An activation folded into its conv's epilogue keeps the price it had chained to the
+    conv (a GELU's erf is not free in an epilogue); the fused op replaces the conv's price."""
+    from walle_core.plan.rewrite import apply
+    from walle_core.search.calibrate import rewrite_seconds
+
+    cpu_like = Rewrites(activations=frozenset({"relu", "tanh"}))
+    b = Builder(lambda op: None)
+    x = b.tensor((1, 8, 8, 8), np.float32)
+    y = b.unary("tanh", _conv(b, x, 8, 3))
+    algo = Algorithm("a")
+    picks = [(op, algo) for op in b.ops]
+    rewritten = apply(picks, {y.id}, cpu_like)
+    assert len(rewritten) == 1 and rewritten[0][0] is not picks[0][0]
+
+    def price(op: A.Op, _algo: Algorithm, chained: bool) -> float:
+        return 5.0 if isinstance(op, A.Conv2D) else 0.5 if chained else 2.0
+
+    # the tanh was charged chained (0.5) and still costs that much in the epilogue
+    assert rewrite_seconds(picks, rewritten, {y.id}, price) == pytest.approx(0.0)
+    assert rewrite_seconds(picks, picks, {y.id}, price) == 0.0

@@ -41,12 +41,13 @@ from walle_core.decompose.builder import Builder
 from walle_core.decompose.norm import softmax_axis
 from walle_core.files import atomic_write
 from walle_core.hostinfo import cpu_model
+from walle_core.plan import rewrite
 from walle_core.plan.planner import choose, expand_composites
 from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
-from walle_core.search.timing import Timer, repeated
+from walle_core.search.timing import Timer, chained, repeated
 
-SCHEMA = 21
+SCHEMA = 31
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 LEVELS = 7  # sizes per sweep; a sweep stops early once one op takes SWEEP_CAP_S
@@ -69,6 +70,27 @@ MISFIT_FACTOR = 2.0  # ... where the device's balance leaves the sweep this far 
 # late 1x1 convs (960 -> 160 channels on 7x7) 2.4x over their time on a GPU-like device
 DEEP_K = 128
 DEEP_PROBE_CIN = 256
+# Likewise a dense kxk conv reducing over at least DEEP_KXK values (57 channels of 3x3), probed
+# with DEEP_KXK_CIN channels: the shallow probes reach 32 channels (288 values), and the zoo's
+# stride-2 convs of 64-128 channels ran at 2.5x the rate their curve priced them at
+DEEP_KXK = 512
+DEEP_KXK_CIN = 64
+# A dense conv over at most STEM_CIN input channels (an image's 3, a spectrogram's 1) is a
+# network's first layer: it reads the graph's input as it is, and the cpu runs it on its own
+# kernel path; probed with 3 channels at maps twice the other probes'. The channel-deep probes
+# priced the zoo's stems at 0.3-0.6x (stride 1) and 0.5-2.5x (stride 2) of their time.
+STEM_CIN = 4
+STEM_PROBE = (3, 16)  # input, output channels
+# The 1x1 buckets are two depths of one curve: a 1x1 conv reducing over K channels between the
+# shallow probe's SHALLOW_1X1_K and the deep one's DEEP_PROBE_CIN is priced between the two
+# buckets (geometric in K): at the step between them, 64-127 channels ran at 0.7x of their
+# shallow price and 128-255 at 1.4x of their deep one
+SHALLOW_1X1_K = 32
+# Likewise a product of a constant matrix: the square probe reduces over sqrt(outputs), and a
+# product reducing over fewer (a small model's 32-128 wide layers) ran 1.6-2.8x over that
+# price (per-output packing and stores weigh more); the shallow probe reduces over
+# SHALLOW_MM_K, and a depth between the two is priced between them
+SHALLOW_MM_K = 32
 CHAINED = "~chained"  # bucket-key suffix: an element-wise op fed by the op before it (fusable)
 
 
@@ -91,12 +113,15 @@ def op_key(op: A.Op, algo: str) -> str:
         # products): nothing packed ahead of the run
         # (the rows of every batch read one matrix when it is broadcast)
         rows = op.m * (op.batch if op.b_batch_stride == 0 else 1)
-        kind += ":mv" if rows <= MV_ROWS else ":dyn" if op.inputs[1].value is None else ""
+        kind += (":mv" if rows <= MV_ROWS else ":dyn" if op.inputs[1].value is None
+                 else ":shallow" if op.k <= SHALLOW_MM_K else "")
     elif isinstance(op, A.Conv2D):
         w = op.inputs[1].shape
         kind += (":dw" if op.groups > 1 and w[1] == 1 else ":grp" if op.groups > 1
-                 else (":1x1:deep" if w[1] >= DEEP_K else ":1x1") if w[2] == w[3] == 1 else ":kxk")
-        if kind.endswith((":grp", ":kxk")) and max(op.strides) > 1:
+                 else (":1x1:deep" if w[1] >= DEEP_K else ":1x1") if w[2] == w[3] == 1
+                 else ":stem" if w[1] <= STEM_CIN
+                 else ":kxk:deep" if w[1] * w[2] * w[3] >= DEEP_KXK else ":kxk")
+        if kind.endswith((":grp", ":kxk", ":kxk:deep", ":stem")) and max(op.strides) > 1:
             # strided: another kernel path (a grouped im2col runs ~2x per output; a dense
             # stride-2 conv, a stem or a downsampling stage, ran 2-3x over its stride-1 price)
             kind += ":s2"
@@ -145,6 +170,26 @@ def chain_followers(ops: Sequence[A.Op], external: set[int]) -> set[int]:
             found.add(i)
         made.update(t.id for t in op.outputs)
     return found
+
+
+def _depth_share(op: A.Op) -> tuple[tuple[str, str], float] | None:
+    """For an op whose bucket is probed at two reduction depths: the (shallow, deep) bucket
+    kinds and where its depth lies between the probes' (0 at the shallow one's or less, 1 at
+    the deep one's or more, geometric between): a dense 1x1 conv (SHALLOW_1X1_K and
+    DEEP_PROBE_CIN channels), a product of a constant matrix with more than MV_ROWS rows
+    (SHALLOW_MM_K, and the square probe's sqrt(outputs)). None for other ops."""
+    lo: float
+    hi: float
+    if isinstance(op, A.Conv2D) and op.groups == 1 and op.inputs[1].shape[2:] == (1, 1):
+        kinds, depth, lo, hi = ("Conv2D:1x1", "Conv2D:1x1:deep"), op.inputs[1].shape[1], \
+            SHALLOW_1X1_K, DEEP_PROBE_CIN
+    elif isinstance(op, A.MatMul) and op_key(op, "").startswith("MatMul/"):
+        kinds, depth, lo, hi = ("MatMul:shallow", "MatMul"), op.k, SHALLOW_MM_K, math.sqrt(items(op))
+    else:
+        return None
+    if hi <= lo:
+        return kinds, 1.0
+    return kinds, min(max(math.log(max(depth, 1) / lo) / math.log(hi / lo), 0.0), 1.0)
 
 
 def work(flops: float, nbytes: float, balance: float) -> float:
@@ -264,6 +309,14 @@ class Calibration:
         if fit is None and isinstance(op, A.Composite) and op.expansion:
             return self._fused(op)
         own = fit(flops, nbytes, items(op)) if fit is not None else nbytes / self.bandwidth_Bps
+        blend = _depth_share(op)
+        if blend is not None and not (chained and key + CHAINED in self._curves):
+            # between two probed depths of its bucket: between their prices
+            (low, high), share = blend
+            shallow, deep = (self._curves.get(f"{k}/{algo.name}") for k in (low, high))
+            if shallow is not None and deep is not None:
+                n = items(op)
+                own = shallow(flops, nbytes, n) ** (1 - share) * deep(flops, nbytes, n) ** share
         own *= self.weight(op)
         if self.device_timed:
             own = max(own, self.op_overhead_s * max(algo.cost(op).launches, 1))
@@ -307,15 +360,16 @@ class Calibration:
 _EXPANDED = Algorithm("expanded")  # the ops of a composite's expansion: their kind's buckets
 
 
-def lowering_seconds(backend: Backend, program: Program,
-                     price: Callable[[A.Op, Algorithm], float]) -> float:
+def lowering_seconds(backend: Backend, program: Program, price: Callable[..., float]) -> float:
     """Seconds compiling ``program`` adds to the sum of its picks, each (op, algorithm) at
-    ``price``: the ops the backend adds (:meth:`~walle_core.backend.Backend.added_ops`: layout
-    changes), and for each op it rewrites (:meth:`~walle_core.backend.Backend.runs_as`: a pool
-    or reduction on a blocked tensor), the rewritten op less the picked one. An algorithm the
-    backend substitutes (a blocked conv that would not pay runs plain) keeps the pick's price:
-    the substitute's bucket is probed on square maps at few sizes, and priced kws_conv1d's and
-    byte_classifier's 1-D convs 3-4x under their time."""
+    ``price`` (``chained=True``: fed by its producer's pass): the ops the backend adds
+    (:meth:`~walle_core.backend.Backend.added_ops`: layout changes), and for each op it
+    rewrites (:meth:`~walle_core.backend.Backend.runs_as`: a pool or reduction on a blocked
+    tensor), the rewritten op less the picked one; an op it runs inside another's kernel (a
+    PRelu in a conv's epilogue: mobilefacenet's, charged 60 µs of its 290) less what the plan
+    charged for it. An algorithm the backend substitutes (a blocked conv that would not pay
+    runs plain) keeps the pick's price: the substitute's bucket is probed on square maps at few
+    sizes, and priced kws_conv1d's and byte_classifier's 1-D convs 3-4x under their time."""
     total = 0.0
     try:
         extra = backend.added_ops(program)
@@ -323,9 +377,35 @@ def lowering_seconds(backend: Backend, program: Program,
     except Exception:  # a backend that cannot lower this program prices nothing extra
         return 0.0
     total += sum(price(op, algo) for op, algo in extra)
-    for (op, algo), (ran, _ran_algo) in zip(program.ops, runs or [], strict=False):
-        if ran is not op:  # rewritten (a pool on a blocked tensor): priced as it runs
-            total += price(ran, algo) - price(op, algo)
+    fused = chain_followers([op for op, _ in program.ops], {t.id for t in program.outputs})
+    for i, ((op, algo), run) in enumerate(zip(program.ops, runs or [], strict=False)):
+        if run is None:  # folded into another op's kernel: what the plan charged it is saved
+            own = price(op, algo)
+            total -= min(own, price(op, algo, chained=True)) if i in fused else own
+        elif run[0] is not op:  # rewritten (a pool on a blocked tensor): priced as it runs
+            total += price(run[0], algo) - price(op, algo)
+    return total
+
+
+def rewrite_seconds(picks: Sequence[tuple[A.Op, Algorithm]],
+                    rewritten: Sequence[tuple[A.Op, Algorithm]], external: set[int],
+                    price: Callable[[A.Op, Algorithm, bool], float]) -> float:
+    """Seconds the planner's rewrites (``walle_core.plan.rewrite``: activations, residual adds,
+    biases and GELU folded into a conv's or product's epilogue) change a program by, at
+    ``price``: the ops they make, less the ops they replace as :func:`~walle_core.search.cost.plan_cost` charged them
+    (chained where :func:`chain_followers` says so); an
+    element-wise op folded into an epilogue still costs its arithmetic there, what it costs
+    chained (fed by its producer's pass: a GELU's erf is not free in a product's epilogue)."""
+    before = {id(op) for op, _ in picks}
+    after = {id(op) for op, _ in rewritten}
+    fused = chain_followers([op for op, _ in picks], external)
+    total = sum(price(op, algo, False) for op, algo in rewritten if id(op) not in before)
+    for i, (op, algo) in enumerate(picks):
+        if id(op) in after:
+            continue
+        own, chained = price(op, algo, False), price(op, algo, True)
+        charged = min(own, chained) if i in fused else own
+        total += (min(own, chained) if isinstance(op, ELEMENTWISE) else 0.0) - charged
     return total
 
 
@@ -409,6 +489,7 @@ def _probes(level: int) -> list[A.Op]:
     b.strided(b.tensor((side, side + 16), f32), (side, side), (side + 16, 1))  # rows of a slice
     mm = 16 << level  # 16 ... 1024
     b.matmul(b.tensor((mm, mm), f32), b.const(np.ones((mm, mm), f32)))
+    b.matmul(b.tensor((mm, SHALLOW_MM_K), f32), b.const(np.ones((SHALLOW_MM_K, mm), f32)))
     b.matmul(b.tensor((1, mm), f32), b.const(np.ones((mm, mm), f32)))
     heads = max(1024 // mm, 1)  # batched products of two computed operands: attention's heads
     b.matmul(b.tensor((heads, mm, 64), f32), b.tensor((heads, 64, mm), f32))
@@ -426,11 +507,18 @@ def _probes(level: int) -> list[A.Op]:
     grouped = b.tensor((imgs, gch, ghw, ghw), f32)
     # the deep 1x1 probe's outputs are the plain probe's (its largest size would read 200 MB)
     deep = b.tensor((imgs, DEEP_PROBE_CIN, hw, hw), f32) if level < LEVELS - 1 else None
+    deep_kxk = b.tensor((imgs, DEEP_KXK_CIN, hw, hw), f32) if level < LEVELS - 2 else None
+    stem = b.tensor((imgs, STEM_PROBE[0], 2 * hw, 2 * hw), f32)
     for x, shape, groups, stride in ((img, (ch, ch, 3, 3), 1, 1),
                                      (img, (ch, ch, 5, 5), 1, 1),  # one no Winograd takes
                                      (img, (ch, ch, 3, 3), 1, 2),  # a downsampling conv
                                      (img, (ch, ch, 1, 1), 1, 1),
                                      *([(deep, (ch, DEEP_PROBE_CIN, 1, 1), 1, 1)] if deep else []),
+                                     *([(deep_kxk, (DEEP_KXK_CIN, DEEP_KXK_CIN, 3, 3), 1, 1),
+                                        (deep_kxk, (DEEP_KXK_CIN, DEEP_KXK_CIN, 3, 3), 1, 2)]
+                                       if deep_kxk else []),
+                                     (stem, (STEM_PROBE[1], STEM_PROBE[0], 3, 3), 1, 1),
+                                     (stem, (STEM_PROBE[1], STEM_PROBE[0], 3, 3), 1, 2),
                                      (img, (ch, 1, 3, 3), ch, 1),
                                      (grouped, (gch, 8, 3, 3), gch // 8, 1),
                                      (grouped, (gch, 8, 3, 3), gch // 8, 2)):
@@ -499,9 +587,26 @@ def _sweep(backend: Backend) -> Iterator[Probe]:
                     seen.add(tag)
                     if isinstance(op, ELEMENTWISE):
                         yield level, op, alg, False, [], op
-                    yield level, op, alg, True, [], op
+                    yield level, op, alg, True, _producer(backend, op), op
         yield from _fed(backend, level)
         yield from _recurrences(backend, level)
+
+
+def _producer(backend: Backend, op: A.Op) -> list[tuple[A.Op, Algorithm]]:
+    """For a conv probe whose copies cannot chain (a strided conv's output is not its input's
+    shape, so each copy reads the program's input): a 3x3 conv producing that input, as a
+    model's previous layer does, that both programs of the steady timing run first. Read
+    from a program input, a backend with its own layout may run the copies otherwise than
+    picked: the cpu ran the stride-2 probes picked blocked on plain im2col+gemm, and their
+    bucket priced the zoo's blocked stride-2 convs 1.2-2.5x over. None otherwise."""
+    if not isinstance(op, A.Conv2D) or chained(op, 2) is not None or op.inputs[1].shape[1] <= STEM_CIN:
+        return []  # (a stem reads the graph's input, as its probe does)
+    x = op.inputs[0]
+    b = _builder()
+    src = b.tensor((x.shape[0], 4, *x.shape[2:]), np.float32)  # narrow: read as it is
+    w = b.const(np.random.default_rng(5).standard_normal((x.shape[1], 4, 3, 3)).astype(np.float32))
+    pre = b.emit(A.Conv2D([src, w], [x], pads=(1, 1, 1, 1)))
+    return [(pre, choose(pre, [backend])[1])] if backend.algorithms(pre) else []
 
 
 RECURRENCES = (("GRU", 3), ("LSTM", 4))  # ONNX node, gates
@@ -557,8 +662,9 @@ def _fed(backend: Backend, level: int) -> Iterator[Probe]:
         runs = backend.runs_as(Program([*prefix, (pool, alg)], [x], list(pool.outputs)))
     except Exception:  # a backend that cannot lower it prices nothing of its own
         return
-    if runs and op_key(runs[-1][0], alg.name) != op_key(pool, alg.name):
-        yield level, pool, alg, True, prefix, runs[-1][0]
+    last = runs[-1] if runs else None
+    if last is not None and op_key(last[0], alg.name) != op_key(pool, alg.name):
+        yield level, pool, alg, True, prefix, last[0]
 
 
 def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -> Calibration:
@@ -612,8 +718,11 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
             stopped.add(probe)
             continue
         own = swept.setdefault(probe, [])
-        if own:  # a larger size of the same probe never runs faster: a drop is noise
-            t = max(t, own[-1][3])
+        if own and t < own[-1][3]:
+            # a larger size of the same probe never runs faster: noise hid the difference of
+            # its copies. Kept at the smaller size's time it made a rate of many times the
+            # device's (a 1024 GEMM at 2.4 TFLOP/s on 2 cores) and priced large products low
+            continue
         own.append([*demand(priced, alg), items(priced), t])
         cal.curves.setdefault(key, []).append(own[-1])
         cal.rates[key] = max(op.flops(), 1.0) / max(t, 1e-12)
@@ -800,12 +909,20 @@ def _attention_block() -> tuple[list[A.Op], A.Tensor]:
 def _program_factor(backend: Backend, timer: Timer, cal: Calibration) -> float:
     """Measured over predicted seconds of whole programs, :func:`_network` and
     :func:`_attention_block` (their geometric mean: one network's few buckets would carry their
-    noise into every prediction), within [0.5, 8]; 1 when the backend runs neither."""
+    noise into every prediction), within [0.5, 8] (at least 1 on the host's clock); 1 when the
+    backend runs neither."""
     ratios = [r for net in (_network, _attention_block) if (r := _measured_over_predicted(
         backend, timer, cal, *net())) is not None]
     if not ratios:
         return 1.0
-    return min(max(float(np.exp(np.mean(np.log(ratios)))), 0.5), 8.0)
+    # On the host's clock never under 1: a program measured under its prediction there says its
+    # buckets' probes ran slow (a loaded machine), and spread over every op that noise moved the
+    # zoo's cpu plans by 0.80-0.97x between calibrations, while their runs took 1.1x their
+    # buckets' sum in each. A device's own timers or an exact clock have no such noise, and a
+    # GPU's program may well overlap what its ops' queued timings each paid (the simulated H200:
+    # 0.8)
+    low = 0.5 if timer.clock.noiseless or timer.device_timed else 1.0
+    return min(max(float(np.exp(np.mean(np.log(ratios)))), low), 8.0)
 
 
 def _measured_over_predicted(backend: Backend, timer: Timer, cal: Calibration, ops: list[A.Op],
@@ -818,16 +935,21 @@ def _measured_over_predicted(backend: Backend, timer: Timer, cal: Calibration, o
             return None
         picks.append((op, choose(op, [backend])[1]))  # as the search's candidates run it
     out = ops[-1].outputs
+    out_ids = {t.id for t in out}
+    # compiled as the planner compiles it (epilogues folded) and priced as the search prices it
+    # (cost.added_cost): its ops, what the rewrites change, what lowering the rewritten program adds
+    rewritten = rewrite.apply(picks, out_ids, backend.rewrites)
     try:
         # many runs: one program's best of five still swung 0.8-1.1x of its prediction under load
-        measured = Timer(backend, timer.clock, repeat=PROGRAM_RUNS).program(Program(picks, [img], list(out)))
+        measured = Timer(backend, timer.clock, repeat=PROGRAM_RUNS).program(Program(rewritten, [img], list(out)))
     except Exception:  # a backend that cannot build it keeps the per-op costs as they are
         return None
-    out_ids = {t.id for t in out}
     fused = chain_followers(ops, out_ids)
     predicted = (cal.program_overhead_s
                  + sum(cal.op_seconds(op, alg, chained=i in fused) for i, (op, alg) in enumerate(picks))
-                 + lowering_seconds(backend, Program(picks, [img], list(out)), cal.op_seconds)
+                 + rewrite_seconds(picks, rewritten, out_ids,
+                                   lambda op, alg, chained: cal.op_seconds(op, alg, chained=chained))
+                 + lowering_seconds(backend, Program(rewritten, [img], list(out)), cal.op_seconds)
                  + cal.upload(img.nbytes) + sum(cal.download(t.nbytes) for t in out))
     return measured / predicted
 

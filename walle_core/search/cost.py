@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Backend, Program
+from walle_core.plan import rewrite
 from walle_core.plan.planner import program_groups
-from walle_core.search.calibrate import Calibration, chain_followers, lowering_seconds
+from walle_core.search.calibrate import Calibration, chain_followers, lowering_seconds, rewrite_seconds
 
 
 def op_signature(op: A.Op) -> str:
@@ -127,14 +128,18 @@ def plan_cost(ops: Sequence[A.Op], where: Sequence[str], own_s: Sequence[float],
 def added_cost(assignment: Sequence[tuple[A.Op, Backend, Algorithm]], keep: set[int],
                model: CostModel) -> float:
     """Seconds each program's backend adds when it compiles the program, at the buckets'
-    rates (:func:`~walle_core.search.calibrate.lowering_seconds`): the ops it adds (layout
-    changes between its kernels), and what the ops it runs otherwise than picked (a conv on
-    another algorithm, a pool on a blocked tensor) cost beyond their picks. The planner's
-    programs, with the inputs and outputs it gives them."""
+    rates: what the planner's rewrites the backend takes change (:func:`rewrite_seconds`),
+    then (:func:`~walle_core.search.calibrate.lowering_seconds`, of the rewritten program) the
+    ops it adds (layout changes between its kernels), and what the ops it runs otherwise than
+    picked (a conv on another algorithm, a pool on a blocked tensor) cost beyond their picks.
+    The planner's programs, with the inputs and outputs it gives them."""
     total = 0.0
     for backend, picks, inputs, outputs in program_groups(assignment, keep):
-        def price(op: A.Op, algo: Algorithm, name: str = backend.name) -> float:
-            return model.predict(op, name, algo)
+        def price(op: A.Op, algo: Algorithm, chained: bool = False, name: str = backend.name) -> float:
+            return model.predict(op, name, algo, chained=chained)
 
-        total += lowering_seconds(backend, Program(picks, inputs, outputs), price)
+        external = {t.id for t in outputs}
+        rewritten = rewrite.apply(picks, external, backend.rewrites)
+        total += rewrite_seconds(picks, rewritten, external, price)
+        total += lowering_seconds(backend, Program(rewritten, inputs, outputs), price)
     return total
