@@ -137,9 +137,10 @@ class Backend(ABC):
         of its kernels), so that the search's cost model prices them; none by default."""
         return []
 
-    def runs_as(self, program: Program) -> list[tuple[Op, Algorithm]] | None:
+    def runs_as(self, program: Program) -> list[tuple[Op, Algorithm] | None] | None:
         """For each op of ``program``, the op and algorithm its compiled form runs (a layout
         pass may give a conv another algorithm than the one picked, or run a pool on a blocked
-        tensor), so that the search's cost model prices what runs; None when the backend runs
-        each op as picked (the default)."""
+        tensor), or None for an op it runs inside another op's kernel at no cost of its own (an
+        element-wise chain folded into a conv's epilogue), so that the search's cost model
+        prices what runs; None when the backend runs each op as picked (the default)."""
         return None

@@ -19,6 +19,7 @@ from walle_core.hookspecs import hookimpl
 from walle_core.hostinfo import cpu_model
 from walle_cpu import _native, codes, layout, ops
 from walle_cpu.compiler import CpuExecutable, lowered
+from walle_cpu.ops.chain import PreluConv
 
 _INTERESTING = ("avx512f", "avx512_vnni", "avx512_bf16", "avx2", "fma", "neon", "asimd", "sse4_2")
 
@@ -112,17 +113,19 @@ class CpuBackend(Backend):
             return []
         return [(op, algo) for op, algo in self._lowered(program) if algo is layout.LAYOUT]
 
-    def runs_as(self, program: Program) -> list[tuple[A.Op, Algorithm]] | None:
+    def runs_as(self, program: Program) -> list[tuple[A.Op, Algorithm] | None] | None:
         """What the blocked layout pass makes of ``program``'s convs (the algorithm each runs:
         a blocked conv that would not pay runs plain, a plain one stays blocked between
         blocked ones), pools (on blocked tensors) and reductions (over a blocked tensor's
         pixels). The pass keeps one op per conv, pool and reduction, in order: they are
-        matched up kind by kind (a kind whose count differs keeps its picks)."""
+        matched up kind by kind (a kind whose count differs keeps its picks). The element-wise
+        ops of a PRelu folded into a conv's epilogue (``fuse_prelu``) run at no cost of their
+        own: None."""
         if _native.LIB is None:
             return None
         picks = list(program.ops)
         ran = self._lowered(program)
-        out = list(picks)
+        out: list[tuple[A.Op, Algorithm] | None] = list(picks)
         for kind in (A.Kind.CONV2D, A.Kind.POOL2D, A.Kind.REDUCE):
             mine = [i for i, (op, _) in enumerate(picks) if op.kind is kind]
             theirs = [item for item in ran if item[0].kind is kind]
@@ -133,9 +136,28 @@ class CpuBackend(Backend):
                 if kind is A.Kind.CONV2D:  # the atomic conv, with the algorithm it runs (its cost)
                     named = {a.name: a for a in self.algorithms(picked_op)}
                     out[i] = (picked_op, named.get(algo.name, picked))
+                    if isinstance(op, PreluConv):
+                        _folded(picks, out, picked_op.out.id)
                 else:  # the pool or reduction as it runs (its blocked shapes), as picked
                     out[i] = (op, picked)
         return out
+
+
+def _folded(picks: Sequence[tuple[A.Op, Algorithm]], out: list[tuple[A.Op, Algorithm] | None],
+            conv_out: int) -> None:
+    """Mark None in ``out`` the element-wise ops of ``picks`` that a PRelu folded into a conv's
+    epilogue ran as: those after the conv computed from its output (``conv_out``) and
+    constants alone (the layout pass gives the folded chain fresh tensors, so they are found
+    on the picks)."""
+    made = {conv_out}
+    for i, (op, _) in enumerate(picks):
+        live = [t.id for t in op.inputs if t.value is None]
+        if isinstance(op, ELEMENTWISE) and live and all(t in made for t in live):
+            out[i] = None
+            made.update(t.id for t in op.outputs)
+
+
+ELEMENTWISE = (A.Unary, A.Binary, A.Select, A.Cast)
 
 
 @hookimpl
