@@ -114,14 +114,13 @@ static void gemm_task(void *vp, int64_t t) {
     int64_t j0 = p0 * nr, j1 = p1 * nr < g->n ? p1 * nr : g->n;
     for (int64_t r = r0; r < r1; r++) {
         float *row = g->c + r * g->ldc;
-        if (g->bias_mode == BIAS_ROW) {
-            float bv = g->bias[r];
-            for (int64_t j = j0; j < j1; j++) row[j] += bv;
-        } else if (g->bias_mode == BIAS_COL) {
-            for (int64_t j = j0; j < j1; j++) row[j] += g->bias[j];
-        } else if (g->bias_mode == BIAS_FULL) {
-            for (int64_t j = j0; j < j1; j++) row[j] += g->bias[r * g->n + j];
-        }
+        /* the bias through the ISA's vector kernel (this file is built for the baseline ISA) */
+        if (g->bias_mode == BIAS_ROW)
+            isa->binary_f32(B_ADD, row + j0, 1, g->bias + r, 0, row + j0, j1 - j0);
+        else if (g->bias_mode == BIAS_COL)
+            isa->binary_f32(B_ADD, row + j0, 1, g->bias + j0, 1, row + j0, j1 - j0);
+        else if (g->bias_mode == BIAS_FULL)
+            isa->binary_f32(B_ADD, row + j0, 1, g->bias + r * g->n + j0, 1, row + j0, j1 - j0);
         /* the residual never shares memory with c (the arena planner keeps an op's inputs and
          * output apart), so reading it after the tiles wrote c is safe */
         if (g->res) {
