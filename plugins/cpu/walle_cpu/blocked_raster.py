@@ -187,8 +187,11 @@ def _lane_runs(k: np.ndarray, sn: np.ndarray, sy: np.ndarray, sx: np.ndarray, de
 
 # Pixel phases tried, fewest first: (1, 1) is the whole set as one lattice (a concat, slice,
 # pad or interleave); (2, 2) splits it by (y % 2, x % 2) (nearest 2x upsampling, whose source
-# pixel is y // 2, x // 2: linear on each phase's lattice, not on the whole set).
-_PHASES = sorted(((a, c) for a in range(1, 5) for c in range(1, 5)), key=lambda t: (t[0] * t[1], t))
+# pixel is y // 2, x // 2: linear on each phase's lattice, not on the whole set); up to 8 (an
+# FPN's deepest map upsampled 8x to the finest; a plain upsampling between two layout changes
+# cost three passes).
+_STEPS = (1, 2, 3, 4, 8)
+_PHASES = sorted(((a, c) for a in _STEPS for c in _STEPS), key=lambda t: (t[0] * t[1], t))
 
 
 def _phase_regions(m: np.ndarray, ys: np.ndarray, xs: np.ndarray, spix: np.ndarray, step_y: int,
