@@ -71,12 +71,26 @@ def is_depthwise(op: A.Conv2D) -> bool:
     return op.groups == c == o and op.inputs[1].shape[1] == 1
 
 
+def is_blockdiag(op: A.Conv2D) -> bool:
+    """A grouped conv whose groups (as many inputs as outputs, a divisor of 16 each, not one)
+    each lie within one 16-channel block: per block a dense 16 x 16 conv with zero weights
+    across groups, 16 / g times the multiply-adds but on whole vectors (RegNet's and ResNeXt's
+    groups of 8 ran as one short GEMM per group)."""
+    o, g = op.inputs[1].shape[:2]  # (the weights: a blocked conv's input and output are 5-D)
+    return op.groups > 1 and g > 1 and o == g * op.groups and BLK % g == 0
+
+
+def reads_blocks_only(op: A.Conv2D) -> bool:
+    """Blocked convs that never read a plain input (the stem path is for dense convs)."""
+    return is_depthwise(op) or is_blockdiag(op)
+
+
 def offers_blocked(op: A.Conv2D) -> bool:
-    """Convs the blocked kernels run: constant weights (packed once) and bias, one group or
-    depthwise, a 4-D NCHW input."""
+    """Convs the blocked kernels run: constant weights (packed once) and bias, one group,
+    depthwise or block-diagonal groups, a 4-D NCHW input."""
     bias_ok = len(op.inputs) < 3 or op.inputs[2].value is not None
     return (len(op.inputs[0].shape) == 4 and op.inputs[1].value is not None and bias_ok
-            and (op.groups == 1 or is_depthwise(op)))
+            and (op.groups == 1 or is_depthwise(op) or is_blockdiag(op)))
 
 
 def _regions(n: int, c: int, hw: int, to_blocked: bool) -> list[A.Region]:
@@ -215,7 +229,7 @@ class _Rewriter:
         x = op.inputs[0]
         residual = isinstance(op, ConvRes)
         w_and_bias = op.inputs[1:len(op.inputs) - residual]
-        plain_in = (not is_depthwise(op) and x.shape[1] <= PLAIN_INPUT_MAX
+        plain_in = (not reads_blocks_only(op) and x.shape[1] <= PLAIN_INPUT_MAX
                     and not (x.id in self.blocked and self.blocked[x.id][1] == x.shape))
         xb = x if plain_in else self.as_blocked(x)
         ins = [xb, *w_and_bias]
@@ -297,7 +311,7 @@ class _Rewriter:
         x = op.inputs[0]
         if x.id in self.blocked and self.blocked[x.id][1] == x.shape:
             return True
-        if not is_depthwise(op) and x.shape[1] <= PLAIN_INPUT_MAX:
+        if not reads_blocks_only(op) and x.shape[1] <= PLAIN_INPUT_MAX:
             return op.out.shape[1] >= BLK or self.feeds_blocked_conv(op.out, any_conv=True)
         return self.feeds_blocked_conv(op.out)
 
@@ -512,6 +526,18 @@ def pad_bias(b: np.ndarray | None, o: int) -> np.ndarray:
     if b is not None:
         out[:o] = np.asarray(b, np.float32).reshape(-1)
     return out
+
+
+def pack_blockdiag(w: np.ndarray) -> np.ndarray:
+    """(O, g, KH, KW) of groups of g channels -> per output block its dense 16 x 16 weights,
+    laid out as ``pack_weights``' single filter blocks over one input block (ky, kx, ci, 16):
+    output channel o reads the g inputs of its group, at their places in its own block."""
+    o, g, kh, kw = w.shape
+    full = np.zeros((blocks(o), BLK, BLK, kh, kw), np.float32)
+    for ch in range(o):
+        first = (ch // g) * g % BLK  # the group's first input channel, within the block
+        full[ch // BLK, ch % BLK, first:first + g] = w[ch]
+    return np.ascontiguousarray(full.transpose(0, 3, 4, 2, 1).reshape(-1))
 
 
 def blocked_cost_bytes(op: A.Conv2D) -> float:

@@ -63,7 +63,7 @@ def set_isa(name: str) -> None:
 
 class CpuBackend(Backend):
     name = "cpu"
-    version = "0.2"
+    version = "0.3"
     # the planner's pattern folds and epilogue fusions: the GEMM and conv kernels apply any
     # float unary (and clips) after the bias and an optional residual
     rewrites = Rewrites(gelu=True, matmul_bias=True, residual=True,

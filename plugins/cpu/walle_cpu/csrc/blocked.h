@@ -24,6 +24,7 @@ typedef struct {
     int64_t C, H, W, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw;
     int64_t bi, ncb, xcb, xci, xrow, xpix, xn; /* input: channels per block, blocks, strides */
     int64_t ob, fb, ngroups, chunk;            /* output blocks, weight groups, work per task */
+    int blockdiag;                             /* group gi reads input block gi only */
     int64_t tmax;                              /* entries of the largest offset table (taps) */
     nc_epi epi;                                /* residual pointer unset: set per tile */
     int pass_act;                              /* an activation the tiles cannot apply */

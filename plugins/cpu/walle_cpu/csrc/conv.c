@@ -122,7 +122,7 @@ int wl_conv(const wl_op *op, const wl_exec *ex) {
     if (op->algo == C_WINOGRAD_NCHWC) /* winograd_blocked.c */
         return wl_conv_winograd_blocked(op, ex, x, res, y);
     if (op->algo == C_NCHWC) /* weights and bias packed by the compiler (aux, aux2) */
-        return cp->groups > 1 ? wl_depthwise_blocked(op, ex, x, res, y)
+        return cp->groups > 1 && !cp->blockdiag ? wl_depthwise_blocked(op, ex, x, res, y)
                               : wl_conv_blocked(op, ex, x, res, y);
     const float *w = (const float *)wl_in(op, ex, 1);
     const float *bias = cp->has_bias ? (const float *)wl_in(op, ex, 2) : NULL;

@@ -12,6 +12,9 @@
  * channels (unrolled: no table entry per channel); it is cut into slices of input blocks whose
  * weights stay in the L2 cache while a task's pixels pass over them.
  *
+ * A block-diagonal grouped conv (blockdiag) is one filter block a group, each reducing over
+ * its own input block (the channels of other groups weigh zero).
+ *
  * Descriptor: op->conv; aux: packed weights (groups of filter_blocks filter blocks); aux2: the
  * bias padded to whole blocks (zeros when the conv has none). */
 #include "blocked.h"
@@ -106,7 +109,13 @@ static void conv_task(void *vp, int64_t t) {
     int64_t ob0 = gi * c->fb, fb = c->ob - ob0 < c->fb ? c->ob - ob0 : c->fb;
     int64_t q0 = qi * c->chunk, q1 = q0 + c->chunk < npx ? q0 + c->chunk : npx;
     const float *w = c->w + ob0 * c->ncb * c->KH * c->KW * c->bi * WL_BLK;
-    const float *x = c->x + n * c->xn, *bias = c->bias + ob0 * WL_BLK;
+    nc_ctx own;
+    if (c->blockdiag) { /* group gi reduces over the real channels of input block gi */
+        own = *c;
+        own.C = c->C - gi * WL_BLK < WL_BLK ? c->C - gi * WL_BLK : WL_BLK;
+        c = &own;
+    }
+    const float *x = c->x + n * c->xn + (c->blockdiag ? gi * c->xcb : 0), *bias = c->bias + ob0 * WL_BLK;
     int64_t ys = npx * WL_BLK, yimg = (n * c->ob + ob0) * ys, lo, hi;
     interior(c, &lo, &hi);
     /* input blocks per slice: the slice's weights for this group fit SLICE_BYTES */
@@ -199,7 +208,7 @@ int wl_nc_prepare(nc_ctx *c, const wl_op *op, const wl_exec *ex, const float *x,
                   float *y) {
     const wl_conv_params *p = &op->conv;
     int64_t N = p->n, C = p->c, H = p->h, W = p->w, O = p->o, OH = p->oh, OW = p->ow;
-    int depthwise = p->groups > 1, blocked = (int)p->blocked_input;
+    int depthwise = p->groups > 1 && !p->blockdiag, blocked = (int)p->blocked_input;
     *c = (nc_ctx){.op = op, .x = x, .w = (const float *)op->aux, .bias = (const float *)op->aux2,
                   .res = res, .y = y, .C = C, .H = H, .W = W, .OH = OH, .OW = OW, .KH = p->kh,
                   .KW = p->kw, .sh = p->stride_h, .sw = p->stride_w, .pt = p->pad_top,
@@ -262,13 +271,19 @@ int wl_nchwc_fb(void) { return wl_active->nc_fb; }
 int wl_conv_blocked(const wl_op *op, const wl_exec *ex, const float *x, const float *res,
                     float *y) {
     const wl_conv_params *p = &op->conv;
-    if (p->filter_blocks != wl_active->nc_fb)
+    if (p->filter_blocks != (p->blockdiag ? 1 : wl_active->nc_fb))
         return wl_fail(ex, "blocked conv weights prepared for another ISA");
+    if (p->blockdiag && !p->blocked_input)
+        return wl_fail(ex, "a block-diagonal conv reads a blocked input");
     if (p->n * p->o * p->oh * p->ow == 0) return 0;
     nc_ctx c;
     if (wl_nc_prepare(&c, op, ex, x, res, y)) return 1;
     c.fb = p->filter_blocks;
     c.ngroups = ceil_div(c.ob, c.fb);
+    if (p->blockdiag) { /* each group one input block of 16 channels (zero-padded past C) */
+        c.blockdiag = 1;
+        c.ncb = 1;
+    }
     c.tmax = c.KH * c.KW * (c.xci == 1 ? 1 : c.bi);
     /* pixels per task: a whole number of full tiles */
     int64_t pmax = wl_active->nc_p[c.fb], npx = p->oh * p->ow;

@@ -86,11 +86,14 @@ typedef struct {
  * Blocked: aux the packed weights, aux2 the bias padded to whole blocks, blocked_input 0 when
  * the input is a plain NCHW tensor of few channels, filter_blocks per packed weight group;
  * with prelu, aux2 goes on with the per-channel PRelu slopes padded to whole blocks, applied
- * last in the epilogue (the activation is then the identity). */
+ * last in the epilogue (the activation is then the identity). blockdiag: a grouped conv whose
+ * groups of g (16 % g == 0) input and output channels lie within 16-channel blocks, run as one
+ * dense 16 x 16 conv per block (filter_blocks 1; weights zero across groups): output block b
+ * reads input block b only. */
 typedef struct {
     int64_t n, c, h, w, o, oh, ow, kh, kw;
     int64_t stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups, has_bias;
-    int64_t residual, packed_nr, blocked_input, filter_blocks, prelu;
+    int64_t residual, packed_nr, blocked_input, filter_blocks, prelu, blockdiag;
     wl_act act;
 } wl_conv_params;
 /* WL_DECONV (deconv.c) reads wl_conv_params too: a transposed conv of blocked x (n, c, h, w)

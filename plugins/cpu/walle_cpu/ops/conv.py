@@ -113,6 +113,9 @@ def _blocked_cost(op: A.Op) -> Cost:
     # costs nothing: the kernels stop at the real channel count.)
     o = op.out.shape[1]
     padded = layout.blocks(o) * layout.BLK / max(o, 1)
+    if layout.is_blockdiag(op):  # dense 16 x 16 blocks, one filter block a register tile
+        return Cost(op.flops() * padded * layout.BLK / op.inputs[1].shape[1],
+                    layout.blocked_cost_bytes(op), 1, 0.6)
     eff = 0.64 if layout.is_depthwise(op) else 0.95
     return Cost(op.flops() * padded, layout.blocked_cost_bytes(op), 1, eff)
 
@@ -207,7 +210,10 @@ def _encode_blocked(d: Any, op: layout.BlockedConv, b: Binder) -> None:
         p.residual = len(op.inputs) - 1
     p.blocked_input = int(op.blocked_input)
     wv = np.asarray(op.inputs[1].value, dtype=np.float32)
-    if op.groups > 1:  # blocked convs are depthwise or have one group
+    if layout.is_blockdiag(op):
+        p.filter_blocks, p.blockdiag = 1, 1
+        packed = layout.pack_blockdiag(wv)
+    elif op.groups > 1:  # the other grouped blocked convs are depthwise
         packed = layout.pack_depthwise(wv)
     else:
         p.filter_blocks = fb = int(LIB.wl_nchwc_fb())
