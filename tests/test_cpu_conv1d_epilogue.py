@@ -4,7 +4,8 @@ A Conv1d lowers to a Conv2D over [N, C, 1, L] whose result the next op reads res
 [N, C, L] (same memory, another shape), as does a residual read from the conv's [N, C, L] input. The epilogue rewrites (``walle_core.plan.rewrite.epilogue``)
 fold an activation or a residual add read through such a reshape as they do a directly following
 one; the fused op keeps the Conv2D's shape. Results match the reference backend, labels show the
-fusion, and a reshaped result that is itself a model output is left unfused."""
+fusion (a GELU spelt with Erf too: each of its readers reads the conv output through an alias
+of its own), and a reshaped result that is itself a model output is left unfused."""
 
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def _model(c: int, n: int, length: int, act: str, residual: bool, act_is_output:
         last = "s1"
     if act == "clip":
         nodes.append(helper.make_node("Clip", [last, const("lo", np.array(0.0)), const("hi", np.array(0.3))], ["a"]))
+    elif act == "erf_gelu":  # x * (1 + erf(x / sqrt2)) * 0.5, as torch exports GELU before opset 20
+        nodes += [helper.make_node("Div", [last, const("r2", np.array(np.sqrt(2.0)))], ["g1"]),
+                  helper.make_node("Erf", ["g1"], ["g2"]),
+                  helper.make_node("Add", ["g2", const("one", np.array(1.0))], ["g3"]),
+                  helper.make_node("Mul", [last, "g3"], ["g4"]),
+                  helper.make_node("Mul", ["g4", const("half", np.array(0.5))], ["a"])]
     else:
         nodes.append(helper.make_node(act, [last], ["a"]))
     nodes.append(helper.make_node("ReduceMax", ["a"], ["y"], axes=[2], keepdims=0))
@@ -59,7 +66,7 @@ def _labels(model: walle_core.Model, feeds: dict[str, np.ndarray]) -> list[str]:
 
 
 @pytest.mark.parametrize(("c", "n", "length"), [(8, 2, 37), (32, 1, 96)])
-@pytest.mark.parametrize("act", ["Relu", "Sigmoid", "clip"])
+@pytest.mark.parametrize("act", ["Relu", "Sigmoid", "clip", "erf_gelu"])
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("act_is_output", [False, True])
 def test_conv1d_epilogue_through_reshape(c: int, n: int, length: int, act: str, residual: bool, act_is_output: bool) -> None:
@@ -75,7 +82,7 @@ def test_conv1d_epilogue_through_reshape(c: int, n: int, length: int, act: str, 
     labels = _labels(cpu, feeds)
     convs = [lb for lb in labels if lb.startswith("Conv2D")]
     assert len(convs) == 1, labels
-    fn = {"Relu": "relu", "Sigmoid": "sigmoid", "clip": "clip"}[act]
+    fn = {"Relu": "relu", "Sigmoid": "sigmoid", "clip": "clip", "erf_gelu": "gelu"}[act]
     # the activation folds unless its result is a model output read in the [N, C, L] shape
     assert convs[0].split(" ")[0].endswith("+" + fn) == (not act_is_output), labels
     if residual:

@@ -32,7 +32,7 @@ def _scalar(t: A.Tensor) -> float | None:
 
 def _other(op: A.Binary, t: A.Tensor) -> A.Tensor | None:
     """The operand of a two-input ``op`` that is not ``t`` (``t`` read once, densely)."""
-    hits = [k for k, x in enumerate(op.inputs) if x is t]
+    hits = [k for k, x in enumerate(op.inputs) if x.id == t.id]  # (aliases share an id)
     if len(hits) != 1 or tuple(op.strides[hits[0]]) != tuple(contiguous(op.out.shape)):
         return None
     return op.inputs[1 - hits[0]]
@@ -84,7 +84,9 @@ def _gelu_input(g: _Graph, y_op: A.Op) -> tuple[A.Tensor, list[A.Op]] | None:
             if not (isinstance(e, A.Unary) and e.fn == "erf"):
                 continue
             d = binary(g.single(e.inputs[0]), "div")
-            if d is None or d.inputs[0] is not x or e.inputs[0].shape != x.shape:
+            # x by id: a reshaped producer (a Conv1d's 4-D output read as 3-D) gives each
+            # reader its own alias
+            if d is None or d.inputs[0].id != x.id or e.inputs[0].shape != x.shape:
                 continue
             root2 = _scalar(d.inputs[1])
             if root2 is None or not math.isclose(root2, math.sqrt(2.0), rel_tol=1e-6):
