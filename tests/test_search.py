@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -463,30 +464,41 @@ def test_a_rate_curve_rises_and_falls_only_past_a_clear_cliff() -> None:
 
 
 def test_a_reduction_depth_between_two_probed_depths_is_priced_between_them() -> None:
-    """A 1x1 conv is probed shallow (up to 32 channels) and deep (256); a constant product
-    square (reducing over sqrt(outputs)) and shallow (32). An op reducing over a depth between
-    is priced between its bucket's two fits, geometrically in the depth: at the step between
-    two buckets, 64-127 channels ran at 0.7x of their shallow price and 128-255 at 1.4x of their
-    deep one; products over 33-127 values at 1.6-2.8x their square probe's price."""
+    """A 1x1 conv is probed shallow and deep (256 channels); a dense kxk conv likewise; a
+    constant product square (reducing over sqrt(outputs)) and shallow (32). An op reducing over
+    a depth between is priced between its bucket's two fits, geometrically in the depth, the
+    probes' depths read from their points at the op's size: at the step between two buckets,
+    64-127 channels ran at 0.7x of their shallow price and 128-255 at 1.4x of their deep one;
+    products over 33-127 values at 1.6-2.8x their square probe's price; 1-D convs over 324-432
+    values at 1.4-1.6x the price of a shallow kxk probe that reduced over 72 at their size."""
     from walle_core.search.calibrate import Calibration, _builder
 
-    def pts(rate: float) -> list[list[float]]:  # [flops, bytes, items, seconds]: a flat rate
-        return [[f, 0.0, n, f / rate] for f, n in ((1e6, 1e3), (1e7, 1e4), (1e8, 1e5))]
+    def pts(rate: float, depth: Callable[[float], float]) -> list[list[float]]:
+        # [flops, bytes, items, seconds] of a flat rate, the probe reducing over depth(items)
+        return [[2 * depth(n) * n, 0.0, n, 2 * depth(n) * n / rate] for n in (1024.0, 4096.0, 65536.0)]
 
     cal = Calibration("t", "1", "f", 1e-6, 1e-6, 1e11, 0.0, 1e12, 0.0, 1e12, curves={
-        "Conv2D:1x1/a": pts(1e10), "Conv2D:1x1:deep/a": pts(1e11),
-        "MatMul:shallow/a": pts(1e10), "MatMul/a": pts(1e11)})
+        "Conv2D:1x1/a": pts(1e10, lambda n: 32), "Conv2D:1x1:deep/a": pts(1e11, lambda n: 256),
+        # the shallow kxk probe deepens with its size: 72 values at 1024 outputs, 288 at 65536
+        "Conv2D:kxk/a": pts(1e10, lambda n: 72 if n < 65536 else 288),
+        "Conv2D:kxk:deep/a": pts(1e11, lambda n: 576),
+        "MatMul:shallow/a": pts(1e10, lambda n: 32), "MatMul/a": pts(1e11, math.sqrt)})
     b = _builder()
     algo = Algorithm("a")
 
-    def conv_s(channels: int) -> float:
-        _conv(b, b.tensor((1, channels, 32, 32), np.float32), 64, 1)
+    def conv_s(channels: int, k: int = 1, hw: int = 32) -> float:
+        _conv(b, b.tensor((1, channels, hw, hw), np.float32), 64, k)
         op = next(o for o in reversed(b.ops) if isinstance(o, A.Conv2D))
         return cal.op_seconds(op, algo) / op.flops()
 
     assert conv_s(16) == pytest.approx(conv_s(32)) == pytest.approx(1e-10, rel=0.05)
     assert conv_s(256) == pytest.approx(conv_s(512)) == pytest.approx(1e-11, rel=0.05)
     assert conv_s(90) == pytest.approx(np.sqrt(1e-10 * 1e-11), rel=0.05)  # 90 = sqrt(32 * 256)
+    # 3x3 over 24 channels (216 values) on 1024 outputs: between the probes' 72 and 576 there;
+    # on 65536 outputs the shallow probe reduced over 288: its own price
+    assert conv_s(24, 3, 4) == pytest.approx(1e-10 ** (1 - math.log(3) / math.log(8))
+                                             * 1e-11 ** (math.log(3) / math.log(8)), rel=0.05)
+    assert conv_s(24, 3, 32) == pytest.approx(1e-10, rel=0.05)
 
     def matmul_s(k: int) -> float:
         b.matmul(b.tensor((256, k), np.float32), b.const(np.ones((k, 256), np.float32)))
