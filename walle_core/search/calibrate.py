@@ -47,7 +47,15 @@ from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
 from walle_core.search.timing import Timer, chained, repeated
 
-SCHEMA = 32
+SCHEMA = 33
+# Binary functions whose arithmetic costs more than an addition's pass: each is charged its own
+# seconds per output element beyond add's (``Binary`` is swept with add; gpt2's GELU cube,
+# pow(x, 3), is a scalar powf per element, 4-7 ns: its chain ran 14 us where an addition's
+# price charged 2). A ratio to add's time would not do: add's pass is bound by launches and
+# memory, pow's by arithmetic. A constant exponent 2 is its own function: the cpu (and numpy)
+# square it with a multiply
+BINARY_MATH = ("pow", "pow:2", "mod", "fmod", "atan2")
+BINARY_ELEMENTS = 1 << 12  # ... timed at this size (cache-resident: add's pass is short there)
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
 LEVELS = 7  # sizes per sweep; a sweep stops early once one op takes SWEEP_CAP_S
@@ -131,6 +139,12 @@ def op_key(op: A.Op, algo: str) -> str:
             # stride-2 conv, a stem or a downsampling stage, ran 2-3x over its stride-1 price)
             kind += ":s2"
     return f"{kind}/{algo}"
+
+
+def binary_fn(op: A.Binary) -> str:
+    """The function a binary op's weight is timed as: its own, or ``pow:2`` for a square."""
+    e = op.inputs[1].value
+    return "pow:2" if op.fn == "pow" and e is not None and e.size and bool(np.all(e == 2)) else op.fn
 
 
 def items(op: A.Op) -> float:
@@ -266,6 +280,8 @@ class Calibration:
     # a math function's lone pass over its probe's time for exp (``Unary:math`` is swept with
     # exp; erf, tanh or sqrt cost up to 10x apart at the same size)
     unary_weights: dict[str, float] = field(default_factory=dict)
+    # seconds per output element a BINARY_MATH function costs beyond an addition
+    binary_extra_s: dict[str, float] = field(default_factory=dict)
     # host seconds a model's run costs beyond its programs (checking feeds, handing back outputs)
     run_overhead_s: float = 0.0
     schema: int = SCHEMA
@@ -318,7 +334,7 @@ class Calibration:
                 n = items(op)
                 share = self._depth_share(flops / n, n, *pair)
                 own = shallow(flops, nbytes, n) ** (1 - share) * deep(flops, nbytes, n) ** share
-        own *= self.weight(op)
+        own = own * self.weight(op) + self.extra_s(op)
         if self.device_timed:
             own = max(own, self.op_overhead_s * max(algo.cost(op).launches, 1))
         return own
@@ -362,12 +378,20 @@ class Calibration:
                 total += nbytes / self.bandwidth_Bps
             else:
                 total += fit.work(flops, nbytes) / fit.rate(parallel) * self.weight(inner)
+                total += self.extra_s(inner)
                 floor = max(floor, fit.floor_s)
         return total + floor
 
     def weight(self, op: A.Op) -> float:
         """How much more (or less) a math function costs than its bucket's probe (exp)."""
         return self.unary_weights.get(op.fn, 1.0) if isinstance(op, A.Unary) else 1.0
+
+    def extra_s(self, op: A.Op) -> float:
+        """Seconds a binary function's arithmetic adds to its bucket's probe's (add), fused or
+        not: it is computed per element either way."""
+        if not isinstance(op, A.Binary):
+            return 0.0
+        return self.binary_extra_s.get(binary_fn(op), 0.0) * op.out.size
 
     def upload(self, nbytes: float) -> float:
         return self.h2d_latency_s + nbytes / self.h2d_Bps
@@ -765,6 +789,7 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     cal.device_timed = timer.device_timed  # known once the sweep has asked the device's timers
     step("math functions")
     cal.unary_weights = _unary_weights(backend, timer)
+    cal.binary_extra_s = _binary_extra(backend, timer)
     step("a model's run")
     cal.run_overhead_s = _run_overhead(backend, timer)
     cal = Calibration(**asdict(cal))  # refits the curves from the points
@@ -824,30 +849,45 @@ def _bandwidth(backend: Backend, timer: Timer) -> float:
 WEIGHT_ELEMENTS = 1 << 16  # size at which math functions are timed against exp
 
 
+def _lone_times(backend: Backend, timer: Timer, make: Callable[[Builder, str], object],
+                fns: Sequence[str]) -> dict[str, float]:
+    """Seconds of a lone pass of each function the backend runs, its op emitted by ``make``."""
+    times: dict[str, float] = {}
+    for fn in fns:
+        b = _builder()
+        make(b, fn)
+        op = b.ops[-1]
+        if not backend.algorithms(op):
+            continue
+        try:
+            times[fn] = timer.steady(op, choose(op, [backend])[1], chain=False)
+        except Exception:  # a function this backend lowers differently or cannot run
+            continue
+    return times
+
+
 def _unary_weights(backend: Backend, timer: Timer) -> dict[str, float]:
     """Each math function's lone pass over exp's at WEIGHT_ELEMENTS, within [0.05, 50]: one
     ``Unary:math`` bucket is swept (with exp), the functions in it differ by up to 10x."""
-    def lone(fn: str) -> float | None:
-        b = _builder()
+    def make(b: Builder, fn: str) -> None:
         b.unary(fn, b.tensor((WEIGHT_ELEMENTS,), np.float32))
-        op = b.ops[0]
-        algos = backend.algorithms(op)
-        if not algos:
-            return None
-        try:
-            return timer.steady(op, choose(op, [backend])[1], chain=False)
-        except Exception:  # a function this backend lowers differently or cannot run
-            return None
 
-    base = lone("exp")
-    if base is None:
-        return {}
-    weights: dict[str, float] = {}
-    for fn in sorted(A.UNARY_KINDS - CHEAP_UNARY - {"exp"}):
-        t = lone(fn)
-        if t is not None:
-            weights[fn] = min(max(t / base, 0.05), 50.0)
-    return weights
+    times = _lone_times(backend, timer, make, ["exp", *sorted(A.UNARY_KINDS - CHEAP_UNARY - {"exp"})])
+    base = times.pop("exp", None)
+    return {fn: min(max(t / base, 0.05), 50.0) for fn, t in times.items()} if base else {}
+
+
+def _binary_extra(backend: Backend, timer: Timer) -> dict[str, float]:
+    """Each BINARY_MATH function's lone pass less add's, per element, at BINARY_ELEMENTS, by a
+    constant operand as models use them (3: pow's general path, a GELU's cube; 2 for
+    ``pow:2``); at least 0."""
+    def make(b: Builder, fn: str) -> None:
+        name, _, operand = fn.partition(":")
+        b.binary(name, b.tensor((BINARY_ELEMENTS,), np.float32), b.const(float(operand or 3), np.float32))
+
+    times = _lone_times(backend, timer, make, ["add", *BINARY_MATH])
+    base = times.pop("add", None)
+    return {fn: max(t - base, 0.0) / BINARY_ELEMENTS for fn, t in times.items()} if base else {}
 
 
 def _run_overhead(backend: Backend, timer: Timer) -> float:
