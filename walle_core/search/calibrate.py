@@ -47,7 +47,7 @@ from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
 from walle_core.search.timing import Timer, chained, repeated
 
-SCHEMA = 33
+SCHEMA = 34
 # Binary functions whose arithmetic costs more than an addition's pass: each is charged its own
 # seconds per output element beyond add's (``Binary`` is swept with add; gpt2's GELU cube,
 # pow(x, 3), is a scalar powf per element, 4-7 ns: its chain ran 14 us where an addition's
@@ -745,6 +745,8 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
 
     cal = Calibration(backend.name, backend.version, fingerprint(backend), op_over, prog_over, bw,
                       lat_h, h2d.Bps, lat_d, d2h.Bps, device_timed=timer.device_timed)
+    # whole programs timed before the sweep as well as after it (:func:`_program_factor`)
+    before = [] if clock.noiseless else _program_times(backend, timer)
     # a probe (a bucket's probe of one channel depth: conv buckets take two) and its points
     stopped: set[tuple[str, int]] = set()
     swept: dict[tuple[str, int], list[list[float]]] = {}  # first pass: what stops a sweep
@@ -794,7 +796,7 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     cal.run_overhead_s = _run_overhead(backend, timer)
     cal = Calibration(**asdict(cal))  # refits the curves from the points
     step("a whole program")
-    cal.program_factor = _program_factor(backend, timer, cal)
+    cal.program_factor = _program_factor(backend, timer, cal, before)
     return cal
 
 
@@ -980,13 +982,24 @@ def _attention_block() -> tuple[list[A.Op], A.Tensor]:
     return b.ops, x
 
 
-def _program_factor(backend: Backend, timer: Timer, cal: Calibration) -> float:
+NETWORKS = (_network, _attention_block)  # the whole programs that set the program factor
+
+
+def _program_factor(backend: Backend, timer: Timer, cal: Calibration,
+                    before: Sequence[float | None] = ()) -> float:
     """Measured over predicted seconds of whole programs, :func:`_network` and
     :func:`_attention_block` (their geometric mean: one network's few buckets would carry their
     noise into every prediction), within [0.5, 8] (at least 1 on the host's clock); 1 when the
-    backend runs neither."""
-    ratios = [r for net in (_network, _attention_block) if (r := _measured_over_predicted(
-        backend, timer, cal, *net())) is not None]
+    backend runs neither. ``before``: their times measured before the sweep (the best of both
+    counts: as each probe's, a program's time is best of runs apart in time; one whose 40 runs
+    all met another process's load made a factor of 1.53 here, every op priced that much over)."""
+    now = _program_times(backend, timer)
+    ratios = []
+    for net, t, early in zip(NETWORKS, now, list(before) or [None] * len(now), strict=True):
+        predicted = _predicted(backend, cal, *net())
+        measured = min((x for x in (t, early) if x is not None), default=None)
+        if predicted is not None and measured is not None:
+            ratios.append(measured / predicted)
     if not ratios:
         return 1.0
     # On the host's clock never under 1: a program measured under its prediction there says its
@@ -999,33 +1012,49 @@ def _program_factor(backend: Backend, timer: Timer, cal: Calibration) -> float:
     return min(max(float(np.exp(np.mean(np.log(ratios)))), low), 8.0)
 
 
-def _measured_over_predicted(backend: Backend, timer: Timer, cal: Calibration, ops: list[A.Op],
-                             img: A.Tensor) -> float | None:
+def _compiled(backend: Backend, ops: list[A.Op], img: A.Tensor
+              ) -> tuple[list[tuple[A.Op, Algorithm]], Program] | None:
+    """A network's picks as the search's candidates run them, and its program as the planner
+    compiles it (epilogues folded); None when the backend cannot run an op of it."""
     ops = expand_composites(ops, backend)  # those it does not claim, as the planner would
     picks: list[tuple[A.Op, Algorithm]] = []
     for op in ops:
-        algos = backend.algorithms(op)
-        if not algos:
+        if not backend.algorithms(op):
             return None
-        picks.append((op, choose(op, [backend])[1]))  # as the search's candidates run it
+        picks.append((op, choose(op, [backend])[1]))
     out = ops[-1].outputs
-    out_ids = {t.id for t in out}
-    # compiled as the planner compiles it (epilogues folded) and priced as the search prices it
-    # (cost.added_cost): its ops, what the rewrites change, what lowering the rewritten program adds
-    rewritten = rewrite.apply(picks, out_ids, backend.rewrites)
-    try:
-        # many runs: one program's best of five still swung 0.8-1.1x of its prediction under load
-        measured = Timer(backend, timer.clock, repeat=PROGRAM_RUNS).program(Program(rewritten, [img], list(out)))
-    except Exception:  # a backend that cannot build it keeps the per-op costs as they are
+    return picks, Program(rewrite.apply(picks, {t.id for t in out}, backend.rewrites), [img], list(out))
+
+
+def _program_times(backend: Backend, timer: Timer) -> list[float | None]:
+    """Best seconds of each of NETWORKS' programs, or None where it cannot be built or run."""
+    times: list[float | None] = []
+    for net in NETWORKS:
+        built = _compiled(backend, *net())
+        try:
+            # many runs: one program's best of five still swung 0.8-1.1x of its prediction under load
+            times.append(None if built is None else
+                         Timer(backend, timer.clock, repeat=PROGRAM_RUNS).program(built[1]))
+        except Exception:  # a backend that cannot build it keeps the per-op costs as they are
+            times.append(None)
+    return times
+
+
+def _predicted(backend: Backend, cal: Calibration, ops: list[A.Op], img: A.Tensor) -> float | None:
+    """A network's program priced as the search prices it (cost.added_cost): its ops, what the
+    rewrites change, what lowering the rewritten program adds."""
+    built = _compiled(backend, ops, img)
+    if built is None:
         return None
-    fused = chain_followers(ops, out_ids)
-    predicted = (cal.program_overhead_s
-                 + sum(cal.op_seconds(op, alg, chained=i in fused) for i, (op, alg) in enumerate(picks))
-                 + rewrite_seconds(picks, rewritten, out_ids,
-                                   lambda op, alg, chained: cal.op_seconds(op, alg, chained=chained))
-                 + lowering_seconds(backend, Program(rewritten, [img], list(out)), cal.op_seconds)
-                 + cal.upload(img.nbytes) + sum(cal.download(t.nbytes) for t in out))
-    return measured / predicted
+    picks, program = built
+    out_ids = {t.id for t in program.outputs}
+    fused = chain_followers([op for op, _ in picks], out_ids)
+    return (cal.program_overhead_s
+            + sum(cal.op_seconds(op, alg, chained=i in fused) for i, (op, alg) in enumerate(picks))
+            + rewrite_seconds(picks, program.ops, out_ids,
+                              lambda op, alg, chained: cal.op_seconds(op, alg, chained=chained))
+            + lowering_seconds(backend, program, cal.op_seconds)
+            + cal.upload(img.nbytes) + sum(cal.download(t.nbytes) for t in program.outputs))
 
 
 def _saturated(points: list[list[float]]) -> bool:
