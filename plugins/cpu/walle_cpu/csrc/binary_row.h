@@ -38,6 +38,12 @@
                 for (int64_t i = 0; i < n; i++) { T av = pa[i * sa]; py[i] = av * av; }        \
                 return 0;                                                                       \
             }                                                                                   \
+            /* and a cube (the tanh GELU's x^3) as two: within an ulp of powf, ~30x faster */   \
+            if (sb == 0 && pb[0] == (T)3) {                                                     \
+                T *py = (T *)y;                                                                 \
+                for (int64_t i = 0; i < n; i++) { T av = pa[i * sa]; py[i] = av * av * av; }   \
+                return 0;                                                                       \
+            }                                                                                   \
             BLOOP(T, POW(av, bv))                                                               \
         case B_MAX: BLOOP(T, (av > bv || av != av) ? av : bv)                                   \
         case B_MIN: BLOOP(T, (av < bv || av != av) ? av : bv)                                   \
