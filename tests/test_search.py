@@ -534,15 +534,15 @@ def test_a_rewritten_program_is_priced_as_it_runs() -> None:
 
 
 def test_a_binary_function_pays_its_arithmetic_per_element_beyond_an_addition() -> None:
-    """``Binary`` is swept with add; pow by 3 (a GELU's cube) is a powf per element, charged its
-    calibrated seconds per element on top, lone or fused into its producer's pass alike. A
-    constant exponent 2 is its own function (a square: one multiply on the cpu)."""
+    """``Binary`` is swept with add; a general pow is a powf per element, charged its calibrated
+    seconds per element on top, lone or fused into its producer's pass alike. A constant
+    exponent 2 or 3 is its own function (products on the cpu)."""
     from walle_core.search.calibrate import Calibration, _builder, binary_fn
 
     pts = [[n, 12.0 * n, n, 1e-7 + n * 1e-11] for n in (256.0, 4096.0, 65536.0)]
     cal = Calibration("t", "1", "f", 1e-6, 1e-6, 1e11, 0.0, 1e12, 0.0, 1e12,
                       curves={"Binary/a": pts, "Binary/a~chained": pts},
-                      binary_extra_s={"pow": 4e-9, "pow:2": 0.0})
+                      binary_extra_s={"pow": 4e-9, "pow:2": 0.0, "pow:3": 1e-10})
     b = _builder()
     algo = Algorithm("a")
     x = b.tensor((2560,), np.float32)
@@ -553,9 +553,10 @@ def test_a_binary_function_pays_its_arithmetic_per_element_beyond_an_addition() 
         assert isinstance(op, A.Binary)
         return op
 
-    add, cube, square = emit("add", 3.0), emit("pow", 3.0), emit("pow", 2.0)
-    assert (binary_fn(cube), binary_fn(square)) == ("pow", "pow:2")
+    add, general, cube, square = emit("add", 3.0), emit("pow", 1.5), emit("pow", 3.0), emit("pow", 2.0)
+    assert [binary_fn(op) for op in (general, cube, square)] == ["pow", "pow:3", "pow:2"]
     for chained in (False, True):
         base = cal.op_seconds(add, algo, chained=chained)
-        assert cal.op_seconds(cube, algo, chained=chained) == pytest.approx(base + 2560 * 4e-9)
+        assert cal.op_seconds(general, algo, chained=chained) == pytest.approx(base + 2560 * 4e-9)
+        assert cal.op_seconds(cube, algo, chained=chained) == pytest.approx(base + 2560 * 1e-10)
         assert cal.op_seconds(square, algo, chained=chained) == pytest.approx(base)

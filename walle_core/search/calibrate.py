@@ -47,14 +47,17 @@ from walle_core.search.clock import Clock, clock_for
 from walle_core.search.curve import Curve, Linear
 from walle_core.search.timing import Timer, chained, repeated
 
-SCHEMA = 34
+SCHEMA = 35
 # Binary functions whose arithmetic costs more than an addition's pass: each is charged its own
-# seconds per output element beyond add's (``Binary`` is swept with add; gpt2's GELU cube,
-# pow(x, 3), is a scalar powf per element, 4-7 ns: its chain ran 14 us where an addition's
+# seconds per output element beyond add's (``Binary`` is swept with add; a general pow is a
+# scalar powf per element, 4-7 ns: gpt2's GELU cube ran 14 us in its chain where an addition's
 # price charged 2). A ratio to add's time would not do: add's pass is bound by launches and
-# memory, pow's by arithmetic. A constant exponent 2 is its own function: the cpu (and numpy)
-# square it with a multiply
-BINARY_MATH = ("pow", "pow:2", "mod", "fmod", "atan2")
+# memory, pow's by arithmetic. A constant exponent of POW_EXPONENTS is its own function
+# (``pow:2``): backends (the cpu, numpy) run small ones as products; the general ``pow`` is
+# timed by POW_GENERAL
+POW_EXPONENTS = (2, 3)
+POW_GENERAL = 1.5
+BINARY_MATH = ("pow", *(f"pow:{e}" for e in POW_EXPONENTS), "mod", "fmod", "atan2")
 BINARY_ELEMENTS = 1 << 12  # ... timed at this size (cache-resident: add's pass is short there)
 CHEAP_UNARY = frozenset({"relu", "neg", "abs", "identity", "clip", "floor", "ceil", "sign", "not",
                          "leaky_relu", "bitwise_not", "round"})
@@ -142,9 +145,14 @@ def op_key(op: A.Op, algo: str) -> str:
 
 
 def binary_fn(op: A.Binary) -> str:
-    """The function a binary op's weight is timed as: its own, or ``pow:2`` for a square."""
+    """The function a binary op is timed as: its own, or ``pow:<e>`` for a constant exponent
+    ``e`` of POW_EXPONENTS."""
     e = op.inputs[1].value
-    return "pow:2" if op.fn == "pow" and e is not None and e.size and bool(np.all(e == 2)) else op.fn
+    if op.fn == "pow" and e is not None and e.size:
+        known = [x for x in POW_EXPONENTS if bool(np.all(e == x))]
+        if known:
+            return f"pow:{known[0]}"
+    return op.fn
 
 
 def items(op: A.Op) -> float:
@@ -881,11 +889,12 @@ def _unary_weights(backend: Backend, timer: Timer) -> dict[str, float]:
 
 def _binary_extra(backend: Backend, timer: Timer) -> dict[str, float]:
     """Each BINARY_MATH function's lone pass less add's, per element, at BINARY_ELEMENTS, by a
-    constant operand as models use them (3: pow's general path, a GELU's cube; 2 for
-    ``pow:2``); at least 0."""
+    constant operand as models use them (POW_GENERAL for pow's general path, ``e`` for
+    ``pow:<e>``, 3 otherwise); at least 0."""
     def make(b: Builder, fn: str) -> None:
         name, _, operand = fn.partition(":")
-        b.binary(name, b.tensor((BINARY_ELEMENTS,), np.float32), b.const(float(operand or 3), np.float32))
+        other = float(operand) if operand else POW_GENERAL if name == "pow" else 3.0
+        b.binary(name, b.tensor((BINARY_ELEMENTS,), np.float32), b.const(other, np.float32))
 
     times = _lone_times(backend, timer, make, ["add", *BINARY_MATH])
     base = times.pop("add", None)
