@@ -19,20 +19,27 @@ static void nd_task(void *vp, int64_t t) {
     int64_t r0 = t * c->chunk, r1 = r0 + c->chunk < c->rows ? r0 + c->chunk : c->rows;
     int64_t last = shape[nd - 1];
     int nin = op->kind == WL_SELECT ? 3 : 2;
+    /* the first row's index and operand offsets by division, the next rows' by carrying (a
+     * division per axis and row cost more than a short row: swin's bias add of 16-wide rows) */
+    int64_t idx[WL_MAX_DIMS] = {0}, off[3] = {0, 0, 0}, rem = r0;
+    for (int d = nd - 2; d >= 0; d--) {
+        idx[d] = rem % shape[d];
+        rem /= shape[d];
+        for (int i = 0; i < nin; i++) off[i] += idx[d] * op->nd.strides[i][d];
+    }
+    int64_t s[3];
+    for (int i = 0; i < nin; i++) s[i] = op->nd.strides[i][nd - 1];
+    /* float32 rows with contiguous or broadcast operands: the ISA's vector loops */
+    int vec = op->kind == WL_BINARY && op->dtype == D_F32 && s[0] <= 1 && s[1] <= 1 && s[0] >= 0 && s[1] >= 0;
     for (int64_t r = r0; r < r1; r++) {
-        int64_t rem = r, off[3] = {0, 0, 0};
-        for (int d = nd - 2; d >= 0; d--) {
-            int64_t idx = rem % shape[d];
-            rem /= shape[d];
-            for (int i = 0; i < nin; i++) off[i] += idx * op->nd.strides[i][d];
-        }
-        int64_t s[3];
-        for (int i = 0; i < nin; i++) s[i] = op->nd.strides[i][nd - 1];
         char *y = c->y + r * last * c->esize_out;
         if (op->kind == WL_BINARY) {
-            int st = binary_row(op->fn, op->dtype, c->in[0] + off[0] * c->esize_in, s[0],
-                                c->in[1] + off[1] * c->esize_in, s[1], y, last);
-            if (st) c->status = st;
+            const char *a = c->in[0] + off[0] * c->esize_in, *b = c->in[1] + off[1] * c->esize_in;
+            if (!(vec && wl_active->binary_f32(op->fn, (const float *)a, s[0], (const float *)b, s[1],
+                                               (float *)y, last))) {
+                int st = binary_row(op->fn, op->dtype, a, s[0], b, s[1], y, last);
+                if (st) c->status = st;
+            }
         } else {
             const uint8_t *cond = (const uint8_t *)c->in[0] + off[0];
             const char *a = c->in[1] + off[1] * c->esize_in, *b = c->in[2] + off[2] * c->esize_in;
@@ -48,6 +55,12 @@ static void nd_task(void *vp, int64_t t) {
 #undef SEL
             default: c->status = 2;
             }
+        }
+        for (int d = nd - 2; d >= 0; d--) { /* the next row */
+            for (int i = 0; i < nin; i++) off[i] += op->nd.strides[i][d];
+            if (++idx[d] < shape[d]) break;
+            for (int i = 0; i < nin; i++) off[i] -= shape[d] * op->nd.strides[i][d];
+            idx[d] = 0;
         }
     }
 }
