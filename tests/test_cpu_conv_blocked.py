@@ -3,7 +3,12 @@ kernel variant: 1x1 convs without padding run each task's pixels as one run of t
 rows (two tile sizes when the pixels do not split evenly), wide padded maps run their interior
 columns as runs between border tiles, plain-input stems take one table entry per channel and
 tap, partial input blocks (channels not a multiple of 16) and reductions cut into slices
-(hundreds of input channels) continue their partial sums, and filter groups of 1-4 blocks."""
+(hundreds of input channels) continue their partial sums, and filter groups of 1-4 blocks.
+Grouped convs whose groups lie within 16-channel blocks (g channels in and out per group, 16 a
+multiple of g: RegNet's and ResNeXt's groups of 8) run as one dense 16 x 16 conv per block, zero
+across groups (``layout.is_blockdiag``): group widths 2-16, a partial last block (whose padding
+channels the previous conv's sigmoid leaves at 0.5: they must weigh nothing), strides, padded
+and small maps, a residual under each activation, batches."""
 
 from __future__ import annotations
 
@@ -87,11 +92,73 @@ def test_blocked_conv_matches_the_reference(case: tuple[int | bool | str | None,
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * max(1.0, float(np.abs(want).max())))
 
 
+# (channels, group width, map height, width, kernel, stride, batch, residual, activation)
+BLOCKDIAG_CASES = [
+    (72, 8, 12, 12, 3, 2, 1, False, "relu"),     # regnet's: 9 groups, a partial last block
+    (48, 8, 24, 24, 3, 1, 1, True, "relu"),      # whole blocks + residual, wide map borders
+    (64, 16, 9, 9, 3, 1, 2, False, None),        # one group a block, a batch of two
+    (24, 4, 7, 7, 3, 1, 1, True, "sigmoid"),     # 4-wide groups, partial block, small map
+    (32, 2, 20, 41, 1, 1, 1, False, "clip"),     # 1x1, 2-wide groups
+    (40, 8, 35, 33, 5, 2, 1, True, None),        # 5x5 stride 2, partial block
+]
+
+
+def _blockdiag_case(c: int, g: int, h: int, w: int, k: int, s: int, n: int, res: bool,
+          act: str | None) -> tuple[list[A.Op], A.Tensor, A.Tensor, np.ndarray]:
+    rng = np.random.default_rng(c * 100 + g * 10 + k)
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((n, c, h, w), F32)
+    src = b.tensor((n, c, h, w), F32)  # a dense blocked conv first: the grouped one reads blocks
+    b.emit(A.Conv2D([x, b.const((rng.uniform(-0.5, 0.5, (c, c, 3, 3)) / (3 * np.sqrt(c))).astype(F32))],
+                    [src], strides=(1, 1), pads=(1, 1, 1, 1), act=A.Activation("sigmoid")))
+    p = k // 2
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    y = b.tensor((n, c, oh, ow), F32)
+    wv = (rng.uniform(-0.5, 0.5, (c, g, k, k)) / np.sqrt(g * k * k)).astype(F32)
+    b.emit(A.Conv2D([src, b.const(wv), b.const(rng.uniform(-0.5, 0.5, c).astype(F32))], [y],
+                    strides=(s, s), pads=(p, p, p, p), groups=c // g,
+                    act=A.Activation(act, (-0.3, 0.4) if act == "clip" else ()) if act else A.Activation()))
+    if res:  # the residual: a dense conv of the same output shape
+        r = b.tensor((n, c, oh, ow), F32)
+        b.emit(A.Conv2D([src, b.const((rng.uniform(-0.5, 0.5, (c, c, k, k)) / np.sqrt(c * k * k)).astype(F32))],
+                        [r], strides=(s, s), pads=(p, p, p, p)))
+        y = b.binary("add", y, r)
+    z = b.tensor((n, 16, oh, ow), F32)  # and a 1x1 conv after it, so that its output stays blocked
+    b.emit(A.Conv2D([y, b.const((rng.uniform(-0.5, 0.5, (16, c, 1, 1)) / np.sqrt(c)).astype(F32))], [z],
+                    strides=(1, 1), pads=(0, 0, 0, 0)))
+    return b.ops, x, z, rng.uniform(-1, 1, x.shape).astype(F32)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("case", BLOCKDIAG_CASES, ids=lambda cs: "c{}_g{}_{}x{}_k{}s{}_n{}{}".format(*cs[:7], "_res" if cs[7] else ""))
+def test_block_diagonal_grouped_conv_matches_the_reference(case: tuple[int | bool | str | None, ...],
+                                                           threads: int) -> None:
+    ops, x, y, xv = _blockdiag_case(*case)  # type: ignore[arg-type]
+    got, labels = _run(ops, x, y, xv, "cpu", threads)
+    want, _ = _run(ops, x, y, xv, "reference", 1)
+    c, g = case[0], case[1]
+    assert any("nchwc" in lb and f"[{c}, {g}," in lb for lb in labels), labels
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * max(1.0, float(np.abs(want).max())))
+
+
+def test_groups_across_blocks_stay_plain() -> None:
+    """Groups of 12 straddle blocks and groups of 32 span two: those keep their plain kernels."""
+    be = registry().get("cpu")
+    for c, g in ((48, 12), (64, 32), (48, 3)):
+        b = Builder(fold=lambda op: None)
+        x = b.tensor((1, c, 8, 8), F32)
+        y = b.tensor((1, c, 8, 8), F32)
+        op = A.Conv2D([x, b.const(np.ones((c, g, 3, 3), F32))], [y], strides=(1, 1), pads=(1, 1, 1, 1),
+                      groups=c // g)
+        assert "nchwc" not in [a.name for a in be.algorithms(op)], (c, g)
+
+
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_other_kernel_variants_match_the_reference(isa: str) -> None:
     """The same cases on the AVX2 and portable variants (their tiles: one filter block)."""
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "test_blocked_conv_matches_the_reference and -2]"],
+                          "-k", "(test_blocked_conv_matches_the_reference or "
+                          "test_block_diagonal_grouped_conv_matches_the_reference) and -2]"],
                          capture_output=True, text=True, timeout=600,
                          env={**os.environ, "WALLE_CPU_ISA": isa})
     if "names a kernel variant" in res.stdout + res.stderr:
