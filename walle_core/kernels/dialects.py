@@ -22,6 +22,38 @@ _MSL_TYPES = {"f16": "half", "f32": "float", "f64": "double", "i8": "char", "i16
               "u64": "ulong"}
 
 
+# The subgroup primitives of a spec with ``subgroups=True``: the lines enabling them (placed with
+# the other extensions) and the SG_* macros (see walle_core.kernels.spec).
+_SUBGROUP_ENABLE: dict[str, tuple[str, ...]] = {
+    "opencl": ("#ifdef cl_khr_subgroups", "#pragma OPENCL EXTENSION cl_khr_subgroups : enable", "#endif"),
+    "glsl": ("#extension GL_KHR_shader_subgroup_arithmetic : enable",),
+    "msl": (),  # simd_sum & co. are part of metal_stdlib
+}
+_SUBGROUP_MACROS: dict[str, dict[str, str]] = {
+    "opencl": {"SG_ADD(x)": "sub_group_reduce_add(x)", "SG_MAX(x)": "sub_group_reduce_max(x)",
+               "SG_MIN(x)": "sub_group_reduce_min(x)", "SG_LANE": "((int)get_sub_group_local_id())",
+               "SG_ID": "((int)get_sub_group_id())", "SG_COUNT": "((int)get_num_sub_groups())",
+               "SG_SIZE": "((int)get_sub_group_size())"},
+    "glsl": {"SG_ADD(x)": "subgroupAdd(x)", "SG_MAX(x)": "subgroupMax(x)", "SG_MIN(x)": "subgroupMin(x)",
+             "SG_LANE": "int(gl_SubgroupInvocationID)", "SG_ID": "int(gl_SubgroupID)",
+             "SG_COUNT": "int(gl_NumSubgroups)", "SG_SIZE": "int(gl_SubgroupSize)"},
+    "msl": {"SG_ADD(x)": "simd_sum(x)", "SG_MAX(x)": "simd_max(x)", "SG_MIN(x)": "simd_min(x)",
+            "SG_LANE": "int(_sgl)", "SG_ID": "int(_sgi)", "SG_COUNT": "int(_nsg)", "SG_SIZE": "int(_sgs)"},
+}
+# MSL has the subgroup indices as kernel arguments, not built-in variables
+_MSL_SUBGROUP_ARGS = ("uint _sgl [[thread_index_in_simdgroup]]", "uint _sgi [[simdgroup_index_in_threadgroup]]",
+                      "uint _nsg [[simdgroups_per_threadgroup]]", "uint _sgs [[threads_per_simdgroup]]")
+
+
+def _subgroup_enable(spec: KernelSpec, dialect: str) -> list[str]:
+    return list(_SUBGROUP_ENABLE[dialect]) if spec.subgroups else []
+
+
+def _subgroup_macros(spec: KernelSpec, dialect: str) -> list[str]:
+    table = _SUBGROUP_MACROS[dialect] if spec.subgroups else {}
+    return [f"#define {k} {v}" for k, v in table.items()]
+
+
 def _type_macros(table: dict[str, str]) -> list[str]:
     return [f"#define {k} {v}" for k, v in table.items()]
 
@@ -60,6 +92,7 @@ def render_opencl(spec: KernelSpec) -> str:
         lines.append("#pragma OPENCL EXTENSION cl_khr_fp64 : enable")
     if "f16" in spec.types:
         lines.append("#pragma OPENCL EXTENSION cl_khr_fp16 : enable")
+    lines += _subgroup_enable(spec, "opencl")
     lines += _type_macros(_CL_TYPES)
     lines += [
         "#define CAST(T, x) ((T)(x))",
@@ -80,7 +113,7 @@ def render_opencl(spec: KernelSpec) -> str:
         "#define W_ASIN(x) asin(x)", "#define W_ACOS(x) acos(x)", "#define W_ATAN(x) atan(x)",
         "#define f32x4 float4", "#define LOAD4(b, i) vload4(i, b)",
     ]
-    lines += _vector_aliases(spec)
+    lines += _vector_aliases(spec) + _subgroup_macros(spec, "opencl")
     lines += _common_macros() + _spec_macros(spec) + _helpers(spec, "opencl")
     params = []
     for b in spec.buffers:
@@ -104,6 +137,7 @@ def render_glsl(spec: KernelSpec) -> str:
         lines.append("#extension GL_EXT_shader_8bit_storage : require")
     if types & {"i16", "u16", "f16"}:
         lines.append("#extension GL_EXT_shader_16bit_storage : require")
+    lines += _subgroup_enable(spec, "glsl")
     lx, ly, lz = spec.local_size
     lines.append(f"layout(local_size_x = {lx}, local_size_y = {ly}, local_size_z = {lz}) in;")
     lines += _type_macros(_GLSL_TYPES)
@@ -132,7 +166,7 @@ def render_glsl(spec: KernelSpec) -> str:
         "#define W_ERF(x) w_erf(x)", "#define W_ERFC(x) w_erfc(x)",
         "#define f32x4 vec4", "#define LOAD4(b, i) b[i]",
     ]
-    lines += _common_macros() + _spec_macros(spec)
+    lines += _subgroup_macros(spec, "glsl") + _common_macros() + _spec_macros(spec)
     helpers = _helpers(spec, "glsl")
     if spec.float_type == "f32" and "exp(" in spec.body + "".join(helpers):
         lines.append(GLSL_EXP)
@@ -161,7 +195,7 @@ def render_msl(spec: KernelSpec) -> str:
         "#define W_ASIN(x) asin(x)", "#define W_ACOS(x) acos(x)", "#define W_ATAN(x) atan(x)",
         "#define f32x4 float4", "#define LOAD4(b, i) (reinterpret_cast<device const float4*>(b))[i]",
     ]
-    lines += _vector_aliases(spec)
+    lines += _vector_aliases(spec) + _subgroup_macros(spec, "msl")
     lines += _common_macros() + _spec_macros(spec) + _helpers(spec, "msl")
     params = []
     for i, b in enumerate(spec.buffers):
@@ -171,6 +205,7 @@ def render_msl(spec: KernelSpec) -> str:
                "uint3 _lid [[thread_position_in_threadgroup]]",
                "uint3 _grp [[threadgroup_position_in_grid]]",
                "uint3 _ngrp [[threadgroups_per_grid]]"]
+    params += _MSL_SUBGROUP_ARGS if spec.subgroups else ()
     lines.append(f"kernel void {spec.name}({', '.join(params)}) {{")
     lines += [f"  threadgroup {a.type} {a.name}[{a.count}];" for a in spec.locals]
     lines.append(spec.body)

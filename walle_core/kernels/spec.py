@@ -9,6 +9,12 @@ and statements plus these macros, which every dialect's prelude defines:
 * ``GID_X/Y/Z`` (global id), ``LID_X/Y/Z`` (id in the group), ``GRP_X/Y/Z`` (group id),
   ``NGRP_X/Y/Z`` (groups in the grid), ``GSIZE_X`` (threads along x), all ``int``;
 * ``BARRIER()``: work-group barrier with local-memory fence;
+* subgroup arithmetic, only in a spec with ``subgroups=True`` (lowered so only for a device whose
+  :attr:`Caps.subgroup` is non-zero): ``SG_ADD(x) SG_MAX(x) SG_MIN(x)`` (the sum, maximum or
+  minimum of ``x`` over the calling subgroup, every lane of which must reach the call; f32, f64,
+  i32 and u32 only; what max/min give for NaN is the device's, so callers guard NaN themselves),
+  ``SG_LANE`` (lane in the subgroup), ``SG_ID`` (subgroup in the group), ``SG_COUNT`` (subgroups
+  in the group) and ``SG_SIZE`` (lanes in this subgroup), all ``int``;
 * ``f32x4`` and ``LOAD4(<buffer>_v4, i)``: a four-wide float32 load from a buffer declared with
   ``vec4`` (OpenCL ``vload4``, a GLSL ``vec4`` block aliasing the binding, an MSL ``float4``
   pointer);
@@ -76,6 +82,7 @@ class KernelSpec:
     defines: tuple[tuple[str, str], ...] = ()  # kernel-specific macros, e.g. ("T", "f32")
     helpers: tuple[str, ...] = ()  # names from library.HELPERS this kernel calls
     float_type: str = "f32"  # the type helper functions are instantiated at
+    subgroups: bool = False  # the body uses the SG_* subgroup macros
 
     @property
     def types(self) -> frozenset[str]:
@@ -94,13 +101,17 @@ class KernelSpec:
 
 @dataclass(frozen=True)
 class Caps:
-    """What a device can run: the scalar types its kernels may use, and whether float64 has
-    transcendental functions (GLSL's double has none)."""
+    """What a device can run: the scalar types its kernels may use, whether float64 has
+    transcendental functions (GLSL's double has none), and ``subgroup``: the width of the
+    device's subgroups (SIMD groups, warps) where compute kernels have subgroup reductions
+    (the ``SG_*`` macros), 0 where they have none. Kernels using them must not depend on the
+    width: it is what the device reports, and some devices vary it per kernel."""
 
     types: frozenset[str]
     f64_math: bool = True
     max_local: int = 256
     local_mem: int = 16384
+    subgroup: int = 0
 
     def has(self, *tags: str) -> bool:
         return all(t in self.types for t in tags)
