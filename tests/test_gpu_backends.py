@@ -10,6 +10,7 @@ driver's OpenCL compiler, ``glslc``, and for MSL a C++14 syntax check against a 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import platform
@@ -167,6 +168,8 @@ def test_catalogue_covers_every_atomic_kind() -> None:
     assert any(s.name.startswith("conv_igemm1x1") for s in specs)  # pointwise conv: no im2col
     assert any(s.name.startswith("conv_depthwise") for s in specs)
     assert any(s.locals and s.name.startswith("reduce_wg") for s in specs)
+    with_subgroups = catalogue_specs(dataclasses.replace(ALL_TYPES, subgroup=32))
+    assert any(s.subgroups and s.name.startswith("reduce_sg") for s in with_subgroups)
 
 
 # --------------------------------------------------------------------------- three dialects
@@ -189,6 +192,9 @@ struct float4 { float x, y, z, w; };
 enum class mem_flags { mem_none, mem_device, mem_threadgroup };
 inline void threadgroup_barrier(mem_flags) {}
 template <class T, class U> T as_type(U u) { T t; std::memcpy(&t, &u, sizeof t); return t; }
+template <class T> T simd_sum(T x) { return x; }
+template <class T> T simd_max(T x) { return x; }
+template <class T> T simd_min(T x) { return x; }
 using std::isnan; using std::isinf; using std::rint; using std::trunc; using std::fmod; using std::atan2;
 using std::exp; using std::log; using std::sqrt; using std::pow; using std::sin; using std::cos;
 using std::tan; using std::asin; using std::acos; using std::atan; using std::sinh; using std::cosh;
@@ -207,6 +213,7 @@ def _msl_structure(spec: KernelSpec, src: str) -> None:
         assert f"device {const}{b.type}* {b.name} [[buffer({i})]]" in src
     for a in spec.locals:
         assert f"threadgroup {a.type} {a.name}[{a.count}];" in src
+    assert ("uint _sgl [[thread_index_in_simdgroup]]" in src) == spec.subgroups
     for h in spec.helpers:
         if h not in ("w_fmod", "w_atan", "w_asin", "w_acos", "w_atan2"):  # GLSL-only helpers
             assert f" {h}(" in src
@@ -220,6 +227,7 @@ def test_msl_every_kernel_renders_and_parses(tmp_path: Path) -> None:
     specs = catalogue_specs(METAL_CAPS)
     assert len(specs) > 100
     assert not any("f64" in s.types for s in specs), "Metal has no float64"
+    assert any(s.subgroups for s in specs), "Metal reduces in SIMD groups"
 
     def check(i_spec: tuple[int, KernelSpec]) -> str:
         i, spec = i_spec

@@ -6,7 +6,8 @@ Off macOS the backend reports "Metal needs macOS" and is never chosen; its MSL r
 tested everywhere (``tests/test_gpu_backends.py`` renders and syntax-checks every kernel).
 Metal has no float64: ops on it fall back to another backend with explicit copies. Buffers use
 shared storage (Apple GPUs share memory with the CPU), so transfers are copies into the mapped
-buffer contents; one command buffer with one encoder runs the whole program per run.
+buffer contents; one command buffer with one encoder runs the whole program per run. Work-group
+reductions reduce in SIMD groups (``simd_sum`` & co.).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from walle_core.kernels import Caps, KernelSpec, render
 from walle_core.kernels.device import Dispatch, GPUDevice, RunTimings, Transfer
 from walle_core.kernels.executor import GPUBackend
 
+# Apple GPUs run 32-wide SIMD groups, and MSL's simd_sum/simd_max/simd_min are always there
 METAL_CAPS = Caps(frozenset({"f32", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64"}), f64_math=False,
-                  max_local=1024, local_mem=32768)
+                  max_local=1024, local_mem=32768, subgroup=32)
 
 
 def render_msl(spec: KernelSpec) -> str:

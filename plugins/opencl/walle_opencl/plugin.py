@@ -8,7 +8,12 @@ over one OpenCL device; the run loop is walle_core's shared GPU executor.
   on disk under ``walle_core.flags.cache_dir()/opencl`` (keyed by device, driver and source);
 * timing: the queue profiles; every run reports each launch's device seconds, its span and the
   upload and download copies' seconds (OpenCL profiling events);
-* work-group size: each kernel fixes its group shape (``reqd_work_group_size``).
+* work-group size: each kernel fixes its group shape (``reqd_work_group_size``);
+* subgroups: a device naming ``cl_khr_subgroups`` or ``cl_intel_subgroups``, or an OpenCL 3.0
+  device with the ``__opencl_c_subgroups`` feature (2.1/2.2: core), is probed once with a small
+  kernel built the way subgroup kernels are built; where it builds and runs, its subgroup width
+  goes into ``Caps.subgroup`` and work-group reductions reduce in subgroups. PoCL's CPU device
+  names none of these, so there they keep the local-memory tree.
 """
 
 from __future__ import annotations
@@ -29,8 +34,18 @@ from walle_core.kernels import Caps, KernelSpec, render
 from walle_core.kernels.binaries import BinaryCache
 from walle_core.kernels.device import Dispatch, GPUDevice, RunTimings, Transfer
 from walle_core.kernels.executor import GPUBackend
+from walle_core.kernels.lower.common import WG
 
 _TYPE_PREFERENCE = ("GPU", "ACCELERATOR", "CPU")
+_STD = "-cl-std=CL1.2"  # every kernel but those using subgroups (see subgroup_stds)
+_SUBGROUP_PROBE = """#ifdef cl_khr_subgroups
+#pragma OPENCL EXTENSION cl_khr_subgroups : enable
+#endif
+__kernel void probe(__global int* out) {
+  int total = sub_group_reduce_add(1);
+  if (get_local_id(0) == 0) { out[0] = (int)get_max_sub_group_size(); out[1] = total; }
+}
+"""
 
 
 def select_device(cl: Any, forced: str = "") -> tuple[Any, Any, list[str]]:
@@ -58,6 +73,27 @@ def select_device(cl: Any, forced: str = "") -> tuple[Any, Any, list[str]]:
             if d.type & getattr(cl.device_type, kind):
                 return p, d, notes
     return found[0][0], found[0][1], notes
+
+
+def subgroup_stds(device: Any) -> list[str]:
+    """The language versions to try subgroup kernels with, most likely first: OpenCL C 1.2 where
+    an extension provides them, else the version they are core in (2.1/2.2's OpenCL C 2.0, or
+    3.0 with the ``__opencl_c_subgroups`` feature); none where the device has no subgroups."""
+    stds = []
+    extensions = device.extensions.split()
+    if "cl_khr_subgroups" in extensions or "cl_intel_subgroups" in extensions:
+        stds.append("CL1.2")
+    major, minor = (int(v) for v in device.version.split()[1].split(".")[:2])  # "OpenCL 3.0 <vendor>"
+    if major == 2 and minor >= 1:
+        stds.append("CL2.0")
+    elif major >= 3:
+        try:
+            features = {f.name for f in device.opencl_c_features}
+        except Exception:  # a binding or driver without the 3.0 queries
+            features = set()
+        if "__opencl_c_subgroups" in features:
+            stds.append("CL3.0")
+    return stds
 
 
 @dataclass
@@ -88,9 +124,32 @@ class OpenCLDevice(GPUDevice[Any, tuple[Any, str], _Recording]):
         if "cl_khr_fp64" in self.device.extensions:
             types.add("f64")
         self.half = "cl_khr_fp16" in self.device.extensions
+        self.subgroup_std, subgroup = self._probe_subgroups()
         self.caps = Caps(frozenset(types), f64_math=True, max_local=int(self.device.max_work_group_size),
-                         local_mem=int(self.device.local_mem_size))
+                         local_mem=int(self.device.local_mem_size), subgroup=subgroup)
         self.binaries = BinaryCache("opencl", ".bin")
+
+    def _probe_subgroups(self) -> tuple[str, int]:
+        """(the -cl-std option subgroup kernels build with, the subgroup width) where a probe
+        kernel using them builds and runs right at the reductions' group size, else ("", 0)."""
+        cl = self.cl
+        local = min(WG, int(self.device.max_work_group_size))
+        for std in subgroup_stds(self.device):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", cl.CompilerWarning)
+                    prog = cl.Program(self.ctx, _SUBGROUP_PROBE).build(options=[f"-cl-std={std}"])
+                out = np.zeros(2, np.int32)
+                buf = cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, out.nbytes)
+                prog.probe(self.queue, (local,), (local,), buf)
+                cl.enqueue_copy(self.queue, out, buf)
+                self.queue.finish()
+            except Exception:  # the compiler or the runtime disagrees with what the device says
+                continue
+            width, total = int(out[0]), int(out[1])
+            if 0 < width <= local and total == width:
+                return f"-cl-std={std}", width
+        return "", 0
 
     def info(self) -> DeviceInfo:
         d = self.device
@@ -112,9 +171,10 @@ class OpenCLDevice(GPUDevice[Any, tuple[Any, str], _Recording]):
             self.cl.enqueue_copy(self.queue, host, buf, is_blocking=False)
         self.queue.finish()
 
-    def _compile(self, src: str) -> Any:
+    def _compile(self, src: str, std: str = _STD) -> Any:
         cl, d = self.cl, self.device
-        ident = f"{self.platform.name}|{d.name}|{d.version}|{d.driver_version}|{src}"
+        built = "" if std == _STD else f"{std}|"  # (kept out of the usual key: old binaries still hit)
+        ident = f"{self.platform.name}|{d.name}|{d.version}|{d.driver_version}|{built}{src}"
         binary = self.binaries.get(ident)
         if binary is not None:
             try:
@@ -125,7 +185,7 @@ class OpenCLDevice(GPUDevice[Any, tuple[Any, str], _Recording]):
                 self.binaries.drop(ident)
         with warnings.catch_warnings():  # driver chatter (e.g. "comparison is always false")
             warnings.simplefilter("ignore", cl.CompilerWarning)
-            prog = cl.Program(self.ctx, src).build(options=["-cl-std=CL1.2"])
+            prog = cl.Program(self.ctx, src).build(options=[std])
         self.builds += 1
         try:
             (binary,) = prog.get_info(cl.program_info.BINARIES)
@@ -138,7 +198,8 @@ class OpenCLDevice(GPUDevice[Any, tuple[Any, str], _Recording]):
         with self.lock:
             prog = self.programs.get(spec.key)
             if prog is None:
-                prog = self.programs[spec.key] = self._compile(render(spec, "opencl"))
+                std = (self.subgroup_std or _STD) if spec.subgroups else _STD
+                prog = self.programs[spec.key] = self._compile(render(spec, "opencl"), std)
         return prog, spec.name  # kernels are made per dispatch in record(): each binds its own arguments
 
     def record(self, dispatches: Sequence[Dispatch[Any, tuple[Any, str]]], uploads: Sequence[Transfer[Any]],

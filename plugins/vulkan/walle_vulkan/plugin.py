@@ -4,6 +4,8 @@ compiled to SPIR-V by ``glslc`` (cached by source digest); the run loop is walle
 
 * device selection: discrete > integrated > virtual > CPU device, or ``WALLE_VULKAN_DEVICE``
   (substring of the device name); 8/16-bit storage is enabled when the device has it;
+* subgroups: where the device has subgroup arithmetic in compute shaders its subgroup width goes
+  into ``Caps.subgroup`` and work-group reductions reduce in subgroups (lavapipe: 8 lanes);
 * memory (:mod:`walle_vulkan.memory`): device-local buffers bound into large blocks; inputs go up
   through persistently mapped HOST_VISIBLE|HOST_COHERENT staging buffers and outputs come back
   through HOST_CACHED ones. Where one memory type is device-local, host-visible, coherent and
@@ -80,7 +82,7 @@ class VulkanDevice(GPUDevice[Buffer, Pipeline, Recording]):
             self.half = False
             self._create_device(feats, small_types=False)
         self.caps = Caps(frozenset(types), f64_math=False, max_local=int(limits.maxComputeWorkGroupInvocations),
-                         local_mem=int(limits.maxComputeSharedMemorySize))
+                         local_mem=int(limits.maxComputeSharedMemorySize), subgroup=self._subgroup_size())
         self.memory = Memory(vk, self.physical, self.device, max(16, int(limits.minStorageBufferOffsetAlignment)))
         cmd_pool = vk.vkCreateCommandPool(self.device, vk.VkCommandPoolCreateInfo(
             flags=vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT, queueFamilyIndex=self.family), None)
@@ -105,6 +107,22 @@ class VulkanDevice(GPUDevice[Buffer, Pipeline, Recording]):
         except Exception:
             return False
         return bool(f12.shaderFloat16 and f11.storageBuffer16BitAccess)
+
+    def _subgroup_size(self) -> int:
+        """The subgroup width where compute shaders have subgroup arithmetic (Vulkan 1.1
+        subgroup properties), else 0."""
+        vk = self.vk
+        if (self.props.apiVersion >> 22, (self.props.apiVersion >> 12) & 0x3FF) < (1, 1):
+            return 0
+        sub = vk.VkPhysicalDeviceSubgroupProperties()
+        try:
+            vk.vkGetPhysicalDeviceProperties2(self.physical, vk.VkPhysicalDeviceProperties2(pNext=sub))
+        except Exception:
+            return 0
+        if not (sub.supportedStages & vk.VK_SHADER_STAGE_COMPUTE_BIT
+                and sub.supportedOperations & vk.VK_SUBGROUP_FEATURE_ARITHMETIC_BIT):
+            return 0
+        return int(sub.subgroupSize)
 
     def _create_device(self, feats: Any, small_types: bool) -> bool:
         vk = self.vk
