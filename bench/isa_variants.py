@@ -71,7 +71,8 @@ def run_variant(isa: str, models: list[str], threads: int, runs: int) -> dict[st
         if "names a kernel variant" in res.stderr + res.stdout:
             return None
         raise SystemExit(f"{isa}: {res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    times: dict[str, float] = json.loads(res.stdout.strip().splitlines()[-1])
+    return times
 
 
 def main() -> None:
