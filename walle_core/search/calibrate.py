@@ -754,7 +754,8 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     cal = Calibration(backend.name, backend.version, fingerprint(backend), op_over, prog_over, bw,
                       lat_h, h2d.Bps, lat_d, d2h.Bps, device_timed=timer.device_timed)
     # whole programs timed before the sweep as well as after it (:func:`_program_factor`)
-    before = [] if clock.noiseless else _program_times(backend, timer)
+    programs = [_compiled(backend, *net()) for net in NETWORKS]
+    before = [] if clock.noiseless else _program_times(backend, timer, programs)
     # a probe (a bucket's probe of one channel depth: conv buckets take two) and its points
     stopped: set[tuple[str, int]] = set()
     swept: dict[tuple[str, int], list[list[float]]] = {}  # first pass: what stops a sweep
@@ -804,7 +805,7 @@ def calibrate(backend: Backend, progress: Callable[[str], None] | None = None) -
     cal.run_overhead_s = _run_overhead(backend, timer)
     cal = Calibration(**asdict(cal))  # refits the curves from the points
     step("a whole program")
-    cal.program_factor = _program_factor(backend, timer, cal, before)
+    cal.program_factor = _program_factor(backend, timer, cal, programs, before)
     return cal
 
 
@@ -994,18 +995,21 @@ def _attention_block() -> tuple[list[A.Op], A.Tensor]:
 NETWORKS = (_network, _attention_block)  # the whole programs that set the program factor
 
 
+Compiled = tuple[list[tuple[A.Op, Algorithm]], Program]  # a network's picks and its program
+
+
 def _program_factor(backend: Backend, timer: Timer, cal: Calibration,
-                    before: Sequence[float | None] = ()) -> float:
+                    programs: Sequence[Compiled | None], before: Sequence[float | None] = ()) -> float:
     """Measured over predicted seconds of whole programs, :func:`_network` and
     :func:`_attention_block` (their geometric mean: one network's few buckets would carry their
     noise into every prediction), within [0.5, 8] (at least 1 on the host's clock); 1 when the
-    backend runs neither. ``before``: their times measured before the sweep (the best of both
+    backend runs neither. ``programs``: NETWORKS compiled (:func:`_compiled`); ``before``: their times measured before the sweep (the best of both
     counts: as each probe's, a program's time is best of runs apart in time; one whose 40 runs
     all met another process's load made a factor of 1.53 here, every op priced that much over)."""
-    now = _program_times(backend, timer)
+    now = _program_times(backend, timer, programs)
     ratios = []
-    for net, t, early in zip(NETWORKS, now, list(before) or [None] * len(now), strict=True):
-        predicted = _predicted(backend, cal, *net())
+    for built, t, early in zip(programs, now, list(before) or [None] * len(now), strict=True):
+        predicted = None if built is None else _predicted(backend, cal, built)
         measured = min((x for x in (t, early) if x is not None), default=None)
         if predicted is not None and measured is not None:
             ratios.append(measured / predicted)
@@ -1021,8 +1025,7 @@ def _program_factor(backend: Backend, timer: Timer, cal: Calibration,
     return min(max(float(np.exp(np.mean(np.log(ratios)))), low), 8.0)
 
 
-def _compiled(backend: Backend, ops: list[A.Op], img: A.Tensor
-              ) -> tuple[list[tuple[A.Op, Algorithm]], Program] | None:
+def _compiled(backend: Backend, ops: list[A.Op], img: A.Tensor) -> Compiled | None:
     """A network's picks as the search's candidates run them, and its program as the planner
     compiles it (epilogues folded); None when the backend cannot run an op of it."""
     ops = expand_composites(ops, backend)  # those it does not claim, as the planner would
@@ -1035,11 +1038,10 @@ def _compiled(backend: Backend, ops: list[A.Op], img: A.Tensor
     return picks, Program(rewrite.apply(picks, {t.id for t in out}, backend.rewrites), [img], list(out))
 
 
-def _program_times(backend: Backend, timer: Timer) -> list[float | None]:
-    """Best seconds of each of NETWORKS' programs, or None where it cannot be built or run."""
+def _program_times(backend: Backend, timer: Timer, programs: Sequence[Compiled | None]) -> list[float | None]:
+    """Best seconds of each compiled program, or None where it cannot be built or run."""
     times: list[float | None] = []
-    for net in NETWORKS:
-        built = _compiled(backend, *net())
+    for built in programs:
         try:
             # many runs: one program's best of five still swung 0.8-1.1x of its prediction under load
             times.append(None if built is None else
@@ -1049,12 +1051,9 @@ def _program_times(backend: Backend, timer: Timer) -> list[float | None]:
     return times
 
 
-def _predicted(backend: Backend, cal: Calibration, ops: list[A.Op], img: A.Tensor) -> float | None:
-    """A network's program priced as the search prices it (cost.added_cost): its ops, what the
+def _predicted(backend: Backend, cal: Calibration, built: Compiled) -> float:
+    """A compiled network priced as the search prices it (cost.added_cost): its ops, what the
     rewrites change, what lowering the rewritten program adds."""
-    built = _compiled(backend, ops, img)
-    if built is None:
-        return None
     picks, program = built
     out_ids = {t.id for t in program.outputs}
     fused = chain_followers([op for op, _ in picks], out_ids)
@@ -1063,7 +1062,8 @@ def _predicted(backend: Backend, cal: Calibration, ops: list[A.Op], img: A.Tenso
             + rewrite_seconds(picks, program.ops, out_ids,
                               lambda op, alg, chained: cal.op_seconds(op, alg, chained=chained))
             + lowering_seconds(backend, program, cal.op_seconds)
-            + cal.upload(img.nbytes) + sum(cal.download(t.nbytes) for t in program.outputs))
+            + sum(cal.upload(t.nbytes) for t in program.inputs)
+            + sum(cal.download(t.nbytes) for t in program.outputs))
 
 
 def _saturated(points: list[list[float]]) -> bool:
