@@ -86,3 +86,24 @@ def test_plain_depthwise_without_bias_or_residual(k: int, hw: tuple[int, int], t
     got = _run(op, [x], feeds, "cpu", threads)
     want = _run(op, [x], feeds, "reference", 1)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("k", "pads"), [(1, (2, 0, 0, 0)), (1, (0, 0, 3, 1)), (3, (4, 1, 4, 1)),
+                                         (1, (2, 1, 2, 1))])
+def test_bands_of_rows_wholly_inside_the_padding(k: int, pads: tuple[int, int, int, int],
+                                                 threads: int) -> None:
+    """A 1-pixel-high input padded by more rows than the kernel spans: with threads, some
+    output bands read no input row at all (their scratch is all padding; the count of input
+    rows once came out negative and the copy wrote before the scratch)."""
+    rng = np.random.default_rng(k + sum(pads))
+    c, h, w = 4, 1, 2
+    oh, ow = h + pads[0] + pads[2] - k + 1, w + pads[1] + pads[3] - k + 1
+    x = _tensor((1, c, h, w))
+    wt = _tensor((c, 1, k, k), rng.uniform(-0.5, 0.5, (c, 1, k, k)).astype(F32))
+    y = _tensor((1, c, oh, ow))
+    op = A.Conv2D([x, wt], [y], pads=pads, groups=c)
+    feeds = [rng.uniform(-1, 1, x.shape).astype(F32)]
+    for _ in range(3):  # a write outside the scratch shows up as a crash or a changed answer
+        got = _run(op, [x], feeds, "cpu", threads)
+        np.testing.assert_allclose(got, _run(op, [x], feeds, "reference", 1), rtol=1e-6, atol=1e-6)

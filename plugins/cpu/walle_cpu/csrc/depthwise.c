@@ -101,6 +101,7 @@ static void via_blocks_task(void *vp, int64_t t) {
     int64_t *xo = (int64_t *)(bb + WL_BLK), *wo = xo + taps;
     /* input rows [iy0, iy1) land at scratch rows from iy0 + pt - pr0; columns from pl */
     int64_t iy0 = pr0 - pt > 0 ? pr0 - pt : 0, iy1 = pr0 + nrows - pt < H ? pr0 + nrows - pt : H;
+    if (iy1 < iy0) iy1 = iy0; /* a band inside the top or bottom padding reads no input row */
     int64_t cols = W < Wp - pl ? W : Wp - pl;
     /* zeros: the border, and every lane of a partial block (no stale value in its sums) */
     if (nc < WL_BLK || pl || cols < Wp || iy0 > pr0 - pt || iy1 < pr0 + nrows - pt)
