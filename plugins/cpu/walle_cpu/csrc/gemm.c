@@ -89,12 +89,14 @@ static void gemm_task(void *vp, int64_t t) {
     int64_t mt = t % g->mtiles, nt = t / g->mtiles;
     int64_t r0 = mt * g->mb, r1 = r0 + g->mb < g->m ? r0 + g->mb : g->m;
     int64_t p0 = nt * g->nbp, p1 = p0 + g->nbp < g->np ? p0 + g->nbp : g->np;
-    if (g->k == 0) {
+    int adds = g->bias_mode != BIAS_NONE || g->res;
+    if (g->k == 0) { /* no K block to carry the epilogue: zeros, then the terms as a pass */
         for (int64_t r = r0; r < r1; r++)
             for (int64_t j = p0 * nr; j < g->n && j < p1 * nr; j++) g->c[r * g->ldc + j] = 0.0f;
     }
     for (int64_t kk = 0; kk < g->k; kk += KC) {
         int64_t kc = g->k - kk < KC ? g->k - kk : KC;
+        int last = kk + kc >= g->k && adds;
         for (int64_t p = p0; p < p1; p++) {
             const float *bp = g->bp + p * g->k * nr + kk * nr;
             int64_t j0 = p * nr;
@@ -104,28 +106,31 @@ static void gemm_task(void *vp, int64_t t) {
             const int64_t nt = (r1 - r0 + mr - 1) / mr, base = (r1 - r0) / nt, extra = (r1 - r0) % nt;
             for (int64_t ti = 0, r = r0; ti < nt; ti++) {
                 int rows = (int)(base + (ti < extra));
+                wl_tile_epi e = {
+                    g->bias_mode == BIAS_COL ? g->bias + j0 : NULL,
+                    g->bias_mode == BIAS_ROW ? g->bias + r : NULL,
+                    g->bias_mode == BIAS_FULL ? g->bias + r * g->n + j0 : NULL,
+                    g->res ? g->res + r * g->ldc + j0 : NULL, g->n, g->ldc};
                 isa->gemm_tile(rows, kc, g->a + r * g->lda + kk, g->lda, bp, g->c + r * g->ldc + j0,
-                               g->ldc, kk > 0, nv);
+                               g->ldc, kk > 0, nv, last ? &e : NULL);
                 r += rows;
             }
         }
     }
-    if (g->bias_mode == BIAS_NONE && g->act == U_IDENTITY && !g->res) return;
+    if (g->act == U_IDENTITY && (g->k > 0 || !adds)) return;
     int64_t j0 = p0 * nr, j1 = p1 * nr < g->n ? p1 * nr : g->n;
     for (int64_t r = r0; r < r1; r++) {
         float *row = g->c + r * g->ldc;
-        /* the bias through the ISA's vector kernel (this file is built for the baseline ISA) */
-        if (g->bias_mode == BIAS_ROW)
-            isa->binary_f32(B_ADD, row + j0, 1, g->bias + r, 0, row + j0, j1 - j0);
-        else if (g->bias_mode == BIAS_COL)
-            isa->binary_f32(B_ADD, row + j0, 1, g->bias + j0, 1, row + j0, j1 - j0);
-        else if (g->bias_mode == BIAS_FULL)
-            isa->binary_f32(B_ADD, row + j0, 1, g->bias + r * g->n + j0, 1, row + j0, j1 - j0);
-        /* the residual never shares memory with c (the arena planner keeps an op's inputs and
-         * output apart), so reading it after the tiles wrote c is safe */
-        if (g->res) {
-            const float *rr = g->res + r * g->ldc;
-            isa->binary_f32(B_ADD, row + j0, 1, rr + j0, 1, row + j0, j1 - j0);
+        if (g->k == 0) { /* the bias through the ISA's vector kernel (this file is built for
+                          * the baseline ISA) */
+            if (g->bias_mode == BIAS_ROW)
+                isa->binary_f32(B_ADD, row + j0, 1, g->bias + r, 0, row + j0, j1 - j0);
+            else if (g->bias_mode == BIAS_COL)
+                isa->binary_f32(B_ADD, row + j0, 1, g->bias + j0, 1, row + j0, j1 - j0);
+            else if (g->bias_mode == BIAS_FULL)
+                isa->binary_f32(B_ADD, row + j0, 1, g->bias + r * g->n + j0, 1, row + j0, j1 - j0);
+            if (g->res)
+                isa->binary_f32(B_ADD, row + j0, 1, g->res + r * g->ldc + j0, 1, row + j0, j1 - j0);
         }
         if (g->act != U_IDENTITY) isa->unary_f32(g->act, row + j0, row + j0, j1 - j0, g->act_p);
     }
