@@ -89,18 +89,22 @@ static void gru_step(const rec_ctx *s, const float *xt, const float *hp, float *
     }
 }
 
-/* One direction; its operands start at ins[in0] (xw, rt, h0, c0 | rbh) and ins[out0] (its
- * outputs after y: h_final, c_final). Returns 0, or -1 when out of scratch memory. */
+/* One direction, batch rows [b0, b0 + nb); its operands start at ins[in0] (xw, rt, h0, c0 |
+ * rbh) and ins[out0] (its outputs after y: h_final, c_final). Every row of a step sits at the
+ * same offset in xw, y and the states, so a slice of rows is the whole run on shifted pointers
+ * with the full batch as the step stride. Returns 0, or -1 when out of scratch memory. */
 static int run_direction(const wl_op *op, const wl_exec *ex, int dir, int64_t in0, int64_t out0,
-                         float *y, int reverse, int nthreads) {
+                         float *y, int reverse, int nthreads, int64_t b0, int64_t nb) {
     const wl_recurrent_params *p = &op->recurrent;
-    int64_t T = p->seq, B = p->batch, H = p->hidden, G = p->gru ? 3 : 4;
-    const float *xw = (const float *)wl_in(op, ex, in0), *rt = (const float *)wl_in(op, ex, in0 + 1);
-    const float *h0 = (const float *)wl_in(op, ex, in0 + 2);
-    const float *c0 = p->gru ? NULL : (const float *)wl_in(op, ex, in0 + 3);
+    int64_t T = p->seq, BS = p->batch, B = nb, H = p->hidden, G = p->gru ? 3 : 4;
+    const float *xw = (const float *)wl_in(op, ex, in0) + b0 * G * H;
+    const float *rt = (const float *)wl_in(op, ex, in0 + 1);
+    const float *h0 = (const float *)wl_in(op, ex, in0 + 2) + b0 * H;
+    const float *c0 = p->gru ? NULL : (const float *)wl_in(op, ex, in0 + 3) + b0 * H;
     const float *rbh = p->has_rbh ? (const float *)wl_in(op, ex, in0 + 3) : NULL;
-    float *h_final = (float *)wl_in(op, ex, out0);
-    float *c_final = p->gru ? NULL : (float *)wl_in(op, ex, out0 + 1);
+    float *h_final = (float *)wl_in(op, ex, out0) + b0 * H;
+    float *c_final = p->gru ? NULL : (float *)wl_in(op, ex, out0 + 1) + b0 * H;
+    y += b0 * H;
     int split = p->gru && !p->linear_before_reset; /* z, r and h packed apart */
     int64_t pk_n = split ? wl_packed_b_floats(H, 2 * H) + wl_packed_b_floats(H, H)
                          : wl_packed_b_floats(H, G * H);
@@ -123,9 +127,9 @@ static int run_direction(const wl_op *op, const wl_exec *ex, int dir, int64_t in
     const float *hp = h0;
     for (int64_t i = 0; i < T; i++) {
         int64_t t = reverse ? T - 1 - i : i;
-        float *ht = y + t * B * H;
-        if (p->gru) gru_step(&s, xw + t * B * G * H, hp, ht);
-        else lstm_step(&s, xw + t * B * G * H, hp, ht);
+        float *ht = y + t * BS * H;
+        if (p->gru) gru_step(&s, xw + t * BS * G * H, hp, ht);
+        else lstm_step(&s, xw + t * BS * G * H, hp, ht);
         hp = ht;
     }
     memcpy(h_final, hp, sizeof(float) * (size_t)(B * H));
@@ -256,22 +260,27 @@ static int run_split(const wl_op *op, const wl_exec *ex, float *y) {
     return 0;
 }
 
-/* A bidirectional layer: the directions share nothing, so each runs on its own thread (their
- * steps are too small to split: a step of crnn's 48-wide LSTM is ~0.4 us of work). */
+/* Directions and batch rows share nothing: each (direction, slice of rows) runs whole on its
+ * own thread, with no wait between steps. Used where a step is too small for the GEMM's own
+ * threads (a step of crnn's 48-wide LSTM is ~0.4 us of work). */
 typedef struct {
     const wl_op *op;
     const wl_exec *ex;
     float *y;
-    int failed[2];
-} pair_ctx;
+    int64_t slices; /* per direction */
+    int failed;     /* atomic */
+} slice_ctx;
 
-static void pair_task(void *vp, int64_t d) {
-    pair_ctx *c = vp;
+static void slice_task(void *vp, int64_t task) {
+    slice_ctx *c = vp;
     const wl_recurrent_params *p = &c->op->recurrent;
     int64_t ni = 3 + (p->gru ? p->has_rbh : 1), no = p->gru ? 1 : 2; /* per direction */
+    int64_t d = task / c->slices, i = task % c->slices, dirs = p->dirs == 2 ? 2 : 1;
+    int64_t b0 = i * p->batch / c->slices, b1 = (i + 1) * p->batch / c->slices;
     float *y = d ? (float *)wl_in(c->op, c->ex, 2 * ni + no) : c->y;
-    int64_t out0 = d ? 2 * ni + no + 1 : 2 * ni;
-    c->failed[d] = run_direction(c->op, c->ex, (int)d, d * ni, out0, y, (int)(p->reverse ^ d), 1);
+    int64_t out0 = d ? 2 * ni + no + 1 : dirs * ni;
+    if (run_direction(c->op, c->ex, (int)d, d * ni, out0, y, (int)(p->reverse ^ d), 1, b0, b1 - b0))
+        __atomic_fetch_add(&c->failed, 1, __ATOMIC_RELAXED);
 }
 
 /* per-step products below this many MACs run on one thread anyway (wl_gemm's own bound) */
@@ -280,21 +289,23 @@ static void pair_task(void *vp, int64_t d) {
 int wl_recurrent(const wl_op *op, const wl_exec *ex) {
     const wl_recurrent_params *p = &op->recurrent;
     float *y = (float *)wl_out(op, ex);
-    int64_t ni = 3 + (p->gru ? p->has_rbh : 1), no = p->gru ? 1 : 2;
+    int64_t ni = 3 + (p->gru ? p->has_rbh : 1), no = p->gru ? 1 : 2, dirs = p->dirs == 2 ? 2 : 1;
     int64_t step_macs = p->batch * (p->gru ? 3 : 4) * p->hidden * p->hidden;
-    if (p->chunks > 1 && p->dirs != 2 && p->seq > 0) return run_split(op, ex, y);
-    if (p->dirs == 2 && (ex->nthreads == 2 || step_macs < STEP_PARALLEL_MACS)) {
-        pair_ctx c = {op, ex, y, {0, 0}};
-        wl_parallel_for(2, pair_task, &c, ex->nthreads);
-        if (c.failed[0] || c.failed[1]) return wl_fail(ex, "out of memory in a recurrent sequence");
+    if (p->chunks > 1 && dirs == 1 && p->seq > 0) return run_split(op, ex, y);
+    int64_t per_dir = ex->nthreads / dirs; /* threads each direction could have */
+    if (ex->nthreads > 1 && (step_macs < STEP_PARALLEL_MACS || per_dir < 2)) {
+        int64_t slices = per_dir < p->batch ? per_dir : p->batch;
+        slice_ctx c = {op, ex, y, slices > 1 ? slices : 1, 0};
+        wl_parallel_for(dirs * c.slices, slice_task, &c, ex->nthreads);
+        if (c.failed) return wl_fail(ex, "out of memory in a recurrent sequence");
         return 0;
     }
-    /* one direction, or two whose steps are large enough to share more than two threads:
-     * one after the other, each step on every thread */
-    int fail = run_direction(op, ex, 0, 0, p->dirs == 2 ? 2 * ni : ni, y, (int)p->reverse, ex->nthreads);
-    if (!fail && p->dirs == 2)
+    /* one thread, or steps large enough to share the threads: one direction after the other,
+     * each step's product on every thread */
+    int fail = run_direction(op, ex, 0, 0, dirs * ni, y, (int)p->reverse, ex->nthreads, 0, p->batch);
+    if (!fail && dirs == 2)
         fail = run_direction(op, ex, 1, ni, 2 * ni + no + 1, (float *)wl_in(op, ex, 2 * ni + no),
-                             (int)!p->reverse, ex->nthreads);
+                             (int)!p->reverse, ex->nthreads, 0, p->batch);
     if (fail) return wl_fail(ex, "out of memory in a recurrent sequence");
     return 0;
 }
