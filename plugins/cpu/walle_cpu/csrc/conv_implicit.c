@@ -28,8 +28,14 @@ static void igemm_task(void *vp, int64_t t) {
     const wl_conv_params *cp = &op->conv;
     const wl_isa *isa = wl_active;
     const int64_t nr = isa->nr, mr = isa->mr;
-    int64_t O = cp->o, OH = cp->oh, OW = cp->ow, NP = OH * OW, wp = ic->wp, total = OH * wp;
+    int64_t O = cp->o, OH = cp->oh, OW = cp->ow, NP = OH * OW, wp = ic->wp;
+    int64_t total = (OH - 1) * wp + OW; /* the grid up to the last valid pixel */
     int act = (int)cp->act.fn;
+    /* a tile whose pixels are one run of an output row is stored there by the tile itself,
+     * with bias, residual and ReLU / Clip; others go through tmp and the passes below */
+    int direct = act == U_IDENTITY || act == U_RELU || act == U_CLIP;
+    int epi_act = act == U_RELU ? EPI_RELU : act == U_CLIP ? EPI_CLIP : EPI_NONE;
+    float lo = act == U_CLIP ? (float)cp->act.prm[0] : 0.0f, hi = act == U_CLIP ? (float)cp->act.prm[1] : 0.0f;
     float *tmp = wl_scratch(1, sizeof(float) * (size_t)(mr * nr));
     if (!tmp) {
         ic->failed = 1;
@@ -45,8 +51,18 @@ static void igemm_task(void *vp, int64_t t) {
             /* a micro-tile's rows never cross a group: the group picks the input planes */
             int64_t g = r / ic->og, end = (g + 1) * ic->og < o1 ? (g + 1) * ic->og : o1;
             rows = end - r < mr ? end - r : mr;
-            isa->conv_tile((int)rows, ic->K, ic->w + r * ic->K, ic->K, ic->xp + g * ic->gstride + i0,
-                           ic->off, tmp);
+            const float *xg = ic->xp + g * ic->gstride + i0;
+            int64_t oy = i0 / wp, ox = i0 % wp;
+            if (direct && ox + nv <= OW) { /* every pixel valid, in one output row */
+                int64_t at = r * NP + oy * OW + ox;
+                wl_tile_epi e = {NULL, ic->bias ? ic->bias + r : NULL, NULL,
+                                 ic->res ? ic->res + at : NULL, 0, NP, epi_act, lo, hi};
+                isa->conv_tile((int)rows, ic->K, ic->w + r * ic->K, ic->K, xg, ic->off, ic->y + at,
+                               NP, (int)nv, &e);
+                continue;
+            }
+            isa->conv_tile((int)rows, ic->K, ic->w + r * ic->K, ic->K, xg, ic->off, tmp, nr,
+                           (int)nr, NULL);
             /* epilogue in the tile buffer: bias (+ residual) per valid segment, then one
              * activation call over the whole tile (short per-segment calls cost more than the
              * few wasted lanes), then the valid pixels are copied out */
@@ -179,7 +195,9 @@ int wl_conv_implicit(const wl_op *op, const wl_exec *ex, const float *x, const f
             for (int64_t kx = 0; kx < KW; kx++)
                 off[k++] = strided ? (((ky % sh) * psw + kx % sw) * C + c) * plane + (ky / sh) * wp + kx / sw
                                    : c * plane + ky * dh * wp + kx * dw;
-    int64_t tiles = (OH * wp + nr - 1) / nr;
+    /* the last row's dropped columns are never computed: a 1-D conv of 96 outputs (k 7, pad 3,
+     * a 99-wide grid) takes 3 tiles of 32 pixels, not 4 with one of 3 */
+    int64_t tiles = ((OH - 1) * wp + OW + nr - 1) / nr;
     for (int64_t n = 0; n < N; n++) {
         if (strided) {
             phase_ctx ph = {x + n * C * H * W, xp, C, H, W, hp, wp, pt, pl, sh, sw, psh, psw};

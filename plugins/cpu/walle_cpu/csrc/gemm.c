@@ -89,7 +89,9 @@ static void gemm_task(void *vp, int64_t t) {
     int64_t mt = t % g->mtiles, nt = t / g->mtiles;
     int64_t r0 = mt * g->mb, r1 = r0 + g->mb < g->m ? r0 + g->mb : g->m;
     int64_t p0 = nt * g->nbp, p1 = p0 + g->nbp < g->np ? p0 + g->nbp : g->np;
-    int adds = g->bias_mode != BIAS_NONE || g->res;
+    /* ReLU and Clip ride in the tile's store; other activations are a pass per row after */
+    int fused = g->act == U_RELU || g->act == U_CLIP;
+    int adds = g->bias_mode != BIAS_NONE || g->res || fused;
     if (g->k == 0) { /* no K block to carry the epilogue: zeros, then the terms as a pass */
         for (int64_t r = r0; r < r1; r++)
             for (int64_t j = p0 * nr; j < g->n && j < p1 * nr; j++) g->c[r * g->ldc + j] = 0.0f;
@@ -110,14 +112,17 @@ static void gemm_task(void *vp, int64_t t) {
                     g->bias_mode == BIAS_COL ? g->bias + j0 : NULL,
                     g->bias_mode == BIAS_ROW ? g->bias + r : NULL,
                     g->bias_mode == BIAS_FULL ? g->bias + r * g->n + j0 : NULL,
-                    g->res ? g->res + r * g->ldc + j0 : NULL, g->n, g->ldc};
+                    g->res ? g->res + r * g->ldc + j0 : NULL, g->n, g->ldc,
+                    g->act == U_RELU ? EPI_RELU : fused ? EPI_CLIP : EPI_NONE,
+                    fused && g->act_p ? (float)g->act_p[0] : 0.0f,
+                    fused && g->act_p ? (float)g->act_p[1] : 0.0f};
                 isa->gemm_tile(rows, kc, g->a + r * g->lda + kk, g->lda, bp, g->c + r * g->ldc + j0,
                                g->ldc, kk > 0, nv, last ? &e : NULL);
                 r += rows;
             }
         }
     }
-    if (g->act == U_IDENTITY && (g->k > 0 || !adds)) return;
+    if (g->k > 0 ? g->act == U_IDENTITY || fused : !adds) return;
     int64_t j0 = p0 * nr, j1 = p1 * nr < g->n ? p1 * nr : g->n;
     for (int64_t r = r0; r < r1; r++) {
         float *row = g->c + r * g->ldc;
@@ -132,7 +137,8 @@ static void gemm_task(void *vp, int64_t t) {
             if (g->res)
                 isa->binary_f32(B_ADD, row + j0, 1, g->res + r * g->ldc + j0, 1, row + j0, j1 - j0);
         }
-        if (g->act != U_IDENTITY) isa->unary_f32(g->act, row + j0, row + j0, j1 - j0, g->act_p);
+        if (g->act != U_IDENTITY && !(fused && g->k > 0))
+            isa->unary_f32(g->act, row + j0, row + j0, j1 - j0, g->act_p);
     }
 }
 

@@ -89,12 +89,16 @@ typedef struct {
 
 /* What a GEMM tile adds to its sums as it stores them (the last K block's tile), in this
  * order: a bias per column (the panel's nv floats), a bias per row (one per tile row), then
- * up to two matrices with their row strides (a full bias, a residual); NULL terms are skipped.
+ * up to two matrices with their row strides (a full bias, a residual); NULL terms are skipped;
+ * then ReLU or Clip, with the unary kernels' NaN and signed-zero results.
  * Adding them in the tile's registers spares a pass over C per (row, panel) afterwards: that
  * pass, one vector call per 32-float row piece, cost a 50 x 64 x 256 GEMM 40% at 2 threads. */
+enum { EPI_NONE = 0, EPI_RELU, EPI_CLIP }; /* then an activation: U_RELU's, U_CLIP's */
 typedef struct wl_tile_epi {
     const float *col, *row, *m1, *m2;
     int64_t ld1, ld2;
+    int act;
+    float lo, hi; /* EPI_CLIP's bounds */
 } wl_tile_epi;
 
 /* ---- per-ISA kernel table (simd.c builds one per variant from the isa/ includes) */
@@ -111,9 +115,10 @@ typedef struct wl_isa {
     int (*binary_f32)(int fn, const float *a, int64_t sa, const float *b, int64_t sb, float *y,
                       int64_t n);
     /* C[mr x nr] = A[mr x k] (row stride lda) * B, where row kk of B is the nr floats at
-     * x + off[kk] (a shifted view of a padded input: convolution without im2col). */
+     * x + off[kk] (a shifted view of a padded input: convolution without im2col); stored
+     * like gemm_tile's (nv columns, row stride ldc, the epilogue's terms when epi is set). */
     void (*conv_tile)(int mr, int64_t k, const float *a, int64_t lda, const float *x,
-                      const int64_t *off, float *c);
+                      const int64_t *off, float *c, int64_t ldc, int nv, const struct wl_tile_epi *epi);
     void (*dw_plane)(const float *x, int64_t h, int64_t w, const float *k, int64_t kh, int64_t kw,
                      int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw,
                      float bias, float *y, int64_t oh, int64_t ow);
