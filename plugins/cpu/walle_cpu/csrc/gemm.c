@@ -96,8 +96,12 @@ static void gemm_task(void *vp, int64_t t) {
         for (int64_t r = r0; r < r1; r++)
             for (int64_t j = p0 * nr; j < g->n && j < p1 * nr; j++) g->c[r * g->ldc + j] = 0.0f;
     }
-    for (int64_t kk = 0; kk < g->k; kk += KC) {
-        int64_t kc = g->k - kk < KC ? g->k - kk : KC;
+    /* K is blocked so that a panel's block serves every row tile of the task from cache; a task
+     * of one row tile has no such reuse, and runs each panel's whole K in one sweep (a batch-1
+     * linear layer streams its weights panel by panel, not a block of every panel in turn) */
+    const int64_t kcb = r1 - r0 <= mr ? g->k : KC;
+    for (int64_t kk = 0; kk < g->k; kk += kcb) {
+        int64_t kc = g->k - kk < kcb ? g->k - kk : kcb;
         int last = kk + kc >= g->k && adds;
         for (int64_t p = p0; p < p1; p++) {
             const float *bp = g->bp + p * g->k * nr + kk * nr;

@@ -35,7 +35,7 @@ static int split_columns(int64_t m, int64_t n, int64_t k, int nthreads) {
 }
 
 typedef struct {
-    int64_t m, n, k, lda, chunk; /* chunk: panels per task */
+    int64_t m, n, k, lda, tasks; /* the tasks the panels are shared by */
     const float *a, *bp, *bias, *res;
     float *y;
     int bmode, act;
@@ -44,8 +44,11 @@ typedef struct {
 
 static void cols_task(void *vp, int64_t t) {
     const cols_ctx *c = vp;
-    const int64_t nr = wl_active->nr, j0 = t * c->chunk * nr;
-    int64_t nc = c->n - j0 < c->chunk * nr ? c->n - j0 : c->chunk * nr;
+    /* task t owns panels [t * P / T, (t + 1) * P / T): counts differ by one at most (32 panels
+     * in chunks of 6 left a task of 2, and one thread 18 panels to the other's 14) */
+    const int64_t nr = wl_active->nr, panels = (c->n + nr - 1) / nr;
+    const int64_t j0 = t * panels / c->tasks * nr, j1 = (t + 1) * panels / c->tasks * nr;
+    int64_t nc = (c->n < j1 ? c->n : j1) - j0;
     wl_gemm(c->m, nc, c->k, c->a, c->lda, c->bp + j0 * c->k, c->y + j0, c->n,
             c->bias ? c->bias + j0 : NULL, c->bmode, c->res ? c->res + j0 : NULL, c->act, c->prm, 1);
 }
@@ -56,8 +59,8 @@ static void gemm_cols(int64_t m, int64_t n, int64_t k, const float *a, int64_t l
     const int64_t panels = (n + wl_active->nr - 1) / wl_active->nr;
     int64_t tasks = (int64_t)nthreads * COL_TASKS_PER_THREAD;
     if (tasks > panels) tasks = panels;
-    cols_ctx c = {m, n, k, lda, (panels + tasks - 1) / tasks, a, bp, bias, res, y, bmode, act, prm};
-    wl_parallel_for((panels + c.chunk - 1) / c.chunk, cols_task, &c, nthreads);
+    cols_ctx c = {m, n, k, lda, tasks, a, bp, bias, res, y, bmode, act, prm};
+    wl_parallel_for(tasks, cols_task, &c, nthreads);
 }
 
 static void mm_batch(void *vp, int64_t bi) {
