@@ -241,7 +241,7 @@ int wl_nc_prepare(nc_ctx *c, const wl_op *op, const wl_exec *ex, const float *x,
      * the border tiles their passes over each column tap (a 5x5 stem of 1 to 64 channels on
      * 48x64, 1 thread: 84 us -> 68; onnxruntime 55-60) */
     int stem = !blocked && !depthwise;
-    if (c->borders && (OW < narrow || stem) && (!depthwise || !few_borders)) {
+    if (c->borders && (OW < narrow || stem) && (!depthwise || !(few_borders || nc_dw_own_rows(c)))) {
         /* small maps: a zero-bordered copy, so that every output pixel reads all its taps and
          * tiles span rows (large maps keep the input and give border pixels their own taps) */
         c->borders = 0;

@@ -243,8 +243,7 @@ static void dw_task(void *vp, int64_t t) {
     int64_t oy_end = (ci + 1) * c->chunk < c->OH ? (ci + 1) * c->chunk : c->OH;
     /* (copied rows cost about one pixel per output pixel at stride 1, four at stride 2: there
      * the copy pays only on maps whose interior holds less than one whole tile) */
-    if (c->borders && c->OW < (c->sw * c->sh == 1 ? 32 : 9) && c->dw == 1 && c->dh == 1 &&
-        dw_rows_padded(c, cb, ci * c->chunk, oy_end, w, bias, &e))
+    if (c->borders && nc_dw_own_rows(c) && dw_rows_padded(c, cb, ci * c->chunk, oy_end, w, bias, &e))
         return;
     nc_table cache[NC_TABLES];
     if (!task_tables(c, cache)) return;
