@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -37,7 +38,8 @@ def _sigmoid(v: np.ndarray) -> np.ndarray:
     return np.where(v >= 0, 1 / (1 + e), e / (1 + e))
 
 
-FUNCTIONS = {"Exp": np.exp, "Sigmoid": _sigmoid, "Tanh": np.tanh, "Erf": _erf}
+FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "Exp": np.exp, "Sigmoid": _sigmoid, "Tanh": np.tanh, "Erf": _erf}
 
 
 def _run(op: str, x: np.ndarray) -> np.ndarray:
@@ -53,7 +55,7 @@ def test_transcendentals_within_a_few_ulp(op: str) -> None:
     """On the variant this process runs (WALLE_CPU_ISA when set)."""
     # every float magnitude from 1e-6 to 120 (both signs), plus lengths that leave vector tails
     mags = np.geomspace(1e-6, 120, 40001).astype(np.float32)
-    x = np.concatenate([mags, -mags, SPECIAL, np.float32([0.5, -2.5, 3.0])])
+    x = np.concatenate([mags, -mags, SPECIAL, np.array([0.5, -2.5, 3.0], np.float32)])
     got = _run(op, x).astype(np.float64)
     with np.errstate(all="ignore"):
         want = FUNCTIONS[op](x.astype(np.float64)).astype(np.float32).astype(np.float64)
