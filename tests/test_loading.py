@@ -45,7 +45,7 @@ def _model(nodes: list[object], inputs: list[object], outputs: list[object], ini
     return bytes(h.make_model(graph, opset_imports=[h.make_opsetid("", opset)]).SerializeToString())
 
 
-def paddle_style_ocr() -> bytes:
+def paddle_style_ocr(dims: tuple[int | str, ...] = (-1, 3, -1, -1)) -> bytes:
     """A recogniser's front as PaddlePaddle exports it: input ``float32[-1,3,-1,-1]``, Reshape
     with 0 (copy) and -1 (infer) entries, a 0-sized declared output dim."""
     w = (RNG.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
@@ -59,8 +59,14 @@ def paddle_style_ocr() -> bytes:
     ]
     inits = [_const("w", w), _const("b", np.zeros(8, np.float32)),
              _const("shape", np.array([0, 0, -1], np.int64))]
-    return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [-1, 3, -1, -1])],
+    return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, list(dims))],
                   [h.make_tensor_value_info("y", T.FLOAT, [-1, 0, -1])], inits)
+
+
+def placeholder_named_dims() -> bytes:
+    """The same front declared ``float32[-1,3,'?','?']``, as PaddleOCR's text-direction classifier
+    (shipped in rapidocr's wheel) declares it: '?' names every unknown dim, not one shared size."""
+    return paddle_style_ocr((-1, 3, "?", "?"))
 
 
 def shapeless_mlp() -> bytes:
@@ -103,6 +109,7 @@ def _pooler_feeds(batch: int, seq: int) -> dict[str, np.ndarray]:
 
 CASES = {
     "minus_one_dims": (paddle_style_ocr, [{"x": (1, 3, 48, 192)}, {"x": (2, 3, 32, 100)}]),
+    "placeholder_named_dims": (placeholder_named_dims, [{"x": (1, 3, 48, 192)}, {"x": (2, 3, 32, 100)}]),
     "no_input_shapes": (shapeless_mlp, [{"x": (2, 16)}, {"x": (3, 5, 16)}]),
     "shared_symbols": (shared_symbol_pooler, [{"ids": (1, 12)}, {"ids": (3, 5)}]),
 }
@@ -146,13 +153,24 @@ def test_declared_types_read_as_dynamic() -> None:
     assert walle_core.load(shapeless_mlp(), backend="reference").inputs == {"x": "float32[?]"}
 
 
-def test_shared_symbol_bound_inconsistently_names_both_inputs() -> None:
+def test_shared_symbol_bound_inconsistently_names_the_node_and_both_inputs() -> None:
     model = walle_core.load(shared_symbol_pooler(), backend="reference")
     feeds = {"ids": np.zeros((2, 5), np.int64), "mask": np.ones((2, 4), np.int64)}
-    with pytest.raises(InputError, match=r"'mask'.*dim 1 'seq' is 4.*'ids'.*'seq' to 5"):
+    with pytest.raises(InputError, match=r"node 'Mul->em'.*do not broadcast.*'mask'.*dim 1 'seq' is 4.*"
+                                         r"'ids'.*'seq' to 5"):
         model.run(feeds)
     with pytest.raises(InputError, match=r"shape \[2, 5, 1\], the model expects int64\[batch,seq\]"):
         model.run({"ids": np.zeros((2, 5, 1), np.int64), "mask": np.ones((2, 5), np.int64)})
+
+
+def test_a_name_bound_to_two_sizes_runs_where_the_model_allows() -> None:
+    """onnxruntime checks fixed dims only: a mask of one column broadcasts over ``seq``."""
+    data = shared_symbol_pooler()
+    feeds = _pooler_feeds(2, 5)
+    feeds["mask"] = feeds["mask"][:, :1].copy()
+    for backend in BACKENDS:
+        got = walle_core.load(data, backend=backend).run(feeds)
+        assert worst_error(got, onnxruntime_outputs(data, feeds)) <= TOL
 
 
 def test_fixed_dim_mismatch_is_still_rejected() -> None:

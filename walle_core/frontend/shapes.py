@@ -2,9 +2,13 @@
 
 What is checked is what an input's declaration can promise: its rank (when declared) and every
 fixed dim. An unknown dim (``None``: the front end maps ONNX's missing, ``-1`` and ``0`` dims to
-it) accepts any size; a symbolic dim (``str``) accepts any size too, but one name means one size
-across all the inputs of a run, so ``input_ids[batch,seq]`` and ``attention_mask[batch,seq]``
-must agree.
+it) accepts any size, and so does a symbolic dim (``str``).
+
+One name is meant to be one size across the inputs of a run (``input_ids[batch,seq]`` and
+``attention_mask[batch,seq]``), but exporters also write a placeholder name for every unknown dim
+(PaddleOCR's classifier declares ``x`` as ``[-1,3,'?','?']`` and is fed 48x192), and onnxruntime
+checks fixed dims only. So a name bound to two sizes is not refused here: it is reported, and the
+caller adds it to the error of a model that then fails on those feeds.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ from walle_core.ir.graph import TensorType
 
 
 def bind_dims(declared: Iterable[tuple[str, TensorType]],
-              shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
-    """Check ``shapes`` (input name -> fed shape) against the declared types and return the
-    size each symbolic dim is bound to. Inputs not in ``shapes`` (not fed) are skipped.
+              shapes: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, int], list[str]]:
+    """Check ``shapes`` (input name -> fed shape) against the declared types. Returns the size
+    each symbolic dim is first bound to, and a line for every symbolic dim fed two sizes.
+    Inputs not in ``shapes`` (not fed) are skipped.
 
     Raises ``InputError`` naming the input, its shape and the declaration on a rank or fixed-dim
-    mismatch, and naming both inputs when a symbolic dim is bound to two sizes."""
+    mismatch."""
     bound: dict[str, tuple[int, str, TensorType, tuple[int, ...]]] = {}  # symbol -> first binding
+    conflicts: list[str] = []
     for name, ttype in declared:
         if name not in shapes:
             continue
@@ -35,8 +41,8 @@ def bind_dims(declared: Iterable[tuple[str, TensorType]],
                 continue
             first = bound.setdefault(dim, (size, name, ttype, shape))
             if first[0] != size:
-                raise InputError(
+                conflicts.append(
                     f"input {name!r} has shape {list(shape)}, whose dim {axis} {dim!r} is {size}, but "
-                    f"input {first[1]!r} {first[2].describe()} fed {list(first[3])} already bound {dim!r} "
+                    f"input {first[1]!r} {first[2].describe()} fed {list(first[3])} bound {dim!r} "
                     f"to {first[0]}")
-    return {sym: first[0] for sym, first in bound.items()}
+    return {sym: first[0] for sym, first in bound.items()}, conflicts

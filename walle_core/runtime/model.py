@@ -21,7 +21,7 @@ import numpy as np
 from walle_core import atomic as A
 from walle_core.backend import Backend
 from walle_core.decompose import lookup
-from walle_core.errors import BackendUnavailableError, InputError
+from walle_core.errors import BackendUnavailableError, InputError, WalleError
 from walle_core.frontend.shapes import bind_dims
 from walle_core.interpreter import fold
 from walle_core.ir.graph import Graph, subgraphs
@@ -83,6 +83,7 @@ class Model:
                          if backend == "auto" else None)
         self.dropped: dict[str, str] = {}  # backends that failed to prepare kernels, and why
         self._roots: dict[Signature, PlanNode] = {}
+        self._conflicts: dict[Signature, list[str]] = {}  # dim names a signature binds to two sizes
         # (feed names in order, their shapes) -> the run of that signature's plan
         self._fast: dict[tuple[tuple[str, ...], tuple[tuple[int, ...], ...]],
                          Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray] | None]] = {}
@@ -134,10 +135,25 @@ class Model:
             arrays[name] = arr
         sig = tuple(sorted((n, a.shape, a.dtype.str) for n, a in arrays.items()))
         if sig not in self._roots:  # a planned signature passed this check when it was first fed
-            bind_dims([(vi.name, vi.type) for vi in self.graph.inputs], {n: a.shape for n, a in arrays.items()})
+            _, conflicts = bind_dims([(vi.name, vi.type) for vi in self.graph.inputs],
+                                     {n: a.shape for n, a in arrays.items()})
+            if conflicts:
+                self._conflicts[sig] = conflicts
         return sig, arrays
 
     def _build(self, sig: Signature, known: dict[int, np.ndarray], start: int) -> PlanNode:
+        try:
+            return self._build_plan(sig, known, start)
+        except WalleError as exc:
+            conflicts = self._conflicts.get(sig)
+            if not conflicts:
+                raise
+            # Names bound to two sizes are legal (onnxruntime runs such feeds); when the model
+            # then fails on them, that is the likely cause, so say it.
+            raise InputError(f"{exc}; the feeds bind a dim name of the declared inputs to two sizes: "
+                             + "; ".join(conflicts)) from exc
+
+    def _build_plan(self, sig: Signature, known: dict[int, np.ndarray], start: int) -> PlanNode:
         shapes = {n: (shape, np.dtype(dt)) for n, shape, dt in sig}
         lowered = Lowering(self.graph, fold, known).run(shapes)
         ops = lowered.ops[start:]
