@@ -134,10 +134,10 @@ def test_results_show_readable_times(live: Env) -> None:
     assert readable_time(1_767_225_600) == "2026-01-01 00:00:00" and readable_time(0) == "-"
 
 
-def tiny_model(path: Path) -> Path:
+def tiny_model(path: Path, dims: list[int | str] | None = None) -> Path:
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims or [1, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims or [1, 3])])
     path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
     return path
 
@@ -153,6 +153,15 @@ def test_json_on_run_inspect_and_bench_model(tmp_path: Path) -> None:
     bench = json.loads(cli("bench", "model", str(model), "--backend", "reference", "--runs", "2", "--vs",
                            "nosuchpeer", "--json"))
     assert bench["walle_ms"] > 0 and "nosuchpeer" in bench["skipped"] and bench["runs"] == 2
+
+
+def test_bench_model_takes_the_shapes_of_dynamic_inputs(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "relu_dyn.onnx", ["n", "?"])
+    args = ["bench", "model", str(model), "--backend", "reference", "--runs", "1", "--vs", "nosuchpeer", "--json"]
+    assert json.loads(cli(*args))["inputs"] == {"x": [1, 1]}  # declared, unknown dims 1
+    assert json.loads(cli(*args, "--shape", "x=4,48"))["inputs"] == {"x": [4, 48]}
+    assert "no input named 'y'" in cli(*args, "--shape", "y=4,48", code=2)
+    assert "--shape expects NAME=D1,D2,..." in cli(*args, "--shape", "x=4,a", code=2)
 
 
 @pytest.mark.parametrize("shell, marker", [("bash", "complete -o default -F _walle_completion walle"),

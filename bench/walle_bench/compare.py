@@ -21,7 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,15 +54,18 @@ def blas_info() -> str:
 # --------------------------------------------------------------------------- models and feeds
 
 
-def random_feeds(path: Path) -> dict[str, np.ndarray]:
-    """Inputs for an ONNX file: declared shapes (unknown dims = 1), small random values
-    (integers in [0, 10) so that ids and masks stay valid)."""
+def random_feeds(path: Path, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """Inputs for an ONNX file: ``shapes`` where given, else the declared shapes (unknown dims
+    = 1), small random values (integers in [0, 10) so that ids and masks stay valid)."""
     import walle_core
 
     model = walle_core.load(path, backend="reference")
+    unknown = sorted(set(shapes or {}) - set(model.input_names))
+    if unknown:
+        raise BenchError(f"no input named {', '.join(map(repr, unknown))}; the model takes {model.inputs}")
     rng = np.random.default_rng(0)
     feeds: dict[str, np.ndarray] = {}
-    for name, zeros in model.example_feeds().items():
+    for name, zeros in model.example_feeds(dict(shapes or {})).items():
         shape, dt = zeros.shape, zeros.dtype
         if dt.kind == "f":
             feeds[name] = rng.standard_normal(shape).astype(dt)
@@ -73,7 +76,8 @@ def random_feeds(path: Path) -> dict[str, np.ndarray]:
     return feeds
 
 
-def resolve_model(spec: str) -> tuple[str, Path, dict[str, np.ndarray]]:
+def resolve_model(spec: str, shapes: Mapping[str, tuple[int, ...]] | None = None
+                  ) -> tuple[str, Path, dict[str, np.ndarray]]:
     """An ONNX or TFLite file: its name, path and random inputs (:func:`random_feeds`)."""
     p = Path(spec)
     if p.suffix not in (".onnx", ".tflite") and not p.is_file():
@@ -82,7 +86,7 @@ def resolve_model(spec: str) -> tuple[str, Path, dict[str, np.ndarray]]:
             "benchmarked with `python bench/peers.py --models NAME` from the repository root")
     if not p.is_file():
         raise BenchError(f"no such file: {spec}")
-    return p.stem, p, random_feeds(p)
+    return p.stem, p, random_feeds(p, shapes)
 
 
 # --------------------------------------------------------------------------- engines

@@ -42,18 +42,23 @@ def bench_model(
     threads: Annotated[int, typer.Option(min=1, help="Threads for every engine.")] = 2,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per engine (median).")] = 30,
     backend: Annotated[str, typer.Option(help="Walle backend.")] = "cpu",
+    shape: Annotated[list[str] | None, typer.Option(
+        "--shape", help="NAME=D1,D2,... for a dynamic input (default: its declared shape, unknown dims 1).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Latency of MODEL on Walle against peer engines (same process, same threads, batch 1)."""
     from walle_bench.compare import compare, header, resolve_model, table_rows
+    from walle_cli.commands.search import parse_shapes
 
     with walle_errors():
-        name, path, feeds = resolve_model(model)
+        name, path, feeds = resolve_model(model, parse_shapes(shape or []))
         res = compare(name, path, feeds, threads=threads, runs=runs, peers=vs, backend=backend)
     if as_json:
         ratios = {p: res.ratio(p) for p in res.peers}
         typer.echo(json.dumps({**dataclasses.asdict(res), "path": str(path), "threads": threads, "runs": runs,
-                               "backend": backend, "walle_over_peer": ratios}, indent=2))
+                               "backend": backend, "inputs": {n: list(a.shape) for n, a in feeds.items()},
+                               "walle_over_peer": ratios}, indent=2))
         return
-    for line in [*header(threads, runs), *table_rows([res], vs)]:
+    inputs = ", ".join(f"{n}{list(a.shape)}" for n, a in feeds.items())
+    for line in [*header(threads, runs), f"inputs: {inputs}", *table_rows([res], vs)]:
         typer.echo(line)
