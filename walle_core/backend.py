@@ -63,6 +63,7 @@ class Rewrites:
     Binary max/min against a scalar constant, how ReLU and ReLU6 often arrive)."""
 
     gelu: bool = False  # the erf spelling of GELU becomes one Unary gelu
+    hardswish: bool = False  # x * clip(x + 3, 0, 6) / 6 and x * hardsigmoid(x) become one Unary hardswish
     matmul_bias: bool = False  # matmul + constant row vector becomes the MatMul's bias
     residual: bool = False  # add(conv or matmul, same-shaped r) runs in the producer's epilogue
     activations: frozenset[str] = frozenset()

@@ -66,7 +66,7 @@ class CpuBackend(Backend):
     version = "0.3"
     # the planner's pattern folds and epilogue fusions: the GEMM and conv kernels apply any
     # float unary (and clips) after the bias and an optional residual
-    rewrites = Rewrites(gelu=True, matmul_bias=True, residual=True,
+    rewrites = Rewrites(gelu=True, hardswish=True, matmul_bias=True, residual=True,
                         activations=codes.FLOAT_UNARY - codes.PREDICATES)
     _last_lowered: tuple[Program, list[tuple[A.Op, Algorithm]]] | None = None
 

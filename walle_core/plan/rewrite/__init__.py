@@ -1,4 +1,4 @@
-"""Backend-neutral rewrites of a backend's op list: pattern folds (GELU, MatMul bias) and
+"""Backend-neutral rewrites of a backend's op list: pattern folds (GELU, HardSwish, MatMul bias) and
 epilogue fusions (residual add, activation after a Conv2D or MatMul).
 
 A backend opts in through ``Backend.rewrites`` (what its kernels can take); the planner applies
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Rewrites
 from walle_core.plan.rewrite.epilogue import fuse_activations, fuse_residuals, readers
-from walle_core.plan.rewrite.patterns import fold_gelu, fold_matmul_bias
+from walle_core.plan.rewrite.patterns import fold_gelu, fold_hardswish, fold_matmul_bias
 
 Items = list[tuple[A.Op, Algorithm]]
 
@@ -25,6 +25,8 @@ def apply(items: Sequence[tuple[A.Op, Algorithm]], external: set[int], rewrites:
     out = list(items)
     if rewrites.gelu:
         out = fold_gelu(out, external)
+    if rewrites.hardswish:
+        out = fold_hardswish(out, external)
     if rewrites.matmul_bias:
         out = fold_matmul_bias(out, external)
     uses = readers(out)

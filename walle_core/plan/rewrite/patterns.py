@@ -1,8 +1,12 @@
 """Rewrites of atomic-op patterns into ops that do the same in one pass, for backends that opt
-in (``Rewrites.gelu``, ``Rewrites.matmul_bias``); run before the epilogue fusions:
+in (``Rewrites.gelu``, ``Rewrites.hardswish``, ``Rewrites.matmul_bias``); run before the
+epilogue fusions:
 
 * ``x * 0.5 * (1 + erf(x / sqrt(2)))`` (GELU as exporters spell it before opset 20) becomes one
   ``Unary gelu``, which the activation fusion then folds into the producing MatMul or Conv2D;
+* ``x * clip(x + 3, 0, 6) / 6`` (or ``* (1/6)``) and ``x * hardsigmoid(x)`` with alpha 1/6, beta
+  1/2 (HardSwish as PaddlePaddle, tf2onnx and torch before opset 14 spell it) become one ``Unary
+  hardswish``, likewise folded;
 * ``matmul(a, b) + c`` with a constant row vector ``c`` becomes a MatMul with bias ``c``.
 
 Every intermediate of a pattern must have no other reader and not be a program output.
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -95,21 +99,126 @@ def _gelu_input(g: _Graph, y_op: A.Op) -> tuple[A.Tensor, list[A.Op]] | None:
     return None
 
 
-def fold_gelu(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> Items:
+def _binary(op: A.Op | None, fn: str) -> A.Binary | None:
+    ok = isinstance(op, A.Binary) and op.fn == fn and op.out.dtype == _F32 and len(op.inputs) == 2
+    return op if ok else None  # type: ignore[return-value]
+
+
+def _with_scalar(op: A.Op | None, fn: str, value: float) -> A.Tensor | None:
+    """For ``op = fn(t, value)`` (either order for add and mul, ``t`` read densely): ``t``."""
+    b = _binary(op, fn)
+    if b is None:
+        return None
+    for k in ((0, 1) if fn in ("add", "mul", "max", "min") else (0,)):
+        c, t = b.inputs[1 - k], b.inputs[k]
+        v = _scalar(c)
+        if v is not None and math.isclose(v, value, rel_tol=1e-6) and _other(b, t) is c:
+            return t
+    return None
+
+
+def _relu6_of_plus3(g: _Graph, t: A.Tensor) -> A.Tensor | None:
+    """For ``t = clip(x + 3, 0, 6)``, spelt as a Unary clip, max then min, min then max, or a
+    ReLU then min: ``x``."""
+    op = g.single(t)
+    inner: A.Tensor | None = None
+    if isinstance(op, A.Unary) and op.fn == "clip" and op.out.dtype == _F32 \
+            and tuple(float(p) for p in op.params[:2]) == (0.0, 6.0):
+        inner = op.inputs[0]
+    else:
+        for outer_fn, v_out, inner_fn, v_in in (("min", 6.0, "max", 0.0), ("max", 0.0, "min", 6.0)):
+            mid = _with_scalar(op, outer_fn, v_out)
+            if mid is None:
+                continue
+            inner = _with_scalar(g.single(mid), inner_fn, v_in)
+            if inner is None and outer_fn == "min":
+                r = g.single(mid)
+                if isinstance(r, A.Unary) and r.fn == "relu" and r.out.dtype == _F32:
+                    inner = r.inputs[0]
+            if inner is not None:
+                break
+    if inner is None:
+        return None
+    return _with_scalar(g.single(inner), "add", 3.0)
+
+
+def _hardsigmoid_of(g: _Graph, t: A.Tensor) -> A.Tensor | None:
+    """For ``t = clip(x + 3, 0, 6) / 6`` (or ``* (1/6)``) or a Unary hardsigmoid with alpha
+    1/6 and beta 1/2: ``x``."""
+    op = g.single(t)
+    if isinstance(op, A.Unary) and op.fn == "hardsigmoid" and op.out.dtype == _F32 \
+            and len(op.params) == 2 and math.isclose(float(op.params[0]), 1 / 6, rel_tol=1e-5) \
+            and float(op.params[1]) == 0.5:
+        return op.inputs[0]
+    r = _with_scalar(op, "div", 6.0) or _with_scalar(op, "mul", 1 / 6)
+    return None if r is None else _relu6_of_plus3(g, r)
+
+
+def _hardswish_input(g: _Graph, y_op: A.Op) -> A.Tensor | None:
+    """For ``y = x * hardsigmoid(x)`` or ``y = (x * clip(x + 3, 0, 6)) / 6`` (or ``* (1/6)``):
+    ``x``. ``x`` is matched by id: a reshaped producer gives each reader its own alias."""
+    def same(a: A.Tensor | None, x: A.Tensor) -> bool:
+        dense = tuple(contiguous(y_op.out.shape))
+        return a is not None and a.id == x.id and a.shape == x.shape == y_op.out.shape \
+            and all(tuple(st) == dense for st in m.strides)  # type: ignore[union-attr]
+
+    m = _binary(y_op, "mul")
+    if m is not None:
+        for k in (0, 1):
+            x = m.inputs[k]
+            if same(_hardsigmoid_of(g, m.inputs[1 - k]), x):
+                return x
+    scaled = _with_scalar(y_op, "div", 6.0) or _with_scalar(y_op, "mul", 1 / 6)
+    m = _binary(g.single(scaled) if scaled is not None else None, "mul")
+    if m is not None:
+        for k in (0, 1):
+            x = m.inputs[k]
+            if same(_relu6_of_plus3(g, m.inputs[1 - k]), x):
+                return x
+    return None
+
+
+def _inner_ops(g: _Graph, y_op: A.Op, x: A.Tensor) -> list[A.Op]:
+    """The ops between ``x`` and ``y_op``'s output (all single-reader intermediates)."""
+    found: list[A.Op] = []
+    todo = [t for t in y_op.inputs if t.id != x.id]
+    while todo:
+        op = g.single(todo.pop())
+        if op is not None:
+            found.append(op)
+            todo.extend(t for t in op.inputs if t.id != x.id)
+    return found
+
+
+def _fold_unary(items: Sequence[tuple[A.Op, Algorithm]], external: set[int], fn: str,
+                match: Callable[[_Graph, A.Op], tuple[A.Tensor, list[A.Op]] | None]) -> Items:
+    """Replace every pattern ``match`` finds (its input and inner ops) by ``Unary fn``."""
     g = _Graph(items, external)
     drop: set[int] = set()
     out: Items = []
     for op, algo in g.items:
-        found = _gelu_input(g, op) if id(op) not in drop else None
+        found = match(g, op) if id(op) not in drop else None
         if found is not None:
             x, inner = found
             drop.update(id(o) for o in inner)
             out = [(o, a) for o, a in out if id(o) not in drop]
-            out.append((A.Unary([x], [op.out], fn="gelu"), Algorithm("direct")))
+            out.append((A.Unary([x], [op.out], fn=fn), Algorithm("direct")))
             continue
         if id(op) not in drop:
             out.append((op, algo))
     return out
+
+
+def fold_gelu(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> Items:
+    return _fold_unary(items, external, "gelu", _gelu_input)
+
+
+def fold_hardswish(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> Items:
+    def match(g: _Graph, op: A.Op) -> tuple[A.Tensor, list[A.Op]] | None:
+        x = _hardswish_input(g, op)
+        return None if x is None else (x, _inner_ops(g, op, x))
+
+    return _fold_unary(items, external, "hardswish", match)
 
 
 def fold_matmul_bias(items: Sequence[tuple[A.Op, Algorithm]], external: set[int]) -> Items:
