@@ -1,5 +1,5 @@
-"""Inference BatchNormalization folded into the Conv / ConvTranspose before it
-(``walle_core.plan.rewrite.bn_fold``): the fold happens where it may (constants, also through
+"""Inference BatchNormalization, and a Mul, Add or Sub of a per-channel constant, folded into the
+Conv / ConvTranspose before it (``walle_core.plan.rewrite.bn_fold``): the fold happens where it may (constants, also through
 Identity nodes; grouped ConvTranspose; with and without a conv bias), never where the conv's
 output is read elsewhere, is a graph output, or the statistics are computed, and the model's
 result stays that of onnxruntime on the reference and cpu backends."""
@@ -84,6 +84,60 @@ CASES: dict[str, tuple[dict[str, Any], bool]] = {
     "conv_output_is_graph_output": ({"conv_is_output": True}, False),
     "stats_computed": ({"stats_input": True}, False),
 }
+
+
+def _affine_model(tmp_path: Path, steps: list[tuple[str, tuple[int, ...], bool]], op: str = "Conv",
+                  group: int = 1) -> Path:
+    """A conv, then ``steps``: (Mul/Add/Sub, constant's shape, conv side first), then ReLU."""
+    rng = np.random.default_rng(9)
+    cin, cout = 8, 6
+    wshape = (cin, cout // group, 2, 2) if op == "ConvTranspose" else (cout, cin // group, 3, 3)
+    attrs: dict[str, Any] = {"strides": [2, 2], "group": group} if op == "ConvTranspose" else \
+        {"pads": [1, 1, 1, 1], "group": group}
+    inits = [numpy_helper.from_array(rng.standard_normal(wshape).astype(np.float32), "w")]
+    nodes = [helper.make_node(op, ["x", "w"], ["t0"], **attrs)]
+    for i, (kind, shape, conv_first) in enumerate(steps):
+        c = f"c{i}"
+        if len(shape) == 0:  # a scalar from a Constant node, as PaddlePaddle writes it
+            nodes.append(helper.make_node("Constant", [], [c], value=numpy_helper.from_array(
+                np.array(rng.uniform(0.5, 2), np.float32))))
+        else:
+            inits.append(numpy_helper.from_array(rng.uniform(0.5, 2, shape).astype(np.float32), c))
+        ins = [f"t{i}", c] if conv_first else [c, f"t{i}"]
+        nodes.append(helper.make_node(kind, ins, [f"t{i + 1}"]))
+    nodes.append(helper.make_node("Relu", [f"t{len(steps)}"], ["y"]))
+    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 7, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "affine.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(path))
+    return path
+
+
+AFFINE: dict[str, tuple[list[tuple[str, tuple[int, ...], bool]], dict[str, Any], int]] = {
+    # steps, conv attrs, ops left after the conv (0: all folded)
+    "scalar_mul_add": ([("Mul", (), False), ("Add", (), True)], {}, 0),
+    "channel_mul_sub": ([("Mul", (6, 1, 1), True), ("Sub", (1, 6, 1, 1), True)], {}, 0),
+    "grouped": ([("Mul", (1, 6, 1, 1), False), ("Add", (6, 1, 1), False)], {"group": 2}, 0),
+    "convtranspose": ([("Mul", (6, 1, 1), True)], {"op": "ConvTranspose", "group": 2}, 0),
+    "constant_minus_conv": ([("Sub", (6, 1, 1), False)], {}, 1),  # negates the conv: left
+    "per_pixel": ([("Mul", (1, 1, 7, 9), True)], {}, 1),            # varies over space: left
+    "broadcast_up": ([("Add", (2, 6, 1, 1), True)], {}, 1),          # makes a batch of 2: left
+}
+
+
+@pytest.mark.parametrize("case", sorted(AFFINE))
+def test_constant_affine_after_a_conv_folds_where_it_may(tmp_path: Path, case: str) -> None:
+    steps, kw, left = AFFINE[case]
+    path = _affine_model(tmp_path, steps, **kw)
+    folded = fold_batch_norms(import_model(path))
+    assert sum(n.op_type in ("Mul", "Add", "Sub") for n in folded.nodes) == left
+    feeds = _feeds(False)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for backend in ("reference", "cpu"):
+        got = walle_core.load(path, backend=backend).run(feeds)
+        for w, g in zip(want, got.values(), strict=True):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

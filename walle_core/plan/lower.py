@@ -40,7 +40,8 @@ class Lowering:
     def __init__(self, graph: Graph, fold: FoldFn, known: dict[int, np.ndarray], qdq: bool = True) -> None:
         # QDQ islands become integer ops first (``qdq=False`` lowers the graph as written);
         # spelled-out layer norms become LayerNormalization nodes (their composite), inference
-        # BatchNormalizations after a conv become part of its weights (rewrite.bn_fold)
+        # BatchNormalizations, and Mul/Add/Sub of per-channel constants, after a conv become
+        # part of its weights (rewrite.bn_fold)
         self.graph = fold_batch_norms(fuse_layer_norm(fuse_qdq(graph)[0] if qdq else graph))
         self.b = Builder(fold, known)
 

@@ -1,5 +1,7 @@
 """Inference ``BatchNormalization`` after a ``Conv`` or ``ConvTranspose`` with constant weights
-becomes part of that node's weights and bias.
+becomes part of that node's weights and bias; so do a ``Mul``, ``Add`` or ``Sub`` of a constant
+that is one value or one value per output channel (PaddlePaddle's re-parameterised blocks and
+learnable affine blocks, and converters that spell a BatchNorm out, write these).
 
 torch folds a BatchNorm into the Conv before it when it exports in eval mode, but not into a
 ConvTranspose (a decoder's or a segmentation head's upsampling: ConvTranspose, BatchNorm,
@@ -92,6 +94,12 @@ def _fold(bn: Node, conv: Node, init: dict[str, np.ndarray], producer: dict[str,
     if bias.size != k.size:
         return None
 
+    return _with_weights(conv, bn, w.dtype, wk, bias * k + (beta - mean * k), init, taken)
+
+
+def _with_weights(conv: Node, after: Node, dtype: np.dtype, w: np.ndarray, b: np.ndarray,
+                  init: dict[str, np.ndarray], taken: set[str]) -> Node:
+    """``conv`` with weights ``w`` and bias ``b`` (new initializers) writing ``after``'s output."""
     def fresh(base: str) -> str:
         name, i = base, 0
         while name in taken:
@@ -100,15 +108,67 @@ def _fold(bn: Node, conv: Node, init: dict[str, np.ndarray], producer: dict[str,
         taken.add(name)
         return name
 
-    wn, bn_name = fresh(f"{conv.inputs[1]}/bn_folded"), fresh(f"{bn.label()}/bias_folded")
-    init[wn] = wk.astype(w.dtype)
-    init[bn_name] = (bias * k + (beta - mean * k)).astype(w.dtype)
-    return Node(conv.op_type, [conv.inputs[0], wn, bn_name], [bn.outputs[0]], dict(conv.attrs),
-                name=f"{conv.label()}/bn_folded", domain=conv.domain)
+    wn, bn_name = fresh(f"{conv.inputs[1]}/folded"), fresh(f"{after.label()}/bias_folded")
+    init[wn] = w.astype(dtype)
+    init[bn_name] = b.astype(dtype)
+    return Node(conv.op_type, [conv.inputs[0], wn, bn_name], [after.outputs[0]], dict(conv.attrs),
+                name=f"{conv.label()}/{after.op_type.lower()}_folded", domain=conv.domain)
+
+
+def _channel_constant(value: np.ndarray | None, rank: int, channels: int) -> np.ndarray | None:
+    """A constant operand that broadcasts against a conv output of ``rank`` dims as one value
+    per output channel (axis 1): its ``channels`` values (float64), else None."""
+    if value is None or value.dtype.kind != "f" or value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if any(d != 1 for ax, d in enumerate(shape) if ax != 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(np.asarray(value, np.float64).reshape(-1), (channels,)).copy()
+
+
+def _fold_affine(op: Node, x: str, conv: Node, init: dict[str, np.ndarray], producer: dict[str, Node],
+                 taken: set[str]) -> Node | None:
+    """The conv with ``op`` (``Mul``, ``Add`` or ``Sub`` of the conv's output ``x`` and a
+    per-channel constant) folded in, or None."""
+    if len(op.inputs) != 2 or op.inputs[0] == op.inputs[1] or len(conv.inputs) < 2:
+        return None
+    if op.op_type == "Sub" and op.inputs[0] != x:
+        return None  # c - conv(x) would negate the weights too: left as it is
+    w = _constant(conv.inputs[1], init, producer)
+    has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2])
+    b0 = _constant(conv.inputs[2], init, producer) if has_bias else None
+    if w is None or w.dtype.kind != "f" or w.ndim < 3 or (has_bias and b0 is None):
+        return None
+    channels = w.shape[0] if conv.op_type == "Conv" else w.shape[1] * int(conv.attrs.get("group", 1))
+    other = op.inputs[1] if op.inputs[0] == x else op.inputs[0]
+    c = _channel_constant(_constant(other, init, producer), w.ndim, channels)
+    bias = np.zeros(channels) if b0 is None else np.asarray(b0, np.float64).reshape(-1)
+    if c is None or bias.size != channels:
+        return None
+    w64 = w.astype(np.float64)
+    if op.op_type == "Mul":
+        wk = _scaled(conv, w64, c)
+        if wk is None:
+            return None
+        return _with_weights(conv, op, w.dtype, wk, bias * c, init, taken)
+    return _with_weights(conv, op, w.dtype, w64, bias + (c if op.op_type == "Add" else -c), init, taken)
+
+
+_AFFINE = ("Mul", "Add", "Sub")
 
 
 def _rewrite(graph: Graph) -> Graph:
-    if not any(n.op_type == "BatchNormalization" for n in graph.nodes):
+    # each pass folds one node into each conv: a Mul then an Add takes two
+    for _ in range(4):
+        folded = _rewrite_once(graph)
+        if folded is graph:
+            break
+        graph = folded
+    return graph
+
+
+def _rewrite_once(graph: Graph) -> Graph:
+    if not any(n.op_type in ("BatchNormalization", *_AFFINE) for n in graph.nodes):
         return graph
     producer = graph.producers()
     readers: dict[str, int] = {}
@@ -121,14 +181,17 @@ def _rewrite(graph: Graph) -> Graph:
     taken = set(init) | {o for n in graph.nodes for o in n.outputs} | {v.name for v in graph.inputs}
     replace: dict[int, Node | None] = {}
     for bn in graph.nodes:
-        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or not bn.inputs:
+        if bn.op_type not in ("BatchNormalization", *_AFFINE) or bn.domain not in ("", "ai.onnx") \
+                or not bn.inputs:
             continue
-        x = bn.inputs[0]
+        x = next((i for i in bn.inputs[:2] if (p := producer.get(i)) is not None and p.op_type in _CONVS),
+                 bn.inputs[0]) if bn.op_type in _AFFINE else bn.inputs[0]
         conv = producer.get(x)
         if conv is None or conv.op_type not in _CONVS or conv.domain not in ("", "ai.onnx") \
                 or readers.get(x, 0) != 1 or x in outputs or id(conv) in replace:
             continue
-        fused = _fold(bn, conv, init, producer, taken)
+        fused = (_fold(bn, conv, init, producer, taken) if bn.op_type == "BatchNormalization"
+                 else _fold_affine(bn, x, conv, init, producer, taken))
         if fused is None:
             continue
         replace[id(conv)] = None
