@@ -154,3 +154,51 @@ def test_batch_norm_folds_where_it_may_and_results_match(tmp_path: Path, case: s
         got = walle_core.load(path, backend=backend).run(feeds)
         for w, g in zip(want, got.values(), strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
+
+
+def _input_affine_model(tmp_path: Path, kernel: int, conv_attrs: dict[str, Any],
+                        steps: list[tuple[str, tuple[int, ...], bool]]) -> Path:
+    """ReLU(x), then ``steps`` (as in :func:`_affine_model`), then a conv of ``kernel``."""
+    rng = np.random.default_rng(10)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 8, kernel, kernel)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")]
+    nodes = [helper.make_node("Relu", ["x"], ["t0"])]
+    for i, (kind, shape, value_first) in enumerate(steps):
+        inits.append(numpy_helper.from_array(rng.uniform(0.5, 2, shape).astype(np.float32), f"c{i}"))
+        ins = [f"c{i}", f"t{i}"] if value_first else [f"t{i}", f"c{i}"]
+        nodes.append(helper.make_node(kind, ins, [f"t{i + 1}"]))
+    nodes.append(helper.make_node("Conv", [f"t{len(steps)}", "w", "b"], ["y"], **conv_attrs))
+    graph = helper.make_graph(nodes, "in_affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 7, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "in_affine.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(path))
+    return path
+
+
+INPUT_AFFINE: dict[str, tuple[int, dict[str, Any], list[tuple[str, tuple[int, ...], bool]], int]] = {
+    # kernel, conv attrs, steps, ops left before the conv (0: all folded)
+    "pointwise": (1, {}, [("Mul", (), True), ("Add", (1,), False)], 0),
+    "valid_3x3_sub": (3, {"strides": [2, 2]}, [("Mul", (1, 1, 1), False), ("Sub", (), False)], 0),
+    "same_1x1": (1, {"auto_pad": "SAME_UPPER"}, [("Add", (), True)], 0),
+    "padded_3x3": (3, {"pads": [1, 1, 1, 1]}, [("Add", (), True), ("Mul", (), False)], 1),  # the Mul folds
+    "padded_3x3_shift_last": (3, {"pads": [1, 1, 1, 1]}, [("Mul", (), True), ("Add", (), False)], 2),
+    "same_3x3": (3, {"auto_pad": "SAME_LOWER"}, [("Add", (), True)], 1),    # padding meets the shift
+    "per_channel": (1, {}, [("Mul", (8, 1, 1), True)], 1),                  # could widen x's channels
+    "full_rank_scalar": (1, {}, [("Add", (1, 1, 1, 1), True)], 1),          # could widen x's rank
+    "constant_minus_x": (1, {}, [("Sub", (), True)], 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INPUT_AFFINE))
+def test_scalar_affine_before_an_unpadded_conv_folds(tmp_path: Path, case: str) -> None:
+    kernel, attrs, steps, left = INPUT_AFFINE[case]
+    path = _input_affine_model(tmp_path, kernel, attrs, steps)
+    folded = fold_batch_norms(import_model(path))
+    assert sum(n.op_type in ("Mul", "Add", "Sub") for n in folded.nodes) == left
+    feeds = _feeds(False)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for backend in ("reference", "cpu"):
+        got = walle_core.load(path, backend=backend).run(feeds)
+        for w, g in zip(want, got.values(), strict=True):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))

@@ -157,6 +157,50 @@ def _fold_affine(op: Node, x: str, conv: Node, init: dict[str, np.ndarray], prod
 _AFFINE = ("Mul", "Add", "Sub")
 
 
+def _unpadded(conv: Node, kernel: tuple[int, ...]) -> bool:
+    """The conv reads no padding (zero pads, VALID, or a SAME of 1x1 kernels)."""
+    auto = conv.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        return all(k == 1 for k in kernel)
+    return auto == "VALID" or not any(int(p) for p in conv.attrs.get("pads", ()))
+
+
+def _fold_input_affine(op: Node, conv: Node, init: dict[str, np.ndarray], producer: dict[str, Node],
+                       taken: set[str]) -> Node | None:
+    """``conv`` reading ``t * c``, ``t + c`` or ``t - c`` (``c`` one constant value, of lower
+    rank than the conv's input so that ``t`` has the input's shape) with ``t`` and folded
+    weights and bias, or None: ``conv(t * c) = conv_{w c}(t)``, and without padding (every
+    value a window reads is then shifted) ``conv(t + c) = conv(t) + c * sum(w)`` per output."""
+    if len(op.inputs) != 2 or op.inputs[0] == op.inputs[1] or len(conv.inputs) < 2:
+        return None
+    w = _constant(conv.inputs[1], init, producer)
+    has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2])
+    b0 = _constant(conv.inputs[2], init, producer) if has_bias else None
+    if w is None or w.dtype.kind != "f" or w.ndim < 3 or (has_bias and b0 is None):
+        return None
+    if op.op_type != "Mul" and not _unpadded(conv, tuple(w.shape[2:])):
+        return None  # padding's zeros would be shifted too (a scale keeps them zero)
+    for k in (1, 0):
+        c = _constant(op.inputs[k], init, producer)
+        if c is not None:
+            break
+    if c is None or c.dtype.kind != "f" or c.size != 1 or c.ndim >= w.ndim or (op.op_type == "Sub" and k == 0):
+        return None
+    v = float(np.asarray(c, np.float64).reshape(-1)[0])
+    w64 = w.astype(np.float64)
+    bias = np.zeros(w.shape[0]) if b0 is None else np.asarray(b0, np.float64).reshape(-1)
+    if bias.size != w.shape[0]:
+        return None
+    if op.op_type == "Mul":
+        w64, b = w64 * v, bias
+    else:
+        b = bias + (v if op.op_type == "Add" else -v) * w64.reshape(w.shape[0], -1).sum(axis=1)
+    folded = _with_weights(conv, conv, w.dtype, w64, b, init, taken)
+    folded.inputs[0] = op.inputs[1 - k]
+    return folded
+
+
 def _rewrite(graph: Graph) -> Graph:
     # each pass folds one node into each conv: a Mul then an Add takes two
     for _ in range(4):
@@ -196,6 +240,22 @@ def _rewrite_once(graph: Graph) -> Graph:
             continue
         replace[id(conv)] = None
         replace[id(bn)] = fused
+    consumers: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        for name in dict.fromkeys(n.inputs):
+            consumers.setdefault(name, []).append(n)
+    for op in graph.nodes:  # a scalar affine before a conv with no padding: into its weights
+        if op.op_type not in _AFFINE or op.domain not in ("", "ai.onnx") or id(op) in replace \
+                or len(op.outputs) != 1 or op.outputs[0] in outputs:
+            continue
+        (conv, *more) = consumers.get(op.outputs[0], [None])
+        if more or conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") \
+                or id(conv) in replace or conv.inputs[0] != op.outputs[0]:
+            continue
+        fused = _fold_input_affine(op, conv, init, producer, taken)
+        if fused is not None:
+            replace[id(op)] = None
+            replace[id(conv)] = fused
     if not replace:
         return graph
     nodes = [r for n in graph.nodes if (r := replace.get(id(n), n)) is not None]
