@@ -347,3 +347,42 @@ def test_large_int8_matmul_matches_reference(integer: bool) -> None:
     test_int8_matmul_matches_reference.hypothesis.inner_test(  # type: ignore[attr-defined]
         m=37, k=200, n=150, batch=2, x_dtype=np.dtype(np.uint8), w_dtype=np.dtype(np.int8),
         per_channel=True, integer=integer, seed=4)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv=st.booleans(), groups=st.sampled_from([1, 2]), k=st.sampled_from([1, 3, 5]),
+       pad=st.integers(0, 2), stride=st.integers(1, 2), one_d=st.booleans(), w_zero=st.booleans(),
+       w_dtype=st.sampled_from([np.dtype(np.uint8), np.dtype(np.int8)]), seed=st.integers(0, 2**31))
+def test_integer_ops_with_a_run_time_zero_point_stay_on_the_int8_kernels(
+        conv: bool, groups: int, k: int, pad: int, stride: int, one_d: bool, w_zero: bool,
+        w_dtype: np.dtype, seed: int) -> None:
+    """ConvInteger / MatMulInteger fed DynamicQuantizeLinear's zero point (a run-time value, as
+    onnxruntime's ``quantize_dynamic`` writes them) run the int8 composite with zero point 0 and
+    subtract the zero point times the weights' window (or column) sums: the int32 results are
+    onnxruntime's, and nothing falls back to ``reference``."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(seed)
+    c, o, hh, ww = 4 * groups, 3 * groups, 9, 11
+    x = _rand(rng, np.dtype(np.uint8), (2, c, ww) if one_d else (1, c, hh, ww))
+    xz = _rand(rng, np.dtype(np.uint8), ())
+    spatial = x.shape[2:]
+    if conv:
+        w = _rand(rng, w_dtype, (o, c // groups, *([k] * len(spatial))))
+        attrs = {"strides": [stride] * len(spatial), "pads": [pad] * 2 * len(spatial), "group": groups}
+        node = h.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], **attrs)
+        wz = _rand(rng, w_dtype, ()) if w_zero else np.zeros((), w_dtype)
+    else:
+        x = x.reshape(-1, x.shape[-1])
+        w = _rand(rng, w_dtype, (x.shape[-1], o))
+        node = h.make_node("MatMulInteger", ["x", "w", "xz", "wz"], ["y"])
+        wz = _rand(rng, w_dtype, (o,)) if w_zero else np.zeros((o,), w_dtype)
+    g = h.make_graph([node], "q", [h.make_tensor_value_info("x", TP.UINT8, list(x.shape)),
+                                   h.make_tensor_value_info("xz", TP.UINT8, [])],
+                     [h.make_tensor_value_info("y", TP.INT32, None)],
+                     [nh.from_array(w, "w"), nh.from_array(wz, "wz")])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 13)]).SerializeToString()
+    feeds = {"x": x, "xz": xz}
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    cpu_model = walle_core.load(model, backend="cpu")
+    np.testing.assert_array_equal(cpu_model.run(feeds)["y"], want)
+    assert [s.backend for s in cpu_model.plan_for(feeds).stage.steps] == ["cpu"], "fell back"

@@ -152,9 +152,62 @@ def _scalar_int(v: np.ndarray | None) -> int | None:
     return int(flat[0]) if flat.size == 1 else None
 
 
+def window_sums(wc: np.ndarray, spatial: Sequence[int], strides: Sequence[int], pads: Sequence[int],
+                dilations: Sequence[int]) -> np.ndarray:
+    """Per output channel and position, the sum of the centred weights ``wc`` (O, I, k...) over
+    the taps that land inside the input (padding is outside): int32 (O, *out). A convolution of
+    ``x - z`` padded with zeros is the one of ``x`` padded with zeros minus ``z`` times this."""
+    nd = len(spatial)
+    taps = wc.astype(np.int64).sum(axis=1)  # (O, k...)
+    masks = []
+    for d in range(nd):
+        k, s, dil, lo = wc.shape[2 + d], strides[d], dilations[d], pads[d]
+        n_out = (spatial[d] + pads[d] + pads[d + nd] - dil * (k - 1) - 1) // s + 1
+        pos = np.arange(n_out)[None, :] * s - lo + np.arange(k)[:, None] * dil  # (k, out)
+        masks.append(((pos >= 0) & (pos < spatial[d])).astype(np.int64))
+    letters = "abcdefgh"[:nd]
+    spec = f"o{letters}," + ",".join(f"{c}{c.upper()}" for c in letters) + f"->o{letters.upper()}"
+    return np.einsum(spec, taps, *masks).astype(np.int32)
+
+
+def colsum_correction(b: Builder, acc: A.Tensor, a_zero: A.Tensor, w: np.ndarray,
+                      w_zero: np.ndarray | None) -> A.Tensor:
+    """``acc - a_zero * sum_k(w - w_zero)`` for a run-time zero point of A."""
+    wc = w.astype(np.int64) - (0 if w_zero is None else np.asarray(w_zero).astype(np.int64).reshape(1, -1))
+    col = wc.sum(axis=0).astype(np.int32)
+    zp = b.reshape(b.cast(a_zero, np.int32), ())
+    return b.binary("sub", acc, b.binary("mul", b.const(col), zp))
+
+
+def _runtime_zero_conv(b: Builder, x: A.Tensor, xz: A.Tensor, wv: np.ndarray, wzv: np.ndarray | None,
+                       ctx: NodeContext) -> A.Tensor | None:
+    """ConvInteger with a run-time zero point of x (DynamicQuantizeLinear's): the composite with
+    zero point 0, minus the zero point times the window sums of the weights; None when it does
+    not apply."""
+    from walle_core.decompose.conv import resolve_pads
+
+    if xz.size != 1 or x.dtype.itemsize != 1 or x.dtype.kind not in "iu" or len(x.shape) not in (3, 4):
+        return None
+    nd = len(x.shape) - 2
+    strides = ctx.attr("strides") or [1] * nd
+    dil = ctx.attr("dilations") or [1] * nd
+    pads = resolve_pads(ctx, x.shape[2:], list(wv.shape[2:]), strides, dil)
+    groups = int(ctx.attr("group", 1))
+    if x.shape[1] != wv.shape[1] * groups:
+        raise DecomposeError(f"channels {x.shape[1]} do not match weight {list(wv.shape)} with group={groups}")
+    o = wv.shape[0]
+    wz = _per_channel(wzv, o, "weight zero point")
+    acc = qconv(b, x, wv, 0, wz, None, None, strides, pads, dil, groups)
+    sums = window_sums(wv.astype(np.int32) - wz.reshape((o,) + (1,) * (wv.ndim - 1)), x.shape[2:],
+                       strides, pads, dil)
+    zp = b.reshape(b.cast(xz, np.int32), ())
+    return b.binary("sub", acc, b.binary("mul", b.const(sums.reshape(acc.shape[1:])), zp))
+
+
 def _qlinear_conv(b: Builder, ins: Ins, ctx: NodeContext, requant: bool) -> A.Tensor | None:
-    """The composite form of QLinearConv / ConvInteger when the parameters are constants; None
-    when they are run-time tensors (the caller then runs the plain expansion)."""
+    """The composite form of QLinearConv / ConvInteger when the parameters are constants (and
+    for ConvInteger a run-time zero point of x); None otherwise (the caller then runs the plain
+    expansion)."""
     from walle_core.decompose.conv import resolve_pads
 
     x, w = req(ins[0]), req(ins[3 if requant else 1], "weight")
@@ -169,6 +222,8 @@ def _qlinear_conv(b: Builder, ins: Ins, ctx: NodeContext, requant: bool) -> A.Te
     else:
         xz, wz = (ins[2] if len(ins) > 2 else None), (ins[3] if len(ins) > 3 else None)
     wv, xzv, wzv, bv = _const(b, w), _const(b, xz), _const(b, wz), _const(b, bias)
+    if not requant and xz is not None and xzv is None and wv is not None and (wz is None or wzv is not None):
+        return _runtime_zero_conv(b, x, xz, wv, wzv, ctx)
     x_zero = _scalar_int(xzv)
     if wv is None or x_zero is None or (wz is not None and wzv is None) \
             or (bias is not None and bv is None) or (xz is not None and xzv is None):
@@ -289,6 +344,11 @@ def matmul_integer(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
     found = _matmul_consts(b, a, w, az, wz, False)
     if found is not None:
         return [qmatmul(b, a, found[0], found[1], found[2], None, None)]
+    wv, wzv = _const(b, w), _const(b, wz)
+    if az is not None and az.size == 1 and _const(b, az) is None and wv is not None and wv.ndim == 2 \
+            and (wz is None or wzv is not None) and a.dtype.itemsize == 1 and len(a.shape) >= 2:
+        # a run-time zero point of A (DynamicQuantizeLinear's): a column-sum correction
+        return [colsum_correction(b, qmatmul(b, a, wv, 0, wzv, None, None), az, wv, wzv)]
     a32 = b.cast(a, np.int32)
     w32 = b.cast(w, np.int32)
     if az is not None:

@@ -23,7 +23,14 @@ from walle_core.decompose import NodeContext, lookup, register
 from walle_core.decompose.builder import Builder, DecomposeError
 from walle_core.decompose.elementwise import req
 from walle_core.decompose.quant import dequantize_linear, dynamic_quantize_linear, quantize_linear
-from walle_core.decompose.quant_linear import Requant, composite, int_range, qmatmul, requantize
+from walle_core.decompose.quant_linear import (
+    Requant,
+    colsum_correction,
+    composite,
+    int_range,
+    qmatmul,
+    requantize,
+)
 from walle_core.ir.graph import Node
 
 Ins = list[A.Tensor | None]
@@ -309,15 +316,6 @@ def qlinear_softmax(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
 # --------------------------------------------------------------------------- matrix products
 
 
-def _colsum_correction(b: Builder, acc: A.Tensor, a_zero: A.Tensor, w: np.ndarray,
-                       w_zero: np.ndarray | None) -> A.Tensor:
-    """``acc - a_zero * sum_k(w - w_zero)`` for a run-time zero point of A."""
-    wc = w.astype(np.int64) - (0 if w_zero is None else np.asarray(w_zero).astype(np.int64).reshape(1, -1))
-    col = wc.sum(axis=0).astype(np.int32)
-    zp = b.reshape(b.cast(a_zero, np.int32), ())
-    return b.binary("sub", acc, b.binary("mul", b.const(col), zp))
-
-
 def int_matmul_to_float(b: Builder, a: A.Tensor, a_zero: A.Tensor | None, w: A.Tensor,
                         w_zero: A.Tensor | None, scale: A.Tensor, bias: A.Tensor | None) -> A.Tensor:
     """``float32(sum((a - a_zero) * (w - w_zero))) * scale (+ bias)``; a constant ``w`` runs as
@@ -329,7 +327,7 @@ def int_matmul_to_float(b: Builder, a: A.Tensor, a_zero: A.Tensor | None, w: A.T
         if a_zero is None or (azv is not None and azv.size == 1):
             acc = qmatmul(b, a, wv, 0 if azv is None else int(azv.reshape(-1)[0]), wzv, None, None)
         else:
-            acc = _colsum_correction(b, qmatmul(b, a, wv, 0, wzv, None, None), a_zero, wv, wzv)
+            acc = colsum_correction(b, qmatmul(b, a, wv, 0, wzv, None, None), a_zero, wv, wzv)
     else:
         ai = b.cast(a, np.int32)
         if a_zero is not None:
