@@ -326,14 +326,34 @@ class Builder:
         return out
 
     def reduce(self, x: A.Tensor, axes: Sequence[int], fn: str, keepdims: bool) -> A.Tensor:
+        """``fn`` (sum, prod, max, min) over ``axes``: each run of adjacent axes is one Reduce
+        over their product (a contiguous reshape is free), and a run of size 1 is no Reduce, so
+        a reduction over every axis (DynamicQuantizeLinear's min and max) is one pass."""
         rank = len(x.shape)
         axes = sorted({normalize_axis(a, rank) for a in axes})
-        y = x
+        runs: list[list[int]] = []  # [first, last + 1] of each run of adjacent axes
         for a in axes:
+            if runs and runs[-1][1] == a:
+                runs[-1][1] = a + 1
+            else:
+                runs.append([a, a + 1])
+        merged: list[int] = []
+        reduced: list[int] = []  # axes of ``merged`` to reduce
+        i = 0
+        for lo, hi in runs:
+            merged += x.shape[i:lo]
+            size = math.prod(x.shape[lo:hi])
+            if size != 1:
+                reduced.append(len(merged))
+            merged.append(size)
+            i = hi
+        merged += x.shape[i:]
+        y = self.reshape(x, merged) if tuple(merged) != tuple(x.shape) else x
+        for a in reduced:
             y = self.reduce_axis(y, a, fn)
-        if not keepdims:
-            y = self.reshape(y, [d for i, d in enumerate(y.shape) if i not in axes])
-        return y
+        out = [1 if i in axes else d for i, d in enumerate(x.shape)] if keepdims \
+            else [d for i, d in enumerate(x.shape) if i not in axes]
+        return self.reshape(y, out) if tuple(out) != tuple(y.shape) else y
 
     # ------------------------------------------------------------------ linear algebra
 
