@@ -1,4 +1,4 @@
-"""exp, sigmoid, tanh and erf on every x86 kernel variant: each variant has its own vector code
+"""exp, sigmoid, tanh and erf (and the roundings) on every x86 kernel variant: each variant has its own vector code
 for them (isa/reduce.inc: AVX-512 masks and rcp14, AVX2 blends and a rounding instruction, the
 portable selects), so each is held to a few ulp of float64 over the whole float range, and to
 the exact values at the special points (0, -0, +-inf, NaN, the overflow and underflow edges,
@@ -76,10 +76,23 @@ def test_transcendentals_within_a_few_ulp(op: str) -> None:
         assert got[i] == want[i] and np.signbit(got[i]) == np.signbit(want[i]), (op, v, got[i], want[i])
 
 
+@pytest.mark.parametrize(("op", "want"), [("Round", np.rint), ("Floor", np.floor), ("Ceil", np.ceil)])
+def test_roundings_are_exact(op: str, want: Callable[[np.ndarray], np.ndarray]) -> None:
+    """The rounding instructions: halves to even, signed zeros, integers past 2^23, inf, NaN."""
+    halves = np.arange(-6, 6, dtype=np.float32) + np.float32(0.5)
+    x = np.concatenate([halves, np.nextafter(halves, np.float32(np.inf)), np.nextafter(halves, np.float32(-np.inf)),
+                        np.array([-0.0, 0.0, -0.4, 0.4, 2.0**23 + 1, -(2.0**24), 3e38, np.inf, -np.inf, np.nan],
+                                 np.float32),
+                        np.random.default_rng(4).uniform(-300, 300, 1001).astype(np.float32)])
+    got, ref = _run(op, x), want(x)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(ref))
+
+
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_transcendentals_on_other_variants(isa: str) -> None:
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "within_a_few_ulp"],
+                          "-k", "within_a_few_ulp or roundings"],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "WALLE_CPU_ISA": isa})
     if "names a kernel variant" in res.stdout + res.stderr:
         pytest.skip(f"this CPU lacks {isa}")
