@@ -489,3 +489,17 @@ def test_pow_by_a_constant_matches_numpy(exponent: float) -> None:
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_array_equal(np.signbit(got[:4]), np.signbit(want[:4]))
     np.testing.assert_allclose(got, want, rtol=3e-7, atol=0)
+
+
+@pytest.mark.parametrize(("src", "dst", "n"), [(np.int32, np.float32, 100003), (np.float32, np.uint8, 70001),
+                                               (np.float32, np.float64, 65537), (np.int64, np.int8, 99999),
+                                               (np.float32, np.int32, 1000)])
+def test_casts_split_across_threads_match_numpy(src: type, dst: type, n: int) -> None:
+    """A Cast of more than 32768 elements is split into chunks across the threads (one per
+    thread, odd lengths leave a short last chunk); a small one runs on one thread."""
+    b = Builder(fold=lambda op: None)
+    x = b.tensor((n,), np.dtype(src))
+    y = b.cast(x, np.dtype(dst))
+    xv = np.random.default_rng(12).uniform(0, 250, n).astype(src)
+    got = _compile(b.ops, [x], [y], threads=3).run([xv])[0]
+    np.testing.assert_array_equal(got, xv.astype(dst))

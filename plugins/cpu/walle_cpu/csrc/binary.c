@@ -77,8 +77,8 @@ int wl_binary(const wl_op *op, const wl_exec *ex) {
     c.esize_out = p->esize_out;
     c.status = 0;
     int64_t total = c.rows * p->shape[p->ndim - 1];
-    int64_t tasks = total >= 65536 ? wl_chunks(c.rows, 1, ex->nthreads, &c.chunk)
-                                   : (c.chunk = c.rows, 1);
+    int64_t tasks = total >= 2 * WL_EW_GRAIN ? wl_chunks(c.rows, 1, ex->nthreads, &c.chunk)
+                                             : (c.chunk = c.rows, 1);
     wl_parallel_for(tasks, nd_task, &c, ex->nthreads);
     if (c.status == 1) return wl_fail(ex, "integer division by zero");
     if (c.status)

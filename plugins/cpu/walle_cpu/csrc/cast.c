@@ -38,8 +38,36 @@ static int cast_range(int dfrom, int dto, const char *x, char *y, int64_t n) {
     }
 }
 
+static int64_t dtype_bytes(int dt) {
+    switch (dt) {
+    case D_F64: case D_I64: case D_U64: return 8;
+    case D_F32: case D_I32: case D_U32: return 4;
+    case D_F16: case D_I16: case D_U16: return 2;
+    default: return 1;
+    }
+}
+
+typedef struct {
+    const wl_op *op;
+    const char *x;
+    char *y;
+    int64_t chunk;
+    int status;
+} cast_ctx;
+
+static void cast_task(void *vp, int64_t t) {
+    cast_ctx *c = vp;
+    const wl_op *op = c->op;
+    int64_t i0 = t * c->chunk, i1 = i0 + c->chunk < op->cast.n ? i0 + c->chunk : op->cast.n;
+    if (cast_range(op->dtype, op->dtype2, c->x + i0 * dtype_bytes(op->dtype),
+                   c->y + i0 * dtype_bytes(op->dtype2), i1 - i0))
+        c->status = 1;
+}
+
 int wl_cast(const wl_op *op, const wl_exec *ex) {
-    if (cast_range(op->dtype, op->dtype2, wl_in(op, ex, 0), wl_out(op, ex), op->cast.n))
-        return wl_fail(ex, "unsupported cast %d -> %d", op->dtype, op->dtype2);
+    cast_ctx c = {op, wl_in(op, ex, 0), wl_out(op, ex), 0, 0};
+    int64_t tasks = wl_chunks(op->cast.n, WL_EW_GRAIN, ex->nthreads, &c.chunk);
+    wl_parallel_for(tasks, cast_task, &c, ex->nthreads);
+    if (c.status) return wl_fail(ex, "unsupported cast %d -> %d", op->dtype, op->dtype2);
     return 0;
 }

@@ -159,8 +159,8 @@ int wl_chain(const wl_op *op, const wl_exec *ex) {
         int64_t m = op->nd.shape[op->nd.ndim - 2];
         c.rows = c.rows / m * ((m + c.group - 1) / c.group);  /* blocks of rows */
         c.chunk = c.rows;
-        if (total >= 32768) tasks = wl_chunks(c.rows, 1, nthreads, &c.chunk);
-    } else if (total < 32768) {
+        if (total >= WL_EW_GRAIN) tasks = wl_chunks(c.rows, 1, nthreads, &c.chunk);
+    } else if (total < WL_EW_GRAIN) {
         c.chunk = c.rows;
     } else if (c.rows >= 2 * nthreads) {
         tasks = wl_chunks(c.rows, 1, nthreads, &c.chunk);

@@ -205,6 +205,10 @@ void wl_fp_restore(unsigned long saved);
 void *wl_scratch(int which, size_t bytes); /* per-thread, grows, kept between runs */
 /* Tasks for n items of at least `grain` each, at most 4 per thread; *chunk items per task. */
 int64_t wl_chunks(int64_t n, int64_t grain, int nthreads, int64_t *chunk);
+/* Elements of an element-wise op (Unary, Cast, chains; Binary twice it) below which one thread
+ * runs it. 8192 was tried, to spread reads of lines the producer's threads left in the other
+ * core's cache: no better on the zoo, crnn and dbnet slower. */
+#define WL_EW_GRAIN 32768
 
 /* ---- helpers one op's file lends another */
 /* gemm.c: C = A @ Bp (+ bias by BIAS_*) (+ res), then act; Bp packed by wl_pack_b. */

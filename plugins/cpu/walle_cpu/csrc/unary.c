@@ -142,7 +142,7 @@ static void unary_task(void *vp, int64_t t) {
 
 int wl_unary(const wl_op *op, const wl_exec *ex) {
     un_ctx c = {op, wl_in(op, ex, 0), wl_out(op, ex), op->unary.n, 0};
-    int64_t tasks = wl_chunks(c.n, 32768, ex->nthreads, &c.chunk);
+    int64_t tasks = wl_chunks(c.n, WL_EW_GRAIN, ex->nthreads, &c.chunk);
     wl_parallel_for(tasks, unary_task, &c, ex->nthreads);
     return 0;
 }
