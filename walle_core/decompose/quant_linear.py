@@ -179,22 +179,30 @@ def colsum_correction(b: Builder, acc: A.Tensor, a_zero: A.Tensor, w: np.ndarray
     return b.binary("sub", acc, b.binary("mul", b.const(col), zp))
 
 
-def _runtime_zero_conv(b: Builder, x: A.Tensor, xz: A.Tensor, wv: np.ndarray, wzv: np.ndarray | None,
-                       ctx: NodeContext) -> A.Tensor | None:
-    """ConvInteger with a run-time zero point of x (DynamicQuantizeLinear's): the composite with
-    zero point 0, minus the zero point times the window sums of the weights; None when it does
-    not apply."""
+def _geometry(ctx: NodeContext, x: A.Tensor, wv: np.ndarray) -> tuple[list[int], list[int], list[int], int]:
+    """A quantized conv's strides, resolved pads, dilations and groups (channels checked)."""
     from walle_core.decompose.conv import resolve_pads
 
-    if xz.size != 1 or x.dtype.itemsize != 1 or x.dtype.kind not in "iu" or len(x.shape) not in (3, 4):
-        return None
     nd = len(x.shape) - 2
     strides = ctx.attr("strides") or [1] * nd
     dil = ctx.attr("dilations") or [1] * nd
     pads = resolve_pads(ctx, x.shape[2:], list(wv.shape[2:]), strides, dil)
     groups = int(ctx.attr("group", 1))
     if x.shape[1] != wv.shape[1] * groups:
-        raise DecomposeError(f"channels {x.shape[1]} do not match weight {list(wv.shape)} with group={groups}")
+        raise DecomposeError(f"channels {x.shape[1]} do not match weight {list(wv.shape)} "
+                             f"with group={groups}")
+    return strides, pads, dil, groups
+
+
+def _runtime_zero_conv(b: Builder, x: A.Tensor, xz: A.Tensor, wv: np.ndarray, wzv: np.ndarray | None,
+                       ctx: NodeContext) -> A.Tensor | None:
+    """ConvInteger with a run-time zero point of x (DynamicQuantizeLinear's): the composite with
+    zero point 0, minus the zero point times the window sums of the weights; None when it does
+    not apply."""
+
+    if xz.size != 1 or x.dtype.itemsize != 1 or x.dtype.kind not in "iu" or len(x.shape) not in (3, 4):
+        return None
+    strides, pads, dil, groups = _geometry(ctx, x, wv)
     o = wv.shape[0]
     wz = _per_channel(wzv, o, "weight zero point")
     acc = qconv(b, x, wv, 0, wz, None, None, strides, pads, dil, groups)
@@ -208,7 +216,6 @@ def _qlinear_conv(b: Builder, ins: Ins, ctx: NodeContext, requant: bool) -> A.Te
     """The composite form of QLinearConv / ConvInteger when the parameters are constants (and
     for ConvInteger a run-time zero point of x); None otherwise (the caller then runs the plain
     expansion)."""
-    from walle_core.decompose.conv import resolve_pads
 
     x, w = req(ins[0]), req(ins[3 if requant else 1], "weight")
     xs: A.Tensor | None = None
@@ -238,14 +245,7 @@ def _qlinear_conv(b: Builder, ins: Ins, ctx: NodeContext, requant: bool) -> A.Te
         out = (yz if yz is not None else x).dtype
         rq = Requant.of(sv[0], sv[1], sv[2], _scalar_int(sv[3]) or 0, out,  # type: ignore[arg-type]
                         ctx.attr("clamp"))
-    nd = len(x.shape) - 2
-    strides = ctx.attr("strides") or [1] * nd
-    dil = ctx.attr("dilations") or [1] * nd
-    pads = resolve_pads(ctx, x.shape[2:], list(wv.shape[2:]), strides, dil)
-    groups = int(ctx.attr("group", 1))
-    if x.shape[1] != wv.shape[1] * groups:
-        raise DecomposeError(f"channels {x.shape[1]} do not match weight {list(wv.shape)} "
-                             f"with group={groups}")
+    strides, pads, dil, groups = _geometry(ctx, x, wv)
     return qconv(b, x, wv, x_zero, wzv, bv, rq, strides, pads, dil, groups)
 
 
