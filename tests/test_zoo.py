@@ -77,6 +77,25 @@ def test_zoo_model_matches_onnxruntime(name: str, backend: str) -> None:
         assert err <= TOL, f"{name} on {backend} at {shapes}: error {err:.2e} of the output scale"
 
 
+# one of each family: detector, CNN with squeeze-excite, LSTM, decoder with a cache, windowed
+# attention, audio encoder, conformer
+DYNAMO = ["yolov8", "mobilenetv3", "crnn", "gpt2", "swin", "whisper_encoder", "conformer"]
+
+
+@pytest.mark.parametrize(("name", "backend"), cases(DYNAMO))
+def test_dynamo_exported_zoo_model_matches_onnxruntime(name: str, backend: str) -> None:
+    """The same architectures through torch's default exporter since torch 2.9 (dynamo=True,
+    onnxscript: opset 18, LayerNormalization as one op, other spellings of the same layers)."""
+    pytest.importorskip("onnxscript")
+    _available(backend)
+    path = export(name, dynamo=True)
+    model = walle_core.load(path, backend=backend)
+    feeds = inputs(name)
+    err = worst_error(model.run(feeds), onnxruntime_outputs(path, feeds))
+    assert not model.dropped, f"{name}: Walle dropped {model.dropped}"
+    assert err <= TOL, f"{name} (dynamo export) on {backend}: error {err:.2e} of the output scale"
+
+
 def test_declared_inputs_are_dynamic_where_the_model_is() -> None:
     """The exported files declare the dynamic axes symbolically, so Walle accepts both sizes."""
     for name in ZOO:

@@ -50,13 +50,18 @@ def _key(mod: ModuleType, opset: int) -> str:
     return hashlib.sha256(f"{CACHE_VERSION}|{torch.__version__}|{opset}|{src}".encode()).hexdigest()[:16]
 
 
-def export(name: str) -> Path:
-    """Export ``name`` (once; later calls find the cached file)."""
+def export(name: str, dynamo: bool = False) -> Path:
+    """Export ``name`` (once; later calls find the cached file), by default with torch's
+    TorchScript exporter; ``dynamo``: with the exporter ``torch.onnx.export`` uses by default
+    since torch 2.9 (torch.export and onnxscript: other op spellings, opset 18 and up), at the
+    example sizes only."""
     import torch
 
     mod = module(name)
     opset = int(getattr(mod, "OPSET", 17))
-    path = cache_dir() / "zoo" / f"{name}-{_key(mod, opset)}.onnx"
+    if dynamo:
+        opset = max(opset, 18)
+    path = cache_dir() / "zoo" / f"{name}-{'dynamo-' if dynamo else ''}{_key(mod, opset)}.onnx"
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +78,8 @@ def export(name: str) -> Path:
         dynamic_axes={**mod.DYNAMIC, **mod.OUTPUTS}, do_constant_folding=True,
     )
     with torch.no_grad():
-        torch.onnx.export(net, args, str(tmp), dynamo=False, **kwargs)
+        if dynamo:  # static: torch 2.13 cannot export crnn's LSTM or gpt2's cache with dynamic axes
+            del kwargs["do_constant_folding"], kwargs["dynamic_axes"]
+        torch.onnx.export(net, args, str(tmp), dynamo=dynamo, **kwargs)
     os.replace(tmp, path)
     return path
