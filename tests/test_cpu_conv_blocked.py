@@ -12,12 +12,9 @@ and small maps, a residual under each activation, batches."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from kernel_variants import rerun_on_variant
 
 from walle_core import atomic as A
 from walle_core.backend import Algorithm, Program
@@ -156,11 +153,5 @@ def test_groups_across_blocks_stay_plain() -> None:
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_other_kernel_variants_match_the_reference(isa: str) -> None:
     """The same cases on the AVX2 and portable variants (their tiles: one filter block)."""
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "(test_blocked_conv_matches_the_reference or "
-                          "test_block_diagonal_grouped_conv_matches_the_reference) and -2]"],
-                         capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "WALLE_CPU_ISA": isa})
-    if "names a kernel variant" in res.stdout + res.stderr:
-        pytest.skip(f"this CPU lacks {isa}")
-    assert res.returncode == 0 and " passed" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+    rerun_on_variant(__file__, "(test_blocked_conv_matches_the_reference or "
+                     "test_block_diagonal_grouped_conv_matches_the_reference) and -2]", isa)

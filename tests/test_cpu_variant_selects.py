@@ -7,12 +7,9 @@ NaN stays NaN through a clip and wins a max, a clip's bounds and PRelu's slopes 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from kernel_variants import rerun_on_variant
 from onnx import TensorProto, helper, numpy_helper
 
 import walle_core
@@ -70,9 +67,4 @@ def test_selects_match_the_reference() -> None:
 
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_selects_match_the_reference_on_other_variants(isa: str) -> None:
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "test_selects_match_the_reference and not other"],
-                         capture_output=True, text=True, timeout=600, env={**os.environ, "WALLE_CPU_ISA": isa})
-    if "names a kernel variant" in res.stdout + res.stderr:
-        pytest.skip(f"this CPU lacks {isa}")
-    assert res.returncode == 0 and " passed" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+    rerun_on_variant(__file__, "test_selects_match_the_reference and not other", isa)

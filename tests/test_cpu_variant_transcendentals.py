@@ -8,13 +8,11 @@ and 1 where sigmoid and tanh saturate: AVX2's 12-bit reciprocal with one Newton 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+from kernel_variants import rerun_on_variant
 from onnx import TensorProto, helper
 
 import walle_core
@@ -91,9 +89,4 @@ def test_roundings_are_exact(op: str, want: Callable[[np.ndarray], np.ndarray]) 
 
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_transcendentals_on_other_variants(isa: str) -> None:
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "within_a_few_ulp or roundings"],
-                         capture_output=True, text=True, timeout=600, env={**os.environ, "WALLE_CPU_ISA": isa})
-    if "names a kernel variant" in res.stdout + res.stderr:
-        pytest.skip(f"this CPU lacks {isa}")
-    assert res.returncode == 0 and " passed" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+    rerun_on_variant(__file__, "within_a_few_ulp or roundings", isa)
