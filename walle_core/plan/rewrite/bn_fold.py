@@ -67,6 +67,20 @@ def _constant(name: str, init: dict[str, np.ndarray], producer: dict[str, Node])
     return None
 
 
+def _conv_constants(conv: Node, init: dict[str, np.ndarray],
+                    producer: dict[str, Node]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A conv's constant float weights (rank 3 or more) and its bias as float64, one per output
+    channel (zeros when it has none), else None."""
+    w = _constant(conv.inputs[1], init, producer) if len(conv.inputs) > 1 else None
+    has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2])
+    b0 = _constant(conv.inputs[2], init, producer) if has_bias else None
+    if w is None or w.dtype.kind != "f" or w.ndim < 3 or (has_bias and b0 is None):
+        return None
+    n = w.shape[0] if conv.op_type == "Conv" else w.shape[1] * int(conv.attrs.get("group", 1))
+    bias = np.zeros(n) if b0 is None else np.asarray(b0, np.float64).reshape(-1)
+    return (w, bias) if bias.size == n else None
+
+
 def _fold(bn: Node, conv: Node, init: dict[str, np.ndarray], producer: dict[str, Node],
           taken: set[str]) -> Node | None:
     """The conv with ``bn`` folded in (its new initializers added to ``init``), or None."""
@@ -76,24 +90,19 @@ def _fold(bn: Node, conv: Node, init: dict[str, np.ndarray], producer: dict[str,
     if int(bn.attrs.get("spatial", 1)) != 1 or any(o for o in bn.outputs[1:]):
         return None
     stats = [_constant(n, init, producer) for n in names[1:]]
-    w = _constant(conv.inputs[1], init, producer) if len(conv.inputs) > 1 else None
-    has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2])
-    b0 = _constant(conv.inputs[2], init, producer) if has_bias else None
-    if w is None or any(v is None for v in stats) or (has_bias and b0 is None):
-        return None
-    if w.dtype.kind != "f" or w.ndim < 3:
+    if any(v is None for v in stats):
         return None
     gamma, beta, mean, var = (np.asarray(v, np.float64).reshape(-1) for v in stats)
     if not gamma.size == beta.size == mean.size == var.size:
         return None
+    found = _conv_constants(conv, init, producer)
+    if found is None:
+        return None
+    w, bias = found
     k = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
     wk = _scaled(conv, w.astype(np.float64), k)
     if wk is None:
         return None
-    bias = np.zeros(k.size) if b0 is None else np.asarray(b0, np.float64).reshape(-1)
-    if bias.size != k.size:
-        return None
-
     return _with_weights(conv, bn, w.dtype, wk, bias * k + (beta - mean * k), init, taken)
 
 
@@ -134,16 +143,13 @@ def _fold_affine(op: Node, x: str, conv: Node, init: dict[str, np.ndarray], prod
         return None
     if op.op_type == "Sub" and op.inputs[0] != x:
         return None  # c - conv(x) would negate the weights too: left as it is
-    w = _constant(conv.inputs[1], init, producer)
-    has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2])
-    b0 = _constant(conv.inputs[2], init, producer) if has_bias else None
-    if w is None or w.dtype.kind != "f" or w.ndim < 3 or (has_bias and b0 is None):
+    found = _conv_constants(conv, init, producer)
+    if found is None:
         return None
-    channels = w.shape[0] if conv.op_type == "Conv" else w.shape[1] * int(conv.attrs.get("group", 1))
+    w, bias = found
     other = op.inputs[1] if op.inputs[0] == x else op.inputs[0]
-    c = _channel_constant(_constant(other, init, producer), w.ndim, channels)
-    bias = np.zeros(channels) if b0 is None else np.asarray(b0, np.float64).reshape(-1)
-    if c is None or bias.size != channels:
+    c = _channel_constant(_constant(other, init, producer), w.ndim, bias.size)
+    if c is None:
         return None
     w64 = w.astype(np.float64)
     if op.op_type == "Mul":
@@ -174,11 +180,10 @@ def _fold_input_affine(op: Node, conv: Node, init: dict[str, np.ndarray], produc
     value a window reads is then shifted) ``conv(t + c) = conv(t) + c * sum(w)`` per output."""
     if len(op.inputs) != 2 or op.inputs[0] == op.inputs[1] or len(conv.inputs) < 2:
         return None
-    w = _constant(conv.inputs[1], init, producer)
-    has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2])
-    b0 = _constant(conv.inputs[2], init, producer) if has_bias else None
-    if w is None or w.dtype.kind != "f" or w.ndim < 3 or (has_bias and b0 is None):
+    found = _conv_constants(conv, init, producer)
+    if found is None:
         return None
+    w, bias = found
     if op.op_type != "Mul" and not _unpadded(conv, tuple(w.shape[2:])):
         return None  # padding's zeros would be shifted too (a scale keeps them zero)
     for k in (1, 0):
@@ -189,9 +194,6 @@ def _fold_input_affine(op: Node, conv: Node, init: dict[str, np.ndarray], produc
         return None
     v = float(np.asarray(c, np.float64).reshape(-1)[0])
     w64 = w.astype(np.float64)
-    bias = np.zeros(w.shape[0]) if b0 is None else np.asarray(b0, np.float64).reshape(-1)
-    if bias.size != w.shape[0]:
-        return None
     if op.op_type == "Mul":
         w64, b = w64 * v, bias
     else:
@@ -215,11 +217,11 @@ def _rewrite_once(graph: Graph) -> Graph:
     if not any(n.op_type in ("BatchNormalization", *_AFFINE) for n in graph.nodes):
         return graph
     producer = graph.producers()
-    readers: dict[str, int] = {}
+    consumers: dict[str, list[Node]] = {}
     for n in graph.nodes:
         for name in dict.fromkeys(n.inputs):
             if name:
-                readers[name] = readers.get(name, 0) + 1
+                consumers.setdefault(name, []).append(n)
     outputs = {v.name for v in graph.outputs}
     init = dict(graph.initializers)
     taken = set(init) | {o for n in graph.nodes for o in n.outputs} | {v.name for v in graph.inputs}
@@ -232,7 +234,7 @@ def _rewrite_once(graph: Graph) -> Graph:
                  bn.inputs[0]) if bn.op_type in _AFFINE else bn.inputs[0]
         conv = producer.get(x)
         if conv is None or conv.op_type not in _CONVS or conv.domain not in ("", "ai.onnx") \
-                or readers.get(x, 0) != 1 or x in outputs or id(conv) in replace:
+                or len(consumers.get(x, ())) != 1 or x in outputs or id(conv) in replace:
             continue
         fused = (_fold(bn, conv, init, producer, taken) if bn.op_type == "BatchNormalization"
                  else _fold_affine(bn, x, conv, init, producer, taken))
@@ -240,10 +242,6 @@ def _rewrite_once(graph: Graph) -> Graph:
             continue
         replace[id(conv)] = None
         replace[id(bn)] = fused
-    consumers: dict[str, list[Node]] = {}
-    for n in graph.nodes:
-        for name in dict.fromkeys(n.inputs):
-            consumers.setdefault(name, []).append(n)
     for op in graph.nodes:  # a scalar affine before a conv with no padding: into its weights
         if op.op_type not in _AFFINE or op.domain not in ("", "ai.onnx") or id(op) in replace \
                 or len(op.outputs) != 1 or op.outputs[0] in outputs:

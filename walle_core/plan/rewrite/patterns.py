@@ -61,24 +61,26 @@ class _Graph:
         return self.items[self.producer[t.id]][0]
 
 
+def _binary(op: A.Op | None, fn: str) -> A.Binary | None:
+    """``op`` when it is a float32 Binary ``fn``."""
+    ok = isinstance(op, A.Binary) and op.fn == fn and op.out.dtype == _F32 and len(op.inputs) == 2
+    return op if ok else None  # type: ignore[return-value]
+
+
 def _gelu_input(g: _Graph, y_op: A.Op) -> tuple[A.Tensor, list[A.Op]] | None:
     """For ``y = (x * (1 + erf(x / sqrt2))) * 0.5``: (x, the four inner ops)."""
-    def binary(op: A.Op | None, fn: str) -> A.Binary | None:
-        ok = isinstance(op, A.Binary) and op.fn == fn and op.out.dtype == _F32
-        return op if ok else None  # type: ignore[return-value]
-
-    y = binary(y_op, "mul")
+    y = _binary(y_op, "mul")
     if y is None:
         return None
     for half_side in (0, 1):
         if _scalar(y.inputs[half_side]) != 0.5:
             continue
-        m = binary(g.single(y.inputs[1 - half_side]), "mul")
+        m = _binary(g.single(y.inputs[1 - half_side]), "mul")
         if m is None:
             continue
         for x_side in (0, 1):
             x, a_t = m.inputs[x_side], m.inputs[1 - x_side]
-            a = binary(g.single(a_t), "add")
+            a = _binary(g.single(a_t), "add")
             if a is None or x.shape != m.out.shape or a_t.shape != x.shape:
                 continue
             e_t = next((t for t in a.inputs if _scalar(t) is None), None)
@@ -87,7 +89,7 @@ def _gelu_input(g: _Graph, y_op: A.Op) -> tuple[A.Tensor, list[A.Op]] | None:
             e = g.single(e_t)
             if not (isinstance(e, A.Unary) and e.fn == "erf"):
                 continue
-            d = binary(g.single(e.inputs[0]), "div")
+            d = _binary(g.single(e.inputs[0]), "div")
             # x by id: a reshaped producer (a Conv1d's 4-D output read as 3-D) gives each
             # reader its own alias
             if d is None or d.inputs[0].id != x.id or e.inputs[0].shape != x.shape:
@@ -97,11 +99,6 @@ def _gelu_input(g: _Graph, y_op: A.Op) -> tuple[A.Tensor, list[A.Op]] | None:
                 continue
             return x, [d, e, a, m]
     return None
-
-
-def _binary(op: A.Op | None, fn: str) -> A.Binary | None:
-    ok = isinstance(op, A.Binary) and op.fn == fn and op.out.dtype == _F32 and len(op.inputs) == 2
-    return op if ok else None  # type: ignore[return-value]
 
 
 def _with_scalar(op: A.Op | None, fn: str, value: float) -> A.Tensor | None:
@@ -157,23 +154,15 @@ def _hardsigmoid_of(g: _Graph, t: A.Tensor) -> A.Tensor | None:
 def _hardswish_input(g: _Graph, y_op: A.Op) -> A.Tensor | None:
     """For ``y = x * hardsigmoid(x)`` or ``y = (x * clip(x + 3, 0, 6)) / 6`` (or ``* (1/6)``):
     ``x``. ``x`` is matched by id: a reshaped producer gives each reader its own alias."""
-    def same(a: A.Tensor | None, x: A.Tensor) -> bool:
-        dense = tuple(contiguous(y_op.out.shape))
-        return a is not None and a.id == x.id and a.shape == x.shape == y_op.out.shape \
-            and all(tuple(st) == dense for st in m.strides)  # type: ignore[union-attr]
-
-    m = _binary(y_op, "mul")
-    if m is not None:
-        for k in (0, 1):
-            x = m.inputs[k]
-            if same(_hardsigmoid_of(g, m.inputs[1 - k]), x):
-                return x
+    dense = tuple(contiguous(y_op.out.shape))
     scaled = _with_scalar(y_op, "div", 6.0) or _with_scalar(y_op, "mul", 1 / 6)
-    m = _binary(g.single(scaled) if scaled is not None else None, "mul")
-    if m is not None:
+    for m, gate in ((_binary(y_op, "mul"), _hardsigmoid_of),
+                    (_binary(g.single(scaled) if scaled is not None else None, "mul"), _relu6_of_plus3)):
+        if m is None or any(tuple(st) != dense for st in m.strides):
+            continue
         for k in (0, 1):
-            x = m.inputs[k]
-            if same(_relu6_of_plus3(g, m.inputs[1 - k]), x):
+            x, a = m.inputs[k], gate(g, m.inputs[1 - k])
+            if a is not None and a.id == x.id and a.shape == x.shape == y_op.out.shape:
                 return x
     return None
 
