@@ -199,7 +199,6 @@ def _runtime_zero_conv(b: Builder, x: A.Tensor, xz: A.Tensor, wv: np.ndarray, wz
     """ConvInteger with a run-time zero point of x (DynamicQuantizeLinear's): the composite with
     zero point 0, minus the zero point times the window sums of the weights; None when it does
     not apply."""
-
     if xz.size != 1 or x.dtype.itemsize != 1 or x.dtype.kind not in "iu" or len(x.shape) not in (3, 4):
         return None
     strides, pads, dil, groups = _geometry(ctx, x, wv)
@@ -336,32 +335,39 @@ def _matmul_consts(b: Builder, a: A.Tensor, w: A.Tensor, az: A.Tensor | None,
     return (np.ascontiguousarray(wv.T) if trans_b else wv), a_zero, wzv
 
 
-@register("MatMulInteger")
-def matmul_integer(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
-    a, w = req(ins[0]), req(ins[1])
-    az = ins[2] if len(ins) > 2 else None
-    wz = ins[3] if len(ins) > 3 else None
-    found = _matmul_consts(b, a, w, az, wz, False)
+def int_matmul(b: Builder, a: A.Tensor, a_zero: A.Tensor | None, w: A.Tensor,
+               w_zero: A.Tensor | None) -> A.Tensor:
+    """int32 ``sum((a - a_zero) * (w - w_zero))``. An 8-bit ``a`` times a constant 2-D ``w``
+    (constant zero points) runs as the ``qlinear_matmul`` composite; a run-time zero point of
+    ``a`` (DynamicQuantizeLinear's) then becomes a column-sum correction. Otherwise the int32
+    expansion (a per-row zero point of ``a``, run-time weights)."""
+    found = _matmul_consts(b, a, w, a_zero, w_zero, False)
     if found is not None:
-        return [qmatmul(b, a, found[0], found[1], found[2], None, None)]
-    wv, wzv = _const(b, w), _const(b, wz)
-    if az is not None and az.size == 1 and _const(b, az) is None and wv is not None and wv.ndim == 2 \
-            and (wz is None or wzv is not None) and a.dtype.itemsize == 1 and len(a.shape) >= 2:
-        # a run-time zero point of A (DynamicQuantizeLinear's): a column-sum correction
-        return [colsum_correction(b, qmatmul(b, a, wv, 0, wzv, None, None), az, wv, wzv)]
+        return qmatmul(b, a, found[0], found[1], found[2], None, None)
+    wv, wzv = _const(b, w), _const(b, w_zero)
+    if a_zero is not None and a_zero.size == 1 and _const(b, a_zero) is None and wv is not None \
+            and wv.ndim == 2 and (w_zero is None or wzv is not None) and a.dtype.itemsize == 1 \
+            and len(a.shape) >= 2:
+        return colsum_correction(b, qmatmul(b, a, wv, 0, wzv, None, None), a_zero, wv, wzv)
     a32 = b.cast(a, np.int32)
     w32 = b.cast(w, np.int32)
-    if az is not None:
-        zp = b.cast(az, np.int32)
+    if a_zero is not None:
+        zp = b.cast(a_zero, np.int32)
         if len(zp.shape) == 1 and zp.size > 1:  # per-row zero point of A (M,)
             zp = b.reshape(zp, (zp.size, 1))
         a32 = b.binary("sub", a32, zp)
-    if wz is not None:
-        zp = b.cast(wz, np.int32)
+    if w_zero is not None:
+        zp = b.cast(w_zero, np.int32)
         if len(zp.shape) == 1 and len(w.shape) >= 2:
             zp = b.reshape(zp, (1, zp.shape[0]))
         w32 = b.binary("sub", w32, zp)
-    return [b.matmul(a32, w32)]
+    return b.matmul(a32, w32)
+
+
+@register("MatMulInteger")
+def matmul_integer(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
+    a, w = req(ins[0]), req(ins[1])
+    return [int_matmul(b, a, ins[2] if len(ins) > 2 else None, w, ins[3] if len(ins) > 3 else None)]
 
 
 def _qbmm(b: Builder, a: A.Tensor, w: A.Tensor, a_zp: A.Tensor | None, w_zp: A.Tensor | None,

@@ -25,8 +25,8 @@ from walle_core.decompose.elementwise import req
 from walle_core.decompose.quant import dequantize_linear, dynamic_quantize_linear, quantize_linear
 from walle_core.decompose.quant_linear import (
     Requant,
-    colsum_correction,
     composite,
+    int_matmul,
     int_range,
     qmatmul,
     requantize,
@@ -318,24 +318,8 @@ def qlinear_softmax(b: Builder, ins: Ins, ctx: NodeContext) -> list[A.Tensor]:
 
 def int_matmul_to_float(b: Builder, a: A.Tensor, a_zero: A.Tensor | None, w: A.Tensor,
                         w_zero: A.Tensor | None, scale: A.Tensor, bias: A.Tensor | None) -> A.Tensor:
-    """``float32(sum((a - a_zero) * (w - w_zero))) * scale (+ bias)``; a constant ``w`` runs as
-    the ``qlinear_matmul`` composite."""
-    wv = b.maybe_value(w)
-    wzv = b.maybe_value(w_zero)
-    if wv is not None and wv.ndim == 2 and (w_zero is None or wzv is not None) and len(a.shape) >= 2:
-        azv = b.maybe_value(a_zero)
-        if a_zero is None or (azv is not None and azv.size == 1):
-            acc = qmatmul(b, a, wv, 0 if azv is None else int(azv.reshape(-1)[0]), wzv, None, None)
-        else:
-            acc = colsum_correction(b, qmatmul(b, a, wv, 0, wzv, None, None), a_zero, wv, wzv)
-    else:
-        ai = b.cast(a, np.int32)
-        if a_zero is not None:
-            ai = b.binary("sub", ai, b.reshape(b.cast(a_zero, np.int32), ()))
-        wi = b.cast(w, np.int32)
-        if w_zero is not None:
-            wi = b.binary("sub", wi, b.cast(w_zero, np.int32))
-        acc = b.matmul(ai, wi)
+    """``float32(sum((a - a_zero) * (w - w_zero))) * scale (+ bias)`` (``quant_linear.int_matmul``)."""
+    acc = int_matmul(b, a, a_zero, w, w_zero)
     y = b.binary("mul", b.cast(acc, np.float32), b.cast(scale, np.float32))
     return y if bias is None else b.binary("add", y, b.cast(bias, np.float32))
 
